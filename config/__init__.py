@@ -1,0 +1,1 @@
+"""Deployment configuration: typed settings, Celery settings, queues and the model catalogue."""

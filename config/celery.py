@@ -1,0 +1,61 @@
+"""Celery settings chosen for long, failure-prone model calls.
+
+Each setting says why it is set; anything not here is Celery's default.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from config.settings import Settings
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """The Celery configuration for these settings."""
+    config: dict[str, Any] = {
+        "broker_url": settings.broker_url,
+        "result_backend": settings.effective_result_backend,
+        # JSON only: a pickle payload from the broker would be code execution on a worker.
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        # Acknowledge after the step finishes, so a worker killed mid-step has its
+        # message re-delivered rather than lost (steps are idempotent per run+step).
+        "task_acks_late": True,
+        # A step whose worker process died is re-queued, not failed: the next delivery
+        # resumes it from the results DB.
+        "task_reject_on_worker_lost": True,
+        # One message at a time per process: model calls are long, and prefetching
+        # would park work behind a slow call while other workers sit idle.
+        "worker_prefetch_multiplier": 1,
+        # Flower (and the events monitor) need task events; also send the 'sent' event
+        # so queued-but-not-started steps are visible.
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        # Results are only chord bookkeeping (run state lives in the results DB), so
+        # keep them just long enough for any chord to complete.
+        "result_expires": 24 * 3600,
+        "result_extended": False,
+        # Redis re-delivers unacknowledged messages after this long: it must exceed the
+        # longest step including retries, or a slow step would run twice concurrently.
+        "broker_transport_options": {"visibility_timeout": settings.visibility_timeout},
+        "result_backend_transport_options": {"visibility_timeout": settings.visibility_timeout},
+        # One backend connection per worker process shared by its threads, instead of
+        # one per thread/greenlet.
+        "result_backend_thread_safe": True,
+        "task_default_queue": settings.default_queue,
+        # Queues are declared by the router as steps name them; workers pick theirs with -Q.
+        "task_create_missing_queues": True,
+        "worker_hijack_root_logger": False,
+        "broker_connection_retry_on_startup": True,
+        "imports": list(settings.imports),
+        # Chord callbacks on Redis are counted with INCR: no polling `chord_unlock` task.
+        "result_chord_join_timeout": 30.0,
+    }
+    if settings.embedded:
+        # The in-process broker polls its queues; the default 1 s would add a second to
+        # every hop of a run.
+        config["broker_transport_options"] = {"polling_interval": 0.005}
+        config["result_backend_transport_options"] = {}
+    return config

@@ -1,0 +1,55 @@
+"""An AI-workflow orchestration backend on Celery.
+
+Declare a workflow as a DAG of Python steps, submit runs from application code, and
+let Celery workers on per-model queues execute them with retries, timeouts, fallbacks
+and durable state in the results database.
+"""
+
+from orchestration.app import Orchestrator, default_orchestrator
+from orchestration.context import StepContext
+from orchestration.errors import (
+    ConfigurationError,
+    InvalidInput,
+    NonRetryableError,
+    OrchestrationError,
+    RunNotFound,
+    StepError,
+    StepTimeout,
+    WaitTimeout,
+    WorkflowDefinitionError,
+)
+from orchestration.policies import Backoff
+from orchestration.results import RunHandle, RunResult, RunSummary, StepRecord
+from orchestration.status import RunStatus, StepStatus
+from orchestration.step import Step
+from orchestration.api import get_run, list_runs
+from orchestration.workflow import Workflow
+
+__all__ = [
+    # defining and running workflows
+    "Backoff",
+    "Orchestrator",
+    "Step",
+    "StepContext",
+    "Workflow",
+    "default_orchestrator",
+    # reading runs back
+    "RunHandle",
+    "RunResult",
+    "RunStatus",
+    "RunSummary",
+    "StepRecord",
+    "StepStatus",
+    "get_run",
+    "list_runs",
+    # errors
+    "ConfigurationError",
+    "InvalidInput",
+    "NonRetryableError",
+    "OrchestrationError",
+    "RunNotFound",
+    "StepError",
+    "StepTimeout",
+    "WaitTimeout",
+    "WorkflowDefinitionError",
+]

@@ -1,0 +1,177 @@
+"""Process wiring: settings, the Celery app, the results store and the workflow registry.
+
+``celery -A orchestration worker`` finds the Celery app of the default orchestrator,
+built from ``ORCH_*`` settings. Nothing connects at import time: the store opens its
+engine on first use, the broker on first publish.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from celery import Celery, signals
+
+from config.celery import celery_config
+from config.settings import Settings
+from orchestration.compiler import FINALIZE_TASK
+from orchestration.envelope import Envelope
+from orchestration.errors import ConfigurationError, Reschedule, WorkflowDefinitionError
+from orchestration.runtime import Delivery, finalize_run, run_step
+from orchestration.store.repository import Store, utcnow
+
+if TYPE_CHECKING:
+    from orchestration.embedded import EmbeddedWorker
+    from orchestration.step import StepSpec
+    from orchestration.workflow import CompiledWorkflow, Workflow
+
+log = structlog.get_logger("orchestration.app")
+
+
+class Orchestrator:
+    """One deployment's wiring; workflows register their steps on it as Celery tasks."""
+
+    def __init__(self, settings: Settings | None = None, *, name: str = "orchestration") -> None:
+        self.settings = settings or Settings()
+        self.celery = Celery(name, set_as_current=False)
+        self.celery.conf.update(celery_config(self.settings))
+        self.workflows: dict[str, Workflow] = {}
+        self._store: Store | None = None
+        self._embedded: EmbeddedWorker | None = None
+        self._lock = threading.Lock()
+        self.hostname = f"{socket.gethostname()}:{os.getpid()}"
+        self.started_at = utcnow()
+        self._register_finalize()
+
+    # -- wiring ------------------------------------------------------------------------
+
+    @property
+    def store(self) -> Store:
+        """The results store (opened, and migrated if needed, on first use)."""
+        store = self._store
+        if store is None:
+            with self._lock:
+                if self._store is None:
+                    self._store = Store(self.settings.database_url)
+                    self._store.ensure_schema()
+                store = self._store
+        return store
+
+    def reset_store(self) -> None:
+        """Drop pooled DB connections (a forked worker child must not share its parent's)."""
+        if self._store is not None:
+            self._store.dispose()
+
+    def register(self, workflow: Workflow) -> None:
+        """Make a workflow known to this process (CLI look-ups, embedded recovery)."""
+        existing = self.workflows.get(workflow.name)
+        if existing is not None and existing is not workflow:
+            raise WorkflowDefinitionError(f"two workflows named {workflow.name!r}")
+        self.workflows[workflow.name] = workflow
+
+    def register_step(self, workflow: Workflow, spec: StepSpec) -> None:
+        """Register a step as the Celery task ``<workflow>.<step>`` on its queue."""
+        orchestrator = self
+
+        def execute(task: Any, message: Any, run_id: str | None = None,
+                    finalize: bool = False) -> dict[str, Any]:
+            bound = workflow.validate().steps[spec.name]
+            delivery = Delivery(worker=task.request.hostname, task_id=task.request.id,
+                                inline_limit=orchestrator.settings.inline_output_limit,
+                                inline_retry_limit=orchestrator.settings.inline_retry_limit)
+            try:
+                return run_step(bound, message, orchestrator.store, delivery, finalize=finalize)
+            except Reschedule as signal:
+                raise task.retry(countdown=signal.delay, max_retries=None) from None
+
+        execute.__name__ = spec.name
+        self.celery.task(name=spec.task_name, bind=True, shared=False, max_retries=None,
+                         queue=workflow.queue_of(spec), acks_late=True)(execute)
+
+    def _register_finalize(self) -> None:
+        orchestrator = self
+
+        def finalize(task: Any, message: Any, run_id: str | None = None) -> str:
+            envelope = Envelope.from_message(message)
+            return finalize_run(envelope, orchestrator.store).value
+
+        self.celery.task(name=FINALIZE_TASK, bind=True, shared=False, acks_late=True)(finalize)
+
+    # -- embedded default --------------------------------------------------------------
+
+    def before_dispatch(self, compiled: CompiledWorkflow) -> None:
+        """With the embedded broker, make sure the in-process worker serves these queues."""
+        if not self.settings.embedded:
+            return
+        queues = {bound.queue for bound in compiled.steps.values()}
+        self.embedded_worker().serve(queues)
+
+    def embedded_worker(self) -> EmbeddedWorker:
+        """The in-process worker of the embedded default (started on first use)."""
+        if not self.settings.embedded:
+            raise ConfigurationError("the in-process worker only runs with the embedded broker")
+        with self._lock:
+            if self._embedded is None:
+                from orchestration.embedded import EmbeddedWorker
+
+                worker = EmbeddedWorker(self)
+                worker.start()
+                self._embedded = worker
+                recover = True
+            else:
+                recover = False
+            worker = self._embedded
+        if recover:
+            worker.recover()
+        return worker
+
+    def shutdown(self) -> None:
+        """Stop the in-process worker (if any) and close DB connections."""
+        with self._lock:
+            worker, self._embedded = self._embedded, None
+        if worker is not None:
+            worker.stop()
+        self.reset_store()
+
+
+_default: Orchestrator | None = None
+_default_lock = threading.Lock()
+
+
+def default_orchestrator() -> Orchestrator:
+    """The process's orchestrator built from ``ORCH_*`` settings (what ``-A orchestration`` runs)."""
+    global _default
+    if _default is None:
+        with _default_lock:
+            if _default is None:
+                _default = Orchestrator()
+    return _default
+
+
+def _on_celeryd_init(**_: Any) -> None:
+    # Sent only by the `celery worker` command, never by the in-process worker.
+    if default_orchestrator().settings.embedded:
+        raise SystemExit(
+            "orchestration: no ORCH_BROKER_URL is set, so the broker is the in-process one and a "
+            "separate worker would never receive work. Set ORCH_BROKER_URL=redis://... for "
+            "workers, or run workflows in one process (the embedded default)."
+        )
+
+
+def _on_worker_init(sender: Any = None, **_: Any) -> None:
+    app = getattr(sender, "app", None)
+    if _default is not None and app is _default.celery:
+        _default.store.ensure_schema()
+
+
+def _on_worker_process_init(**_: Any) -> None:
+    if _default is not None:
+        _default.reset_store()
+
+
+signals.celeryd_init.connect(_on_celeryd_init, weak=False)
+signals.worker_init.connect(_on_worker_init, weak=False)
+signals.worker_process_init.connect(_on_worker_process_init, weak=False)

@@ -1,0 +1,59 @@
+"""Compile a workflow's decomposition into Celery canvas.
+
+``Series`` becomes a ``chain``, ``Parallel`` a ``group``; Celery turns a group followed
+by anything into a chord. The first signatures carry the run's first envelope; every
+later one receives its predecessor's result. The run is finalised by its last step
+when the plan ends in a single step, else by an extra ``orchestration.finalize`` task
+routed to the queue of a last step (a queue that is known to have workers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from celery import chain, group
+from celery.canvas import Signature
+
+from orchestration.graph import Node, Parallel, Plan, Series, plan_nodes
+from orchestration.step import BoundStep
+
+FINALIZE_TASK = "orchestration.finalize"
+
+
+def build_canvas(plan: Plan, steps: Mapping[str, BoundStep], message: dict[str, Any],
+                 run_id: str, app: Any) -> Signature:
+    """The canvas of one run: every step once, in the plan's order, then finalisation."""
+    last = plan_nodes(plan)[-1]
+    ends_in_step = isinstance(plan, Node) or (
+        isinstance(plan, Series) and isinstance(plan.parts[-1], Node)
+    )
+    canvas = _build(plan, steps, message, run_id, app, first=True,
+                    finalizer=last if ends_in_step else None)
+    if ends_in_step:
+        return canvas
+    finalize = app.signature(FINALIZE_TASK, args=(), kwargs={"run_id": run_id},
+                             queue=steps[last].queue)
+    return chain(canvas, finalize)
+
+
+def _build(plan: Plan, steps: Mapping[str, BoundStep], message: dict[str, Any], run_id: str,
+           app: Any, *, first: bool, finalizer: str | None) -> Signature:
+    if isinstance(plan, Node):
+        step = steps[plan.name]
+        kwargs: dict[str, Any] = {"run_id": run_id}
+        if plan.name == finalizer:
+            kwargs["finalize"] = True
+        args = (message,) if first else ()
+        return app.signature(step.spec.task_name, args=args, kwargs=kwargs, queue=step.queue)
+    if isinstance(plan, Series):
+        parts = [
+            _build(part, steps, message, run_id, app, first=first and index == 0,
+                   finalizer=finalizer)
+            for index, part in enumerate(plan.parts)
+        ]
+        return chain(*parts)
+    if isinstance(plan, Parallel):
+        return group(*[_build(part, steps, message, run_id, app, first=first, finalizer=None)
+                       for part in plan.parts])
+    raise TypeError(f"not a plan: {plan!r}")

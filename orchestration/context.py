@@ -1,0 +1,60 @@
+"""The ``ctx`` parameter: what a step may know and do about its own execution."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+if TYPE_CHECKING:
+    from orchestration.llm import LLMClient
+
+
+@dataclass
+class StepContext:
+    """Passed to a step that declares a ``ctx`` parameter.
+
+    ``deadline`` is a ``time.monotonic()`` instant (None: no timeout); pass
+    ``ctx.remaining()`` to anything that blocks. ``ctx.llm`` calls models with cost
+    recorded on this step.
+    """
+
+    run_id: str
+    workflow: str
+    step: str
+    attempt: int
+    deadline: float | None = None
+    model: str | None = None
+    cost_usd: float = 0.0
+    models_used: list[str] = field(default_factory=list)
+    _llm: LLMClient | None = None
+
+    @property
+    def llm(self) -> LLMClient:
+        """The model client bound to this step (its ``model=`` is the default model)."""
+        if self._llm is None:
+            from orchestration.llm import LLMClient
+
+            self._llm = LLMClient(self)
+        return self._llm
+
+    @property
+    def log(self) -> Any:
+        """A structlog logger bound to the run, step and attempt."""
+        return structlog.get_logger("orchestration.step").bind(
+            run_id=self.run_id, step=self.step, attempt=self.attempt
+        )
+
+    def remaining(self) -> float | None:
+        """Seconds left before this attempt's timeout, or None without a timeout."""
+        if self.deadline is None:
+            return None
+        return max(0.0, self.deadline - time.monotonic())
+
+    def record_cost(self, usd: float, *, model: str | None = None) -> None:
+        """Add spend (in USD) to this step; it is summed on the run."""
+        self.cost_usd += float(usd)
+        if model:
+            self.models_used.append(model)

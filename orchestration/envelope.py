@@ -1,0 +1,103 @@
+"""The message that flows between the steps of a run.
+
+Each step task receives the envelope of its predecessor (or a list of envelopes from a
+chord header), adds its own output, and passes it on. Small values travel inline;
+values over the inline limit travel by reference and are read from the results DB by
+the steps that need them, so a large output crosses the broker zero times.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+INPUT_SOURCE = "$input"
+
+
+def dumps(value: Any) -> str:
+    """Canonical JSON (what size limits and cache keys are computed on)."""
+    return json.dumps(value, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+
+
+class Envelope:
+    """Outputs known so far in one branch of a run, and which are unavailable."""
+
+    __slots__ = ("blocked", "failed", "inline", "refs", "run_id")
+
+    def __init__(
+        self,
+        run_id: str,
+        inline: dict[str, Any] | None = None,
+        refs: dict[str, str] | None = None,
+        blocked: set[str] | None = None,
+        failed: set[str] | None = None,
+    ) -> None:
+        self.run_id = run_id
+        self.inline: dict[str, Any] = inline or {}
+        self.refs: dict[str, str] = refs or {}  # output name -> step name (or INPUT_SOURCE)
+        self.blocked: set[str] = blocked or set()  # outputs lost to a critical failure
+        self.failed: set[str] = failed or set()  # steps that failed critically
+
+    @classmethod
+    def for_inputs(cls, run_id: str, inputs: Mapping[str, Any], limit: int) -> Envelope:
+        """The first envelope of a run: its inputs, large ones by reference."""
+        envelope = cls(run_id)
+        for name, value in inputs.items():
+            envelope.put(name, value, source=INPUT_SOURCE, limit=limit)
+        return envelope
+
+    def put(self, name: str, value: Any, *, source: str, limit: int) -> None:
+        """Add an output, inline when its JSON is within ``limit`` bytes."""
+        if value is None or isinstance(value, bool | int | float):
+            self.inline[name] = value
+            return
+        if len(dumps(value).encode()) <= limit:
+            self.inline[name] = value
+        else:
+            self.refs[name] = source
+
+    def has(self, name: str) -> bool:
+        """True when the output is available (inline or by reference)."""
+        return name in self.inline or name in self.refs
+
+    def to_message(self) -> dict[str, Any]:
+        """The JSON-ready form sent to the next step."""
+        message: dict[str, Any] = {"run": self.run_id, "out": self.inline}
+        if self.refs:
+            message["ref"] = self.refs
+        if self.blocked:
+            message["blocked"] = sorted(self.blocked)
+        if self.failed:
+            message["failed"] = sorted(self.failed)
+        return message
+
+    @classmethod
+    def from_message(cls, message: Any) -> Envelope:
+        """Rebuild from what a task received: one envelope, or a (nested) list from a chord."""
+        parts = list(_flatten(message))
+        if not parts:
+            raise ValueError("a step received no envelope")
+        first = parts[0]
+        envelope = cls(
+            first["run"], dict(first.get("out", {})), dict(first.get("ref", {})),
+            set(first.get("blocked", ())), set(first.get("failed", ())),
+        )
+        for part in parts[1:]:
+            if part["run"] != envelope.run_id:
+                raise ValueError(f"envelopes of two runs merged: {envelope.run_id}, {part['run']}")
+            envelope.inline.update(part.get("out", {}))
+            envelope.refs.update(part.get("ref", {}))
+            envelope.blocked.update(part.get("blocked", ()))
+            envelope.failed.update(part.get("failed", ()))
+        return envelope
+
+
+def _flatten(message: Any) -> Iterable[dict[str, Any]]:
+    if isinstance(message, dict):
+        yield message
+    elif isinstance(message, list | tuple):
+        for item in message:
+            yield from _flatten(item)
+    else:
+        raise ValueError(f"not an envelope: {type(message).__name__}")

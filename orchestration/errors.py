@@ -1,0 +1,76 @@
+"""The exception tree.
+
+Every failure the engine raises on purpose derives from :class:`OrchestrationError`.
+Control-flow signals used inside the step runtime derive from :class:`StepSignal`
+instead, so an ``except OrchestrationError`` in user code never swallows them.
+"""
+
+from __future__ import annotations
+
+
+class OrchestrationError(Exception):
+    """Root of every error raised by the engine."""
+
+
+class ConfigurationError(OrchestrationError):
+    """Settings or a catalogue file are invalid; raised at start-up, not at first use."""
+
+
+class WorkflowDefinitionError(OrchestrationError):
+    """A workflow or one of its steps is defined wrongly (cycle, unknown name, bad option).
+
+    Raised when the decorator runs or when the workflow is validated, always before
+    anything is written or enqueued. The message names the workflow and the culprit.
+    """
+
+
+class InvalidInput(OrchestrationError):
+    """The inputs given to ``submit`` cannot start a run (missing, unknown type, not JSON).
+
+    Nothing has been written or enqueued when this is raised.
+    """
+
+
+class RunNotFound(OrchestrationError):
+    """No run with that id exists in the results database."""
+
+
+class WaitTimeout(OrchestrationError, TimeoutError):
+    """``RunHandle.wait`` gave up before the run reached a terminal state.
+
+    The run itself goes on; wait again or inspect it with ``orchestrate show``.
+    """
+
+
+class StepError(OrchestrationError):
+    """Base for failures of one step attempt that the runtime records on the step."""
+
+
+class StepTimeout(StepError, TimeoutError):
+    """A step attempt ran past its per-attempt timeout."""
+
+
+class NonRetryableError(StepError):
+    """Raise from a step to fail the attempt without any further retry.
+
+    The step's fallback (if any) still applies.
+    """
+
+
+class OutputNotSerializable(NonRetryableError):
+    """A step returned a value that cannot be encoded as JSON."""
+
+
+class StepSignal(BaseException):
+    """Base for control-flow signals inside the runtime; never a failure."""
+
+
+class Reschedule(StepSignal):
+    """The next attempt waits longer than is worth holding a worker slot for.
+
+    The runtime hands the step back to the broker with a countdown instead of sleeping.
+    """
+
+    def __init__(self, delay: float) -> None:
+        super().__init__(delay)
+        self.delay = delay

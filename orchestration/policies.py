@@ -1,0 +1,129 @@
+"""Step policies as small objects: backoff between attempts, per-attempt timeout, fallback.
+
+Retries themselves are driven by tenacity in the runtime; these objects only answer
+"how long to wait", "how long may this attempt take" and "what answers instead".
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+from tenacity import RetryCallState, wait_exponential_jitter
+
+from orchestration.errors import WorkflowDefinitionError
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential backoff with jitter: ``min(maximum, initial * multiplier**(n-1)) + U(0, jitter)``.
+
+    ``n`` counts retries from 1. Pass a number to ``task(backoff=...)`` for ``Backoff(initial=n)``.
+    """
+
+    initial: float = 0.5
+    maximum: float = 30.0
+    multiplier: float = 2.0
+    jitter: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.initial < 0 or self.maximum < 0 or self.multiplier < 1 or self.jitter < 0:
+            raise WorkflowDefinitionError(f"invalid backoff {self!r}: values must be >= 0, "
+                                          "multiplier >= 1")
+
+    def delay(self, retry_number: int, rng: random.Random | None = None) -> float:
+        """Seconds to wait before retry ``retry_number`` (1 for the first retry)."""
+        wait = wait_exponential_jitter(
+            initial=self.initial, max=self.maximum, exp_base=self.multiplier, jitter=0
+        )
+        state = RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
+        state.attempt_number = max(1, retry_number)
+        jitter = (rng or random).uniform(0, self.jitter) if self.jitter else 0.0
+        return float(wait(state)) + jitter
+
+
+@runtime_checkable
+class TimeoutPolicy(Protocol):
+    """Anything that decides a step attempt's timeout in seconds (None: no limit)."""
+
+    def seconds(self) -> float | None:
+        """The timeout for the attempt about to start."""
+
+
+@dataclass(frozen=True)
+class FixedTimeout:
+    """The same timeout for every attempt."""
+
+    value: float
+
+    def seconds(self) -> float | None:
+        """The fixed timeout."""
+        return self.value
+
+
+@dataclass(frozen=True)
+class CallableTimeout:
+    """A timeout computed before each attempt by a no-argument callable."""
+
+    compute: Callable[[], float | None]
+
+    def seconds(self) -> float | None:
+        """Ask the callable; a non-positive answer means no limit."""
+        value = self.compute()
+        return float(value) if value is not None and value > 0 else None
+
+
+def as_backoff(value: object, where: str) -> Backoff:
+    """Normalise ``task(backoff=...)``: a Backoff, or a number of initial seconds."""
+    if value is None:
+        return Backoff()
+    if isinstance(value, Backoff):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return Backoff(initial=float(value), maximum=max(30.0, float(value)))
+    raise WorkflowDefinitionError(f"{where}: backoff must be a number or Backoff, got {value!r}")
+
+
+def as_timeout(value: object, where: str) -> TimeoutPolicy | None:
+    """Normalise ``task(timeout=...)``: seconds, a callable, or a TimeoutPolicy."""
+    if value is None:
+        return None
+    if isinstance(value, TimeoutPolicy):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if value <= 0:
+            raise WorkflowDefinitionError(f"{where}: timeout must be > 0 seconds, got {value!r}")
+        return FixedTimeout(float(value))
+    if callable(value):
+        return CallableTimeout(value)
+    raise WorkflowDefinitionError(
+        f"{where}: timeout must be seconds, a callable or a TimeoutPolicy, got {value!r}"
+    )
+
+
+class Fallback:
+    """What a step answers when every attempt failed: a fixed value or a callable.
+
+    A callable receives the same arguments as the step.
+    """
+
+    __slots__ = ("_target",)
+
+    def __init__(self, target: Any) -> None:
+        self._target = target
+
+    @property
+    def is_callable(self) -> bool:
+        """True when the fallback is computed rather than fixed."""
+        return callable(self._target)
+
+    def resolve(self, kwargs: dict[str, Any]) -> Any:
+        """The fallback output for a step called with ``kwargs``."""
+        if callable(self._target):
+            return self._target(**kwargs)
+        return self._target
+
+    def __repr__(self) -> str:
+        return f"Fallback({self._target!r})"

@@ -1,0 +1,54 @@
+"""Lifecycle states of runs and steps, as stored in the results database."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class RunStatus(str, Enum):
+    """Where a run is in its lifecycle: ``pending -> running -> succeeded | failed``."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        """True once the run can no longer change by itself."""
+        return self in TERMINAL_RUN_STATUSES
+
+
+class StepStatus(str, Enum):
+    """Where a step is: ``pending -> running [-> retrying -> running]* -> <terminal>``.
+
+    ``fallback`` is terminal and successful: the step failed but its fallback answered.
+    ``skipped`` means a dependency failed critically, so the step never ran.
+    """
+
+    PENDING = "pending"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    SUCCEEDED = "succeeded"
+    FALLBACK = "fallback"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+    @property
+    def is_terminal(self) -> bool:
+        """True once the step's outcome is recorded for good."""
+        return self in TERMINAL_STEP_STATUSES
+
+    @property
+    def produced_output(self) -> bool:
+        """True when dependents receive a real output from this step."""
+        return self in (StepStatus.SUCCEEDED, StepStatus.FALLBACK)
+
+
+TERMINAL_RUN_STATUSES = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED})
+TERMINAL_STEP_STATUSES = frozenset(
+    {StepStatus.SUCCEEDED, StepStatus.FALLBACK, StepStatus.FAILED, StepStatus.SKIPPED}
+)
+# A step in one of these states may be (re)started by a delivery of its message.
+CLAIMABLE_STEP_STATUSES = frozenset({StepStatus.PENDING, StepStatus.RUNNING, StepStatus.RETRYING})

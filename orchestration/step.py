@@ -1,0 +1,196 @@
+"""One step of a workflow: the function, how it binds, and its policies."""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from orchestration.errors import WorkflowDefinitionError
+from orchestration.policies import Backoff, Fallback, TimeoutPolicy, as_backoff, as_timeout
+
+CTX_PARAM = "ctx"
+
+STEP_OPTIONS = frozenset(
+    {
+        "name", "output", "depends_on", "retries", "backoff", "timeout", "fallback",
+        "critical", "queue", "model", "max_cost",
+    }
+)
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    """A validated step definition; built by ``Workflow.task``."""
+
+    workflow: str
+    name: str
+    fn: Callable[..., Any]
+    params: tuple[str, ...]
+    optional_params: frozenset[str]
+    wants_ctx: bool
+    output: str
+    depends_on: tuple[str, ...] = ()
+    retries: int = 0
+    backoff: Backoff = field(default_factory=Backoff)
+    timeout: TimeoutPolicy | None = None
+    fallback: Fallback | None = None
+    critical: bool = True
+    queue: str | None = None
+    model: str | None = None
+    max_cost: float | None = None
+
+    @property
+    def task_name(self) -> str:
+        """The Celery task name, as Flower shows it."""
+        return f"{self.workflow}.{self.name}"
+
+    @property
+    def where(self) -> str:
+        """How error messages name this step."""
+        return f"step {self.task_name!r}"
+
+
+class Step:
+    """What ``@workflow.task`` returns: calls the plain function, and names the step.
+
+    Pass it to ``depends_on=`` of another step; call it to unit-test the function.
+    """
+
+    def __init__(self, spec: StepSpec) -> None:
+        self.spec = spec
+        self.__wrapped__ = spec.fn
+        self.__name__ = spec.name
+        self.__doc__ = spec.fn.__doc__
+
+    @property
+    def name(self) -> str:
+        """The step's name within its workflow."""
+        return self.spec.name
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.spec.fn(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<Step {self.spec.task_name}>"
+
+
+def _suggest(word: str, choices: Sequence[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _depends_names(value: object, where: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    items = value if isinstance(value, list | tuple) else [value]
+    names: list[str] = []
+    for item in items:
+        if isinstance(item, Step):
+            names.append(item.name)
+        elif isinstance(item, str) and item:
+            names.append(item)
+        else:
+            raise WorkflowDefinitionError(
+                f"{where}: depends_on takes steps or step/output names, got {item!r}"
+            )
+    return tuple(dict.fromkeys(names))
+
+
+def _check_number(options: dict[str, Any], key: str, where: str, *, integer: bool) -> None:
+    value = options.get(key)
+    if value is None:
+        return
+    kinds: tuple[type, ...] = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or value < 0:
+        kind = "a whole number" if integer else "a number"
+        raise WorkflowDefinitionError(f"{where}: {key} must be {kind} >= 0, got {value!r}")
+
+
+def _check_name(value: object, what: str, where: str) -> str:
+    if not isinstance(value, str) or not value.isidentifier():
+        raise WorkflowDefinitionError(f"{where}: {what} must be a Python identifier, got {value!r}")
+    return value
+
+
+def build_spec(workflow: str, fn: Callable[..., Any], options: dict[str, Any]) -> StepSpec:
+    """Check a decorator's options and the function's signature; build the StepSpec."""
+    if not callable(fn):
+        raise WorkflowDefinitionError(f"workflow {workflow!r}: task() decorates functions, "
+                                      f"got {fn!r}")
+    name = _check_name(options.get("name") or fn.__name__, "name", f"workflow {workflow!r}")
+    where = f"step {workflow}.{name!s}"
+    unknown = sorted(set(options) - STEP_OPTIONS)
+    if unknown:
+        raise WorkflowDefinitionError(
+            f"{where}: unknown option {unknown[0]!r}{_suggest(unknown[0], sorted(STEP_OPTIONS))}"
+        )
+    params, optional, wants_ctx = _signature(fn, where)
+    _check_number(options, "retries", where, integer=True)
+    _check_number(options, "max_cost", where, integer=False)
+    for key in ("queue", "model"):
+        value = options.get(key)
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise WorkflowDefinitionError(f"{where}: {key} must be a non-empty string")
+    critical = options.get("critical", True)
+    if not isinstance(critical, bool):
+        raise WorkflowDefinitionError(f"{where}: critical must be True or False")
+    output = _check_name(options.get("output") or name, "output", where)
+    return StepSpec(
+        workflow=workflow,
+        name=name,
+        fn=fn,
+        params=params,
+        optional_params=optional,
+        wants_ctx=wants_ctx,
+        output=output,
+        depends_on=_depends_names(options.get("depends_on"), where),
+        retries=int(options.get("retries") or 0),
+        backoff=as_backoff(options.get("backoff"), where),
+        timeout=as_timeout(options.get("timeout"), where),
+        fallback=Fallback(options["fallback"]) if options.get("fallback") is not None else None,
+        critical=critical,
+        queue=options.get("queue"),
+        model=options.get("model"),
+        max_cost=options.get("max_cost"),
+    )
+
+
+def _signature(fn: Callable[..., Any], where: str) -> tuple[tuple[str, ...], frozenset[str], bool]:
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError) as exc:
+        raise WorkflowDefinitionError(f"{where}: cannot read the function's signature") from exc
+    params: list[str] = []
+    optional: set[str] = set()
+    wants_ctx = False
+    for param in signature.parameters.values():
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD, param.POSITIONAL_ONLY):
+            raise WorkflowDefinitionError(
+                f"{where}: parameter {param.name!r} cannot be bound by name "
+                "(no *args, **kwargs or positional-only parameters)"
+            )
+        if param.name == CTX_PARAM:
+            wants_ctx = True
+            continue
+        params.append(param.name)
+        if param.default is not param.empty:
+            optional.add(param.name)
+    return tuple(params), frozenset(optional), wants_ctx
+
+
+@dataclass(frozen=True)
+class BoundStep:
+    """A step with its names resolved against the rest of its workflow.
+
+    ``sources`` maps each parameter to the output or workflow input that fills it;
+    ``requires`` holds every output whose loss to a critical failure skips this step.
+    """
+
+    spec: StepSpec
+    queue: str
+    sources: dict[str, str]
+    requires: frozenset[str]
+    upstream: frozenset[str]  # names of the steps this one depends on

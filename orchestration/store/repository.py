@@ -1,0 +1,406 @@
+"""The repository: every read and write of run state goes through :class:`Store`.
+
+Writes are conditional updates on the row's current status, so each transition is
+recorded once even when a message is delivered twice; the hot path (claim a step,
+record its outcome) is one transaction each.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from orchestration.errors import RunNotFound
+from orchestration.results import RunResult, RunSummary, StepRecord, as_utc
+from orchestration.status import (
+    CLAIMABLE_STEP_STATUSES,
+    TERMINAL_RUN_STATUSES,
+    RunStatus,
+    StepStatus,
+)
+from orchestration.store.engine import create_engines, schema_is_current, upgrade
+from orchestration.store.models import AttemptRow, RunRow, StepRow
+
+_CLAIMABLE = [status.value for status in CLAIMABLE_STEP_STATUSES]
+_TERMINAL_RUN = [status.value for status in TERMINAL_RUN_STATUSES]
+
+
+def utcnow() -> datetime:
+    """Now, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class PlannedStep:
+    """A step row to create with its run."""
+
+    name: str
+    output_name: str
+    queue: str
+    model: str | None
+    critical: bool
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The answer to "may this delivery run the step?".
+
+    ``proceed`` is False when the step already reached a terminal state (a duplicate
+    delivery, or a step completed before a resume); ``status``/``output`` then say how.
+    ``attempts`` counts attempts already made by earlier deliveries.
+    """
+
+    proceed: bool
+    status: StepStatus
+    attempts: int
+    output: Any = None
+    run_status: RunStatus = RunStatus.RUNNING
+
+
+@dataclass
+class AttemptRecord:
+    """One attempt's trace, written with the step's outcome."""
+
+    attempt: int
+    status: str
+    started_at: datetime
+    finished_at: datetime
+    error: str | None = None
+    error_type: str | None = None
+    model: str | None = None
+    cost_usd: float = 0.0
+
+    @property
+    def latency_ms(self) -> float:
+        """Wall time of the attempt in milliseconds."""
+        return (self.finished_at - self.started_at).total_seconds() * 1000
+
+
+@dataclass
+class StepOutcome:
+    """The terminal (or retrying) state of a step, recorded in one transaction."""
+
+    status: StepStatus
+    output: Any = None
+    error: str | None = None
+    error_type: str | None = None
+    attempts: list[AttemptRecord] = field(default_factory=list)
+    cost_usd: float = 0.0
+    model: str | None = None
+
+
+class Store:
+    """Reads and writes runs, steps and attempts in the results database."""
+
+    def __init__(self, url: str, *, migrate: bool = True) -> None:
+        self.url = url
+        self._writer, self._reader = create_engines(url)
+        self._migrate = migrate
+        self._schema_checked = False
+        self._lock = threading.Lock()
+
+    @property
+    def engine(self) -> Engine:
+        """The writer engine (for migrations and tests)."""
+        return self._writer
+
+    def ensure_schema(self) -> None:
+        """Create or upgrade the schema if needed; cheap after the first call."""
+        if self._schema_checked:
+            return
+        with self._lock:
+            if self._schema_checked:
+                return
+            if not schema_is_current(self._reader):
+                if not self._migrate:
+                    raise RuntimeError(
+                        "the results database schema is not current: run `orchestrate db upgrade`"
+                    )
+                upgrade(self._writer)
+            self._schema_checked = True
+
+    def dispose(self) -> None:
+        """Close pooled connections (after a fork, or at shutdown)."""
+        self._writer.dispose()
+        if self._reader is not self._writer:
+            self._reader.dispose()
+
+    # -- writes ------------------------------------------------------------------------
+
+    def create_run(
+        self,
+        run_id: str,
+        workflow: str,
+        version: str,
+        inputs: dict[str, Any],
+        steps: Sequence[PlannedStep],
+        *,
+        idempotency_key: str | None = None,
+        parent_run_id: str | None = None,
+    ) -> str:
+        """Write the run row and its pending step rows; returns the run id.
+
+        With an ``idempotency_key`` already used, nothing is written and the existing
+        run's id is returned.
+        """
+        self.ensure_schema()
+        now = utcnow()
+        try:
+            with self._writer.begin() as conn:
+                conn.execute(
+                    insert(RunRow),
+                    [{
+                        "id": run_id, "workflow": workflow, "workflow_version": version,
+                        "status": RunStatus.PENDING.value, "inputs": inputs,
+                        "idempotency_key": idempotency_key, "parent_run_id": parent_run_id,
+                        "cost_usd": 0.0, "created_at": now,
+                    }],
+                )
+                conn.execute(
+                    insert(StepRow),
+                    [{
+                        "run_id": run_id, "name": step.name, "output_name": step.output_name,
+                        "status": StepStatus.PENDING.value, "queue": step.queue,
+                        "model": step.model, "critical": step.critical, "attempts": 0,
+                        "deliveries": 0, "cost_usd": 0.0,
+                    } for step in steps],
+                )
+        except IntegrityError:
+            if idempotency_key is None:
+                raise
+            existing = self.find_by_idempotency_key(idempotency_key)
+            if existing is None:
+                raise
+            return existing
+        return run_id
+
+    def claim_step(
+        self, run_id: str, name: str, *, worker: str | None, task_id: str | None
+    ) -> Claim:
+        """Mark a step running for this delivery, unless it already finished."""
+        now = utcnow()
+        with self._writer.begin() as conn:
+            claimed = conn.execute(
+                update(StepRow)
+                .where(StepRow.run_id == run_id, StepRow.name == name,
+                       StepRow.status.in_(_CLAIMABLE))
+                .values(status=StepStatus.RUNNING.value, worker=worker, celery_task_id=task_id,
+                        deliveries=StepRow.deliveries + 1, started_at=now)
+                .returning(StepRow.attempts)
+            ).first()
+            run_status = conn.execute(
+                update(RunRow)
+                .where(RunRow.id == run_id, RunRow.status == RunStatus.PENDING.value)
+                .values(status=RunStatus.RUNNING.value, started_at=now)
+                .returning(RunRow.status)
+            ).scalar()
+            if claimed is not None:
+                return Claim(True, StepStatus.RUNNING, int(claimed[0]))
+            row = conn.execute(
+                select(StepRow.status, StepRow.attempts, StepRow.output)
+                .where(StepRow.run_id == run_id, StepRow.name == name)
+            ).first()
+            if run_status is None:
+                run_status = conn.execute(
+                    select(RunRow.status).where(RunRow.id == run_id)
+                ).scalar()
+        if row is None or run_status is None:
+            raise RunNotFound(f"run {run_id} has no step {name!r}")
+        return Claim(False, StepStatus(row.status), int(row.attempts), row.output,
+                     RunStatus(run_status))
+
+    def record_step(self, run_id: str, name: str, outcome: StepOutcome,
+                    *, worker: str | None = None) -> bool:
+        """Record a step's outcome and its attempts; False if it was already terminal."""
+        now = utcnow()
+        terminal = outcome.status.is_terminal
+        values: dict[str, Any] = {
+            "status": outcome.status.value,
+            "error": outcome.error,
+            "error_type": outcome.error_type,
+            "attempts": StepRow.attempts + len(outcome.attempts),
+            "cost_usd": StepRow.cost_usd + outcome.cost_usd,
+        }
+        if outcome.model:
+            values["model"] = outcome.model
+        if terminal:
+            values.update(output=outcome.output, finished_at=now)
+        with self._writer.begin() as conn:
+            row = conn.execute(
+                update(StepRow)
+                .where(StepRow.run_id == run_id, StepRow.name == name,
+                       StepRow.status.in_(_CLAIMABLE))
+                .values(**values)
+                .returning(StepRow.started_at)
+            ).first()
+            if row is None:
+                return False
+            if terminal and row.started_at is not None:
+                conn.execute(
+                    update(StepRow)
+                    .where(StepRow.run_id == run_id, StepRow.name == name)
+                    .values(latency_ms=(now - as_utc(row.started_at)).total_seconds() * 1000)
+                )
+            if outcome.attempts:
+                conn.execute(insert(AttemptRow), [_attempt_row(run_id, name, a, worker)
+                                                  for a in outcome.attempts])
+            if outcome.cost_usd:
+                conn.execute(update(RunRow).where(RunRow.id == run_id)
+                             .values(cost_usd=RunRow.cost_usd + outcome.cost_usd))
+        return True
+
+    def skip_steps(self, run_id: str, names: Iterable[str], reason: str) -> int:
+        """Mark steps skipped (a dependency failed); returns how many changed."""
+        names = list(names)
+        if not names:
+            return 0
+        with self._writer.begin() as conn:
+            result = conn.execute(
+                update(StepRow)
+                .where(StepRow.run_id == run_id, StepRow.name.in_(names),
+                       StepRow.status.in_(_CLAIMABLE))
+                .values(status=StepStatus.SKIPPED.value, error=reason, finished_at=utcnow())
+            )
+        return int(result.rowcount or 0)
+
+    def finish_run(self, run_id: str, status: RunStatus, *, error: str | None = None,
+                   error_type: str | None = None) -> bool:
+        """Move a run to a terminal status; False if it was already terminal."""
+        with self._writer.begin() as conn:
+            result = conn.execute(
+                update(RunRow)
+                .where(RunRow.id == run_id, RunRow.status.not_in(_TERMINAL_RUN))
+                .values(status=status.value, error=error, error_type=error_type,
+                        finished_at=utcnow())
+            )
+        return bool(result.rowcount)
+
+    # -- reads -------------------------------------------------------------------------
+
+    def run_status(self, run_id: str) -> RunStatus:
+        """The run's current status (one indexed read; what ``wait`` polls)."""
+        with self._reader.connect() as conn:
+            status = conn.execute(select(RunRow.status).where(RunRow.id == run_id)).scalar()
+        if status is None:
+            raise RunNotFound(f"no run {run_id!r} in {self._redacted_url()}")
+        return RunStatus(status)
+
+    def find_by_idempotency_key(self, key: str) -> str | None:
+        """The id of the run started with this idempotency key, if any."""
+        with self._reader.connect() as conn:
+            return conn.execute(
+                select(RunRow.id).where(RunRow.idempotency_key == key)
+            ).scalar()
+
+    def load_output(self, run_id: str, name: str) -> Any:
+        """A step's stored output (how outputs passed by reference are fetched)."""
+        with self._reader.connect() as conn:
+            return conn.execute(
+                select(StepRow.output).where(StepRow.run_id == run_id, StepRow.name == name)
+            ).scalar()
+
+    def load_inputs(self, run_id: str) -> dict[str, Any]:
+        """A run's inputs."""
+        with self._reader.connect() as conn:
+            inputs = conn.execute(select(RunRow.inputs).where(RunRow.id == run_id)).scalar()
+        if inputs is None:
+            raise RunNotFound(f"no run {run_id!r}")
+        return dict(inputs)
+
+    def get_run(self, run_id: str) -> RunResult:
+        """The run with every step and attempt."""
+        self.ensure_schema()
+        with self._reader.connect() as conn:
+            run = conn.execute(select(RunRow).where(RunRow.id == run_id)).first()
+            if run is None:
+                raise RunNotFound(f"no run {run_id!r} in {self._redacted_url()}")
+            steps = conn.execute(
+                select(StepRow).where(StepRow.run_id == run_id).order_by(StepRow.id)
+            ).all()
+            attempts = conn.execute(
+                select(AttemptRow).where(AttemptRow.run_id == run_id)
+                .order_by(AttemptRow.step_name, AttemptRow.attempt, AttemptRow.id)
+            ).all()
+        by_step: dict[str, list[dict[str, Any]]] = {}
+        for attempt in attempts:
+            by_step.setdefault(attempt.step_name, []).append({
+                "attempt": attempt.attempt, "status": attempt.status, "error": attempt.error,
+                "error_type": attempt.error_type, "latency_ms": attempt.latency_ms,
+                "worker": attempt.worker, "model": attempt.model, "cost_usd": attempt.cost_usd,
+                "started_at": as_utc(attempt.started_at),
+            })
+        records = {
+            step.name: StepRecord(
+                name=step.name, status=StepStatus(step.status), output_name=step.output_name,
+                output=step.output, attempts=step.attempts, latency_ms=step.latency_ms,
+                cost_usd=step.cost_usd, error=step.error, error_type=step.error_type,
+                model=step.model, queue=step.queue, worker=step.worker,
+                deliveries=step.deliveries, started_at=as_utc(step.started_at),
+                finished_at=as_utc(step.finished_at), attempt_log=by_step.get(step.name, []),
+            )
+            for step in steps
+        }
+        return RunResult(
+            run_id=run.id, workflow=run.workflow, status=RunStatus(run.status),
+            inputs=dict(run.inputs or {}), steps=records, error=run.error,
+            error_type=run.error_type, cost_usd=run.cost_usd,
+            created_at=as_utc(run.created_at), started_at=as_utc(run.started_at),
+            finished_at=as_utc(run.finished_at), parent_run_id=run.parent_run_id,
+        )
+
+    def list_runs(self, *, workflow: str | None = None, status: RunStatus | None = None,
+                  since: datetime | None = None, limit: int = 50) -> list[RunSummary]:
+        """Recent runs, newest first."""
+        self.ensure_schema()
+        query = select(RunRow).order_by(RunRow.created_at.desc()).limit(limit)
+        if workflow:
+            query = query.where(RunRow.workflow == workflow)
+        if status:
+            query = query.where(RunRow.status == status.value)
+        if since:
+            query = query.where(RunRow.created_at >= since)
+        with self._reader.connect() as conn:
+            rows = conn.execute(query).all()
+        return [RunSummary(run_id=r.id, workflow=r.workflow, status=RunStatus(r.status),
+                           created_at=as_utc(r.created_at), finished_at=as_utc(r.finished_at),
+                           cost_usd=r.cost_usd, error=r.error) for r in rows]
+
+    def unfinished_runs(self, *, workflows: list[str],
+                        created_before: datetime) -> list[tuple[str, str, dict[str, Any]]]:
+        """Runs still pending or running that were created before a given instant."""
+        if not workflows:
+            return []
+        self.ensure_schema()
+        with self._reader.connect() as conn:
+            rows = conn.execute(_unfinished_query(workflows, created_before)).all()
+        return [(row.id, row.workflow, dict(row.inputs or {})) for row in rows]
+
+    def _redacted_url(self) -> str:
+        return self._writer.url.render_as_string(hide_password=True)
+
+
+def _attempt_row(run_id: str, name: str, attempt: AttemptRecord,
+                 worker: str | None) -> dict[str, Any]:
+    return {
+        "run_id": run_id, "step_name": name, "attempt": attempt.attempt,
+        "status": attempt.status, "error": attempt.error, "error_type": attempt.error_type,
+        "worker": worker, "model": attempt.model, "cost_usd": attempt.cost_usd,
+        "latency_ms": attempt.latency_ms, "started_at": attempt.started_at,
+        "finished_at": attempt.finished_at,
+    }
+
+
+def _unfinished_query(workflows: list[str], created_before: datetime) -> Any:
+    return (
+        select(RunRow.id, RunRow.workflow, RunRow.inputs)
+        .where(RunRow.workflow.in_(workflows),
+               RunRow.status.in_([RunStatus.PENDING.value, RunStatus.RUNNING.value]),
+               RunRow.created_at < created_before)
+        .order_by(RunRow.created_at)
+    )

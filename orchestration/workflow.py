@@ -1,0 +1,278 @@
+"""Workflows: declare steps with ``@workflow.task``, validate, submit runs."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, overload
+
+from orchestration.compiler import build_canvas
+from orchestration.envelope import Envelope, dumps
+from orchestration.errors import InvalidInput, WorkflowDefinitionError
+from orchestration.graph import Decomposition, decompose, find_cycle
+from orchestration.results import RunHandle, RunResult
+from orchestration.step import CTX_PARAM, BoundStep, Step, StepSpec, build_spec
+from orchestration.store.repository import PlannedStep
+
+if TYPE_CHECKING:
+    from orchestration.app import Orchestrator
+
+RESERVED_INPUTS = frozenset({"idempotency_key", CTX_PARAM})
+
+
+@dataclass(frozen=True)
+class CompiledWorkflow:
+    """A validated workflow: bound steps, required inputs, and its decomposition."""
+
+    version: str
+    steps: dict[str, BoundStep]
+    inputs: frozenset[str]
+    required_inputs: frozenset[str]
+    decomposition: Decomposition
+
+
+class Workflow:
+    """A DAG of Python steps, run on Celery workers with state in the results database.
+
+    ``queue`` is the default queue of its steps; ``inputs`` (optional) declares the
+    workflow's inputs, making any parameter that nothing provides a definition error.
+    """
+
+    def __init__(self, name: str, *, queue: str | None = None,
+                 inputs: list[str] | None = None, app: Orchestrator | None = None) -> None:
+        if not isinstance(name, str) or not name.replace("_", "").replace("-", "").isalnum():
+            raise WorkflowDefinitionError(
+                f"workflow name must be letters, digits, '_' or '-', got {name!r}"
+            )
+        if app is None:
+            from orchestration.app import default_orchestrator
+
+            app = default_orchestrator()
+        self.name = name
+        self.queue = queue
+        self.declared_inputs = frozenset(inputs) if inputs is not None else None
+        self.app = app
+        self._specs: dict[str, StepSpec] = {}
+        self._compiled: CompiledWorkflow | None = None
+        self._lock = threading.Lock()
+        app.register(self)
+
+    # -- definition --------------------------------------------------------------------
+
+    @overload
+    def task(self, fn: Callable[..., Any], /) -> Step: ...
+    @overload
+    def task(self, fn: None = None, /, **options: Any) -> Callable[[Callable[..., Any]], Step]: ...
+
+    def task(self, fn: Callable[..., Any] | None = None, /,
+             **options: Any) -> Step | Callable[[Callable[..., Any]], Step]:
+        """Declare a step: ``@wf.task`` or ``@wf.task(retries=3, timeout=30, ...)``.
+
+        Options: ``name``, ``output``, ``depends_on``, ``retries``, ``backoff``, ``timeout``,
+        ``fallback``, ``critical``, ``queue``, ``model``, ``max_cost``. Unknown options and
+        bad values raise :class:`WorkflowDefinitionError` here.
+        """
+        def decorate(function: Callable[..., Any]) -> Step:
+            spec = build_spec(self.name, function, options)
+            self._add(spec)
+            return Step(spec)
+
+        return decorate(fn) if fn is not None else decorate
+
+    def _add(self, spec: StepSpec) -> None:
+        with self._lock:
+            if spec.name in self._specs:
+                raise WorkflowDefinitionError(
+                    f"workflow {self.name!r}: two steps named {spec.name!r} "
+                    "(use name= to tell them apart)"
+                )
+            for other in self._specs.values():
+                if other.output == spec.output:
+                    raise WorkflowDefinitionError(
+                        f"workflow {self.name!r}: steps {other.name!r} and {spec.name!r} "
+                        f"both output {spec.output!r}"
+                    )
+            self._specs[spec.name] = spec
+            self._compiled = None
+        self.app.register_step(self, spec)
+
+    @property
+    def steps(self) -> Mapping[str, StepSpec]:
+        """The declared steps by name, in declaration order."""
+        return dict(self._specs)
+
+    def queue_of(self, spec: StepSpec) -> str:
+        """The queue a step's messages go to: its queue, its model's, or the default."""
+        if spec.queue:
+            return spec.queue
+        if spec.model:
+            return f"model.{spec.model}"
+        return self.queue or self.app.settings.default_queue
+
+    # -- validation --------------------------------------------------------------------
+
+    def validate(self) -> CompiledWorkflow:
+        """Check the whole graph (names, cycles, bindings); cached until a step is added."""
+        compiled = self._compiled
+        if compiled is not None:
+            return compiled
+        with self._lock:
+            if self._compiled is None:
+                self._compiled = _compile(self)
+            return self._compiled
+
+    # -- running -----------------------------------------------------------------------
+
+    def submit(self, *, idempotency_key: str | None = None, **inputs: Any) -> RunHandle:
+        """Validate the inputs, write the run row and enqueue the run; returns a handle.
+
+        With an ``idempotency_key`` that already started a run, that run's handle is
+        returned and nothing is enqueued. Raises :class:`InvalidInput` (nothing written).
+        """
+        compiled = self.validate()
+        encoded = self._check_inputs(compiled, inputs)
+        store = self.app.store
+        run_id = str(uuid.uuid4())
+        planned = [
+            PlannedStep(name, bound.spec.output, bound.queue, bound.spec.model,
+                        bound.spec.critical)
+            for name, bound in compiled.steps.items()
+        ]
+        stored_id = store.create_run(run_id, self.name, compiled.version, encoded, planned,
+                                     idempotency_key=idempotency_key)
+        if stored_id != run_id:
+            return RunHandle(stored_id, store, existing=True)
+        self.dispatch(run_id, encoded)
+        return RunHandle(run_id, store)
+
+    def run(self, *, timeout: float | None = 60.0, **inputs: Any) -> RunResult:
+        """Submit and wait: the finished run (whatever its status)."""
+        return self.submit(**inputs).wait(timeout=timeout)
+
+    def dispatch(self, run_id: str, inputs: dict[str, Any]) -> None:
+        """Enqueue the run's canvas (steps already terminal in the DB will not re-run)."""
+        compiled = self.validate()
+        self.app.before_dispatch(compiled)
+        envelope = Envelope.for_inputs(run_id, inputs, self.app.settings.inline_output_limit)
+        canvas = build_canvas(compiled.decomposition.plan, compiled.steps,
+                              envelope.to_message(), run_id, self.app.celery)
+        canvas.apply_async()
+
+    def _check_inputs(self, compiled: CompiledWorkflow, inputs: dict[str, Any]) -> dict[str, Any]:
+        missing = sorted(compiled.required_inputs - set(inputs))
+        if missing:
+            raise InvalidInput(f"workflow {self.name!r}: missing input(s) {', '.join(missing)}")
+        if self.declared_inputs is not None:
+            unknown = sorted(set(inputs) - self.declared_inputs)
+            if unknown:
+                raise InvalidInput(f"workflow {self.name!r}: unknown input(s) {', '.join(unknown)}"
+                                   f" (declared: {', '.join(sorted(self.declared_inputs))})")
+        for key, value in inputs.items():
+            try:
+                dumps(value)
+            except (TypeError, ValueError) as exc:
+                raise InvalidInput(
+                    f"workflow {self.name!r}: input {key!r} is not JSON-serialisable "
+                    f"({type(value).__name__}): {exc}"
+                ) from None
+        return dict(inputs)
+
+    def __repr__(self) -> str:
+        return f"<Workflow {self.name} ({len(self._specs)} steps)>"
+
+
+def _compile(workflow: Workflow) -> CompiledWorkflow:
+    specs = workflow._specs
+    name = workflow.name
+    if not specs:
+        raise WorkflowDefinitionError(f"workflow {name!r} has no steps")
+    by_output = {spec.output: spec for spec in specs.values()}
+    declared = workflow.declared_inputs
+    if declared is not None:
+        clash = sorted(declared & set(by_output))
+        if clash:
+            raise WorkflowDefinitionError(
+                f"workflow {name!r}: {clash[0]!r} is both an input and a step output"
+            )
+        reserved = sorted(declared & RESERVED_INPUTS)
+        if reserved:
+            raise WorkflowDefinitionError(f"workflow {name!r}: {reserved[0]!r} is reserved")
+    deps: dict[str, list[str]] = {}
+    bound_sources: dict[str, dict[str, str]] = {}
+    inputs: set[str] = set()
+    required: set[str] = set()
+    for spec in specs.values():
+        upstream: list[str] = []
+        sources: dict[str, str] = {}
+        for param in spec.params:
+            if param in by_output:
+                upstream.append(by_output[param].name)
+            elif param in specs and specs[param].output != param:
+                raise WorkflowDefinitionError(
+                    f"{spec.where}: parameter {param!r} names step {param!r}, whose output is "
+                    f"called {specs[param].output!r}; rename the parameter"
+                )
+            elif declared is not None and param not in declared:
+                if param in spec.optional_params:
+                    continue
+                raise WorkflowDefinitionError(
+                    f"{spec.where}: parameter {param!r} is provided by no step output and no "
+                    f"workflow input"
+                )
+            else:
+                if param in RESERVED_INPUTS:
+                    raise WorkflowDefinitionError(f"{spec.where}: parameter name {param!r} "
+                                                  "is reserved")
+                inputs.add(param)
+                if param not in spec.optional_params:
+                    required.add(param)
+            sources[param] = param
+        for dep in spec.depends_on:
+            target = specs.get(dep) or by_output.get(dep)
+            if target is None:
+                raise WorkflowDefinitionError(
+                    f"{spec.where}: depends_on names {dep!r}, which is no step or output of "
+                    f"workflow {name!r}"
+                )
+            upstream.append(target.name)
+        if spec.name in upstream:
+            raise WorkflowDefinitionError(f"{spec.where} depends on itself")
+        deps[spec.name] = list(dict.fromkeys(upstream))
+        bound_sources[spec.name] = sources
+    cycle = find_cycle(deps)
+    if cycle:
+        raise WorkflowDefinitionError(
+            f"workflow {name!r} has a cycle: {' -> '.join(cycle)}"
+        )
+    steps = {
+        spec.name: BoundStep(
+            spec=spec, queue=workflow.queue_of(spec), sources=bound_sources[spec.name],
+            requires=frozenset(specs[up].output for up in deps[spec.name]),
+            upstream=frozenset(deps[spec.name]),
+        )
+        for spec in specs.values()
+    }
+    if declared is not None:
+        inputs |= set(declared)
+    return CompiledWorkflow(
+        version=_version(workflow, deps), steps=steps, inputs=frozenset(inputs),
+        required_inputs=frozenset(required), decomposition=decompose(deps),
+    )
+
+
+def _version(workflow: Workflow, deps: dict[str, list[str]]) -> str:
+    shape = [
+        (spec.name, spec.output, sorted(deps[spec.name]), spec.params, spec.retries,
+         spec.critical, workflow.queue_of(spec), spec.model,
+         getattr(spec.fn, "__qualname__", ""), _code_hash(spec.fn))
+        for spec in workflow._specs.values()
+    ]
+    return hashlib.sha256(repr(shape).encode()).hexdigest()[:16]
+
+
+def _code_hash(fn: Callable[..., Any]) -> str:
+    code = getattr(fn, "__code__", None)
+    return hashlib.sha256(code.co_code).hexdigest()[:12] if code is not None else ""

@@ -1,0 +1,1 @@
+"""Business workflows built on the orchestration engine."""

@@ -1,0 +1,1 @@
+"""Support-ticket workflow: category and urgency models trained locally with scikit-learn."""
