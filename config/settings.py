@@ -60,6 +60,11 @@ class Settings(BaseSettings):
         "the longest step (all attempts and backoff).",
     )
 
+    log_level: str = Field(default="INFO", description="Engine log level.")
+    log_json: bool | None = Field(
+        default=None, description="JSON log lines (default: unless stderr is a terminal)."
+    )
+
     @field_validator("imports", mode="before")
     @classmethod
     def _split_imports(cls, value: object) -> object:

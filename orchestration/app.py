@@ -20,6 +20,7 @@ from config.settings import Settings
 from orchestration.compiler import FINALIZE_TASK
 from orchestration.envelope import Envelope
 from orchestration.errors import ConfigurationError, Reschedule, WorkflowDefinitionError
+from orchestration.logs import configure_logging
 from orchestration.runtime import Delivery, finalize_run, run_step
 from orchestration.store.repository import Store, utcnow
 
@@ -36,6 +37,7 @@ class Orchestrator:
 
     def __init__(self, settings: Settings | None = None, *, name: str = "orchestration") -> None:
         self.settings = settings or Settings()
+        configure_logging(self.settings.log_level, json=self.settings.log_json)
         self.celery = Celery(name, set_as_current=False)
         self.celery.conf.update(celery_config(self.settings))
         self.workflows: dict[str, Workflow] = {}
@@ -127,6 +129,14 @@ class Orchestrator:
         if recover:
             worker.recover()
         return worker
+
+    def reconfigure(self, settings: Settings) -> None:
+        """Point this orchestrator at other settings (tests); stops its in-process worker."""
+        self.shutdown()
+        self.settings = settings
+        self.celery.conf.update(celery_config(settings))
+        self.celery.pool.force_close_all()
+        self._store = None
 
     def shutdown(self) -> None:
         """Stop the in-process worker (if any) and close DB connections."""

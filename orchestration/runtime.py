@@ -87,7 +87,7 @@ def finalize_run(envelope: Envelope, store: Store) -> RunStatus:
     else:
         status = RunStatus.SUCCEEDED
         store.finish_run(envelope.run_id, status)
-    log.info("run finished", run_id=envelope.run_id, status=status.value)
+    log.debug("run finished", run_id=envelope.run_id, status=status.value)
     return status
 
 

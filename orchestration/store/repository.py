@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Engine, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from orchestration.errors import RunNotFound
@@ -380,6 +380,31 @@ class Store:
         with self._reader.connect() as conn:
             rows = conn.execute(_unfinished_query(workflows, created_before)).all()
         return [(row.id, row.workflow, dict(row.inputs or {})) for row in rows]
+
+    def status_counts(self, *, workflow: str | None = None,
+                      since: datetime | None = None) -> dict[RunStatus, int]:
+        """How many runs are in each status (optionally one workflow, created since)."""
+        self.ensure_schema()
+        query = select(RunRow.status, func.count()).group_by(RunRow.status)
+        if workflow:
+            query = query.where(RunRow.workflow == workflow)
+        if since:
+            query = query.where(RunRow.created_at >= since)
+        with self._reader.connect() as conn:
+            return {RunStatus(status): int(count) for status, count in conn.execute(query)}
+
+    def step_rows(self, *, workflow: str,
+                  since: datetime | None = None) -> list[tuple[str, str, int, float | None, float]]:
+        """``(step, status, attempts, latency_ms, cost_usd)`` of a workflow's runs since then."""
+        self.ensure_schema()
+        query = (select(StepRow.name, StepRow.status, StepRow.attempts, StepRow.latency_ms,
+                        StepRow.cost_usd)
+                 .join(RunRow, RunRow.id == StepRow.run_id)
+                 .where(RunRow.workflow == workflow))
+        if since:
+            query = query.where(RunRow.created_at >= since)
+        with self._reader.connect() as conn:
+            return [tuple(row) for row in conn.execute(query)]  # type: ignore[misc]
 
     def _redacted_url(self) -> str:
         return self._writer.url.render_as_string(hide_password=True)

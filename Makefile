@@ -1,0 +1,44 @@
+# Common commands. `make demo` and `make test` work on a fresh clone with only Python 3.11.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+STAMP   = $(VENV)/.installed
+
+.PHONY: install demo test unit integration lint typecheck bench worker flower clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)  ## the support-ticket workflow over 500 sample tickets, embedded default
+	ORCH_LOG_LEVEL=$${ORCH_LOG_LEVEL:-WARNING} $(BIN)/python -m tasks.demo --tickets 500
+
+test: $(STAMP)  ## every test: unit, then integration (needs Redis and PostgreSQL on loopback)
+	$(BIN)/pytest tests/unit -q
+	$(BIN)/pytest tests/integration -q
+
+unit: $(STAMP)
+	$(BIN)/pytest tests/unit -q
+
+integration: $(STAMP)
+	$(BIN)/pytest tests/integration -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check orchestration tasks config tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+bench: $(STAMP)  ## engine vs raw Celery, same broker/backend/pool (needs Redis)
+	$(BIN)/python bench/overhead.py
+
+flower: $(STAMP)  ## Flower on 127.0.0.1:5555; basic auth from FLOWER_BASIC_AUTH=user:password
+	$(BIN)/celery -A orchestration flower --address=127.0.0.1 --port=5555 \
+	  $${FLOWER_BASIC_AUTH:+--basic-auth=$$FLOWER_BASIC_AUTH}
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,171 @@
+"""``orchestrate``: inspect runs and workflows in the results database.
+
+Reads the same ``ORCH_*`` settings as workers; imports the workflow modules of
+``ORCH_IMPORTS`` to know workflow graphs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from datetime import datetime
+
+import click
+from rich.console import Console
+from rich.table import Table
+from rich.tree import Tree
+
+from orchestration.app import Orchestrator, default_orchestrator
+from orchestration.errors import OrchestrationError
+from orchestration.graph import Node, Parallel, Series
+from orchestration.results import RunResult, StepRecord
+from orchestration.status import RunStatus, StepStatus
+from orchestration.store.engine import upgrade
+
+console = Console()
+STATUS_STYLE = {
+    StepStatus.SUCCEEDED: "green", StepStatus.FALLBACK: "yellow", StepStatus.FAILED: "red",
+    StepStatus.SKIPPED: "dim", StepStatus.RUNNING: "cyan", StepStatus.RETRYING: "magenta",
+    StepStatus.PENDING: "dim",
+}
+
+
+def _orchestrator(load_workflows: bool = False) -> Orchestrator:
+    orchestrator = default_orchestrator()
+    if load_workflows:
+        for module in orchestrator.settings.imports:
+            importlib.import_module(module)
+    return orchestrator
+
+
+@click.group()
+def main() -> None:
+    """Inspect and operate workflow runs."""
+
+
+@main.group()
+def db() -> None:
+    """Results database commands."""
+
+
+@db.command("upgrade")
+def db_upgrade() -> None:
+    """Apply pending schema migrations (workers also do this on first use)."""
+    orchestrator = _orchestrator()
+    upgrade(orchestrator.store.engine)
+    console.print(f"schema is current: {orchestrator.store.engine.url.render_as_string()}")
+
+
+@main.command()
+@click.option("--workflow", "-w", help="only this workflow")
+@click.option("--status", "-s", type=click.Choice([s.value for s in RunStatus]))
+@click.option("--limit", "-n", default=20, show_default=True)
+def runs(workflow: str | None, status: str | None, limit: int) -> None:
+    """Recent runs, newest first."""
+    summaries = _orchestrator().store.list_runs(
+        workflow=workflow, status=RunStatus(status) if status else None, limit=limit)
+    table = Table()
+    with_errors = any(run.error for run in summaries)
+    for column in ("run id", "workflow", "status", "created", "took", "cost $"):
+        table.add_column(column, no_wrap=True)
+    if with_errors:
+        table.add_column("error")
+    for run in summaries:
+        duration = (run.finished_at - run.created_at).total_seconds() \
+            if run.finished_at and run.created_at else None
+        row = [run.run_id, run.workflow, run.status.value, _time(run.created_at),
+               "-" if duration is None else f"{duration:.2f} s", f"{run.cost_usd:.4f}"]
+        table.add_row(*row, *([(run.error or "")[:60]] if with_errors else []))
+    console.print(table)
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def show(run_id: str, as_json: bool) -> None:
+    """One run: its steps with status, timeline, attempts, cost and errors."""
+    try:
+        run = _orchestrator().store.get_run(run_id)
+    except OrchestrationError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if as_json:
+        click.echo(json.dumps(_run_json(run), indent=2, default=str))
+        return
+    duration = f"{run.duration_s:.3f} s" if run.duration_s is not None else "not finished"
+    tree = Tree(f"[bold]{run.workflow}[/] run {run.run_id}: [bold]{run.status.value}[/] "
+                f"({duration}, ${run.cost_usd:.4f})")
+    if run.error:
+        tree.add(f"[red]{run.error}[/]")
+    origin = run.created_at
+    for step in run.steps.values():
+        tree.add(_step_line(step, origin))
+    console.print(tree)
+
+
+def _step_line(step: StepRecord, origin: datetime | None) -> Tree:
+    style = STATUS_STYLE.get(step.status, "")
+    offset = (step.started_at - origin).total_seconds() * 1000 \
+        if step.started_at and origin else None
+    timing = "" if offset is None else f" +{offset:.0f} ms"
+    latency = "" if step.latency_ms is None else f" took {step.latency_ms:.1f} ms"
+    where = f" on {step.queue}" + (f" by {step.worker}" if step.worker else "")
+    extra = f" model={step.model}" if step.model else ""
+    node = Tree(f"[{style}]{step.name}[/] {step.status.value}{timing}{latency}"
+                f" attempts={step.attempts}{where}{extra}")
+    for attempt in step.attempt_log:
+        line = f"attempt {attempt['attempt']}: {attempt['status']} {attempt['latency_ms']:.1f} ms"
+        if attempt.get("error"):
+            line += f" [red]{attempt['error'].strip().splitlines()[-1]}[/]"
+        node.add(line)
+    if step.error and step.status in (StepStatus.FAILED, StepStatus.FALLBACK, StepStatus.SKIPPED):
+        node.add(f"[red]{step.error.strip().splitlines()[-1]}[/]")
+    return node
+
+
+def _run_json(run: RunResult) -> dict[str, object]:
+    return {
+        "run_id": run.run_id, "workflow": run.workflow, "status": run.status.value,
+        "error": run.error, "cost_usd": run.cost_usd, "inputs": run.inputs,
+        "outputs": run.outputs, "created_at": run.created_at, "finished_at": run.finished_at,
+        "steps": {name: {"status": s.status.value, "attempts": s.attempts, "queue": s.queue,
+                         "worker": s.worker, "latency_ms": s.latency_ms, "error": s.error,
+                         "error_type": s.error_type, "deliveries": s.deliveries}
+                  for name, s in run.steps.items()},
+    }
+
+
+@main.command()
+@click.argument("workflow")
+def graph(workflow: str) -> None:
+    """The workflow's DAG as Mermaid text, with the canvas plan the compiler chose."""
+    orchestrator = _orchestrator(load_workflows=True)
+    found = orchestrator.workflows.get(workflow)
+    if found is None:
+        raise click.ClickException(f"unknown workflow {workflow!r} "
+                                   f"(known: {', '.join(sorted(orchestrator.workflows))})")
+    compiled = found.validate()
+    lines = ["flowchart LR"]
+    for name, bound in compiled.steps.items():
+        lines.append(f'    {name}["{name}<br/>{bound.queue}"]')
+        lines.extend(f"    {up} --> {name}" for up in sorted(bound.upstream))
+    click.echo("\n".join(lines))
+    decomposition = compiled.decomposition
+    click.echo(f"%% canvas: {_plan_text(decomposition.plan)}")
+    if not decomposition.exact:
+        click.echo(f"%% not series-parallel: added waits {decomposition.added_waits}")
+
+
+def _plan_text(plan: Node | Series | Parallel) -> str:
+    if isinstance(plan, Node):
+        return plan.name
+    inner = ", ".join(_plan_text(part) for part in plan.parts)
+    return f"chain({inner})" if isinstance(plan, Series) else f"group({inner})"
+
+
+def _time(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value else "-"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""The provider interface every model call goes through."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+from orchestration.errors import StepError
+
+Messages = list[dict[str, str]]
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Tokens a call consumed, as the provider reported them."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A model's answer: the text, which model answered, tokens and cost in USD."""
+
+    text: str
+    model: str
+    provider: str
+    usage: Usage
+    cost_usd: float = 0.0
+    latency_ms: float = 0.0
+    local_fallback: bool = False
+
+
+class ProviderError(StepError):
+    """A provider call failed. ``retryable`` tells transient failures from client errors."""
+
+    def __init__(self, message: str, *, status: int | None = None, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retryable = retryable
+
+
+class Provider(ABC):
+    """Sends chat messages to one provider; subclasses speak one API family."""
+
+    name: str
+
+    @abstractmethod
+    def complete(self, messages: Messages, *, model: str, timeout: float | None,
+                 **params: Any) -> tuple[str, Usage]:
+        """Send ``messages`` to ``model``; return the text and token usage."""
