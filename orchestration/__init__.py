@@ -5,6 +5,7 @@ let Celery workers on per-model queues execute them with retries, timeouts, fall
 and durable state in the results database.
 """
 
+from orchestration.api import get_run, list_runs
 from orchestration.app import Orchestrator, default_orchestrator
 from orchestration.context import StepContext
 from orchestration.errors import (
@@ -22,7 +23,6 @@ from orchestration.policies import Backoff
 from orchestration.results import RunHandle, RunResult, RunSummary, StepRecord
 from orchestration.status import RunStatus, StepStatus
 from orchestration.step import Step
-from orchestration.api import get_run, list_runs
 from orchestration.workflow import Workflow
 
 __all__ = [

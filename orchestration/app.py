@@ -152,7 +152,7 @@ _default_lock = threading.Lock()
 
 
 def default_orchestrator() -> Orchestrator:
-    """The process's orchestrator built from ``ORCH_*`` settings (what ``-A orchestration`` runs)."""
+    """The process's orchestrator, built from ``ORCH_*`` settings (``-A orchestration`` runs it)."""
     global _default
     if _default is None:
         with _default_lock:

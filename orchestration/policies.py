@@ -18,7 +18,9 @@ from orchestration.errors import WorkflowDefinitionError
 
 @dataclass(frozen=True)
 class Backoff:
-    """Exponential backoff with jitter: ``min(maximum, initial * multiplier**(n-1)) + U(0, jitter)``.
+    """Exponential backoff with jitter.
+
+    Retry ``n`` waits ``min(maximum, initial * multiplier**(n-1)) + uniform(0, jitter)``.
 
     ``n`` counts retries from 1. Pass a number to ``task(backoff=...)`` for ``Backoff(initial=n)``.
     """

@@ -32,7 +32,7 @@ from orchestration.errors import (
 )
 from orchestration.status import RunStatus, StepStatus
 from orchestration.step import BoundStep
-from orchestration.store.repository import AttemptRecord, Store, StepOutcome, utcnow
+from orchestration.store.repository import AttemptRecord, StepOutcome, Store, utcnow
 from orchestration.timeouts import call_with_timeout
 
 log = structlog.get_logger("orchestration.runtime")
@@ -177,19 +177,26 @@ def _execute(step: BoundStep, envelope: Envelope, store: Store, delivery: Delive
         before_sleep=_log_retry(spec.task_name, envelope.run_id),
         reraise=True,
     )
-    cost = lambda: sum(c.cost_usd for c in contexts)  # noqa: E731
-    model = lambda: next((m for c in reversed(contexts) for m in c.models_used), None)  # noqa: E731
     try:
         output = retrying(attempt_once)
     except Reschedule as signal:
+        cost, model = _spend(contexts)
         raise _RescheduleWithOutcome(signal.delay, StepOutcome(
             StepStatus.RETRYING, error=records[-1].error if records else None,
             error_type=records[-1].error_type if records else None,
-            attempts=records, cost_usd=cost(), model=model()))
+            attempts=records, cost_usd=cost, model=model)) from None
     except Exception as exc:
-        return _final_failure(step, kwargs, exc, records, cost(), model())
+        return _final_failure(step, kwargs, exc, records, *_spend(contexts))
+    cost, model = _spend(contexts)
     return StepOutcome(StepStatus.SUCCEEDED, output=output, attempts=records,
-                       cost_usd=cost(), model=model())
+                       cost_usd=cost, model=model)
+
+
+def _spend(contexts: list[StepContext]) -> tuple[float, str | None]:
+    """Total cost of a step's attempts, and the last model that answered."""
+    cost = sum(ctx.cost_usd for ctx in contexts)
+    model = next((m for ctx in reversed(contexts) for m in reversed(ctx.models_used)), None)
+    return cost, model
 
 
 class _RescheduleWithOutcome(Reschedule):

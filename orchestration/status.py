@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 
-class RunStatus(str, Enum):
+class RunStatus(StrEnum):
     """Where a run is in its lifecycle: ``pending -> running -> succeeded | failed``."""
 
     PENDING = "pending"
@@ -20,7 +20,7 @@ class RunStatus(str, Enum):
         return self in TERMINAL_RUN_STATUSES
 
 
-class StepStatus(str, Enum):
+class StepStatus(StrEnum):
     """Where a step is: ``pending -> running [-> retrying -> running]* -> <terminal>``.
 
     ``fallback`` is terminal and successful: the step failed but its fallback answered.

@@ -103,8 +103,8 @@ def _check_number(options: dict[str, Any], key: str, where: str, *, integer: boo
     value = options.get(key)
     if value is None:
         return
-    kinds: tuple[type, ...] = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds) or value < 0:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0 \
+            or (integer and not isinstance(value, int)):
         kind = "a whole number" if integer else "a number"
         raise WorkflowDefinitionError(f"{where}: {key} must be {kind} >= 0, got {value!r}")
 

@@ -186,81 +186,97 @@ class Workflow:
 
 def _compile(workflow: Workflow) -> CompiledWorkflow:
     specs = workflow._specs
-    name = workflow.name
     if not specs:
-        raise WorkflowDefinitionError(f"workflow {name!r} has no steps")
+        raise WorkflowDefinitionError(f"workflow {workflow.name!r} has no steps")
     by_output = {spec.output: spec for spec in specs.values()}
-    declared = workflow.declared_inputs
-    if declared is not None:
-        clash = sorted(declared & set(by_output))
-        if clash:
-            raise WorkflowDefinitionError(
-                f"workflow {name!r}: {clash[0]!r} is both an input and a step output"
-            )
-        reserved = sorted(declared & RESERVED_INPUTS)
-        if reserved:
-            raise WorkflowDefinitionError(f"workflow {name!r}: {reserved[0]!r} is reserved")
+    _check_declared_inputs(workflow, by_output)
     deps: dict[str, list[str]] = {}
-    bound_sources: dict[str, dict[str, str]] = {}
-    inputs: set[str] = set()
+    sources: dict[str, dict[str, str]] = {}
+    inputs: set[str] = set(workflow.declared_inputs or ())
     required: set[str] = set()
     for spec in specs.values():
-        upstream: list[str] = []
-        sources: dict[str, str] = {}
-        for param in spec.params:
-            if param in by_output:
-                upstream.append(by_output[param].name)
-            elif param in specs and specs[param].output != param:
-                raise WorkflowDefinitionError(
-                    f"{spec.where}: parameter {param!r} names step {param!r}, whose output is "
-                    f"called {specs[param].output!r}; rename the parameter"
-                )
-            elif declared is not None and param not in declared:
-                if param in spec.optional_params:
-                    continue
-                raise WorkflowDefinitionError(
-                    f"{spec.where}: parameter {param!r} is provided by no step output and no "
-                    f"workflow input"
-                )
-            else:
-                if param in RESERVED_INPUTS:
-                    raise WorkflowDefinitionError(f"{spec.where}: parameter name {param!r} "
-                                                  "is reserved")
-                inputs.add(param)
-                if param not in spec.optional_params:
-                    required.add(param)
-            sources[param] = param
-        for dep in spec.depends_on:
-            target = specs.get(dep) or by_output.get(dep)
-            if target is None:
-                raise WorkflowDefinitionError(
-                    f"{spec.where}: depends_on names {dep!r}, which is no step or output of "
-                    f"workflow {name!r}"
-                )
-            upstream.append(target.name)
+        upstream, sources[spec.name] = _bind_params(workflow, spec, by_output, inputs, required)
+        upstream += _resolve_depends(workflow, spec, by_output)
         if spec.name in upstream:
             raise WorkflowDefinitionError(f"{spec.where} depends on itself")
         deps[spec.name] = list(dict.fromkeys(upstream))
-        bound_sources[spec.name] = sources
     cycle = find_cycle(deps)
     if cycle:
         raise WorkflowDefinitionError(
-            f"workflow {name!r} has a cycle: {' -> '.join(cycle)}"
+            f"workflow {workflow.name!r} has a cycle: {' -> '.join(cycle)}"
         )
     steps = {
         spec.name: BoundStep(
-            spec=spec, queue=workflow.queue_of(spec), sources=bound_sources[spec.name],
+            spec=spec, queue=workflow.queue_of(spec), sources=sources[spec.name],
             requires=frozenset(specs[up].output for up in deps[spec.name]),
             upstream=frozenset(deps[spec.name]),
         )
         for spec in specs.values()
     }
-    if declared is not None:
-        inputs |= set(declared)
     return CompiledWorkflow(
         version=_version(workflow, deps), steps=steps, inputs=frozenset(inputs),
         required_inputs=frozenset(required), decomposition=decompose(deps),
     )
+
+
+def _check_declared_inputs(workflow: Workflow, by_output: Mapping[str, StepSpec]) -> None:
+    declared = workflow.declared_inputs
+    if declared is None:
+        return
+    clash = sorted(declared & set(by_output))
+    if clash:
+        raise WorkflowDefinitionError(
+            f"workflow {workflow.name!r}: {clash[0]!r} is both an input and a step output"
+        )
+    reserved = sorted(declared & RESERVED_INPUTS)
+    if reserved:
+        raise WorkflowDefinitionError(f"workflow {workflow.name!r}: {reserved[0]!r} is reserved")
+
+
+def _bind_params(workflow: Workflow, spec: StepSpec, by_output: Mapping[str, StepSpec],
+                 inputs: set[str], required: set[str]) -> tuple[list[str], dict[str, str]]:
+    """Bind each parameter to a step output or a workflow input; returns (upstream, sources)."""
+    specs = workflow._specs
+    declared = workflow.declared_inputs
+    upstream: list[str] = []
+    sources: dict[str, str] = {}
+    for param in spec.params:
+        if param in by_output:
+            upstream.append(by_output[param].name)
+        elif param in specs and specs[param].output != param:
+            raise WorkflowDefinitionError(
+                f"{spec.where}: parameter {param!r} names step {param!r}, whose output is "
+                f"called {specs[param].output!r}; rename the parameter"
+            )
+        elif param in RESERVED_INPUTS:
+            raise WorkflowDefinitionError(f"{spec.where}: parameter name {param!r} is reserved")
+        elif declared is not None and param not in declared:
+            if param in spec.optional_params:
+                continue
+            raise WorkflowDefinitionError(
+                f"{spec.where}: parameter {param!r} is provided by no step output and no "
+                "workflow input"
+            )
+        else:
+            inputs.add(param)
+            if param not in spec.optional_params:
+                required.add(param)
+        sources[param] = param
+    return upstream, sources
+
+
+def _resolve_depends(workflow: Workflow, spec: StepSpec,
+                     by_output: Mapping[str, StepSpec]) -> list[str]:
+    names = []
+    for dep in spec.depends_on:
+        target = workflow._specs.get(dep) or by_output.get(dep)
+        if target is None:
+            raise WorkflowDefinitionError(
+                f"{spec.where}: depends_on names {dep!r}, which is no step or output of "
+                f"workflow {workflow.name!r}"
+            )
+        names.append(target.name)
+    return names
 
 
 def _version(workflow: Workflow, deps: dict[str, list[str]]) -> str:

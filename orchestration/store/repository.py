@@ -241,11 +241,12 @@ class Store:
             ).first()
             if row is None:
                 return False
-            if terminal and row.started_at is not None:
+            started_at = as_utc(row.started_at)
+            if terminal and started_at is not None:
                 conn.execute(
                     update(StepRow)
                     .where(StepRow.run_id == run_id, StepRow.name == name)
-                    .values(latency_ms=(now - as_utc(row.started_at)).total_seconds() * 1000)
+                    .values(latency_ms=(now - started_at).total_seconds() * 1000)
                 )
             if outcome.attempts:
                 conn.execute(insert(AttemptRow), [_attempt_row(run_id, name, a, worker)

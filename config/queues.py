@@ -1,0 +1,28 @@
+"""The queues the shipped workflows use, and the worker pool that suits each.
+
+One worker service per queue (bulkheads): a slow or failing model fills only its own
+queue. The Procfile and docker-compose.yml start one worker per entry; a unit test
+checks they agree with the workflows in ``tasks/``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class QueueSpec:
+    """A queue and how its workers should run."""
+
+    name: str
+    pool: str
+    concurrency: int
+    purpose: str
+
+
+QUEUES = (
+    QueueSpec("model.classifier", "prefork", 2, "ticket category model (CPU-bound, scikit-learn)"),
+    QueueSpec("model.urgency", "prefork", 2, "urgency model (CPU-bound, scikit-learn)"),
+    QueueSpec("model.gpt-4o-mini", "threads", 32, "LLM calls (I/O-bound: many in flight)"),
+    QueueSpec("default", "prefork", 2, "business rules and run finalisation"),
+)
