@@ -23,7 +23,7 @@ def dumps(value: Any) -> str:
 class Envelope:
     """Outputs known so far in one branch of a run, and which are unavailable."""
 
-    __slots__ = ("blocked", "failed", "inline", "refs", "run_id")
+    __slots__ = ("blocked", "failed", "inline", "refs", "run_id", "started")
 
     def __init__(
         self,
@@ -38,6 +38,7 @@ class Envelope:
         self.refs: dict[str, str] = refs or {}  # output name -> step name (or INPUT_SOURCE)
         self.blocked: set[str] = blocked or set()  # outputs lost to a critical failure
         self.failed: set[str] = failed or set()  # steps that failed critically
+        self.started = False  # some step on this path already moved the run to running
 
     @classmethod
     def for_inputs(cls, run_id: str, inputs: Mapping[str, Any], limit: int) -> Envelope:
@@ -70,6 +71,8 @@ class Envelope:
             message["blocked"] = sorted(self.blocked)
         if self.failed:
             message["failed"] = sorted(self.failed)
+        if self.started:
+            message["started"] = True
         return message
 
     @classmethod
@@ -83,6 +86,7 @@ class Envelope:
             first["run"], dict(first.get("out", {})), dict(first.get("ref", {})),
             set(first.get("blocked", ())), set(first.get("failed", ())),
         )
+        envelope.started = bool(first.get("started"))
         for part in parts[1:]:
             if part["run"] != envelope.run_id:
                 raise ValueError(f"envelopes of two runs merged: {envelope.run_id}, {part['run']}")
@@ -90,6 +94,7 @@ class Envelope:
             envelope.refs.update(part.get("ref", {}))
             envelope.blocked.update(part.get("blocked", ()))
             envelope.failed.update(part.get("failed", ()))
+            envelope.started = envelope.started or bool(part.get("started"))
         return envelope
 
 

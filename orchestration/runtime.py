@@ -61,7 +61,8 @@ def run_step(step: BoundStep, message: Any, store: Store, delivery: Delivery,
         envelope.blocked.add(spec.output)
     else:
         claim = store.claim_step(envelope.run_id, spec.name, worker=delivery.worker,
-                                 task_id=delivery.task_id)
+                                 task_id=delivery.task_id, first=not envelope.started)
+        envelope.started = True
         if claim.proceed:
             try:
                 outcome = _execute(step, envelope, store, delivery, claim.attempts)
@@ -69,7 +70,8 @@ def run_step(step: BoundStep, message: Any, store: Store, delivery: Delivery,
                 store.record_step(envelope.run_id, spec.name, signal.outcome,
                                   worker=delivery.worker)
                 raise Reschedule(signal.delay) from None
-            store.record_step(envelope.run_id, spec.name, outcome, worker=delivery.worker)
+            store.record_step(envelope.run_id, spec.name, outcome, worker=delivery.worker,
+                              claimed_at=claim.claimed_at)
             _apply(step, envelope, outcome.status, outcome.output, delivery)
         else:
             _apply(step, envelope, claim.status, claim.output, delivery)

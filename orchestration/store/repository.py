@@ -61,6 +61,7 @@ class Claim:
     attempts: int
     output: Any = None
     run_status: RunStatus = RunStatus.RUNNING
+    claimed_at: datetime | None = None
 
 
 @dataclass
@@ -181,9 +182,14 @@ class Store:
         return run_id
 
     def claim_step(
-        self, run_id: str, name: str, *, worker: str | None, task_id: str | None
+        self, run_id: str, name: str, *, worker: str | None, task_id: str | None,
+        first: bool = True,
     ) -> Claim:
-        """Mark a step running for this delivery, unless it already finished."""
+        """Mark a step running for this delivery, unless it already finished.
+
+        ``first`` (a step with no upstream step in this delivery path) also moves the run
+        from ``pending`` to ``running``; later steps skip that write.
+        """
         now = utcnow()
         with self._writer.begin() as conn:
             claimed = conn.execute(
@@ -199,9 +205,9 @@ class Store:
                 .where(RunRow.id == run_id, RunRow.status == RunStatus.PENDING.value)
                 .values(status=RunStatus.RUNNING.value, started_at=now)
                 .returning(RunRow.status)
-            ).scalar()
+            ).scalar() if first else None
             if claimed is not None:
-                return Claim(True, StepStatus.RUNNING, int(claimed[0]))
+                return Claim(True, StepStatus.RUNNING, int(claimed[0]), claimed_at=now)
             row = conn.execute(
                 select(StepRow.status, StepRow.attempts, StepRow.output)
                 .where(StepRow.run_id == run_id, StepRow.name == name)
@@ -216,8 +222,11 @@ class Store:
                      RunStatus(run_status))
 
     def record_step(self, run_id: str, name: str, outcome: StepOutcome,
-                    *, worker: str | None = None) -> bool:
-        """Record a step's outcome and its attempts; False if it was already terminal."""
+                    *, worker: str | None = None, claimed_at: datetime | None = None) -> bool:
+        """Record a step's outcome and its attempts; False if it was already terminal.
+
+        ``claimed_at`` (from the claim) gives the step's latency in the same write.
+        """
         now = utcnow()
         terminal = outcome.status.is_terminal
         values: dict[str, Any] = {
@@ -231,23 +240,17 @@ class Store:
             values["model"] = outcome.model
         if terminal:
             values.update(output=outcome.output, finished_at=now)
+            if claimed_at is not None:
+                values["latency_ms"] = (now - claimed_at).total_seconds() * 1000
         with self._writer.begin() as conn:
-            row = conn.execute(
+            result = conn.execute(
                 update(StepRow)
                 .where(StepRow.run_id == run_id, StepRow.name == name,
                        StepRow.status.in_(_CLAIMABLE))
                 .values(**values)
-                .returning(StepRow.started_at)
-            ).first()
-            if row is None:
+            )
+            if not result.rowcount:
                 return False
-            started_at = as_utc(row.started_at)
-            if terminal and started_at is not None:
-                conn.execute(
-                    update(StepRow)
-                    .where(StepRow.run_id == run_id, StepRow.name == name)
-                    .values(latency_ms=(now - started_at).total_seconds() * 1000)
-                )
             if outcome.attempts:
                 conn.execute(insert(AttemptRow), [_attempt_row(run_id, name, a, worker)
                                                   for a in outcome.attempts])
