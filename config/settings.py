@@ -13,7 +13,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 EMBEDDED_BROKER = "memory://"
-EMBEDDED_BACKEND = "cache+memory://"
+EMBEDDED_BACKEND = "orchestration.inprocess:InProcessBackend"
 
 
 class Settings(BaseSettings):

@@ -14,15 +14,18 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 from celery import Celery, signals
+from sqlalchemy.exc import OperationalError
 
 from config.celery import celery_config
 from config.settings import Settings
 from orchestration.compiler import FINALIZE_TASK
 from orchestration.envelope import Envelope
 from orchestration.errors import ConfigurationError, Reschedule, WorkflowDefinitionError
+from orchestration.inprocess import private_memory_transport
 from orchestration.logs import configure_logging
 from orchestration.runtime import Delivery, finalize_run, run_step
-from orchestration.store.repository import Store, utcnow
+from orchestration.status import RunStatus, StepStatus
+from orchestration.store.repository import StepOutcome, Store, utcnow
 
 if TYPE_CHECKING:
     from orchestration.embedded import EmbeddedWorker
@@ -30,6 +33,7 @@ if TYPE_CHECKING:
     from orchestration.workflow import CompiledWorkflow, Workflow
 
 log = structlog.get_logger("orchestration.app")
+DB_RETRIES = 8
 
 
 class Orchestrator:
@@ -39,7 +43,7 @@ class Orchestrator:
         self.settings = settings or Settings()
         configure_logging(self.settings.log_level, json=self.settings.log_json)
         self.celery = Celery(name, set_as_current=False)
-        self.celery.conf.update(celery_config(self.settings))
+        self._apply_settings()
         self.workflows: dict[str, Workflow] = {}
         self._store: Store | None = None
         self._embedded: EmbeddedWorker | None = None
@@ -88,10 +92,37 @@ class Orchestrator:
                 return run_step(bound, message, orchestrator.store, delivery, finalize=finalize)
             except Reschedule as signal:
                 raise task.retry(countdown=signal.delay, max_retries=None) from None
+            except OperationalError as exc:
+                # The results DB is unreachable: try again later rather than lose the step.
+                if task.request.retries < DB_RETRIES:
+                    raise task.retry(countdown=min(30, 2 ** task.request.retries),
+                                     max_retries=None) from exc
+                orchestrator.fail_run(message, spec.name, exc)
+                raise
+            except Exception as exc:
+                orchestrator.fail_run(message, spec.name, exc)
+                raise
 
         execute.__name__ = spec.name
         self.celery.task(name=spec.task_name, bind=True, shared=False, max_retries=None,
-                         queue=workflow.queue_of(spec), acks_late=True)(execute)
+                         acks_late=True)(execute)
+        # Route by task name too, for anything that sends a step without the compiler.
+        routes = dict(self.celery.conf.task_routes or {})
+        routes[spec.task_name] = {"queue": workflow.queue_of(spec)}
+        self.celery.conf.task_routes = routes
+
+    def fail_run(self, message: Any, step: str, exc: BaseException) -> None:
+        """Record an engine error on the step and end its run ``failed`` (best effort)."""
+        try:
+            run_id = Envelope.from_message(message).run_id
+            error = f"engine error in step {step!r}: {type(exc).__name__}: {exc}"
+            self.store.record_step(run_id, step, StepOutcome(
+                StepStatus.FAILED, error=error, error_type=type(exc).__qualname__))
+            self.store.finish_run(run_id, RunStatus.FAILED, error=error,
+                                  error_type=type(exc).__qualname__)
+        except Exception:
+            log.exception("could not record an engine error; the reconciler must end this run",
+                          step=step)
 
     def _register_finalize(self) -> None:
         orchestrator = self
@@ -109,7 +140,8 @@ class Orchestrator:
         if not self.settings.embedded:
             return
         queues = {bound.queue for bound in compiled.steps.values()}
-        self.embedded_worker().serve(queues)
+        names = {bound.spec.task_name for bound in compiled.steps.values()}
+        self.embedded_worker().serve(queues, names)
 
     def embedded_worker(self) -> EmbeddedWorker:
         """The in-process worker of the embedded default (started on first use)."""
@@ -130,12 +162,24 @@ class Orchestrator:
             worker.recover()
         return worker
 
+    def _apply_settings(self) -> None:
+        config = celery_config(self.settings)
+        if self.settings.embedded:
+            # Queues of our own: another orchestrator in this process must not share them.
+            config["broker_transport"] = private_memory_transport()
+        self.celery.conf.update(config)
+
     def reconfigure(self, settings: Settings) -> None:
         """Point this orchestrator at other settings (tests); stops its in-process worker."""
         self.shutdown()
         self.settings = settings
-        self.celery.conf.update(celery_config(settings))
-        self.celery.pool.force_close_all()
+        self._apply_settings()
+        # Drop this app's cached connection pools and backend so the new settings apply;
+        # closing them instead would close kombu pools other apps may share.
+        self.celery._pool = None
+        self.celery.amqp._producer_pool = None
+        self.celery._local.__dict__.pop("backend", None)
+        self.celery.__dict__.pop("backend", None)
         self._store = None
 
     def shutdown(self) -> None:

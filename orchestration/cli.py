@@ -13,6 +13,7 @@ from datetime import datetime
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.tree import Tree
 
@@ -23,7 +24,8 @@ from orchestration.results import RunResult, StepRecord
 from orchestration.status import RunStatus, StepStatus
 from orchestration.store.engine import upgrade
 
-console = Console()
+# Wide enough for run ids when piped (rich assumes 80 columns without a terminal).
+console = Console(width=None if sys.stdout.isatty() else 160)
 STATUS_STYLE = {
     StepStatus.SUCCEEDED: "green", StepStatus.FALLBACK: "yellow", StepStatus.FAILED: "red",
     StepStatus.SKIPPED: "dim", StepStatus.RUNNING: "cyan", StepStatus.RETRYING: "magenta",
@@ -96,7 +98,7 @@ def show(run_id: str, as_json: bool) -> None:
     tree = Tree(f"[bold]{run.workflow}[/] run {run.run_id}: [bold]{run.status.value}[/] "
                 f"({duration}, ${run.cost_usd:.4f})")
     if run.error:
-        tree.add(f"[red]{run.error}[/]")
+        tree.add(f"[red]{escape(run.error)}[/]")
     origin = run.created_at
     for step in run.steps.values():
         tree.add(_step_line(step, origin))
@@ -116,10 +118,10 @@ def _step_line(step: StepRecord, origin: datetime | None) -> Tree:
     for attempt in step.attempt_log:
         line = f"attempt {attempt['attempt']}: {attempt['status']} {attempt['latency_ms']:.1f} ms"
         if attempt.get("error"):
-            line += f" [red]{attempt['error'].strip().splitlines()[-1]}[/]"
+            line += f" [red]{escape(attempt['error'].strip().splitlines()[-1])}[/]"
         node.add(line)
     if step.error and step.status in (StepStatus.FAILED, StepStatus.FALLBACK, StepStatus.SKIPPED):
-        node.add(f"[red]{step.error.strip().splitlines()[-1]}[/]")
+        node.add(f"[red]{escape(step.error.strip().splitlines()[-1])}[/]")
     return node
 
 

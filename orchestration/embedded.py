@@ -19,6 +19,7 @@ import structlog
 from celery.worker import WorkController
 
 from orchestration.errors import ConfigurationError
+from orchestration.status import RunStatus
 from orchestration.store.engine import is_sqlite
 
 if TYPE_CHECKING:
@@ -84,9 +85,18 @@ class EmbeddedWorker:
                                          f"{START_TIMEOUT:g} s")
             self._controller, self._thread, self._queues = controller, thread, wanted
 
-    def serve(self, queues: set[str]) -> None:
-        """Make sure these queues are consumed (restarts the worker to add new ones)."""
-        if queues <= self._queues:
+    def serve(self, queues: set[str], task_names: set[str] | None = None) -> None:
+        """Make sure these queues are consumed and these tasks known to the worker.
+
+        New tasks (a workflow defined after the worker started) are added to the running
+        consumer; a new queue restarts the worker.
+        """
+        controller = self._controller
+        if queues <= self._queues and controller is not None:
+            consumer = controller.consumer
+            if consumer is not None and not (task_names or set()) <= consumer.strategies.keys():
+                with self._lock:
+                    consumer.update_strategies()
             return
         with self._lock:
             if queues <= self._queues:
@@ -125,10 +135,18 @@ class EmbeddedWorker:
         stranded = orchestrator.store.unfinished_runs(
             workflows=list(orchestrator.workflows), created_before=orchestrator.started_at
         )
-        for run_id, workflow_name, inputs in stranded:
+        for run_id, workflow_name, version, inputs in stranded:
+            workflow = orchestrator.workflows[workflow_name]
+            if workflow.validate().version != version:
+                orchestrator.store.finish_run(
+                    run_id, RunStatus.FAILED, error_type="WorkflowChanged",
+                    error=f"workflow {workflow_name!r} changed since this run started "
+                          f"(version {version}, now {workflow.validate().version}); "
+                          "not resumed automatically")
+                continue
             log.warning("re-dispatching a run left unfinished by a previous process",
                         run_id=run_id, workflow=workflow_name)
-            orchestrator.workflows[workflow_name].dispatch(run_id, inputs)
+            workflow.dispatch(run_id, inputs)
         return len(stranded)
 
     def _acquire_owner_lock(self, url: str) -> bool:

@@ -16,8 +16,17 @@ INPUT_SOURCE = "$input"
 
 
 def dumps(value: Any) -> str:
-    """Canonical JSON (what size limits and cache keys are computed on)."""
-    return json.dumps(value, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+    """Canonical JSON (what size limits and cache keys are computed on).
+
+    Raises ValueError for what a results database cannot store: NaN/Infinity, and NUL
+    characters (PostgreSQL's JSON types reject ``\\u0000``).
+    """
+    # allow_nan=False: NaN/Infinity are not JSON, and PostgreSQL's JSON types reject them.
+    encoded = json.dumps(value, separators=(",", ":"), sort_keys=True, ensure_ascii=False,
+                         allow_nan=False)
+    if "\\u0000" in encoded:
+        raise ValueError("NUL characters (\\x00) cannot be stored")
+    return encoded
 
 
 class Envelope:

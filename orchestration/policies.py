@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from tenacity import RetryCallState, wait_exponential_jitter
+from tenacity import RetryCallState
 
 from orchestration.errors import WorkflowDefinitionError
 
@@ -37,13 +37,16 @@ class Backoff:
 
     def delay(self, retry_number: int, rng: random.Random | None = None) -> float:
         """Seconds to wait before retry ``retry_number`` (1 for the first retry)."""
-        wait = wait_exponential_jitter(
-            initial=self.initial, max=self.maximum, exp_base=self.multiplier, jitter=0
-        )
-        state = RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
-        state.attempt_number = max(1, retry_number)
+        exponent = max(0, retry_number - 1)
+        # Cap the exponent first: multiplier**exponent overflows long before it matters.
+        base = self.maximum if exponent > 64 else min(
+            self.maximum, self.initial * self.multiplier ** exponent)
         jitter = (rng or random).uniform(0, self.jitter) if self.jitter else 0.0
-        return float(wait(state)) + jitter
+        return base + jitter
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        """Use as a tenacity ``wait=``: the delay before the next attempt."""
+        return self.delay(retry_state.attempt_number)
 
 
 @runtime_checkable
@@ -84,7 +87,10 @@ def as_backoff(value: object, where: str) -> Backoff:
     if isinstance(value, Backoff):
         return value
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return Backoff(initial=float(value), maximum=max(30.0, float(value)))
+        try:
+            return Backoff(initial=float(value), maximum=max(30.0, float(value)))
+        except WorkflowDefinitionError as exc:
+            raise WorkflowDefinitionError(f"{where}: {exc}") from None
     raise WorkflowDefinitionError(f"{where}: backoff must be a number or Backoff, got {value!r}")
 
 

@@ -197,8 +197,9 @@ class Store:
                 .where(StepRow.run_id == run_id, StepRow.name == name,
                        StepRow.status.in_(_CLAIMABLE))
                 .values(status=StepStatus.RUNNING.value, worker=worker, celery_task_id=task_id,
-                        deliveries=StepRow.deliveries + 1, started_at=now)
-                .returning(StepRow.attempts)
+                        deliveries=StepRow.deliveries + 1,
+                        started_at=func.coalesce(StepRow.started_at, now))
+                .returning(StepRow.attempts, StepRow.started_at)
             ).first()
             run_status = conn.execute(
                 update(RunRow)
@@ -207,7 +208,9 @@ class Store:
                 .returning(RunRow.status)
             ).scalar() if first else None
             if claimed is not None:
-                return Claim(True, StepStatus.RUNNING, int(claimed[0]), claimed_at=now)
+                # Latency counts from the first delivery, across broker retries.
+                return Claim(True, StepStatus.RUNNING, int(claimed[0]),
+                             claimed_at=as_utc(claimed[1]) or now)
             row = conn.execute(
                 select(StepRow.status, StepRow.attempts, StepRow.output)
                 .where(StepRow.run_id == run_id, StepRow.name == name)
@@ -368,7 +371,7 @@ class Store:
         if status:
             query = query.where(RunRow.status == status.value)
         if since:
-            query = query.where(RunRow.created_at >= since)
+            query = query.where(RunRow.created_at >= _utc(since))
         with self._reader.connect() as conn:
             rows = conn.execute(query).all()
         return [RunSummary(run_id=r.id, workflow=r.workflow, status=RunStatus(r.status),
@@ -376,14 +379,15 @@ class Store:
                            cost_usd=r.cost_usd, error=r.error) for r in rows]
 
     def unfinished_runs(self, *, workflows: list[str],
-                        created_before: datetime) -> list[tuple[str, str, dict[str, Any]]]:
+                        created_before: datetime) -> list[tuple[str, str, str, dict[str, Any]]]:
         """Runs still pending or running that were created before a given instant."""
         if not workflows:
             return []
         self.ensure_schema()
         with self._reader.connect() as conn:
             rows = conn.execute(_unfinished_query(workflows, created_before)).all()
-        return [(row.id, row.workflow, dict(row.inputs or {})) for row in rows]
+        return [(row.id, row.workflow, row.workflow_version, dict(row.inputs or {}))
+                for row in rows]
 
     def status_counts(self, *, workflow: str | None = None,
                       since: datetime | None = None) -> dict[RunStatus, int]:
@@ -393,7 +397,7 @@ class Store:
         if workflow:
             query = query.where(RunRow.workflow == workflow)
         if since:
-            query = query.where(RunRow.created_at >= since)
+            query = query.where(RunRow.created_at >= _utc(since))
         with self._reader.connect() as conn:
             return {RunStatus(status): int(count) for status, count in conn.execute(query)}
 
@@ -406,7 +410,7 @@ class Store:
                  .join(RunRow, RunRow.id == StepRow.run_id)
                  .where(RunRow.workflow == workflow))
         if since:
-            query = query.where(RunRow.created_at >= since)
+            query = query.where(RunRow.created_at >= _utc(since))
         with self._reader.connect() as conn:
             return [tuple(row) for row in conn.execute(query)]  # type: ignore[misc]
 
@@ -425,11 +429,16 @@ def _attempt_row(run_id: str, name: str, attempt: AttemptRecord,
     }
 
 
+def _utc(value: datetime) -> datetime:
+    # SQLite compares timestamps as text, so every bound must be in UTC like the rows.
+    return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+
+
 def _unfinished_query(workflows: list[str], created_before: datetime) -> Any:
     return (
-        select(RunRow.id, RunRow.workflow, RunRow.inputs)
+        select(RunRow.id, RunRow.workflow, RunRow.workflow_version, RunRow.inputs)
         .where(RunRow.workflow.in_(workflows),
                RunRow.status.in_([RunStatus.PENDING.value, RunStatus.RUNNING.value]),
-               RunRow.created_at < created_before)
+               RunRow.created_at < _utc(created_before))
         .order_by(RunRow.created_at)
     )
