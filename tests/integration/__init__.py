@@ -1,0 +1,1 @@
+"""Integration tests: real Redis, real PostgreSQL, real Celery worker processes."""

@@ -1,0 +1,179 @@
+"""Session fixtures of the integration suite: services, a fresh database, real workers.
+
+The ``ORCH_*`` variables are set when this file is imported, before anything builds the
+default orchestrator (it reads them once, lazily) and before the test workflows module
+is imported, so the test process and every worker it starts share one configuration:
+
+- broker and result backend: Redis ``ORCH_TEST_REDIS_URL`` (DB 15, flushed at session
+  start and end);
+- results database: a PostgreSQL database created for this session on the server of
+  ``ORCH_TEST_POSTGRES_URL`` and dropped at the end.
+
+A missing service skips the tests that need it (marker ``redis`` / ``postgres``), or
+fails them loudly when ``CI`` is set.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # `tests.integration.workflows` is imported by that name
+    sys.path.insert(0, str(ROOT))
+
+from tests.integration.workers import LIVE, Workers  # noqa: E402
+
+REDIS_URL = os.environ.get("ORCH_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+POSTGRES_ADMIN_URL = os.environ.get(
+    "ORCH_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+SESSION_DATABASE = f"orch_it_{uuid.uuid4().hex[:12]}"
+DATABASE_URL = (
+    make_url(POSTGRES_ADMIN_URL).set(database=SESSION_DATABASE).render_as_string(
+        hide_password=False)
+)
+INLINE_RETRY_LIMIT_S = 0.2
+
+os.environ.update({
+    "ORCH_BROKER_URL": REDIS_URL,
+    "ORCH_RESULT_BACKEND": REDIS_URL,
+    "ORCH_REDIS_URL": REDIS_URL,
+    "ORCH_DATABASE_URL": DATABASE_URL,
+    # What every worker imports: the test workflows and the shipped support workflow.
+    "ORCH_IMPORTS": "tests.integration.workflows,tasks.support.workflow",
+    "ORCH_INLINE_RETRY_LIMIT": str(INLINE_RETRY_LIMIT_S),
+})
+# Hermetic: LLM steps answer from the local provider, never a real API.
+os.environ.pop("OPENAI_API_KEY", None)
+
+
+def _service_missing(service: str, url: str, error: BaseException) -> None:
+    message = f"{service} is not reachable at {url}: {error}"
+    if os.environ.get("CI"):
+        pytest.fail(f"CI is set and the integration tests need {service}. {message}",
+                    pytrace=False)
+    pytest.skip(f"{service} unavailable ({message})")
+
+
+# -- services ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_service() -> Iterator[redis.Redis]:
+    """Redis DB 15, flushed at session start and end."""
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2, socket_timeout=5)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        client.close()
+        _service_missing("Redis", REDIS_URL, exc)
+    client.flushdb()
+    try:
+        yield client
+    finally:
+        client.flushdb()
+        client.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[str]:
+    """A PostgreSQL database of this session (its URL), dropped at the end."""
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT",
+                          connect_args={"connect_timeout": 3})
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{SESSION_DATABASE}"'))
+    except Exception as exc:
+        admin.dispose()
+        _service_missing("PostgreSQL", make_url(POSTGRES_ADMIN_URL).render_as_string(), exc)
+    try:
+        yield DATABASE_URL
+    finally:
+        _close_default_store()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{SESSION_DATABASE}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def _close_default_store() -> None:
+    from orchestration.app import default_orchestrator
+
+    default_orchestrator().reset_store()
+
+
+@pytest.fixture(autouse=True)
+def _require_services(request: pytest.FixtureRequest) -> None:
+    """Tests marked ``redis`` / ``postgres`` / ``workers`` get (or skip without) them."""
+    if request.node.get_closest_marker("redis"):
+        request.getfixturevalue("redis_service")
+    if request.node.get_closest_marker("postgres"):
+        request.getfixturevalue("postgres_database")
+    if request.node.get_closest_marker("workers"):
+        request.getfixturevalue("workers")
+
+
+# -- workers -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def worker_logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where every worker of the session writes its log."""
+    return tmp_path_factory.mktemp("worker-logs")
+
+
+@pytest.fixture(scope="session")
+def workers(redis_service: redis.Redis, postgres_database: str,
+            worker_logs: Path) -> Iterator[Workers]:
+    """The session's workers: prefork (-c 2) on the common queues, threads (-c 4) on its own."""
+    from orchestration import default_orchestrator
+    from tests.integration.workflows import OTHER_QUEUE, QUEUE, THREADS_QUEUE
+
+    settings = default_orchestrator().settings
+    assert settings.database_url == postgres_database, (
+        "the default orchestrator was built before the integration conftest set ORCH_*; "
+        "run the integration suite in its own pytest session"
+    )
+    pool = Workers(worker_logs)
+    try:
+        prefork = pool.start("it-prefork", [QUEUE, OTHER_QUEUE], pool="prefork",
+                             concurrency=2, wait=False)
+        threads = pool.start("it-threads", [THREADS_QUEUE], pool="threads", concurrency=4,
+                             wait=False)
+        pool.wait_ready(prefork)
+        pool.wait_ready(threads)
+        yield pool
+    finally:
+        pool.stop_all()
+
+
+@pytest.fixture
+def extra_workers(workers: Workers, worker_logs: Path) -> Iterator[Workers]:
+    """Start more workers inside a test; they are stopped when the test ends."""
+    pool = Workers(worker_logs)
+    try:
+        yield pool
+    finally:
+        pool.stop_all()
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Any:
+    """On a failure, attach the tail of every live worker's log to the report."""
+    report = yield
+    if report.failed and LIVE:
+        for worker in LIVE:
+            state = "running" if worker.alive else f"exited {worker.process.returncode}"
+            report.sections.append(
+                (f"worker {worker.nodename} ({state}) log tail", worker.log_tail())
+            )
+    return report

@@ -1,0 +1,60 @@
+"""Small helpers shared by the integration tests."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from orchestration import RunResult, get_run
+
+T = TypeVar("T")
+
+
+def wait_until(probe: Callable[[], T | None], *, timeout: float, what: str,
+               interval: float = 0.05) -> T:
+    """Poll ``probe`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
+
+
+def wait_for_step(run_id: str, step: str, *, timeout: float = 20.0) -> RunResult:
+    """Poll the results DB until ``step`` of the run is terminal; returns the run then."""
+    def probe() -> RunResult | None:
+        run = get_run(run_id)
+        return run if run.steps[step].status.is_terminal else None
+
+    return wait_until(probe, timeout=timeout, what=f"step {step!r} of run {run_id}")
+
+
+def statuses(run: RunResult) -> dict[str, str]:
+    """Step name -> status value, for compact assertions and messages."""
+    return {name: record.status.value for name, record in run.steps.items()}
+
+
+def snapshot(run: RunResult) -> dict[str, Any]:
+    """A JSON-ready view of a run (computed the same way in both processes)."""
+    return {
+        "run_id": run.run_id,
+        "workflow": run.workflow,
+        "status": run.status.value,
+        "inputs": run.inputs,
+        "outputs": run.outputs,
+        "created_at": run.created_at.isoformat() if run.created_at else None,
+        "finished_at": run.finished_at.isoformat() if run.finished_at else None,
+        "steps": {
+            name: {
+                "status": step.status.value, "attempts": step.attempts, "queue": step.queue,
+                "worker": step.worker, "deliveries": step.deliveries,
+                "latency_ms": step.latency_ms,
+                "attempt_log": [entry["status"] for entry in step.attempt_log],
+            }
+            for name, step in run.steps.items()
+        },
+    }

@@ -1,0 +1,51 @@
+"""Independent branches really run in parallel: exact canvas, wide fan-out."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestration import RunStatus, StepStatus
+from tests.integration import workflows as wf
+from tests.integration.helpers import statuses
+from tests.integration.workers import Workers
+
+pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.workers]
+
+# a1 (1.0 s) -> a2 (0.1 s) beside b1 (0.1 s) -> b2 (1.0 s): the critical path is 1.1 s.
+# A compile that synchronised the branches level by level ((a1 | b1) ; (a2 | b2)) would
+# take at least 2.0 s.
+UNEVEN_BOUND_S = 1.9
+
+
+def test_uneven_branches_do_not_wait_for_each_other(workers: Workers) -> None:
+    result = wf.uneven.submit().wait(timeout=30)
+
+    assert result.status is RunStatus.SUCCEEDED, (result.error, statuses(result))
+    assert result.outputs["join"] == "a1>a2+b1>b2"
+    wall = result.duration_s
+    assert wall is not None
+    print(f"uneven branches: wall time {wall:.3f} s (bound {UNEVEN_BOUND_S} s)")
+    assert wall < UNEVEN_BOUND_S
+    # b2 started as soon as b1 finished, not when a1 did.
+    steps = result.steps
+    assert steps["b2"].started_at is not None and steps["a1"].finished_at is not None
+    assert steps["b2"].started_at < steps["a1"].finished_at
+    # The join waited for both branches.
+    assert steps["join"].started_at >= max(steps["a2"].finished_at, steps["b2"].finished_at)
+
+
+def test_fan_out_of_fifty_steps_then_a_join(workers: Workers) -> None:
+    result = wf.fanout.submit(base=1000).wait(timeout=60)
+
+    assert result.status is RunStatus.SUCCEEDED, (result.error, statuses(result))
+    assert len(result.steps) == wf.FANOUT_WIDTH + 1
+    for index, name in enumerate(wf.PART_NAMES):
+        step = result.steps[name]
+        assert step.status is StepStatus.SUCCEEDED, name
+        assert step.output == 1000 + index
+        assert step.queue == wf.THREADS_QUEUE
+        assert step.deliveries == 1
+    expected = sum(1000 + index for index in range(wf.FANOUT_WIDTH))
+    assert result.outputs["total"] == expected
+    join = result.steps["total"]
+    assert join.started_at >= max(result.steps[name].finished_at for name in wf.PART_NAMES)

@@ -1,0 +1,31 @@
+"""Fixtures shared by the unit tests.
+
+Why module-scoped orchestrators: stopping an in-process worker takes ~2 s (Celery's
+synchronous consumer loop drains the in-memory broker with a 2 s timeout before it
+notices the stop), so end-to-end modules share one orchestrator and declare all their
+workflows before its first submit (a workflow declared after the worker started is
+never run: see test_embedded.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from celery import signals
+
+
+@pytest.fixture
+def published() -> Iterator[list[tuple[str, Any]]]:
+    """``(task name, body)`` of every Celery message published while the test runs."""
+    seen: list[tuple[str, Any]] = []
+
+    def record(sender: str | None = None, body: Any = None, **_: Any) -> None:
+        seen.append((str(sender), body))
+
+    signals.before_task_publish.connect(record, weak=False)
+    try:
+        yield seen
+    finally:
+        signals.before_task_publish.disconnect(record)

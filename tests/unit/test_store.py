@@ -1,0 +1,179 @@
+"""The repository: each transition is recorded once; reads of runs, steps and attempts."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from orchestration import RunNotFound, RunStatus, StepStatus
+from orchestration.store.repository import AttemptRecord, PlannedStep, StepOutcome, Store
+
+STEPS = [PlannedStep("classify", "label", "model.cls", "small", True),
+         PlannedStep("reply", "reply", "default", None, False)]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    store = Store(f"sqlite:///{tmp_path / 'results.db'}")
+    store.ensure_schema()
+    yield store
+    store.dispose()
+
+
+def new_run(store: Store, workflow: str = "support", key: str | None = None,
+            **inputs: object) -> str:
+    return store.create_run(str(uuid.uuid4()), workflow, "v1", dict(inputs or {"x": 1}), STEPS,
+                            idempotency_key=key)
+
+
+def attempt(number: int, status: str, error_type: str | None = None) -> AttemptRecord:
+    now = datetime.now(UTC)
+    return AttemptRecord(attempt=number, status=status, started_at=now - timedelta(seconds=1),
+                         finished_at=now, error_type=error_type, cost_usd=0.01)
+
+
+def test_create_run_writes_pending_run_and_steps(store: Store) -> None:
+    run_id = new_run(store, text="hi")
+    run = store.get_run(run_id)
+    assert (run.status, run.workflow, run.inputs) == (RunStatus.PENDING, "support", {"text": "hi"})
+    assert list(run.steps) == ["classify", "reply"]
+    classify = run.steps["classify"]
+    assert (classify.status, classify.output_name, classify.queue, classify.model) == (
+        StepStatus.PENDING, "label", "model.cls", "small")
+    assert store.load_inputs(run_id) == {"text": "hi"}
+
+
+def test_idempotency_key_returns_the_existing_run(store: Store) -> None:
+    first = new_run(store, key="k-1")
+    second = new_run(store, key="k-1")
+    assert second == first and store.find_by_idempotency_key("k-1") == first
+    assert len(store.list_runs()) == 1
+
+
+def test_claim_moves_step_and_run_to_running(store: Store) -> None:
+    run_id = new_run(store)
+    claim = store.claim_step(run_id, "classify", worker="w1", task_id="t1")
+    assert (claim.proceed, claim.status, claim.attempts) == (True, StepStatus.RUNNING, 0)
+    run = store.get_run(run_id)
+    assert run.status is RunStatus.RUNNING and run.started_at is not None
+    step = run.steps["classify"]
+    assert (step.status, step.worker, step.deliveries) == (StepStatus.RUNNING, "w1", 1)
+
+
+def test_terminal_step_is_not_claimed_or_recorded_again(store: Store) -> None:
+    run_id = new_run(store)
+    claim = store.claim_step(run_id, "classify", worker="w1", task_id="t1")
+    outcome = StepOutcome(StepStatus.SUCCEEDED, output="billing",
+                          attempts=[attempt(1, "succeeded")], cost_usd=0.01, model="small")
+    assert store.record_step(run_id, "classify", outcome, claimed_at=claim.claimed_at)
+    again = store.claim_step(run_id, "classify", worker="w2", task_id="t2")
+    assert (again.proceed, again.status, again.output, again.attempts) == (
+        False, StepStatus.SUCCEEDED, "billing", 1)
+    late = StepOutcome(StepStatus.FAILED, error="late duplicate", attempts=[attempt(2, "failed")])
+    assert store.record_step(run_id, "classify", late) is False
+    step = store.get_run(run_id).steps["classify"]
+    assert (step.status, step.output, step.attempts, step.deliveries, step.error) == (
+        StepStatus.SUCCEEDED, "billing", 1, 1, None)
+    assert len(step.attempt_log) == 1 and step.latency_ms is not None and step.latency_ms >= 0
+    assert store.load_output(run_id, "classify") == "billing"
+
+
+def test_retrying_accumulates_attempts_and_cost(store: Store) -> None:
+    run_id = new_run(store)
+    store.claim_step(run_id, "classify", worker="w1", task_id="t1")
+    store.record_step(run_id, "classify", StepOutcome(
+        StepStatus.RETRYING, error="boom", error_type="builtins.OSError",
+        attempts=[attempt(1, "failed", "builtins.OSError")], cost_usd=0.01))
+    claim = store.claim_step(run_id, "classify", worker="w1", task_id="t1")
+    assert claim.proceed and claim.attempts == 1
+    store.record_step(run_id, "classify", StepOutcome(
+        StepStatus.SUCCEEDED, output="ok", attempts=[attempt(2, "succeeded")], cost_usd=0.01))
+    run = store.get_run(run_id)
+    step = run.steps["classify"]
+    assert (step.attempts, step.deliveries, step.retries) == (2, 2, 1)
+    assert [a["status"] for a in step.attempt_log] == ["failed", "succeeded"]
+    assert step.cost_usd == pytest.approx(0.02) and run.cost_usd == pytest.approx(0.02)
+
+
+def test_skip_only_touches_unfinished_steps(store: Store) -> None:
+    run_id = new_run(store)
+    store.claim_step(run_id, "classify", worker="w", task_id="t")
+    store.record_step(run_id, "classify", StepOutcome(StepStatus.SUCCEEDED, output="x"))
+    assert store.skip_steps(run_id, ["classify", "reply"], "upstream failed") == 1
+    assert store.skip_steps(run_id, [], "nothing") == 0
+    steps = store.get_run(run_id).steps
+    assert steps["classify"].status is StepStatus.SUCCEEDED
+    assert (steps["reply"].status, steps["reply"].error) == (StepStatus.SKIPPED, "upstream failed")
+
+
+def test_run_finishes_once(store: Store) -> None:
+    run_id = new_run(store)
+    assert store.finish_run(run_id, RunStatus.FAILED, error="classify failed",
+                            error_type="StepFailed")
+    assert not store.finish_run(run_id, RunStatus.SUCCEEDED)
+    run = store.get_run(run_id)
+    assert (run.status, run.error, run.error_type) == (
+        RunStatus.FAILED, "classify failed", "StepFailed")
+    assert run.finished_at is not None and run.duration_s is not None
+
+
+def test_unknown_runs(store: Store) -> None:
+    with pytest.raises(RunNotFound, match="no run 'missing'"):
+        store.get_run("missing")
+    with pytest.raises(RunNotFound):
+        store.run_status("missing")
+    with pytest.raises(RunNotFound):
+        store.load_inputs("missing")
+    with pytest.raises(RunNotFound, match="has no step 'nope'"):
+        store.claim_step(new_run(store), "nope", worker=None, task_id=None)
+
+
+def test_list_runs_filters_and_orders_newest_first(store: Store) -> None:
+    old = new_run(store, "support")
+    failed = new_run(store, "fraud")
+    store.finish_run(failed, RunStatus.FAILED, error="x")
+    newest = new_run(store, "support")
+    assert [r.run_id for r in store.list_runs()] == [newest, failed, old]
+    assert [r.run_id for r in store.list_runs(workflow="support")] == [newest, old]
+    assert [r.run_id for r in store.list_runs(status=RunStatus.FAILED)] == [failed]
+    assert [r.run_id for r in store.list_runs(limit=1)] == [newest]
+    assert store.status_counts() == {RunStatus.PENDING: 2, RunStatus.FAILED: 1}
+    assert store.status_counts(workflow="fraud") == {RunStatus.FAILED: 1}
+
+
+def test_since_filters_by_creation_time(store: Store) -> None:
+    before = datetime.now(UTC) - timedelta(seconds=30)
+    new_run(store)
+    assert len(store.list_runs(since=before)) == 1
+    assert store.list_runs(since=datetime.now(UTC) + timedelta(seconds=30)) == []
+
+
+def test_since_with_a_non_utc_timezone(store: Store) -> None:
+    before = datetime.now(UTC) - timedelta(seconds=30)
+    new_run(store)
+    same_instant = before.astimezone(timezone(timedelta(hours=5)))
+    assert len(store.list_runs(since=same_instant)) == 1
+    assert store.status_counts(since=same_instant) == {RunStatus.PENDING: 1}
+
+
+def test_unfinished_runs_and_step_rows(store: Store) -> None:
+    pending = new_run(store, "support")
+    running = new_run(store, "support")
+    store.claim_step(running, "classify", worker="w", task_id="t")
+    done = new_run(store, "support")
+    store.finish_run(done, RunStatus.SUCCEEDED)
+    other = new_run(store, "fraud")
+    later = datetime.now(UTC) + timedelta(seconds=1)
+    found = store.unfinished_runs(workflows=["support"], created_before=later)
+    assert [run_id for run_id, *_ in found] == [pending, running]
+    assert found[0][1:] == ("support", "v1", {"x": 1})
+    assert store.unfinished_runs(workflows=[], created_before=later) == []
+    earlier = datetime.now(UTC) - timedelta(hours=1)
+    assert store.unfinished_runs(workflows=["support", "fraud"], created_before=earlier) == []
+    rows = store.step_rows(workflow="fraud")
+    assert sorted(row[:2] for row in rows) == [("classify", "pending"), ("reply", "pending")]
+    assert other not in {run_id for run_id, *_ in found}
