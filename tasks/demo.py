@@ -28,7 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tickets", type=int, default=500, help="how many sample tickets")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait in all")
     args = parser.parse_args(argv)
-    console = Console()
+    # Wide enough for the summary table when the output is a log, not a terminal.
+    console = Console(width=None if sys.stdout.isatty() else 120)
     orchestrator = default_orchestrator()
     settings = orchestrator.settings
     where = "embedded (in-process worker, memory broker)" if settings.embedded else \

@@ -416,3 +416,34 @@ def extract(pages: int) -> str:
     """Text with a NUL character (as text pulled from PDFs has): valid JSON, not jsonb."""
     return "\x00".join(f"page {n}" for n in range(pages))
 
+
+
+# -- SQLite as the results DB of several worker processes ------------------------------
+SQLITE_QUEUE = "it.sqlite"  # served only by the workers test_sqlite_results starts
+
+sqlite_diamond = Workflow("it_sqlite_diamond", queue=SQLITE_QUEUE)
+
+
+@sqlite_diamond.task
+def source(n: int, ctx: StepContext) -> int:
+    """Counts its calls, so the test can prove each step ran exactly once."""
+    count_call(ctx)
+    return n
+
+
+@sqlite_diamond.task
+def double(source: int, ctx: StepContext) -> int:
+    count_call(ctx)
+    return source * 2
+
+
+@sqlite_diamond.task
+def square(source: int, ctx: StepContext) -> int:
+    count_call(ctx)
+    return source * source
+
+
+@sqlite_diamond.task
+def total(double: int, square: int, ctx: StepContext) -> int:
+    count_call(ctx)
+    return double + square
