@@ -443,7 +443,7 @@ def square(source: int, ctx: StepContext) -> int:
     return source * source
 
 
-@sqlite_diamond.task
-def total(double: int, square: int, ctx: StepContext) -> int:
+@sqlite_diamond.task(name="total")
+def sqlite_total(double: int, square: int, ctx: StepContext) -> int:
     count_call(ctx)
     return double + square
