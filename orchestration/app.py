@@ -66,10 +66,13 @@ class Orchestrator:
                 store = self._store
         return store
 
-    def reset_store(self) -> None:
-        """Drop pooled DB connections (a forked worker child must not share its parent's)."""
+    def reset_store(self, *, forked: bool = False) -> None:
+        """Drop pooled DB connections; in a forked child, without closing the parent's."""
         if self._store is not None:
-            self._store.dispose()
+            if forked:
+                self._store.after_fork()
+            else:
+                self._store.dispose()
 
     def register(self, workflow: Workflow) -> None:
         """Make a workflow known to this process (CLI look-ups, embedded recovery)."""
@@ -219,11 +222,13 @@ def _on_worker_init(sender: Any = None, **_: Any) -> None:
     app = getattr(sender, "app", None)
     if _default is not None and app is _default.celery:
         _default.store.ensure_schema()
+        # Close the migration's connections before the pool forks its children.
+        _default.reset_store()
 
 
 def _on_worker_process_init(**_: Any) -> None:
     if _default is not None:
-        _default.reset_store()
+        _default.reset_store(forked=True)
 
 
 signals.celeryd_init.connect(_on_celeryd_init, weak=False)

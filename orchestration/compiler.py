@@ -29,31 +29,38 @@ def build_canvas(plan: Plan, steps: Mapping[str, BoundStep], message: dict[str, 
         isinstance(plan, Series) and isinstance(plan.parts[-1], Node)
     )
     canvas = _build(plan, steps, message, run_id, app, first=True,
-                    finalizer=last if ends_in_step else None)
+                    finalizer=last if ends_in_step else None, keep_result=False)
     if ends_in_step:
         return canvas
     finalize = app.signature(FINALIZE_TASK, args=(), kwargs={"run_id": run_id},
-                             queue=steps[last].queue)
+                             queue=steps[last].queue, ignore_result=True)
     return chain(canvas, finalize)
 
 
 def _build(plan: Plan, steps: Mapping[str, BoundStep], message: dict[str, Any], run_id: str,
-           app: Any, *, first: bool, finalizer: str | None) -> Signature:
+           app: Any, *, first: bool, finalizer: str | None, keep_result: bool) -> Signature:
+    # Only results a chord collects are read back from the result backend: a chain hands
+    # its result to the next message directly. Not storing the others saves a backend
+    # write per step and the client's result subscription on submit.
     if isinstance(plan, Node):
         step = steps[plan.name]
         kwargs: dict[str, Any] = {"run_id": run_id}
         if plan.name == finalizer:
             kwargs["finalize"] = True
         args = (message,) if first else ()
-        return app.signature(step.spec.task_name, args=args, kwargs=kwargs, queue=step.queue)
+        return app.signature(step.spec.task_name, args=args, kwargs=kwargs, queue=step.queue,
+                             ignore_result=not keep_result)
     if isinstance(plan, Series):
+        last = len(plan.parts) - 1
         parts = [
             _build(part, steps, message, run_id, app, first=first and index == 0,
-                   finalizer=finalizer)
+                   finalizer=finalizer, keep_result=keep_result and index == last)
             for index, part in enumerate(plan.parts)
         ]
         return chain(*parts)
     if isinstance(plan, Parallel):
-        return group(*[_build(part, steps, message, run_id, app, first=first, finalizer=None)
+        # A group is always a chord header here (the plan ends with a step or finalize).
+        return group(*[_build(part, steps, message, run_id, app, first=first, finalizer=None,
+                              keep_result=True)
                        for part in plan.parts])
     raise TypeError(f"not a plan: {plan!r}")

@@ -119,10 +119,12 @@ class RunHandle:
         """The run as it is now (finished or not)."""
         return self._store.get_run(self.run_id)
 
-    def wait(self, timeout: float | None = 60.0, *, poll: float = 0.01) -> RunResult:
+    def wait(self, timeout: float | None = 60.0, *, poll: float = 0.002,
+             max_poll: float = 0.05) -> RunResult:
         """Block until the run is terminal and return it.
 
-        Polls with a growing interval (``poll`` up to 0.25 s). Raises
+        Polls the run's status (one indexed read), from every ``poll`` seconds growing
+        gently to ``max_poll``, so a short run is seen finished within a few ms. Raises
         :class:`~orchestration.errors.WaitTimeout` after ``timeout`` seconds; the run goes on.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -137,7 +139,7 @@ class RunHandle:
                 )
             time.sleep(interval if deadline is None
                        else min(interval, max(0.0, deadline - time.monotonic())))
-            interval = min(interval * 1.5, 0.25)
+            interval = min(interval * 1.2, max_poll)
 
     def __repr__(self) -> str:
         return f"<RunHandle {self.run_id}>"

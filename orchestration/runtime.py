@@ -32,7 +32,7 @@ from orchestration.errors import (
 )
 from orchestration.status import RunStatus, StepStatus
 from orchestration.step import BoundStep
-from orchestration.store.repository import AttemptRecord, StepOutcome, Store, utcnow
+from orchestration.store.repository import AttemptRecord, RunFinish, StepOutcome, Store, utcnow
 from orchestration.timeouts import call_with_timeout
 
 log = structlog.get_logger("orchestration.runtime")
@@ -51,7 +51,11 @@ class Delivery:
 
 def run_step(step: BoundStep, message: Any, store: Store, delivery: Delivery,
              *, finalize: bool = False) -> dict[str, Any]:
-    """Execute one delivery of a step and return the envelope for its dependents."""
+    """Execute one delivery of a step and return the envelope for its dependents.
+
+    With ``finalize`` (the run's last step) the run's terminal status is written in the
+    same transaction as the step's outcome.
+    """
     envelope = Envelope.from_message(message)
     spec = step.spec
     lost = sorted(step.requires & envelope.blocked)
@@ -70,27 +74,38 @@ def run_step(step: BoundStep, message: Any, store: Store, delivery: Delivery,
                 store.record_step(envelope.run_id, spec.name, signal.outcome,
                                   worker=delivery.worker)
                 raise Reschedule(signal.delay) from None
-            store.record_step(envelope.run_id, spec.name, outcome, worker=delivery.worker,
-                              claimed_at=claim.claimed_at)
             _apply(step, envelope, outcome.status, outcome.output, delivery)
-        else:
-            _apply(step, envelope, claim.status, claim.output, delivery)
+            finish = run_finish(envelope) if finalize else None
+            store.record_step(envelope.run_id, spec.name, outcome, worker=delivery.worker,
+                              claimed_at=claim.claimed_at, finish=finish)
+            if finish is not None:
+                _log_finished(envelope, finish)
+            return envelope.to_message()
+        _apply(step, envelope, claim.status, claim.output, delivery)
     if finalize:
         finalize_run(envelope, store)
     return envelope.to_message()
 
 
+def run_finish(envelope: Envelope) -> RunFinish:
+    """The run's terminal status, from what its last envelope says."""
+    if envelope.failed:
+        return RunFinish(RunStatus.FAILED, f"critical step(s) failed: "
+                         f"{', '.join(sorted(envelope.failed))}", "StepFailed")
+    return RunFinish(RunStatus.SUCCEEDED)
+
+
 def finalize_run(envelope: Envelope, store: Store) -> RunStatus:
     """Write the run's terminal status from what its last envelope says."""
-    if envelope.failed:
-        status = RunStatus.FAILED
-        error = f"critical step(s) failed: {', '.join(sorted(envelope.failed))}"
-        store.finish_run(envelope.run_id, status, error=error, error_type="StepFailed")
-    else:
-        status = RunStatus.SUCCEEDED
-        store.finish_run(envelope.run_id, status)
-    log.debug("run finished", run_id=envelope.run_id, status=status.value)
-    return status
+    finish = run_finish(envelope)
+    store.finish_run(envelope.run_id, finish.status, error=finish.error,
+                     error_type=finish.error_type)
+    _log_finished(envelope, finish)
+    return finish.status
+
+
+def _log_finished(envelope: Envelope, finish: RunFinish) -> None:
+    log.debug("run finished", run_id=envelope.run_id, status=finish.status.value)
 
 
 def _apply(step: BoundStep, envelope: Envelope, status: StepStatus, output: Any,

@@ -24,6 +24,7 @@ from orchestration.status import (
     RunStatus,
     StepStatus,
 )
+from orchestration.store import statements as sql
 from orchestration.store.engine import create_engines, schema_is_current, upgrade
 from orchestration.store.models import AttemptRow, RunRow, StepRow
 
@@ -62,6 +63,20 @@ class Claim:
     output: Any = None
     run_status: RunStatus = RunStatus.RUNNING
     claimed_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class RunFinish:
+    """A run's terminal status, written by its last step or the finalize task."""
+
+    status: RunStatus
+    error: str | None = None
+    error_type: str | None = None
+
+    def params(self, run_id: str, now: datetime) -> dict[str, Any]:
+        """Bind parameters of the FINISH_RUN statement."""
+        return {"b_run": run_id, "b_status": self.status.value, "b_error": self.error,
+                "b_error_type": self.error_type, "b_now": now}
 
 
 @dataclass
@@ -127,10 +142,16 @@ class Store:
             self._schema_checked = True
 
     def dispose(self) -> None:
-        """Close pooled connections (after a fork, or at shutdown)."""
+        """Close pooled connections (at shutdown)."""
         self._writer.dispose()
         if self._reader is not self._writer:
             self._reader.dispose()
+
+    def after_fork(self) -> None:
+        """In a forked child: forget the parent's pooled connections without closing them."""
+        self._writer.dispose(close=False)
+        if self._reader is not self._writer:
+            self._reader.dispose(close=False)
 
     # -- writes ------------------------------------------------------------------------
 
@@ -191,75 +212,54 @@ class Store:
         from ``pending`` to ``running``; later steps skip that write.
         """
         now = utcnow()
+        keys = {"b_run": run_id, "b_name": name}
         with self._writer.begin() as conn:
-            claimed = conn.execute(
-                update(StepRow)
-                .where(StepRow.run_id == run_id, StepRow.name == name,
-                       StepRow.status.in_(_CLAIMABLE))
-                .values(status=StepStatus.RUNNING.value, worker=worker, celery_task_id=task_id,
-                        deliveries=StepRow.deliveries + 1,
-                        started_at=func.coalesce(StepRow.started_at, now))
-                .returning(StepRow.attempts, StepRow.started_at)
-            ).first()
-            run_status = conn.execute(
-                update(RunRow)
-                .where(RunRow.id == run_id, RunRow.status == RunStatus.PENDING.value)
-                .values(status=RunStatus.RUNNING.value, started_at=now)
-                .returning(RunRow.status)
-            ).scalar() if first else None
+            claimed = conn.execute(sql.CLAIM_STEP, {**keys, "b_worker": worker,
+                                                    "b_task": task_id, "b_now": now}).first()
+            run_status = conn.execute(sql.START_RUN, {"b_run": run_id, "b_now": now}
+                                      ).scalar() if first else None
             if claimed is not None:
                 # Latency counts from the first delivery, across broker retries.
                 return Claim(True, StepStatus.RUNNING, int(claimed[0]),
                              claimed_at=as_utc(claimed[1]) or now)
-            row = conn.execute(
-                select(StepRow.status, StepRow.attempts, StepRow.output)
-                .where(StepRow.run_id == run_id, StepRow.name == name)
-            ).first()
+            row = conn.execute(sql.STEP_STATE, keys).first()
             if run_status is None:
-                run_status = conn.execute(
-                    select(RunRow.status).where(RunRow.id == run_id)
-                ).scalar()
+                run_status = conn.execute(sql.RUN_STATUS, {"b_run": run_id}).scalar()
         if row is None or run_status is None:
             raise RunNotFound(f"run {run_id} has no step {name!r}")
         return Claim(False, StepStatus(row.status), int(row.attempts), row.output,
                      RunStatus(run_status))
 
     def record_step(self, run_id: str, name: str, outcome: StepOutcome,
-                    *, worker: str | None = None, claimed_at: datetime | None = None) -> bool:
+                    *, worker: str | None = None, claimed_at: datetime | None = None,
+                    finish: RunFinish | None = None) -> bool:
         """Record a step's outcome and its attempts; False if it was already terminal.
 
-        ``claimed_at`` (from the claim) gives the step's latency in the same write.
+        ``claimed_at`` (from the claim) gives the step's latency in the same write;
+        ``finish`` (the run's last step) ends the run in the same transaction.
         """
         now = utcnow()
         terminal = outcome.status.is_terminal
-        values: dict[str, Any] = {
-            "status": outcome.status.value,
-            "error": outcome.error,
-            "error_type": outcome.error_type,
-            "attempts": StepRow.attempts + len(outcome.attempts),
-            "cost_usd": StepRow.cost_usd + outcome.cost_usd,
+        params = {
+            "b_run": run_id, "b_name": name, "b_status": outcome.status.value,
+            "b_error": outcome.error, "b_error_type": outcome.error_type,
+            "b_attempts": len(outcome.attempts), "b_cost": outcome.cost_usd,
+            "b_model": outcome.model,
+            "b_output": outcome.output if terminal else None,
+            "b_finished": now if terminal else None,
+            "b_latency": (now - claimed_at).total_seconds() * 1000
+            if terminal and claimed_at is not None else None,
         }
-        if outcome.model:
-            values["model"] = outcome.model
-        if terminal:
-            values.update(output=outcome.output, finished_at=now)
-            if claimed_at is not None:
-                values["latency_ms"] = (now - claimed_at).total_seconds() * 1000
         with self._writer.begin() as conn:
-            result = conn.execute(
-                update(StepRow)
-                .where(StepRow.run_id == run_id, StepRow.name == name,
-                       StepRow.status.in_(_CLAIMABLE))
-                .values(**values)
-            )
-            if not result.rowcount:
+            if not conn.execute(sql.RECORD_STEP, params).rowcount:
                 return False
             if outcome.attempts:
-                conn.execute(insert(AttemptRow), [_attempt_row(run_id, name, a, worker)
-                                                  for a in outcome.attempts])
+                conn.execute(sql.INSERT_ATTEMPTS, [_attempt_row(run_id, name, a, worker)
+                                                   for a in outcome.attempts])
             if outcome.cost_usd:
-                conn.execute(update(RunRow).where(RunRow.id == run_id)
-                             .values(cost_usd=RunRow.cost_usd + outcome.cost_usd))
+                conn.execute(sql.ADD_RUN_COST, {"b_run": run_id, "b_cost": outcome.cost_usd})
+            if finish is not None:
+                conn.execute(sql.FINISH_RUN, finish.params(run_id, now))
         return True
 
     def skip_steps(self, run_id: str, names: Iterable[str], reason: str) -> int:
@@ -279,13 +279,9 @@ class Store:
     def finish_run(self, run_id: str, status: RunStatus, *, error: str | None = None,
                    error_type: str | None = None) -> bool:
         """Move a run to a terminal status; False if it was already terminal."""
+        finish = RunFinish(status, error, error_type)
         with self._writer.begin() as conn:
-            result = conn.execute(
-                update(RunRow)
-                .where(RunRow.id == run_id, RunRow.status.not_in(_TERMINAL_RUN))
-                .values(status=status.value, error=error, error_type=error_type,
-                        finished_at=utcnow())
-            )
+            result = conn.execute(sql.FINISH_RUN, finish.params(run_id, utcnow()))
         return bool(result.rowcount)
 
     # -- reads -------------------------------------------------------------------------

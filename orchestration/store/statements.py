@@ -1,0 +1,78 @@
+"""The hot path's statements, built once on the Core tables.
+
+Building an ORM ``update()`` per call costs more Python time than SQLite spends
+executing it (~230 µs against ~80 µs per claim); these are built at import with bind
+parameters and reused by every step of every run.
+"""
+
+from __future__ import annotations
+
+from typing import cast
+
+from sqlalchemy import Table, bindparam, func, insert, select, update
+
+from orchestration.status import (
+    CLAIMABLE_STEP_STATUSES,
+    TERMINAL_RUN_STATUSES,
+    RunStatus,
+    StepStatus,
+)
+from orchestration.store.models import AttemptRow, RunRow, StepRow
+
+# Declarative models type __table__ as a FromClause; these are Tables.
+runs = cast(Table, RunRow.__table__)
+steps = cast(Table, StepRow.__table__)
+attempts = cast(Table, AttemptRow.__table__)
+
+CLAIMABLE = sorted(status.value for status in CLAIMABLE_STEP_STATUSES)
+TERMINAL_RUN = sorted(status.value for status in TERMINAL_RUN_STATUSES)
+
+_this_step = (steps.c.run_id == bindparam("b_run"), steps.c.name == bindparam("b_name"))
+
+# Claim: a step not yet terminal becomes running for this delivery. started_at keeps the
+# first delivery's time, so latency spans broker retries.
+CLAIM_STEP = (
+    update(steps)
+    .where(*_this_step, steps.c.status.in_(CLAIMABLE))
+    .values(status=StepStatus.RUNNING.value, worker=bindparam("b_worker"),
+            celery_task_id=bindparam("b_task"), deliveries=steps.c.deliveries + 1,
+            started_at=func.coalesce(steps.c.started_at, bindparam("b_now")))
+    .returning(steps.c.attempts, steps.c.started_at)
+)
+
+START_RUN = (
+    update(runs)
+    .where(runs.c.id == bindparam("b_run"), runs.c.status == RunStatus.PENDING.value)
+    .values(status=RunStatus.RUNNING.value, started_at=bindparam("b_now"))
+    .returning(runs.c.status)
+)
+
+STEP_STATE = select(steps.c.status, steps.c.attempts, steps.c.output).where(*_this_step)
+RUN_STATUS = select(runs.c.status).where(runs.c.id == bindparam("b_run"))
+
+# Outcome: conditional on the step not being terminal yet, so it is recorded once.
+RECORD_STEP = (
+    update(steps)
+    .where(*_this_step, steps.c.status.in_(CLAIMABLE))
+    .values(status=bindparam("b_status"), error=bindparam("b_error"),
+            error_type=bindparam("b_error_type"),
+            attempts=steps.c.attempts + bindparam("b_attempts"),
+            cost_usd=steps.c.cost_usd + bindparam("b_cost"),
+            model=func.coalesce(bindparam("b_model"), steps.c.model),
+            output=bindparam("b_output", type_=steps.c.output.type),
+            finished_at=bindparam("b_finished"), latency_ms=bindparam("b_latency"))
+)
+
+INSERT_ATTEMPTS = insert(attempts)
+
+ADD_RUN_COST = (
+    update(runs).where(runs.c.id == bindparam("b_run"))
+    .values(cost_usd=runs.c.cost_usd + bindparam("b_cost"))
+)
+
+FINISH_RUN = (
+    update(runs)
+    .where(runs.c.id == bindparam("b_run"), runs.c.status.not_in(TERMINAL_RUN))
+    .values(status=bindparam("b_status"), error=bindparam("b_error"),
+            error_type=bindparam("b_error_type"), finished_at=bindparam("b_now"))
+)
