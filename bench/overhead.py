@@ -338,7 +338,7 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, Samples]],
           f"{args.rounds} alternating rounds x {args.runs // args.rounds}+ runs, "
           f"{args.warmup} warm-up runs per shape per phase")
     print(f"  results : DB {env_info['database']}; "
-          f"handle.wait(poll={WAIT_POLL}) (default poll is 0.01, growing x1.5 to 0.25 s)")
+          f"handle.wait(poll={WAIT_POLL}) (the default: flat for 0.1 s, then growing to 0.05 s)")
     print("  raw     : canvas.apply_async() + AsyncResult.get() (Redis pub/sub)")
     print("  timing  : client wall time (perf_counter) around submit+wait, both systems")
     print()
@@ -368,7 +368,7 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, Samples]],
               f"p95 {eng['p95'] / raw['p95']:.2f}x, min {eng['min'] / raw['min']:.2f}x{target}")
         print()
     print("DB created->finished: median run duration recorded by the engine; wall minus it is "
-          "submit before the run row,\n  the wait's polling granularity (x1.5 growth) and the "
+          "submit before the run row,\n  the wait's polling granularity and the "
           "final get_run.")
     if embedded is not None:
         print("engine embedded: no broker, in-process threads worker, SQLite; for reference, "

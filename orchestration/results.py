@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any
 from orchestration.errors import WaitTimeout
 from orchestration.status import RunStatus, StepStatus
 
+FLAT_POLL_SECONDS = 0.1
+
 if TYPE_CHECKING:
     from orchestration.store.repository import Store
 
@@ -123,11 +125,13 @@ class RunHandle:
              max_poll: float = 0.05) -> RunResult:
         """Block until the run is terminal and return it.
 
-        Polls the run's status (one indexed read), from every ``poll`` seconds growing
-        gently to ``max_poll``, so a short run is seen finished within a few ms. Raises
+        Polls the run's status (one indexed read) every ``poll`` seconds for the first
+        0.1 s, then less often, up to every ``max_poll`` seconds: a short run is seen
+        finished within a few ms, and a long one costs few reads. Raises
         :class:`~orchestration.errors.WaitTimeout` after ``timeout`` seconds; the run goes on.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
+        started = time.monotonic()
+        deadline = None if timeout is None else started + timeout
         interval = poll
         while True:
             if self._store.run_status(self.run_id).is_terminal:
@@ -139,7 +143,8 @@ class RunHandle:
                 )
             time.sleep(interval if deadline is None
                        else min(interval, max(0.0, deadline - time.monotonic())))
-            interval = min(interval * 1.2, max_poll)
+            if time.monotonic() - started > FLAT_POLL_SECONDS:
+                interval = min(interval * 1.2, max_poll)
 
     def __repr__(self) -> str:
         return f"<RunHandle {self.run_id}>"
