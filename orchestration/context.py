@@ -29,6 +29,8 @@ class StepContext:
     model: str | None = None
     cost_usd: float = 0.0
     models_used: list[str] = field(default_factory=list)
+    params: dict[str, Any] = field(default_factory=dict)
+    calls: list[CallRecord] = field(default_factory=list)
     _llm: LLMClient | None = None
 
     @property
@@ -58,3 +60,22 @@ class StepContext:
         self.cost_usd += float(usd)
         if model:
             self.models_used.append(model)
+
+    def record_call(self, call: CallRecord) -> None:
+        """Record one model call (its cost is added to this step)."""
+        self.calls.append(call)
+        self.record_cost(call.cost_usd, model=call.model if call.ok else None)
+
+
+@dataclass(frozen=True)
+class CallRecord:
+    """One model call made by a step attempt, for the trace."""
+
+    model: str
+    ok: bool
+    latency_ms: float
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    breaker: str | None = None
+    error: str | None = None

@@ -88,7 +88,9 @@ def as_backoff(value: object, where: str) -> Backoff:
         return value
     if isinstance(value, int | float) and not isinstance(value, bool):
         try:
-            return Backoff(initial=float(value), maximum=max(30.0, float(value)))
+            seconds = float(value)
+            # Jitter in proportion: backoff=0.05 should not wait half a second.
+            return Backoff(initial=seconds, maximum=max(30.0, seconds), jitter=seconds / 2)
         except WorkflowDefinitionError as exc:
             raise WorkflowDefinitionError(f"{where}: {exc}") from None
     raise WorkflowDefinitionError(f"{where}: backoff must be a number or Backoff, got {value!r}")

@@ -43,6 +43,9 @@ class StepRecord:
     started_at: datetime | None = None
     finished_at: datetime | None = None
     attempt_log: list[dict[str, Any]] = field(default_factory=list)
+    gate: str | None = None
+    tokens_in: int = 0
+    tokens_out: int = 0
 
     @property
     def retries(self) -> int:

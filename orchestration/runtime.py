@@ -30,6 +30,7 @@ from orchestration.errors import (
     OutputNotSerializable,
     Reschedule,
 )
+from orchestration.gates import PASSED, GateFailed
 from orchestration.status import RunStatus, StepStatus
 from orchestration.step import BoundStep
 from orchestration.store.repository import AttemptRecord, RunFinish, StepOutcome, Store, utcnow
@@ -160,29 +161,34 @@ def _execute(step: BoundStep, envelope: Envelope, store: Store, delivery: Delive
         return StepOutcome(StepStatus.FAILED, error=error, error_type=error_type)
     attempt_number = previous_attempts
     contexts: list[StepContext] = []
+    params: dict[str, Any] = {}
 
     def attempt_once() -> Any:
-        nonlocal attempt_number
+        nonlocal attempt_number, params
         attempt_number += 1
         timeout = spec.timeout.seconds() if spec.timeout else None
         ctx = StepContext(run_id=envelope.run_id, workflow=spec.workflow, step=spec.name,
-                          attempt=attempt_number, model=spec.model,
+                          attempt=attempt_number, model=spec.model, params=dict(params),
                           deadline=None if timeout is None else time.monotonic() + timeout)
         contexts.append(ctx)
         call_kwargs = dict(kwargs, ctx=ctx) if spec.wants_ctx else kwargs
         started = utcnow()
+        gate: str | None = None
         try:
             value = call_with_timeout(spec.fn, call_kwargs, timeout)
-            try:
-                dumps(value)
-            except (TypeError, ValueError) as exc:
-                raise OutputNotSerializable(
-                    f"{spec.where} returned {type(value).__name__}, which is not JSON: {exc}"
-                ) from None
+            _check_json(spec.where, value)
+            if spec.gate is not None:
+                reason = spec.gate.verdict(value)
+                gate = PASSED if reason is None else f"failed: {reason}"
+                if reason is not None:
+                    raise GateFailed(reason)
         except Exception as exc:
-            records.append(_record(attempt_number, "failed", started, ctx, exc))
+            records.append(_record(attempt_number, "failed", started, ctx, exc, gate))
+            if spec.on_retry is not None:
+                updated = spec.on_retry(attempt_number, exc, dict(params))
+                params = dict(updated) if updated is not None else params
             raise
-        records.append(_record(attempt_number, "succeeded", started, ctx))
+        records.append(_record(attempt_number, "succeeded", started, ctx, None, gate))
         return value
 
     remaining = max(1, spec.retries + 1 - previous_attempts)
@@ -242,13 +248,27 @@ def _final_failure(step: BoundStep, kwargs: dict[str, Any], exc: BaseException,
                        cost_usd=cost, model=model)
 
 
+def _check_json(where: str, value: Any) -> None:
+    try:
+        dumps(value)
+    except (TypeError, ValueError) as exc:
+        raise OutputNotSerializable(
+            f"{where} returned {type(value).__name__}, which is not JSON: {exc}"
+        ) from None
+
+
 def _record(number: int, status: str, started: datetime, ctx: StepContext,
-            exc: BaseException | None = None) -> AttemptRecord:
+            exc: BaseException | None, gate: str | None) -> AttemptRecord:
     error, error_type = _describe(exc) if exc is not None else (None, None)
+    breakers = [f"{call.model}:{call.breaker}" for call in ctx.calls
+                if call.breaker not in (None, "closed")]
     return AttemptRecord(attempt=number, status=status, started_at=started,
                          finished_at=utcnow(), error=error, error_type=error_type,
                          model=ctx.models_used[-1] if ctx.models_used else ctx.model,
-                         cost_usd=ctx.cost_usd)
+                         cost_usd=ctx.cost_usd, gate=gate,
+                         tokens_in=sum(call.prompt_tokens for call in ctx.calls),
+                         tokens_out=sum(call.completion_tokens for call in ctx.calls),
+                         breaker=", ".join(breakers) or None)
 
 
 def _sleeper(inline_limit: float) -> Callable[[float], None]:

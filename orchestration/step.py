@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import difflib
+import os
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from orchestration.errors import WorkflowDefinitionError
+from orchestration.gates import Gate
 from orchestration.policies import Backoff, Fallback, TimeoutPolicy, as_backoff, as_timeout
 
 CTX_PARAM = "ctx"
@@ -16,7 +18,7 @@ CTX_PARAM = "ctx"
 STEP_OPTIONS = frozenset(
     {
         "name", "output", "depends_on", "retries", "backoff", "timeout", "fallback",
-        "critical", "queue", "model", "max_cost",
+        "critical", "queue", "model", "max_cost", "gate", "on_retry",
     }
 )
 
@@ -41,6 +43,8 @@ class StepSpec:
     queue: str | None = None
     model: str | None = None
     max_cost: float | None = None
+    gate: Gate | None = None
+    on_retry: Callable[[int, BaseException, dict[str, Any]], dict[str, Any] | None] | None = None
 
     @property
     def task_name(self) -> str:
@@ -78,6 +82,13 @@ class Step:
 
 
 def _suggest(word: str, choices: Sequence[str]) -> str:
+    # A typo usually keeps the start of the word ('retry' -> 'retries', not 'on_retry').
+    def shared_prefix(choice: str) -> int:
+        return len(os.path.commonprefix([word, choice]))
+
+    best = max(choices, key=shared_prefix, default="")
+    if shared_prefix(best) >= 3:
+        return f" (did you mean {best!r}?)"
     close = difflib.get_close_matches(word, list(choices), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
@@ -155,7 +166,16 @@ def build_spec(workflow: str, fn: Callable[..., Any], options: dict[str, Any]) -
         queue=options.get("queue"),
         model=options.get("model"),
         max_cost=options.get("max_cost"),
+        gate=Gate(options["gate"], where) if options.get("gate") is not None else None,
+        on_retry=_check_callable(options, "on_retry", where),
     )
+
+
+def _check_callable(options: dict[str, Any], key: str, where: str) -> Any:
+    value = options.get(key)
+    if value is not None and not callable(value):
+        raise WorkflowDefinitionError(f"{where}: {key} must be callable, got {value!r}")
+    return value
 
 
 def _signature(fn: Callable[..., Any], where: str) -> tuple[tuple[str, ...], frozenset[str], bool]:

@@ -33,12 +33,18 @@ class Completion:
 
 
 class ProviderError(StepError):
-    """A provider call failed. ``retryable`` tells transient failures from client errors."""
+    """A provider call failed. ``retryable`` tells transient failures from client errors.
 
-    def __init__(self, message: str, *, status: int | None = None, retryable: bool = True) -> None:
+    ``retry_after`` is the wait in seconds the provider asked for (its ``Retry-After``
+    header on 429/503), or None when it did not say.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None, retryable: bool = True,
+                 retry_after: float | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.retryable = retryable
+        self.retry_after = retry_after
 
 
 class Provider(ABC):

@@ -6,6 +6,7 @@ from typing import Any
 
 import httpx
 
+from orchestration.providers.anthropic import retry_after_for
 from orchestration.providers.base import Messages, Provider, ProviderError, Usage
 
 
@@ -36,7 +37,8 @@ class OpenAIProvider(Provider):
         if response.status_code >= 400:
             retryable = response.status_code == 429 or response.status_code >= 500
             raise ProviderError(f"{self.name}: HTTP {response.status_code} from {model}",
-                                status=response.status_code, retryable=retryable)
+                                status=response.status_code, retryable=retryable,
+                                retry_after=retry_after_for(response))
         try:
             body = response.json()
             text = body["choices"][0]["message"]["content"] or ""

@@ -91,6 +91,10 @@ class AttemptRecord:
     error_type: str | None = None
     model: str | None = None
     cost_usd: float = 0.0
+    gate: str | None = None
+    tokens_in: int = 0
+    tokens_out: int = 0
+    breaker: str | None = None
 
     @property
     def latency_ms(self) -> float:
@@ -240,7 +244,11 @@ class Store:
         """
         now = utcnow()
         terminal = outcome.status.is_terminal
+        last = outcome.attempts[-1] if outcome.attempts else None
         params = {
+            "b_gate": last.gate if last else None,
+            "b_tokens_in": sum(a.tokens_in for a in outcome.attempts),
+            "b_tokens_out": sum(a.tokens_out for a in outcome.attempts),
             "b_run": run_id, "b_name": name, "b_status": outcome.status.value,
             "b_error": outcome.error, "b_error_type": outcome.error_type,
             "b_attempts": len(outcome.attempts), "b_cost": outcome.cost_usd,
@@ -336,14 +344,17 @@ class Store:
                 "attempt": attempt.attempt, "status": attempt.status, "error": attempt.error,
                 "error_type": attempt.error_type, "latency_ms": attempt.latency_ms,
                 "worker": attempt.worker, "model": attempt.model, "cost_usd": attempt.cost_usd,
-                "started_at": as_utc(attempt.started_at),
+                "started_at": as_utc(attempt.started_at), "gate": attempt.gate,
+                "tokens_in": attempt.tokens_in, "tokens_out": attempt.tokens_out,
+                "breaker": attempt.breaker,
             })
         records = {
             step.name: StepRecord(
                 name=step.name, status=StepStatus(step.status), output_name=step.output_name,
                 output=step.output, attempts=step.attempts, latency_ms=step.latency_ms,
                 cost_usd=step.cost_usd, error=step.error, error_type=step.error_type,
-                model=step.model, queue=step.queue, worker=step.worker,
+                model=step.model, queue=step.queue, worker=step.worker, gate=step.gate,
+                tokens_in=step.tokens_in, tokens_out=step.tokens_out,
                 deliveries=step.deliveries, started_at=as_utc(step.started_at),
                 finished_at=as_utc(step.finished_at), attempt_log=by_step.get(step.name, []),
             )
@@ -421,7 +432,9 @@ def _attempt_row(run_id: str, name: str, attempt: AttemptRecord,
         "status": attempt.status, "error": attempt.error, "error_type": attempt.error_type,
         "worker": worker, "model": attempt.model, "cost_usd": attempt.cost_usd,
         "latency_ms": attempt.latency_ms, "started_at": attempt.started_at,
-        "finished_at": attempt.finished_at,
+        "finished_at": attempt.finished_at, "gate": attempt.gate,
+        "tokens_in": attempt.tokens_in, "tokens_out": attempt.tokens_out,
+        "breaker": attempt.breaker,
     }
 
 

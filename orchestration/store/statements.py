@@ -60,7 +60,10 @@ RECORD_STEP = (
             cost_usd=steps.c.cost_usd + bindparam("b_cost"),
             model=func.coalesce(bindparam("b_model"), steps.c.model),
             output=bindparam("b_output", type_=steps.c.output.type),
-            finished_at=bindparam("b_finished"), latency_ms=bindparam("b_latency"))
+            finished_at=bindparam("b_finished"), latency_ms=bindparam("b_latency"),
+            gate=func.coalesce(bindparam("b_gate"), steps.c.gate),
+            tokens_in=steps.c.tokens_in + bindparam("b_tokens_in"),
+            tokens_out=steps.c.tokens_out + bindparam("b_tokens_out"))
 )
 
 INSERT_ATTEMPTS = insert(attempts)
