@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import difflib
 import inspect
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -84,7 +83,8 @@ class Step:
 def _suggest(word: str, choices: Sequence[str]) -> str:
     # A typo usually keeps the start of the word ('retry' -> 'retries', not 'on_retry').
     def shared_prefix(choice: str) -> int:
-        return len(os.path.commonprefix([word, choice]))
+        return next((i for i, (a, b) in enumerate(zip(word, choice, strict=False)) if a != b),
+                    min(len(word), len(choice)))
 
     best = max(choices, key=shared_prefix, default="")
     if shared_prefix(best) >= 3:
