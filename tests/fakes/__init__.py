@@ -1,0 +1,1 @@
+"""Test doubles that speak real protocols (HTTP), for unit and integration tests."""
