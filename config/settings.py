@@ -78,6 +78,15 @@ class Settings(BaseSettings):
         return self.broker_url.startswith("memory://")
 
     @property
+    def shared_redis_url(self) -> str | None:
+        """Redis for state every worker shares: ORCH_REDIS_URL, else a Redis broker."""
+        if self.redis_url:
+            return self.redis_url
+        if self.broker_url.startswith(("redis://", "rediss://")):
+            return self.broker_url
+        return None
+
+    @property
     def effective_result_backend(self) -> str:
         """The result backend to configure: explicit, else derived from the broker."""
         if self.result_backend:

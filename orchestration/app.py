@@ -18,11 +18,13 @@ from sqlalchemy.exc import OperationalError
 
 from config.celery import celery_config
 from config.settings import Settings
+from orchestration.catalogue import load_catalogue
 from orchestration.compiler import FINALIZE_TASK
 from orchestration.envelope import Envelope
 from orchestration.errors import ConfigurationError, Reschedule, WorkflowDefinitionError
 from orchestration.inprocess import private_memory_transport
 from orchestration.logs import configure_logging
+from orchestration.resilience import Resilience
 from orchestration.runtime import Delivery, finalize_run, run_step
 from orchestration.status import RunStatus, StepStatus
 from orchestration.store.repository import StepOutcome, Store, utcnow
@@ -46,6 +48,9 @@ class Orchestrator:
         self._apply_settings()
         self.workflows: dict[str, Workflow] = {}
         self._store: Store | None = None
+        self._resilience: Resilience | None = None
+        # Loaded now so a bad catalogue fails at start-up, not at the first model call.
+        self.catalogue = load_catalogue(self.settings.models_file)
         self._embedded: EmbeddedWorker | None = None
         self._lock = threading.Lock()
         self.hostname = f"{socket.gethostname()}:{os.getpid()}"
@@ -65,6 +70,18 @@ class Orchestrator:
                     self._store.ensure_schema()
                 store = self._store
         return store
+
+    @property
+    def resilience(self) -> Resilience:
+        """Breakers, rate limits, latencies and providers shared by this process's steps."""
+        resilience = self._resilience
+        if resilience is None:
+            with self._lock:
+                if self._resilience is None:
+                    self._resilience = Resilience(self.catalogue,
+                                                  self.settings.shared_redis_url)
+                resilience = self._resilience
+        return resilience
 
     def reset_store(self, *, forked: bool = False) -> None:
         """Drop pooled DB connections; in a forked child, without closing the parent's."""
@@ -90,7 +107,8 @@ class Orchestrator:
             bound = workflow.validate().steps[spec.name]
             delivery = Delivery(worker=task.request.hostname, task_id=task.request.id,
                                 inline_limit=orchestrator.settings.inline_output_limit,
-                                inline_retry_limit=orchestrator.settings.inline_retry_limit)
+                                inline_retry_limit=orchestrator.settings.inline_retry_limit,
+                                services=orchestrator.resilience)
             try:
                 return run_step(bound, message, orchestrator.store, delivery, finalize=finalize)
             except Reschedule as signal:
@@ -176,6 +194,8 @@ class Orchestrator:
         """Point this orchestrator at other settings (tests); stops its in-process worker."""
         self.shutdown()
         self.settings = settings
+        self.catalogue = load_catalogue(settings.models_file)
+        self._resilience = None
         self._apply_settings()
         # Drop this app's cached connection pools and backend so the new settings apply;
         # closing them instead would close kombu pools other apps may share.

@@ -7,11 +7,51 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from orchestration.adaptive import AdaptiveTimeout, adaptive
+from orchestration.breakers import BreakerPolicy
 from orchestration.errors import ConfigurationError
+from orchestration.ratelimit import RateLimit
 
 DEFAULT_CATALOGUE = Path(__file__).resolve().parent.parent / "config" / "models.yaml"
+
+
+class RateLimitConfig(BaseModel):
+    """Requests and/or tokens per window (seconds), shared by every worker."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    requests: int | None = Field(default=None, gt=0)
+    tokens: int | None = Field(default=None, gt=0)
+    window: float = Field(default=60.0, gt=0)
+
+    def policy(self) -> RateLimit:
+        """As the rate limiter's policy object."""
+        return RateLimit(self.requests, self.tokens, self.window)
+
+
+class BreakerConfig(BaseModel):
+    """Open after ``fail_max`` consecutive provider failures, for ``reset_timeout`` seconds."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    fail_max: int = Field(default=5, gt=0)
+    reset_timeout: float = Field(default=30.0, gt=0)
+
+    def policy(self) -> BreakerPolicy:
+        """As the breaker's policy object."""
+        return BreakerPolicy(self.fail_max, self.reset_timeout)
+
+
+class AdaptiveConfig(BaseModel):
+    """A model's call timeout from its recent p99 latency (see orchestration.adaptive)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    factor: float = Field(default=1.5, gt=0)
+    floor: float = Field(default=1.0, gt=0)
+    ceiling: float = Field(default=120.0, gt=0)
 
 
 class ProviderConfig(BaseModel):
@@ -19,9 +59,10 @@ class ProviderConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["openai", "local"]
+    kind: Literal["openai", "anthropic", "local"]
     base_url: str | None = None
     api_key_env: str | None = None
+    rate_limit: RateLimitConfig | None = None
 
     @property
     def configured(self) -> bool:
@@ -38,9 +79,20 @@ class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     provider: str
-    input_cost_per_1k: float = 0.0
-    output_cost_per_1k: float = 0.0
+    input_cost_per_1k: float = Field(default=0.0, ge=0)
+    output_cost_per_1k: float = Field(default=0.0, ge=0)
     fallbacks: list[str] = []
+    timeout: float | AdaptiveConfig = 60.0
+    retries: int = Field(default=2, ge=0)
+    breaker: BreakerConfig = BreakerConfig()
+    rate_limit: RateLimitConfig | None = None
+    queue: str | None = None
+
+    def timeout_policy(self) -> float | AdaptiveTimeout:
+        """Seconds per call, or the adaptive policy that computes them."""
+        if isinstance(self.timeout, AdaptiveConfig):
+            return adaptive(self.timeout.factor, self.timeout.floor, self.timeout.ceiling)
+        return self.timeout
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
         """USD for a call with these token counts."""
@@ -83,6 +135,19 @@ class Catalogue(BaseModel):
             path.pop()
 
         visit(start)
+
+    def fallback_chain(self, name: str) -> list[str]:
+        """``name`` then its fallbacks, depth first, each model once."""
+        chain: list[str] = []
+
+        def visit(model: str) -> None:
+            if model not in chain:
+                chain.append(model)
+                for fallback in self.models[model].fallbacks:
+                    visit(fallback)
+
+        visit(name)
+        return chain
 
     def model(self, name: str) -> ModelConfig:
         """A model's configuration; unknown names raise ConfigurationError."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -10,6 +11,7 @@ import structlog
 
 if TYPE_CHECKING:
     from orchestration.llm import LLMClient
+    from orchestration.resilience import Resilience
 
 
 @dataclass
@@ -31,6 +33,11 @@ class StepContext:
     models_used: list[str] = field(default_factory=list)
     params: dict[str, Any] = field(default_factory=dict)
     calls: list[CallRecord] = field(default_factory=list)
+    max_cost: float | None = None
+    spent_before: float = 0.0  # this step's cost in earlier attempts and deliveries
+    run_budget: float | None = None
+    run_cost: Callable[[], float] = field(default=lambda: 0.0)  # recorded spend of the run
+    services: Resilience | None = None
     _llm: LLMClient | None = None
 
     @property
@@ -39,7 +46,12 @@ class StepContext:
         if self._llm is None:
             from orchestration.llm import LLMClient
 
-            self._llm = LLMClient(self)
+            services = self.services
+            if services is None:
+                from orchestration.app import default_orchestrator
+
+                services = default_orchestrator().resilience
+            self._llm = LLMClient(self, services)
         return self._llm
 
     @property

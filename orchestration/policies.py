@@ -13,6 +13,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from tenacity import RetryCallState
 
+from orchestration.adaptive import AdaptiveTimeout
 from orchestration.errors import WorkflowDefinitionError
 
 
@@ -96,11 +97,11 @@ def as_backoff(value: object, where: str) -> Backoff:
     raise WorkflowDefinitionError(f"{where}: backoff must be a number or Backoff, got {value!r}")
 
 
-def as_timeout(value: object, where: str) -> TimeoutPolicy | None:
+def as_timeout(value: object, where: str) -> TimeoutPolicy | AdaptiveTimeout | None:
     """Normalise ``task(timeout=...)``: seconds, a callable, or a TimeoutPolicy."""
     if value is None:
         return None
-    if isinstance(value, TimeoutPolicy):
+    if isinstance(value, TimeoutPolicy | AdaptiveTimeout):
         return value
     if isinstance(value, int | float) and not isinstance(value, bool):
         if value <= 0:

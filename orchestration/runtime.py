@@ -18,11 +18,12 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 
+from orchestration.adaptive import AdaptiveTimeout
 from orchestration.context import StepContext
 from orchestration.envelope import INPUT_SOURCE, Envelope, dumps
 from orchestration.errors import (
@@ -33,7 +34,17 @@ from orchestration.errors import (
 from orchestration.gates import PASSED, GateFailed
 from orchestration.status import RunStatus, StepStatus
 from orchestration.step import BoundStep
-from orchestration.store.repository import AttemptRecord, RunFinish, StepOutcome, Store, utcnow
+from orchestration.store.repository import (
+    AttemptRecord,
+    Claim,
+    RunFinish,
+    StepOutcome,
+    Store,
+    utcnow,
+)
+
+if TYPE_CHECKING:
+    from orchestration.resilience import Resilience
 from orchestration.timeouts import call_with_timeout
 
 log = structlog.get_logger("orchestration.runtime")
@@ -42,12 +53,13 @@ _ERROR_LIMIT = 4000
 
 @dataclass(frozen=True)
 class Delivery:
-    """Where and how a step message arrived (for the trace)."""
+    """Where and how a step message arrived, and what the step may use."""
 
     worker: str | None
     task_id: str | None
     inline_limit: int
     inline_retry_limit: float
+    services: Resilience | None = None
 
 
 def run_step(step: BoundStep, message: Any, store: Store, delivery: Delivery,
@@ -70,7 +82,7 @@ def run_step(step: BoundStep, message: Any, store: Store, delivery: Delivery,
         envelope.started = True
         if claim.proceed:
             try:
-                outcome = _execute(step, envelope, store, delivery, claim.attempts)
+                outcome = _execute(step, envelope, store, delivery, claim)
             except _RescheduleWithOutcome as signal:
                 store.record_step(envelope.run_id, spec.name, signal.outcome,
                                   worker=delivery.worker)
@@ -151,8 +163,9 @@ def _retryable(exc: BaseException) -> bool:
 
 
 def _execute(step: BoundStep, envelope: Envelope, store: Store, delivery: Delivery,
-             previous_attempts: int) -> StepOutcome:
+             claim: Claim) -> StepOutcome:
     spec = step.spec
+    previous_attempts = claim.attempts
     records: list[AttemptRecord] = []
     try:
         kwargs = _resolve_kwargs(step, envelope, store)
@@ -166,10 +179,14 @@ def _execute(step: BoundStep, envelope: Envelope, store: Store, delivery: Delive
     def attempt_once() -> Any:
         nonlocal attempt_number, params
         attempt_number += 1
-        timeout = spec.timeout.seconds() if spec.timeout else None
+        timeout = _timeout(step, delivery)
         ctx = StepContext(run_id=envelope.run_id, workflow=spec.workflow, step=spec.name,
                           attempt=attempt_number, model=spec.model, params=dict(params),
-                          deadline=None if timeout is None else time.monotonic() + timeout)
+                          deadline=None if timeout is None else time.monotonic() + timeout,
+                          max_cost=spec.max_cost, run_budget=step.run_budget,
+                          spent_before=claim.cost_usd + sum(c.cost_usd for c in contexts),
+                          run_cost=lambda: store.run_cost(envelope.run_id),
+                          services=delivery.services)
         contexts.append(ctx)
         call_kwargs = dict(kwargs, ctx=ctx) if spec.wants_ctx else kwargs
         started = utcnow()
@@ -189,6 +206,8 @@ def _execute(step: BoundStep, envelope: Envelope, store: Store, delivery: Delive
                 params = dict(updated) if updated is not None else params
             raise
         records.append(_record(attempt_number, "succeeded", started, ctx, None, gate))
+        if isinstance(spec.timeout, AdaptiveTimeout) and delivery.services is not None:
+            delivery.services.latencies.observe(spec.task_name, records[-1].latency_ms)
         return value
 
     remaining = max(1, spec.retries + 1 - previous_attempts)
@@ -246,6 +265,17 @@ def _final_failure(step: BoundStep, kwargs: dict[str, Any], exc: BaseException,
                            attempts=records, cost_usd=cost, model=model)
     return StepOutcome(StepStatus.FAILED, error=error, error_type=error_type, attempts=records,
                        cost_usd=cost, model=model)
+
+
+def _timeout(step: BoundStep, delivery: Delivery) -> float | None:
+    policy = step.spec.timeout
+    if policy is None:
+        return None
+    if isinstance(policy, AdaptiveTimeout):
+        if delivery.services is None:
+            return policy.ceiling
+        return delivery.services.latencies.timeout(step.spec.task_name, policy)
+    return policy.seconds()
 
 
 def _check_json(where: str, value: Any) -> None:

@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from orchestration.adaptive import AdaptiveTimeout
 from orchestration.errors import WorkflowDefinitionError
 from orchestration.gates import Gate
 from orchestration.policies import Backoff, Fallback, TimeoutPolicy, as_backoff, as_timeout
@@ -36,7 +37,7 @@ class StepSpec:
     depends_on: tuple[str, ...] = ()
     retries: int = 0
     backoff: Backoff = field(default_factory=Backoff)
-    timeout: TimeoutPolicy | None = None
+    timeout: TimeoutPolicy | AdaptiveTimeout | None = None
     fallback: Fallback | None = None
     critical: bool = True
     queue: str | None = None
@@ -214,3 +215,4 @@ class BoundStep:
     sources: dict[str, str]
     requires: frozenset[str]
     upstream: frozenset[str]  # names of the steps this one depends on
+    run_budget: float | None = None  # the workflow's budget (USD) per run

@@ -42,7 +42,8 @@ class Workflow:
     """
 
     def __init__(self, name: str, *, queue: str | None = None,
-                 inputs: list[str] | None = None, app: Orchestrator | None = None) -> None:
+                 inputs: list[str] | None = None, budget: float | None = None,
+                 app: Orchestrator | None = None) -> None:
         if not isinstance(name, str) or not name.replace("_", "").replace("-", "").isalnum():
             raise WorkflowDefinitionError(
                 f"workflow name must be letters, digits, '_' or '-', got {name!r}"
@@ -51,8 +52,13 @@ class Workflow:
             from orchestration.app import default_orchestrator
 
             app = default_orchestrator()
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int | float)
+                                   or budget < 0):
+            raise WorkflowDefinitionError(f"workflow {name!r}: budget must be USD >= 0, "
+                                          f"got {budget!r}")
         self.name = name
         self.queue = queue
+        self.budget = float(budget) if budget is not None else None
         self.declared_inputs = frozenset(inputs) if inputs is not None else None
         self.app = app
         self._specs: dict[str, StepSpec] = {}
@@ -209,7 +215,7 @@ def _compile(workflow: Workflow) -> CompiledWorkflow:
         spec.name: BoundStep(
             spec=spec, queue=workflow.queue_of(spec), sources=sources[spec.name],
             requires=frozenset(specs[up].output for up in deps[spec.name]),
-            upstream=frozenset(deps[spec.name]),
+            upstream=frozenset(deps[spec.name]), run_budget=workflow.budget,
         )
         for spec in specs.values()
     }

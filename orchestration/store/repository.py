@@ -63,6 +63,7 @@ class Claim:
     output: Any = None
     run_status: RunStatus = RunStatus.RUNNING
     claimed_at: datetime | None = None
+    cost_usd: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -225,7 +226,7 @@ class Store:
             if claimed is not None:
                 # Latency counts from the first delivery, across broker retries.
                 return Claim(True, StepStatus.RUNNING, int(claimed[0]),
-                             claimed_at=as_utc(claimed[1]) or now)
+                             claimed_at=as_utc(claimed[1]) or now, cost_usd=float(claimed[2]))
             row = conn.execute(sql.STEP_STATE, keys).first()
             if run_status is None:
                 run_status = conn.execute(sql.RUN_STATUS, {"b_run": run_id}).scalar()
@@ -308,6 +309,11 @@ class Store:
             return conn.execute(
                 select(RunRow.id).where(RunRow.idempotency_key == key)
             ).scalar()
+
+    def run_cost(self, run_id: str) -> float:
+        """The run's recorded spend in USD (steps add theirs when they finish)."""
+        with self._reader.connect() as conn:
+            return float(conn.execute(sql.RUN_COST, {"b_run": run_id}).scalar() or 0.0)
 
     def load_output(self, run_id: str, name: str) -> Any:
         """A step's stored output (how outputs passed by reference are fetched)."""

@@ -37,7 +37,7 @@ CLAIM_STEP = (
     .values(status=StepStatus.RUNNING.value, worker=bindparam("b_worker"),
             celery_task_id=bindparam("b_task"), deliveries=steps.c.deliveries + 1,
             started_at=func.coalesce(steps.c.started_at, bindparam("b_now")))
-    .returning(steps.c.attempts, steps.c.started_at)
+    .returning(steps.c.attempts, steps.c.started_at, steps.c.cost_usd)
 )
 
 START_RUN = (
@@ -49,6 +49,7 @@ START_RUN = (
 
 STEP_STATE = select(steps.c.status, steps.c.attempts, steps.c.output).where(*_this_step)
 RUN_STATUS = select(runs.c.status).where(runs.c.id == bindparam("b_run"))
+RUN_COST = select(runs.c.cost_usd).where(runs.c.id == bindparam("b_run"))
 
 # Outcome: conditional on the step not being terminal yet, so it is recorded once.
 RECORD_STEP = (

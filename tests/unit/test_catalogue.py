@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 
 from orchestration import ConfigurationError, RunStatus, StepContext, Workflow
-from orchestration import llm as llm_module
 from orchestration.app import Orchestrator
 from orchestration.catalogue import DEFAULT_CATALOGUE, ModelConfig, load_catalogue
 from orchestration.providers.local import LABEL
@@ -131,30 +130,57 @@ def _named_model(app: Orchestrator) -> Workflow:
     return wf
 
 
-def test_unconfigured_provider_is_answered_locally_and_labelled(
+def test_unconfigured_provider_falls_back_to_the_local_model(
         flows: SimpleNamespace, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The packaged catalogue: gpt-4o-mini (OpenAI, no key here) falls back to local-small.
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    monkeypatch.delenv("ORCH_MODELS_FILE", raising=False)
-    monkeypatch.setattr(llm_module, "_catalogue", None)
     result = flows.default.run(text="Can't login since update v3.2", timeout=10)
     answer = result.outputs["draft"]
     assert result.status is RunStatus.SUCCEEDED
     assert answer["text"].startswith(LABEL) and "v3.2" in answer["text"]
-    assert answer["model"] == "local (gpt-4o-mini not configured)"
-    assert (answer["provider"], answer["local"], answer["cost"]) == ("local", True, 0.0)
+    assert (answer["model"], answer["provider"], answer["local"], answer["cost"]) == (
+        "local-small", "local", True, 0.0)
     step = result.steps["draft"]
-    assert (step.model, step.cost_usd, step.queue) == (
-        "local (gpt-4o-mini not configured)", 0.0, "model.gpt-4o-mini")
+    assert (step.model, step.cost_usd, step.queue) == ("local-small", 0.0, "model.gpt-4o-mini")
     assert result.cost_usd == 0.0
 
 
-def test_priced_model_records_cost_on_step_and_run(
-        flows: SimpleNamespace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("ORCH_MODELS_FILE", str(write(tmp_path, VALID)))
-    monkeypatch.setattr(llm_module, "_catalogue", None)
-    result = flows.named.run(text="a long thread about invoices", timeout=10)
+def test_chain_with_no_configured_provider_is_answered_locally_and_labelled(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TEST_REMOTE_KEY", raising=False)
+    only_remote = write(tmp_path, """
+providers:
+  remote: {kind: openai, base_url: "http://127.0.0.1:9/v1", api_key_env: TEST_REMOTE_KEY}
+models:
+  big: {provider: remote}
+default_model: big
+""")
+    with embedded_orchestrator(tmp_path, models_file=only_remote) as orch:
+        wf = Workflow("llm_unconfigured", app=orch)
+
+        @wf.task
+        def draft(text: str, ctx: StepContext) -> dict[str, Any]:
+            return _completion(ctx.llm.complete(f"Write a first response: {text}"))
+
+        result = wf.run(text="hello", timeout=10)
+    answer = result.outputs["draft"]
+    assert answer["text"].startswith(LABEL)
+    assert (answer["model"], answer["local"], answer["cost"]) == (
+        "local (big not configured)", True, 0.0)
+
+
+@pytest.fixture(scope="module")
+def priced_flows(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
+    directory = tmp_path_factory.mktemp("priced")
+    with embedded_orchestrator(directory, models_file=write(directory, VALID)) as orch:
+        yield SimpleNamespace(named=_named_model(orch))
+
+
+def test_priced_model_records_cost_on_step_and_run(priced_flows: SimpleNamespace) -> None:
+    result = priced_flows.named.run(text="a long thread about invoices", timeout=10)
     first, second = result.outputs["summarise"]["first"], result.outputs["summarise"]["second"]
-    assert (first["model"], first["local"], second["model"]) == ("small", False, "small")
+    # "house" is a local provider: its answers are labelled local, and priced as configured.
+    assert (first["model"], first["local"], second["model"]) == ("small", True, "small")
     prompt, completion = first["tokens"]
     assert first["cost"] == pytest.approx((prompt * 2.0 + completion * 4.0) / 1000)
     assert first["cost"] > 0 and second["cost"] > 0

@@ -1,0 +1,161 @@
+"""Circuit breakers per model, on pybreaker, shared by every worker through Redis.
+
+pybreaker's own ``call`` holds the breaker's lock for the whole guarded call, which
+would serialise every thread of a worker behind one slow provider; ``ModelBreaker``
+takes the lock only for state transitions. Only provider failures count: a
+:class:`ProviderError` marked retryable (timeouts, 429, 5xx, connection errors). A client
+error (other 4xx) shows the provider is up; anything else (Celery's retry and time-limit
+signals, a step timeout unwinding the call, a bug) leaves the breaker untouched. When the
+reset timeout has passed, exactly one caller (a Redis ``SET NX`` token across workers)
+probes the half-open breaker; the others keep using fallbacks until it decides.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+import pybreaker
+import redis
+
+from orchestration import keys
+from orchestration.providers.base import ProviderError
+
+T = TypeVar("T")
+CLOSED, OPEN, HALF_OPEN = pybreaker.STATE_CLOSED, pybreaker.STATE_OPEN, pybreaker.STATE_HALF_OPEN
+
+
+class BreakerOpen(ProviderError):
+    """The model's breaker is open: no call was made (use a fallback model)."""
+
+    def __init__(self, model: str, detail: str) -> None:
+        super().__init__(f"{model}: circuit breaker open ({detail})", retryable=False)
+        self.model = model
+
+
+@dataclass(frozen=True)
+class BreakerPolicy:
+    """When a model's breaker opens, and how long it stays open."""
+
+    fail_max: int = 5
+    reset_timeout: float = 30.0
+
+
+def counts_as_failure(exc: BaseException) -> bool:
+    """True for failures that say the provider is unhealthy."""
+    return isinstance(exc, ProviderError) and exc.retryable and not isinstance(exc, BreakerOpen)
+
+
+class _Probe:
+    """Who may probe a half-open breaker: one caller at a time, across processes if shared."""
+
+    def __init__(self, model: str, client: redis.Redis | None, ttl: float) -> None:
+        self._key = keys.breaker_probe(model)
+        self._client = client
+        self._ttl_ms = max(1, int(ttl * 1000))
+        self._local = threading.Lock()
+
+    def acquire(self) -> bool:
+        if self._client is not None:
+            return bool(self._client.set(self._key, b"1", nx=True, px=self._ttl_ms))
+        return self._local.acquire(blocking=False)
+
+    def release(self) -> None:
+        if self._client is not None:
+            self._client.delete(self._key)
+        elif self._local.locked():
+            self._local.release()
+
+
+class ModelBreaker(pybreaker.CircuitBreaker):
+    """One model's breaker; see the module docstring for what counts and who probes."""
+
+    def __init__(self, model: str, policy: BreakerPolicy, client: redis.Redis | None) -> None:
+        storage: pybreaker.CircuitBreakerStorage = (
+            pybreaker.CircuitRedisStorage(CLOSED, client, namespace=keys.breaker_namespace(model))
+            if client is not None else pybreaker.CircuitMemoryStorage(CLOSED)
+        )
+        super().__init__(fail_max=policy.fail_max, reset_timeout=policy.reset_timeout,
+                         state_storage=storage, name=model)
+        self.model = model
+        # A probe holds its token at most this long, so a crashed prober cannot wedge it.
+        self._probe = _Probe(model, client, ttl=max(policy.reset_timeout, 60.0))
+
+    @property
+    def state_name(self) -> str:
+        """``closed``, ``open`` or ``half-open``, as shared storage says now."""
+        return str(self._state_storage.state)
+
+    def call(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run ``func`` unless the breaker is open; count its outcome."""
+        probing = self._enter()
+        try:
+            result = func(*args, **kwargs)
+        except BaseException as exc:
+            if counts_as_failure(exc):
+                self._record(exc)
+            elif isinstance(exc, ProviderError):
+                self._record(None)
+            raise
+        else:
+            self._record(None)
+            return result
+        finally:
+            if probing:
+                self._probe.release()
+
+    def _enter(self) -> bool:
+        with self._lock:
+            state = self.state
+            if state.name == OPEN:
+                opened_at = self._state_storage.opened_at
+                if opened_at and datetime.now(UTC) < opened_at + timedelta(
+                        seconds=self.reset_timeout):
+                    raise BreakerOpen(self.model, "reset timeout not elapsed")
+                self.half_open()
+                state = self.state
+            if state.name == HALF_OPEN:
+                if not self._probe.acquire():
+                    raise BreakerOpen(self.model, "half-open, another caller is probing")
+                return True
+            return False
+
+    def _record(self, failure: BaseException | None) -> None:
+        """Count a success (None) or a failure; pybreaker re-raises after a transition."""
+        with self._lock, contextlib.suppress(BaseException):
+            if failure is None:
+                self.state._handle_success()
+            else:
+                self.state._handle_error(failure, reraise=False)
+
+
+class Breakers:
+    """The breakers of this process, one per model; shared state in Redis when given."""
+
+    def __init__(self, client: redis.Redis | None,
+                 policies: dict[str, BreakerPolicy] | None = None) -> None:
+        self._client = client
+        self._policies = policies or {}
+        self._breakers: dict[str, ModelBreaker] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def shared(self) -> bool:
+        """True when breaker state is shared through Redis."""
+        return self._client is not None
+
+    def get(self, model: str) -> ModelBreaker:
+        """The breaker of ``model``."""
+        breaker = self._breakers.get(model)
+        if breaker is None:
+            with self._lock:
+                breaker = self._breakers.get(model)
+                if breaker is None:
+                    policy = self._policies.get(model, BreakerPolicy())
+                    breaker = ModelBreaker(model, policy, self._client)
+                    self._breakers[model] = breaker
+        return breaker

@@ -1,0 +1,58 @@
+"""What model calls share in one process: catalogue, providers, breakers, limits, latencies.
+
+Built once per orchestrator. With ``ORCH_REDIS_URL`` (or a Redis broker) breaker state,
+rate limits and latencies are shared by every worker; without, they are per process.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import redis
+
+from orchestration.adaptive import Latencies
+from orchestration.breakers import Breakers
+from orchestration.catalogue import Catalogue, ProviderConfig
+from orchestration.providers.base import Provider
+from orchestration.providers.local import LocalProvider
+from orchestration.ratelimit import RateLimiter
+
+
+class Resilience:
+    """The process's model-call machinery for one catalogue."""
+
+    def __init__(self, catalogue: Catalogue, redis_url: str | None) -> None:
+        self.catalogue = catalogue
+        self.redis = redis.Redis.from_url(redis_url) if redis_url else None
+        self.breakers = Breakers(self.redis, {name: model.breaker.policy()
+                                              for name, model in catalogue.models.items()})
+        self.limiter = RateLimiter(self.redis)
+        self.latencies = Latencies(self.redis)
+        self._providers: dict[str, Provider] = {}
+        self._lock = threading.Lock()
+
+    def provider(self, name: str) -> Provider | None:
+        """The client of provider ``name``, or None when it is not configured (no API key)."""
+        config = self.catalogue.providers[name]
+        if not config.configured:
+            return None
+        with self._lock:
+            provider = self._providers.get(name)
+            if provider is None:
+                provider = _build(name, config)
+                self._providers[name] = provider
+            return provider
+
+
+def _build(name: str, config: ProviderConfig) -> Provider:
+    key = os.environ.get(config.api_key_env) if config.api_key_env else None
+    if config.kind == "local":
+        return LocalProvider()
+    if config.kind == "anthropic":
+        from orchestration.providers.anthropic import AnthropicProvider
+
+        return AnthropicProvider(name, config.base_url or "", key)
+    from orchestration.providers.openai import OpenAIProvider
+
+    return OpenAIProvider(name, config.base_url or "", key)
