@@ -23,6 +23,7 @@ class QueueSpec:
 QUEUES = (
     QueueSpec("model.classifier", "prefork", 2, "ticket category model (CPU-bound, scikit-learn)"),
     QueueSpec("model.urgency", "prefork", 2, "urgency model (CPU-bound, scikit-learn)"),
+    QueueSpec("model.fraud", "prefork", 2, "the seven fraud models (CPU-bound, scikit-learn)"),
     QueueSpec("model.gpt-4o-mini", "threads", 32, "LLM calls (I/O-bound: many in flight)"),
     QueueSpec("default", "prefork", 2, "business rules and run finalisation"),
 )

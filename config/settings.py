@@ -39,7 +39,11 @@ class Settings(BaseSettings):
     )
     models_file: Path | None = Field(default=None, description="Model catalogue (YAML).")
     imports: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: ["tasks.support.workflow"],
+        default_factory=lambda: [
+            "tasks.support.workflow",
+            "tasks.fraud.workflow",
+            "tasks.content.workflow",
+        ],
         description="Workflow modules every worker imports, comma-separated.",
     )
     default_queue: str = Field(default="default", description="Queue of steps that name none.")

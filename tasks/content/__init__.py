@@ -1,0 +1,1 @@
+"""Content summaries: an LLM summary behind quality gates, with an extractive fallback."""

@@ -1,0 +1,1 @@
+"""Shipped sample articles and their generator."""

@@ -1,0 +1,1 @@
+"""Fraud voting: seven local scikit-learn models score a transaction; a weighted vote decides."""

@@ -1,0 +1,1 @@
+"""Shipped card-transaction data: the training set, the sample batch, and their generator."""
