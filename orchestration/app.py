@@ -10,28 +10,42 @@ from __future__ import annotations
 import os
 import socket
 import threading
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import structlog
 from celery import Celery, signals
+from celery.exceptions import Ignore
 from sqlalchemy.exc import OperationalError
 
 from config.celery import celery_config
 from config.settings import Settings
 from orchestration.catalogue import load_catalogue
-from orchestration.compiler import FINALIZE_TASK
+from orchestration.engine_tasks import (
+    EXPIRE_WAITS_TASK,
+    approve,
+    child_canvas,
+    register_engine_tasks,
+    resume_signature,
+)
 from orchestration.envelope import Envelope
-from orchestration.errors import ConfigurationError, Reschedule, WorkflowDefinitionError
+from orchestration.errors import (
+    ConfigurationError,
+    Reschedule,
+    WaitForInput,
+    WorkflowDefinitionError,
+)
 from orchestration.inprocess import private_memory_transport
 from orchestration.logs import configure_logging
+from orchestration.maps import map_canvas, run_chunk
 from orchestration.resilience import Resilience
-from orchestration.runtime import Delivery, finalize_run, run_step
+from orchestration.runtime import Delivery, StartChild, StartMap, run_step
 from orchestration.status import RunStatus, StepStatus
 from orchestration.store.repository import StepOutcome, Store, utcnow
 
 if TYPE_CHECKING:
     from orchestration.embedded import EmbeddedWorker
-    from orchestration.step import StepSpec
+    from orchestration.step import BoundStep, StepSpec
     from orchestration.workflow import CompiledWorkflow, Workflow
 
 log = structlog.get_logger("orchestration.app")
@@ -55,7 +69,7 @@ class Orchestrator:
         self._lock = threading.Lock()
         self.hostname = f"{socket.gethostname()}:{os.getpid()}"
         self.started_at = utcnow()
-        self._register_finalize()
+        register_engine_tasks(self)
 
     # -- wiring ------------------------------------------------------------------------
 
@@ -103,14 +117,23 @@ class Orchestrator:
         orchestrator = self
 
         def execute(task: Any, message: Any, run_id: str | None = None,
-                    finalize: bool = False) -> dict[str, Any]:
+                    finalize: bool = False, chunk: dict[str, Any] | None = None) -> Any:
             bound = workflow.validate().steps[spec.name]
-            delivery = Delivery(worker=task.request.hostname, task_id=task.request.id,
-                                inline_limit=orchestrator.settings.inline_output_limit,
-                                inline_retry_limit=orchestrator.settings.inline_retry_limit,
-                                services=orchestrator.resilience)
+            store, delivery = orchestrator.store, orchestrator.delivery(task)
             try:
-                return run_step(bound, message, orchestrator.store, delivery, finalize=finalize)
+                if chunk is not None:
+                    return run_chunk(bound, message, chunk, store, delivery)
+                return run_step(bound, message, store, delivery, finalize=finalize)
+            except StartMap as signal:
+                claimed = store.get_step_started(signal.envelope.run_id, spec.name)
+                raise task.replace(map_canvas(bound, signal.envelope, signal.items,
+                                              finalize=signal.finalize, claimed_at=claimed,
+                                              app=orchestrator.celery)) from None
+            except StartChild as signal:
+                raise task.replace(child_canvas(orchestrator, bound, signal)) from None
+            except WaitForInput as signal:
+                orchestrator.park(task, bound, message, signal)
+                raise Ignore() from None
             except Reschedule as signal:
                 raise task.retry(countdown=signal.delay, max_retries=None) from None
             except OperationalError as exc:
@@ -132,6 +155,33 @@ class Orchestrator:
         routes[spec.task_name] = {"queue": workflow.queue_of(spec)}
         self.celery.conf.task_routes = routes
 
+    def delivery(self, task: Any) -> Delivery:
+        """What a step task knows about its delivery and may use."""
+        return Delivery(worker=task.request.hostname, task_id=task.request.id,
+                        inline_limit=self.settings.inline_output_limit,
+                        inline_retry_limit=self.settings.inline_retry_limit,
+                        services=self.resilience)
+
+    def bound_step(self, task_name: str) -> BoundStep:
+        """The bound step of a ``<workflow>.<step>`` task name."""
+        workflow_name, _, step = task_name.partition(".")
+        return self.workflows[workflow_name].validate().steps[step]
+
+    def park(self, task: Any, bound: BoundStep, message: Any, signal: WaitForInput) -> None:
+        """Park a step waiting for a person: record how to continue; arm the timeout."""
+        run_id = Envelope.from_message(message).run_id
+        now = utcnow()
+        deadline = now + timedelta(seconds=signal.timeout) if signal.timeout else None
+        self.store.waits.park(run_id, bound.spec.name, signal.name, deadline=deadline,
+                              resume=resume_signature(task), now=now)
+        if signal.timeout:
+            self.celery.signature(EXPIRE_WAITS_TASK, queue=bound.queue).apply_async(
+                countdown=signal.timeout)
+
+    def approve(self, run_id: str, data: Any, name: str | None = None) -> int:
+        """Deliver a person's input to a waiting run (see ``ctx.wait_for_input``)."""
+        return approve(self, run_id, data, name)
+
     def fail_run(self, message: Any, step: str, exc: BaseException) -> None:
         """Record an engine error on the step and end its run ``failed`` (best effort)."""
         try:
@@ -144,15 +194,6 @@ class Orchestrator:
         except Exception:
             log.exception("could not record an engine error; the reconciler must end this run",
                           step=step)
-
-    def _register_finalize(self) -> None:
-        orchestrator = self
-
-        def finalize(task: Any, message: Any, run_id: str | None = None) -> str:
-            envelope = Envelope.from_message(message)
-            return finalize_run(envelope, orchestrator.store).value
-
-        self.celery.task(name=FINALIZE_TASK, bind=True, shared=False, acks_late=True)(finalize)
 
     # -- embedded default --------------------------------------------------------------
 

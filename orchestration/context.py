@@ -9,9 +9,14 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from orchestration.errors import InputTimeout, WaitForInput
+
 if TYPE_CHECKING:
+    from orchestration.children import ChildRun
     from orchestration.llm import LLMClient
     from orchestration.resilience import Resilience
+    from orchestration.store.repository import Store
+    from orchestration.workflow import Workflow
 
 
 @dataclass
@@ -38,6 +43,8 @@ class StepContext:
     run_budget: float | None = None
     run_cost: Callable[[], float] = field(default=lambda: 0.0)  # recorded spend of the run
     services: Resilience | None = None
+    map_index: int | None = None  # the element's index, in a map step
+    store: Store | None = None
     _llm: LLMClient | None = None
 
     @property
@@ -60,6 +67,33 @@ class StepContext:
         return structlog.get_logger("orchestration.step").bind(
             run_id=self.run_id, step=self.step, attempt=self.attempt
         )
+
+    def run_child(self, workflow: Workflow, **inputs: Any) -> ChildRun:
+        """Return this from the step to run ``workflow`` as a child and output its outputs.
+
+        The child is a run of its own (parent link, own queues and policies); the step's
+        output is the child's outputs by name. Its inputs are checked now.
+        """
+        from orchestration.children import child_request
+
+        return child_request(workflow, inputs)
+
+    def wait_for_input(self, name: str, *, timeout: float | None = None) -> Any:
+        """Park the run until a person delivers input ``name``; returns that input.
+
+        The run shows ``waiting`` and holds no worker slot; ``orchestrate approve RUN_ID
+        --data '{...}'`` (or ``orchestration.approve``) delivers the input and the step
+        runs again from the start, this time receiving it. After ``timeout`` seconds
+        the wait expires and the step fails with InputTimeout, so its fallback applies.
+        """
+        if self.store is None:
+            raise RuntimeError("wait_for_input needs the results store (run it in a worker)")
+        wait = self.store.waits.lookup(self.run_id, self.step, name)
+        if wait is not None and wait.status == "delivered":
+            return wait.data
+        if wait is not None and wait.status == "expired":
+            raise InputTimeout(f"no input {name!r} was delivered within {timeout} s")
+        raise WaitForInput(name, timeout)
 
     def remaining(self) -> float | None:
         """Seconds left before this attempt's timeout, or None without a timeout."""

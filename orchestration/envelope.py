@@ -32,7 +32,7 @@ def dumps(value: Any) -> str:
 class Envelope:
     """Outputs known so far in one branch of a run, and which are unavailable."""
 
-    __slots__ = ("blocked", "failed", "inline", "refs", "run_id", "started")
+    __slots__ = ("blocked", "failed", "inline", "refs", "run_id", "started", "unselected")
 
     def __init__(
         self,
@@ -48,6 +48,7 @@ class Envelope:
         self.blocked: set[str] = blocked or set()  # outputs lost to a critical failure
         self.failed: set[str] = failed or set()  # steps that failed critically
         self.started = False  # some step on this path already moved the run to running
+        self.unselected: set[str] = set()  # outputs of steps a branch did not select
 
     @classmethod
     def for_inputs(cls, run_id: str, inputs: Mapping[str, Any], limit: int) -> Envelope:
@@ -82,7 +83,14 @@ class Envelope:
             message["failed"] = sorted(self.failed)
         if self.started:
             message["started"] = True
+        if self.unselected:
+            message["unselected"] = sorted(self.unselected)
         return message
+
+    def unselect(self, name: str) -> None:
+        """Mark an output as not selected by a branch: dependents see None for it."""
+        self.unselected.add(name)
+        self.inline[name] = None
 
     @classmethod
     def from_message(cls, message: Any) -> Envelope:
@@ -96,6 +104,7 @@ class Envelope:
             set(first.get("blocked", ())), set(first.get("failed", ())),
         )
         envelope.started = bool(first.get("started"))
+        envelope.unselected = set(first.get("unselected", ()))
         for part in parts[1:]:
             if part["run"] != envelope.run_id:
                 raise ValueError(f"envelopes of two runs merged: {envelope.run_id}, {part['run']}")
@@ -104,6 +113,7 @@ class Envelope:
             envelope.blocked.update(part.get("blocked", ()))
             envelope.failed.update(part.get("failed", ()))
             envelope.started = envelope.started or bool(part.get("started"))
+            envelope.unselected.update(part.get("unselected", ()))
         return envelope
 
 

@@ -61,8 +61,21 @@ class OutputNotSerializable(NonRetryableError):
     """A step returned a value that cannot be encoded as JSON."""
 
 
+class InputTimeout(NonRetryableError):
+    """A person did not deliver the input a step waited for in time (its fallback applies)."""
+
+
 class StepSignal(BaseException):
     """Base for control-flow signals inside the runtime; never a failure."""
+
+
+class WaitForInput(StepSignal):
+    """A step parks its run until a person delivers input ``name``."""
+
+    def __init__(self, name: str, timeout: float | None) -> None:
+        super().__init__(name, timeout)
+        self.name = name
+        self.timeout = timeout
 
 
 class Reschedule(StepSignal):

@@ -1,65 +1,67 @@
 """The step runtime: what a worker does with one delivery of one step.
 
-1. Merge the incoming envelope(s); skip the step if something it needs was lost to a
-   critical failure.
+1. Merge the incoming envelope(s). Skip the step if something it needs was lost to a
+   critical failure, or if every step it depends on was not selected by a branch.
 2. Claim the step in the results DB (a step already terminal is not run again: its
    recorded outcome is passed on, which is how duplicate deliveries and resumes work).
-3. Run attempts under the step's policies: per-attempt timeout, retries with
-   exponential backoff and jitter (tenacity, in-process while the wait is short; longer
-   waits hand the message back to the broker so the slot is freed), then the fallback.
+3. A ``when=`` predicate that says no records the step ``skipped`` (not selected).
+   A map step replaces itself with a chord over chunks of its list; a step returning
+   ``ctx.run_child(...)`` replaces itself with the child run's canvas; a step calling
+   ``ctx.wait_for_input`` parks the run. Anything else runs its attempts under its
+   policies (see :mod:`orchestration.attempts`).
 4. Record the outcome and attempts in one transaction; pass the envelope on; the last
    step of a run finalises the run row.
 """
 
 from __future__ import annotations
 
-import time
-import traceback
-from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
-from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 
-from orchestration.adaptive import AdaptiveTimeout
-from orchestration.context import StepContext
-from orchestration.envelope import INPUT_SOURCE, Envelope, dumps
-from orchestration.errors import (
-    NonRetryableError,
-    OutputNotSerializable,
-    Reschedule,
+from orchestration.attempts import (
+    Delivery,
+    RescheduleWithOutcome,
+    ReturnedSignal,
+    describe,
+    run_attempts,
 )
-from orchestration.gates import PASSED, GateFailed
+from orchestration.children import ChildRun
+from orchestration.envelope import INPUT_SOURCE, Envelope
+from orchestration.errors import Reschedule, StepSignal
 from orchestration.status import RunStatus, StepStatus
 from orchestration.step import BoundStep
-from orchestration.store.repository import (
-    AttemptRecord,
-    Claim,
-    RunFinish,
-    StepOutcome,
-    Store,
-    utcnow,
-)
+from orchestration.store.repository import Claim, RunFinish, StepOutcome, Store
 
-if TYPE_CHECKING:
-    from orchestration.resilience import Resilience
-from orchestration.timeouts import call_with_timeout
+__all__ = ["Delivery", "ReplaceWith", "StartChild", "StartMap", "finalize_run", "run_step"]
 
 log = structlog.get_logger("orchestration.runtime")
-_ERROR_LIMIT = 4000
+NOT_SELECTED = "not selected"
 
 
-@dataclass(frozen=True)
-class Delivery:
-    """Where and how a step message arrived, and what the step may use."""
+class StartMap(StepSignal):
+    """The step is a map: the app replaces its message with a chord over the list."""
 
-    worker: str | None
-    task_id: str | None
-    inline_limit: int
-    inline_retry_limit: float
-    services: Resilience | None = None
+    def __init__(self, envelope: Envelope, items: list[Any], finalize: bool) -> None:
+        super().__init__()
+        self.envelope, self.items, self.finalize = envelope, items, finalize
+
+
+class StartChild(StepSignal):
+    """The step returned a child run: the app replaces its message with the child's canvas."""
+
+    def __init__(self, envelope: Envelope, child: ChildRun, finalize: bool) -> None:
+        super().__init__()
+        self.envelope, self.child, self.finalize = envelope, child, finalize
+
+
+class ReplaceWith(StepSignal):
+    """Replace the current Celery task with this signature (used by the app layer)."""
+
+    def __init__(self, signature: Any) -> None:
+        super().__init__()
+        self.signature = signature
 
 
 def run_step(step: BoundStep, message: Any, store: Store, delivery: Delivery,
@@ -76,27 +78,63 @@ def run_step(step: BoundStep, message: Any, store: Store, delivery: Delivery,
         store.skip_steps(envelope.run_id, [spec.name], f"skipped: {', '.join(lost)} unavailable "
                          "after a critical failure")
         envelope.blocked.add(spec.output)
+    elif step.requires and step.requires <= envelope.unselected:
+        store.skip_steps(envelope.run_id, [spec.name], f"{NOT_SELECTED}: every step it depends "
+                         "on was not selected")
+        envelope.unselect(spec.output)
     else:
         claim = store.claim_step(envelope.run_id, spec.name, worker=delivery.worker,
                                  task_id=delivery.task_id, first=not envelope.started)
         envelope.started = True
         if claim.proceed:
-            try:
-                outcome = _execute(step, envelope, store, delivery, claim)
-            except _RescheduleWithOutcome as signal:
-                store.record_step(envelope.run_id, spec.name, signal.outcome,
-                                  worker=delivery.worker)
-                raise Reschedule(signal.delay) from None
-            _apply(step, envelope, outcome.status, outcome.output, delivery)
-            finish = run_finish(envelope) if finalize else None
-            store.record_step(envelope.run_id, spec.name, outcome, worker=delivery.worker,
-                              claimed_at=claim.claimed_at, finish=finish)
-            if finish is not None:
-                _log_finished(envelope, finish)
-            return envelope.to_message()
-        _apply(step, envelope, claim.status, claim.output, delivery)
+            outcome = _run(step, envelope, store, delivery, claim, finalize)
+            return record_and_pass(step, envelope, outcome, store, delivery,
+                                   claimed_at=claim.claimed_at, finalize=finalize)
+        apply_outcome(step, envelope, claim.status, claim.output, delivery, claim.error)
     if finalize:
         finalize_run(envelope, store)
+    return envelope.to_message()
+
+
+def _run(step: BoundStep, envelope: Envelope, store: Store, delivery: Delivery, claim: Claim,
+         finalize: bool) -> StepOutcome:
+    spec = step.spec
+    try:
+        kwargs = resolve(step.sources, spec.optional_params, envelope, store, spec.where)
+        if spec.when is not None:
+            condition = resolve(step.when_sources, frozenset(), envelope, store, spec.where)
+            if not spec.when(**condition):
+                return StepOutcome(StepStatus.SKIPPED, error=f"{NOT_SELECTED}: when= is false")
+    except Exception as exc:
+        error, error_type = describe(exc)
+        return StepOutcome(StepStatus.FAILED, error=error, error_type=error_type)
+    if spec.map is not None:
+        items = kwargs[spec.map]
+        if not isinstance(items, list):
+            return StepOutcome(StepStatus.FAILED, error_type="TypeError",
+                               error=f"map={spec.map!r} needs a list, got {type(items).__name__}")
+        raise StartMap(envelope, items, finalize)
+    try:
+        return run_attempts(step, kwargs, run_id=envelope.run_id, store=store,
+                            delivery=delivery, previous_attempts=claim.attempts,
+                            spent_before=claim.cost_usd, signal_types=(ChildRun,))
+    except RescheduleWithOutcome as signal:
+        store.record_step(envelope.run_id, spec.name, signal.outcome, worker=delivery.worker)
+        raise Reschedule(signal.delay) from None
+    except ReturnedSignal as signal:
+        raise StartChild(envelope, signal.value, finalize) from None
+
+
+def record_and_pass(step: BoundStep, envelope: Envelope, outcome: StepOutcome, store: Store,
+                    delivery: Delivery, *, claimed_at: datetime | None = None,
+                    finalize: bool = False) -> dict[str, Any]:
+    """Record a step's outcome (finishing the run if it is the last), pass the envelope on."""
+    apply_outcome(step, envelope, outcome.status, outcome.output, delivery, outcome.error)
+    finish = run_finish(envelope) if finalize else None
+    store.record_step(envelope.run_id, step.spec.name, outcome, worker=delivery.worker,
+                      claimed_at=claimed_at, finish=finish)
+    if finish is not None:
+        _log_finished(envelope, finish)
     return envelope.to_message()
 
 
@@ -121,23 +159,28 @@ def _log_finished(envelope: Envelope, finish: RunFinish) -> None:
     log.debug("run finished", run_id=envelope.run_id, status=finish.status.value)
 
 
-def _apply(step: BoundStep, envelope: Envelope, status: StepStatus, output: Any,
-           delivery: Delivery) -> None:
+def apply_outcome(step: BoundStep, envelope: Envelope, status: StepStatus, output: Any,
+                  delivery: Delivery, error: str | None = None) -> None:
+    """What dependents see of a step: its output, None, or that it is unavailable."""
     spec = step.spec
     if status.produced_output:
         envelope.put(spec.output, output, source=spec.name, limit=delivery.inline_limit)
     elif status is StepStatus.FAILED and not spec.critical:
         envelope.put(spec.output, None, source=spec.name, limit=delivery.inline_limit)
-    else:  # failed critically, or skipped because of an earlier critical failure
+    elif status is StepStatus.SKIPPED and (error or "").startswith(NOT_SELECTED):
+        envelope.unselect(spec.output)
+    else:  # failed critically, cancelled, or skipped because of a critical failure
         envelope.blocked.add(spec.output)
         if status is StepStatus.FAILED:
             envelope.failed.add(spec.name)
 
 
-def _resolve_kwargs(step: BoundStep, envelope: Envelope, store: Store) -> dict[str, Any]:
+def resolve(sources: dict[str, str], optional: frozenset[str], envelope: Envelope,
+            store: Store, where: str) -> dict[str, Any]:
+    """Arguments by parameter name from the envelope (refs read from the results DB)."""
     kwargs: dict[str, Any] = {}
     inputs: dict[str, Any] | None = None
-    for param, name in step.sources.items():
+    for param, name in sources.items():
         if name in envelope.inline:
             kwargs[param] = envelope.inline[name]
         elif name in envelope.refs:
@@ -147,172 +190,6 @@ def _resolve_kwargs(step: BoundStep, envelope: Envelope, store: Store) -> dict[s
                 kwargs[param] = inputs[name]
             else:
                 kwargs[param] = store.load_output(envelope.run_id, source)
-        elif param not in step.spec.optional_params:
-            raise KeyError(f"{step.spec.where}: no value for parameter {param!r} ({name!r})")
+        elif param not in optional:
+            raise KeyError(f"{where}: no value for parameter {param!r} ({name!r})")
     return kwargs
-
-
-def _describe(exc: BaseException) -> tuple[str, str]:
-    text = "".join(traceback.format_exception(exc, limit=-4))
-    kind = type(exc)
-    return text[-_ERROR_LIMIT:], f"{kind.__module__}.{kind.__qualname__}"
-
-
-def _retryable(exc: BaseException) -> bool:
-    return isinstance(exc, Exception) and not isinstance(exc, NonRetryableError)
-
-
-def _execute(step: BoundStep, envelope: Envelope, store: Store, delivery: Delivery,
-             claim: Claim) -> StepOutcome:
-    spec = step.spec
-    previous_attempts = claim.attempts
-    records: list[AttemptRecord] = []
-    try:
-        kwargs = _resolve_kwargs(step, envelope, store)
-    except Exception as exc:
-        error, error_type = _describe(exc)
-        return StepOutcome(StepStatus.FAILED, error=error, error_type=error_type)
-    attempt_number = previous_attempts
-    contexts: list[StepContext] = []
-    params: dict[str, Any] = {}
-
-    def attempt_once() -> Any:
-        nonlocal attempt_number, params
-        attempt_number += 1
-        timeout = _timeout(step, delivery)
-        ctx = StepContext(run_id=envelope.run_id, workflow=spec.workflow, step=spec.name,
-                          attempt=attempt_number, model=spec.model, params=dict(params),
-                          deadline=None if timeout is None else time.monotonic() + timeout,
-                          max_cost=spec.max_cost, run_budget=step.run_budget,
-                          spent_before=claim.cost_usd + sum(c.cost_usd for c in contexts),
-                          run_cost=lambda: store.run_cost(envelope.run_id),
-                          services=delivery.services)
-        contexts.append(ctx)
-        call_kwargs = dict(kwargs, ctx=ctx) if spec.wants_ctx else kwargs
-        started = utcnow()
-        gate: str | None = None
-        try:
-            value = call_with_timeout(spec.fn, call_kwargs, timeout)
-            _check_json(spec.where, value)
-            if spec.gate is not None:
-                reason = spec.gate.verdict(value)
-                gate = PASSED if reason is None else f"failed: {reason}"
-                if reason is not None:
-                    raise GateFailed(reason)
-        except Exception as exc:
-            records.append(_record(attempt_number, "failed", started, ctx, exc, gate))
-            if spec.on_retry is not None:
-                updated = spec.on_retry(attempt_number, exc, dict(params))
-                params = dict(updated) if updated is not None else params
-            raise
-        records.append(_record(attempt_number, "succeeded", started, ctx, None, gate))
-        if isinstance(spec.timeout, AdaptiveTimeout) and delivery.services is not None:
-            delivery.services.latencies.observe(spec.task_name, records[-1].latency_ms)
-        return value
-
-    remaining = max(1, spec.retries + 1 - previous_attempts)
-    retrying = Retrying(
-        stop=stop_after_attempt(remaining),
-        wait=lambda state: spec.backoff.delay(previous_attempts + state.attempt_number),
-        retry=retry_if_exception(_retryable),
-        sleep=_sleeper(delivery.inline_retry_limit),
-        before_sleep=_log_retry(spec.task_name, envelope.run_id),
-        reraise=True,
-    )
-    try:
-        output = retrying(attempt_once)
-    except Reschedule as signal:
-        cost, model = _spend(contexts)
-        raise _RescheduleWithOutcome(signal.delay, StepOutcome(
-            StepStatus.RETRYING, error=records[-1].error if records else None,
-            error_type=records[-1].error_type if records else None,
-            attempts=records, cost_usd=cost, model=model)) from None
-    except Exception as exc:
-        return _final_failure(step, kwargs, exc, records, *_spend(contexts))
-    cost, model = _spend(contexts)
-    return StepOutcome(StepStatus.SUCCEEDED, output=output, attempts=records,
-                       cost_usd=cost, model=model)
-
-
-def _spend(contexts: list[StepContext]) -> tuple[float, str | None]:
-    """Total cost of a step's attempts, and the last model that answered."""
-    cost = sum(ctx.cost_usd for ctx in contexts)
-    model = next((m for ctx in reversed(contexts) for m in reversed(ctx.models_used)), None)
-    return cost, model
-
-
-class _RescheduleWithOutcome(Reschedule):
-    """Reschedule carrying the attempts made so far, so they are recorded first."""
-
-    def __init__(self, delay: float, outcome: StepOutcome) -> None:
-        super().__init__(delay)
-        self.outcome = outcome
-
-
-def _final_failure(step: BoundStep, kwargs: dict[str, Any], exc: BaseException,
-                   records: list[AttemptRecord], cost: float, model: str | None) -> StepOutcome:
-    error, error_type = _describe(exc)
-    if step.spec.fallback is not None:
-        try:
-            value = step.spec.fallback.resolve(kwargs)
-            dumps(value)
-        except Exception as fallback_exc:
-            error2, _ = _describe(fallback_exc)
-            return StepOutcome(StepStatus.FAILED, error=f"{error}\nfallback failed: {error2}",
-                               error_type=error_type, attempts=records, cost_usd=cost,
-                               model=model)
-        return StepOutcome(StepStatus.FALLBACK, output=value, error=error, error_type=error_type,
-                           attempts=records, cost_usd=cost, model=model)
-    return StepOutcome(StepStatus.FAILED, error=error, error_type=error_type, attempts=records,
-                       cost_usd=cost, model=model)
-
-
-def _timeout(step: BoundStep, delivery: Delivery) -> float | None:
-    policy = step.spec.timeout
-    if policy is None:
-        return None
-    if isinstance(policy, AdaptiveTimeout):
-        if delivery.services is None:
-            return policy.ceiling
-        return delivery.services.latencies.timeout(step.spec.task_name, policy)
-    return policy.seconds()
-
-
-def _check_json(where: str, value: Any) -> None:
-    try:
-        dumps(value)
-    except (TypeError, ValueError) as exc:
-        raise OutputNotSerializable(
-            f"{where} returned {type(value).__name__}, which is not JSON: {exc}"
-        ) from None
-
-
-def _record(number: int, status: str, started: datetime, ctx: StepContext,
-            exc: BaseException | None, gate: str | None) -> AttemptRecord:
-    error, error_type = _describe(exc) if exc is not None else (None, None)
-    breakers = [f"{call.model}:{call.breaker}" for call in ctx.calls
-                if call.breaker not in (None, "closed")]
-    return AttemptRecord(attempt=number, status=status, started_at=started,
-                         finished_at=utcnow(), error=error, error_type=error_type,
-                         model=ctx.models_used[-1] if ctx.models_used else ctx.model,
-                         cost_usd=ctx.cost_usd, gate=gate,
-                         tokens_in=sum(call.prompt_tokens for call in ctx.calls),
-                         tokens_out=sum(call.completion_tokens for call in ctx.calls),
-                         breaker=", ".join(breakers) or None)
-
-
-def _sleeper(inline_limit: float) -> Callable[[float], None]:
-    def sleep(seconds: float) -> None:
-        if seconds > inline_limit:
-            raise Reschedule(seconds)
-        time.sleep(seconds)
-    return sleep
-
-
-def _log_retry(task_name: str, run_id: str) -> Callable[[RetryCallState], None]:
-    def before_sleep(state: RetryCallState) -> None:
-        error = state.outcome.exception() if state.outcome else None
-        log.warning("step attempt failed; retrying", run_id=run_id, step=task_name,
-                    attempt=state.attempt_number, error=repr(error),
-                    wait_s=round(state.upcoming_sleep, 3))
-    return before_sleep

@@ -10,6 +10,7 @@ class RunStatus(StrEnum):
 
     PENDING = "pending"
     RUNNING = "running"
+    WAITING = "waiting"  # parked until a person delivers input (holds no worker slot)
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -30,6 +31,7 @@ class StepStatus(StrEnum):
     PENDING = "pending"
     RUNNING = "running"
     RETRYING = "retrying"
+    WAITING = "waiting"
     SUCCEEDED = "succeeded"
     FALLBACK = "fallback"
     FAILED = "failed"
@@ -51,4 +53,6 @@ TERMINAL_STEP_STATUSES = frozenset(
     {StepStatus.SUCCEEDED, StepStatus.FALLBACK, StepStatus.FAILED, StepStatus.SKIPPED}
 )
 # A step in one of these states may be (re)started by a delivery of its message.
-CLAIMABLE_STEP_STATUSES = frozenset({StepStatus.PENDING, StepStatus.RUNNING, StepStatus.RETRYING})
+CLAIMABLE_STEP_STATUSES = frozenset(
+    {StepStatus.PENDING, StepStatus.RUNNING, StepStatus.RETRYING, StepStatus.WAITING}
+)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,7 +19,8 @@ CTX_PARAM = "ctx"
 STEP_OPTIONS = frozenset(
     {
         "name", "output", "depends_on", "retries", "backoff", "timeout", "fallback",
-        "critical", "queue", "model", "max_cost", "gate", "on_retry",
+        "critical", "queue", "model", "max_cost", "gate", "on_retry", "map", "min_success",
+        "chunk_size", "when",
     }
 )
 
@@ -45,6 +47,19 @@ class StepSpec:
     max_cost: float | None = None
     gate: Gate | None = None
     on_retry: Callable[[int, BaseException, dict[str, Any]], dict[str, Any] | None] | None = None
+    map: str | None = None  # the parameter that receives one element at a time
+    min_success: int | float | None = None
+    chunk_size: int | None = None
+    when: Callable[..., Any] | None = None
+    when_params: tuple[str, ...] = ()
+
+    def required_successes(self, total: int) -> int:
+        """How many elements of a map of ``total`` must succeed (all, unless min_success)."""
+        if self.min_success is None:
+            return total
+        if isinstance(self.min_success, float):
+            return min(total, math.ceil(self.min_success * total))
+        return min(total, self.min_success)
 
     @property
     def task_name(self) -> str:
@@ -169,7 +184,44 @@ def build_spec(workflow: str, fn: Callable[..., Any], options: dict[str, Any]) -
         max_cost=options.get("max_cost"),
         gate=Gate(options["gate"], where) if options.get("gate") is not None else None,
         on_retry=_check_callable(options, "on_retry", where),
+        **_map_options(options, params, where),
+        **_when_option(options, where),
     )
+
+
+def _map_options(options: dict[str, Any], params: tuple[str, ...], where: str) -> dict[str, Any]:
+    mapped = options.get("map")
+    if mapped is None:
+        for key in ("min_success", "chunk_size"):
+            if options.get(key) is not None:
+                raise WorkflowDefinitionError(f"{where}: {key} only applies to a map step")
+        return {}
+    if mapped not in params:
+        raise WorkflowDefinitionError(
+            f"{where}: map={mapped!r} must name a parameter of the function "
+            f"(it receives one element at a time); parameters: {', '.join(params) or 'none'}")
+    minimum = options.get("min_success")
+    if minimum is not None and not (
+            (isinstance(minimum, int) and not isinstance(minimum, bool) and minimum >= 1)
+            or (isinstance(minimum, float) and 0 < minimum <= 1)):
+        raise WorkflowDefinitionError(
+            f"{where}: min_success must be a count >= 1 or a fraction in (0, 1], got {minimum!r}")
+    chunk = options.get("chunk_size")
+    if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
+        raise WorkflowDefinitionError(f"{where}: chunk_size must be a whole number >= 1")
+    return {"map": mapped, "min_success": minimum, "chunk_size": chunk}
+
+
+def _when_option(options: dict[str, Any], where: str) -> dict[str, Any]:
+    predicate = options.get("when")
+    if predicate is None:
+        return {}
+    if not callable(predicate):
+        raise WorkflowDefinitionError(f"{where}: when must be a callable, got {predicate!r}")
+    params, _, wants_ctx = _signature(predicate, f"{where} (its when= predicate)")
+    if wants_ctx:
+        raise WorkflowDefinitionError(f"{where}: a when= predicate cannot take ctx")
+    return {"when": predicate, "when_params": params}
 
 
 def _check_callable(options: dict[str, Any], key: str, where: str) -> Any:
@@ -216,3 +268,4 @@ class BoundStep:
     requires: frozenset[str]
     upstream: frozenset[str]  # names of the steps this one depends on
     run_budget: float | None = None  # the workflow's budget (USD) per run
+    when_sources: dict[str, str] = field(default_factory=dict)

@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, overload
 
+from orchestration.children import child_idempotency_key
 from orchestration.compiler import build_canvas
 from orchestration.envelope import Envelope, dumps
 from orchestration.errors import InvalidInput, WorkflowDefinitionError
@@ -139,7 +140,7 @@ class Workflow:
         returned and nothing is enqueued. Raises :class:`InvalidInput` (nothing written).
         """
         compiled = self.validate()
-        encoded = self._check_inputs(compiled, inputs)
+        encoded = self.check_inputs(compiled, inputs)
         store = self.app.store
         run_id = str(uuid.uuid4())
         planned = [
@@ -160,14 +161,28 @@ class Workflow:
 
     def dispatch(self, run_id: str, inputs: dict[str, Any]) -> None:
         """Enqueue the run's canvas (steps already terminal in the DB will not re-run)."""
+        self.canvas(run_id, inputs).apply_async()
+
+    def canvas(self, run_id: str, inputs: dict[str, Any]) -> Any:
+        """The Celery canvas of one run (not sent)."""
         compiled = self.validate()
         self.app.before_dispatch(compiled)
         envelope = Envelope.for_inputs(run_id, inputs, self.app.settings.inline_output_limit)
-        canvas = build_canvas(compiled.decomposition.plan, compiled.steps,
-                              envelope.to_message(), run_id, self.app.celery)
-        canvas.apply_async()
+        return build_canvas(compiled.decomposition.plan, compiled.steps,
+                            envelope.to_message(), run_id, self.app.celery)
 
-    def _check_inputs(self, compiled: CompiledWorkflow, inputs: dict[str, Any]) -> dict[str, Any]:
+    def create_child(self, parent_run: str, parent_step: str, inputs: dict[str, Any]) -> str:
+        """Write a child run of ``parent_run`` (once per parent step); returns its id."""
+        compiled = self.validate()
+        run_id = str(uuid.uuid4())
+        planned = [PlannedStep(name, bound.spec.output, bound.queue, bound.spec.model,
+                               bound.spec.critical) for name, bound in compiled.steps.items()]
+        return self.app.store.create_run(
+            run_id, self.name, compiled.version, inputs, planned, parent_run_id=parent_run,
+            idempotency_key=child_idempotency_key(parent_run, parent_step))
+
+    def check_inputs(self, compiled: CompiledWorkflow, inputs: dict[str, Any]) -> dict[str, Any]:
+        """The inputs, checked (required present, declared, JSON); InvalidInput if not."""
         missing = sorted(compiled.required_inputs - set(inputs))
         if missing:
             raise InvalidInput(f"workflow {self.name!r}: missing input(s) {', '.join(missing)}")
@@ -200,9 +215,14 @@ def _compile(workflow: Workflow) -> CompiledWorkflow:
     sources: dict[str, dict[str, str]] = {}
     inputs: set[str] = set(workflow.declared_inputs or ())
     required: set[str] = set()
+    when_sources: dict[str, dict[str, str]] = {}
     for spec in specs.values():
-        upstream, sources[spec.name] = _bind_params(workflow, spec, by_output, inputs, required)
-        upstream += _resolve_depends(workflow, spec, by_output)
+        upstream, sources[spec.name] = _bind_params(workflow, spec, spec.params, by_output,
+                                                    inputs, required)
+        # A when= predicate binds like the step: what it reads, the step depends on.
+        when_upstream, when_sources[spec.name] = _bind_params(
+            workflow, spec, spec.when_params, by_output, inputs, required)
+        upstream += when_upstream + _resolve_depends(workflow, spec, by_output)
         if spec.name in upstream:
             raise WorkflowDefinitionError(f"{spec.where} depends on itself")
         deps[spec.name] = list(dict.fromkeys(upstream))
@@ -216,6 +236,7 @@ def _compile(workflow: Workflow) -> CompiledWorkflow:
             spec=spec, queue=workflow.queue_of(spec), sources=sources[spec.name],
             requires=frozenset(specs[up].output for up in deps[spec.name]),
             upstream=frozenset(deps[spec.name]), run_budget=workflow.budget,
+            when_sources=when_sources[spec.name],
         )
         for spec in specs.values()
     }
@@ -239,14 +260,15 @@ def _check_declared_inputs(workflow: Workflow, by_output: Mapping[str, StepSpec]
         raise WorkflowDefinitionError(f"workflow {workflow.name!r}: {reserved[0]!r} is reserved")
 
 
-def _bind_params(workflow: Workflow, spec: StepSpec, by_output: Mapping[str, StepSpec],
-                 inputs: set[str], required: set[str]) -> tuple[list[str], dict[str, str]]:
+def _bind_params(workflow: Workflow, spec: StepSpec, params: tuple[str, ...],
+                 by_output: Mapping[str, StepSpec], inputs: set[str],
+                 required: set[str]) -> tuple[list[str], dict[str, str]]:
     """Bind each parameter to a step output or a workflow input; returns (upstream, sources)."""
     specs = workflow._specs
     declared = workflow.declared_inputs
     upstream: list[str] = []
     sources: dict[str, str] = {}
-    for param in spec.params:
+    for param in params:
         if param in by_output:
             upstream.append(by_output[param].name)
         elif param in specs and specs[param].output != param:
@@ -288,7 +310,8 @@ def _resolve_depends(workflow: Workflow, spec: StepSpec,
 def _version(workflow: Workflow, deps: dict[str, list[str]]) -> str:
     shape = [
         (spec.name, spec.output, sorted(deps[spec.name]), spec.params, spec.retries,
-         spec.critical, workflow.queue_of(spec), spec.model,
+         spec.critical, workflow.queue_of(spec), spec.model, spec.map, spec.min_success,
+         _stable(spec.timeout), _stable(spec.fallback), spec.max_cost,
          getattr(spec.fn, "__qualname__", ""), _code_hash(spec.fn))
         for spec in workflow._specs.values()
     ]
@@ -297,4 +320,20 @@ def _version(workflow: Workflow, deps: dict[str, list[str]]) -> str:
 
 def _code_hash(fn: Callable[..., Any]) -> str:
     code = getattr(fn, "__code__", None)
-    return hashlib.sha256(code.co_code).hexdigest()[:12] if code is not None else ""
+    return hashlib.sha256(_code_fingerprint(code).encode()).hexdigest()[:12] if code else ""
+
+
+def _stable(policy: object) -> str:
+    """A description of a policy that is the same in every process (no addresses)."""
+    if policy is None:
+        return ""
+    target = getattr(policy, "_target", None) or getattr(policy, "compute", None)
+    if callable(target):
+        return f"{type(policy).__name__}:{getattr(target, '__qualname__', '')}:{_code_hash(target)}"
+    return repr(policy)
+
+
+def _code_fingerprint(code: Any) -> str:
+    # Bytecode alone misses changed constants and called names (x + 1 vs helper(x) + 2).
+    consts = [_code_fingerprint(c) if hasattr(c, "co_code") else repr(c) for c in code.co_consts]
+    return repr((code.co_code, consts, code.co_names))

@@ -83,6 +83,24 @@ class StepRow(Base):
     finished_at: Mapped[datetime | None] = mapped_column(Timestamp)
 
 
+class WaitRow(Base):
+    """A run parked for a person's input: what to deliver, and how to continue."""
+
+    __tablename__ = "waits"
+    __table_args__ = (UniqueConstraint("run_id", "step_name", "name", name="uq_waits"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    step_name: Mapped[str] = mapped_column(String(200))
+    name: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16), index=True)  # waiting/delivered/expired
+    data: Mapped[Any | None] = mapped_column(JSONType)
+    deadline: Mapped[datetime | None] = mapped_column(Timestamp, index=True)
+    resume: Mapped[Any] = mapped_column(JSONType)  # the step's Celery signature, re-sent
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+    resolved_at: Mapped[datetime | None] = mapped_column(Timestamp)
+
+
 class AttemptRow(Base):
     """One attempt of one step: the trace an operator reads at 2 AM."""
 
@@ -103,6 +121,7 @@ class AttemptRow(Base):
     tokens_out: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     gate: Mapped[str | None] = mapped_column(Text)
     breaker: Mapped[str | None] = mapped_column(String(400))
+    map_index: Mapped[int | None] = mapped_column(Integer)
     latency_ms: Mapped[float] = mapped_column(Float)
     started_at: Mapped[datetime] = mapped_column(Timestamp)
     finished_at: Mapped[datetime] = mapped_column(Timestamp)

@@ -27,6 +27,7 @@ from orchestration.status import (
 from orchestration.store import statements as sql
 from orchestration.store.engine import create_engines, schema_is_current, upgrade
 from orchestration.store.models import AttemptRow, RunRow, StepRow
+from orchestration.store.waits import Waits
 
 _CLAIMABLE = [status.value for status in CLAIMABLE_STEP_STATUSES]
 _TERMINAL_RUN = [status.value for status in TERMINAL_RUN_STATUSES]
@@ -64,6 +65,7 @@ class Claim:
     run_status: RunStatus = RunStatus.RUNNING
     claimed_at: datetime | None = None
     cost_usd: float = 0.0
+    error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,7 @@ class AttemptRecord:
     tokens_in: int = 0
     tokens_out: int = 0
     breaker: str | None = None
+    map_index: int | None = None
 
     @property
     def latency_ms(self) -> float:
@@ -114,6 +117,7 @@ class StepOutcome:
     attempts: list[AttemptRecord] = field(default_factory=list)
     cost_usd: float = 0.0
     model: str | None = None
+    extra_attempts: int = 0  # attempts already recorded elsewhere (map elements)
 
 
 class Store:
@@ -130,6 +134,16 @@ class Store:
     def engine(self) -> Engine:
         """The writer engine (for migrations and tests)."""
         return self._writer
+
+    @property
+    def reader(self) -> Engine:
+        """The reader engine (the writer, except with SQLite)."""
+        return self._reader
+
+    @property
+    def waits(self) -> Waits:
+        """Human waits of this store."""
+        return Waits(self)
 
     def ensure_schema(self) -> None:
         """Create or upgrade the schema if needed; cheap after the first call."""
@@ -233,7 +247,7 @@ class Store:
         if row is None or run_status is None:
             raise RunNotFound(f"run {run_id} has no step {name!r}")
         return Claim(False, StepStatus(row.status), int(row.attempts), row.output,
-                     RunStatus(run_status))
+                     RunStatus(run_status), error=row.error)
 
     def record_step(self, run_id: str, name: str, outcome: StepOutcome,
                     *, worker: str | None = None, claimed_at: datetime | None = None,
@@ -252,7 +266,8 @@ class Store:
             "b_tokens_out": sum(a.tokens_out for a in outcome.attempts),
             "b_run": run_id, "b_name": name, "b_status": outcome.status.value,
             "b_error": outcome.error, "b_error_type": outcome.error_type,
-            "b_attempts": len(outcome.attempts), "b_cost": outcome.cost_usd,
+            "b_attempts": len(outcome.attempts) + outcome.extra_attempts,
+            "b_cost": outcome.cost_usd,
             "b_model": outcome.model,
             "b_output": outcome.output if terminal else None,
             "b_finished": now if terminal else None,
@@ -270,6 +285,14 @@ class Store:
             if finish is not None:
                 conn.execute(sql.FINISH_RUN, finish.params(run_id, now))
         return True
+
+    def record_attempts(self, run_id: str, name: str, attempts: list[AttemptRecord],
+                        *, worker: str | None = None) -> None:
+        """Record attempts without changing the step (map elements, in one transaction)."""
+        if attempts:
+            with self._writer.begin() as conn:
+                conn.execute(sql.INSERT_ATTEMPTS, [_attempt_row(run_id, name, a, worker)
+                                                   for a in attempts])
 
     def skip_steps(self, run_id: str, names: Iterable[str], reason: str) -> int:
         """Mark steps skipped (a dependency failed); returns how many changed."""
@@ -309,6 +332,13 @@ class Store:
             return conn.execute(
                 select(RunRow.id).where(RunRow.idempotency_key == key)
             ).scalar()
+
+    def get_step_started(self, run_id: str, name: str) -> datetime | None:
+        """When a step was first claimed."""
+        with self._reader.connect() as conn:
+            value = conn.execute(select(StepRow.started_at).where(
+                StepRow.run_id == run_id, StepRow.name == name)).scalar()
+        return as_utc(value)
 
     def run_cost(self, run_id: str) -> float:
         """The run's recorded spend in USD (steps add theirs when they finish)."""
@@ -352,7 +382,7 @@ class Store:
                 "worker": attempt.worker, "model": attempt.model, "cost_usd": attempt.cost_usd,
                 "started_at": as_utc(attempt.started_at), "gate": attempt.gate,
                 "tokens_in": attempt.tokens_in, "tokens_out": attempt.tokens_out,
-                "breaker": attempt.breaker,
+                "breaker": attempt.breaker, "map_index": attempt.map_index,
             })
         records = {
             step.name: StepRecord(
@@ -440,7 +470,7 @@ def _attempt_row(run_id: str, name: str, attempt: AttemptRecord,
         "latency_ms": attempt.latency_ms, "started_at": attempt.started_at,
         "finished_at": attempt.finished_at, "gate": attempt.gate,
         "tokens_in": attempt.tokens_in, "tokens_out": attempt.tokens_out,
-        "breaker": attempt.breaker,
+        "breaker": attempt.breaker, "map_index": attempt.map_index,
     }
 
 

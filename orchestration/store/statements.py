@@ -47,7 +47,8 @@ START_RUN = (
     .returning(runs.c.status)
 )
 
-STEP_STATE = select(steps.c.status, steps.c.attempts, steps.c.output).where(*_this_step)
+STEP_STATE = select(steps.c.status, steps.c.attempts, steps.c.output, steps.c.error).where(
+    *_this_step)
 RUN_STATUS = select(runs.c.status).where(runs.c.id == bindparam("b_run"))
 RUN_COST = select(runs.c.cost_usd).where(runs.c.id == bindparam("b_run"))
 

@@ -1,0 +1,226 @@
+"""The attempts of one step (or one map element) under the step's policies.
+
+Per-attempt timeout, retries with exponential backoff and jitter (tenacity; in-process
+while the wait is short, otherwise the message goes back to the broker so the slot is
+freed), the quality gate and ``on_retry``, then the fallback. Control-flow signals
+(:class:`~orchestration.errors.StepSignal`) pass straight through.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
+
+from orchestration.adaptive import AdaptiveTimeout
+from orchestration.context import StepContext
+from orchestration.envelope import dumps
+from orchestration.errors import NonRetryableError, OutputNotSerializable, Reschedule, StepSignal
+from orchestration.gates import PASSED, GateFailed
+from orchestration.status import StepStatus
+from orchestration.step import BoundStep
+from orchestration.store.repository import AttemptRecord, StepOutcome, Store, utcnow
+from orchestration.timeouts import call_with_timeout
+
+if TYPE_CHECKING:
+    from orchestration.resilience import Resilience
+
+log = structlog.get_logger("orchestration.attempts")
+_ERROR_LIMIT = 4000
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """Where and how a step message arrived, and what the step may use."""
+
+    worker: str | None
+    task_id: str | None
+    inline_limit: int
+    inline_retry_limit: float
+    services: Resilience | None = None
+
+
+class ReturnedSignal(StepSignal):
+    """A step function returned a control object (e.g. a child run) instead of a value."""
+
+    def __init__(self, value: Any) -> None:
+        super().__init__(value)
+        self.value = value
+
+
+class RescheduleWithOutcome(Reschedule):
+    """Reschedule carrying the attempts made so far, so they are recorded first."""
+
+    def __init__(self, delay: float, outcome: StepOutcome) -> None:
+        super().__init__(delay)
+        self.outcome = outcome
+
+
+def describe(exc: BaseException) -> tuple[str, str]:
+    """(the error with a short traceback, the exception's qualified type)."""
+    text = "".join(traceback.format_exception(exc, limit=-4))
+    kind = type(exc)
+    return text[-_ERROR_LIMIT:], f"{kind.__module__}.{kind.__qualname__}"
+
+
+def run_attempts(step: BoundStep, kwargs: dict[str, Any], *, run_id: str, store: Store,
+                 delivery: Delivery, previous_attempts: int = 0, spent_before: float = 0.0,
+                 map_index: int | None = None,
+                 signal_types: tuple[type, ...] = ()) -> StepOutcome:
+    """Run a step's function under its policies; the outcome to record.
+
+    A returned value of one of ``signal_types`` is raised as :class:`ReturnedSignal`.
+    """
+    spec = step.spec
+    records: list[AttemptRecord] = []
+    contexts: list[StepContext] = []
+    attempt_number = previous_attempts
+    params: dict[str, Any] = {}
+
+    def attempt_once() -> Any:
+        nonlocal attempt_number, params
+        attempt_number += 1
+        timeout = _timeout(step, delivery)
+        ctx = StepContext(run_id=run_id, workflow=spec.workflow, step=spec.name,
+                          attempt=attempt_number, model=spec.model, params=dict(params),
+                          deadline=None if timeout is None else time.monotonic() + timeout,
+                          max_cost=spec.max_cost, run_budget=step.run_budget,
+                          spent_before=spent_before + sum(c.cost_usd for c in contexts),
+                          run_cost=lambda: store.run_cost(run_id),
+                          services=delivery.services, map_index=map_index, store=store)
+        contexts.append(ctx)
+        call_kwargs = dict(kwargs, ctx=ctx) if spec.wants_ctx else kwargs
+        started = utcnow()
+        gate: str | None = None
+        try:
+            value = call_with_timeout(spec.fn, call_kwargs, timeout)
+            if signal_types and isinstance(value, signal_types):
+                raise ReturnedSignal(value)
+            _check_json(spec.where, value)
+            if spec.gate is not None:
+                reason = spec.gate.verdict(value)
+                gate = PASSED if reason is None else f"failed: {reason}"
+                if reason is not None:
+                    raise GateFailed(reason)
+        except Exception as exc:
+            records.append(_record(attempt_number, "failed", started, ctx, exc, gate,
+                                   map_index))
+            if spec.on_retry is not None:
+                updated = spec.on_retry(attempt_number, exc, dict(params))
+                params = dict(updated) if updated is not None else params
+            raise
+        records.append(_record(attempt_number, "succeeded", started, ctx, None, gate, map_index))
+        if isinstance(spec.timeout, AdaptiveTimeout) and delivery.services is not None:
+            delivery.services.latencies.observe(spec.task_name, records[-1].latency_ms)
+        return value
+
+    remaining = max(1, spec.retries + 1 - previous_attempts)
+    retrying = Retrying(
+        stop=stop_after_attempt(remaining),
+        wait=lambda state: spec.backoff.delay(previous_attempts + state.attempt_number),
+        retry=retry_if_exception(_retryable),
+        # A map element never goes back to the broker: its chunk holds other elements.
+        sleep=_sleeper(delivery.inline_retry_limit if map_index is None else float("inf")),
+        before_sleep=_log_retry(spec.task_name, run_id),
+        reraise=True,
+    )
+    try:
+        output = retrying(attempt_once)
+    except Reschedule as signal:
+        cost, model = _spend(contexts)
+        raise RescheduleWithOutcome(signal.delay, StepOutcome(
+            StepStatus.RETRYING, error=records[-1].error if records else None,
+            error_type=records[-1].error_type if records else None,
+            attempts=records, cost_usd=cost, model=model)) from None
+    except Exception as exc:
+        return _final_failure(step, kwargs, exc, records, *_spend(contexts))
+    cost, model = _spend(contexts)
+    return StepOutcome(StepStatus.SUCCEEDED, output=output, attempts=records,
+                       cost_usd=cost, model=model)
+
+
+def _retryable(exc: BaseException) -> bool:
+    return isinstance(exc, Exception) and not isinstance(exc, NonRetryableError)
+
+
+def _timeout(step: BoundStep, delivery: Delivery) -> float | None:
+    policy = step.spec.timeout
+    if policy is None:
+        return None
+    if isinstance(policy, AdaptiveTimeout):
+        if delivery.services is None:
+            return policy.ceiling
+        return delivery.services.latencies.timeout(step.spec.task_name, policy)
+    return policy.seconds()
+
+
+def _check_json(where: str, value: Any) -> None:
+    try:
+        dumps(value)
+    except (TypeError, ValueError) as exc:
+        raise OutputNotSerializable(
+            f"{where} returned {type(value).__name__}, which is not JSON: {exc}"
+        ) from None
+
+
+def _spend(contexts: list[StepContext]) -> tuple[float, str | None]:
+    """Total cost of a step's attempts, and the last model that answered."""
+    cost = sum(ctx.cost_usd for ctx in contexts)
+    model = next((m for ctx in reversed(contexts) for m in reversed(ctx.models_used)), None)
+    return cost, model
+
+
+def _final_failure(step: BoundStep, kwargs: dict[str, Any], exc: BaseException,
+                   records: list[AttemptRecord], cost: float, model: str | None) -> StepOutcome:
+    error, error_type = describe(exc)
+    if step.spec.fallback is not None:
+        try:
+            value = step.spec.fallback.resolve(kwargs)
+            dumps(value)
+        except Exception as fallback_exc:
+            error2, _ = describe(fallback_exc)
+            return StepOutcome(StepStatus.FAILED, error=f"{error}\nfallback failed: {error2}",
+                               error_type=error_type, attempts=records, cost_usd=cost,
+                               model=model)
+        return StepOutcome(StepStatus.FALLBACK, output=value, error=error, error_type=error_type,
+                           attempts=records, cost_usd=cost, model=model)
+    return StepOutcome(StepStatus.FAILED, error=error, error_type=error_type, attempts=records,
+                       cost_usd=cost, model=model)
+
+
+def _record(number: int, status: str, started: datetime, ctx: StepContext,
+            exc: BaseException | None, gate: str | None,
+            map_index: int | None) -> AttemptRecord:
+    error, error_type = describe(exc) if exc is not None else (None, None)
+    breakers = [f"{call.model}:{call.breaker}" for call in ctx.calls
+                if call.breaker not in (None, "closed")]
+    return AttemptRecord(attempt=number, status=status, started_at=started,
+                         finished_at=utcnow(), error=error, error_type=error_type,
+                         model=ctx.models_used[-1] if ctx.models_used else ctx.model,
+                         cost_usd=ctx.cost_usd, gate=gate,
+                         tokens_in=sum(call.prompt_tokens for call in ctx.calls),
+                         tokens_out=sum(call.completion_tokens for call in ctx.calls),
+                         breaker=", ".join(breakers) or None, map_index=map_index)
+
+
+def _sleeper(inline_limit: float) -> Callable[[float], None]:
+    def sleep(seconds: float) -> None:
+        if seconds > inline_limit:
+            raise Reschedule(seconds)
+        time.sleep(seconds)
+    return sleep
+
+
+def _log_retry(task_name: str, run_id: str) -> Callable[[RetryCallState], None]:
+    def before_sleep(state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        log.warning("step attempt failed; retrying", run_id=run_id, step=task_name,
+                    attempt=state.attempt_number, error=repr(error),
+                    wait_s=round(state.upcoming_sleep, 3))
+    return before_sleep
