@@ -41,6 +41,7 @@ class Settings(BaseSettings):
     imports: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: [
             "tasks.support.workflow",
+            "tasks.support.routing",
             "tasks.fraud.workflow",
             "tasks.content.workflow",
         ],

@@ -5,7 +5,8 @@ let Celery workers on per-model queues execute them with retries, timeouts, fall
 and durable state in the results database.
 """
 
-from orchestration.api import get_run, list_runs
+from orchestration.adaptive import adaptive
+from orchestration.api import approve, cancel, get_run, list_runs
 from orchestration.app import Orchestrator, default_orchestrator
 from orchestration.context import StepContext
 from orchestration.errors import (
@@ -32,6 +33,7 @@ __all__ = [
     "Step",
     "StepContext",
     "Workflow",
+    "adaptive",
     "default_orchestrator",
     # reading runs back
     "RunHandle",
@@ -40,6 +42,8 @@ __all__ = [
     "RunSummary",
     "StepRecord",
     "StepStatus",
+    "approve",
+    "cancel",
     "get_run",
     "list_runs",
     # errors

@@ -3,15 +3,27 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from orchestration.app import Orchestrator, default_orchestrator
-from orchestration.results import RunResult, RunSummary
+from orchestration.results import RunResult, RunSummary, cancel_run
 from orchestration.status import RunStatus
 
 
 def get_run(run_id: str, *, app: Orchestrator | None = None) -> RunResult:
     """Read a run (any process, any time) from the results database."""
     return (app or default_orchestrator()).store.get_run(run_id)
+
+
+def cancel(run_id: str, *, app: Orchestrator | None = None) -> list[str]:
+    """Cancel a run and its unfinished child runs (steps not yet started never start)."""
+    return cancel_run((app or default_orchestrator()).store, run_id)
+
+
+def approve(run_id: str, data: Any = None, *, name: str | None = None,
+            app: Orchestrator | None = None) -> int:
+    """Deliver a person's input to a run waiting in ``ctx.wait_for_input``."""
+    return (app or default_orchestrator()).approve(run_id, data, name)
 
 
 def list_runs(*, workflow: str | None = None, status: RunStatus | None = None,

@@ -117,13 +117,15 @@ class Orchestrator:
         orchestrator = self
 
         def execute(task: Any, message: Any, run_id: str | None = None,
-                    finalize: bool = False, chunk: dict[str, Any] | None = None) -> Any:
+                    finalize: bool = False, chunk: dict[str, Any] | None = None,
+                    params: dict[str, Any] | None = None) -> Any:
             bound = workflow.validate().steps[spec.name]
             store, delivery = orchestrator.store, orchestrator.delivery(task)
             try:
                 if chunk is not None:
                     return run_chunk(bound, message, chunk, store, delivery)
-                return run_step(bound, message, store, delivery, finalize=finalize)
+                return run_step(bound, message, store, delivery, finalize=finalize,
+                                params=params)
             except StartMap as signal:
                 claimed = store.get_step_started(signal.envelope.run_id, spec.name)
                 raise task.replace(map_canvas(bound, signal.envelope, signal.items,
@@ -135,7 +137,10 @@ class Orchestrator:
                 orchestrator.park(task, bound, message, signal)
                 raise Ignore() from None
             except Reschedule as signal:
-                raise task.retry(countdown=signal.delay, max_retries=None) from None
+                # ctx.params set by on_retry travel with the message to the next attempt.
+                kwargs = {**task.request.kwargs, "params": signal.params or None}
+                raise task.retry(countdown=signal.delay, max_retries=None,
+                                 kwargs=kwargs) from None
             except OperationalError as exc:
                 # The results DB is unreachable: try again later rather than lose the step.
                 if task.request.retries < DB_RETRIES:
@@ -252,6 +257,8 @@ class Orchestrator:
             worker, self._embedded = self._embedded, None
         if worker is not None:
             worker.stop()
+        if self._resilience is not None:
+            self._resilience.close()
         self.reset_store()
 
 

@@ -57,8 +57,8 @@ class ReturnedSignal(StepSignal):
 class RescheduleWithOutcome(Reschedule):
     """Reschedule carrying the attempts made so far, so they are recorded first."""
 
-    def __init__(self, delay: float, outcome: StepOutcome) -> None:
-        super().__init__(delay)
+    def __init__(self, delay: float, outcome: StepOutcome, params: dict[str, Any]) -> None:
+        super().__init__(delay, params)
         self.outcome = outcome
 
 
@@ -71,17 +71,19 @@ def describe(exc: BaseException) -> tuple[str, str]:
 
 def run_attempts(step: BoundStep, kwargs: dict[str, Any], *, run_id: str, store: Store,
                  delivery: Delivery, previous_attempts: int = 0, spent_before: float = 0.0,
-                 map_index: int | None = None,
-                 signal_types: tuple[type, ...] = ()) -> StepOutcome:
+                 map_index: int | None = None, signal_types: tuple[type, ...] = (),
+                 initial_params: dict[str, Any] | None = None) -> StepOutcome:
     """Run a step's function under its policies; the outcome to record.
 
-    A returned value of one of ``signal_types`` is raised as :class:`ReturnedSignal`.
+    A returned value of one of ``signal_types`` is raised as :class:`ReturnedSignal`;
+    ``initial_params`` are the first attempt's ``ctx.params`` (carried across broker
+    retries).
     """
     spec = step.spec
     records: list[AttemptRecord] = []
     contexts: list[StepContext] = []
     attempt_number = previous_attempts
-    params: dict[str, Any] = {}
+    params: dict[str, Any] = dict(initial_params or {})
 
     def attempt_once() -> Any:
         nonlocal attempt_number, params
@@ -137,7 +139,7 @@ def run_attempts(step: BoundStep, kwargs: dict[str, Any], *, run_id: str, store:
         raise RescheduleWithOutcome(signal.delay, StepOutcome(
             StepStatus.RETRYING, error=records[-1].error if records else None,
             error_type=records[-1].error_type if records else None,
-            attempts=records, cost_usd=cost, model=model)) from None
+            attempts=records, cost_usd=cost, model=model), params) from None
     except Exception as exc:
         return _final_failure(step, kwargs, exc, records, *_spend(contexts))
     cost, model = _spend(contexts)

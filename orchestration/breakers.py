@@ -71,12 +71,29 @@ class _Probe:
             self._local.release()
 
 
+class _RedisStorage(pybreaker.CircuitRedisStorage):
+    """pybreaker's Redis storage, with ``opened_at`` kept to the millisecond.
+
+    pybreaker floors it to whole seconds, so a shared breaker could stay open up to a
+    second less than its reset timeout (or not at all with a sub-second one).
+    """
+
+    @property
+    def opened_at(self) -> datetime | None:
+        value = self._redis.get(self._namespace("opened_at"))
+        return datetime.fromtimestamp(float(value), UTC) if value else None
+
+    @opened_at.setter
+    def opened_at(self, now: datetime) -> None:
+        self._redis.set(self._namespace("opened_at"), f"{now.timestamp():.3f}")
+
+
 class ModelBreaker(pybreaker.CircuitBreaker):
     """One model's breaker; see the module docstring for what counts and who probes."""
 
     def __init__(self, model: str, policy: BreakerPolicy, client: redis.Redis | None) -> None:
         storage: pybreaker.CircuitBreakerStorage = (
-            pybreaker.CircuitRedisStorage(CLOSED, client, namespace=keys.breaker_namespace(model))
+            _RedisStorage(CLOSED, client, namespace=keys.breaker_namespace(model))
             if client is not None else pybreaker.CircuitMemoryStorage(CLOSED)
         )
         super().__init__(fail_max=policy.fail_max, reset_timeout=policy.reset_timeout,
@@ -84,6 +101,27 @@ class ModelBreaker(pybreaker.CircuitBreaker):
         self.model = model
         # A probe holds its token at most this long, so a crashed prober cannot wedge it.
         self._probe = _Probe(model, client, ttl=max(policy.reset_timeout, 60.0))
+
+    @property
+    def state(self) -> Any:
+        """The current state, following shared storage.
+
+        pybreaker re-creates the state with ``notify=True`` when another process changed
+        it, and a fresh closed state then resets the *shared* failure counter, erasing
+        failures other workers recorded meanwhile. Following a change made elsewhere is
+        not a transition here: no reset, no listener calls.
+        """
+        current = self._state_storage.state
+        if current != self._state.name:
+            with self._lock:
+                self._state = self._create_new_state(current, prev_state=self._state,
+                                                     notify=False)
+        return self._state
+
+    @state.setter
+    def state(self, state_str: str) -> None:
+        with self._lock:
+            self._state = self._create_new_state(state_str, prev_state=self._state, notify=True)
 
     @property
     def state_name(self) -> str:

@@ -20,8 +20,9 @@ from rich.tree import Tree
 from orchestration.app import Orchestrator, default_orchestrator
 from orchestration.errors import OrchestrationError
 from orchestration.graph import Node, Parallel, Series
-from orchestration.results import RunResult, StepRecord
+from orchestration.results import RunResult, StepRecord, cancel_run
 from orchestration.status import RunStatus, StepStatus
+from orchestration.step import BoundStep
 from orchestration.store.engine import upgrade
 
 # Wide enough for run ids when piped (rich assumes 80 columns without a terminal).
@@ -138,9 +139,42 @@ def _run_json(run: RunResult) -> dict[str, object]:
 
 
 @main.command()
+@click.argument("run_id")
+@click.option("--data", "data", default="null", show_default=True,
+              help="the input, as JSON")
+@click.option("--name", default=None, help="which input, if the run waits for several")
+def approve(run_id: str, data: str, name: str | None) -> None:
+    """Deliver a person's input to a waiting run; it continues on a worker."""
+    try:
+        value = json.loads(data)
+    except ValueError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="--data") from exc
+    try:
+        count = _orchestrator(load_workflows=True).approve(run_id, value, name)
+    except OrchestrationError as exc:
+        raise click.ClickException(str(exc)) from exc
+    console.print(f"delivered to {count} waiting step(s) of run {run_id}")
+
+
+@main.command()
+@click.argument("run_id")
+def cancel(run_id: str) -> None:
+    """Cancel a run and its child runs: steps not yet started never start."""
+    try:
+        cancelled = cancel_run(_orchestrator().store, run_id)
+    except OrchestrationError as exc:
+        raise click.ClickException(str(exc)) from exc
+    console.print(f"cancelled {len(cancelled)} run(s): {', '.join(cancelled)}")
+
+
+@main.command()
 @click.argument("workflow")
 def graph(workflow: str) -> None:
-    """The workflow's DAG as Mermaid text, with the canvas plan the compiler chose."""
+    """The workflow's DAG as Mermaid text, with the canvas plan the compiler chose.
+
+    Shapes: a map is a double-edged box, a conditional step a rhombus, a step that starts
+    a child run a parallelogram, a step that waits for a person a hexagon.
+    """
     orchestrator = _orchestrator(load_workflows=True)
     found = orchestrator.workflows.get(workflow)
     if found is None:
@@ -149,13 +183,38 @@ def graph(workflow: str) -> None:
     compiled = found.validate()
     lines = ["flowchart LR"]
     for name, bound in compiled.steps.items():
-        lines.append(f'    {name}["{name}<br/>{bound.queue}"]')
+        lines.append(f"    {_node(name, bound)}")
         lines.extend(f"    {up} --> {name}" for up in sorted(bound.upstream))
     click.echo("\n".join(lines))
     decomposition = compiled.decomposition
     click.echo(f"%% canvas: {_plan_text(decomposition.plan)}")
     if not decomposition.exact:
         click.echo(f"%% not series-parallel: added waits {decomposition.added_waits}")
+
+
+def _node(name: str, bound: BoundStep) -> str:
+    spec = bound.spec
+    names = getattr(getattr(spec.fn, "__code__", None), "co_names", ())
+    tags = []
+    if spec.map:
+        quorum = f", min {spec.min_success}" if spec.min_success is not None else ""
+        tags.append(f"map over {spec.map}{quorum}")
+    if spec.when is not None:
+        tags.append("when ...")
+    if "run_child" in names:
+        tags.append("starts a child run")
+    if "wait_for_input" in names:
+        tags.append("waits for a person")
+    label = "<br/>".join([name, bound.queue, *tags])
+    if spec.map:
+        return f'{name}[["{label}"]]'
+    if "wait_for_input" in names:
+        return f'{name}{{{{"{label}"}}}}'
+    if "run_child" in names:
+        return f'{name}[/"{label}"/]'
+    if spec.when is not None:
+        return f'{name}{{"{label}"}}'
+    return f'{name}["{label}"]'
 
 
 def _plan_text(plan: Node | Series | Parallel) -> str:

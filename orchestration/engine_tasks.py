@@ -50,6 +50,9 @@ def register_engine_tasks(orchestrator: Orchestrator) -> None:
         child = orchestrator.store.get_run(child_run)
         if child.status is RunStatus.SUCCEEDED:
             outcome = StepOutcome(StepStatus.SUCCEEDED, output=child.outputs)
+        elif child.status is RunStatus.CANCELLED:
+            outcome = StepOutcome(StepStatus.CANCELLED, error=f"child run {child_run} cancelled",
+                                  error_type="Cancelled")
         else:
             outcome = _child_failed(bound, envelope, orchestrator, child_run,
                                     child.status.value, child.error)

@@ -84,6 +84,7 @@ class Reschedule(StepSignal):
     The runtime hands the step back to the broker with a countdown instead of sleeping.
     """
 
-    def __init__(self, delay: float) -> None:
+    def __init__(self, delay: float, params: dict[str, object] | None = None) -> None:
         super().__init__(delay)
         self.delay = delay
+        self.params = params or {}  # ctx.params for the next attempt (from on_retry)

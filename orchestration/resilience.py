@@ -45,6 +45,14 @@ class Resilience:
             return provider
 
 
+    def close(self) -> None:
+        """Close the providers' HTTP connection pools."""
+        with self._lock:
+            providers, self._providers = list(self._providers.values()), {}
+        for provider in providers:
+            provider.close()
+
+
 def _build(name: str, config: ProviderConfig) -> Provider:
     key = os.environ.get(config.api_key_env) if config.api_key_env else None
     if config.kind == "local":

@@ -16,6 +16,18 @@ if TYPE_CHECKING:
     from orchestration.store.repository import Store
 
 
+def cancel_run(store: Store, run_id: str) -> list[str]:
+    """Cancel a run and, recursively, its unfinished children."""
+    cancelled: list[str] = []
+    pending = [run_id]
+    while pending:
+        current = pending.pop()
+        pending.extend(store.cancel_run(current, "cancelled" if current == run_id
+                                        else f"cancelled with parent run {run_id}"))
+        cancelled.append(current)
+    return cancelled
+
+
 def as_utc(value: datetime | None) -> datetime | None:
     """Normalise a timestamp read back from the database to aware UTC (SQLite drops tz)."""
     if value is None:
@@ -123,6 +135,10 @@ class RunHandle:
     def result(self) -> RunResult:
         """The run as it is now (finished or not)."""
         return self._store.get_run(self.run_id)
+
+    def cancel(self) -> list[str]:
+        """Cancel the run and its unfinished child runs; returns every run id cancelled."""
+        return cancel_run(self._store, self.run_id)
 
     def wait(self, timeout: float | None = 60.0, *, poll: float = 0.002,
              max_poll: float = 0.05) -> RunResult:

@@ -65,7 +65,7 @@ class ReplaceWith(StepSignal):
 
 
 def run_step(step: BoundStep, message: Any, store: Store, delivery: Delivery,
-             *, finalize: bool = False) -> dict[str, Any]:
+             *, finalize: bool = False, params: dict[str, Any] | None = None) -> dict[str, Any]:
     """Execute one delivery of a step and return the envelope for its dependents.
 
     With ``finalize`` (the run's last step) the run's terminal status is written in the
@@ -87,7 +87,7 @@ def run_step(step: BoundStep, message: Any, store: Store, delivery: Delivery,
                                  task_id=delivery.task_id, first=not envelope.started)
         envelope.started = True
         if claim.proceed:
-            outcome = _run(step, envelope, store, delivery, claim, finalize)
+            outcome = _run(step, envelope, store, delivery, claim, finalize, params)
             return record_and_pass(step, envelope, outcome, store, delivery,
                                    claimed_at=claim.claimed_at, finalize=finalize)
         apply_outcome(step, envelope, claim.status, claim.output, delivery, claim.error)
@@ -97,7 +97,7 @@ def run_step(step: BoundStep, message: Any, store: Store, delivery: Delivery,
 
 
 def _run(step: BoundStep, envelope: Envelope, store: Store, delivery: Delivery, claim: Claim,
-         finalize: bool) -> StepOutcome:
+         finalize: bool, params: dict[str, Any] | None) -> StepOutcome:
     spec = step.spec
     try:
         kwargs = resolve(step.sources, spec.optional_params, envelope, store, spec.where)
@@ -117,10 +117,11 @@ def _run(step: BoundStep, envelope: Envelope, store: Store, delivery: Delivery, 
     try:
         return run_attempts(step, kwargs, run_id=envelope.run_id, store=store,
                             delivery=delivery, previous_attempts=claim.attempts,
-                            spent_before=claim.cost_usd, signal_types=(ChildRun,))
+                            spent_before=claim.cost_usd, signal_types=(ChildRun,),
+                            initial_params=params)
     except RescheduleWithOutcome as signal:
         store.record_step(envelope.run_id, spec.name, signal.outcome, worker=delivery.worker)
-        raise Reschedule(signal.delay) from None
+        raise Reschedule(signal.delay, signal.params) from None
     except ReturnedSignal as signal:
         raise StartChild(envelope, signal.value, finalize) from None
 
@@ -170,6 +171,7 @@ def apply_outcome(step: BoundStep, envelope: Envelope, status: StepStatus, outpu
     elif status is StepStatus.SKIPPED and (error or "").startswith(NOT_SELECTED):
         envelope.unselect(spec.output)
     else:  # failed critically, cancelled, or skipped because of a critical failure
+        # (a cancelled run's steps stop here: nothing after them is claimed)
         envelope.blocked.add(spec.output)
         if status is StepStatus.FAILED:
             envelope.failed.add(spec.name)

@@ -36,6 +36,7 @@ class StepStatus(StrEnum):
     FALLBACK = "fallback"
     FAILED = "failed"
     SKIPPED = "skipped"
+    CANCELLED = "cancelled"
 
     @property
     def is_terminal(self) -> bool:
@@ -50,7 +51,8 @@ class StepStatus(StrEnum):
 
 TERMINAL_RUN_STATUSES = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED})
 TERMINAL_STEP_STATUSES = frozenset(
-    {StepStatus.SUCCEEDED, StepStatus.FALLBACK, StepStatus.FAILED, StepStatus.SKIPPED}
+    {StepStatus.SUCCEEDED, StepStatus.FALLBACK, StepStatus.FAILED, StepStatus.SKIPPED,
+     StepStatus.CANCELLED}
 )
 # A step in one of these states may be (re)started by a delivery of its message.
 CLAIMABLE_STEP_STATUSES = frozenset(

@@ -31,23 +31,34 @@ def call_with_timeout(fn: Callable[..., Any], kwargs: dict[str, Any],
     done = threading.Event()
     box: dict[str, Any] = {}
     context = contextvars.copy_context()
+    lock = threading.Lock()
 
     def target() -> None:
+        # The outer handler catches an interrupt delivered while this thread is already
+        # past the function (it lands at the next bytecode, wherever that is).
         try:
-            box["value"] = context.run(fn, **kwargs)
+            try:
+                box["value"] = context.run(fn, **kwargs)
+            except _Abandoned:
+                return
+            except BaseException as exc:  # handed back to the caller's thread
+                box["error"] = exc
+            finally:
+                with lock:
+                    box["finished"] = True
+                done.set()
         except _Abandoned:
-            return
-        except BaseException as exc:  # handed back to the caller's thread
-            box["error"] = exc
-        finally:
-            done.set()
+            pass
 
     thread = threading.Thread(target=target, name=f"attempt-{getattr(fn, '__name__', 'step')}",
                               daemon=True)
     thread.start()
     if not done.wait(timeout):
-        _interrupt(thread)
-        raise StepTimeout(f"attempt exceeded its timeout of {timeout:g} s")
+        with lock:
+            if not box.get("finished"):
+                _interrupt(thread)
+        if not box.get("finished"):
+            raise StepTimeout(f"attempt exceeded its timeout of {timeout:g} s")
     if "error" in box:
         raise box["error"]
     return box.get("value")

@@ -74,6 +74,12 @@ class AnthropicProvider(Provider):
         if api_key:
             self._headers["x-api-key"] = api_key
         self._client = client or httpx.Client(timeout=_DEFAULT_TIMEOUT_S)
+        self._owns_client = client is None
+
+    def close(self) -> None:
+        """Close the HTTP client this provider created."""
+        if self._owns_client:
+            self._client.close()
 
     def complete(self, messages: Messages, *, model: str, timeout: float | None,
                  **params: Any) -> tuple[str, Usage]:

@@ -52,6 +52,9 @@ class Provider(ABC):
 
     name: str
 
+    def close(self) -> None:  # noqa: B027 - optional hook: providers without connections keep it
+        """Release connections (HTTP providers close their client)."""
+
     @abstractmethod
     def complete(self, messages: Messages, *, model: str, timeout: float | None,
                  **params: Any) -> tuple[str, Usage]:

@@ -19,6 +19,12 @@ class OpenAIProvider(Provider):
         self._base_url = base_url.rstrip("/")
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = client or httpx.Client(timeout=60.0)
+        self._owns_client = client is None
+
+    def close(self) -> None:
+        """Close the HTTP client this provider created."""
+        if self._owns_client:
+            self._client.close()
 
     def complete(self, messages: Messages, *, model: str, timeout: float | None,
                  **params: Any) -> tuple[str, Usage]:

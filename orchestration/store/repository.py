@@ -26,8 +26,9 @@ from orchestration.status import (
 )
 from orchestration.store import statements as sql
 from orchestration.store.engine import create_engines, schema_is_current, upgrade
-from orchestration.store.models import AttemptRow, RunRow, StepRow
-from orchestration.store.waits import Waits
+from orchestration.store.models import AttemptRow, RunRow, StepRow, WaitRow
+from orchestration.store.waits import CANCELLED as CANCELLED_WAIT
+from orchestration.store.waits import WAITING, Waits
 
 _CLAIMABLE = [status.value for status in CLAIMABLE_STEP_STATUSES]
 _TERMINAL_RUN = [status.value for status in TERMINAL_RUN_STATUSES]
@@ -307,6 +308,31 @@ class Store:
                 .values(status=StepStatus.SKIPPED.value, error=reason, finished_at=utcnow())
             )
         return int(result.rowcount or 0)
+
+    def cancel_run(self, run_id: str, reason: str = "cancelled") -> list[str]:
+        """Cancel a run: it ends ``cancelled`` and its steps not yet finished never start.
+
+        A step already running finishes its attempt, but no step after it is claimed.
+        Returns the run's unfinished child runs (to cancel in turn).
+        """
+        now = utcnow()
+        with self._writer.begin() as conn:
+            found = conn.execute(select(RunRow.status).where(RunRow.id == run_id)).scalar()
+            if found is None:
+                raise RunNotFound(f"no run {run_id!r}")
+            conn.execute(sql.FINISH_RUN, RunFinish(RunStatus.CANCELLED, reason,
+                                                   "Cancelled").params(run_id, now))
+            conn.execute(update(StepRow).where(
+                StepRow.run_id == run_id,
+                StepRow.status.in_([StepStatus.PENDING.value, StepStatus.RETRYING.value,
+                                    StepStatus.WAITING.value])
+            ).values(status=StepStatus.CANCELLED.value, error=reason, finished_at=now))
+            conn.execute(update(WaitRow).where(WaitRow.run_id == run_id,
+                                               WaitRow.status == WAITING)
+                         .values(status=CANCELLED_WAIT, resolved_at=now))
+            children = conn.execute(select(RunRow.id).where(
+                RunRow.parent_run_id == run_id, RunRow.status.not_in(_TERMINAL_RUN))).all()
+        return [row.id for row in children]
 
     def finish_run(self, run_id: str, status: RunStatus, *, error: str | None = None,
                    error_type: str | None = None) -> bool:

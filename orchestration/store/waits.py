@@ -20,7 +20,7 @@ from orchestration.store.models import RunRow, StepRow, WaitRow
 if TYPE_CHECKING:
     from orchestration.store.repository import Store
 
-WAITING, DELIVERED, EXPIRED = "waiting", "delivered", "expired"
+WAITING, DELIVERED, EXPIRED, CANCELLED = "waiting", "delivered", "expired", "cancelled"
 _CLAIMABLE = [status.value for status in CLAIMABLE_STEP_STATUSES]
 
 

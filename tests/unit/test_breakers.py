@@ -1,0 +1,313 @@
+"""Per-model circuit breakers: what counts, who probes, concurrency, state shared via Redis."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from orchestration.breakers import BreakerOpen, BreakerPolicy, Breakers, ModelBreaker
+from orchestration.providers.base import ProviderError
+
+REDIS_URL = "redis://127.0.0.1:6379/13"
+MakeBreakers = Callable[[BreakerPolicy], Breakers]
+
+
+class Interrupted(BaseException):
+    """A BaseException that is no Exception, like KeyboardInterrupt or Celery's signals."""
+
+
+def provider_error(status: int) -> ProviderError:
+    return ProviderError(f"HTTP {status}", status=status,
+                         retryable=status == 429 or status >= 500)
+
+
+def raising(exc: BaseException) -> Callable[[], Any]:
+    def call() -> Any:
+        raise exc
+    return call
+
+
+def fail(breaker: ModelBreaker, status: int = 500) -> None:
+    with pytest.raises(ProviderError) as info:
+        breaker.call(raising(provider_error(status)))
+    # The provider's own error reaches the caller, not pybreaker's CircuitBreakerError.
+    assert info.value.status == status and not isinstance(info.value, BreakerOpen)
+
+
+def redis_client() -> redis.Redis:
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1, socket_timeout=5)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        client.close()
+        if os.environ.get("CI"):
+            pytest.fail(f"Redis at {REDIS_URL} is required in CI: {exc}")
+        pytest.skip(f"Redis at {REDIS_URL} is not reachable: {exc}")
+    return client
+
+
+@pytest.fixture
+def shared_redis() -> Iterator[redis.Redis]:
+    client = redis_client()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def model() -> Iterator[str]:
+    """A model name no other test (or earlier run) used, so Redis state starts fresh."""
+    name = f"test-breaker-{uuid.uuid4().hex[:10]}"
+    yield name
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1)
+    try:
+        for key in client.scan_iter(f"orchestration:breaker:{name}*"):
+            client.delete(key)
+    except redis.RedisError:
+        pass
+    finally:
+        client.close()
+
+
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+def storage(request: pytest.FixtureRequest) -> Iterator[str]:
+    if request.param == "redis":
+        client = redis_client()
+        request.addfinalizer(client.close)
+        request.node.redis_client = client
+    yield request.param
+
+
+@pytest.fixture
+def make(storage: str, request: pytest.FixtureRequest, model: str) -> MakeBreakers:
+    client = getattr(request.node, "redis_client", None)
+
+    def build(policy: BreakerPolicy) -> Breakers:
+        return Breakers(client, {model: policy})
+    return build
+
+
+def trip(breaker: ModelBreaker, storage: str) -> Callable[[], None]:
+    """Open a fail_max=1 breaker; returns a function that waits out its reset timeout."""
+    fail(breaker)
+    assert breaker.state_name == "open"
+    opened = time.time()
+    return lambda: time.sleep(max(0.0, opened + breaker.reset_timeout + 0.05 - time.time()))
+
+
+def not_late_in_a_second(storage: str) -> None:
+    """With Redis, fail early enough in a second that 'still open' checks cannot race it."""
+    while storage == "redis" and time.time() % 1 > 0.7:
+        time.sleep(0.01)
+
+
+def test_opens_after_fail_max_retryable_errors(make: MakeBreakers, model: str) -> None:
+    breaker = make(BreakerPolicy(fail_max=3, reset_timeout=30)).get(model)
+    calls: list[int] = []
+    fail(breaker, 500)
+    fail(breaker, 429)
+    assert breaker.state_name == "closed" and breaker.fail_counter == 2
+    fail(breaker, 503)
+    assert breaker.state_name == "open"
+    with pytest.raises(BreakerOpen, match="circuit breaker open") as info:
+        breaker.call(lambda: calls.append(1))
+    assert calls == [] and info.value.model == model and not info.value.retryable
+
+
+def test_client_error_does_not_count_and_resets_the_counter(make: MakeBreakers,
+                                                            model: str) -> None:
+    breaker = make(BreakerPolicy(fail_max=3, reset_timeout=30)).get(model)
+    fail(breaker)
+    fail(breaker)
+    fail(breaker, 400)  # the provider answered: it is up
+    assert breaker.fail_counter == 0 and breaker.state_name == "closed"
+    fail(breaker)
+    fail(breaker)
+    assert breaker.state_name == "closed"
+    fail(breaker)
+    assert breaker.state_name == "open"
+
+
+def test_other_exceptions_leave_the_counter_untouched(make: MakeBreakers, model: str) -> None:
+    breaker = make(BreakerPolicy(fail_max=3, reset_timeout=30)).get(model)
+    fail(breaker)
+    fail(breaker)
+    with pytest.raises(RuntimeError):
+        breaker.call(raising(RuntimeError("bug in the caller")))
+    with pytest.raises(Interrupted):
+        breaker.call(raising(Interrupted()))
+    assert breaker.fail_counter == 2 and breaker.state_name == "closed"
+    fail(breaker)
+    assert breaker.state_name == "open"
+
+
+def test_success_resets_the_counter(make: MakeBreakers, model: str) -> None:
+    breaker = make(BreakerPolicy(fail_max=2, reset_timeout=30)).get(model)
+    fail(breaker)
+    assert breaker.call(lambda x: x + 1, 41) == 42
+    assert breaker.fail_counter == 0
+    fail(breaker)
+    assert breaker.state_name == "closed"
+
+
+def race(breaker: ModelBreaker, fn: Callable[[], Any], threads: int = 8) -> list[str]:
+    """``threads`` callers at once; each outcome is 'ok', 'open' or the error's name."""
+    barrier = threading.Barrier(threads)
+    outcomes: list[str] = []
+    lock = threading.Lock()
+
+    def caller() -> None:
+        barrier.wait()
+        try:
+            breaker.call(fn)
+            outcome = "ok"
+        except BreakerOpen:
+            outcome = "open"
+        except BaseException as exc:
+            outcome = type(exc).__name__
+        with lock:
+            outcomes.append(outcome)
+
+    workers = [threading.Thread(target=caller) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(10)
+    return sorted(outcomes)
+
+
+def probe_policy(storage: str) -> BreakerPolicy:
+    return BreakerPolicy(fail_max=1, reset_timeout=1.0 if storage == "redis" else 0.2)
+
+
+def test_exactly_one_caller_probes_and_a_successful_probe_closes(
+        make: MakeBreakers, model: str, storage: str) -> None:
+    breaker = make(probe_policy(storage)).get(model)
+    trip(breaker, storage)()
+    probes: list[int] = []
+
+    def slow_probe() -> None:
+        probes.append(1)
+        time.sleep(0.15)  # the others arrive while the probe is in flight
+
+    outcomes = race(breaker, slow_probe)
+    assert probes == [1]
+    assert outcomes == ["ok"] + ["open"] * 7
+    assert breaker.state_name == "closed"
+    assert breaker.call(lambda: "again") == "again"
+
+
+def test_a_failing_probe_reopens(make: MakeBreakers, model: str, storage: str) -> None:
+    breaker = make(probe_policy(storage)).get(model)
+    trip(breaker, storage)()
+    probes: list[int] = []
+
+    def failing_probe() -> None:
+        probes.append(1)
+        time.sleep(0.1)
+        not_late_in_a_second(storage)
+        raise provider_error(502)
+
+    outcomes = race(breaker, failing_probe)
+    assert probes == [1] and outcomes == ["ProviderError"] + ["open"] * 7
+    assert breaker.state_name == "open"
+    with pytest.raises(BreakerOpen, match="reset timeout not elapsed"):
+        breaker.call(lambda: probes.append(2))
+    assert probes == [1]
+
+
+def test_lock_is_not_held_across_the_call(make: MakeBreakers, model: str) -> None:
+    breaker = make(BreakerPolicy(fail_max=5, reset_timeout=30)).get(model)
+    started = time.perf_counter()
+    outcomes = race(breaker, lambda: time.sleep(0.2))
+    elapsed = time.perf_counter() - started
+    assert outcomes == ["ok"] * 8
+    assert elapsed < 1.0, f"8 calls of 0.2 s took {elapsed:.2f} s: serialised by the lock"
+
+
+def test_breakers_keeps_one_breaker_per_model(model: str) -> None:
+    breakers = Breakers(None, {model: BreakerPolicy(fail_max=7, reset_timeout=3)})
+    assert not breakers.shared
+    assert breakers.get(model) is breakers.get(model)
+    assert (breakers.get(model).fail_max, breakers.get(model).reset_timeout) == (7, 3)
+    other = breakers.get("some-other-model")
+    assert other is not breakers.get(model) and other.fail_max == BreakerPolicy().fail_max
+    # Per process without Redis: another instance knows nothing of this one's failures.
+    fail(breakers.get(model))
+    assert Breakers(None).get(model).fail_counter == 0
+
+
+# -- shared through Redis (two Breakers instances stand for two worker processes) ----------
+
+
+@pytest.mark.redis
+def test_two_processes_share_counter_and_state(shared_redis: redis.Redis, model: str) -> None:
+    policy = {model: BreakerPolicy(fail_max=3, reset_timeout=30)}
+    first, second = Breakers(shared_redis, policy), Breakers(shared_redis, policy)
+    assert first.shared
+    fail(first.get(model))
+    fail(second.get(model))
+    assert first.get(model).fail_counter == 2
+    fail(first.get(model))
+    assert second.get(model).state_name == "open"
+    calls: list[int] = []
+    with pytest.raises(BreakerOpen):
+        second.get(model).call(lambda: calls.append(1))
+    assert calls == []
+
+
+@pytest.mark.redis
+def test_only_one_process_probes(shared_redis: redis.Redis, model: str) -> None:
+    policy = {model: BreakerPolicy(fail_max=1, reset_timeout=1.0)}
+    first, second = Breakers(shared_redis, policy), Breakers(shared_redis, policy)
+    trip(first.get(model), "redis")()
+    seen: list[str] = []
+
+    def probe() -> None:
+        seen.append("probe")
+        with pytest.raises(BreakerOpen, match="another caller is probing"):
+            second.get(model).call(lambda: seen.append("second"))
+
+    first.get(model).call(probe)
+    assert seen == ["probe"]
+    assert second.get(model).state_name == "closed"
+    assert second.get(model).call(lambda: "up") == "up"
+
+
+@pytest.mark.redis
+def test_failures_of_other_processes_survive_a_resync(shared_redis: redis.Redis,
+                                                      model: str) -> None:
+    policy = {model: BreakerPolicy(fail_max=3, reset_timeout=1.0)}
+    first, second = Breakers(shared_redis, policy), Breakers(shared_redis, policy)
+    fail(first.get(model))
+    fail(first.get(model))
+    wait = trip(first.get(model), "redis")
+    with pytest.raises(BreakerOpen):
+        second.get(model).call(lambda: None)  # second now believes "open"
+    wait()
+    first.get(model).call(lambda: None)  # the probe succeeds: closed
+    fail(first.get(model))
+    fail(first.get(model))
+    assert first.get(model).fail_counter == 2
+    fail(second.get(model))  # the third consecutive failure of the fleet
+    assert second.get(model).state_name == "open"
+
+
+@pytest.mark.redis
+def test_shared_breaker_stays_open_for_its_reset_timeout(shared_redis: redis.Redis,
+                                                         model: str) -> None:
+    breaker = Breakers(shared_redis, {model: BreakerPolicy(fail_max=1, reset_timeout=0.5)}
+                       ).get(model)
+    while not 0.6 <= time.time() % 1 < 0.8:  # open late in a second
+        time.sleep(0.01)
+    fail(breaker)
+    calls: list[int] = []
+    with pytest.raises(BreakerOpen):
+        breaker.call(lambda: calls.append(1))  # ~0 s after opening
+    assert calls == []
