@@ -52,6 +52,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "imports": list(settings.imports),
         # Chord callbacks on Redis are counted with INCR: no polling `chord_unlock` task.
         "result_chord_join_timeout": 30.0,
+        # `celery -A orchestration beat`: re-dispatch runs whose messages were lost and
+        # expire overdue human waits.
+        "beat_schedule": {
+            "orchestration-reconcile": {"task": "orchestration.reconcile", "schedule": 60.0},
+        },
     }
     if settings.embedded:
         # The in-process broker polls its queues; the default 1 s would add a second to

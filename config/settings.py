@@ -65,6 +65,18 @@ class Settings(BaseSettings):
         "the longest step (all attempts and backoff).",
     )
 
+    max_crashes: int = Field(
+        default=3, ge=1,
+        description="A step whose worker died this many times is failed as a poison step.",
+    )
+    reconcile_after: float = Field(
+        default=600.0, gt=0,
+        description="Seconds without progress before the reconciler re-dispatches a run; "
+        "must exceed the longest step.",
+    )
+    max_input_bytes: int = Field(
+        default=1_000_000, gt=0, description="Largest accepted run input (bytes of JSON)."
+    )
     log_level: str = Field(default="INFO", description="Engine log level.")
     log_json: bool | None = Field(
         default=None, description="JSON log lines (default: unless stderr is a terminal)."

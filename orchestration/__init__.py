@@ -6,7 +6,7 @@ and durable state in the results database.
 """
 
 from orchestration.adaptive import adaptive
-from orchestration.api import approve, cancel, get_run, list_runs
+from orchestration.api import approve, cancel, get_run, list_runs, reconcile, resume
 from orchestration.app import Orchestrator, default_orchestrator
 from orchestration.context import StepContext
 from orchestration.errors import (
@@ -46,6 +46,8 @@ __all__ = [
     "cancel",
     "get_run",
     "list_runs",
+    "reconcile",
+    "resume",
     # errors
     "ConfigurationError",
     "InvalidInput",

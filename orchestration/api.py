@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from orchestration.app import Orchestrator, default_orchestrator
+from orchestration.durability import Reconciled
 from orchestration.results import RunResult, RunSummary, cancel_run
 from orchestration.status import RunStatus
 
@@ -24,6 +25,17 @@ def approve(run_id: str, data: Any = None, *, name: str | None = None,
             app: Orchestrator | None = None) -> int:
     """Deliver a person's input to a run waiting in ``ctx.wait_for_input``."""
     return (app or default_orchestrator()).approve(run_id, data, name)
+
+
+def resume(run_id: str, *, app: Orchestrator | None = None) -> str:
+    """Continue a failed or cancelled run: only its failed, skipped and cancelled steps run."""
+    return (app or default_orchestrator()).resume(run_id)
+
+
+def reconcile(*, idle_seconds: float | None = None,
+              app: Orchestrator | None = None) -> Reconciled:
+    """Re-dispatch runs with no progress for ``idle_seconds``; expire overdue waits."""
+    return (app or default_orchestrator()).reconcile(idle_seconds)
 
 
 def list_runs(*, workflow: str | None = None, status: RunStatus | None = None,

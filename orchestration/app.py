@@ -15,12 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 from celery import Celery, signals
-from celery.exceptions import Ignore
+from celery.exceptions import Ignore, Reject
 from sqlalchemy.exc import OperationalError
 
 from config.celery import celery_config
 from config.settings import Settings
 from orchestration.catalogue import load_catalogue
+from orchestration.durability import Reconciled, reconcile, resume
 from orchestration.engine_tasks import (
     EXPIRE_WAITS_TASK,
     approve,
@@ -28,7 +29,7 @@ from orchestration.engine_tasks import (
     register_engine_tasks,
     resume_signature,
 )
-from orchestration.envelope import Envelope
+from orchestration.envelope import Envelope, is_envelope
 from orchestration.errors import (
     ConfigurationError,
     Reschedule,
@@ -121,6 +122,11 @@ class Orchestrator:
                     params: dict[str, Any] | None = None) -> Any:
             bound = workflow.validate().steps[spec.name]
             store, delivery = orchestrator.store, orchestrator.delivery(task)
+            if not is_envelope(message):
+                # Never crash the worker on a bad message: record it and drop it.
+                log.error("malformed step message rejected", task=spec.task_name,
+                          task_id=task.request.id, message_type=type(message).__name__)
+                raise Reject("malformed step message", requeue=False)
             try:
                 if chunk is not None:
                     return run_chunk(bound, message, chunk, store, delivery)
@@ -165,7 +171,7 @@ class Orchestrator:
         return Delivery(worker=task.request.hostname, task_id=task.request.id,
                         inline_limit=self.settings.inline_output_limit,
                         inline_retry_limit=self.settings.inline_retry_limit,
-                        services=self.resilience)
+                        services=self.resilience, max_crashes=self.settings.max_crashes)
 
     def bound_step(self, task_name: str) -> BoundStep:
         """The bound step of a ``<workflow>.<step>`` task name."""
@@ -182,6 +188,14 @@ class Orchestrator:
         if signal.timeout:
             self.celery.signature(EXPIRE_WAITS_TASK, queue=bound.queue).apply_async(
                 countdown=signal.timeout)
+
+    def resume(self, run_id: str) -> str:
+        """Continue a failed or cancelled run from its last good steps (same run id)."""
+        return resume(self, run_id)
+
+    def reconcile(self, idle_seconds: float | None = None) -> Reconciled:
+        """Re-dispatch runs that made no progress; expire overdue human waits."""
+        return reconcile(self, idle_seconds=idle_seconds)
 
     def approve(self, run_id: str, data: Any, name: str | None = None) -> int:
         """Deliver a person's input to a waiting run (see ``ctx.wait_for_input``)."""

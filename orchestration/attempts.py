@@ -44,6 +44,7 @@ class Delivery:
     inline_limit: int
     inline_retry_limit: float
     services: Resilience | None = None
+    max_crashes: int = 3
 
 
 class ReturnedSignal(StepSignal):

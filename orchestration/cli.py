@@ -158,6 +158,55 @@ def approve(run_id: str, data: str, name: str | None) -> None:
 
 @main.command()
 @click.argument("run_id")
+def resume(run_id: str) -> None:
+    """Continue a failed or cancelled run: only failed, skipped and cancelled steps run."""
+    try:
+        _orchestrator(load_workflows=True).resume(run_id)
+    except OrchestrationError as exc:
+        raise click.ClickException(str(exc)) from exc
+    console.print(f"resumed run {run_id}")
+
+
+@main.command()
+@click.option("--idle", "idle", type=float, default=None,
+              help="seconds without progress (default ORCH_RECONCILE_AFTER)")
+def reconcile(idle: float | None) -> None:
+    """Re-dispatch runs whose messages were lost; expire overdue human waits."""
+    done = _orchestrator(load_workflows=True).reconcile(idle)
+    console.print(f"re-dispatched {len(done.redispatched)} run(s), failed "
+                  f"{len(done.failed)} unrecoverable, expired {done.waits_expired} wait(s)")
+    for run_id in done.redispatched:
+        console.print(f"  re-dispatched {run_id}")
+    for run_id in done.failed:
+        console.print(f"  failed {run_id}")
+
+
+@main.command()
+@click.argument("workflow")
+@click.option("--inputs", default="{}", show_default=True, help="the inputs, as a JSON object")
+@click.option("--idempotency-key", default=None)
+def submit(workflow: str, inputs: str, idempotency_key: str | None) -> None:
+    """Start a run of WORKFLOW; prints its id."""
+    orchestrator = _orchestrator(load_workflows=True)
+    found = orchestrator.workflows.get(workflow)
+    if found is None:
+        raise click.ClickException(f"unknown workflow {workflow!r} "
+                                   f"(known: {', '.join(sorted(orchestrator.workflows))})")
+    try:
+        values = json.loads(inputs)
+    except ValueError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="--inputs") from exc
+    if not isinstance(values, dict):
+        raise click.BadParameter("must be a JSON object", param_hint="--inputs")
+    try:
+        handle = found.submit(idempotency_key=idempotency_key, **values)
+    except OrchestrationError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(handle.run_id)
+
+
+@main.command()
+@click.argument("run_id")
 def cancel(run_id: str) -> None:
     """Cancel a run and its child runs: steps not yet started never start."""
     try:

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from orchestration.step import BoundStep
 
 EXPIRE_WAITS_TASK = "orchestration.expire_waits"
+RECONCILE_TASK = "orchestration.reconcile"
 
 
 def register_engine_tasks(orchestrator: Orchestrator) -> None:
@@ -62,8 +63,14 @@ def register_engine_tasks(orchestrator: Orchestrator) -> None:
     def expire_waits(task: Any) -> int:
         return expire_due_waits(orchestrator)
 
+    def reconcile(task: Any) -> dict[str, Any]:
+        done = orchestrator.reconcile()
+        return {"redispatched": done.redispatched, "failed": done.failed,
+                "waits_expired": done.waits_expired}
+
     for name, fn in ((FINALIZE_TASK, finalize), (MAP_COLLECT_TASK, map_collect),
-                     (CHILD_DONE_TASK, child_done), (EXPIRE_WAITS_TASK, expire_waits)):
+                     (CHILD_DONE_TASK, child_done), (EXPIRE_WAITS_TASK, expire_waits),
+                     (RECONCILE_TASK, reconcile)):
         fn.__name__ = name.rsplit(".", 1)[-1]
         celery.task(name=name, bind=True, shared=False, acks_late=True)(fn)
 

@@ -117,6 +117,16 @@ class Envelope:
         return envelope
 
 
+def is_envelope(message: Any) -> bool:
+    """True for what a step task can receive: an envelope or a (nested) list of them."""
+    try:
+        parts = list(_flatten(message))
+    except ValueError:
+        return False
+    return bool(parts) and all(isinstance(p.get("run"), str)
+                               and isinstance(p.get("out", {}), dict) for p in parts)
+
+
 def _flatten(message: Any) -> Iterable[dict[str, Any]]:
     if isinstance(message, dict):
         yield message

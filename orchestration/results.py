@@ -58,6 +58,8 @@ class StepRecord:
     gate: str | None = None
     tokens_in: int = 0
     tokens_out: int = 0
+    cache_hit: bool = False
+    crashes: int = 0  # deliveries whose worker died mid-step
 
     @property
     def retries(self) -> int:

@@ -28,11 +28,12 @@ from orchestration.attempts import (
     run_attempts,
 )
 from orchestration.children import ChildRun
+from orchestration.durability import cache_key
 from orchestration.envelope import INPUT_SOURCE, Envelope
 from orchestration.errors import Reschedule, StepSignal
 from orchestration.status import RunStatus, StepStatus
 from orchestration.step import BoundStep
-from orchestration.store.repository import Claim, RunFinish, StepOutcome, Store
+from orchestration.store.repository import Claim, RunFinish, StepOutcome, Store, utcnow
 
 __all__ = ["Delivery", "ReplaceWith", "StartChild", "StartMap", "finalize_run", "run_step"]
 
@@ -108,6 +109,15 @@ def _run(step: BoundStep, envelope: Envelope, store: Store, delivery: Delivery, 
     except Exception as exc:
         error, error_type = describe(exc)
         return StepOutcome(StepStatus.FAILED, error=error, error_type=error_type)
+    if claim.crashes >= max_crashes(delivery):
+        return StepOutcome(StepStatus.FAILED, error_type="PoisonStep", error=(
+            f"poison step: its worker died {claim.crashes} times while running it; not "
+            "delivered again"))
+    if spec.cache:
+        key = cache_key(spec, kwargs)
+        hit, output = store.recovery.cached(key, utcnow())
+        if hit:
+            return StepOutcome(StepStatus.SUCCEEDED, output=output, cache_hit=True)
     if spec.map is not None:
         items = kwargs[spec.map]
         if not isinstance(items, list):
@@ -115,15 +125,24 @@ def _run(step: BoundStep, envelope: Envelope, store: Store, delivery: Delivery, 
                                error=f"map={spec.map!r} needs a list, got {type(items).__name__}")
         raise StartMap(envelope, items, finalize)
     try:
-        return run_attempts(step, kwargs, run_id=envelope.run_id, store=store,
-                            delivery=delivery, previous_attempts=claim.attempts,
-                            spent_before=claim.cost_usd, signal_types=(ChildRun,),
-                            initial_params=params)
+        outcome = run_attempts(step, kwargs, run_id=envelope.run_id, store=store,
+                               delivery=delivery, previous_attempts=claim.attempts,
+                               spent_before=claim.cost_usd, signal_types=(ChildRun,),
+                               initial_params=params)
     except RescheduleWithOutcome as signal:
         store.record_step(envelope.run_id, spec.name, signal.outcome, worker=delivery.worker)
         raise Reschedule(signal.delay, signal.params) from None
     except ReturnedSignal as signal:
         raise StartChild(envelope, signal.value, finalize) from None
+    if spec.cache and outcome.status is StepStatus.SUCCEEDED:
+        store.recovery.cache(cache_key(spec, kwargs), spec.workflow, spec.name, outcome.output,
+                             utcnow(), None if spec.cache is True else float(spec.cache))
+    return outcome
+
+
+def max_crashes(delivery: Delivery) -> int:
+    """Deliveries whose worker died before a step is failed as poison."""
+    return delivery.max_crashes
 
 
 def record_and_pass(step: BoundStep, envelope: Envelope, outcome: StepOutcome, store: Store,

@@ -20,7 +20,7 @@ STEP_OPTIONS = frozenset(
     {
         "name", "output", "depends_on", "retries", "backoff", "timeout", "fallback",
         "critical", "queue", "model", "max_cost", "gate", "on_retry", "map", "min_success",
-        "chunk_size", "when",
+        "chunk_size", "when", "cache",
     }
 )
 
@@ -52,6 +52,7 @@ class StepSpec:
     chunk_size: int | None = None
     when: Callable[..., Any] | None = None
     when_params: tuple[str, ...] = ()
+    cache: float | bool = False  # True: cache forever; seconds: time to live
 
     def required_successes(self, total: int) -> int:
         """How many elements of a map of ``total`` must succeed (all, unless min_success)."""
@@ -184,9 +185,19 @@ def build_spec(workflow: str, fn: Callable[..., Any], options: dict[str, Any]) -
         max_cost=options.get("max_cost"),
         gate=Gate(options["gate"], where) if options.get("gate") is not None else None,
         on_retry=_check_callable(options, "on_retry", where),
+        cache=_cache_option(options, where),
         **_map_options(options, params, where),
         **_when_option(options, where),
     )
+
+
+def _cache_option(options: dict[str, Any], where: str) -> float | bool:
+    value = options.get("cache", False)
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float) and value > 0:
+        return float(value)
+    raise WorkflowDefinitionError(f"{where}: cache must be True/False or a TTL in seconds > 0")
 
 
 def _map_options(options: dict[str, Any], params: tuple[str, ...], where: str) -> dict[str, Any]:

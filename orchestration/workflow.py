@@ -191,14 +191,18 @@ class Workflow:
             if unknown:
                 raise InvalidInput(f"workflow {self.name!r}: unknown input(s) {', '.join(unknown)}"
                                    f" (declared: {', '.join(sorted(self.declared_inputs))})")
+        limit = self.app.settings.max_input_bytes
         for key, value in inputs.items():
             try:
-                dumps(value)
+                size = len(dumps(value).encode())
             except (TypeError, ValueError) as exc:
                 raise InvalidInput(
                     f"workflow {self.name!r}: input {key!r} is not JSON-serialisable "
                     f"({type(value).__name__}): {exc}"
                 ) from None
+            if size > limit:
+                raise InvalidInput(f"workflow {self.name!r}: input {key!r} is {size} bytes of "
+                                   f"JSON, over the limit of {limit} (ORCH_MAX_INPUT_BYTES)")
         return dict(inputs)
 
     def __repr__(self) -> str:

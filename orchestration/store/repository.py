@@ -27,6 +27,7 @@ from orchestration.status import (
 from orchestration.store import statements as sql
 from orchestration.store.engine import create_engines, schema_is_current, upgrade
 from orchestration.store.models import AttemptRow, RunRow, StepRow, WaitRow
+from orchestration.store.recovery import Recovery
 from orchestration.store.waits import CANCELLED as CANCELLED_WAIT
 from orchestration.store.waits import WAITING, Waits
 
@@ -67,6 +68,7 @@ class Claim:
     claimed_at: datetime | None = None
     cost_usd: float = 0.0
     error: str | None = None
+    crashes: int = 0
 
 
 @dataclass(frozen=True)
@@ -119,6 +121,7 @@ class StepOutcome:
     cost_usd: float = 0.0
     model: str | None = None
     extra_attempts: int = 0  # attempts already recorded elsewhere (map elements)
+    cache_hit: bool = False
 
 
 class Store:
@@ -145,6 +148,11 @@ class Store:
     def waits(self) -> Waits:
         """Human waits of this store."""
         return Waits(self)
+
+    @property
+    def recovery(self) -> Recovery:
+        """The step cache, resume and stale-run queries of this store."""
+        return Recovery(self)
 
     def ensure_schema(self) -> None:
         """Create or upgrade the schema if needed; cheap after the first call."""
@@ -241,7 +249,8 @@ class Store:
             if claimed is not None:
                 # Latency counts from the first delivery, across broker retries.
                 return Claim(True, StepStatus.RUNNING, int(claimed[0]),
-                             claimed_at=as_utc(claimed[1]) or now, cost_usd=float(claimed[2]))
+                             claimed_at=as_utc(claimed[1]) or now, cost_usd=float(claimed[2]),
+                             crashes=int(claimed[3]))
             row = conn.execute(sql.STEP_STATE, keys).first()
             if run_status is None:
                 run_status = conn.execute(sql.RUN_STATUS, {"b_run": run_id}).scalar()
@@ -268,6 +277,7 @@ class Store:
             "b_run": run_id, "b_name": name, "b_status": outcome.status.value,
             "b_error": outcome.error, "b_error_type": outcome.error_type,
             "b_attempts": len(outcome.attempts) + outcome.extra_attempts,
+            "b_cache_hit": outcome.cache_hit,
             "b_cost": outcome.cost_usd,
             "b_model": outcome.model,
             "b_output": outcome.output if terminal else None,
@@ -417,6 +427,7 @@ class Store:
                 cost_usd=step.cost_usd, error=step.error, error_type=step.error_type,
                 model=step.model, queue=step.queue, worker=step.worker, gate=step.gate,
                 tokens_in=step.tokens_in, tokens_out=step.tokens_out,
+                cache_hit=step.cache_hit, crashes=step.crashes,
                 deliveries=step.deliveries, started_at=as_utc(step.started_at),
                 finished_at=as_utc(step.finished_at), attempt_log=by_step.get(step.name, []),
             )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import cast
 
-from sqlalchemy import Table, bindparam, func, insert, select, update
+from sqlalchemy import Table, bindparam, case, func, insert, select, update
 
 from orchestration.status import (
     CLAIMABLE_STEP_STATUSES,
@@ -36,8 +36,12 @@ CLAIM_STEP = (
     .where(*_this_step, steps.c.status.in_(CLAIMABLE))
     .values(status=StepStatus.RUNNING.value, worker=bindparam("b_worker"),
             celery_task_id=bindparam("b_task"), deliveries=steps.c.deliveries + 1,
-            started_at=func.coalesce(steps.c.started_at, bindparam("b_now")))
-    .returning(steps.c.attempts, steps.c.started_at, steps.c.cost_usd)
+            started_at=func.coalesce(steps.c.started_at, bindparam("b_now")),
+            # Claimed while already 'running': the delivery before this one never
+            # recorded anything, i.e. its worker died (or it was re-dispatched).
+            crashes=steps.c.crashes + case(
+                (steps.c.status == StepStatus.RUNNING.value, 1), else_=0))
+    .returning(steps.c.attempts, steps.c.started_at, steps.c.cost_usd, steps.c.crashes)
 )
 
 START_RUN = (
@@ -65,7 +69,8 @@ RECORD_STEP = (
             finished_at=bindparam("b_finished"), latency_ms=bindparam("b_latency"),
             gate=func.coalesce(bindparam("b_gate"), steps.c.gate),
             tokens_in=steps.c.tokens_in + bindparam("b_tokens_in"),
-            tokens_out=steps.c.tokens_out + bindparam("b_tokens_out"))
+            tokens_out=steps.c.tokens_out + bindparam("b_tokens_out"),
+            cache_hit=bindparam("b_cache_hit"))
 )
 
 INSERT_ATTEMPTS = insert(attempts)

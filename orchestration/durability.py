@@ -1,0 +1,89 @@
+"""Resume failed runs, and reconcile runs that stopped making progress.
+
+``resume(run_id)`` re-runs only the failed, skipped and cancelled steps of a failed or
+cancelled run, under the same run id: completed steps pass their recorded outputs on
+(a claim of a finished step never runs it again) and every earlier attempt stays in the
+trace.
+
+``reconcile()`` (also ``orchestrate reconcile`` and the ``orchestration.reconcile``
+beat task) finds pending/running runs whose steps made no progress for longer than
+``ORCH_RECONCILE_AFTER`` seconds — their messages were lost, e.g. Redis restarted
+empty — and re-dispatches them from the results DB. A step that was mid-flight is
+delivered again (at least once); a completed one is not re-run; a run is finalised once.
+It also expires human waits past their deadline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from orchestration.envelope import dumps
+from orchestration.errors import RunNotFound
+from orchestration.status import RunStatus
+from orchestration.store.repository import utcnow
+
+if TYPE_CHECKING:
+    from orchestration.app import Orchestrator
+    from orchestration.step import StepSpec
+
+log = structlog.get_logger("orchestration.durability")
+
+
+@dataclass(frozen=True)
+class Reconciled:
+    """What one reconciliation pass did."""
+
+    redispatched: list[str]
+    failed: list[str]
+    waits_expired: int
+
+
+def resume(orchestrator: Orchestrator, run_id: str) -> str:
+    """Continue a failed or cancelled run from its last good steps; returns the run id."""
+    workflow_name, inputs = orchestrator.store.recovery.reset_for_resume(run_id)
+    workflow = orchestrator.workflows.get(workflow_name)
+    if workflow is None:
+        raise RunNotFound(f"run {run_id} is of workflow {workflow_name!r}, which this process "
+                          f"does not define (import its module or set ORCH_IMPORTS)")
+    workflow.dispatch(run_id, inputs)
+    log.info("run resumed", run_id=run_id, workflow=workflow_name)
+    return run_id
+
+
+def reconcile(orchestrator: Orchestrator, *, idle_seconds: float | None = None) -> Reconciled:
+    """Re-dispatch runs with no progress for ``idle_seconds``; expire overdue waits."""
+    from orchestration.engine_tasks import expire_due_waits
+
+    idle = orchestrator.settings.reconcile_after if idle_seconds is None else idle_seconds
+    store = orchestrator.store
+    redispatched: list[str] = []
+    failed: list[str] = []
+    for run_id, name, version, inputs in store.recovery.stale_runs(
+            utcnow() - timedelta(seconds=idle)):
+        workflow = orchestrator.workflows.get(name)
+        if workflow is None or workflow.validate().version != version:
+            reason = ("is not defined in this process" if workflow is None
+                      else "changed since the run started")
+            store.finish_run(run_id, RunStatus.FAILED, error_type="Unrecoverable",
+                             error=f"made no progress for {idle:g} s and its workflow {name!r} "
+                                   f"{reason}; not re-dispatched")
+            failed.append(run_id)
+            continue
+        log.warning("re-dispatching a run that made no progress", run_id=run_id,
+                    workflow=name, idle_s=idle)
+        workflow.dispatch(run_id, inputs)
+        redispatched.append(run_id)
+    return Reconciled(redispatched, failed, expire_due_waits(orchestrator))
+
+
+def cache_key(spec: StepSpec, kwargs: dict[str, Any]) -> str:
+    """The result-cache key of a step call: workflow, step, its code, and its arguments."""
+    from orchestration.workflow import _code_hash
+
+    material = dumps([spec.workflow, spec.name, _code_hash(spec.fn), kwargs])
+    return hashlib.sha256(material.encode()).hexdigest()

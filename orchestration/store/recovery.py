@@ -1,0 +1,110 @@
+"""Queries for recovery: the step result cache, resuming a run, finding stale runs."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from orchestration.errors import OrchestrationError, RunNotFound
+from orchestration.status import RunStatus, StepStatus
+from orchestration.store.models import CacheRow, RunRow, StepRow
+
+if TYPE_CHECKING:
+    from orchestration.store.repository import Store
+
+RESUMABLE = (RunStatus.FAILED.value, RunStatus.CANCELLED.value)
+RERUN_STEPS = (StepStatus.FAILED.value, StepStatus.SKIPPED.value, StepStatus.CANCELLED.value)
+
+
+class NotResumable(OrchestrationError):
+    """Only failed or cancelled runs can be resumed."""
+
+
+class Recovery:
+    """Recovery queries of one results store."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    # -- step result cache --------------------------------------------------------------
+
+    def cached(self, key: str, now: datetime) -> tuple[bool, Any]:
+        """(hit, output) for a cache key that has not expired."""
+        with self._store.reader.connect() as conn:
+            row = conn.execute(select(CacheRow.output, CacheRow.expires_at)
+                               .where(CacheRow.key == key)).first()
+        if row is None:
+            return False, None
+        from orchestration.results import as_utc
+
+        expires = as_utc(row.expires_at)
+        if expires is not None and expires <= now:
+            return False, None
+        return True, row.output
+
+    def cache(self, key: str, workflow: str, step: str, output: Any, now: datetime,
+              ttl: float | None) -> None:
+        """Remember a step's output under its key (first writer wins)."""
+        expires = now + timedelta(seconds=ttl) if ttl else None
+        try:
+            with self._store.engine.begin() as conn:
+                conn.execute(delete(CacheRow).where(CacheRow.key == key,
+                                                    CacheRow.expires_at <= now))
+                conn.execute(insert(CacheRow), [{"key": key, "workflow": workflow, "step": step,
+                                                 "output": output, "created_at": now,
+                                                 "expires_at": expires}])
+        except IntegrityError:
+            return  # another worker cached the same key meanwhile
+
+    # -- resume -------------------------------------------------------------------------
+
+    def reset_for_resume(self, run_id: str) -> tuple[str, dict[str, Any]]:
+        """Make a failed/cancelled run's failed, skipped and cancelled steps pending again.
+
+        Completed steps keep their outputs (and are not run again); attempts are kept.
+        Returns (workflow, inputs).
+        """
+        with self._store.engine.begin() as conn:
+            run = conn.execute(select(RunRow.workflow, RunRow.status, RunRow.inputs)
+                               .where(RunRow.id == run_id)).first()
+            if run is None:
+                raise RunNotFound(f"no run {run_id!r}")
+            if run.status not in RESUMABLE:
+                raise NotResumable(f"run {run_id} is {run.status}; only failed or cancelled "
+                                   "runs can be resumed")
+            conn.execute(update(StepRow).where(
+                StepRow.run_id == run_id, StepRow.status.in_(RERUN_STEPS)
+            ).values(status=StepStatus.PENDING.value, finished_at=None, crashes=0))
+            conn.execute(update(RunRow).where(RunRow.id == run_id).values(
+                status=RunStatus.PENDING.value, error=None, error_type=None, finished_at=None))
+        return run.workflow, dict(run.inputs or {})
+
+    # -- stale runs ---------------------------------------------------------------------
+
+    def stale_runs(self, idle_since: datetime) -> list[tuple[str, str, str, dict[str, Any]]]:
+        """Pending/running runs with no step progress since ``idle_since``.
+
+        Progress is the latest of the run's creation and its steps' claims and finishes.
+        """
+        progress = (select(StepRow.run_id.label("run_id"),
+                           func.max(func.coalesce(StepRow.finished_at, StepRow.started_at))
+                           .label("last"))
+                    .group_by(StepRow.run_id).subquery())
+        query = (select(RunRow.id, RunRow.workflow, RunRow.workflow_version, RunRow.inputs,
+                        RunRow.created_at, progress.c.last)
+                 .join(progress, progress.c.run_id == RunRow.id, isouter=True)
+                 .where(RunRow.status.in_([RunStatus.PENDING.value, RunStatus.RUNNING.value]),
+                        RunRow.created_at < idle_since))
+        with self._store.reader.connect() as conn:
+            rows = conn.execute(query).all()
+        from orchestration.results import as_utc
+
+        stale = []
+        for row in rows:
+            last = as_utc(row.last)
+            if last is None or last < idle_since:
+                stale.append((row.id, row.workflow, row.workflow_version, dict(row.inputs or {})))
+        return stale
