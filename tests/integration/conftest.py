@@ -4,8 +4,10 @@ The ``ORCH_*`` variables are set when this file is imported, before anything bui
 default orchestrator (it reads them once, lazily) and before the test workflows module
 is imported, so the test process and every worker it starts share one configuration:
 
-- broker and result backend: Redis ``ORCH_TEST_REDIS_URL`` (DB 15, flushed at session
-  start and end);
+- broker and result backend: Redis ``ORCH_TEST_REDIS_URL``; by default the first free
+  of DBs 15, 11, 10, 9 and 8 on 127.0.0.1:6379, leased for the session (a key in that
+  DB with a 30-minute TTL, dropped at the end), so two integration sessions on one machine
+  never share queues; flushed at session start and end;
 - results database: a PostgreSQL database created for this session on the server of
   ``ORCH_TEST_POSTGRES_URL`` and dropped at the end.
 
@@ -33,7 +35,25 @@ if str(ROOT) not in sys.path:  # `tests.integration.workflows` is imported by th
 
 from tests.integration.workers import LIVE, Workers  # noqa: E402
 
-REDIS_URL = os.environ.get("ORCH_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+LEASE_KEY = "orchestration:test-session-lease"
+LEASE_SECONDS = 1800
+
+
+def _lease_redis_db() -> str:
+    """The first Redis DB no other integration session holds (15 if Redis is down)."""
+    for db in (15, 11, 10, 9, 8):
+        url = f"redis://127.0.0.1:6379/{db}"
+        try:
+            client = redis.Redis.from_url(url, socket_connect_timeout=1)
+            if client.set(LEASE_KEY, str(os.getpid()), nx=True, ex=LEASE_SECONDS):
+                return url
+        except redis.RedisError:
+            return "redis://127.0.0.1:6379/15"  # the service check reports it
+    raise RuntimeError("every integration Redis DB (15, 11, 10, 9, 8) is leased by a "
+                       f"running session; delete {LEASE_KEY} if none is running")
+
+
+REDIS_URL = os.environ.get("ORCH_TEST_REDIS_URL") or _lease_redis_db()
 POSTGRES_ADMIN_URL = os.environ.get(
     "ORCH_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
@@ -50,7 +70,8 @@ os.environ.update({
     "ORCH_REDIS_URL": REDIS_URL,
     "ORCH_DATABASE_URL": DATABASE_URL,
     # What every worker imports: the test workflows and the shipped support workflow.
-    "ORCH_IMPORTS": "tests.integration.workflows,tasks.support.workflow",
+    "ORCH_IMPORTS": "tests.integration.workflows,tests.integration.dynamic_workflows,"
+                    "tasks.support.workflow",
     "ORCH_INLINE_RETRY_LIMIT": str(INLINE_RETRY_LIMIT_S),
 })
 # Hermetic: LLM steps answer from the local provider, never a real API.
@@ -70,7 +91,7 @@ def _service_missing(service: str, url: str, error: BaseException) -> None:
 
 @pytest.fixture(scope="session")
 def redis_service() -> Iterator[redis.Redis]:
-    """Redis DB 15, flushed at session start and end."""
+    """The session's Redis DB, flushed at start (keeping the lease) and at the end."""
     client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2, socket_timeout=5)
     try:
         client.ping()
@@ -78,10 +99,11 @@ def redis_service() -> Iterator[redis.Redis]:
         client.close()
         _service_missing("Redis", REDIS_URL, exc)
     client.flushdb()
+    client.set(LEASE_KEY, str(os.getpid()), ex=LEASE_SECONDS)
     try:
         yield client
     finally:
-        client.flushdb()
+        client.flushdb()  # also releases the lease
         client.close()
 
 
