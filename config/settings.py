@@ -77,12 +77,16 @@ class Settings(BaseSettings):
     max_input_bytes: int = Field(
         default=1_000_000, gt=0, description="Largest accepted run input (bytes of JSON)."
     )
+    redact_fields: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="More field names whose values are never stored or logged, comma-separated.",
+    )
     log_level: str = Field(default="INFO", description="Engine log level.")
     log_json: bool | None = Field(
         default=None, description="JSON log lines (default: unless stderr is a terminal)."
     )
 
-    @field_validator("imports", mode="before")
+    @field_validator("imports", "redact_fields", mode="before")
     @classmethod
     def _split_imports(cls, value: object) -> object:
         if isinstance(value, str):

@@ -39,6 +39,7 @@ from orchestration.errors import (
 from orchestration.inprocess import private_memory_transport
 from orchestration.logs import configure_logging
 from orchestration.maps import map_canvas, run_chunk
+from orchestration.redaction import Redactor
 from orchestration.resilience import Resilience
 from orchestration.runtime import Delivery, StartChild, StartMap, run_step
 from orchestration.status import RunStatus, StepStatus
@@ -58,7 +59,9 @@ class Orchestrator:
 
     def __init__(self, settings: Settings | None = None, *, name: str = "orchestration") -> None:
         self.settings = settings or Settings()
-        configure_logging(self.settings.log_level, json=self.settings.log_json)
+        self.redactor = Redactor(self.settings.redact_fields)
+        configure_logging(self.settings.log_level, json=self.settings.log_json,
+                          redactor=self.redactor)
         self.celery = Celery(name, set_as_current=False)
         self._apply_settings()
         self.workflows: dict[str, Workflow] = {}
@@ -127,11 +130,15 @@ class Orchestrator:
                 log.error("malformed step message rejected", task=spec.task_name,
                           task_id=task.request.id, message_type=type(message).__name__)
                 raise Reject("malformed step message", requeue=False)
+            context = structlog.contextvars.bound_contextvars(
+                run_id=run_id, step=spec.task_name, queue=bound.queue, model=spec.model,
+                task_id=task.request.id)
             try:
-                if chunk is not None:
-                    return run_chunk(bound, message, chunk, store, delivery)
-                return run_step(bound, message, store, delivery, finalize=finalize,
-                                params=params)
+                with context:
+                    if chunk is not None:
+                        return run_chunk(bound, message, chunk, store, delivery)
+                    return run_step(bound, message, store, delivery, finalize=finalize,
+                                    params=params)
             except StartMap as signal:
                 claimed = store.get_step_started(signal.envelope.run_id, spec.name)
                 raise task.replace(map_canvas(bound, signal.envelope, signal.items,
@@ -171,7 +178,12 @@ class Orchestrator:
         return Delivery(worker=task.request.hostname, task_id=task.request.id,
                         inline_limit=self.settings.inline_output_limit,
                         inline_retry_limit=self.settings.inline_retry_limit,
-                        services=self.resilience, max_crashes=self.settings.max_crashes)
+                        services=self.resilience, max_crashes=self.settings.max_crashes,
+                        redactor=self._redactor_of(task.name))
+
+    def _redactor_of(self, task_name: str) -> Redactor:
+        workflow = self.workflows.get(task_name.partition(".")[0])
+        return workflow.redactor if workflow is not None else self.redactor
 
     def bound_step(self, task_name: str) -> BoundStep:
         """The bound step of a ``<workflow>.<step>`` task name."""

@@ -29,6 +29,7 @@ from orchestration.store.repository import AttemptRecord, StepOutcome, Store, ut
 from orchestration.timeouts import call_with_timeout
 
 if TYPE_CHECKING:
+    from orchestration.redaction import Redactor
     from orchestration.resilience import Resilience
 
 log = structlog.get_logger("orchestration.attempts")
@@ -45,6 +46,7 @@ class Delivery:
     inline_retry_limit: float
     services: Resilience | None = None
     max_crashes: int = 3
+    redactor: Redactor | None = None
 
 
 class ReturnedSignal(StepSignal):
@@ -102,7 +104,9 @@ def run_attempts(step: BoundStep, kwargs: dict[str, Any], *, run_id: str, store:
         started = utcnow()
         gate: str | None = None
         try:
-            value = call_with_timeout(spec.fn, call_kwargs, timeout)
+            with structlog.contextvars.bound_contextvars(attempt=attempt_number,
+                                                         map_index=map_index):
+                value = call_with_timeout(spec.fn, call_kwargs, timeout)
             if signal_types and isinstance(value, signal_types):
                 raise ReturnedSignal(value)
             _check_json(spec.where, value)

@@ -7,11 +7,16 @@ import sys
 
 import structlog
 
+from orchestration.redaction import Redactor, structlog_processor
 
-def configure_logging(level: str = "INFO", *, json: bool | None = None) -> None:
+
+def configure_logging(level: str = "INFO", *, json: bool | None = None,
+                      redactor: Redactor | None = None) -> None:
     """Configure structlog for this process (``ORCH_LOG_LEVEL``, ``ORCH_LOG_JSON``).
 
-    ``json=None`` picks JSON unless stderr is a terminal.
+    ``json=None`` picks JSON unless stderr is a terminal. Every line carries the
+    context bound for the current step (run_id, step, attempt, queue, model) and is
+    redacted.
     """
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
@@ -26,6 +31,7 @@ def configure_logging(level: str = "INFO", *, json: bool | None = None) -> None:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
+            structlog_processor(redactor or Redactor()),
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),

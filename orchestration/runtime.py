@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -130,7 +131,8 @@ def _run(step: BoundStep, envelope: Envelope, store: Store, delivery: Delivery, 
                                spent_before=claim.cost_usd, signal_types=(ChildRun,),
                                initial_params=params)
     except RescheduleWithOutcome as signal:
-        store.record_step(envelope.run_id, spec.name, signal.outcome, worker=delivery.worker)
+        store.record_step(envelope.run_id, spec.name, redacted(signal.outcome, delivery),
+                          worker=delivery.worker)
         raise Reschedule(signal.delay, signal.params) from None
     except ReturnedSignal as signal:
         raise StartChild(envelope, signal.value, finalize) from None
@@ -151,11 +153,21 @@ def record_and_pass(step: BoundStep, envelope: Envelope, outcome: StepOutcome, s
     """Record a step's outcome (finishing the run if it is the last), pass the envelope on."""
     apply_outcome(step, envelope, outcome.status, outcome.output, delivery, outcome.error)
     finish = run_finish(envelope) if finalize else None
-    store.record_step(envelope.run_id, step.spec.name, outcome, worker=delivery.worker,
-                      claimed_at=claimed_at, finish=finish)
+    store.record_step(envelope.run_id, step.spec.name, redacted(outcome, delivery),
+                      worker=delivery.worker, claimed_at=claimed_at, finish=finish)
     if finish is not None:
         _log_finished(envelope, finish)
     return envelope.to_message()
+
+
+def redacted(outcome: StepOutcome, delivery: Delivery) -> StepOutcome:
+    """What is stored of an outcome: output, errors and attempts with secrets scrubbed."""
+    redactor = delivery.redactor
+    if redactor is None:
+        return outcome
+    return replace(
+        outcome, output=redactor(outcome.output), error=redactor.text(outcome.error),
+        attempts=[replace(a, error=redactor.text(a.error)) for a in outcome.attempts])
 
 
 def run_finish(envelope: Envelope) -> RunFinish:

@@ -14,6 +14,7 @@ from orchestration.compiler import build_canvas
 from orchestration.envelope import Envelope, dumps
 from orchestration.errors import InvalidInput, WorkflowDefinitionError
 from orchestration.graph import Decomposition, decompose, find_cycle
+from orchestration.redaction import Redactor
 from orchestration.results import RunHandle, RunResult
 from orchestration.step import CTX_PARAM, BoundStep, Step, StepSpec, build_spec
 from orchestration.store.repository import PlannedStep
@@ -44,6 +45,7 @@ class Workflow:
 
     def __init__(self, name: str, *, queue: str | None = None,
                  inputs: list[str] | None = None, budget: float | None = None,
+                 redact: Callable[[Any], Any] | None = None,
                  app: Orchestrator | None = None) -> None:
         if not isinstance(name, str) or not name.replace("_", "").replace("-", "").isalnum():
             raise WorkflowDefinitionError(
@@ -60,6 +62,9 @@ class Workflow:
         self.name = name
         self.queue = queue
         self.budget = float(budget) if budget is not None else None
+        if redact is not None and not callable(redact):
+            raise WorkflowDefinitionError(f"workflow {name!r}: redact must be a callable")
+        self.redact = redact
         self.declared_inputs = frozenset(inputs) if inputs is not None else None
         self.app = app
         self._specs: dict[str, StepSpec] = {}
@@ -107,6 +112,11 @@ class Workflow:
         self.app.register_step(self, spec)
 
     @property
+    def redactor(self) -> Redactor:
+        """What scrubs this workflow's stored inputs, outputs and errors."""
+        return Redactor(self.app.settings.redact_fields, hook=self.redact)
+
+    @property
     def steps(self) -> Mapping[str, StepSpec]:
         """The declared steps by name, in declaration order."""
         return dict(self._specs)
@@ -148,7 +158,8 @@ class Workflow:
                         bound.spec.critical)
             for name, bound in compiled.steps.items()
         ]
-        stored_id = store.create_run(run_id, self.name, compiled.version, encoded, planned,
+        stored_id = store.create_run(run_id, self.name, compiled.version,
+                                     self.redactor(encoded), planned,
                                      idempotency_key=idempotency_key)
         if stored_id != run_id:
             return RunHandle(stored_id, store, existing=True)
@@ -178,7 +189,8 @@ class Workflow:
         planned = [PlannedStep(name, bound.spec.output, bound.queue, bound.spec.model,
                                bound.spec.critical) for name, bound in compiled.steps.items()]
         return self.app.store.create_run(
-            run_id, self.name, compiled.version, inputs, planned, parent_run_id=parent_run,
+            run_id, self.name, compiled.version, self.redactor(inputs), planned,
+            parent_run_id=parent_run,
             idempotency_key=child_idempotency_key(parent_run, parent_step))
 
     def check_inputs(self, compiled: CompiledWorkflow, inputs: dict[str, Any]) -> dict[str, Any]:

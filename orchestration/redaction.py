@@ -1,0 +1,74 @@
+"""Secrets never reach the results DB or the logs.
+
+Values under deny-listed field names (``api_key``, ``authorization``, ``password`` ... plus
+``ORCH_REDACT_FIELDS``) are replaced by ``[REDACTED]`` wherever they are nested, and
+strings are scrubbed of bearer tokens and provider key shapes. A workflow's ``redact=``
+hook can scrub more (e.g. PII) from what is stored of its runs. Redaction applies to what
+is *stored and logged*: inputs, outputs, errors and log lines. Values still travel
+unredacted inside broker messages to the steps that need them; an output passed by
+reference (over the inline limit) is read back redacted.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
+from typing import Any
+
+REDACTED = "[REDACTED]"
+DEFAULT_FIELDS = frozenset({
+    "api_key", "apikey", "api-key", "x-api-key", "authorization", "password", "passwd",
+    "secret", "client_secret", "token", "access_token", "refresh_token", "private_key",
+})
+_PATTERNS = (
+    re.compile(r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]{8,}"),
+    re.compile(r"\bsk-(?:ant-)?[A-Za-z0-9_-]{12,}"),
+    re.compile(r"(?i)\b(api[_-]?key|x-api-key|password|secret|token)\s*[=:]\s*[^\s,;'\"]{6,}"),
+)
+
+
+class Redactor:
+    """Scrubs values before they are stored or logged."""
+
+    def __init__(self, fields: Iterable[str] = (),
+                 hook: Callable[[Any], Any] | None = None) -> None:
+        self.fields = DEFAULT_FIELDS | {field.lower() for field in fields}
+        self.hook = hook
+
+    def __call__(self, value: Any) -> Any:
+        """A redacted copy of ``value`` (dicts, lists and strings, recursively)."""
+        if self.hook is not None:
+            value = self.hook(value)
+        return self._scrub(value)
+
+    def text(self, value: str | None) -> str | None:
+        """A redacted copy of a string (e.g. an error message)."""
+        return None if value is None else self._scrub_text(value)
+
+    def _scrub(self, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {key: REDACTED if isinstance(key, str) and key.lower() in self.fields
+                    else self._scrub(item) for key, item in value.items()}
+        if isinstance(value, list | tuple):
+            return [self._scrub(item) for item in value]
+        if isinstance(value, str):
+            return self._scrub_text(value)
+        return value
+
+    @staticmethod
+    def _scrub_text(text: str) -> str:
+        for pattern in _PATTERNS:
+            text = pattern.sub(REDACTED, text)
+        return text
+
+
+def structlog_processor(
+    redactor: Redactor,
+) -> Callable[[Any, str, MutableMapping[str, Any]], Mapping[str, Any]]:
+    """A structlog processor that redacts every field of every log line."""
+
+    def process(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> Mapping[str, Any]:
+        return {key: REDACTED if key.lower() in redactor.fields else redactor._scrub(value)
+                for key, value in event.items()}
+
+    return process
