@@ -37,8 +37,7 @@ bench: $(STAMP)  ## engine vs raw Celery, same broker/backend/pool (needs Redis)
 	$(BIN)/python bench/overhead.py
 
 flower: $(STAMP)  ## Flower on 127.0.0.1:5555; basic auth from FLOWER_BASIC_AUTH=user:password
-	$(BIN)/celery -A orchestration flower --address=127.0.0.1 --port=5555 \
-	  $${FLOWER_BASIC_AUTH:+--basic-auth=$$FLOWER_BASIC_AUTH}
+	$(BIN)/orchestrate flower --address 127.0.0.1 --port 5555
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -81,6 +81,10 @@ class Settings(BaseSettings):
         default_factory=list,
         description="More field names whose values are never stored or logged, comma-separated.",
     )
+    metrics_port: int | None = Field(
+        default=None, description="A worker serves its own Prometheus metrics on this port "
+        "(threads pool; prefork workers use PROMETHEUS_MULTIPROC_DIR + orchestrate metrics).",
+    )
     log_level: str = Field(default="INFO", description="Engine log level.")
     log_json: bool | None = Field(
         default=None, description="JSON log lines (default: unless stderr is a terminal)."

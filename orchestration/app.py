@@ -320,6 +320,21 @@ def _on_worker_init(sender: Any = None, **_: Any) -> None:
         _default.reset_store()
 
 
+def _on_worker_ready(sender: Any = None, **_: Any) -> None:
+    if _default is not None and _default.settings.metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(_default.settings.metrics_port, addr="127.0.0.1")
+
+
+def _on_worker_process_shutdown(pid: int | None = None, **_: Any) -> None:
+    # prometheus-client's multiprocess mode keeps a dead child's gauges unless told.
+    if pid is not None and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+
+
 def _on_worker_process_init(**_: Any) -> None:
     if _default is not None:
         _default.reset_store(forked=True)
@@ -328,3 +343,5 @@ def _on_worker_process_init(**_: Any) -> None:
 signals.celeryd_init.connect(_on_celeryd_init, weak=False)
 signals.worker_init.connect(_on_worker_init, weak=False)
 signals.worker_process_init.connect(_on_worker_process_init, weak=False)
+signals.worker_ready.connect(_on_worker_ready, weak=False)
+signals.worker_process_shutdown.connect(_on_worker_process_shutdown, weak=False)

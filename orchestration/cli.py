@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import sys
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 import click
 from rich.console import Console
@@ -19,7 +20,9 @@ from rich.tree import Tree
 
 from orchestration.app import Orchestrator, default_orchestrator
 from orchestration.errors import OrchestrationError
+from orchestration.exporter import flower_command, serve_metrics
 from orchestration.graph import Node, Parallel, Series
+from orchestration.observe import graph_dot, known_queues, queue_depths, workflow_stats
 from orchestration.results import RunResult, StepRecord, cancel_run
 from orchestration.status import RunStatus, StepStatus
 from orchestration.step import BoundStep
@@ -218,7 +221,71 @@ def cancel(run_id: str) -> None:
 
 @main.command()
 @click.argument("workflow")
-def graph(workflow: str) -> None:
+@click.option("--since", default="24h", show_default=True,
+              help="window: e.g. 30m, 6h, 7d, or 'all'")
+def stats(workflow: str, since: str) -> None:
+    """Per-step p50/p95/p99 latency, retries, fallback rate; errors per model; cost per run."""
+    orchestrator = _orchestrator(load_workflows=True)
+    report = workflow_stats(orchestrator, workflow, _since(since))
+    console.print(f"[bold]{workflow}[/] over {since}: {report.runs} runs "
+                  f"({', '.join(f'{n} {s}' for s, n in sorted(report.runs_by_status.items()))}),"
+                  f" ${report.cost_per_run:.6f} per run")
+    table = Table(title="steps (latency ms)")
+    for column in ("step", "runs", "p50", "p95", "p99", "retries", "fallback %", "failed",
+                   "skipped", "cost $"):
+        table.add_column(column, justify="left" if column == "step" else "right", no_wrap=True)
+    for s in report.steps:
+        table.add_row(s.step, str(s.runs), _ms(s.p50_ms), _ms(s.p95_ms), _ms(s.p99_ms),
+                      str(s.retries), f"{100 * s.fallbacks / s.runs:.1f}" if s.runs else "-",
+                      str(s.failed), str(s.skipped), f"{s.cost_usd:.6f}")
+    console.print(table)
+    if report.models:
+        models = Table(title="models (attempts)")
+        for column in ("model", "attempts", "failed", "error rate"):
+            models.add_column(column, justify="left" if column == "model" else "right")
+        for m in report.models:
+            models.add_row(m.model, str(m.attempts), str(m.failed), f"{100 * m.error_rate:.1f}%")
+        console.print(models)
+
+
+@main.command()
+def queues() -> None:
+    """Messages waiting per queue, from the broker."""
+    orchestrator = _orchestrator(load_workflows=True)
+    depths = queue_depths(orchestrator, known_queues(orchestrator))
+    table = Table()
+    table.add_column("queue", no_wrap=True)
+    table.add_column("waiting", justify="right")
+    for queue, depth in depths.items():
+        table.add_row(queue, "-" if depth is None else str(depth))
+    console.print(table)
+
+
+@main.command()
+@click.option("--port", default=9808, show_default=True)
+@click.option("--address", default="127.0.0.1", show_default=True)
+def metrics(port: int, address: str) -> None:
+    """Serve Prometheus metrics: the workers' (PROMETHEUS_MULTIPROC_DIR) and queue depths."""
+    serve_metrics(_orchestrator(load_workflows=True), address, port)
+
+
+@main.command()
+@click.option("--address", default="127.0.0.1", show_default=True)
+@click.option("--port", default=5555, show_default=True)
+def flower(address: str, port: int) -> None:
+    """Start Flower; beyond loopback it refuses to start without FLOWER_BASIC_AUTH."""
+    try:
+        command = flower_command(address, port, os.environ)
+    except OrchestrationError as exc:
+        raise click.ClickException(str(exc)) from exc
+    os.execvp(command[0], command)
+
+
+@main.command()
+@click.argument("workflow")
+@click.option("--format", "fmt", type=click.Choice(["mermaid", "dot"]), default="mermaid",
+              show_default=True)
+def graph(workflow: str, fmt: str) -> None:
     """The workflow's DAG as Mermaid text, with the canvas plan the compiler chose.
 
     Shapes: a map is a double-edged box, a conditional step a rhombus, a step that starts
@@ -230,6 +297,9 @@ def graph(workflow: str) -> None:
         raise click.ClickException(f"unknown workflow {workflow!r} "
                                    f"(known: {', '.join(sorted(orchestrator.workflows))})")
     compiled = found.validate()
+    if fmt == "dot":
+        click.echo(graph_dot(workflow, compiled))
+        return
     lines = ["flowchart LR"]
     for name, bound in compiled.steps.items():
         lines.append(f"    {_node(name, bound)}")
@@ -271,6 +341,21 @@ def _plan_text(plan: Node | Series | Parallel) -> str:
         return plan.name
     inner = ", ".join(_plan_text(part) for part in plan.parts)
     return f"chain({inner})" if isinstance(plan, Series) else f"group({inner})"
+
+
+def _since(window: str) -> datetime | None:
+    if window == "all":
+        return None
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        seconds = float(window[:-1]) * units[window[-1]]
+    except (KeyError, ValueError):
+        raise click.BadParameter("use e.g. 30m, 6h, 7d or all", param_hint="--since") from None
+    return datetime.now(UTC) - timedelta(seconds=seconds)
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
 
 
 def _time(value: datetime | None) -> str:

@@ -111,6 +111,9 @@ class StepContext:
         """Record one model call (its cost is added to this step)."""
         self.calls.append(call)
         self.record_cost(call.cost_usd, model=call.model if call.ok else None)
+        from orchestration import metrics
+
+        metrics.record_call(call.model, call.ok, call.breaker)
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from typing import Any
 
 import structlog
 
+from orchestration import metrics
 from orchestration.attempts import (
     Delivery,
     RescheduleWithOutcome,
@@ -153,8 +154,14 @@ def record_and_pass(step: BoundStep, envelope: Envelope, outcome: StepOutcome, s
     """Record a step's outcome (finishing the run if it is the last), pass the envelope on."""
     apply_outcome(step, envelope, outcome.status, outcome.output, delivery, outcome.error)
     finish = run_finish(envelope) if finalize else None
-    store.record_step(envelope.run_id, step.spec.name, redacted(outcome, delivery),
-                      worker=delivery.worker, claimed_at=claimed_at, finish=finish)
+    recorded = store.record_step(envelope.run_id, step.spec.name, redacted(outcome, delivery),
+                                 worker=delivery.worker, claimed_at=claimed_at, finish=finish)
+    if recorded:
+        latency = (utcnow() - claimed_at).total_seconds() if claimed_at else None
+        metrics.record_step(step.spec.workflow, step.spec.name, outcome.model or step.spec.model,
+                            outcome.status.value,
+                            len(outcome.attempts) + outcome.extra_attempts, latency,
+                            outcome.cost_usd)
     if finish is not None:
         _log_finished(envelope, finish)
     return envelope.to_message()

@@ -1,0 +1,64 @@
+"""Prometheus metrics (prometheus-client), recorded by workers where steps run.
+
+Series (all prefixed ``orchestration_``):
+
+- ``step_latency_seconds{workflow,step,model}``: histogram, claim to record;
+- ``step_outcomes_total{workflow,step,status}``: steps by final status;
+- ``step_retries_total{workflow,step}`` and ``step_fallbacks_total{workflow,step}``;
+- ``model_calls_total{model,outcome}`` and ``breaker_state{model}`` (0 closed,
+  1 half-open, 2 open, as last seen by this process);
+- ``run_cost_usd_total{workflow}``: spend, retries included;
+- ``queue_depth{queue}``: messages waiting, read from the broker at scrape time by
+  ``orchestrate metrics``.
+
+Prefork workers write to ``PROMETHEUS_MULTIPROC_DIR`` (prometheus-client's multiprocess
+mode) and ``orchestrate metrics --port 9808`` serves the aggregate; a threads-pool or
+embedded worker can serve its own registry with ``ORCH_METRICS_PORT``.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+STEP_LATENCY = Histogram(
+    "orchestration_step_latency_seconds", "Step latency from claim to recorded outcome.",
+    ["workflow", "step", "model"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+)
+STEP_OUTCOMES = Counter("orchestration_step_outcomes_total", "Steps by final status.",
+                        ["workflow", "step", "status"])
+STEP_RETRIES = Counter("orchestration_step_retries_total", "Attempts beyond the first.",
+                       ["workflow", "step"])
+STEP_FALLBACKS = Counter("orchestration_step_fallbacks_total", "Steps answered by a fallback.",
+                         ["workflow", "step"])
+MODEL_CALLS = Counter("orchestration_model_calls_total", "Model calls by outcome.",
+                      ["model", "outcome"])
+BREAKER_STATE = Gauge("orchestration_breaker_state",
+                      "Breaker state per model (0 closed, 1 half-open, 2 open).", ["model"],
+                      multiprocess_mode="max")
+RUN_COST = Counter("orchestration_run_cost_usd_total", "Model spend in USD.", ["workflow"])
+QUEUE_DEPTH = Gauge("orchestration_queue_depth", "Messages waiting per queue.", ["queue"],
+                    multiprocess_mode="liveall")
+
+_BREAKER_VALUES = {"closed": 0, "half-open": 1, "open": 2}
+
+
+def record_step(workflow: str, step: str, model: str | None, status: str, attempts: int,
+                latency_s: float | None, cost_usd: float) -> None:
+    """Count one step's recorded outcome."""
+    if latency_s is not None:
+        STEP_LATENCY.labels(workflow, step, model or "").observe(latency_s)
+    STEP_OUTCOMES.labels(workflow, step, status).inc()
+    if attempts > 1:
+        STEP_RETRIES.labels(workflow, step).inc(attempts - 1)
+    if status == "fallback":
+        STEP_FALLBACKS.labels(workflow, step).inc()
+    if cost_usd:
+        RUN_COST.labels(workflow).inc(cost_usd)
+
+
+def record_call(model: str, ok: bool, breaker: str | None) -> None:
+    """Count one model call and the breaker state it saw."""
+    MODEL_CALLS.labels(model, "ok" if ok else "error").inc()
+    if breaker in _BREAKER_VALUES:
+        BREAKER_STATE.labels(model).set(_BREAKER_VALUES[breaker])
