@@ -14,7 +14,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from celery import Celery, signals
+from celery import Celery, chain, signals
 from celery.exceptions import Ignore, Reject
 from sqlalchemy.exc import OperationalError
 
@@ -122,36 +122,50 @@ class Orchestrator:
 
         def execute(task: Any, message: Any, run_id: str | None = None,
                     finalize: bool = False, chunk: dict[str, Any] | None = None,
-                    params: dict[str, Any] | None = None) -> Any:
-            bound = workflow.validate().steps[spec.name]
+                    params: dict[str, Any] | None = None,
+                    fused: list[str] | None = None) -> Any:
+            steps = workflow.validate().steps
             store, delivery = orchestrator.store, orchestrator.delivery(task)
             if not is_envelope(message):
                 # Never crash the worker on a bad message: record it and drop it.
                 log.error("malformed step message rejected", task=spec.task_name,
                           task_id=task.request.id, message_type=type(message).__name__)
                 raise Reject("malformed step message", requeue=False)
-            context = structlog.contextvars.bound_contextvars(
-                run_id=run_id, step=spec.task_name, queue=bound.queue, model=spec.model,
-                task_id=task.request.id)
+            names = fused or [spec.name]
+            current = names[0]
             try:
-                with context:
-                    if chunk is not None:
-                        return run_chunk(bound, message, chunk, store, delivery)
-                    return run_step(bound, message, store, delivery, finalize=finalize,
-                                    params=params)
-            except StartMap as signal:
-                claimed = store.get_step_started(signal.envelope.run_id, spec.name)
-                raise task.replace(map_canvas(bound, signal.envelope, signal.items,
-                                              finalize=signal.finalize, claimed_at=claimed,
-                                              app=orchestrator.celery)) from None
-            except StartChild as signal:
-                raise task.replace(child_canvas(orchestrator, bound, signal)) from None
+                if chunk is not None:
+                    with _step_context(run_id, steps[spec.name], task):
+                        return run_chunk(steps[spec.name], message, chunk, store, delivery)
+                for index, current in enumerate(names):
+                    bound = steps[current]
+                    last = index == len(names) - 1
+                    with _step_context(run_id, bound, task):
+                        message = run_step(bound, message, store, delivery,
+                                           finalize=finalize and last,
+                                           params=(params or {}).get(current))
+                return message
+            except (StartMap, StartChild) as signal:
+                rest = names[names.index(current) + 1:]
+                replacement = (child_canvas(orchestrator, steps[current], signal)
+                               if isinstance(signal, StartChild) else
+                               map_canvas(steps[current], signal.envelope, signal.items,
+                                          finalize=signal.finalize,
+                                          claimed_at=store.get_step_started(
+                                              signal.envelope.run_id, current),
+                                          app=orchestrator.celery))
+                if rest:
+                    replacement = chain(replacement, _rest_of(orchestrator, workflow, rest,
+                                                              run_id, finalize))
+                raise task.replace(replacement) from None
             except WaitForInput as signal:
-                orchestrator.park(task, bound, message, signal)
+                # The stored message is this whole (fused) one: on resume, steps before
+                # the waiting one pass their recorded outputs on.
+                orchestrator.park(task, steps[current], message, signal)
                 raise Ignore() from None
             except Reschedule as signal:
                 # ctx.params set by on_retry travel with the message to the next attempt.
-                kwargs = {**task.request.kwargs, "params": signal.params or None}
+                kwargs = {**task.request.kwargs, "params": {current: signal.params}}
                 raise task.retry(countdown=signal.delay, max_retries=None,
                                  kwargs=kwargs) from None
             except OperationalError as exc:
@@ -159,10 +173,10 @@ class Orchestrator:
                 if task.request.retries < DB_RETRIES:
                     raise task.retry(countdown=min(30, 2 ** task.request.retries),
                                      max_retries=None) from exc
-                orchestrator.fail_run(message, spec.name, exc)
+                orchestrator.fail_run(message, current, exc)
                 raise
             except Exception as exc:
-                orchestrator.fail_run(message, spec.name, exc)
+                orchestrator.fail_run(message, current, exc)
                 raise
 
         execute.__name__ = spec.name
@@ -286,6 +300,23 @@ class Orchestrator:
         if self._resilience is not None:
             self._resilience.close()
         self.reset_store()
+
+
+def _step_context(run_id: str | None, bound: BoundStep, task: Any) -> Any:
+    return structlog.contextvars.bound_contextvars(
+        run_id=run_id, step=bound.spec.task_name, queue=bound.queue, model=bound.spec.model,
+        task_id=task.request.id)
+
+
+def _rest_of(orchestrator: Orchestrator, workflow: Workflow, names: list[str],
+             run_id: str | None, finalize: bool) -> Any:
+    """The signature of fused steps left after one replaced its message (map, child)."""
+    head = workflow.validate().steps[names[0]]
+    kwargs: dict[str, Any] = {"run_id": run_id, "finalize": finalize}
+    if len(names) > 1:
+        kwargs["fused"] = names
+    return orchestrator.celery.signature(head.spec.task_name, args=(), kwargs=kwargs,
+                                         queue=head.queue)
 
 
 _default: Orchestrator | None = None

@@ -51,16 +51,59 @@ def _build(plan: Plan, steps: Mapping[str, BoundStep], message: dict[str, Any], 
         return app.signature(step.spec.task_name, args=args, kwargs=kwargs, queue=step.queue,
                              ignore_result=not keep_result)
     if isinstance(plan, Series):
-        last = len(plan.parts) - 1
+        runs = _fusible_runs(plan.parts, steps)
+        last = len(runs) - 1
         parts = [
-            _build(part, steps, message, run_id, app, first=first and index == 0,
+            _fused(run, steps, message, run_id, app, first=first and index == 0,
                    finalizer=finalizer, keep_result=keep_result and index == last)
-            for index, part in enumerate(plan.parts)
+            if isinstance(run, list) else
+            _build(run, steps, message, run_id, app, first=first and index == 0,
+                   finalizer=finalizer, keep_result=keep_result and index == last)
+            for index, run in enumerate(runs)
         ]
-        return chain(*parts)
+        return parts[0] if len(parts) == 1 else chain(*parts)
     if isinstance(plan, Parallel):
         # A group is always a chord header here (the plan ends with a step or finalize).
         return group(*[_build(part, steps, message, run_id, app, first=first, finalizer=None,
                               keep_result=True)
                        for part in plan.parts])
     raise TypeError(f"not a plan: {plan!r}")
+
+
+def fusible(step: BoundStep) -> bool:
+    """A step that can share a message with its neighbours (a map replaces its message)."""
+    return step.spec.map is None
+
+
+def _fusible_runs(parts: tuple[Plan, ...],
+                  steps: Mapping[str, BoundStep]) -> list[Plan | list[str]]:
+    """Consecutive single steps on one queue become one fused run (a list of names).
+
+    One message then runs them in order, each with its own claim, policies and record:
+    the broker round trips of a chain on one queue disappear, nothing else changes.
+    """
+    runs: list[Plan | list[str]] = []
+    for part in parts:
+        if isinstance(part, Node) and fusible(steps[part.name]):
+            previous = runs[-1] if runs else None
+            if isinstance(previous, list) and steps[previous[-1]].queue == steps[part.name].queue:
+                previous.append(part.name)
+                continue
+            runs.append([part.name])
+            continue
+        runs.append(part)
+    return runs
+
+
+def _fused(names: list[str], steps: Mapping[str, BoundStep], message: dict[str, Any],
+           run_id: str, app: Any, *, first: bool, finalizer: str | None,
+           keep_result: bool) -> Signature:
+    if len(names) == 1:
+        return _build(Node(names[0]), steps, message, run_id, app, first=first,
+                      finalizer=finalizer, keep_result=keep_result)
+    head = steps[names[0]]
+    kwargs: dict[str, Any] = {"run_id": run_id, "fused": names}
+    if finalizer in names:
+        kwargs["finalize"] = True
+    return app.signature(head.spec.task_name, args=(message,) if first else (), kwargs=kwargs,
+                         queue=head.queue, ignore_result=not keep_result)
