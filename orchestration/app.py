@@ -23,6 +23,7 @@ from config.settings import Settings
 from orchestration.catalogue import load_catalogue
 from orchestration.durability import Reconciled, reconcile, resume
 from orchestration.engine_tasks import (
+    DISPATCH_RUNS_TASK,
     EXPIRE_WAITS_TASK,
     approve,
     child_canvas,
@@ -222,6 +223,17 @@ class Orchestrator:
     def reconcile(self, idle_seconds: float | None = None) -> Reconciled:
         """Re-dispatch runs that made no progress; expire overdue human waits."""
         return reconcile(self, idle_seconds=idle_seconds)
+
+    def defer_dispatch(self, workflow: Workflow, run_ids: list[str]) -> None:
+        """Have workers send the canvases of written runs (500 runs per message)."""
+        compiled = workflow.validate()
+        self.before_dispatch(compiled)
+        queue = next(iter(compiled.steps.values())).queue
+        with self.celery.producer_or_acquire() as producer:
+            for start in range(0, len(run_ids), 500):
+                self.celery.signature(DISPATCH_RUNS_TASK, args=(
+                    workflow.name, run_ids[start:start + 500]), queue=queue).apply_async(
+                    producer=producer)
 
     def approve(self, run_id: str, data: Any, name: str | None = None) -> int:
         """Deliver a person's input to a waiting run (see ``ctx.wait_for_input``)."""

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 EXPIRE_WAITS_TASK = "orchestration.expire_waits"
 RECONCILE_TASK = "orchestration.reconcile"
+DISPATCH_RUNS_TASK = "orchestration.dispatch_runs"
 
 
 def register_engine_tasks(orchestrator: Orchestrator) -> None:
@@ -63,6 +64,14 @@ def register_engine_tasks(orchestrator: Orchestrator) -> None:
     def expire_waits(task: Any) -> int:
         return expire_due_waits(orchestrator)
 
+    def dispatch_runs(task: Any, workflow: str, run_ids: list[str]) -> int:
+        flow = orchestrator.workflows[workflow]
+        inputs = orchestrator.store.inputs_of(run_ids)
+        with orchestrator.celery.producer_or_acquire() as producer:
+            for run_id in run_ids:
+                flow.canvas(run_id, inputs[run_id]).apply_async(producer=producer)
+        return len(run_ids)
+
     def reconcile(task: Any) -> dict[str, Any]:
         done = orchestrator.reconcile()
         return {"redispatched": done.redispatched, "failed": done.failed,
@@ -70,7 +79,7 @@ def register_engine_tasks(orchestrator: Orchestrator) -> None:
 
     for name, fn in ((FINALIZE_TASK, finalize), (MAP_COLLECT_TASK, map_collect),
                      (CHILD_DONE_TASK, child_done), (EXPIRE_WAITS_TASK, expire_waits),
-                     (RECONCILE_TASK, reconcile)):
+                     (RECONCILE_TASK, reconcile), (DISPATCH_RUNS_TASK, dispatch_runs)):
         fn.__name__ = name.rsplit(".", 1)[-1]
         celery.task(name=name, bind=True, shared=False, acks_late=True)(fn)
 

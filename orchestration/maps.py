@@ -12,6 +12,7 @@ is recorded with its element's index. ``critical=False`` puts None in failed slo
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 
@@ -74,15 +75,28 @@ def run_chunk(step: BoundStep, message: Any, chunk: dict[str, Any], store: Store
     errors: list[str] = []
     records: list[AttemptRecord] = []
     cost = 0.0
-    for offset, item in enumerate(chunk["items"]):
-        index = chunk["start"] + offset
+
+    def element(offset_item: tuple[int, Any]) -> StepOutcome:
+        index = chunk["start"] + offset_item[0]
         try:
-            outcome = run_attempts(step, {**kwargs, spec.map or "": item}, run_id=envelope.run_id,
-                                   store=store, delivery=delivery, map_index=index)
+            return run_attempts(step, {**kwargs, spec.map or "": offset_item[1]},
+                                run_id=envelope.run_id, store=store, delivery=delivery,
+                                map_index=index)
         except StepSignal as signal:  # a child run or a human wait inside a map element
             error, error_type = describe(signal)
-            outcome = StepOutcome(StepStatus.FAILED, error=f"not supported in a map: {error}",
-                                  error_type=error_type)
+            return StepOutcome(StepStatus.FAILED, error=f"not supported in a map: {error}",
+                               error_type=error_type)
+
+    items = list(enumerate(chunk["items"]))
+    if spec.concurrency > 1 and len(items) > 1:
+        # I/O-bound elements (model calls) wait together: one message, many calls.
+        with ThreadPoolExecutor(max_workers=min(spec.concurrency, len(items)),
+                                thread_name_prefix=f"map-{spec.name}") as pool:
+            outcomes = list(pool.map(element, items))
+    else:
+        outcomes = [element(item) for item in items]
+    for offset, outcome in enumerate(outcomes):
+        index = chunk["start"] + offset
         succeeded = outcome.status.produced_output
         results.append(outcome.output if succeeded else None)
         ok.append(succeeded)

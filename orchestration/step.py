@@ -20,7 +20,7 @@ STEP_OPTIONS = frozenset(
     {
         "name", "output", "depends_on", "retries", "backoff", "timeout", "fallback",
         "critical", "queue", "model", "max_cost", "gate", "on_retry", "map", "min_success",
-        "chunk_size", "when", "cache",
+        "chunk_size", "when", "cache", "concurrency",
     }
 )
 
@@ -50,6 +50,7 @@ class StepSpec:
     map: str | None = None  # the parameter that receives one element at a time
     min_success: int | float | None = None
     chunk_size: int | None = None
+    concurrency: int = 1  # map elements run at once inside one chunk (I/O-bound calls)
     when: Callable[..., Any] | None = None
     when_params: tuple[str, ...] = ()
     cache: float | bool = False  # True: cache forever; seconds: time to live
@@ -203,7 +204,7 @@ def _cache_option(options: dict[str, Any], where: str) -> float | bool:
 def _map_options(options: dict[str, Any], params: tuple[str, ...], where: str) -> dict[str, Any]:
     mapped = options.get("map")
     if mapped is None:
-        for key in ("min_success", "chunk_size"):
+        for key in ("min_success", "chunk_size", "concurrency"):
             if options.get(key) is not None:
                 raise WorkflowDefinitionError(f"{where}: {key} only applies to a map step")
         return {}
@@ -220,7 +221,11 @@ def _map_options(options: dict[str, Any], params: tuple[str, ...], where: str) -
     chunk = options.get("chunk_size")
     if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
         raise WorkflowDefinitionError(f"{where}: chunk_size must be a whole number >= 1")
-    return {"map": mapped, "min_success": minimum, "chunk_size": chunk}
+    concurrency = options.get("concurrency", 1)
+    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+        raise WorkflowDefinitionError(f"{where}: concurrency must be a whole number >= 1")
+    return {"map": mapped, "min_success": minimum, "chunk_size": chunk,
+            "concurrency": concurrency}
 
 
 def _when_option(options: dict[str, Any], where: str) -> dict[str, Any]:

@@ -230,6 +230,29 @@ class Store:
             return existing
         return run_id
 
+    def create_runs(self, workflow: str, version: str,
+                    runs: Sequence[tuple[str, dict[str, Any]]],
+                    steps: Sequence[PlannedStep]) -> None:
+        """Write many runs of one workflow (and their step rows) in one transaction."""
+        self.ensure_schema()
+        now = utcnow()
+        with self._writer.begin() as conn:
+            conn.execute(insert(RunRow), [{
+                "id": run_id, "workflow": workflow, "workflow_version": version,
+                "status": RunStatus.PENDING.value, "inputs": inputs, "cost_usd": 0.0,
+                "created_at": now} for run_id, inputs in runs])
+            conn.execute(insert(StepRow), [{
+                "run_id": run_id, "name": step.name, "output_name": step.output_name,
+                "status": StepStatus.PENDING.value, "queue": step.queue, "model": step.model,
+                "critical": step.critical, "attempts": 0, "deliveries": 0, "cost_usd": 0.0,
+            } for run_id, _ in runs for step in steps])
+
+    def inputs_of(self, run_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Inputs of several runs by id."""
+        with self._reader.connect() as conn:
+            rows = conn.execute(select(RunRow.id, RunRow.inputs).where(RunRow.id.in_(run_ids)))
+            return {row.id: dict(row.inputs or {}) for row in rows}
+
     def claim_step(
         self, run_id: str, name: str, *, worker: str | None, task_id: str | None,
         first: bool = True,
