@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, func, insert, select, update
+from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from orchestration.errors import RunNotFound
-from orchestration.results import RunResult, RunSummary, StepRecord, as_utc
+from orchestration.results import as_utc
 from orchestration.status import (
     CLAIMABLE_STEP_STATUSES,
     TERMINAL_RUN_STATUSES,
@@ -26,7 +26,8 @@ from orchestration.status import (
 )
 from orchestration.store import statements as sql
 from orchestration.store.engine import create_engines, schema_is_current, upgrade
-from orchestration.store.models import AttemptRow, RunRow, StepRow, WaitRow
+from orchestration.store.models import RunRow, StepRow, WaitRow
+from orchestration.store.reads import StoreReads
 from orchestration.store.recovery import Recovery
 from orchestration.store.waits import CANCELLED as CANCELLED_WAIT
 from orchestration.store.waits import WAITING, Waits
@@ -124,7 +125,7 @@ class StepOutcome:
     cache_hit: bool = False
 
 
-class Store:
+class Store(StoreReads):
     """Reads and writes runs, steps and attempts in the results database."""
 
     def __init__(self, url: str, *, migrate: bool = True) -> None:
@@ -375,151 +376,6 @@ class Store:
             result = conn.execute(sql.FINISH_RUN, finish.params(run_id, utcnow()))
         return bool(result.rowcount)
 
-    # -- reads -------------------------------------------------------------------------
-
-    def run_status(self, run_id: str) -> RunStatus:
-        """The run's current status (one indexed read; what ``wait`` polls)."""
-        with self._reader.connect() as conn:
-            status = conn.execute(select(RunRow.status).where(RunRow.id == run_id)).scalar()
-        if status is None:
-            raise RunNotFound(f"no run {run_id!r} in {self._redacted_url()}")
-        return RunStatus(status)
-
-    def find_by_idempotency_key(self, key: str) -> str | None:
-        """The id of the run started with this idempotency key, if any."""
-        with self._reader.connect() as conn:
-            return conn.execute(
-                select(RunRow.id).where(RunRow.idempotency_key == key)
-            ).scalar()
-
-    def get_step_started(self, run_id: str, name: str) -> datetime | None:
-        """When a step was first claimed."""
-        with self._reader.connect() as conn:
-            value = conn.execute(select(StepRow.started_at).where(
-                StepRow.run_id == run_id, StepRow.name == name)).scalar()
-        return as_utc(value)
-
-    def run_cost(self, run_id: str) -> float:
-        """The run's recorded spend in USD (steps add theirs when they finish)."""
-        with self._reader.connect() as conn:
-            return float(conn.execute(sql.RUN_COST, {"b_run": run_id}).scalar() or 0.0)
-
-    def load_output(self, run_id: str, name: str) -> Any:
-        """A step's stored output (how outputs passed by reference are fetched)."""
-        with self._reader.connect() as conn:
-            return conn.execute(
-                select(StepRow.output).where(StepRow.run_id == run_id, StepRow.name == name)
-            ).scalar()
-
-    def load_inputs(self, run_id: str) -> dict[str, Any]:
-        """A run's inputs."""
-        with self._reader.connect() as conn:
-            inputs = conn.execute(select(RunRow.inputs).where(RunRow.id == run_id)).scalar()
-        if inputs is None:
-            raise RunNotFound(f"no run {run_id!r}")
-        return dict(inputs)
-
-    def get_run(self, run_id: str) -> RunResult:
-        """The run with every step and attempt."""
-        self.ensure_schema()
-        with self._reader.connect() as conn:
-            run = conn.execute(select(RunRow).where(RunRow.id == run_id)).first()
-            if run is None:
-                raise RunNotFound(f"no run {run_id!r} in {self._redacted_url()}")
-            steps = conn.execute(
-                select(StepRow).where(StepRow.run_id == run_id).order_by(StepRow.id)
-            ).all()
-            attempts = conn.execute(
-                select(AttemptRow).where(AttemptRow.run_id == run_id)
-                .order_by(AttemptRow.step_name, AttemptRow.attempt, AttemptRow.id)
-            ).all()
-        by_step: dict[str, list[dict[str, Any]]] = {}
-        for attempt in attempts:
-            by_step.setdefault(attempt.step_name, []).append({
-                "attempt": attempt.attempt, "status": attempt.status, "error": attempt.error,
-                "error_type": attempt.error_type, "latency_ms": attempt.latency_ms,
-                "worker": attempt.worker, "model": attempt.model, "cost_usd": attempt.cost_usd,
-                "started_at": as_utc(attempt.started_at), "gate": attempt.gate,
-                "tokens_in": attempt.tokens_in, "tokens_out": attempt.tokens_out,
-                "breaker": attempt.breaker, "map_index": attempt.map_index,
-            })
-        records = {
-            step.name: StepRecord(
-                name=step.name, status=StepStatus(step.status), output_name=step.output_name,
-                output=step.output, attempts=step.attempts, latency_ms=step.latency_ms,
-                cost_usd=step.cost_usd, error=step.error, error_type=step.error_type,
-                model=step.model, queue=step.queue, worker=step.worker, gate=step.gate,
-                tokens_in=step.tokens_in, tokens_out=step.tokens_out,
-                cache_hit=step.cache_hit, crashes=step.crashes,
-                deliveries=step.deliveries, started_at=as_utc(step.started_at),
-                finished_at=as_utc(step.finished_at), attempt_log=by_step.get(step.name, []),
-            )
-            for step in steps
-        }
-        return RunResult(
-            run_id=run.id, workflow=run.workflow, status=RunStatus(run.status),
-            inputs=dict(run.inputs or {}), steps=records, error=run.error,
-            error_type=run.error_type, cost_usd=run.cost_usd,
-            created_at=as_utc(run.created_at), started_at=as_utc(run.started_at),
-            finished_at=as_utc(run.finished_at), parent_run_id=run.parent_run_id,
-        )
-
-    def list_runs(self, *, workflow: str | None = None, status: RunStatus | None = None,
-                  since: datetime | None = None, limit: int = 50) -> list[RunSummary]:
-        """Recent runs, newest first."""
-        self.ensure_schema()
-        query = select(RunRow).order_by(RunRow.created_at.desc()).limit(limit)
-        if workflow:
-            query = query.where(RunRow.workflow == workflow)
-        if status:
-            query = query.where(RunRow.status == status.value)
-        if since:
-            query = query.where(RunRow.created_at >= _utc(since))
-        with self._reader.connect() as conn:
-            rows = conn.execute(query).all()
-        return [RunSummary(run_id=r.id, workflow=r.workflow, status=RunStatus(r.status),
-                           created_at=as_utc(r.created_at), finished_at=as_utc(r.finished_at),
-                           cost_usd=r.cost_usd, error=r.error) for r in rows]
-
-    def unfinished_runs(self, *, workflows: list[str],
-                        created_before: datetime) -> list[tuple[str, str, str, dict[str, Any]]]:
-        """Runs still pending or running that were created before a given instant."""
-        if not workflows:
-            return []
-        self.ensure_schema()
-        with self._reader.connect() as conn:
-            rows = conn.execute(_unfinished_query(workflows, created_before)).all()
-        return [(row.id, row.workflow, row.workflow_version, dict(row.inputs or {}))
-                for row in rows]
-
-    def status_counts(self, *, workflow: str | None = None,
-                      since: datetime | None = None) -> dict[RunStatus, int]:
-        """How many runs are in each status (optionally one workflow, created since)."""
-        self.ensure_schema()
-        query = select(RunRow.status, func.count()).group_by(RunRow.status)
-        if workflow:
-            query = query.where(RunRow.workflow == workflow)
-        if since:
-            query = query.where(RunRow.created_at >= _utc(since))
-        with self._reader.connect() as conn:
-            return {RunStatus(status): int(count) for status, count in conn.execute(query)}
-
-    def step_rows(self, *, workflow: str,
-                  since: datetime | None = None) -> list[tuple[str, str, int, float | None, float]]:
-        """``(step, status, attempts, latency_ms, cost_usd)`` of a workflow's runs since then."""
-        self.ensure_schema()
-        query = (select(StepRow.name, StepRow.status, StepRow.attempts, StepRow.latency_ms,
-                        StepRow.cost_usd)
-                 .join(RunRow, RunRow.id == StepRow.run_id)
-                 .where(RunRow.workflow == workflow))
-        if since:
-            query = query.where(RunRow.created_at >= _utc(since))
-        with self._reader.connect() as conn:
-            return [tuple(row) for row in conn.execute(query)]  # type: ignore[misc]
-
-    def _redacted_url(self) -> str:
-        return self._writer.url.render_as_string(hide_password=True)
-
 
 def _attempt_row(run_id: str, name: str, attempt: AttemptRecord,
                  worker: str | None) -> dict[str, Any]:
@@ -532,18 +388,3 @@ def _attempt_row(run_id: str, name: str, attempt: AttemptRecord,
         "tokens_in": attempt.tokens_in, "tokens_out": attempt.tokens_out,
         "breaker": attempt.breaker, "map_index": attempt.map_index,
     }
-
-
-def _utc(value: datetime) -> datetime:
-    # SQLite compares timestamps as text, so every bound must be in UTC like the rows.
-    return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
-
-
-def _unfinished_query(workflows: list[str], created_before: datetime) -> Any:
-    return (
-        select(RunRow.id, RunRow.workflow, RunRow.workflow_version, RunRow.inputs)
-        .where(RunRow.workflow.in_(workflows),
-               RunRow.status.in_([RunStatus.PENDING.value, RunStatus.RUNNING.value]),
-               RunRow.created_at < _utc(created_before))
-        .order_by(RunRow.created_at)
-    )
