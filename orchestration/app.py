@@ -365,9 +365,9 @@ def _on_worker_init(sender: Any = None, **_: Any) -> None:
 
 def _on_worker_ready(sender: Any = None, **_: Any) -> None:
     if _default is not None and _default.settings.metrics_port:
-        from prometheus_client import start_http_server
+        from orchestration import metrics
 
-        start_http_server(_default.settings.metrics_port, addr="127.0.0.1")
+        metrics.serve(_default.settings.metrics_port)
 
 
 def _on_worker_process_shutdown(pid: int | None = None, **_: Any) -> None:

@@ -84,6 +84,10 @@ class EmbeddedWorker:
                 raise ConfigurationError("the in-process worker did not start within "
                                          f"{START_TIMEOUT:g} s")
             self._controller, self._thread, self._queues = controller, thread, wanted
+            if orchestrator.settings.metrics_port:
+                from orchestration import metrics
+
+                metrics.serve(orchestrator.settings.metrics_port)
 
     def serve(self, queues: set[str], task_names: set[str] | None = None) -> None:
         """Make sure these queues are consumed and these tasks known to the worker.

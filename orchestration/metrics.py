@@ -18,7 +18,9 @@ embedded worker can serve its own registry with ``ORCH_METRICS_PORT``.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+import threading
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 STEP_LATENCY = Histogram(
     "orchestration_step_latency_seconds", "Step latency from claim to recorded outcome.",
@@ -41,6 +43,17 @@ QUEUE_DEPTH = Gauge("orchestration_queue_depth", "Messages waiting per queue.", 
                     multiprocess_mode="liveall")
 
 _BREAKER_VALUES = {"closed": 0, "half-open": 1, "open": 2}
+_served: set[int] = set()
+_serve_lock = threading.Lock()
+
+
+def serve(port: int, address: str = "127.0.0.1") -> None:
+    """Serve this process's metrics on ``port`` (once per process and port)."""
+    with _serve_lock:
+        if port in _served:
+            return
+        start_http_server(port, addr=address)
+        _served.add(port)
 
 
 def record_step(workflow: str, step: str, model: str | None, status: str, attempts: int,
