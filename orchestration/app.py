@@ -7,6 +7,7 @@ engine on first use, the broker on first publish.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
@@ -38,7 +39,7 @@ from orchestration.errors import (
     WorkflowDefinitionError,
 )
 from orchestration.inprocess import private_memory_transport
-from orchestration.logs import configure_logging
+from orchestration.logs import CeleryLogFilter, configure_celery_logger, configure_logging
 from orchestration.maps import map_canvas, run_chunk
 from orchestration.redaction import Redactor
 from orchestration.resilience import Resilience
@@ -210,8 +211,11 @@ class Orchestrator:
         run_id = Envelope.from_message(message).run_id
         now = utcnow()
         deadline = now + timedelta(seconds=signal.timeout) if signal.timeout else None
+        # The stored message is redacted like everything stored: a step that waits for a
+        # person receives deny-listed inputs as [REDACTED] when it resumes.
         self.store.waits.park(run_id, bound.spec.name, signal.name, deadline=deadline,
-                              resume=resume_signature(task), now=now)
+                              resume=self._redactor_of(bound.spec.task_name)(
+                                  resume_signature(task)), now=now)
         if signal.timeout:
             self.celery.signature(EXPIRE_WAITS_TASK, queue=bound.queue).apply_async(
                 countdown=signal.timeout)
@@ -363,6 +367,18 @@ def _on_worker_init(sender: Any = None, **_: Any) -> None:
         _default.reset_store()
 
 
+def _on_setup_logger(logger: logging.Logger | None = None, **_: Any) -> None:
+    # Celery configures its own handlers; scrub them, and match ORCH_LOG_JSON.
+    if logger is None:
+        return
+    orchestrator = default_orchestrator()
+    as_json = bool(orchestrator.settings.log_json)
+    configure_celery_logger(logger, orchestrator.redactor, json=as_json)
+    for name in ("celery.app.trace", "celery.worker.strategy", "celery.worker.request"):
+        for handler in logging.getLogger(name).handlers:
+            handler.addFilter(CeleryLogFilter(orchestrator.redactor))
+
+
 def _on_worker_ready(sender: Any = None, **_: Any) -> None:
     if _default is not None and _default.settings.metrics_port:
         from orchestration import metrics
@@ -387,4 +403,6 @@ signals.celeryd_init.connect(_on_celeryd_init, weak=False)
 signals.worker_init.connect(_on_worker_init, weak=False)
 signals.worker_process_init.connect(_on_worker_process_init, weak=False)
 signals.worker_ready.connect(_on_worker_ready, weak=False)
+signals.after_setup_logger.connect(_on_setup_logger, weak=False)
+signals.after_setup_task_logger.connect(_on_setup_logger, weak=False)
 signals.worker_process_shutdown.connect(_on_worker_process_shutdown, weak=False)

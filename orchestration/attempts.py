@@ -134,7 +134,7 @@ def run_attempts(step: BoundStep, kwargs: dict[str, Any], *, run_id: str, store:
         retry=retry_if_exception(_retryable),
         # A map element never goes back to the broker: its chunk holds other elements.
         sleep=_sleeper(delivery.inline_retry_limit if map_index is None else float("inf")),
-        before_sleep=_log_retry(spec.task_name, run_id),
+        before_sleep=_log_retry(spec.task_name, run_id, previous_attempts),
         reraise=True,
     )
     try:
@@ -213,7 +213,10 @@ def _record(number: int, status: str, started: datetime, ctx: StepContext,
                          cost_usd=ctx.cost_usd, gate=gate,
                          tokens_in=sum(call.prompt_tokens for call in ctx.calls),
                          tokens_out=sum(call.completion_tokens for call in ctx.calls),
-                         breaker=", ".join(breakers) or None, map_index=map_index)
+                         breaker=", ".join(breakers) or None, map_index=map_index,
+                         calls=[{"model": c.model, "ok": c.ok, "latency_ms": round(c.latency_ms, 2),
+                                 "breaker": c.breaker, "error": (c.error or "")[:200] or None}
+                                for c in ctx.calls] or None)
 
 
 def _sleeper(inline_limit: float) -> Callable[[float], None]:
@@ -224,10 +227,11 @@ def _sleeper(inline_limit: float) -> Callable[[float], None]:
     return sleep
 
 
-def _log_retry(task_name: str, run_id: str) -> Callable[[RetryCallState], None]:
+def _log_retry(task_name: str, run_id: str,
+               previous_attempts: int) -> Callable[[RetryCallState], None]:
     def before_sleep(state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None
         log.warning("step attempt failed; retrying", run_id=run_id, step=task_name,
-                    attempt=state.attempt_number, error=repr(error),
+                    attempt=previous_attempts + state.attempt_number, error=repr(error),
                     wait_s=round(state.upcoming_sleep, 3))
     return before_sleep

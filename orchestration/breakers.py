@@ -2,7 +2,8 @@
 
 pybreaker's own ``call`` holds the breaker's lock for the whole guarded call, which
 would serialise every thread of a worker behind one slow provider; ``ModelBreaker``
-takes the lock only for state transitions. Only provider failures count: a
+takes it only around failures and transitions: a call through a closed breaker reads
+the state and, on success, resets the shared counter, with no lock at all. Only provider failures count: a
 :class:`ProviderError` marked retryable (timeouts, 429, 5xx, connection errors). A client
 error (other 4xx) shows the provider is up; anything else (Celery's retry and time-limit
 signals, a step timeout unwinding the call, a bug) leaves the breaker untouched. When the
@@ -99,6 +100,7 @@ class ModelBreaker(pybreaker.CircuitBreaker):
         super().__init__(fail_max=policy.fail_max, reset_timeout=policy.reset_timeout,
                          state_storage=storage, name=model)
         self.model = model
+        self._shared = client is not None
         # A probe holds its token at most this long, so a crashed prober cannot wedge it.
         self._probe = _Probe(model, client, ttl=max(policy.reset_timeout, 60.0))
 
@@ -130,23 +132,28 @@ class ModelBreaker(pybreaker.CircuitBreaker):
 
     def call(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run ``func`` unless the breaker is open; count its outcome."""
-        probing = self._enter()
+        seen, probing = self._enter()
         try:
             result = func(*args, **kwargs)
         except BaseException as exc:
             if counts_as_failure(exc):
                 self._record(exc)
             elif isinstance(exc, ProviderError):
-                self._record(None)
+                self._record_success(seen)
             raise
         else:
-            self._record(None)
+            self._record_success(seen)
             return result
         finally:
             if probing:
                 self._probe.release()
 
-    def _enter(self) -> bool:
+    def _enter(self) -> tuple[str, bool]:
+        """(the state seen, whether this caller is the probe); raises BreakerOpen."""
+        seen = str(self._state_storage.state)
+        if seen == CLOSED:
+            # The common case takes no lock: a closed breaker only needs its state read.
+            return seen, False
         with self._lock:
             state = self.state
             if state.name == OPEN:
@@ -159,8 +166,16 @@ class ModelBreaker(pybreaker.CircuitBreaker):
             if state.name == HALF_OPEN:
                 if not self._probe.acquire():
                     raise BreakerOpen(self.model, "half-open, another caller is probing")
-                return True
-            return False
+                return state.name, True
+            return state.name, False
+
+    def _record_success(self, seen: str) -> None:
+        if seen == CLOSED and self._shared:
+            # Closed and shared: the success only resets the failure counter, an atomic
+            # write in Redis; holding the lock across that round trip serialised threads.
+            self._state_storage.reset_counter()
+            return
+        self._record(None)
 
     def _record(self, failure: BaseException | None) -> None:
         """Count a success (None) or a failure; pybreaker re-raises after a transition."""

@@ -30,6 +30,7 @@ from orchestration.store.repository import utcnow
 if TYPE_CHECKING:
     from orchestration.app import Orchestrator
     from orchestration.step import StepSpec
+    from orchestration.workflow import Workflow
 
 log = structlog.get_logger("orchestration.durability")
 
@@ -63,9 +64,15 @@ def reconcile(orchestrator: Orchestrator, *, idle_seconds: float | None = None) 
     store = orchestrator.store
     redispatched: list[str] = []
     failed: list[str] = []
+    backlogged: dict[str, bool] = {}
     for run_id, name, version, inputs in store.recovery.stale_runs(
             utcnow() - timedelta(seconds=idle)):
         workflow = orchestrator.workflows.get(name)
+        if workflow is not None and backlogged.setdefault(name, _has_backlog(orchestrator,
+                                                                              workflow)):
+            # Messages are still queued for this workflow: an idle run may just be
+            # waiting its turn. Lost messages are told apart once the backlog drains.
+            continue
         if workflow is None or workflow.validate().version != version:
             reason = ("is not defined in this process" if workflow is None
                       else "changed since the run started")
@@ -79,6 +86,19 @@ def reconcile(orchestrator: Orchestrator, *, idle_seconds: float | None = None) 
         workflow.dispatch(run_id, inputs)
         redispatched.append(run_id)
     return Reconciled(redispatched, failed, expire_due_waits(orchestrator))
+
+
+def _has_backlog(orchestrator: Orchestrator, workflow: Workflow) -> bool:
+    from orchestration.observe import queue_depths
+
+    if orchestrator.settings.embedded:
+        return False
+    queues = sorted({bound.queue for bound in workflow.validate().steps.values()})
+    try:
+        depths = queue_depths(orchestrator, queues)
+    except Exception:  # the broker cannot say: act as before (re-dispatch is idempotent)
+        return False
+    return any(depth for depth in depths.values())
 
 
 def cache_key(spec: StepSpec, kwargs: dict[str, Any]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json as json_module
 import logging
 import sys
 
@@ -38,3 +39,53 @@ def configure_logging(level: str = "INFO", *, json: bool | None = None,
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=False,
     )
+
+
+class CeleryLogFilter(logging.Filter):
+    """Keeps Celery's own log lines free of run data.
+
+    Celery logs a task's return value ("Task x succeeded in 0.01s: {...}"), which for a
+    step is the run's envelope: inputs and outputs. It is replaced by a pointer to the
+    results DB, and every message is scrubbed like the engine's own lines.
+    """
+
+    def __init__(self, redactor: Redactor) -> None:
+        super().__init__()
+        self._redactor = redactor
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, dict):
+            args = dict(record.args)
+            for key in ("return_value", "args", "kwargs"):
+                if key in args:
+                    args[key] = "<omitted: see the results DB>"
+            record.args = args
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):
+            return True
+        record.msg, record.args = self._redactor.text(message) or "", None
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, like the engine's structlog output."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, object] = {
+            "timestamp": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname.lower(), "logger": record.name,
+            "event": record.getMessage(),
+        }
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json_module.dumps(line, default=str)
+
+
+def configure_celery_logger(logger: logging.Logger, redactor: Redactor, *, json: bool) -> None:
+    """Scrub (and, with ORCH_LOG_JSON, JSON-format) a logger set up by Celery."""
+    for handler in logger.handlers:
+        if not any(isinstance(f, CeleryLogFilter) for f in handler.filters):
+            handler.addFilter(CeleryLogFilter(redactor))
+        if json:
+            handler.setFormatter(JsonFormatter())

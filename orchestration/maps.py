@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -105,6 +106,9 @@ def run_chunk(step: BoundStep, message: Any, chunk: dict[str, Any], store: Store
             errors.append(f"[{index}] {lines[-1] if lines else 'failed'}")
         records.extend(outcome.attempts)
         cost += outcome.cost_usd
+    redactor = delivery.redactor
+    if redactor is not None:
+        records = [replace(record, error=redactor.text(record.error)) for record in records]
     store.record_attempts(envelope.run_id, spec.name, records, worker=delivery.worker)
     return {"start": chunk["start"], "results": results, "ok": ok, "errors": errors[:5],
             "attempts": len(records), "cost": cost}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from sqlalchemy import func, select
 
@@ -52,26 +52,24 @@ def workflow_stats(orchestrator: Orchestrator, workflow: str,
     steps = step_stats(store.step_rows(workflow=workflow, since=since), order=order)
     runs_query = select(func.count(), func.coalesce(func.sum(RunRow.cost_usd), 0.0)).where(
         RunRow.workflow == workflow)
-    models_query = (select(AttemptRow.model, func.count(),
-                           func.sum(func.cast(AttemptRow.status == "failed", _int())))
-                    .join(RunRow, RunRow.id == AttemptRow.run_id)
-                    .where(RunRow.workflow == workflow, AttemptRow.model.is_not(None))
-                    .group_by(AttemptRow.model))
+    # Every model call of every attempt, so a model whose failures a fallback model
+    # answered still shows its errors.
+    calls_query = (select(AttemptRow.calls).join(RunRow, RunRow.id == AttemptRow.run_id)
+                   .where(RunRow.workflow == workflow, AttemptRow.calls.is_not(None)))
     if since is not None:
         runs_query = runs_query.where(RunRow.created_at >= since)
-        models_query = models_query.where(RunRow.created_at >= since)
+        calls_query = calls_query.where(RunRow.created_at >= since)
+    per_model: dict[str, list[int]] = {}
     with store.reader.connect() as conn:
         runs, cost = conn.execute(runs_query).one()
-        models = [ModelStats(model, int(n), int(failed or 0))
-                  for model, n, failed in conn.execute(models_query)]
+        for (calls,) in conn.execute(calls_query):
+            for call in calls or ():
+                tally = per_model.setdefault(str(call.get("model")), [0, 0])
+                tally[0] += 1
+                tally[1] += 0 if call.get("ok") else 1
+    models = [ModelStats(model, n, failed) for model, (n, failed) in sorted(per_model.items())]
     return WorkflowStats(workflow, int(runs), {s.value: n for s, n in counts.items()},
                          float(cost) / runs if runs else 0.0, steps, models)
-
-
-def _int() -> Any:
-    from sqlalchemy import Integer
-
-    return Integer()
 
 
 def queue_depths(orchestrator: Orchestrator, queues: list[str]) -> dict[str, int | None]:

@@ -138,7 +138,9 @@ def _run(step: BoundStep, envelope: Envelope, store: Store, delivery: Delivery, 
     except ReturnedSignal as signal:
         raise StartChild(envelope, signal.value, finalize) from None
     if spec.cache and outcome.status is StepStatus.SUCCEEDED:
-        store.recovery.cache(cache_key(spec, kwargs), spec.workflow, spec.name, outcome.output,
+        # The cache is stored like any output: redacted (a hit returns the redacted copy).
+        stored = delivery.redactor(outcome.output) if delivery.redactor else outcome.output
+        store.recovery.cache(cache_key(spec, kwargs), spec.workflow, spec.name, stored,
                              utcnow(), None if spec.cache is True else float(spec.cache))
     return outcome
 
@@ -151,20 +153,29 @@ def max_crashes(delivery: Delivery) -> int:
 def record_and_pass(step: BoundStep, envelope: Envelope, outcome: StepOutcome, store: Store,
                     delivery: Delivery, *, claimed_at: datetime | None = None,
                     finalize: bool = False) -> dict[str, Any]:
-    """Record a step's outcome (finishing the run if it is the last), pass the envelope on."""
-    apply_outcome(step, envelope, outcome.status, outcome.output, delivery, outcome.error)
-    finish = run_finish(envelope) if finalize else None
+    """Record a step's outcome (finishing the run if it is the last), pass the envelope on.
+
+    If another delivery recorded the step first (a duplicate message), its recorded
+    outcome is what dependents receive, never this delivery's.
+    """
+    trial = Envelope.from_message(envelope.to_message())
+    apply_outcome(step, trial, outcome.status, outcome.output, delivery, outcome.error)
+    finish = run_finish(trial) if finalize else None
     recorded = store.record_step(envelope.run_id, step.spec.name, redacted(outcome, delivery),
                                  worker=delivery.worker, claimed_at=claimed_at, finish=finish)
-    if recorded:
-        latency = (utcnow() - claimed_at).total_seconds() if claimed_at else None
-        metrics.record_step(step.spec.workflow, step.spec.name, outcome.model or step.spec.model,
-                            outcome.status.value,
-                            len(outcome.attempts) + outcome.extra_attempts, latency,
-                            outcome.cost_usd)
+    if not recorded:
+        status, output, error = store.step_state(envelope.run_id, step.spec.name)
+        apply_outcome(step, envelope, status, output, delivery, error)
+        if finalize:
+            finalize_run(envelope, store)
+        return envelope.to_message()
+    latency = (utcnow() - claimed_at).total_seconds() if claimed_at else None
+    metrics.record_step(step.spec.workflow, step.spec.name, outcome.model or step.spec.model,
+                        outcome.status.value, len(outcome.attempts) + outcome.extra_attempts,
+                        latency, outcome.cost_usd)
     if finish is not None:
-        _log_finished(envelope, finish)
-    return envelope.to_message()
+        _log_finished(trial, finish)
+    return trial.to_message()
 
 
 def redacted(outcome: StepOutcome, delivery: Delivery) -> StepOutcome:

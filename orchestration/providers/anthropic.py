@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from orchestration.providers.base import Messages, Provider, ProviderError, Usage
+from orchestration.providers.base import HTTP_LIMITS, Messages, Provider, ProviderError, Usage
 
 API_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 1024
@@ -73,7 +73,7 @@ class AnthropicProvider(Provider):
         self._headers = {"anthropic-version": API_VERSION, "content-type": "application/json"}
         if api_key:
             self._headers["x-api-key"] = api_key
-        self._client = client or httpx.Client(timeout=_DEFAULT_TIMEOUT_S)
+        self._client = client or httpx.Client(timeout=_DEFAULT_TIMEOUT_S, limits=HTTP_LIMITS)
         self._owns_client = client is None
 
     def close(self) -> None:

@@ -6,9 +6,14 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
+
 from orchestration.errors import StepError
 
 Messages = list[dict[str, str]]
+# A threads worker may run hundreds of calls at once: keep that many connections alive
+# (httpx keeps 20 by default, so the rest would reconnect, a TLS handshake each).
+HTTP_LIMITS = httpx.Limits(max_connections=512, max_keepalive_connections=256)
 
 
 @dataclass(frozen=True)

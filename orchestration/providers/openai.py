@@ -7,7 +7,7 @@ from typing import Any
 import httpx
 
 from orchestration.providers.anthropic import retry_after_for
-from orchestration.providers.base import Messages, Provider, ProviderError, Usage
+from orchestration.providers.base import HTTP_LIMITS, Messages, Provider, ProviderError, Usage
 
 
 class OpenAIProvider(Provider):
@@ -18,7 +18,7 @@ class OpenAIProvider(Provider):
         self.name = name
         self._base_url = base_url.rstrip("/")
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._client = client or httpx.Client(timeout=60.0)
+        self._client = client or httpx.Client(timeout=60.0, limits=HTTP_LIMITS)
         self._owns_client = client is None
 
     def close(self) -> None:

@@ -138,6 +138,7 @@ class AttemptRow(Base):
     gate: Mapped[str | None] = mapped_column(Text)
     breaker: Mapped[str | None] = mapped_column(String(400))
     map_index: Mapped[int | None] = mapped_column(Integer)
+    calls: Mapped[Any | None] = mapped_column(JSONType)  # every model call of the attempt
     latency_ms: Mapped[float] = mapped_column(Float)
     started_at: Mapped[datetime] = mapped_column(Timestamp)
     finished_at: Mapped[datetime] = mapped_column(Timestamp)

@@ -39,6 +39,14 @@ class StoreReads:
                 select(RunRow.id).where(RunRow.idempotency_key == key)
             ).scalar()
 
+    def step_state(self, run_id: str, name: str) -> tuple[StepStatus, Any, str | None]:
+        """A step's recorded (status, output, error)."""
+        with self._reader.connect() as conn:
+            row = conn.execute(sql.STEP_STATE, {"b_run": run_id, "b_name": name}).first()
+        if row is None:
+            raise RunNotFound(f"run {run_id} has no step {name!r}")
+        return StepStatus(row.status), row.output, row.error
+
     def get_step_started(self, run_id: str, name: str) -> datetime | None:
         """When a step was first claimed."""
         with self._reader.connect() as conn:
@@ -89,6 +97,7 @@ class StoreReads:
                 "started_at": as_utc(attempt.started_at), "gate": attempt.gate,
                 "tokens_in": attempt.tokens_in, "tokens_out": attempt.tokens_out,
                 "breaker": attempt.breaker, "map_index": attempt.map_index,
+                "calls": attempt.calls,
             })
         records = {
             step.name: StepRecord(

@@ -103,6 +103,7 @@ class AttemptRecord:
     tokens_out: int = 0
     breaker: str | None = None
     map_index: int | None = None
+    calls: list[dict[str, Any]] | None = None
 
     @property
     def latency_ms(self) -> float:
@@ -386,5 +387,5 @@ def _attempt_row(run_id: str, name: str, attempt: AttemptRecord,
         "latency_ms": attempt.latency_ms, "started_at": attempt.started_at,
         "finished_at": attempt.finished_at, "gate": attempt.gate,
         "tokens_in": attempt.tokens_in, "tokens_out": attempt.tokens_out,
-        "breaker": attempt.breaker, "map_index": attempt.map_index,
+        "breaker": attempt.breaker, "map_index": attempt.map_index, "calls": attempt.calls,
     }

@@ -37,10 +37,12 @@ CLAIM_STEP = (
     .values(status=StepStatus.RUNNING.value, worker=bindparam("b_worker"),
             celery_task_id=bindparam("b_task"), deliveries=steps.c.deliveries + 1,
             started_at=func.coalesce(steps.c.started_at, bindparam("b_now")),
-            # Claimed while already 'running': the delivery before this one never
-            # recorded anything, i.e. its worker died (or it was re-dispatched).
+            # The same message claimed again while 'running': its previous delivery never
+            # recorded anything, i.e. its worker died. (A duplicate message — a
+            # re-dispatch — has another task id and is no crash.)
             crashes=steps.c.crashes + case(
-                (steps.c.status == StepStatus.RUNNING.value, 1), else_=0))
+                ((steps.c.status == StepStatus.RUNNING.value)
+                 & (steps.c.celery_task_id == bindparam("b_task")), 1), else_=0))
     .returning(steps.c.attempts, steps.c.started_at, steps.c.cost_usd, steps.c.crashes)
 )
 
