@@ -3,8 +3,10 @@
 pybreaker's own ``call`` holds the breaker's lock for the whole guarded call, which
 would serialise every thread of a worker behind one slow provider; ``ModelBreaker``
 takes it only around failures and transitions: a call through a closed breaker reads
-the state and, on success, resets the shared counter, with no lock at all. Only provider failures count: a
-:class:`ProviderError` marked retryable (timeouts, 429, 5xx, connection errors). A client
+the state and, on success, resets the shared counter, with no lock at all.
+
+Only provider failures count: a :class:`ProviderError` marked retryable (timeouts, 429,
+5xx, connection errors). A client
 error (other 4xx) shows the provider is up; anything else (Celery's retry and time-limit
 signals, a step timeout unwinding the call, a bug) leaves the breaker untouched. When the
 reset timeout has passed, exactly one caller (a Redis ``SET NX`` token across workers)
