@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: install demo test unit integration lint typecheck bench worker flower clean
+.PHONY: install demo test unit integration chaos lint typecheck bench worker flower clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,9 @@ unit: $(STAMP)
 
 integration: $(STAMP)
 	$(BIN)/pytest tests/integration -q
+
+chaos: $(STAMP)  ## kill workers and the broker under load (~3 min; Redis, redis-server, PostgreSQL)
+	$(BIN)/pytest tests/chaos -q -s
 
 lint: $(STAMP)
 	$(BIN)/ruff check orchestration tasks config tests bench

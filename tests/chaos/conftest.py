@@ -1,0 +1,151 @@
+"""Fixtures of the chaos suite: its own Redis DB, a fresh PostgreSQL database per test.
+
+- ``counters``: DB ``ORCH_CHAOS_REDIS_URL`` (default ``redis://127.0.0.1:6379/12``) of
+  the shared Redis server (the integration suite leases 15, 11, 10, 9, 8), leased by
+  one chaos test at a time and flushed at its start and end. Scenario 1 uses it
+  as broker and backend too; scenario 2 keeps only its instrumentation there (its broker
+  is a ``redis-server`` of its own, killed mid-test).
+- ``results_db``: a PostgreSQL database created for the test on the server of
+  ``ORCH_TEST_POSTGRES_URL`` and dropped afterwards.
+
+A missing service skips the test, or fails it loudly when ``CI`` is set. Nothing here
+touches ``ORCH_*`` in this process: every engine process gets its environment explicitly.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.engine import make_url
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tests.integration.workers import LIVE, Workers  # noqa: E402
+
+COUNTER_REDIS_URL = os.environ.get("ORCH_CHAOS_REDIS_URL", "redis://127.0.0.1:6379/12")
+LEASE_KEY = "orchestration:chaos-lease"  # one chaos test at a time owns the DB
+LEASE_SECONDS = 900
+POSTGRES_ADMIN_URL = os.environ.get(
+    "ORCH_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "chaos: kills workers or the broker under load (make chaos; minutes, "
+                   "needs Redis, redis-server and PostgreSQL)")
+
+
+def _asked_for_chaos(config: pytest.Config) -> bool:
+    """``tests/chaos`` (or a file in it) named, ``-m chaos``, or ``ORCH_CHAOS=1``."""
+    here = Path(__file__).resolve().parent
+    for arg in config.args:
+        path = Path(str(arg).split("::", 1)[0]).resolve()
+        if path == here or here in path.parents:
+            return True
+    return "chaos" in (config.option.markexpr or "") or os.environ.get("ORCH_CHAOS") == "1"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A bare ``pytest`` (testpaths = tests) does not start minutes of chaos by surprise."""
+    if _asked_for_chaos(config):
+        return
+    skip = pytest.mark.skip(reason="chaos tests run with `make chaos` "
+                                   "(or pytest tests/chaos, -m chaos, ORCH_CHAOS=1)")
+    for item in items:
+        if item.get_closest_marker("chaos"):
+            item.add_marker(skip)
+
+
+def _service_missing(service: str, url: str, error: BaseException) -> None:
+    message = f"{service} is not reachable at {url}: {error}"
+    if os.environ.get("CI"):
+        pytest.fail(f"CI is set and the chaos tests need {service}. {message}", pytrace=False)
+    pytest.skip(f"{service} unavailable ({message})")
+
+
+@pytest.fixture
+def counters() -> Iterator[redis.Redis]:
+    """The chaos Redis DB, flushed before and after the test."""
+    client = redis.Redis.from_url(COUNTER_REDIS_URL, socket_connect_timeout=2, socket_timeout=10)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        client.close()
+        _service_missing("Redis", COUNTER_REDIS_URL, exc)
+    if not client.set(LEASE_KEY, str(os.getpid()), nx=True, ex=LEASE_SECONDS):
+        holder = client.get(LEASE_KEY)
+        client.close()
+        pytest.fail(f"{COUNTER_REDIS_URL} is leased by another chaos session (pid "
+                    f"{holder!r}); delete {LEASE_KEY} there if none is running", pytrace=False)
+    client.flushdb()
+    client.set(LEASE_KEY, str(os.getpid()), ex=LEASE_SECONDS)
+    try:
+        yield client
+    finally:
+        client.flushdb()  # also releases the lease
+        client.close()
+
+
+@pytest.fixture
+def results_db() -> Iterator[tuple[str, Engine]]:
+    """(URL, engine) of a PostgreSQL database of this test, dropped at the end."""
+    name = f"orch_chaos_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT",
+                          connect_args={"connect_timeout": 3})
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:
+        admin.dispose()
+        _service_missing("PostgreSQL", make_url(POSTGRES_ADMIN_URL).render_as_string(), exc)
+    url = make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    engine = create_engine(url)
+    try:
+        yield url, engine
+    finally:
+        engine.dispose()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture
+def worker_pool(request: pytest.FixtureRequest) -> Iterator[Workers]:
+    """Workers of one test (environment set by the test); all stopped at the end.
+
+    Their logs go to a directory that outlives the session (pytest's own temporary
+    directories are rotated by concurrent sessions): the evidence of a failure.
+    """
+    base = Path(os.environ.get("ORCH_CHAOS_LOG_DIR") or tempfile.gettempdir())
+    base.mkdir(parents=True, exist_ok=True)
+    log_dir = Path(tempfile.mkdtemp(prefix=f"orch-chaos-{request.node.name[:40]}-", dir=base))
+    pool = Workers(log_dir, env={})
+    try:
+        yield pool
+    finally:
+        pool.stop_all()
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Any:
+    """On a failure, attach the tail of every live worker's log to the report."""
+    report = yield
+    if report.failed and LIVE:
+        for worker in LIVE:
+            state = "running" if worker.alive else f"exited {worker.process.returncode}"
+            report.sections.append(
+                (f"worker {worker.nodename} ({state}) log tail", worker.log_tail())
+            )
+    return report
