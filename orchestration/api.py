@@ -27,9 +27,13 @@ def approve(run_id: str, data: Any = None, *, name: str | None = None,
     return (app or default_orchestrator()).approve(run_id, data, name)
 
 
-def resume(run_id: str, *, app: Orchestrator | None = None) -> str:
-    """Continue a failed or cancelled run: only its failed, skipped and cancelled steps run."""
-    return (app or default_orchestrator()).resume(run_id)
+def resume(run_id: str, *, inputs: dict[str, Any] | None = None,
+           app: Orchestrator | None = None) -> str:
+    """Continue a failed or cancelled run: only its failed, skipped and cancelled steps run.
+
+    ``inputs`` replace stored ones; secret inputs were stored redacted and must be given.
+    """
+    return (app or default_orchestrator()).resume(run_id, inputs)
 
 
 def reconcile(*, idle_seconds: float | None = None,

@@ -220,9 +220,9 @@ class Orchestrator:
             self.celery.signature(EXPIRE_WAITS_TASK, queue=bound.queue).apply_async(
                 countdown=signal.timeout)
 
-    def resume(self, run_id: str) -> str:
+    def resume(self, run_id: str, inputs: dict[str, Any] | None = None) -> str:
         """Continue a failed or cancelled run from its last good steps (same run id)."""
-        return resume(self, run_id)
+        return resume(self, run_id, inputs)
 
     def reconcile(self, idle_seconds: float | None = None) -> Reconciled:
         """Re-dispatch runs that made no progress; expire overdue human waits."""

@@ -161,10 +161,16 @@ def approve(run_id: str, data: str, name: str | None) -> None:
 
 @main.command()
 @click.argument("run_id")
-def resume(run_id: str) -> None:
+@click.option("--inputs", default=None, help="inputs to give again (JSON object), e.g. "
+              "secrets, which are never stored")
+def resume(run_id: str, inputs: str | None) -> None:
     """Continue a failed or cancelled run: only failed, skipped and cancelled steps run."""
     try:
-        _orchestrator(load_workflows=True).resume(run_id)
+        values = json.loads(inputs) if inputs else None
+    except ValueError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="--inputs") from exc
+    try:
+        _orchestrator(load_workflows=True).resume(run_id, values)
     except OrchestrationError as exc:
         raise click.ClickException(str(exc)) from exc
     console.print(f"resumed run {run_id}")

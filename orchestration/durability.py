@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from orchestration.envelope import dumps
-from orchestration.errors import RunNotFound
+from orchestration.errors import InvalidInput, RunNotFound
+from orchestration.redaction import REDACTED
 from orchestration.status import RunStatus
 from orchestration.store.repository import utcnow
 
@@ -44,9 +45,26 @@ class Reconciled:
     waits_expired: int
 
 
-def resume(orchestrator: Orchestrator, run_id: str) -> str:
-    """Continue a failed or cancelled run from its last good steps; returns the run id."""
-    workflow_name, inputs = orchestrator.store.recovery.reset_for_resume(run_id)
+def redacted_inputs(inputs: dict[str, Any]) -> list[str]:
+    """Inputs stored redacted: secrets are never stored, so they must be given again."""
+    return sorted(name for name, value in inputs.items() if value == REDACTED)
+
+
+def resume(orchestrator: Orchestrator, run_id: str, inputs: dict[str, Any] | None = None) -> str:
+    """Continue a failed or cancelled run from its last good steps; returns the run id.
+
+    ``inputs`` replace stored ones: secret inputs (deny-listed names) were stored redacted,
+    so a run that had any needs them given again, or resume refuses (nothing changes).
+    """
+    stored = orchestrator.store.load_inputs(run_id)
+    missing = [name for name in redacted_inputs(stored) if name not in (inputs or {})]
+    if missing:
+        raise InvalidInput(
+            f"run {run_id}: input(s) {', '.join(missing)} were redacted when stored (secrets "
+            f"are never stored); give them again: resume(run_id, inputs={{{missing[0]!r}: ...}})"
+            f" or orchestrate resume {run_id} --inputs '{{\"{missing[0]}\": ...}}'")
+    workflow_name, _ = orchestrator.store.recovery.reset_for_resume(run_id)
+    inputs = {**stored, **(inputs or {})}
     workflow = orchestrator.workflows.get(workflow_name)
     if workflow is None:
         raise RunNotFound(f"run {run_id} is of workflow {workflow_name!r}, which this process "
@@ -68,6 +86,14 @@ def reconcile(orchestrator: Orchestrator, *, idle_seconds: float | None = None) 
     for run_id, name, version, inputs in store.recovery.stale_runs(
             utcnow() - timedelta(seconds=idle)):
         workflow = orchestrator.workflows.get(name)
+        secrets = redacted_inputs(inputs)
+        if secrets:
+            store.finish_run(run_id, RunStatus.FAILED, error_type="Unrecoverable", error=(
+                f"made no progress for {idle:g} s and cannot be re-dispatched: its input(s) "
+                f"{', '.join(secrets)} were redacted when stored; resume it with them: "
+                f"orchestrate resume {run_id} --inputs '{{...}}'"))
+            failed.append(run_id)
+            continue
         if workflow is not None and backlogged.setdefault(name, _has_backlog(orchestrator,
                                                                               workflow)):
             # Messages are still queued for this workflow: an idle run may just be

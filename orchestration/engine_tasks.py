@@ -101,12 +101,12 @@ def child_canvas(orchestrator: Orchestrator, bound: BoundStep, signal: StartChil
     parent_run = signal.envelope.run_id
     child = signal.child
     child_id = child.workflow.create_child(parent_run, bound.spec.name, child.inputs)
-    stored = orchestrator.store.load_inputs(child_id)
+    # The child's canvas carries the inputs it was given: stored ones are redacted.
     done = orchestrator.celery.signature(CHILD_DONE_TASK, args=(), kwargs={
         "parent": signal.envelope.to_message(), "run_id": parent_run,
         "step": bound.spec.task_name, "child_run": child_id, "finalize": signal.finalize,
     }, queue=bound.queue)
-    return chain(child.workflow.canvas(child_id, stored), done)
+    return chain(child.workflow.canvas(child_id, child.inputs), done)
 
 
 def resume_signature(task: Any) -> dict[str, Any]:
