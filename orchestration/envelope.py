@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 INPUT_SOURCE = "$input"
+OUTPUT_SOURCE = "$output"  # a step output read back by its output name
 
 
 def dumps(value: Any) -> str:

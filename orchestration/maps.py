@@ -21,7 +21,7 @@ from celery import chord
 from celery.canvas import Signature
 
 from orchestration.attempts import Delivery, describe, run_attempts
-from orchestration.envelope import Envelope
+from orchestration.envelope import INPUT_SOURCE, OUTPUT_SOURCE, Envelope
 from orchestration.errors import StepSignal
 from orchestration.status import StepStatus
 from orchestration.step import BoundStep
@@ -41,13 +41,16 @@ def map_canvas(step: BoundStep, envelope: Envelope, items: list[Any], *, finaliz
                claimed_at: datetime | None, app: Any) -> Signature:
     """The chord that replaces a map step's message."""
     spec = step.spec
-    # The list travels in the chunks; the rest of the envelope once per chunk.
-    chunk_envelope = Envelope.from_message(envelope.to_message())
-    mapped_source = step.sources[spec.map or ""]
-    chunk_envelope.inline.pop(mapped_source, None)
-    chunk_message = chunk_envelope.to_message()
+    # The list travels in the chunks only. Celery copies the chord's callback (the
+    # collector) into every chunk message, so the collector's envelope refers to the list
+    # (read back from the results DB if a later step needs it) instead of carrying it.
+    mapped = step.sources[spec.map or ""]
+    lean = Envelope.from_message(envelope.to_message())
+    if lean.inline.pop(mapped, None) is not None or mapped not in lean.refs:
+        lean.refs[mapped] = INPUT_SOURCE if mapped not in step.requires else OUTPUT_SOURCE
+    chunk_message = lean.to_message()
     collect = app.signature(MAP_COLLECT_TASK, args=(), kwargs={
-        "message": envelope.to_message(), "run_id": envelope.run_id, "step": spec.task_name,
+        "message": chunk_message, "run_id": envelope.run_id, "step": spec.task_name,
         "total": len(items), "finalize": finalize,
         "claimed_at": claimed_at.isoformat() if claimed_at else None,
     }, queue=step.queue)

@@ -31,7 +31,7 @@ from orchestration.attempts import (
 )
 from orchestration.children import ChildRun
 from orchestration.durability import cache_key
-from orchestration.envelope import INPUT_SOURCE, Envelope
+from orchestration.envelope import INPUT_SOURCE, OUTPUT_SOURCE, Envelope
 from orchestration.errors import Reschedule, StepSignal
 from orchestration.status import RunStatus, StepStatus
 from orchestration.step import BoundStep
@@ -239,6 +239,8 @@ def resolve(sources: dict[str, str], optional: frozenset[str], envelope: Envelop
             if source == INPUT_SOURCE:
                 inputs = inputs if inputs is not None else store.load_inputs(envelope.run_id)
                 kwargs[param] = inputs[name]
+            elif source == OUTPUT_SOURCE:
+                kwargs[param] = store.load_output_named(envelope.run_id, name)
             else:
                 kwargs[param] = store.load_output(envelope.run_id, source)
         elif param not in optional:

@@ -66,6 +66,12 @@ class StoreReads:
                 select(StepRow.output).where(StepRow.run_id == run_id, StepRow.name == name)
             ).scalar()
 
+    def load_output_named(self, run_id: str, output_name: str) -> Any:
+        """A step's stored output, found by its output name."""
+        with self._reader.connect() as conn:
+            return conn.execute(select(StepRow.output).where(
+                StepRow.run_id == run_id, StepRow.output_name == output_name)).scalar()
+
     def load_inputs(self, run_id: str) -> dict[str, Any]:
         """A run's inputs."""
         with self._reader.connect() as conn:
