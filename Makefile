@@ -36,8 +36,9 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-bench: $(STAMP)  ## engine vs raw Celery, same broker/backend/pool (needs Redis)
-	$(BIN)/python bench/overhead.py
+bench: $(STAMP)  ## engine vs raw Celery, every target row (needs Redis; PostgreSQL optional)
+	@dump=$$(mktemp) && $(BIN)/python bench/overhead.py --dump $$dump && \
+		$(BIN)/python bench/perf.py --overhead-json $$dump; rc=$$?; rm -f $$dump; exit $$rc
 
 flower: $(STAMP)  ## Flower on 127.0.0.1:5555; basic auth from FLOWER_BASIC_AUTH=user:password
 	$(BIN)/orchestrate flower --address 127.0.0.1 --port 5555

@@ -153,7 +153,9 @@ class LLMClient:
         self._ctx.record_call(CallRecord(
             model=name, ok=True, latency_ms=latency, prompt_tokens=usage.prompt_tokens,
             completion_tokens=usage.completion_tokens, cost_usd=cost, breaker=breaker))
-        self._services.latencies.observe(f"model:{name}", latency)
+        if not isinstance(config.timeout_policy(), float | int):
+            # Only adaptive timeouts read latencies: skip the Redis write otherwise.
+            self._services.latencies.observe(f"model:{name}", latency)
         for scope, limit in self._limits(name, config):
             self._services.limiter.record_tokens(
                 scope, limit, usage.prompt_tokens + usage.completion_tokens)

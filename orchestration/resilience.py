@@ -18,13 +18,18 @@ from orchestration.providers.base import Provider
 from orchestration.providers.local import LocalProvider
 from orchestration.ratelimit import RateLimiter
 
+REDIS_CONNECTIONS = 256
+
 
 class Resilience:
     """The process's model-call machinery for one catalogue."""
 
     def __init__(self, catalogue: Catalogue, redis_url: str | None) -> None:
         self.catalogue = catalogue
-        self.redis = redis.Redis.from_url(redis_url) if redis_url else None
+        # A blocking pool: past its size, threads wait for a connection instead of failing
+        # (redis-py's default pool raises MaxConnectionsError beyond 100 in a worker).
+        self.redis = redis.Redis(connection_pool=redis.BlockingConnectionPool.from_url(
+            redis_url, max_connections=REDIS_CONNECTIONS, timeout=30)) if redis_url else None
         self.breakers = Breakers(self.redis, {name: model.breaker.policy()
                                               for name, model in catalogue.models.items()})
         self.limiter = RateLimiter(self.redis)
