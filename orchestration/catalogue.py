@@ -38,10 +38,12 @@ class BreakerConfig(BaseModel):
 
     fail_max: int = Field(default=5, gt=0)
     reset_timeout: float = Field(default=30.0, gt=0)
+    # How long a process reuses a healthy reading of the shared state (0: read every call).
+    refresh: float = Field(default=0.1, ge=0, le=10)
 
     def policy(self) -> BreakerPolicy:
         """As the breaker's policy object."""
-        return BreakerPolicy(self.fail_max, self.reset_timeout)
+        return BreakerPolicy(self.fail_max, self.reset_timeout, self.refresh)
 
 
 class AdaptiveConfig(BaseModel):

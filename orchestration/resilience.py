@@ -39,6 +39,9 @@ class Resilience:
 
     def provider(self, name: str) -> Provider | None:
         """The client of provider ``name``, or None when it is not configured (no API key)."""
+        provider = self._providers.get(name)
+        if provider is not None:  # the common case: no lock (every model call asks)
+            return provider
         config = self.catalogue.providers[name]
         if not config.configured:
             return None

@@ -11,7 +11,14 @@ from typing import Any
 
 import httpx
 
-from orchestration.providers.base import HTTP_LIMITS, Messages, Provider, ProviderError, Usage
+from orchestration.providers.base import Messages, Provider, ProviderError, Usage
+from orchestration.providers.http import (
+    HTTPClient,
+    HTTPResponse,
+    TransportError,
+    TransportTimeout,
+    client_for,
+)
 
 API_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 1024
@@ -50,15 +57,15 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
-def retry_after_for(response: httpx.Response) -> float | None:
+def retry_after_for(response: HTTPResponse) -> float | None:
     """The ``Retry-After`` of a 429/503 (or Anthropic 529) response; None for other statuses."""
-    if response.status_code not in _RETRY_AFTER_STATUSES:
+    if response.status not in _RETRY_AFTER_STATUSES:
         return None
     return parse_retry_after(response.headers.get("retry-after"))
 
 
 class AnthropicProvider(Provider):
-    """POST ``{base_url}/v1/messages`` with an ``x-api-key``; one pooled client per process.
+    """POST ``{base_url}/v1/messages`` with an ``x-api-key`` (``client`` as for OpenAI's).
 
     ``base_url`` is the API root (``https://api.anthropic.com``), without ``/v1``. System
     messages are joined into the request's top-level ``system``; ``max_tokens`` defaults
@@ -67,17 +74,17 @@ class AnthropicProvider(Provider):
     """
 
     def __init__(self, name: str, base_url: str, api_key: str | None,
-                 client: httpx.Client | None = None) -> None:
+                 client: httpx.Client | HTTPClient | None = None) -> None:
         self.name = name
         self._url = f"{base_url.rstrip('/')}/v1/messages"
         self._headers = {"anthropic-version": API_VERSION, "content-type": "application/json"}
         if api_key:
             self._headers["x-api-key"] = api_key
-        self._client = client or httpx.Client(timeout=_DEFAULT_TIMEOUT_S, limits=HTTP_LIMITS)
+        self._client = client_for(base_url, client)
         self._owns_client = client is None
 
     def close(self) -> None:
-        """Close the HTTP client this provider created."""
+        """Close the HTTP connections this provider opened."""
         if self._owns_client:
             self._client.close()
 
@@ -92,16 +99,15 @@ class AnthropicProvider(Provider):
         """
         body = self._body(messages, model, params)
         try:
-            response = self._client.post(
-                self._url, json=body, headers=self._headers,
-                timeout=timeout if timeout is not None else _DEFAULT_TIMEOUT_S,
-            )
-        except httpx.TimeoutException as exc:
+            response = self._client.post_json(
+                self._url, body, self._headers,
+                timeout if timeout is not None else _DEFAULT_TIMEOUT_S)
+        except TransportTimeout as exc:
             raise ProviderError(f"{self.name}: timed out calling {model}") from exc
-        except httpx.HTTPError as exc:
+        except TransportError as exc:
             raise ProviderError(f"{self.name}: {type(exc).__name__} calling {model}") from exc
-        if response.status_code >= 400:
-            status = response.status_code
+        if response.status >= 400:
+            status = response.status
             kind = _error_type(response)
             raise ProviderError(
                 f"{self.name}: HTTP {status}{f' ({kind})' if kind else ''} from {model}",
@@ -138,7 +144,7 @@ class AnthropicProvider(Provider):
         return body
 
 
-def _error_type(response: httpx.Response) -> str | None:
+def _error_type(response: HTTPResponse) -> str | None:
     """Anthropic's ``error.type`` (``overloaded_error``...) if the body has a well-formed one."""
     try:
         kind = response.json()["error"]["type"]

@@ -6,14 +6,9 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
-
 from orchestration.errors import StepError
 
 Messages = list[dict[str, str]]
-# httpx's default pool. Measured (bench/perf.py): a 512/256 pool made httpcore spend
-# ~6x the CPU per call with 200 threads (7.9 ms vs 1.3 ms), doubling the wall time.
-HTTP_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20)
 
 
 @dataclass(frozen=True)

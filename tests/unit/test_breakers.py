@@ -305,3 +305,84 @@ def test_shared_breaker_stays_open_for_its_reset_timeout(shared_redis: redis.Red
     wait()
     breaker.call(lambda: calls.append(2))  # and the reset timeout is not much longer either
     assert calls == [2] and breaker.state_name == "closed"
+
+
+class CountingRedis(redis.Redis):
+    """A Redis client that counts the commands it sends."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.commands: list[str] = []
+
+    def execute_command(self, *args: Any, **options: Any) -> Any:
+        self.commands.append(str(args[0]))
+        return super().execute_command(*args, **options)
+
+
+@pytest.fixture
+def counting_redis() -> Iterator[CountingRedis]:
+    redis_client().close()  # skips (or fails in CI) without Redis
+    client = CountingRedis.from_url(REDIS_URL, socket_connect_timeout=1, socket_timeout=5)
+    yield client
+    client.close()
+
+
+@pytest.mark.redis
+def test_a_healthy_breaker_reads_shared_state_once_per_refresh(
+        counting_redis: CountingRedis, model: str) -> None:
+    breaker = Breakers(counting_redis, {model: BreakerPolicy(refresh=60)}).get(model)
+    counting_redis.commands.clear()
+
+    for _ in range(100):
+        assert breaker.call(lambda: "ok") == "ok"
+        assert breaker.state_name == "closed"
+
+    assert counting_redis.commands == ["MGET"]  # pybreaker: GET + SET per call
+
+
+@pytest.mark.redis
+def test_refresh_zero_reads_on_every_call(counting_redis: CountingRedis, model: str) -> None:
+    breaker = Breakers(counting_redis, {model: BreakerPolicy(refresh=0)}).get(model)
+    counting_redis.commands.clear()
+
+    for _ in range(5):
+        breaker.call(lambda: "ok")
+
+    assert counting_redis.commands.count("MGET") == 5
+    assert "SET" not in counting_redis.commands  # no failures seen: nothing to reset
+
+
+@pytest.mark.redis
+def test_an_open_set_elsewhere_is_seen_within_the_refresh(shared_redis: redis.Redis,
+                                                          model: str) -> None:
+    policy = {model: BreakerPolicy(fail_max=1, reset_timeout=30, refresh=0.2)}
+    here, elsewhere = Breakers(shared_redis, policy), Breakers(shared_redis, policy)
+    here.get(model).call(lambda: "ok")  # a healthy reading, reused for 0.2 s
+    fail(elsewhere.get(model))
+    opened = time.monotonic()
+    calls: list[float] = []
+
+    with pytest.raises(BreakerOpen):
+        while True:  # calls made on the old reading (at most 0.2 s of them), then refused
+            here.get(model).call(lambda: calls.append(time.monotonic()))
+            assert time.monotonic() - opened < 1.0, "the open breaker was never seen"
+
+    assert all(at - opened < 0.2 for at in calls)
+
+
+@pytest.mark.redis
+def test_a_reading_with_failures_is_read_again_and_a_success_resets_them(
+        counting_redis: CountingRedis, model: str) -> None:
+    policy = {model: BreakerPolicy(fail_max=5, reset_timeout=30, refresh=60)}
+    here = Breakers(counting_redis, policy).get(model)
+    fail(Breakers(counting_redis, policy).get(model))  # another process counts a failure
+    counting_redis.commands.clear()
+
+    assert [here.state_name, here.state_name] == ["closed", "closed"]
+    assert counting_redis.commands == ["MGET", "MGET"]  # not reused: it saw a failure
+    here.call(lambda: "ok")
+    assert counting_redis.commands[2:] == ["MGET", "SET"]  # read again, then reset
+    counting_redis.commands.clear()
+    here.call(lambda: "ok")
+    assert counting_redis.commands == []  # healthy now: reused
+    assert here.fail_counter == 0

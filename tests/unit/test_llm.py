@@ -311,8 +311,8 @@ def test_shutdown_closes_provider_connections(tmp_path: Path, llm: SimpleNamespa
         provider = orch.resilience.provider("fake")
         assert provider is not None
         provider.complete([{"role": "user", "content": "hi"}], model="stand-in", timeout=5)
-        assert not provider._client.is_closed  # type: ignore[attr-defined]
-    assert provider._client.is_closed  # type: ignore[attr-defined]
+        assert provider._client.open_connections == 1  # type: ignore[attr-defined]
+    assert provider._client.open_connections == 0  # type: ignore[attr-defined]
 
 
 # -- extract_json ---------------------------------------------------------------------

@@ -23,6 +23,7 @@ from orchestration.providers.anthropic import (  # noqa: E402
     parse_retry_after,
 )
 from orchestration.providers.base import Provider, ProviderError  # noqa: E402
+from orchestration.providers.http import KeepAliveClient  # noqa: E402
 from orchestration.providers.openai import OpenAIProvider  # noqa: E402
 from tests.fakes.llm_server import FakeLLMClient, FakeLLMServer  # noqa: E402
 
@@ -58,12 +59,27 @@ def http() -> Iterator[httpx.Client]:
         yield client
 
 
+@pytest.fixture(scope="module")
+def keepalive() -> Iterator[KeepAliveClient]:
+    client = KeepAliveClient()
+    yield client
+    client.close()
+
+
 @pytest.fixture(params=["openai", "anthropic"])
-def make(request: pytest.FixtureRequest, http: httpx.Client) -> MakeProvider:
-    """``make(fake server, api_key)``: the provider under test, pointed at that server."""
-    if request.param == "openai":
-        return lambda fake, key: OpenAIProvider("openai", fake.url, key, client=http)
-    return lambda fake, key: AnthropicProvider("anthropic", fake.root_url, key, client=http)
+def api(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(params=["keep-alive", "httpx"])
+def make(request: pytest.FixtureRequest, api: str, http: httpx.Client,
+         keepalive: KeepAliveClient) -> MakeProvider:
+    """``make(fake server, api_key)``: the provider under test, pointed at that server, over
+    the default keep-alive client or an injected ``httpx.Client``."""
+    client: httpx.Client | KeepAliveClient = keepalive if request.param == "keep-alive" else http
+    if api == "openai":
+        return lambda fake, key: OpenAIProvider("openai", fake.url, key, client=client)
+    return lambda fake, key: AnthropicProvider("anthropic", fake.root_url, key, client=client)
 
 
 @pytest.fixture

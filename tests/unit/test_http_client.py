@@ -1,0 +1,324 @@
+"""The providers' keep-alive HTTP client, against a scripted socket server on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+
+from orchestration.providers.http import (
+    ConnectError,
+    HttpxClient,
+    KeepAliveClient,
+    ReadError,
+    TransportTimeout,
+    client_for,
+)
+from orchestration.providers.openai import OpenAIProvider
+
+# What the server does with the n-th request on a connection: "answer", "answer-close"
+# (answers with Connection: close), "drop" (closes without answering), "hang", "huge".
+Script = Callable[[int, int], str]  # (connection number, request number on it) -> action
+NewClient = Callable[..., KeepAliveClient]
+
+
+@dataclass
+class Server:
+    script: Script
+    connections: int = 0
+    requests: list[tuple[int, bytes]] = field(default_factory=list)  # (connection, body)
+    sock: socket.socket = field(default_factory=lambda: socket.create_server(("127.0.0.1", 0)))
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.sock.getsockname()[1]}/v1/echo"
+
+    def serve(self) -> None:
+        self.sock.settimeout(0.1)
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:  # closed by the fixture
+                return
+            self.connections += 1
+            threading.Thread(target=self._handle, args=(conn, self.connections),
+                             daemon=True).start()
+
+    def _handle(self, conn: socket.socket, number: int) -> None:
+        reader = conn.makefile("rb")
+        try:
+            self._exchange(conn, reader, number)
+        except OSError:  # the client went away
+            pass
+        finally:
+            reader.close()
+            conn.close()
+
+    def _exchange(self, conn: socket.socket, reader: Any, number: int) -> None:
+        for index in range(1, 100):
+            head = b""
+            while not head.endswith(b"\r\n\r\n"):
+                line = reader.readline()
+                if not line:
+                    return
+                head += line
+            length = next(int(h.split(b":")[1]) for h in head.split(b"\r\n")
+                          if h.lower().startswith(b"content-length"))
+            body = reader.read(length)
+            self.requests.append((number, body))
+            action = self.script(number, index)
+            if action == "drop":
+                return
+            if action == "hang":
+                self.stop.wait(5)
+                return
+            payload = b"x" * 2048 if action == "huge" else json.dumps(
+                {"connection": number, "request": index}).encode()
+            if action == "chunked":
+                half = len(payload) // 2
+                conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                             + b"".join(f"{len(part):x}\r\n".encode() + part + b"\r\n"
+                                        for part in (payload[:half], payload[half:]))
+                             + b"0\r\n\r\n")
+                continue
+            if action == "eof":  # no length: the body ends when the connection does
+                conn.sendall(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + payload)
+                return
+            close = action == "answer-close"
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                         + f"Content-Length: {len(payload)}\r\n".encode()
+                         + (b"Connection: close\r\n" if close else b"") + b"\r\n" + payload)
+            if close:
+                return
+
+
+Serve = Callable[[Script], Server]
+
+
+@pytest.fixture
+def serve() -> Iterator[Serve]:
+    servers: list[Server] = []
+
+    def start(script: Script) -> Server:
+        server = Server(script)
+        threading.Thread(target=server.serve, daemon=True).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop.set()
+        server.sock.close()
+
+
+@pytest.fixture
+def new_client() -> Iterator[NewClient]:
+    """``new_client(**options)``: a KeepAliveClient closed after the test."""
+    made: list[KeepAliveClient] = []
+
+    def make(**options: Any) -> KeepAliveClient:
+        made.append(KeepAliveClient(**options))
+        return made[-1]
+
+    yield make
+    for client in made:
+        client.close()
+
+
+
+def answer(_connection: int, _request: int) -> str:
+    return "answer"
+
+
+def test_one_thread_reuses_its_connection(new_client: NewClient, serve: Serve) -> None:
+    server = serve(answer)
+    client = new_client()
+
+    replies = [client.post_json(server.url, {"n": n}, {}, 2.0).json() for n in range(5)]
+
+    assert [r["request"] for r in replies] == [1, 2, 3, 4, 5]
+    assert server.connections == 1
+    assert [json.loads(body) for _, body in server.requests] == [{"n": n} for n in range(5)]
+
+
+def test_each_thread_has_its_own_connection(new_client: NewClient, serve: Serve) -> None:
+    server = serve(answer)
+    client = new_client()
+    seen: dict[str, set[int]] = {}
+
+    def calls(name: str) -> None:
+        seen[name] = {client.post_json(server.url, {}, {}, 2.0).json()["connection"]
+                      for _ in range(3)}
+
+    threads = [threading.Thread(target=calls, args=(f"t{i}",)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert all(len(connections) == 1 for connections in seen.values())
+    assert len(set().union(*seen.values())) == 4 == server.connections
+
+
+def test_a_connection_the_server_closed_while_idle_is_replaced_and_the_call_sent_once(
+        new_client: NewClient, serve: Serve) -> None:
+    # The first connection answers once, then drops the next request unanswered: as a
+    # server closing an idle keep-alive connection does.
+    server = serve(lambda connection, request: "drop" if (connection, request) == (1, 2)
+                   else "answer")
+    client = new_client()
+    client.post_json(server.url, {"n": 1}, {}, 2.0)
+
+    reply = client.post_json(server.url, {"n": 2}, {}, 2.0).json()
+
+    assert reply == {"connection": 2, "request": 1}
+    assert [n for n, _ in server.requests] == [1, 1, 2]  # the dropped one was never answered
+
+
+def test_a_fresh_connection_that_drops_is_an_error_not_a_resend(
+        new_client: NewClient, serve: Serve) -> None:
+    server = serve(lambda _c, _r: "drop")
+    client = new_client()
+
+    with pytest.raises(ReadError, match="RemoteDisconnected"):
+        client.post_json(server.url, {}, {}, 2.0)
+
+    assert len(server.requests) == 1
+
+
+def test_connection_close_is_honoured(new_client: NewClient, serve: Serve) -> None:
+    server = serve(lambda _c, _r: "answer-close")
+    client = new_client()
+
+    replies = [client.post_json(server.url, {}, {}, 2.0).json() for _ in range(3)]
+
+    assert [r["connection"] for r in replies] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("framing", ["chunked", "eof"])
+def test_bodies_without_a_length_are_read_whole(new_client: NewClient, serve: Serve,
+                                                framing: str) -> None:
+    server = serve(lambda _c, _r: framing)
+    client = new_client()
+
+    replies = [client.post_json(server.url, {}, {}, 2.0).json() for _ in range(3)]
+
+    # Chunked keeps the connection; a body ended by the close needs a new one each time.
+    expected = [1, 1, 1] if framing == "chunked" else [1, 2, 3]
+    assert [r["connection"] for r in replies] == expected
+
+
+def test_idle_connections_expire(new_client: NewClient, serve: Serve) -> None:
+    server = serve(answer)
+    client = new_client(idle_expiry=0.05)
+    client.post_json(server.url, {}, {}, 2.0)
+    time.sleep(0.1)  # idle past the expiry (the behaviour under test is elapsed time)
+
+    assert client.post_json(server.url, {}, {}, 2.0).json()["connection"] == 2
+
+
+def test_a_hang_times_out(new_client: NewClient, serve: Serve) -> None:
+    server = serve(lambda _c, _r: "hang")
+    client = new_client()
+
+    started = time.monotonic()
+    with pytest.raises(TransportTimeout):
+        client.post_json(server.url, {}, {}, 0.2)
+    assert time.monotonic() - started < 1.0
+
+
+def test_connection_refused(new_client: NewClient) -> None:
+    sock = socket.create_server(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+
+    with pytest.raises(ConnectError, match="ConnectionRefusedError"):
+        new_client().post_json(f"http://127.0.0.1:{port}/x", {}, {}, 1.0)
+
+
+def test_a_body_over_the_limit_is_refused(new_client: NewClient, serve: Serve) -> None:
+    server = serve(lambda _c, _r: "huge")
+
+    with pytest.raises(ReadError, match="over 1024 bytes"):
+        new_client(max_body=1024).post_json(server.url, {}, {}, 2.0)
+
+
+def test_a_forked_child_never_uses_the_parents_connection(
+        new_client: NewClient, serve: Serve) -> None:
+    server = serve(answer)
+    client = new_client()
+    client.post_json(server.url, {}, {}, 2.0)
+    read, write = os.pipe()
+
+    pid = os.fork()
+    if pid == 0:  # the child: one call, report which connection answered
+        try:
+            reply = client.post_json(server.url, {}, {}, 2.0).json()
+            os.write(write, str(reply["connection"]).encode())
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    child_connection = int(os.read(read, 16))
+
+    assert child_connection == 2
+    # The parent's own connection is intact.
+    assert client.post_json(server.url, {}, {}, 2.0).json() == {"connection": 1, "request": 2}
+
+
+def test_close_closes_every_threads_connection(new_client: NewClient, serve: Serve) -> None:
+    server = serve(answer)
+    client = new_client()
+    threads = [threading.Thread(target=client.post_json, args=(server.url, {}, {}, 2.0))
+               for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert client.open_connections == 3
+    client.close()
+
+    assert client.open_connections == 0
+    assert client.post_json(server.url, {}, {}, 2.0).json()["connection"] == 4
+
+
+def test_the_default_client_and_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY",
+                 "all_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    assert isinstance(client_for("https://api.example.com/v1", None), KeepAliveClient)
+
+    # A proxy in the environment: httpx, which honours it (the lean client does not).
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    proxied = client_for("https://api.example.com/v1", None)
+    assert isinstance(proxied, HttpxClient)
+    proxied.close()
+    monkeypatch.setenv("NO_PROXY", "api.example.com")
+    assert isinstance(client_for("https://api.example.com/v1", None), KeepAliveClient)
+
+    # A given httpx.Client is wrapped, not owned.
+    with httpx.Client() as given:
+        wrapped = client_for("https://api.example.com/v1", given)
+        assert isinstance(wrapped, HttpxClient)
+        wrapped.close()
+        assert not given.is_closed
+
+
+def test_a_provider_without_a_client_uses_the_keep_alive_one(
+        serve: Serve) -> None:
+    server = serve(answer)
+    provider = OpenAIProvider("p", server.url.rsplit("/", 1)[0], "sk-test")
+
+    assert isinstance(provider._client, KeepAliveClient)
+    provider.close()
