@@ -13,6 +13,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -23,6 +24,7 @@ from orchestration.context import StepContext
 from orchestration.envelope import dumps
 from orchestration.errors import NonRetryableError, OutputNotSerializable, Reschedule, StepSignal
 from orchestration.gates import PASSED, GateFailed
+from orchestration.policies import first_then_retry
 from orchestration.status import StepStatus
 from orchestration.step import BoundStep
 from orchestration.store.repository import AttemptRecord, StepOutcome, Store, utcnow
@@ -104,9 +106,13 @@ def run_attempts(step: BoundStep, kwargs: dict[str, Any], *, run_id: str, store:
         started = utcnow()
         gate: str | None = None
         try:
-            with structlog.contextvars.bound_contextvars(attempt=attempt_number,
-                                                         map_index=map_index):
+            # bind + reset by token: bound_contextvars() also copies the whole context
+            tokens = structlog.contextvars.bind_contextvars(attempt=attempt_number,
+                                                            map_index=map_index)
+            try:
                 value = call_with_timeout(spec.fn, call_kwargs, timeout)
+            finally:
+                structlog.contextvars.reset_contextvars(**tokens)
             if signal_types and isinstance(value, signal_types):
                 raise ReturnedSignal(value)
             _check_json(spec.where, value)
@@ -128,7 +134,8 @@ def run_attempts(step: BoundStep, kwargs: dict[str, Any], *, run_id: str, store:
         return value
 
     remaining = max(1, spec.retries + 1 - previous_attempts)
-    retrying = Retrying(
+    retrying = partial(
+        Retrying,
         stop=stop_after_attempt(remaining),
         wait=lambda state: spec.backoff.delay(previous_attempts + state.attempt_number),
         retry=retry_if_exception(_retryable),
@@ -138,7 +145,7 @@ def run_attempts(step: BoundStep, kwargs: dict[str, Any], *, run_id: str, store:
         reraise=True,
     )
     try:
-        output = retrying(attempt_once)
+        output = first_then_retry(attempt_once, retrying, _retryable)
     except Reschedule as signal:
         cost, model = _spend(contexts)
         raise RescheduleWithOutcome(signal.delay, StepOutcome(

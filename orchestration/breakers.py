@@ -116,7 +116,7 @@ class _RedisStorage(pybreaker.CircuitRedisStorage):
             return CLOSED, 0
         if state is None:
             return str(self.state), 0  # pybreaker's getter re-creates missing keys
-        return state.decode(), int(failures or 0)
+        return (state.decode() if isinstance(state, bytes) else str(state)), int(failures or 0)
 
 
 class ModelBreaker(pybreaker.CircuitBreaker):
@@ -173,6 +173,7 @@ class ModelBreaker(pybreaker.CircuitBreaker):
         if seen is not None and seen[0] == CLOSED and seen[1] == 0 and \
                 now - seen[2] < self._refresh:
             return CLOSED
+        assert isinstance(self._state_storage, _RedisStorage)
         state, failures = self._state_storage.reading()
         self._seen = (state, failures, now)
         return state

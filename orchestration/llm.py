@@ -39,7 +39,7 @@ from orchestration.breakers import BreakerOpen
 from orchestration.catalogue import ModelConfig
 from orchestration.context import CallRecord
 from orchestration.errors import NonRetryableError, StepError, StepTimeout
-from orchestration.policies import Backoff
+from orchestration.policies import Backoff, first_then_retry
 from orchestration.providers.base import Completion, Messages, Provider, ProviderError, Usage
 from orchestration.providers.local import LocalProvider
 
@@ -138,13 +138,12 @@ class LLMClient:
             return self._succeeded(name, config, provider, text, usage, started,
                                    breaker.state_name)
 
-        retrying = Retrying(
+        return first_then_retry(once, lambda: Retrying(
             stop=stop_any(stop_after_attempt(config.retries + 1), _StopAtDeadline(self._ctx)),
             wait=_provider_wait,
             retry=retry_if_exception(_transient),
             reraise=True,
-        )
-        return retrying(once)
+        ), _transient)
 
     def _succeeded(self, name: str, config: ModelConfig, provider: Provider, text: str,
                    usage: Usage, started: float, breaker: str) -> Completion:

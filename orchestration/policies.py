@@ -9,12 +9,14 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
-from tenacity import RetryCallState
+from tenacity import RetryCallState, Retrying
 
 from orchestration.adaptive import AdaptiveTimeout
 from orchestration.errors import WorkflowDefinitionError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -138,3 +140,29 @@ class Fallback:
 
     def __repr__(self) -> str:
         return f"Fallback({self._target!r})"
+
+
+def first_then_retry(fn: Callable[[], T], retrying: Callable[[], Retrying],
+                     retryable: Callable[[BaseException], bool]) -> T:
+    """``retrying()(fn)``, without building tenacity's machinery when the first call
+    succeeds, as most do (measured: two tenacity loops per map element were ~5% of a
+    model call's CPU). The first call is made here; if it fails in a way worth retrying,
+    tenacity takes over from that failure (replayed as its attempt 1), so waits, stops,
+    hooks and attempt numbers are exactly those of ``retrying()(fn)``.
+    """
+    try:
+        return fn()
+    except Exception as exc:
+        if not retryable(exc):
+            raise
+        first = exc
+    replayed = False
+
+    def again() -> T:
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            raise first
+        return fn()
+
+    return retrying()(again)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import random
 import warnings
+from collections.abc import Callable
 
 import pytest
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_none
 
 from orchestration import Backoff, WorkflowDefinitionError
 from orchestration.policies import (
@@ -15,6 +17,7 @@ from orchestration.policies import (
     TimeoutPolicy,
     as_backoff,
     as_timeout,
+    first_then_retry,
 )
 
 
@@ -110,3 +113,63 @@ def test_fallback_value_and_callable() -> None:
     assert computed.is_callable
     assert computed.resolve({"text": "ab", "n": 2}) == "abab"
     assert repr(fixed) == "Fallback('tier_1')"
+
+
+# -- first_then_retry ----------------------------------------------------------------------
+
+
+def _retrying(calls: list[str], attempts: int) -> Callable[[], Retrying]:
+    def build() -> Retrying:
+        calls.append("built")
+        return Retrying(stop=stop_after_attempt(attempts), wait=wait_none(),
+                        retry=retry_if_exception_type(ValueError), reraise=True,
+                        before_sleep=lambda state: calls.append(f"retry {state.attempt_number}"))
+    return build
+
+
+def test_first_then_retry_builds_nothing_when_the_first_call_succeeds() -> None:
+    calls: list[str] = []
+
+    assert first_then_retry(lambda: "ok", _retrying(calls, 3),
+                            lambda e: isinstance(e, ValueError)) == "ok"
+    assert calls == []
+
+
+def test_first_then_retry_replays_the_first_failure_into_tenacity() -> None:
+    calls: list[str] = []
+    outcomes = iter([ValueError("1"), ValueError("2"), "third"])
+
+    def fn() -> str:
+        calls.append("call")
+        outcome = next(outcomes)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    result = first_then_retry(fn, _retrying(calls, 3), lambda e: isinstance(e, ValueError))
+
+    # Exactly what Retrying(...)(fn) does: 3 calls, hooks numbered from the first one.
+    assert result == "third"
+    assert calls == ["call", "built", "retry 1", "call", "retry 2", "call"]
+
+
+def test_first_then_retry_raises_what_is_not_retryable_and_stops_as_tenacity_does() -> None:
+    calls: list[str] = []
+
+    def broken() -> str:
+        calls.append("call")
+        raise KeyError("no")
+
+    with pytest.raises(KeyError):
+        first_then_retry(broken, _retrying(calls, 3), lambda e: isinstance(e, ValueError))
+    assert calls == ["call"]
+
+    calls.clear()
+
+    def failing() -> str:
+        calls.append("call")
+        raise ValueError("again")
+
+    with pytest.raises(ValueError, match="again"):
+        first_then_retry(failing, _retrying(calls, 2), lambda e: isinstance(e, ValueError))
+    assert calls == ["call", "built", "retry 1", "call"]
