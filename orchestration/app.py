@@ -64,7 +64,9 @@ class Orchestrator:
         self.redactor = Redactor(self.settings.redact_fields)
         configure_logging(self.settings.log_level, json=self.settings.log_json,
                           redactor=self.redactor)
-        self.celery = Celery(name, set_as_current=False)
+        # StepAMQP: Celery's headers and events get a summary of a step's envelope.
+        self.celery = Celery(name, set_as_current=False,
+                             amqp="orchestration.publishing:StepAMQP")
         self._apply_settings()
         self.workflows: dict[str, Workflow] = {}
         self._store: Store | None = None

@@ -1,0 +1,80 @@
+"""Celery's headers and events show a summary of a step's envelope, never its values."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from celery.signals import before_task_publish
+
+from orchestration import Orchestrator, RunStatus, Workflow
+from orchestration.publishing import args_summary, kwargs_summary
+from orchestration.testing import embedded_orchestrator
+
+SECRET = "hunter2-very-secret-value"
+
+
+@pytest.fixture
+def published() -> Iterator[list[dict[str, Any]]]:
+    headers: list[dict[str, Any]] = []
+
+    def record(headers: dict[str, Any] | None = None, **_: Any) -> None:
+        if headers is not None:
+            seen.append(dict(headers))
+
+    seen = headers
+    before_task_publish.connect(record, weak=False)
+    yield headers
+    before_task_publish.disconnect(record)
+
+
+@pytest.fixture
+def orch() -> Iterator[Orchestrator]:
+    with embedded_orchestrator() as orchestrator:
+        yield orchestrator
+
+
+def test_headers_name_the_run_and_never_carry_its_values(
+        orch: Orchestrator, published: list[dict[str, Any]]) -> None:
+    flow = Workflow("publishing_demo", inputs=["text", "password"], app=orch)
+
+    @flow.task(queue="publishing.a")
+    def first(text: str, password: str) -> int:
+        return len(password)
+
+    @flow.task(queue="publishing.b", map="items")
+    def second(first: int, items: int) -> int:
+        return first + items
+
+    flow.task(name="items")(lambda: [1, 2, 3])
+
+    result = flow.submit(text="hi", password=SECRET).wait(timeout=30)
+
+    assert result.status is RunStatus.SUCCEEDED, result.error
+    steps = [h for h in published if str(h.get("task", "")).startswith("publishing_demo.")]
+    assert len(steps) >= 3  # the first step, the map step, its chunks
+    for header in published:
+        assert SECRET not in str(header.get("argsrepr")) + str(header.get("kwargsrepr"))
+    for header in steps:
+        assert result.run_id in str(header["argsrepr"]) + str(header["kwargsrepr"])
+
+
+def test_the_task_sent_event_carries_the_summary(orch: Orchestrator) -> None:
+    envelope = {"run": "r-1", "out": {"password": SECRET}}
+    message = orch.celery.amqp.as_task_v2("t-1", "x.step", (envelope,),
+                                          {"run_id": "r-1", "fused": ["a", "b"]},
+                                          create_sent_event=True)
+
+    assert message.sent_event["args"] == "(<envelope of run r-1>,)"
+    assert message.sent_event["kwargs"] == "{'run_id': 'r-1', 'fused': ['a', 'b']}"
+    assert message.headers["argsrepr"] == "(<envelope of run r-1>,)"
+
+
+def test_summaries() -> None:
+    assert args_summary(()) == "()"
+    assert args_summary(([SECRET],)) == "(<list>,)"
+    assert kwargs_summary({"chunk": {"start": 64, "items": [SECRET] * 3}, "run_id": "r",
+                           "message": {"out": SECRET}, "step": {"nested": SECRET}}) == (
+        "{'chunk': {'start': 64, 'items': 3}, 'run_id': 'r', 'message': '<omitted>', "
+        "'step': '<omitted>'}")
