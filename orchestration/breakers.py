@@ -134,6 +134,7 @@ class ModelBreaker(pybreaker.CircuitBreaker):
         self._refresh = policy.refresh
         # The last reading of shared state: (state, failures, time.monotonic() of the read).
         self._seen: tuple[str, int, float] | None = None
+        self._renewing = threading.Lock()
         # A probe holds its token at most this long, so a crashed prober cannot wedge it.
         self._probe = _Probe(model, client, ttl=max(policy.reset_timeout, 60.0))
 
@@ -170,13 +171,21 @@ class ModelBreaker(pybreaker.CircuitBreaker):
             return str(self._state_storage.state)
         seen = self._seen
         now = time.monotonic()
-        if seen is not None and seen[0] == CLOSED and seen[1] == 0 and \
-                now - seen[2] < self._refresh:
+        healthy = seen is not None and seen[0] == CLOSED and seen[1] == 0
+        if healthy and now - seen[2] < self._refresh:  # type: ignore[index]
             return CLOSED
-        assert isinstance(self._state_storage, _RedisStorage)
-        state, failures = self._state_storage.reading()
-        self._seen = (state, failures, now)
-        return state
+        # An expired healthy reading is renewed by one thread; the others keep using it
+        # meanwhile (without this, every thread of a busy worker read at once).
+        if healthy and not self._renewing.acquire(blocking=False):
+            return CLOSED
+        try:
+            assert isinstance(self._state_storage, _RedisStorage)
+            state, failures = self._state_storage.reading()
+            self._seen = (state, failures, now)
+            return state
+        finally:
+            if healthy:
+                self._renewing.release()
 
     def call(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run ``func`` unless the breaker is open; count its outcome."""

@@ -386,3 +386,25 @@ def test_a_reading_with_failures_is_read_again_and_a_success_resets_them(
     here.call(lambda: "ok")
     assert counting_redis.commands == []  # healthy now: reused
     assert here.fail_counter == 0
+
+
+@pytest.mark.redis
+def test_one_thread_renews_an_expired_healthy_reading(counting_redis: CountingRedis,
+                                                      model: str) -> None:
+    breaker = Breakers(counting_redis, {model: BreakerPolicy(refresh=0.2)}).get(model)
+    breaker.call(lambda: None)
+    time.sleep(0.25)  # the reading expires (elapsed time is what is under test)
+    counting_redis.commands.clear()
+    barrier = threading.Barrier(32)
+
+    def call() -> None:
+        barrier.wait()
+        breaker.call(lambda: None)
+
+    threads = [threading.Thread(target=call) for _ in range(32)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert counting_redis.commands == ["MGET"]
