@@ -64,9 +64,10 @@ class Orchestrator:
         self.redactor = Redactor(self.settings.redact_fields)
         configure_logging(self.settings.log_level, json=self.settings.log_json,
                           redactor=self.redactor)
-        # StepAMQP: Celery's headers and events get a summary of a step's envelope.
+        # Celery's headers and events get a summary of a step's envelope (publishing.py).
         self.celery = Celery(name, set_as_current=False,
-                             amqp="orchestration.publishing:StepAMQP")
+                             amqp="orchestration.publishing:StepAMQP",
+                             events="orchestration.publishing:StepEvents")
         self._apply_settings()
         self.workflows: dict[str, Workflow] = {}
         self._store: Store | None = None

@@ -1,23 +1,28 @@
 """What Celery shows of a step message: a summary naming the run, never its data.
 
 Celery puts ``saferepr(args)`` and ``saferepr(kwargs)`` of every task message into the
-message headers and its ``task-sent``/``task-received`` events, which Flower shows and
-keeps, and its own log lines. A step's argument is the run's envelope: inputs and
-outputs, including values the redaction rules keep out of the results DB and the logs.
-:class:`StepAMQP` (the Celery app's message builder) replaces both reprs with a summary:
-the run id and the delivery's plain options (``fused``, ``chunk`` position and size...).
-It also saves the cost of ``saferepr`` on every publish, client and worker side.
+message headers and its ``task-sent``/``task-received`` events, and ``saferepr`` of the
+return value into ``task-succeeded``; Flower shows and keeps all three. A step's
+argument and return value are the run's envelope: inputs and outputs, including values
+the redaction rules keep out of the results DB and the logs. :class:`StepAMQP` (the app's
+message builder) writes a summary instead: the run id and the delivery's plain options
+(``fused``, ``chunk`` position and size...), which also saves a ``saferepr`` per publish.
+:class:`StepEvents` does the same for the result in ``task-succeeded``.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
 from celery.app.amqp import AMQP
+from celery.app.events import Events
+from celery.events.dispatcher import EventDispatcher
 
 # Plain values that help an operator and carry no run data.
 _SHOWN = ("run_id", "step", "fused", "finalize", "total", "workflow", "count")
+_ENVELOPE_REPR = re.compile(r"\{'run': '([0-9a-zA-Z-]{1,64})'")
 
 
 def args_summary(args: Any) -> str:
@@ -63,3 +68,26 @@ class StepAMQP(AMQP):  # type: ignore[misc]  # Celery is untyped
             argsrepr=args_summary(args) if argsrepr is None else argsrepr,
             kwargsrepr=kwargs_summary(kwargs) if kwargsrepr is None else kwargsrepr,
             **options)
+
+
+def result_summary(result: Any) -> str:
+    """``<envelope of run ...>`` for a step's returned envelope (as Celery's repr of it)."""
+    match = _ENVELOPE_REPR.match(str(result))
+    if match:
+        return f"<envelope of run {match.group(1)}>"
+    return "<omitted: see the results DB>"
+
+
+class StepEventDispatcher(EventDispatcher):  # type: ignore[misc]  # Celery is untyped
+    """Celery's event dispatcher, with a summary for a succeeded task's result."""
+
+    def send(self, type: str, *args: Any, **fields: Any) -> Any:
+        if type == "task-succeeded" and "result" in fields:
+            fields["result"] = result_summary(fields["result"])
+        return super().send(type, *args, **fields)
+
+
+class StepEvents(Events):  # type: ignore[misc]  # Celery is untyped
+    """``app.events`` with :class:`StepEventDispatcher`."""
+
+    dispatcher_cls = "orchestration.publishing:StepEventDispatcher"

@@ -1,4 +1,5 @@
-"""Flower over the session's workers: steps by name ``<workflow>.<step>``, run id in kwargs.
+"""Flower over the session's workers: steps by name ``<workflow>.<step>``, run id in kwargs,
+no run data in args or results.
 
 ``orchestrate flower`` (``orchestration/exporter.py``) starts a real Flower process with
 the test process's ``ORCH_*`` environment and ``FLOWER_BASIC_AUTH``; its REST API is
@@ -86,6 +87,9 @@ def test_flower_lists_steps_by_name_with_the_run_id(flower: str, workers: Worker
     for step, task in tasks.items():
         assert task["name"] == f"it_routing.{step}"
         assert f"'run_id': '{run.run_id}'" in task["kwargs"]
+        # Args and result name the run; its data (here the input text) stays out of Flower.
+        assert task["args"] == f"(<envelope of run {run.run_id}>,)"
+        assert "to be or not" not in f"{task['args']}{task['kwargs']}{task.get('result')}"
         assert task["state"] == "SUCCESS"
         assert task["worker"] in workers.serving(queues[step]), task
 

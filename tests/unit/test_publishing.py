@@ -78,3 +78,18 @@ def test_summaries() -> None:
                            "message": {"out": SECRET}, "step": {"nested": SECRET}}) == (
         "{'chunk': {'start': 64, 'items': 3}, 'run_id': 'r', 'message': '<omitted>', "
         "'step': '<omitted>'}")
+
+
+def test_a_succeeded_event_carries_a_summary_of_the_result(orch: Orchestrator) -> None:
+    sent: list[dict[str, Any]] = []
+    dispatcher = orch.celery.events.Dispatcher(connection=None, enabled=False)
+    dispatcher.enabled, dispatcher._closed = True, False
+    dispatcher._publish = lambda event, *_, **__: sent.append(dict(event))
+
+    dispatcher.send("task-succeeded", uuid="t-1",
+                    result=repr({"run": "r-9", "out": {"password": SECRET}}))
+    dispatcher.send("task-succeeded", uuid="t-2", result="[1, 2]")
+    dispatcher.send("task-received", uuid="t-3", args="(<envelope of run r-9>,)")
+
+    assert [e.get("result") for e in sent] == [
+        "<envelope of run r-9>", "<omitted: see the results DB>", None]
