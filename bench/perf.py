@@ -1079,13 +1079,8 @@ def report(args: argparse.Namespace, results: Results, profiles: dict[str, Any],
 
 
 def engine_pool() -> str:
-    """The connection pool of the engine's OpenAI provider (its httpx limits)."""
-    try:
-        from orchestration.providers.base import HTTP_LIMITS
-    except ImportError:
-        return "httpx.Client(timeout=60), httpx's default pool: 100 connections, 20 kept alive"
-    return (f"httpx pool of {HTTP_LIMITS.max_connections} connections, "
-            f"{HTTP_LIMITS.max_keepalive_connections} kept alive")
+    """How the engine's OpenAI provider sends its HTTP calls."""
+    return "KeepAliveClient: one http.client keep-alive connection per thread (no pool)"
 
 
 def _details(results: Results) -> None:

@@ -646,7 +646,8 @@ def _stop_spy(spy: subprocess.Popen[bytes], out: Path) -> list[tuple[list[str], 
 
 # Exclusive buckets: the first whose pattern matches any frame of a sample's stack.
 BUCKETS: list[tuple[str, str]] = [
-    ("HTTP call (httpx/httpcore/h11)", r"\((httpx|httpcore|h11)/"),
+    ("HTTP call (providers/http.py, http.client, httpx)",
+     r"\((httpx|httpcore|h11|http/client|orchestration/providers/http)"),
     ("results DB (SQLAlchemy + sqlite3, orchestration.store)",
      r"\((sqlalchemy|orchestration/store)/"),
     ("breaker (pybreaker + its state in Redis)", r"\((pybreaker|orchestration/breakers)"),
