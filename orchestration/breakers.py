@@ -171,21 +171,23 @@ class ModelBreaker(pybreaker.CircuitBreaker):
             return str(self._state_storage.state)
         seen = self._seen
         now = time.monotonic()
-        healthy = seen is not None and seen[0] == CLOSED and seen[1] == 0
-        if healthy and now - seen[2] < self._refresh:  # type: ignore[index]
-            return CLOSED
-        # An expired healthy reading is renewed by one thread; the others keep using it
-        # meanwhile (without this, every thread of a busy worker read at once).
-        if healthy and not self._renewing.acquire(blocking=False):
-            return CLOSED
-        try:
-            assert isinstance(self._state_storage, _RedisStorage)
-            state, failures = self._state_storage.reading()
-            self._seen = (state, failures, now)
-            return state
-        finally:
-            if healthy:
+        if seen is not None and seen[0] == CLOSED and seen[1] == 0:
+            # Healthy: reuse it while fresh. Once expired, one thread renews it and the
+            # others keep using it meanwhile (otherwise every thread of a busy worker
+            # read at once).
+            if now - seen[2] < self._refresh or not self._renewing.acquire(blocking=False):
+                return CLOSED
+            try:
+                return self._read(now)
+            finally:
                 self._renewing.release()
+        return self._read(now)
+
+    def _read(self, now: float) -> str:
+        assert isinstance(self._state_storage, _RedisStorage)
+        state, failures = self._state_storage.reading()
+        self._seen = (state, failures, now)
+        return state
 
     def call(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run ``func`` unless the breaker is open; count its outcome."""

@@ -44,9 +44,7 @@ def kwargs_summary(kwargs: Any) -> str:
         return "{}"
     shown: dict[str, Any] = {}
     for key, value in kwargs.items():
-        if key in _SHOWN and (value is None or (isinstance(value, str | int | float | bool | list)
-                              and (not isinstance(value, list)
-                                   or all(isinstance(v, str) for v in value)))):
+        if key in _SHOWN and _plain(value):
             shown[key] = value
         elif key == "chunk" and isinstance(value, Mapping):
             items = value.get("items")
@@ -55,6 +53,13 @@ def kwargs_summary(kwargs: Any) -> str:
         else:
             shown[key] = "<omitted>"
     return repr(shown)
+
+
+def _plain(value: Any) -> bool:
+    """None, a scalar, or a list of strings (step names)."""
+    if isinstance(value, list):
+        return all(isinstance(item, str) for item in value)
+    return value is None or isinstance(value, str | int | float | bool)
 
 
 class StepAMQP(AMQP):  # type: ignore[misc]  # Celery is untyped

@@ -11,18 +11,11 @@ from typing import Any
 
 import httpx
 
-from orchestration.providers.base import Messages, Provider, ProviderError, Usage
-from orchestration.providers.http import (
-    HTTPClient,
-    HTTPResponse,
-    TransportError,
-    TransportTimeout,
-    client_for,
-)
+from orchestration.providers.base import HTTPProvider, Messages, ProviderError, Usage
+from orchestration.providers.http import HTTPClient, HTTPResponse
 
 API_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 1024
-_DEFAULT_TIMEOUT_S = 60.0
 # 529 is Anthropic's "overloaded": the same promise as a 503, so it carries Retry-After too.
 _RETRY_AFTER_STATUSES = frozenset({429, 503, 529})
 # Only a machine-readable error type goes into messages: free text from the server may
@@ -64,8 +57,8 @@ def retry_after_for(response: HTTPResponse) -> float | None:
     return parse_retry_after(response.headers.get("retry-after"))
 
 
-class AnthropicProvider(Provider):
-    """POST ``{base_url}/v1/messages`` with an ``x-api-key`` (``client`` as for OpenAI's).
+class AnthropicProvider(HTTPProvider):
+    """POST ``{base_url}/v1/messages`` with an ``x-api-key`` (``client``: see HTTPProvider).
 
     ``base_url`` is the API root (``https://api.anthropic.com``), without ``/v1``. System
     messages are joined into the request's top-level ``system``; ``max_tokens`` defaults
@@ -75,18 +68,11 @@ class AnthropicProvider(Provider):
 
     def __init__(self, name: str, base_url: str, api_key: str | None,
                  client: httpx.Client | HTTPClient | None = None) -> None:
-        self.name = name
+        super().__init__(name, base_url, client)
         self._url = f"{base_url.rstrip('/')}/v1/messages"
         self._headers = {"anthropic-version": API_VERSION, "content-type": "application/json"}
         if api_key:
             self._headers["x-api-key"] = api_key
-        self._client = client_for(base_url, client)
-        self._owns_client = client is None
-
-    def close(self) -> None:
-        """Close the HTTP connections this provider opened."""
-        if self._owns_client:
-            self._client.close()
 
     def complete(self, messages: Messages, *, model: str, timeout: float | None,
                  **params: Any) -> tuple[str, Usage]:
@@ -98,14 +84,7 @@ class AnthropicProvider(Provider):
         before anything is sent.
         """
         body = self._body(messages, model, params)
-        try:
-            response = self._client.post_json(
-                self._url, body, self._headers,
-                timeout if timeout is not None else _DEFAULT_TIMEOUT_S)
-        except TransportTimeout as exc:
-            raise ProviderError(f"{self.name}: timed out calling {model}") from exc
-        except TransportError as exc:
-            raise ProviderError(f"{self.name}: {type(exc).__name__} calling {model}") from exc
+        response = self._post(self._url, body, self._headers, model=model, timeout=timeout)
         if response.status >= 400:
             status = response.status
             kind = _error_type(response)

@@ -6,7 +6,16 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
+
 from orchestration.errors import StepError
+from orchestration.providers.http import (
+    HTTPClient,
+    HTTPResponse,
+    TransportError,
+    TransportTimeout,
+    client_for,
+)
 
 Messages = list[dict[str, str]]
 
@@ -59,3 +68,37 @@ class Provider(ABC):
     def complete(self, messages: Messages, *, model: str, timeout: float | None,
                  **params: Any) -> tuple[str, Usage]:
         """Send ``messages`` to ``model``; return the text and token usage."""
+
+
+class HTTPProvider(Provider):
+    """A provider speaking JSON over HTTP: its client, and transport failures as
+    retryable :class:`ProviderError`.
+
+    ``client``: an ``httpx.Client`` or an :class:`~orchestration.providers.http.HTTPClient`
+    to send with (closed by its owner); by default a keep-alive connection per thread
+    (``orchestration.providers.http.client_for``).
+    """
+
+    DEFAULT_TIMEOUT_S = 60.0
+
+    def __init__(self, name: str, base_url: str,
+                 client: httpx.Client | HTTPClient | None = None) -> None:
+        self.name = name
+        self._client = client_for(base_url, client)
+        self._owns_client = client is None
+
+    def close(self) -> None:
+        """Close the HTTP connections this provider opened."""
+        if self._owns_client:
+            self._client.close()
+
+    def _post(self, url: str, body: Any, headers: dict[str, str], *, model: str,
+              timeout: float | None) -> HTTPResponse:
+        """POST ``body``; the response whatever its status. No response: ProviderError."""
+        try:
+            return self._client.post_json(
+                url, body, headers, self.DEFAULT_TIMEOUT_S if timeout is None else timeout)
+        except TransportTimeout as exc:
+            raise ProviderError(f"{self.name}: timed out calling {model}") from exc
+        except TransportError as exc:
+            raise ProviderError(f"{self.name}: {type(exc).__name__} calling {model}") from exc

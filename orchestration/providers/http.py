@@ -140,8 +140,10 @@ class KeepAliveClient:
         for attempt in (1, 2):
             slot, reused = self._checkout(target, timeout)
             connection = slot.connection
+            sent = False
             try:
                 connection.request("POST", target.path, body=data, headers=request_headers)
+                sent = True
                 response = connection.getresponse()
                 payload = _read_body(response, self._max_body)
             except TimeoutError as exc:
@@ -150,8 +152,11 @@ class KeepAliveClient:
             except (http.client.RemoteDisconnected, ConnectionResetError,
                     BrokenPipeError) as exc:
                 self._discard(target, slot)
-                if reused and attempt == 1:
-                    continue  # the server closed the idle connection: it never saw this one
+                # A reused connection the server had closed while idle: the send fails, or
+                # the reply ends before any status line. Either way it never saw this one.
+                stale = not sent or isinstance(exc, http.client.RemoteDisconnected)
+                if reused and stale and attempt == 1:
+                    continue
                 raise ReadError(f"connection closed: {type(exc).__name__}") from exc
             except (http.client.HTTPException, OSError) as exc:
                 self._discard(target, slot)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -79,6 +80,9 @@ class Server:
             self.requests.append((number, body))
             action = self.script(number, index)
             if action == "drop":
+                return
+            if action == "reset":  # RST instead of an answer: the request was received
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 return
             if action == "hang":
                 self.stop.wait(5)
@@ -184,6 +188,20 @@ def test_a_connection_the_server_closed_while_idle_is_replaced_and_the_call_sent
 
     assert reply == {"connection": 2, "request": 1}
     assert [n for n, _ in server.requests] == [1, 1, 2]  # the dropped one was never answered
+
+
+def test_a_reset_after_the_request_was_sent_is_an_error_not_a_resend(
+        new_client: NewClient, serve: Serve) -> None:
+    # The server took the request and then reset the connection: it may have acted on
+    # it, so the (non-idempotent) POST is not sent again, even on a reused connection.
+    server = serve(lambda connection, request: "reset" if request == 2 else "answer")
+    client = new_client()
+    client.post_json(server.url, {"n": 1}, {}, 2.0)
+
+    with pytest.raises(ReadError, match="ConnectionResetError"):
+        client.post_json(server.url, {"n": 2}, {}, 2.0)
+
+    assert len(server.requests) == 2
 
 
 def test_a_fresh_connection_that_drops_is_an_error_not_a_resend(
