@@ -14,11 +14,17 @@ from datetime import UTC, datetime, timedelta
 
 import click
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 from rich.tree import Tree
 
 from orchestration.app import Orchestrator, default_orchestrator
+from orchestration.cli_errors import (
+    OperatorGroup,
+    SetupFailed,
+    debugging,
+    remember_database_url,
+)
 from orchestration.errors import OrchestrationError
 from orchestration.exporter import flower_command, serve_metrics
 from orchestration.graph import Node, Parallel, Series
@@ -30,23 +36,33 @@ from orchestration.store.engine import upgrade
 
 # Wide enough for run ids when piped (rich assumes 80 columns without a terminal).
 console = Console(width=None if sys.stdout.isatty() else 160)
+# Every status has a style; data (names, errors) is printed as rich Text, never as markup.
 STATUS_STYLE = {
     StepStatus.SUCCEEDED: "green", StepStatus.FALLBACK: "yellow", StepStatus.FAILED: "red",
     StepStatus.SKIPPED: "dim", StepStatus.RUNNING: "cyan", StepStatus.RETRYING: "magenta",
-    StepStatus.PENDING: "dim",
+    StepStatus.PENDING: "dim", StepStatus.WAITING: "blue", StepStatus.CANCELLED: "dim red",
 }
 
 
 def _orchestrator(load_workflows: bool = False) -> Orchestrator:
-    orchestrator = default_orchestrator()
-    if load_workflows:
-        for module in orchestrator.settings.imports:
-            importlib.import_module(module)
+    try:
+        orchestrator = default_orchestrator()
+        remember_database_url(orchestrator.settings.database_url)
+        if load_workflows:
+            for module in orchestrator.settings.imports:
+                importlib.import_module(module)
+    except Exception as exc:
+        # Settings, catalogue and workflow modules: one line naming the problem, even where
+        # a command turns OrchestrationError into its own message.
+        if debugging():
+            raise
+        raise SetupFailed(exc) from exc
     return orchestrator
 
 
-@click.group()
-def main() -> None:
+@click.group(cls=OperatorGroup)
+@click.option("--debug", is_flag=True, help="show the traceback of an error")
+def main(debug: bool) -> None:
     """Inspect and operate workflow runs."""
 
 
@@ -60,7 +76,7 @@ def db_upgrade() -> None:
     """Apply pending schema migrations (workers also do this on first use)."""
     orchestrator = _orchestrator()
     upgrade(orchestrator.store.engine)
-    console.print(f"schema is current: {orchestrator.store.engine.url.render_as_string()}")
+    console.print(Text(f"schema is current: {orchestrator.store.engine.url.render_as_string()}"))
 
 
 @main.command()
@@ -82,7 +98,9 @@ def runs(workflow: str | None, status: str | None, limit: int) -> None:
             if run.finished_at and run.created_at else None
         row = [run.run_id, run.workflow, run.status.value, _time(run.created_at),
                "-" if duration is None else f"{duration:.2f} s", f"{run.cost_usd:.4f}"]
-        table.add_row(*row, *([(run.error or "")[:60]] if with_errors else []))
+        if with_errors:
+            row.append((run.error or "")[:60])
+        table.add_row(*map(Text, row))
     console.print(table)
 
 
@@ -91,42 +109,56 @@ def runs(workflow: str | None, status: str | None, limit: int) -> None:
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def show(run_id: str, as_json: bool) -> None:
     """One run: its steps with status, timeline, attempts, cost and errors."""
+    orchestrator = _orchestrator()
     try:
-        run = _orchestrator().store.get_run(run_id)
+        run = orchestrator.store.get_run(run_id)
     except OrchestrationError as exc:
         raise click.ClickException(str(exc)) from exc
     if as_json:
         click.echo(json.dumps(_run_json(run), indent=2, default=str))
         return
     duration = f"{run.duration_s:.3f} s" if run.duration_s is not None else "not finished"
-    tree = Tree(f"[bold]{run.workflow}[/] run {run.run_id}: [bold]{run.status.value}[/] "
-                f"({duration}, ${run.cost_usd:.4f})")
+    # Text, not markup: workflow names, errors and worker names are data and may hold
+    # '[...]' that rich would read as tags.
+    tree = Tree(Text.assemble((run.workflow, "bold"), f" run {run.run_id}: ",
+                              (run.status.value, "bold"),
+                              f" ({duration}, ${run.cost_usd:.4f})"))
     if run.error:
-        tree.add(f"[red]{escape(run.error)}[/]")
+        tree.add(Text(run.error, style="red"))
     origin = run.created_at
     for step in run.steps.values():
         tree.add(_step_line(step, origin))
     console.print(tree)
 
 
+SHOWN_ERROR_STATUSES = frozenset({StepStatus.FAILED, StepStatus.FALLBACK, StepStatus.SKIPPED,
+                                  StepStatus.CANCELLED})
+
+
 def _step_line(step: StepRecord, origin: datetime | None) -> Tree:
-    style = STATUS_STYLE.get(step.status, "")
     offset = (step.started_at - origin).total_seconds() * 1000 \
         if step.started_at and origin else None
     timing = "" if offset is None else f" +{offset:.0f} ms"
     latency = "" if step.latency_ms is None else f" took {step.latency_ms:.1f} ms"
     where = f" on {step.queue}" + (f" by {step.worker}" if step.worker else "")
     extra = f" model={step.model}" if step.model else ""
-    node = Tree(f"[{style}]{step.name}[/] {step.status.value}{timing}{latency}"
-                f" attempts={step.attempts}{where}{extra}")
+    node = Tree(Text.assemble((step.name, STATUS_STYLE.get(step.status, "")),
+                              f" {step.status.value}{timing}{latency}"
+                              f" attempts={step.attempts}{where}{extra}"))
     for attempt in step.attempt_log:
-        line = f"attempt {attempt['attempt']}: {attempt['status']} {attempt['latency_ms']:.1f} ms"
+        line = Text(f"attempt {attempt['attempt']}: {attempt['status']} "
+                    f"{attempt['latency_ms']:.1f} ms")
         if attempt.get("error"):
-            line += f" [red]{escape(attempt['error'].strip().splitlines()[-1])}[/]"
+            line.append(f" {_last_line(attempt['error'])}", style="red")
         node.add(line)
-    if step.error and step.status in (StepStatus.FAILED, StepStatus.FALLBACK, StepStatus.SKIPPED):
-        node.add(f"[red]{escape(step.error.strip().splitlines()[-1])}[/]")
+    if step.error and step.status in SHOWN_ERROR_STATUSES:
+        node.add(Text(_last_line(step.error), style="red"))
     return node
+
+
+def _last_line(error: str) -> str:
+    lines = error.strip().splitlines()
+    return lines[-1] if lines else error
 
 
 def _run_json(run: RunResult) -> dict[str, object]:
@@ -156,7 +188,7 @@ def approve(run_id: str, data: str, name: str | None) -> None:
         count = _orchestrator(load_workflows=True).approve(run_id, value, name)
     except OrchestrationError as exc:
         raise click.ClickException(str(exc)) from exc
-    console.print(f"delivered to {count} waiting step(s) of run {run_id}")
+    console.print(Text(f"delivered to {count} waiting step(s) of run {run_id}"))
 
 
 @main.command()
@@ -222,7 +254,7 @@ def cancel(run_id: str) -> None:
         cancelled = cancel_run(_orchestrator().store, run_id)
     except OrchestrationError as exc:
         raise click.ClickException(str(exc)) from exc
-    console.print(f"cancelled {len(cancelled)} run(s): {', '.join(cancelled)}")
+    console.print(Text(f"cancelled {len(cancelled)} run(s): {', '.join(cancelled)}"))
 
 
 @main.command()
@@ -233,15 +265,15 @@ def stats(workflow: str, since: str) -> None:
     """Per-step p50/p95/p99 latency, retries, fallback rate; errors per model; cost per run."""
     orchestrator = _orchestrator(load_workflows=True)
     report = workflow_stats(orchestrator, workflow, _since(since))
-    console.print(f"[bold]{workflow}[/] over {since}: {report.runs} runs "
-                  f"({', '.join(f'{n} {s}' for s, n in sorted(report.runs_by_status.items()))}),"
-                  f" ${report.cost_per_run:.6f} per run")
+    by_status = ", ".join(f"{n} {s}" for s, n in sorted(report.runs_by_status.items()))
+    console.print(Text.assemble((workflow, "bold"), f" over {since}: {report.runs} runs "
+                                f"({by_status}), ${report.cost_per_run:.6f} per run"))
     table = Table(title="steps (latency ms)")
     for column in ("step", "runs", "p50", "p95", "p99", "retries", "fallback %", "failed",
                    "skipped", "cost $"):
         table.add_column(column, justify="left" if column == "step" else "right", no_wrap=True)
     for s in report.steps:
-        table.add_row(s.step, str(s.runs), _ms(s.p50_ms), _ms(s.p95_ms), _ms(s.p99_ms),
+        table.add_row(Text(s.step), str(s.runs), _ms(s.p50_ms), _ms(s.p95_ms), _ms(s.p99_ms),
                       str(s.retries), f"{100 * s.fallbacks / s.runs:.1f}" if s.runs else "-",
                       str(s.failed), str(s.skipped), f"{s.cost_usd:.6f}")
     console.print(table)
@@ -250,7 +282,8 @@ def stats(workflow: str, since: str) -> None:
         for column in ("model", "attempts", "failed", "error rate"):
             models.add_column(column, justify="left" if column == "model" else "right")
         for m in report.models:
-            models.add_row(m.model, str(m.attempts), str(m.failed), f"{100 * m.error_rate:.1f}%")
+            models.add_row(Text(m.model), str(m.attempts), str(m.failed),
+                           f"{100 * m.error_rate:.1f}%")
         console.print(models)
 
 
@@ -263,7 +296,7 @@ def queues() -> None:
     table.add_column("queue", no_wrap=True)
     table.add_column("waiting", justify="right")
     for queue, depth in depths.items():
-        table.add_row(queue, "-" if depth is None else str(depth))
+        table.add_row(Text(queue), "-" if depth is None else str(depth))
     console.print(table)
 
 
@@ -281,10 +314,10 @@ def metrics(port: int, address: str) -> None:
 def flower(address: str, port: int) -> None:
     """Start Flower; beyond loopback it refuses to start without FLOWER_BASIC_AUTH."""
     try:
-        command = flower_command(address, port, os.environ)
+        launch = flower_command(address, port, os.environ)
     except OrchestrationError as exc:
         raise click.ClickException(str(exc)) from exc
-    os.execvp(command[0], command)
+    os.execvpe(launch.argv[0], launch.argv, launch.env)
 
 
 @main.command()

@@ -7,6 +7,7 @@ import os
 import sys
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from orchestration.errors import ConfigurationError
@@ -25,18 +26,44 @@ def is_loopback(address: str) -> bool:
         return False
 
 
-def flower_command(address: str, port: int, env: Mapping[str, str]) -> list[str]:
-    """The Flower command line; refuses a non-loopback address without basic auth."""
+@dataclass(frozen=True)
+class FlowerLaunch:
+    """How to start Flower: its command line (no secrets) and its environment."""
+
+    argv: list[str]
+    env: dict[str, str]
+
+
+def flower_command(address: str, port: int, env: Mapping[str, str]) -> FlowerLaunch:
+    """Flower's launch; refuses empty credentials, and no credentials beyond loopback.
+
+    The credentials stay in ``FLOWER_BASIC_AUTH`` (Flower reads its ``FLOWER_*``
+    environment): on the command line, any local user would read them in ``ps``.
+    """
     auth = env.get("FLOWER_BASIC_AUTH", "")
-    if not is_loopback(address) and ":" not in auth:
+    if auth:
+        _check_basic_auth(auth)
+    elif not is_loopback(address):
         raise ConfigurationError(
             f"refusing to start Flower on {address} without authentication: set "
             "FLOWER_BASIC_AUTH=user:password (or listen on 127.0.0.1)")
-    command = [sys.executable, "-m", "celery", "-A", "orchestration", "flower",
-               f"--address={address}", f"--port={port}"]
-    if auth:
-        command.append(f"--basic-auth={auth}")
-    return command
+    child = dict(env)
+    if not auth:
+        # Flower would read an empty FLOWER_BASIC_AUTH as one empty credential.
+        child.pop("FLOWER_BASIC_AUTH", None)
+    argv = [sys.executable, "-m", "celery", "-A", "orchestration", "flower",
+            f"--address={address}", f"--port={port}"]
+    return FlowerLaunch(argv, child)
+
+
+def _check_basic_auth(auth: str) -> None:
+    """Every comma-separated ``user:password`` (as Flower splits it) has both parts."""
+    for number, credential in enumerate(auth.split(","), start=1):
+        user, colon, password = credential.partition(":")
+        if not colon or not user.strip() or not password.strip():
+            raise ConfigurationError(
+                f"refusing to start Flower: FLOWER_BASIC_AUTH credential {number} must be "
+                "user:password with neither part empty (several: user1:pw1,user2:pw2)")
 
 
 def serve_metrics(orchestrator: Orchestrator, address: str, port: int,

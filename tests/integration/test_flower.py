@@ -23,6 +23,7 @@ from tests.integration import workflows as wf
 from tests.integration.observability_support import (
     ORCHESTRATE,
     ROOT,
+    Server,
     background,
     free_port,
     obs_env,
@@ -38,7 +39,8 @@ STEPS = ("tokenize", "embed", "score")  # it_routing: it.default -> it.other -> 
 
 
 @pytest.fixture(scope="module")
-def flower(workers: Workers, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def flower_server(workers: Workers,
+                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Server]]:
     """A Flower process with basic auth; yields its base URL once its API answers."""
     port = free_port()
     env = obs_env(FLOWER_BASIC_AUTH=f"{USER}:{PASSWORD}")
@@ -48,8 +50,14 @@ def flower(workers: Workers, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         base = f"http://127.0.0.1:{port}"
         wait_for_http(f"{base}/api/workers", server, timeout=FLOWER_START_S, auth=AUTH,
                       what="Flower")
-        yield base
+        yield base, server
         assert server.process.poll() is None, f"Flower died; log:\n{server.log()[-4000:]}"
+
+
+@pytest.fixture(scope="module")
+def flower(flower_server: tuple[str, Server]) -> str:
+    """The base URL of the module's Flower."""
+    return flower_server[0]
 
 
 def step_tasks(base: str, run_id: str) -> dict[str, dict[str, Any]] | None:
@@ -108,6 +116,30 @@ def test_flower_api_requires_the_basic_auth(flower: str) -> None:
         assert httpx.get(f"{flower}{path}", timeout=5).status_code == 401, path
         assert httpx.get(f"{flower}{path}", auth=(USER, "wrong"),
                          timeout=5).status_code == 401, path
+
+
+@pytest.mark.redis
+@pytest.mark.postgres
+@pytest.mark.workers
+def test_flower_password_is_not_on_its_command_line(flower_server: tuple[str, Server]) -> None:
+    base, server = flower_server
+    # `orchestrate flower` execs Flower in place: the pid is Flower's.
+    argv = Path(f"/proc/{server.process.pid}/cmdline").read_bytes().split(b"\0")
+    assert any(b"flower" in arg for arg in argv), argv
+    assert not any(PASSWORD.encode() in arg for arg in argv), argv
+    # ... and the credentials still reach Flower (from its environment).
+    assert httpx.get(f"{base}/api/workers", auth=AUTH, timeout=5).status_code == 200
+    assert httpx.get(f"{base}/api/workers", timeout=5).status_code == 401
+
+
+@pytest.mark.parametrize("auth", [":", "admin:", ":pw"])
+def test_flower_with_empty_credentials_is_refused(auth: str) -> None:
+    done = subprocess.run([*ORCHESTRATE, "flower", "--address", "127.0.0.1",
+                           "--port", str(free_port())], cwd=ROOT,
+                          env=obs_env(FLOWER_BASIC_AUTH=auth), capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode != 0
+    assert "FLOWER_BASIC_AUTH credential 1 must be user:password" in done.stderr
 
 
 def test_flower_beyond_loopback_without_auth_is_refused(tmp_path: Path) -> None:

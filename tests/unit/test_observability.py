@@ -157,19 +157,36 @@ def test_is_loopback(address: str, loopback: bool) -> None:
 
 
 def test_flower_on_loopback_needs_no_auth() -> None:
-    command = flower_command("127.0.0.1", 5555, {})
-    assert command[1:] == ["-m", "celery", "-A", "orchestration", "flower",
-                           "--address=127.0.0.1", "--port=5555"]
+    launch = flower_command("127.0.0.1", 5555, {"FLOWER_BASIC_AUTH": ""})
+    assert launch.argv[1:] == ["-m", "celery", "-A", "orchestration", "flower",
+                               "--address=127.0.0.1", "--port=5555"]
+    # An empty FLOWER_BASIC_AUTH would reach Flower as one empty credential.
+    assert "FLOWER_BASIC_AUTH" not in launch.env
 
 
 @pytest.mark.parametrize("auth", [None, "", "no-colon"])
 def test_flower_beyond_loopback_without_auth_is_refused(auth: str | None) -> None:
     env = {} if auth is None else {"FLOWER_BASIC_AUTH": auth}
-    with pytest.raises(ConfigurationError, match=r"refusing to start Flower on 0\.0\.0\.0"):
+    with pytest.raises(ConfigurationError, match=r"refusing to start Flower"):
         flower_command("0.0.0.0", 5555, env)
 
 
-def test_flower_beyond_loopback_with_auth_passes_it_on() -> None:
-    command = flower_command("0.0.0.0", 8080, {"FLOWER_BASIC_AUTH": "ops:s3cret"})
-    assert "--address=0.0.0.0" in command and "--port=8080" in command
-    assert "--basic-auth=ops:s3cret" in command
+# Empty user or password, on any address: the guard splits on commas as Flower does.
+EMPTY_CREDENTIALS = [":", "admin:", ":pw", " : ", "admin: ", "no-colon", "ops:pw,", "ops:pw,:x",
+                     "ops:pw,bob:", ","]
+
+
+@pytest.mark.parametrize("address", ["0.0.0.0", "10.0.0.5", "127.0.0.1", "localhost"])
+@pytest.mark.parametrize("auth", EMPTY_CREDENTIALS)
+def test_flower_refuses_empty_credentials_on_any_address(auth: str, address: str) -> None:
+    with pytest.raises(ConfigurationError, match="neither part empty"):
+        flower_command(address, 5555, {"FLOWER_BASIC_AUTH": auth})
+
+
+@pytest.mark.parametrize("auth", ["ops:s3cret", "ops:s3:cret", "a:b,c:d"])
+def test_flower_beyond_loopback_with_auth_passes_it_in_the_environment(auth: str) -> None:
+    launch = flower_command("0.0.0.0", 8080, {"FLOWER_BASIC_AUTH": auth, "PATH": "/bin"})
+    assert "--address=0.0.0.0" in launch.argv and "--port=8080" in launch.argv
+    # Never on the command line, which every local user can read (ps, /proc/*/cmdline).
+    assert not any(auth in arg or "basic" in arg for arg in launch.argv)
+    assert launch.env == {"FLOWER_BASIC_AUTH": auth, "PATH": "/bin"}
