@@ -9,11 +9,17 @@ never run: see test_embedded.py).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from celery import signals
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # `tests.fakes` and `tests.support` are imported by name
+    sys.path.insert(0, str(ROOT))
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import redis
 
+from orchestration import breakers
 from orchestration.breakers import BreakerOpen, BreakerPolicy, Breakers, ModelBreaker
 from orchestration.providers.base import ProviderError
 
@@ -216,11 +217,11 @@ def test_a_failing_probe_reopens(make: MakeBreakers, model: str) -> None:
 
 def test_lock_is_not_held_across_the_call(make: MakeBreakers, model: str) -> None:
     breaker = make(BreakerPolicy(fail_max=5, reset_timeout=30)).get(model)
-    started = time.perf_counter()
-    outcomes = race(breaker, lambda: time.sleep(0.2))
-    elapsed = time.perf_counter() - started
+    # Each call returns only once all 8 are inside it: calls serialised by the lock would
+    # break the barrier (BrokenBarrierError) instead.
+    inside = threading.Barrier(8, timeout=5)
+    outcomes = race(breaker, inside.wait)
     assert outcomes == ["ok"] * 8
-    assert elapsed < 1.0, f"8 calls of 0.2 s took {elapsed:.2f} s: serialised by the lock"
 
 
 def test_breakers_keeps_one_breaker_per_model(model: str) -> None:
@@ -352,22 +353,36 @@ def test_refresh_zero_reads_on_every_call(counting_redis: CountingRedis, model: 
     assert "SET" not in counting_redis.commands  # no failures seen: nothing to reset
 
 
+class Clock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
 @pytest.mark.redis
-def test_an_open_set_elsewhere_is_seen_within_the_refresh(shared_redis: redis.Redis,
-                                                          model: str) -> None:
+def test_an_open_set_elsewhere_is_seen_within_the_refresh(
+        shared_redis: redis.Redis, model: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = Clock()
+    monkeypatch.setattr(breakers, "time", clock)  # the age of a reading, on a clock we move
     policy = {model: BreakerPolicy(fail_max=1, reset_timeout=30, refresh=0.2)}
     here, elsewhere = Breakers(shared_redis, policy), Breakers(shared_redis, policy)
     here.get(model).call(lambda: "ok")  # a healthy reading, reused for 0.2 s
     fail(elsewhere.get(model))
-    opened = time.monotonic()
     calls: list[float] = []
 
+    # Within the refresh, calls go by the old reading; once it is older, the open is seen.
+    for at in (0.0, 0.1, 0.19):
+        clock.now = 1000.0 + at
+        here.get(model).call(lambda: calls.append(clock.now))
+    clock.now = 1000.2
     with pytest.raises(BreakerOpen):
-        while True:  # calls made on the old reading (at most 0.2 s of them), then refused
-            here.get(model).call(lambda: calls.append(time.monotonic()))
-            assert time.monotonic() - opened < 1.0, "the open breaker was never seen"
+        here.get(model).call(lambda: calls.append(clock.now))
 
-    assert all(at - opened < 0.2 for at in calls)
+    assert calls == [1000.0, 1000.1, 1000.19]
 
 
 @pytest.mark.redis

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import queue
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -14,17 +13,13 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # `tests.fakes` is imported by that name
-    sys.path.insert(0, str(ROOT))
-
-from orchestration import RunStatus, StepContext, StepStatus, StepTimeout, Workflow  # noqa: E402
-from orchestration.app import Orchestrator  # noqa: E402
-from orchestration.llm import extract_json  # noqa: E402
-from orchestration.providers.base import ProviderError  # noqa: E402
-from orchestration.testing import embedded_orchestrator  # noqa: E402
-from orchestration.timeouts import call_with_timeout  # noqa: E402
-from tests.fakes.llm_server import FakeLLMServer  # noqa: E402
+from orchestration import RunStatus, StepContext, StepStatus, StepTimeout, Workflow
+from orchestration.app import Orchestrator
+from orchestration.llm import extract_json
+from orchestration.providers.base import ProviderError
+from orchestration.testing import embedded_orchestrator
+from orchestration.timeouts import call_with_timeout
+from tests.fakes.llm_server import FakeLLMServer
 
 KEY_ENV, UNSET_ENV = "TEST_FAKE_LLM_KEY", "TEST_UNSET_LLM_KEY"
 CATALOGUE = """

@@ -18,11 +18,9 @@ from typing import Any
 import httpx
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # `tests.fakes` is imported by that name, as tests/integration is
-    sys.path.insert(0, str(ROOT))
+from tests.fakes.llm_server import FakeLLMClient, FakeLLMServer
 
-from tests.fakes.llm_server import FakeLLMClient, FakeLLMServer  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

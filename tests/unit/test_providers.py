@@ -3,29 +3,23 @@
 from __future__ import annotations
 
 import json
-import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator
 from email.utils import formatdate
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # `tests.fakes` is imported by that name, as tests/integration is
-    sys.path.insert(0, str(ROOT))
-
-from orchestration.providers.anthropic import (  # noqa: E402
+from orchestration.providers.anthropic import (
     AnthropicProvider,
     parse_retry_after,
 )
-from orchestration.providers.base import Provider, ProviderError  # noqa: E402
-from orchestration.providers.http import KeepAliveClient  # noqa: E402
-from orchestration.providers.openai import OpenAIProvider  # noqa: E402
-from tests.fakes.llm_server import FakeLLMClient, FakeLLMServer  # noqa: E402
+from orchestration.providers.base import Provider, ProviderError
+from orchestration.providers.http import KeepAliveClient
+from orchestration.providers.openai import OpenAIProvider
+from tests.fakes.llm_server import FakeLLMClient, FakeLLMServer
 
 KEY = "sk-FAKE-never-in-messages-0123456789"
 USER = [{"role": "user", "content": "Can't login since update v3.2"}]
