@@ -250,10 +250,10 @@ def test_a_hang_times_out(new_client: NewClient, serve: Serve) -> None:
     server = serve(lambda _c, _r: "hang")
     client = new_client()
 
-    started = time.monotonic()
-    with pytest.raises(TransportTimeout):
+    # The server holds the request 5 s, then closes it unanswered (a ReadError): only the
+    # client's own timeout raises TransportTimeout, naming the timeout it applied.
+    with pytest.raises(TransportTimeout, match=r"no response within 0\.2 s"):
         client.post_json(server.url, {}, {}, 0.2)
-    assert time.monotonic() - started < 1.0
 
 
 def test_connection_refused(new_client: NewClient) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import queue
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -265,14 +264,15 @@ def test_run_budget_stops_the_next_llm_step(llm: SimpleNamespace) -> None:
 # whichever wins, the attempt thread must end quietly (see the next test).
 def test_step_timeout_bounds_a_hanging_call(llm: SimpleNamespace) -> None:
     llm.server.configure("hanging", hang=True)
-    started = time.monotonic()
     result = llm.bounded.run(timeout=10)
-    elapsed = time.monotonic() - started
     step = result.steps["wait_for_model"]
     assert step.status is StepStatus.FAILED
-    assert step.error_type in ("orchestration.errors.StepTimeout",
-                               "orchestration.providers.base.ProviderError")
-    assert elapsed < 1.5, f"a 0.5 s step took {elapsed:.2f} s"
+    # Ended by a timeout (the step's, or the provider's set to the step's remaining time),
+    # not by the fake closing the request after its hang limit (a "connection closed").
+    timed_out = {"orchestration.errors.StepTimeout": "timeout of 0.5 s",
+                 "orchestration.providers.base.ProviderError": "timed out calling hanging"}
+    assert step.error_type in timed_out, step.error_type
+    assert timed_out[step.error_type] in (step.error or ""), step.error
     assert stats(llm, "hanging")["requests"] == 1  # no retry past the deadline
     for thread in threading.enumerate():
         if thread.name == "attempt-wait_for_model":

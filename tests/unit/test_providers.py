@@ -175,14 +175,13 @@ def test_garbage_body_is_a_retryable_provider_error(
     assert error.retryable and error.status is None and "malformed" in str(error)
 
 
-def test_hang_times_out_as_retryable_within_a_second(
-        provider: Provider, control: FakeLLMClient) -> None:
+def test_hang_times_out_as_retryable(provider: Provider, control: FakeLLMClient) -> None:
     control.configure("m", hang=True)
 
-    started = time.monotonic()
+    # The fake holds a hanging request for 60 s, then closes it unanswered (a different
+    # error): "timed out" is the call's own 0.3 s timeout.
     error = failure(provider, timeout=0.3)
 
-    assert time.monotonic() - started < 1.0
     assert error.retryable and error.status is None and "timed out" in str(error)
 
 
