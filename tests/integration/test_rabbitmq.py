@@ -12,8 +12,8 @@ orchestrator stays on Redis).
   broker restarts while a batch of runs is in flight, and every run still completes.
 
 Without the machine's RabbitMQ (``ORCH_TEST_AMQP_HOST``, default 127.0.0.1:5672) the tests
-skip, or fail loudly when ``CI`` is set. The node of our own is skipped, with the reason,
-if it does not accept connections within 30 s.
+skip, or fail loudly when ``CI`` is set; so does the node of our own, with the reason, if
+it is not installed or does not accept connections within 30 s.
 """
 
 from __future__ import annotations
@@ -278,7 +278,7 @@ def own_node(rabbit_vhost: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
     server = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
     ctl = _own_ctl_binary()
     if not server.exists() or ctl is None:
-        pytest.skip("rabbitmq-server is not installed as /usr/lib/rabbitmq/bin/rabbitmq-server")
+        _unavailable("rabbitmq-server is not installed as /usr/lib/rabbitmq/bin/rabbitmq-server")
     base = tmp_path_factory.mktemp("rabbitmq-node")
     port, dist_port = _free_port(), _free_port()
     name = f"orchtest{uuid.uuid4().hex[:8]}@localhost"
@@ -301,8 +301,8 @@ def own_node(rabbit_vhost: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
     node = OwnNode(name, port, env, process, ctl)
     try:
         if not node.wait_up(NODE_BOOT_TIMEOUT_S):
-            pytest.skip(f"a RabbitMQ node of our own ({name}) did not accept connections "
-                        f"within {NODE_BOOT_TIMEOUT_S:g} s; see {base / 'console.log'}")
+            _unavailable(f"a RabbitMQ node of our own ({name}) did not accept connections "
+                         f"within {NODE_BOOT_TIMEOUT_S:g} s; see {base / 'console.log'}")
         yield node
     finally:
         node.rabbitmqctl("stop")
