@@ -6,8 +6,16 @@ Each setting says why it is set; anything not here is Celery's default.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 from config.settings import Settings
+
+#: kombu's Redis transport, with a broker lost under a worker reported as a connection
+#: error (``orchestration/redis_transport.py``; kombu#582/#970). A string: kombu imports it.
+REDIS_TRANSPORT = "orchestration.redis_transport:Transport"
+BACKEND_RETRY_POLICY = {"max_retries": 60, "interval_start": 0, "interval_step": 1,
+                        "interval_max": 5}
+BACKEND_STORE_RETRIES = 60
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -40,7 +48,23 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Redis re-delivers unacknowledged messages after this long: it must exceed the
         # longest step including retries, or a slow step would run twice concurrently.
         "broker_transport_options": {"visibility_timeout": settings.visibility_timeout},
-        "result_backend_transport_options": {"visibility_timeout": settings.visibility_timeout},
+        "result_backend_transport_options": {
+            "visibility_timeout": settings.visibility_timeout,
+            # Reconnecting to the Redis result backend (chord counters, the result
+            # consumer) is retried for ~5 min (0, 1, ... 5 s apart), not Celery's ~20 s
+            # after which a worker logs "Retry limit exceeded ... must be restarted" and
+            # stays broken: a broker/backend restart of a few minutes is ridden out.
+            "retry_policy": BACKEND_RETRY_POLICY,
+        },
+        # Storing a result retries connection errors too (~4 min: exponential backoff
+        # capped at 10 s) instead of failing the step's bookkeeping at the first one.
+        "result_backend_always_retry": True,
+        "result_backend_max_retries": BACKEND_STORE_RETRIES,
+        # A pooled backend connection idle for 10 s is pinged before use, so the dead
+        # sockets of a restarted server are replaced instead of failing a command.
+        "redis_backend_health_check_interval": 10,
+        "redis_retry_on_timeout": True,
+        "redis_socket_connect_timeout": 5,
         # One backend connection per worker process shared by its threads, instead of
         # one per thread/greenlet.
         "result_backend_thread_safe": True,
@@ -58,6 +82,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "orchestration-reconcile": {"task": "orchestration.reconcile", "schedule": 60.0},
         },
     }
+    if urlsplit(settings.broker_url or "").scheme == "redis":
+        config["broker_transport"] = REDIS_TRANSPORT
     if settings.embedded:
         # The in-process broker polls its queues; the default 1 s would add a second to
         # every hop of a run.
