@@ -391,9 +391,10 @@ def _crash_timeline(worker: Worker, task_name: str) -> tuple[list[float], list[f
 
 
 def test_poison_step_is_failed_after_bounded_deliveries(own_worker: OwnWorker) -> None:
-    started = time.monotonic()
+    # A dead pool process's message is re-queued at once (task_reject_on_worker_lost +
+    # acks_late), not after the Redis visibility timeout (ORCH_VISIBILITY_TIMEOUT=3600 s):
+    # otherwise the run could not end within this wait.
     result = dw.poison.submit().wait(timeout=60)
-    elapsed = time.monotonic() - started
 
     assert result.status is RunStatus.FAILED, statuses(result)
     step = result.steps["swallow_pill"]
@@ -407,18 +408,12 @@ def test_poison_step_is_failed_after_bounded_deliveries(own_worker: OwnWorker) -
     assert step.attempts == 0  # no killed attempt ever got recorded
     assert result.error_type == "StepFailed"
     assert result.error is not None and "swallow_pill" in result.error
-    # A dead pool process's message is re-queued at once (task_reject_on_worker_lost +
-    # acks_late), not after the Redis visibility timeout (ORCH_VISIBILITY_TIMEOUT=3600 s).
-    assert elapsed < 20, f"{MAX_CRASHES + 1} deliveries took {elapsed:.1f} s"
+    # Each delivery after the first came after a pool process died, one per death.
     deaths, deliveries = _crash_timeline(own_worker.worker, "it_dur_poison.swallow_pill")
     assert len(deaths) == MAX_CRASHES, own_worker.worker.log_tail()
     assert len(deliveries) == MAX_CRASHES + 1, own_worker.worker.log_tail()
-    gaps = [after - death for death, after in zip(deaths, deliveries[1:], strict=True)]
-    ran = [death - received for received, death in zip(deliveries, deaths, strict=False)]
-    print(f"poison step: {elapsed:.2f} s for {MAX_CRASHES + 1} deliveries; received again "
-          f"{', '.join(f'{gap:.2f}' for gap in gaps)} s after each pool process died; "
-          f"received-to-death {', '.join(f'{t:.2f}' for t in ran)} s")
-    assert all(0 <= gap < 3 for gap in gaps), gaps
+    assert all(received <= death <= again for received, death, again
+               in zip(deliveries, deaths, deliveries[1:], strict=False)), (deliveries, deaths)
     # The worker itself survived and serves other runs.
     _assert_serves(own_worker, "after-poison")
 

@@ -42,7 +42,7 @@ from orchestration import (
 )
 from orchestration.compiler import build_canvas
 from orchestration.envelope import Envelope
-from tests.integration.helpers import statuses
+from tests.integration.helpers import statuses, wait_until
 from tests.integration.workers import Worker, Workers
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.workers]
@@ -52,9 +52,9 @@ OTHER_QUEUE = "it.fusion.other"
 MODULE = "tests.integration.test_fusion"
 INLINE = Backoff(initial=0.01, maximum=0.01, jitter=0.0)
 BROKER = Backoff(initial=0.5, maximum=0.5, jitter=0.0)  # over ORCH_INLINE_RETRY_LIMIT (0.2)
-SLOW_S = 5.0
 SLOW_TIMEOUT_S = 0.5
 RUN_TIMEOUT = 60
+SLOW_LIMIT_S = 2 * RUN_TIMEOUT  # the slow body gives up waiting for its release after this
 
 # -- cross-process call log (Redis) --------------------------------------------------------
 
@@ -92,6 +92,25 @@ def calls(run_id: str) -> list[tuple[str, int]]:
 
 def call_order(run_id: str) -> list[str]:
     return [step for step, _ in calls(run_id)]
+
+
+def _release_key(run_id: str) -> str:
+    return f"it:fusion:release:{run_id}"
+
+
+def _ends_key(run_id: str) -> str:
+    return f"it:fusion:ends:{run_id}"
+
+
+def slow_body_ends(run_id: str) -> list[str]:
+    """How the slow step's bodies of the run ended: 'interrupted' or 'returned'."""
+    return [raw.decode() for raw in _redis().lrange(_ends_key(run_id), 0, -1)]
+
+
+def _body_ended(run_id: str, how: str) -> None:
+    client = _redis()
+    client.rpush(_ends_key(run_id), how)
+    client.expire(_ends_key(run_id), 3600)
 
 
 # -- workflows ------------------------------------------------------------------------------
@@ -160,10 +179,18 @@ def quick(x: int, ctx: StepContext) -> int:
 
 @timeouts.task(timeout=SLOW_TIMEOUT_S, fallback="fallback value")
 def slow(quick: int, ctx: StepContext) -> str:
+    """Runs until the test releases it, after the run ended (or SLOW_LIMIT_S passed)."""
     called(ctx)
-    deadline = time.monotonic() + SLOW_S
-    while time.monotonic() < deadline:  # Python bytecode: the timeout's interrupt lands
-        time.sleep(0.01)
+    client = _redis()
+    try:
+        deadline = time.monotonic() + SLOW_LIMIT_S
+        # Python bytecode between short polls: the timeout's interrupt lands here.
+        while not client.exists(_release_key(ctx.run_id)) and time.monotonic() < deadline:
+            time.sleep(0.01)
+    except BaseException:
+        _body_ended(ctx.run_id, "interrupted")
+        raise
+    _body_ended(ctx.run_id, "returned")
     return "too late"
 
 
@@ -374,23 +401,30 @@ def test_a_retry_of_a_fused_step_does_not_rerun_the_steps_before_it(
 
 
 def test_each_fused_step_honours_its_own_timeout(fusion_workers: dict[str, Worker]) -> None:
-    began = time.monotonic()
-    result = timeouts.submit(x=1).wait(timeout=RUN_TIMEOUT)
-    elapsed = time.monotonic() - began
+    handle = timeouts.submit(x=1)
+    try:
+        # The slow body runs until released, after the run: the run ending at all means
+        # the later fused steps did not wait for the abandoned attempt.
+        result = handle.wait(timeout=RUN_TIMEOUT)
+    finally:
+        _redis().set(_release_key(handle.run_id), 1, ex=3600)
 
     assert result.status is RunStatus.SUCCEEDED, (result.error, statuses(result))
     slow_step = result.steps["slow"]
     assert (slow_step.status, slow_step.output, slow_step.attempts) == (
         StepStatus.FALLBACK, "fallback value", 1)
     assert slow_step.error_type == "orchestration.errors.StepTimeout"
-    assert slow_step.latency_ms is not None and slow_step.latency_ms < SLOW_S * 1000 / 2
+    assert f"timeout of {SLOW_TIMEOUT_S:g} s" in (slow_step.error or ""), slow_step.error
     assert result.outputs["later"] == "got fallback value"
     assert result.outputs["last"] == "GOT FALLBACK VALUE"
     assert statuses(result) == {"quick": "succeeded", "slow": "fallback",
                                 "later": "succeeded", "last": "succeeded"}
     assert call_order(result.run_id) == ["quick", "slow", "later", "last"]
-    assert elapsed < SLOW_S, f"the fused steps after the slow one waited for it: {elapsed:.1f} s"
     assert_in_order(result, ["quick", "slow", "later", "last"])
+    # The timeout interrupted the slow body: it never ran to its end, released or not.
+    ended = wait_until(lambda: slow_body_ends(result.run_id), timeout=RUN_TIMEOUT,
+                       what="the slow body to end")
+    assert ended == ["interrupted"]
 
 
 def test_a_step_on_another_queue_is_not_fused(fusion_workers: dict[str, Worker]) -> None:

@@ -11,10 +11,9 @@ from tests.integration.workers import Workers
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.workers]
 
-# a1 (1.0 s) -> a2 (0.1 s) beside b1 (0.1 s) -> b2 (1.0 s): the critical path is 1.1 s.
-# A compile that synchronised the branches level by level ((a1 | b1) ; (a2 | b2)) would
-# take at least 2.0 s.
-UNEVEN_BOUND_S = 1.9
+# a1 (1.0 s) -> a2 (0.1 s) beside b1 (0.1 s) -> b2 (1.0 s). A compile that synchronised
+# the branches level by level ((a1 | b1) ; (a2 | b2)) would start b2 only once a1 ended;
+# the recorded step intervals (results DB) show whether they overlapped.
 
 
 def test_uneven_branches_do_not_wait_for_each_other(workers: Workers) -> None:
@@ -22,14 +21,11 @@ def test_uneven_branches_do_not_wait_for_each_other(workers: Workers) -> None:
 
     assert result.status is RunStatus.SUCCEEDED, (result.error, statuses(result))
     assert result.outputs["join"] == "a1>a2+b1>b2"
-    wall = result.duration_s
-    assert wall is not None
-    print(f"uneven branches: wall time {wall:.3f} s (bound {UNEVEN_BOUND_S} s)")
-    assert wall < UNEVEN_BOUND_S
-    # b2 started as soon as b1 finished, not when a1 did.
     steps = result.steps
-    assert steps["b2"].started_at is not None and steps["a1"].finished_at is not None
-    assert steps["b2"].started_at < steps["a1"].finished_at
+    a1, b1, b2 = steps["a1"], steps["b1"], steps["b2"]
+    assert None not in (a1.started_at, a1.finished_at, b1.finished_at, b2.started_at)
+    # b2 started as soon as b1 finished, while a1 still ran: the branches overlapped.
+    assert b1.finished_at <= b2.started_at < a1.finished_at  # type: ignore[operator]
     # The join waited for both branches.
     assert steps["join"].started_at >= max(steps["a2"].finished_at, steps["b2"].finished_at)
 

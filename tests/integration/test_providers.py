@@ -504,11 +504,13 @@ def test_hanging_model_times_out_and_the_fallback_model_answers(fake: FakeLLMCli
     run = pw.hang.run(prompt="anyone?", model="hang-short", timeout=RUN_TIMEOUT_S)
 
     output = answered(run)
+    # Answered by the fallback model inside the step's 1 s timeout (else the step's own
+    # fallback would stand): the model's 0.3 s call timeout cut the hang, not the fake's
+    # HANG_LIMIT_S.
     assert output["model"] == "backup"
     assert run.steps["ask"].status is StepStatus.SUCCEEDED
     assert run.steps["ask"].attempts == 1
     assert fake.stats()["hang-short"]["hung"] == 1
-    assert run.duration_s is not None and run.duration_s < 3
 
 
 def test_hanging_model_is_cut_by_the_step_timeout_and_its_fallback(
@@ -523,5 +525,9 @@ def test_hanging_model_is_cut_by_the_step_timeout_and_its_fallback(
     assert step.status is StepStatus.FALLBACK
     assert step.output == pw.STEP_FALLBACK
     assert fake.stats()["hang-long"]["hung"] == 1
-    # The step's timeout is 1 s; the fake would hold the request for HANG_LIMIT_S.
-    assert run.duration_s is not None and run.duration_s < 3
+    # Cut by the step's 1 s timeout (the step's remaining time bounds the call too); the
+    # fake would hold the request for HANG_LIMIT_S and then close it unanswered.
+    timed_out = {"orchestration.errors.StepTimeout": "timeout of 1 s",
+                 "orchestration.providers.base.ProviderError": "timed out calling hang-long"}
+    assert step.error_type in timed_out, (step.error_type, step.error)
+    assert timed_out[step.error_type] in (step.error or ""), step.error

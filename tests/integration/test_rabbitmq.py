@@ -209,11 +209,12 @@ def test_killed_pool_process_mid_step_is_redelivered_over_rabbitmq(
                             what="hold to start")
         # Only ever kill a pool process of the worker this test started.
         assert _parent_of(pid) == rabbit.worker.process.pid
-        killed_at = time.monotonic()
         os.kill(pid, signal.SIGKILL)
+        # RabbitMQ gives a rejected (worker lost) message back at once; an unacknowledged
+        # one would wait for the worker's connection to close (it stays up) or for the
+        # broker's consumer timeout (30 min): a redelivery within this wait is the reject.
         pids = wait_until(lambda: (p := _pids(redis_service, run_id)) and len(p) == 2 and p,
                           timeout=20, what="hold to be delivered again")
-        redelivered_s = time.monotonic() - killed_at
         assert pids[1] != pid
     finally:
         redis_service.rpush(rw.release_key(run_id), "go")
@@ -228,8 +229,6 @@ def test_killed_pool_process_mid_step_is_redelivered_over_rabbitmq(
     hold = result.steps["hold"]
     assert hold.deliveries == 2
     assert hold.crashes == 1
-    # RabbitMQ gives a rejected (worker lost) message back at once.
-    assert redelivered_s < 10, redelivered_s
     assert rabbit.worker.alive
 
 

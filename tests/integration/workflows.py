@@ -31,7 +31,7 @@ LONELY_QUEUE = "it.lonely"
 FAST_BACKOFF = Backoff(initial=0.01, maximum=0.05, jitter=0)  # well under the inline limit
 SLOW_BACKOFF = Backoff(initial=0.5, maximum=0.5, jitter=0)  # over ORCH_INLINE_RETRY_LIMIT=0.2
 FANOUT_WIDTH = 50
-SLEEP_FOREVER_S = 5.0
+SLEEP_FOREVER_S = 60  # longer than any test waits for a run
 
 
 class FlakyModelError(RuntimeError):
@@ -197,9 +197,16 @@ def patient(ctx: StepContext) -> str:
 # -- per-attempt timeouts under each pool --------------------------------------------------
 
 
+def sleep_release_key(run_id: str) -> str:
+    """The Redis list each ``sleepy`` call of the run blocks on until the test pushes to it."""
+    return f"it:sleepy:release:{run_id}"
+
+
 def _sleep_too_long(ctx: StepContext) -> str:
     count_call(ctx)
-    time.sleep(SLEEP_FOREVER_S)  # blocks in C: the timeout must not wait for it
+    # Blocks in C until released (after the run) or SLEEP_FOREVER_S: the timeout must not
+    # wait for it.
+    _redis().blpop([sleep_release_key(ctx.run_id)], timeout=SLEEP_FOREVER_S)
     return "too late"
 
 
