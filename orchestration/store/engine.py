@@ -20,9 +20,11 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 _PG_MIGRATION_LOCK = 7_242_019  # arbitrary app-wide advisory lock id
+CONNECT_TIMEOUT = 5  # seconds, PostgreSQL connections
 
 
 def is_sqlite(url: str) -> bool:
@@ -30,10 +32,27 @@ def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
+def is_unavailable(exc: BaseException) -> bool:
+    """True when ``exc`` says the results database cannot be reached (or is locked) now.
+
+    Such an error is transient: the work is kept and tried again, never recorded as the
+    step's failure.
+    """
+    if isinstance(exc, OperationalError | InterfaceError):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+
 def create_engines(url: str) -> tuple[Engine, Engine]:
     """A (writer, reader) pair of engines for ``url``; the same engine twice unless SQLite."""
     if not is_sqlite(url):
-        engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+        parsed = make_url(url)
+        # A server that does not answer must not hang a worker: fail fast and retry.
+        connect_args = ({} if "connect_timeout" in parsed.query
+                        or parsed.get_backend_name() != "postgresql"
+                        else {"connect_timeout": CONNECT_TIMEOUT})
+        engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10,
+                               connect_args=connect_args)
         return engine, engine
     database = make_url(url).database
     if database and database != ":memory:":

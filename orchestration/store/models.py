@@ -74,6 +74,9 @@ class StepRow(Base):
     queue: Mapped[str | None] = mapped_column(String(200))
     model: Mapped[str | None] = mapped_column(String(200))
     worker: Mapped[str | None] = mapped_column(String(200))
+    # The worker process instance (a row of `workers`) whose delivery holds the step while
+    # it is running: a holder that stops beating has died, and the sweep recovers the step.
+    holder: Mapped[str | None] = mapped_column(String(32), index=True)
     celery_task_id: Mapped[str | None] = mapped_column(String(64))
     cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
     tokens_in: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
@@ -142,3 +145,19 @@ class AttemptRow(Base):
     latency_ms: Mapped[float] = mapped_column(Float)
     started_at: Mapped[datetime] = mapped_column(Timestamp)
     finished_at: Mapped[datetime] = mapped_column(Timestamp)
+
+
+class WorkerRow(Base):
+    """One worker process instance and its heartbeat (its death is a stale beat)."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)  # instance id
+    name: Mapped[str] = mapped_column(String(200))  # Celery node name
+    host: Mapped[str] = mapped_column(String(200))
+    pid: Mapped[int] = mapped_column(Integer)
+    queues: Mapped[Any] = mapped_column(JSONType)  # the queues it consumes
+    started_at: Mapped[datetime] = mapped_column(Timestamp)
+    beat_at: Mapped[datetime] = mapped_column(Timestamp, index=True)
+    stopped_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    swept_at: Mapped[datetime | None] = mapped_column(Timestamp)

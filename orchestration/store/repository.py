@@ -31,6 +31,7 @@ from orchestration.store.reads import StoreReads
 from orchestration.store.recovery import Recovery
 from orchestration.store.waits import CANCELLED as CANCELLED_WAIT
 from orchestration.store.waits import WAITING, Waits
+from orchestration.store.workers import Workers
 
 _CLAIMABLE = [status.value for status in CLAIMABLE_STEP_STATUSES]
 _TERMINAL_RUN = [status.value for status in TERMINAL_RUN_STATUSES]
@@ -70,6 +71,7 @@ class Claim:
     cost_usd: float = 0.0
     error: str | None = None
     crashes: int = 0
+    delivery: int = 0  # this delivery's number (the step's delivery count after the claim)
 
 
 @dataclass(frozen=True)
@@ -150,6 +152,11 @@ class Store(StoreReads):
     def waits(self) -> Waits:
         """Human waits of this store."""
         return Waits(self)
+
+    @property
+    def workers(self) -> Workers:
+        """Worker heartbeats, and the steps held by workers that died."""
+        return Workers(self)
 
     @property
     def recovery(self) -> Recovery:
@@ -257,31 +264,46 @@ class Store(StoreReads):
 
     def claim_step(
         self, run_id: str, name: str, *, worker: str | None, task_id: str | None,
-        first: bool = True,
+        first: bool = True, holder: str | None = None, released: int | None = None,
     ) -> Claim:
         """Mark a step running for this delivery, unless it already finished.
 
         ``first`` (a step with no upstream step in this delivery path) also moves the run
-        from ``pending`` to ``running``; later steps skip that write.
+        from ``pending`` to ``running``; later steps skip that write. ``holder`` is the
+        worker process instance that runs it (its heartbeat tells whether it is alive);
+        ``released`` is the delivery number this message handed back on purpose (the
+        results DB was down), which is therefore not counted as a crash.
         """
         now = utcnow()
         keys = {"b_run": run_id, "b_name": name}
         with self._writer.begin() as conn:
-            claimed = conn.execute(sql.CLAIM_STEP, {**keys, "b_worker": worker,
-                                                    "b_task": task_id, "b_now": now}).first()
+            claimed = conn.execute(sql.CLAIM_STEP, {
+                **keys, "b_worker": worker, "b_task": task_id, "b_now": now,
+                "b_holder": holder, "b_released": -1 if released is None else released,
+            }).first()
             run_status = conn.execute(sql.START_RUN, {"b_run": run_id, "b_now": now}
                                       ).scalar() if first else None
             if claimed is not None:
                 # Latency counts from the first delivery, across broker retries.
                 return Claim(True, StepStatus.RUNNING, int(claimed[0]),
                              claimed_at=as_utc(claimed[1]) or now, cost_usd=float(claimed[2]),
-                             crashes=int(claimed[3]))
+                             crashes=int(claimed[3]), delivery=int(claimed[4]))
             row = conn.execute(sql.STEP_STATE, keys).first()
             if run_status is None:
                 run_status = conn.execute(sql.RUN_STATUS, {"b_run": run_id}).scalar()
-        if row is None or run_status is None:
+            status = StepStatus(row.status) if row is not None else None
+            if run_status == RunStatus.CANCELLED.value and status in CLAIMABLE_STEP_STATUSES:
+                # A step re-delivered after its run was cancelled (e.g. its worker died
+                # mid-step): it does not run again; it ends cancelled with its run.
+                conn.execute(update(StepRow).where(
+                    StepRow.run_id == run_id, StepRow.name == name,
+                    StepRow.status.in_(_CLAIMABLE),
+                ).values(status=StepStatus.CANCELLED.value, finished_at=now,
+                         error="cancelled: its run was cancelled before this delivery"))
+                status = StepStatus.CANCELLED
+        if row is None or run_status is None or status is None:
             raise RunNotFound(f"run {run_id} has no step {name!r}")
-        return Claim(False, StepStatus(row.status), int(row.attempts), row.output,
+        return Claim(False, status, int(row.attempts), row.output,
                      RunStatus(run_status), error=row.error)
 
     def record_step(self, run_id: str, name: str, outcome: StepOutcome,

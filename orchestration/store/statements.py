@@ -29,21 +29,29 @@ TERMINAL_RUN = sorted(status.value for status in TERMINAL_RUN_STATUSES)
 
 _this_step = (steps.c.run_id == bindparam("b_run"), steps.c.name == bindparam("b_name"))
 
-# Claim: a step not yet terminal becomes running for this delivery. started_at keeps the
-# first delivery's time, so latency spans broker retries.
+# Claim: a step not yet terminal becomes running for this delivery, unless its run was
+# cancelled (a re-delivered step of a cancelled run never runs again). started_at keeps
+# the first delivery's time, so latency spans broker retries.
 CLAIM_STEP = (
     update(steps)
-    .where(*_this_step, steps.c.status.in_(CLAIMABLE))
+    .where(*_this_step, steps.c.status.in_(CLAIMABLE),
+           ~select(runs.c.id).where(runs.c.id == bindparam("b_run"),
+                                    runs.c.status == RunStatus.CANCELLED.value).exists())
     .values(status=StepStatus.RUNNING.value, worker=bindparam("b_worker"),
+            holder=bindparam("b_holder"),
             celery_task_id=bindparam("b_task"), deliveries=steps.c.deliveries + 1,
             started_at=func.coalesce(steps.c.started_at, bindparam("b_now")),
             # The same message claimed again while 'running': its previous delivery never
-            # recorded anything, i.e. its worker died. (A duplicate message — a
-            # re-dispatch — has another task id and is no crash.)
+            # recorded anything, i.e. its worker died. Not a crash: a duplicate message (a
+            # re-dispatch has another task id; the sweep counts those crashes itself), or
+            # the delivery that handed the step back because the results DB was down
+            # (it names the delivery it released).
             crashes=steps.c.crashes + case(
                 ((steps.c.status == StepStatus.RUNNING.value)
-                 & (steps.c.celery_task_id == bindparam("b_task")), 1), else_=0))
-    .returning(steps.c.attempts, steps.c.started_at, steps.c.cost_usd, steps.c.crashes)
+                 & (steps.c.celery_task_id == bindparam("b_task"))
+                 & (steps.c.deliveries != bindparam("b_released")), 1), else_=0))
+    .returning(steps.c.attempts, steps.c.started_at, steps.c.cost_usd, steps.c.crashes,
+               steps.c.deliveries)
 )
 
 START_RUN = (
