@@ -171,7 +171,7 @@ def test_only_the_lock_holder_recovers(tmp_path: Path, monkeypatch: pytest.Monke
 
 
 def test_recovered_run_of_a_changed_workflow_still_ends(recovered: SimpleNamespace) -> None:
-    result = RunHandle(recovered.runs["changed"], recovered.app.store).wait(timeout=2)
+    result = RunHandle(recovered.runs["changed"], recovered.app.store).wait(timeout=30)
     assert result.status.is_terminal
 
 
@@ -182,7 +182,7 @@ def test_workflow_declared_after_the_worker_started_runs(recovered: SimpleNamesp
     def echo(x: int) -> int:
         return x
 
-    assert late.run(x=1, timeout=2).outputs == {"echo": 1}
+    assert late.run(x=1, timeout=30).outputs == {"echo": 1}
 
 
 def test_two_orchestrators_do_not_share_the_in_process_broker(
@@ -206,6 +206,6 @@ def test_two_orchestrators_do_not_share_the_in_process_broker(
             handle = wf.submit(x=1)
             discarded.wait(timeout=2)
             other.embedded_worker()
-            assert handle.wait(timeout=2).outputs == {"echo": 1}
+            assert handle.wait(timeout=30).outputs == {"echo": 1}
     finally:
         signals.task_unknown.disconnect(on_unknown)
