@@ -10,6 +10,9 @@ from urllib.parse import urlsplit
 
 from config.settings import Settings
 
+#: Celery's Redis result backend without run data in task keys. A string: Celery imports it.
+STEP_REDIS_BACKEND = "orchestration.result_backend:StepRedisBackend"
+
 #: kombu's Redis transport, with a broker lost under a worker reported as a connection
 #: error (``orchestration/redis_transport.py``; kombu#582/#970). A string: kombu imports it.
 REDIS_TRANSPORT = "orchestration.redis_transport:Transport"
@@ -18,11 +21,21 @@ BACKEND_RETRY_POLICY = {"max_retries": 60, "interval_start": 0, "interval_step":
 BACKEND_STORE_RETRIES = 60
 
 
+def result_backend(settings: Settings) -> str:
+    """The result backend URL: a Redis one selects the step tasks' Redis backend."""
+    url = settings.effective_result_backend
+    if url.startswith(("redis://", "rediss://")):
+        return f"{STEP_REDIS_BACKEND}+{url}"
+    return url
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     """The Celery configuration for these settings."""
     config: dict[str, Any] = {
         "broker_url": settings.broker_url,
-        "result_backend": settings.effective_result_backend,
+        # Chord bookkeeping only; on Redis, task keys keep a summary of a step's result,
+        # never its values (orchestration/result_backend.py).
+        "result_backend": result_backend(settings),
         # JSON only: a pickle payload from the broker would be code execution on a worker.
         "task_serializer": "json",
         "result_serializer": "json",

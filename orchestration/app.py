@@ -67,7 +67,8 @@ class Orchestrator:
         # Celery's headers and events get a summary of a step's envelope (publishing.py).
         self.celery = Celery(name, set_as_current=False,
                              amqp="orchestration.publishing:StepAMQP",
-                             events="orchestration.publishing:StepEvents")
+                             events="orchestration.publishing:StepEvents",
+                             task_cls="orchestration.publishing:StepTask")
         self._apply_settings()
         self.workflows: dict[str, Workflow] = {}
         self._store: Store | None = None

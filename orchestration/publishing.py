@@ -7,7 +7,9 @@ argument and return value are the run's envelope: inputs and outputs, including 
 the redaction rules keep out of the results DB and the logs. :class:`StepAMQP` (the app's
 message builder) writes a summary instead: the run id and the delivery's plain options
 (``fused``, ``chunk`` position and size...), which also saves a ``saferepr`` per publish.
-:class:`StepEvents` does the same for the result in ``task-succeeded``.
+:class:`StepEvents` does the same for the result in ``task-succeeded``, and
+:class:`StepRequest` for what ``celery inspect active`` shows of a running task (the
+result backend's share is in :mod:`orchestration.result_backend`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from typing import Any
 
 from celery.app.amqp import AMQP
 from celery.app.events import Events
+from celery.app.task import Task
 from celery.events.dispatcher import EventDispatcher
+from celery.worker.request import Request
 
 # Plain values that help an operator and carry no run data.
 _SHOWN = ("run_id", "step", "fused", "finalize", "total", "workflow", "count")
@@ -96,3 +100,22 @@ class StepEvents(Events):  # type: ignore[misc]  # Celery is untyped
     """``app.events`` with :class:`StepEventDispatcher`."""
 
     dispatcher_cls = "orchestration.publishing:StepEventDispatcher"
+
+
+class StepRequest(Request):  # type: ignore[misc]  # Celery is untyped
+    """A worker's request, shown (``inspect active/reserved/scheduled``) by its summaries.
+
+    Celery's ``inspect active`` lists the real arguments unless asked for ``safe``
+    output; here it is always the ``argsrepr``/``kwargsrepr`` :class:`StepAMQP` wrote.
+    """
+
+    def info(self, safe: bool = False) -> dict[str, Any]:
+        """The request as ``inspect`` shows it: summaries, never the arguments."""
+        shown: dict[str, Any] = super().info(safe=True)
+        return shown
+
+
+class StepTask(Task):  # type: ignore[misc]  # Celery is untyped
+    """The base of every task of the app: its worker requests are :class:`StepRequest`."""
+
+    Request = "orchestration.publishing:StepRequest"

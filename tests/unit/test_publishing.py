@@ -6,10 +6,16 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from celery import Celery, states
+from celery.result import GroupResult
 from celery.signals import before_task_publish
+from celery.worker.request import Request
 
+from config.celery import celery_config, result_backend
+from config.settings import Settings
 from orchestration import Orchestrator, RunStatus, Workflow
-from orchestration.publishing import args_summary, kwargs_summary
+from orchestration.publishing import StepRequest, StepTask, args_summary, kwargs_summary
+from orchestration.result_backend import StepRedisBackend, stored_result
 from orchestration.testing import embedded_orchestrator
 
 SECRET = "hunter2-very-secret-value"
@@ -93,3 +99,66 @@ def test_a_succeeded_event_carries_a_summary_of_the_result(orch: Orchestrator) -
 
     assert [e.get("result") for e in sent] == [
         "<envelope of run r-9>", "<omitted: see the results DB>", None]
+
+
+# -- what inspect shows and what the result backend keeps ---------------------------------
+
+
+def test_every_task_of_the_app_shows_its_requests_by_summary(orch: Orchestrator) -> None:
+    flow = Workflow("publishing_request", app=orch)
+
+    @flow.task
+    def echo(text: str) -> str:
+        return text
+
+    flow.validate()
+    task = orch.celery.tasks["publishing_request.echo"]
+    assert isinstance(task, StepTask)
+    assert task.Request == "orchestration.publishing:StepRequest"
+
+
+def test_a_request_is_shown_by_its_summaries_even_when_unsafe_output_is_asked() -> None:
+    request = object.__new__(StepRequest)
+    shown = {"id": "t1", "name": "wf.step", "args": "(<envelope of run r1>,)",
+             "kwargs": "{'run_id': 'r1'}"}
+
+    def fake_info(self: Any, safe: bool = False) -> dict[str, Any]:
+        assert safe, "the request must always be shown by its summaries"
+        return shown
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Request, "info", fake_info)
+        assert request.info() == shown
+        assert request.info(safe=False) == shown
+
+
+def test_a_task_key_keeps_a_summary_of_a_success_only() -> None:
+    envelope = {"run": "r-1", "out": {"password": SECRET}}
+    assert stored_result(envelope, states.SUCCESS) == "<envelope of run r-1>"
+    assert stored_result([envelope, envelope], states.SUCCESS) == "<omitted: see the results DB>"
+    assert stored_result(None, states.SUCCESS) is None
+    failure = ValueError("boom")
+    assert stored_result(failure, states.FAILURE) is failure
+
+
+@pytest.mark.parametrize(("url", "backend"), [
+    ("redis://h:6379/1", "orchestration.result_backend:StepRedisBackend+redis://h:6379/1"),
+    ("rediss://h:6380/0", "orchestration.result_backend:StepRedisBackend+rediss://h:6380/0"),
+    ("db+postgresql://h/x", "db+postgresql://h/x"),
+])
+def test_a_redis_result_backend_is_the_step_backend(url: str, backend: str) -> None:
+    settings = Settings(broker_url="redis://h:6379/0", result_backend=url)
+    assert celery_config(settings)["result_backend"] == backend
+    assert result_backend(Settings(broker_url=url if url.startswith("redis") else
+                                   "redis://h:6379/0")).startswith(
+        "orchestration.result_backend:StepRedisBackend+redis")
+
+
+def test_the_step_backend_is_what_celery_builds_from_the_url() -> None:
+    app = Celery("publishing_backend", set_as_current=False)
+    app.conf.result_backend = celery_config(Settings(broker_url="redis://127.0.0.1:1/0"))[
+        "result_backend"]
+    assert isinstance(app.backend, StepRedisBackend)
+    assert app.backend.connparams["port"] == 1
+    # A complex chord header is never saved: every join reads its parts from the chord.
+    assert app.backend.apply_chord(("gid", [GroupResult("inner", [])]), None) is None

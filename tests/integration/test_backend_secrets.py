@@ -1,0 +1,206 @@
+"""No run data in what Celery keeps in Redis or shows: task keys and ``inspect active``.
+
+A Redis server of the test's own (so every key in it belongs to this test) is the
+broker and result backend of a threads worker serving ``it_backend_secrets``, whose
+inputs carry a ``password``, an ``api_key`` and a ``token`` and whose steps echo them into
+their outputs. Its chord has a complex header (a chain ending in a group beside a slow
+step). While the slow step runs, every key of the Redis DB is read (strings, lists,
+hashes, sets, sorted sets; kombu message bodies decoded), and ``celery inspect active``
+is asked; once the run is over, every key is read again.
+
+Expected: task keys (``celery-task-meta-*``) hold ``<envelope of run ...>`` only, and
+``inspect active`` shows the summaries of the running step; the only copy of values
+during the run is the chord's own parts set (``.j``, read by its join) and the broker's
+messages (steps need their inputs); after the run, no key holds a secret in any form,
+and the join received every value exactly.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from orchestration import RunStatus, default_orchestrator
+from tests.integration import backend_secret_workflows as bsw
+from tests.integration.observability_support import free_port
+from tests.integration.workers import ROOT, Workers
+
+MODULE = "tests.integration.backend_secret_workflows"
+RUN_TIMEOUT_S = 60.0
+CLI_TIMEOUT_S = 60.0
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[str]:
+    """A redis-server of this test (no persistence); its URL."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI is set and this test needs redis-server")
+        pytest.skip("redis-server is not installed")
+    port = free_port()
+    with open(tmp_path / "redis.log", "ab") as log:
+        process = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1",
+                                    "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+                                   stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    client = redis.Redis(port=port, socket_connect_timeout=0.5)
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            assert process.poll() is None and time.monotonic() < deadline, (
+                (tmp_path / "redis.log").read_text())
+            time.sleep(0.05)
+    client.close()
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def env_for(redis_url: str) -> dict[str, str]:
+    """The session's environment, on the test's own Redis, importing the secret workflows."""
+    env = dict(os.environ)
+    env.update({"ORCH_BROKER_URL": redis_url, "ORCH_RESULT_BACKEND": redis_url,
+                "ORCH_REDIS_URL": redis_url, "ORCH_IMPORTS": MODULE,
+                "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT),
+                                                          env.get("PYTHONPATH", "")) if p)})
+    return env
+
+
+def every_value(client: redis.Redis) -> dict[str, str]:
+    """Every key of the DB with all it holds as text, kombu message bodies decoded."""
+    found: dict[str, str] = {}
+    for raw_key in client.keys("*"):
+        key = raw_key.decode()
+        kind = client.type(raw_key).decode()
+        if kind == "string":
+            items = [client.get(raw_key)]
+        elif kind == "list":
+            items = client.lrange(raw_key, 0, -1)
+        elif kind == "hash":
+            items = [part for pair in client.hgetall(raw_key).items() for part in pair]
+        elif kind == "set":
+            items = list(client.smembers(raw_key))
+        elif kind == "zset":
+            items = client.zrange(raw_key, 0, -1)
+        else:
+            items = []
+        texts = [item.decode(errors="replace") for item in items if item is not None]
+        found[key] = "\n".join([*texts, *(_bodies(text) for text in texts)])
+    return found
+
+
+def _bodies(text: str) -> str:
+    """kombu keeps a message's body base64-encoded in its JSON payload: decode it."""
+    with contextlib.suppress(ValueError, TypeError, AttributeError, KeyError, IndexError):
+        payload = json.loads(text)
+        if isinstance(payload, list):  # the unacked hash keeps [message, exchange, key]
+            payload = payload[0]
+        return base64.b64decode(payload["body"]).decode(errors="replace")
+    return ""
+
+
+def holding(values: dict[str, str], secrets: list[str]) -> dict[str, list[str]]:
+    """Keys whose content holds any of ``secrets``, with which."""
+    return {key: hits for key, text in values.items()
+            if (hits := [secret for secret in secrets if secret in text])}
+
+
+def submit(env: dict[str, str], inputs: dict[str, str]) -> str:
+    done = subprocess.run([sys.executable, "-m", "orchestration.cli", "submit",
+                           "it_backend_secrets", "--inputs", json.dumps(inputs)], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=CLI_TIMEOUT_S)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip().splitlines()[-1]
+
+
+def inspect_active(env: dict[str, str]) -> str:
+    done = subprocess.run([sys.executable, "-m", "celery", "-A", "orchestration", "inspect",
+                           "active", "--json", "--timeout", "10"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=CLI_TIMEOUT_S)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def wait_until(condition: Callable[[], object], what: str,
+               timeout: float = RUN_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+@pytest.mark.postgres
+def test_celery_keeps_and_shows_no_secret(own_redis: str, postgres_database: str,
+                                          tmp_path: Path) -> None:
+    env = env_for(own_redis)
+    client = redis.Redis.from_url(own_redis)
+    tag = f"t{os.getpid()}"
+    inputs = {"password": f"pw-{tag}-Zq81", "api_key": f"sk-{tag}-Kq27",
+              "token": f"tok-{tag}-Xr55", "run_tag": tag}
+    secrets = [inputs["password"], inputs["api_key"], inputs["token"]]
+    workers = Workers(tmp_path, env)
+    try:
+        workers.start("it-backend-secrets", [bsw.SECRETS_QUEUE], pool="threads",
+                      concurrency=4)
+        run_id = submit(env, inputs)
+        wait_until(lambda: client.exists(bsw.SLOW_STARTED_KEY.format(run=tag)),
+                   "the slow step to start")
+        # The chord's other branch (intake -> check, enrich) is done once both parts are in.
+        store = default_orchestrator().store
+        wait_until(lambda: {s.name: s.status.value for s in store.get_run(run_id).steps.values()
+                            if s.name in ("check", "enrich")} == {"check": "succeeded",
+                                                                  "enrich": "succeeded"},
+                   "the chord's first parts")
+
+        active = inspect_active(env)
+        assert "it_backend_secrets.slow" in active, active
+        assert f"<envelope of run {run_id}>" in active, active
+        assert not [secret for secret in secrets if secret in active], active
+
+        during = every_value(client)
+        task_keys = {key: text for key, text in during.items()
+                     if key.startswith("celery-task-meta-")}
+        assert task_keys, sorted(during)
+        assert all(f'"result": "<envelope of run {run_id}>"' in text
+                   for text in task_keys.values()), task_keys
+        # Values are only where they must be while the run is in flight: the chord's parts
+        # (its join reads them) and the broker's messages (the running step's delivery).
+        allowed = ("unacked", ".j")
+        assert not {key: hits for key, hits in holding(during, secrets).items()
+                    if not key.endswith(allowed)}, during
+
+        client.set(bsw.SLOW_RELEASE_KEY.format(run=tag), 1, ex=600)
+        wait_until(lambda: store.get_run(run_id).status.is_terminal, "the run to end")
+        run = store.get_run(run_id)
+        assert run.status is RunStatus.SUCCEEDED, run.error
+        assert run.outputs["join"] == "exact"
+        # Celery acknowledges a message just after the task returns: let it settle.
+        wait_until(lambda: not holding(every_value(client), secrets),
+                   "no secret left in Redis", timeout=10)
+        after = every_value(client)
+        assert not holding(after, secrets), after
+        assert any(key.startswith("celery-task-meta-") for key in after)
+    finally:
+        workers.stop_all()
+        client.close()
