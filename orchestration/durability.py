@@ -23,15 +23,16 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from orchestration.envelope import dumps
-from orchestration.errors import InvalidInput, RunNotFound
-from orchestration.redaction import REDACTED
-from orchestration.status import RunStatus
+from orchestration.errors import InvalidInput
+from orchestration.redaction import redacted_paths
+from orchestration.status import RunStatus, StepStatus
+from orchestration.store.recovery import RERUN_STEPS, RESUMABLE, NotResumable
 from orchestration.store.repository import utcnow
 
 if TYPE_CHECKING:
     from orchestration.app import Orchestrator
     from orchestration.step import StepSpec
-    from orchestration.workflow import Workflow
+    from orchestration.workflow import CompiledWorkflow, Workflow
 
 log = structlog.get_logger("orchestration.durability")
 
@@ -46,31 +47,138 @@ class Reconciled:
 
 
 def redacted_inputs(inputs: dict[str, Any]) -> list[str]:
-    """Inputs stored redacted: secrets are never stored, so they must be given again."""
-    return sorted(name for name, value in inputs.items() if value == REDACTED)
+    """Inputs stored redacted, wholly, nested or in part: they must be given again.
+
+    Secrets are never stored, so what a step would receive from such a stored copy is
+    not what was submitted.
+    """
+    return sorted(name for name, value in inputs.items() if redacted_paths(value, name))
+
+
+def _describe_redacted(inputs: dict[str, Any], names: list[str]) -> str:
+    """``creds (at creds.password), note`` — each input, and where inside it, if nested."""
+    parts = []
+    for name in names:
+        paths = [path for path in redacted_paths(inputs[name], name) if path != name]
+        shown = ", ".join(paths[:5]) + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
+        parts.append(f"{name} (at {shown})" if paths else name)
+    return ", ".join(parts)
+
+
+def redacted_upstream(compiled: CompiledWorkflow,
+                      steps: dict[str, tuple[StepStatus, Any]],
+                      to_run: set[str]) -> list[str]:
+    """Finished steps whose stored output was redacted and that a step in ``to_run`` reads.
+
+    Such a step would receive the redacted copy (the real output was never stored).
+    """
+    producer = {bound.spec.output: name for name, bound in compiled.steps.items()}
+    lost: set[str] = set()
+    for name in to_run & set(compiled.steps):
+        bound = compiled.steps[name]
+        for source in (*bound.sources.values(), *bound.when_sources.values()):
+            upstream = producer.get(source)
+            if upstream is None or upstream not in steps:
+                continue
+            status, output = steps[upstream]
+            if status.produced_output and redacted_paths(output, upstream):
+                lost.add(upstream)
+    return sorted(lost)
+
+
+def check_resume(orchestrator: Orchestrator, run_id: str,
+                 inputs: Any = None) -> tuple[Workflow, dict[str, Any]]:
+    """Everything resume needs, checked before anything changes: (workflow, inputs).
+
+    Raises InvalidInput (bad or missing inputs), RunNotFound, or NotResumable (run not
+    failed/cancelled, workflow not defined here or changed), naming the culprit.
+    """
+    given = _given_inputs(run_id, inputs)
+    state = orchestrator.store.recovery.run_state(run_id)
+    if state.status not in RESUMABLE:
+        raise NotResumable(f"run {run_id} is {state.status}; only failed or cancelled runs "
+                           "can be resumed")
+    workflow = orchestrator.workflows.get(state.workflow)
+    if workflow is None:
+        raise NotResumable(f"run {run_id} is of workflow {state.workflow!r}, which this process "
+                           f"does not define (import its module or set ORCH_IMPORTS)")
+    compiled = workflow.validate()
+    if compiled.version != state.version:
+        raise NotResumable(f"run {run_id}: workflow {state.workflow!r} changed since the run "
+                           f"started (version {state.version}, now {compiled.version}); "
+                           "submit a new run")
+    unknown = sorted(set(given) - compiled.inputs)
+    if unknown:
+        raise InvalidInput(f"run {run_id}: unknown input(s) {', '.join(map(repr, unknown))} "
+                           f"for workflow {state.workflow!r} (its inputs: "
+                           f"{', '.join(sorted(compiled.inputs)) or 'none'})")
+    merged = workflow.check_inputs(compiled, {**state.inputs, **given})
+    missing = [name for name in redacted_inputs(state.inputs) if name not in given]
+    if missing:
+        example = ", ".join(f'"{name}": ...' for name in missing)
+        raise InvalidInput(
+            f"run {run_id}: input(s) {_describe_redacted(state.inputs, missing)} were redacted "
+            f"when stored (secrets are never stored); give them again: resume(run_id, "
+            f"inputs={{...}}) or orchestrate resume {run_id} --inputs '{{{example}}}'")
+    steps = orchestrator.store.recovery.step_outputs(run_id)
+    rerun = {name for name, (status, _) in steps.items() if status.value in RERUN_STEPS}
+    lost = redacted_upstream(compiled, steps, rerun)
+    if lost:
+        raise NotResumable(f"run {run_id}: the output(s) of step(s) {', '.join(lost)} were "
+                           "redacted when stored (secrets are never stored) and the steps to "
+                           "re-run read them; submit a new run")
+    return workflow, merged
+
+
+def redacted_loss(orchestrator: Orchestrator, run_id: str, name: str, version: str,
+                  inputs: dict[str, Any]) -> str | None:
+    """Why a run re-dispatched from the results DB would not get what it was submitted.
+
+    Its inputs stored redacted (nested or in part), or finished steps' outputs stored
+    redacted that its unfinished steps read. None when a re-dispatch is exact.
+    """
+    secrets = redacted_inputs(inputs)
+    if secrets:
+        example = ", ".join(f'"{secret}": ...' for secret in secrets)
+        return (f"its input(s) {_describe_redacted(inputs, secrets)} were redacted when "
+                f"stored (secrets are never stored); resume it with them: "
+                f"orchestrate resume {run_id} --inputs '{{{example}}}'")
+    workflow = orchestrator.workflows.get(name)
+    if workflow is None or workflow.validate().version != version:
+        return None  # not re-dispatched anyway, for that reason
+    steps = orchestrator.store.recovery.step_outputs(run_id)
+    unfinished = {step for step, (status, _) in steps.items() if not status.is_terminal}
+    lost = redacted_upstream(workflow.validate(), steps, unfinished)
+    if lost:
+        return (f"the output(s) of step(s) {', '.join(lost)} were redacted when stored "
+                "(secrets are never stored) and steps still to run read them; submit a new run")
+    return None
+
+
+def _given_inputs(run_id: str, inputs: Any) -> dict[str, Any]:
+    if inputs is None:
+        return {}
+    if not isinstance(inputs, dict):
+        raise InvalidInput(f"run {run_id}: inputs to resume with must be a JSON object of "
+                           f"input names to values, got {type(inputs).__name__}")
+    bad = [key for key in inputs if not isinstance(key, str)]
+    if bad:
+        raise InvalidInput(f"run {run_id}: input names must be strings, got {bad[0]!r}")
+    return dict(inputs)
 
 
 def resume(orchestrator: Orchestrator, run_id: str, inputs: dict[str, Any] | None = None) -> str:
     """Continue a failed or cancelled run from its last good steps; returns the run id.
 
-    ``inputs`` replace stored ones: secret inputs (deny-listed names) were stored redacted,
-    so a run that had any needs them given again, or resume refuses (nothing changes).
+    ``inputs`` replace stored ones: secrets were stored redacted (wholly, nested, or in
+    part of a string), so a run that had any needs them given again, or resume refuses.
+    Everything is checked first: on any error nothing changes and nothing is enqueued.
     """
-    stored = orchestrator.store.load_inputs(run_id)
-    missing = [name for name in redacted_inputs(stored) if name not in (inputs or {})]
-    if missing:
-        raise InvalidInput(
-            f"run {run_id}: input(s) {', '.join(missing)} were redacted when stored (secrets "
-            f"are never stored); give them again: resume(run_id, inputs={{{missing[0]!r}: ...}})"
-            f" or orchestrate resume {run_id} --inputs '{{\"{missing[0]}\": ...}}'")
-    workflow_name, _ = orchestrator.store.recovery.reset_for_resume(run_id)
-    inputs = {**stored, **(inputs or {})}
-    workflow = orchestrator.workflows.get(workflow_name)
-    if workflow is None:
-        raise RunNotFound(f"run {run_id} is of workflow {workflow_name!r}, which this process "
-                          f"does not define (import its module or set ORCH_IMPORTS)")
-    workflow.dispatch(run_id, inputs)
-    log.info("run resumed", run_id=run_id, workflow=workflow_name)
+    workflow, merged = check_resume(orchestrator, run_id, inputs)
+    stored = workflow.redactor(merged)
+    orchestrator.store.recovery.reset_for_resume(run_id, stored)
+    workflow.dispatch(run_id, merged, stored=stored)
+    log.info("run resumed", run_id=run_id, workflow=workflow.name)
     return run_id
 
 
@@ -86,12 +194,11 @@ def reconcile(orchestrator: Orchestrator, *, idle_seconds: float | None = None) 
     for run_id, name, version, inputs in store.recovery.stale_runs(
             utcnow() - timedelta(seconds=idle)):
         workflow = orchestrator.workflows.get(name)
-        secrets = redacted_inputs(inputs)
-        if secrets:
-            store.finish_run(run_id, RunStatus.FAILED, error_type="Unrecoverable", error=(
-                f"made no progress for {idle:g} s and cannot be re-dispatched: its input(s) "
-                f"{', '.join(secrets)} were redacted when stored; resume it with them: "
-                f"orchestrate resume {run_id} --inputs '{{...}}'"))
+        lost = redacted_loss(orchestrator, run_id, name, version, inputs)
+        if lost:
+            store.finish_run(run_id, RunStatus.FAILED, error_type="Unrecoverable",
+                             error=f"made no progress for {idle:g} s and cannot be "
+                                   f"re-dispatched: {lost}")
             failed.append(run_id)
             continue
         if workflow is not None and backlogged.setdefault(name, _has_backlog(orchestrator,

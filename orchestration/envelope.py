@@ -3,14 +3,18 @@
 Each step task receives the envelope of its predecessor (or a list of envelopes from a
 chord header), adds its own output, and passes it on. Small values travel inline;
 values over the inline limit travel by reference and are read from the results DB by
-the steps that need them, so a large output crosses the broker zero times.
+the steps that need them, so a large output crosses the broker zero times. The results DB
+holds a redacted copy: a value that redaction changed always travels inline, since a
+reference to it would be read back redacted.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
+
+from orchestration.redaction import changed_by_redaction
 
 INPUT_SOURCE = "$input"
 OUTPUT_SOURCE = "$output"  # a step output read back by its output name
@@ -52,19 +56,37 @@ class Envelope:
         self.unselected: set[str] = set()  # outputs of steps a branch did not select
 
     @classmethod
-    def for_inputs(cls, run_id: str, inputs: Mapping[str, Any], limit: int) -> Envelope:
-        """The first envelope of a run: its inputs, large ones by reference."""
+    def for_inputs(cls, run_id: str, inputs: Mapping[str, Any], limit: int, *,
+                   stored: Callable[[], Any] | None = None) -> Envelope:
+        """The first envelope of a run: its inputs, large ones by reference.
+
+        ``stored()`` is the copy of the inputs the results DB holds (redacted); a large
+        input whose stored copy differs stays inline. It is called only when some input
+        is over the limit. Without it the stored copy is taken to equal ``inputs``.
+        """
         envelope = cls(run_id)
+        changed: frozenset[str] | None = None
         for name, value in inputs.items():
-            envelope.put(name, value, source=INPUT_SOURCE, limit=limit)
+            if _fits(value, limit):
+                envelope.inline[name] = value
+                continue
+            if changed is None:
+                changed = (changed_by_redaction(inputs, stored()) if stored is not None
+                           else frozenset())
+            if name in changed:
+                envelope.inline[name] = value
+            else:
+                envelope.refs[name] = INPUT_SOURCE
         return envelope
 
-    def put(self, name: str, value: Any, *, source: str, limit: int) -> None:
-        """Add an output, inline when its JSON is within ``limit`` bytes."""
-        if value is None or isinstance(value, bool | int | float):
-            self.inline[name] = value
-            return
-        if len(dumps(value).encode()) <= limit:
+    def put(self, name: str, value: Any, *, source: str, limit: int,
+            keep_inline: bool = False) -> None:
+        """Add an output, inline when its JSON is within ``limit`` bytes.
+
+        ``keep_inline``: the stored copy differs from ``value`` (it was redacted), so a
+        reference would not give it back; it travels inline whatever its size.
+        """
+        if keep_inline or _fits(value, limit):
             self.inline[name] = value
         else:
             self.refs[name] = source
@@ -116,6 +138,13 @@ class Envelope:
             envelope.started = envelope.started or bool(part.get("started"))
             envelope.unselected.update(part.get("unselected", ()))
         return envelope
+
+
+def _fits(value: Any, limit: int) -> bool:
+    """True when a value travels inline: a scalar, or JSON within ``limit`` bytes."""
+    if value is None or isinstance(value, bool | int | float):
+        return True
+    return len(dumps(value).encode()) <= limit
 
 
 def is_envelope(message: Any) -> bool:

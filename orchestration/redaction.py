@@ -5,8 +5,11 @@ Values under deny-listed field names (``api_key``, ``authorization``, ``password
 strings are scrubbed of bearer tokens and provider key shapes. A workflow's ``redact=``
 hook can scrub more (e.g. PII) from what is stored of its runs. Redaction applies to what
 is *stored and logged*: inputs, outputs, errors and log lines. Values still travel
-unredacted inside broker messages to the steps that need them; an output passed by
-reference (over the inline limit) is read back redacted.
+unredacted inside broker messages to the steps that need them. A value that redaction
+changed never travels by reference, whatever its size (a reference is read back from the
+stored, redacted copy): it stays inline. A run re-dispatched from the results DB (resume,
+the reconciler) cannot get such values back: :func:`redacted_paths` finds where the
+stored copy lost something, and the run refuses to continue until they are given again.
 """
 
 from __future__ import annotations
@@ -60,6 +63,35 @@ class Redactor:
         for pattern in _PATTERNS:
             text = pattern.sub(REDACTED, text)
         return text
+
+
+def redacted_paths(value: Any, path: str) -> list[str]:
+    """Where a stored value holds the redaction marker, e.g. ``creds.password``, ``notes[2]``.
+
+    Nested values and strings redacted in part (``use [REDACTED] now``) count too.
+    Iterative, so a deeply nested value cannot exhaust the stack.
+    """
+    found: list[str] = []
+    pending: list[tuple[str, Any]] = [(path, value)]
+    while pending:
+        where, item = pending.pop()
+        if isinstance(item, str):
+            if REDACTED in item:
+                found.append(where)
+        elif isinstance(item, Mapping):
+            pending.extend((f"{where}.{key}", child) for key, child in item.items())
+        elif isinstance(item, list | tuple):
+            pending.extend((f"{where}[{index}]", child) for index, child in enumerate(item))
+    return sorted(found)
+
+
+def changed_by_redaction(values: Mapping[str, Any], stored: Any) -> frozenset[str]:
+    """Names whose stored (redacted) copy differs from the value: never pass them by reference."""
+    if not isinstance(stored, Mapping):  # a redact= hook reshaped the whole mapping
+        return frozenset(values)
+    missing = object()
+    return frozenset(name for name, value in values.items()
+                     if stored.get(name, missing) != value)
 
 
 def structlog_processor(

@@ -158,10 +158,14 @@ def record_and_pass(step: BoundStep, envelope: Envelope, outcome: StepOutcome, s
     If another delivery recorded the step first (a duplicate message), its recorded
     outcome is what dependents receive, never this delivery's.
     """
+    stored = redacted(outcome, delivery)
     trial = Envelope.from_message(envelope.to_message())
-    apply_outcome(step, trial, outcome.status, outcome.output, delivery, outcome.error)
+    # An output that redaction changed is passed inline: a reference reads the stored copy.
+    apply_outcome(step, trial, outcome.status, outcome.output, delivery, outcome.error,
+                  keep_inline=stored.output is not outcome.output
+                  and stored.output != outcome.output)
     finish = run_finish(trial) if finalize else None
-    recorded = store.record_step(envelope.run_id, step.spec.name, redacted(outcome, delivery),
+    recorded = store.record_step(envelope.run_id, step.spec.name, stored,
                                  worker=delivery.worker, claimed_at=claimed_at, finish=finish)
     if not recorded:
         status, output, error = store.step_state(envelope.run_id, step.spec.name)
@@ -210,11 +214,16 @@ def _log_finished(envelope: Envelope, finish: RunFinish) -> None:
 
 
 def apply_outcome(step: BoundStep, envelope: Envelope, status: StepStatus, output: Any,
-                  delivery: Delivery, error: str | None = None) -> None:
-    """What dependents see of a step: its output, None, or that it is unavailable."""
+                  delivery: Delivery, error: str | None = None, *,
+                  keep_inline: bool = False) -> None:
+    """What dependents see of a step: its output, None, or that it is unavailable.
+
+    ``keep_inline``: the stored copy of ``output`` differs (redacted); never pass a reference.
+    """
     spec = step.spec
     if status.produced_output:
-        envelope.put(spec.output, output, source=spec.name, limit=delivery.inline_limit)
+        envelope.put(spec.output, output, source=spec.name, limit=delivery.inline_limit,
+                     keep_inline=keep_inline)
     elif status is StepStatus.FAILED and not spec.critical:
         envelope.put(spec.output, None, source=spec.name, limit=delivery.inline_limit)
     elif status is StepStatus.SKIPPED and (error or "").startswith(NOT_SELECTED):

@@ -158,12 +158,12 @@ class Workflow:
                         bound.spec.critical)
             for name, bound in compiled.steps.items()
         ]
-        stored_id = store.create_run(run_id, self.name, compiled.version,
-                                     self.redactor(encoded), planned,
+        stored = self.redactor(encoded)
+        stored_id = store.create_run(run_id, self.name, compiled.version, stored, planned,
                                      idempotency_key=idempotency_key)
         if stored_id != run_id:
             return RunHandle(stored_id, store, existing=True)
-        self.dispatch(run_id, encoded)
+        self.dispatch(run_id, encoded, stored=stored)
         return RunHandle(run_id, store)
 
     def submit_many(self, batch: Iterable[Mapping[str, Any]], *,
@@ -185,16 +185,22 @@ class Workflow:
         if not runs:
             return []
         store = self.app.store
-        store.create_runs(self.name, compiled.version,
-                          [(run_id, self.redactor(inputs)) for run_id, inputs in runs],
+        stored = {run_id: self.redactor(inputs) for run_id, inputs in runs}
+        store.create_runs(self.name, compiled.version, list(stored.items()),
                           self._planned(compiled))
-        if defer:
-            self.app.defer_dispatch(self, [run_id for run_id, _ in runs])
-        else:
+        # A deferred run's canvas is built from its stored inputs: only runs whose stored
+        # copy is exact can be deferred; the others are sent from here.
+        direct = [(run_id, inputs) for run_id, inputs in runs
+                  if not defer or stored[run_id] != inputs]
+        if defer and len(direct) < len(runs):
+            sent = {run_id for run_id, _ in direct}
+            self.app.defer_dispatch(self, [run_id for run_id, _ in runs if run_id not in sent])
+        if direct:
             self.app.before_dispatch(compiled)
             with self.app.celery.producer_or_acquire() as producer:
-                for run_id, inputs in runs:
-                    self.canvas(run_id, inputs).apply_async(producer=producer)
+                for run_id, inputs in direct:
+                    self.canvas(run_id, inputs, stored=stored[run_id]).apply_async(
+                        producer=producer)
         return [RunHandle(run_id, store) for run_id, _ in runs]
 
     def _planned(self, compiled: CompiledWorkflow) -> list[PlannedStep]:
@@ -205,15 +211,22 @@ class Workflow:
         """Submit and wait: the finished run (whatever its status)."""
         return self.submit(**inputs).wait(timeout=timeout)
 
-    def dispatch(self, run_id: str, inputs: dict[str, Any]) -> None:
+    def dispatch(self, run_id: str, inputs: dict[str, Any], *,
+                 stored: Any = None) -> None:
         """Enqueue the run's canvas (steps already terminal in the DB will not re-run)."""
-        self.canvas(run_id, inputs).apply_async()
+        self.canvas(run_id, inputs, stored=stored).apply_async()
 
-    def canvas(self, run_id: str, inputs: dict[str, Any]) -> Any:
-        """The Celery canvas of one run (not sent)."""
+    def canvas(self, run_id: str, inputs: dict[str, Any], *, stored: Any = None) -> Any:
+        """The Celery canvas of one run (not sent).
+
+        ``stored``: the run's inputs as stored (redacted; computed here if not given).
+        A large input whose stored copy differs travels inline, never by reference.
+        """
         compiled = self.validate()
         self.app.before_dispatch(compiled)
-        envelope = Envelope.for_inputs(run_id, inputs, self.app.settings.inline_output_limit)
+        envelope = Envelope.for_inputs(
+            run_id, inputs, self.app.settings.inline_output_limit,
+            stored=(lambda: stored) if stored is not None else (lambda: self.redactor(inputs)))
         return build_canvas(compiled.decomposition.plan, compiled.steps,
                             envelope.to_message(), run_id, self.app.celery)
 

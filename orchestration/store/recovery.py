@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +21,17 @@ RERUN_STEPS = (StepStatus.FAILED.value, StepStatus.SKIPPED.value, StepStatus.CAN
 
 
 class NotResumable(OrchestrationError):
-    """Only failed or cancelled runs can be resumed."""
+    """The run cannot be resumed: not failed or cancelled, or its workflow is not this one."""
+
+
+@dataclass(frozen=True)
+class RunState:
+    """What resume checks of a run before it changes anything."""
+
+    workflow: str
+    version: str
+    status: str
+    inputs: dict[str, Any]
 
 
 class Recovery:
@@ -61,15 +72,34 @@ class Recovery:
 
     # -- resume -------------------------------------------------------------------------
 
-    def reset_for_resume(self, run_id: str) -> tuple[str, dict[str, Any]]:
+    def run_state(self, run_id: str) -> RunState:
+        """The run's workflow, version, status and stored inputs; RunNotFound if none."""
+        with self._store.reader.connect() as conn:
+            run = conn.execute(select(RunRow.workflow, RunRow.workflow_version, RunRow.status,
+                                      RunRow.inputs).where(RunRow.id == run_id)).first()
+        if run is None:
+            raise RunNotFound(f"no run {run_id!r}")
+        return RunState(run.workflow, run.workflow_version, run.status, dict(run.inputs or {}))
+
+    def step_outputs(self, run_id: str) -> dict[str, tuple[StepStatus, Any]]:
+        """Every step of the run: its status and its stored (redacted) output."""
+        with self._store.reader.connect() as conn:
+            rows = conn.execute(select(StepRow.name, StepRow.status, StepRow.output)
+                                .where(StepRow.run_id == run_id)).all()
+        return {row.name: (StepStatus(row.status), row.output) for row in rows}
+
+    def reset_for_resume(self, run_id: str,
+                         inputs: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
         """Make a failed/cancelled run's failed, skipped and cancelled steps pending again.
 
         Completed steps keep their outputs (and are not run again); attempts are kept.
-        Returns (workflow, inputs).
+        ``inputs`` (the stored, redacted copy of what the run continues with) replace the
+        stored ones, so a later re-dispatch reads what this one sent. Returns (workflow,
+        inputs).
         """
         with self._store.engine.begin() as conn:
             run = conn.execute(select(RunRow.workflow, RunRow.status, RunRow.inputs)
-                               .where(RunRow.id == run_id)).first()
+                               .where(RunRow.id == run_id).with_for_update()).first()
             if run is None:
                 raise RunNotFound(f"no run {run_id!r}")
             if run.status not in RESUMABLE:
@@ -78,9 +108,12 @@ class Recovery:
             conn.execute(update(StepRow).where(
                 StepRow.run_id == run_id, StepRow.status.in_(RERUN_STEPS)
             ).values(status=StepStatus.PENDING.value, finished_at=None, crashes=0))
-            conn.execute(update(RunRow).where(RunRow.id == run_id).values(
-                status=RunStatus.PENDING.value, error=None, error_type=None, finished_at=None))
-        return run.workflow, dict(run.inputs or {})
+            values: dict[str, Any] = {"status": RunStatus.PENDING.value, "error": None,
+                                      "error_type": None, "finished_at": None}
+            if inputs is not None:
+                values["inputs"] = inputs
+            conn.execute(update(RunRow).where(RunRow.id == run_id).values(**values))
+        return run.workflow, dict(inputs if inputs is not None else run.inputs or {})
 
     # -- stale runs ---------------------------------------------------------------------
 
