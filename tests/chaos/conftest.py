@@ -24,21 +24,18 @@ from typing import Any
 
 import pytest
 import redis
-from sqlalchemy import Engine, create_engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import Engine, create_engine
 
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.integration.workers import LIVE, Workers  # noqa: E402
+from tests.integration.workers import Workers  # noqa: E402
+from tests.support import services  # noqa: E402
 
 COUNTER_REDIS_URL = os.environ.get("ORCH_CHAOS_REDIS_URL", "redis://127.0.0.1:6379/12")
 LEASE_KEY = "orchestration:chaos-lease"  # one chaos test at a time owns the DB
 LEASE_SECONDS = 900
-POSTGRES_ADMIN_URL = os.environ.get(
-    "ORCH_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -68,22 +65,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
-def _service_missing(service: str, url: str, error: BaseException) -> None:
-    message = f"{service} is not reachable at {url}: {error}"
-    if os.environ.get("CI"):
-        pytest.fail(f"CI is set and the chaos tests need {service}. {message}", pytrace=False)
-    pytest.skip(f"{service} unavailable ({message})")
-
-
 @pytest.fixture
 def counters() -> Iterator[redis.Redis]:
     """The chaos Redis DB, flushed before and after the test."""
-    client = redis.Redis.from_url(COUNTER_REDIS_URL, socket_connect_timeout=2, socket_timeout=10)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        client.close()
-        _service_missing("Redis", COUNTER_REDIS_URL, exc)
+    client = services.redis_or_skip(COUNTER_REDIS_URL, "chaos", socket_timeout=10)
     if not client.set(LEASE_KEY, str(os.getpid()), nx=True, ex=LEASE_SECONDS):
         holder = client.get(LEASE_KEY)
         client.close()
@@ -102,23 +87,12 @@ def counters() -> Iterator[redis.Redis]:
 def results_db() -> Iterator[tuple[str, Engine]]:
     """(URL, engine) of a PostgreSQL database of this test, dropped at the end."""
     name = f"orch_chaos_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT",
-                          connect_args={"connect_timeout": 3})
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:
-        admin.dispose()
-        _service_missing("PostgreSQL", make_url(POSTGRES_ADMIN_URL).render_as_string(), exc)
-    url = make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    engine = create_engine(url)
-    try:
-        yield url, engine
-    finally:
-        engine.dispose()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with services.postgres_database(name, "chaos") as url:
+        engine = create_engine(url)
+        try:
+            yield url, engine
+        finally:
+            engine.dispose()
 
 
 @pytest.fixture
@@ -142,10 +116,5 @@ def worker_pool(request: pytest.FixtureRequest) -> Iterator[Workers]:
 def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Any:
     """On a failure, attach the tail of every live worker's log to the report."""
     report = yield
-    if report.failed and LIVE:
-        for worker in LIVE:
-            state = "running" if worker.alive else f"exited {worker.process.returncode}"
-            report.sections.append(
-                (f"worker {worker.nodename} ({state}) log tail", worker.log_tail())
-            )
+    services.attach_worker_logs(report)
     return report

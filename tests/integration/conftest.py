@@ -26,14 +26,13 @@ from typing import Any
 
 import pytest
 import redis
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # `tests.integration.workflows` is imported by that name
     sys.path.insert(0, str(ROOT))
 
-from tests.integration.workers import LIVE, Workers  # noqa: E402
+from tests.integration.workers import Workers  # noqa: E402
+from tests.support import services  # noqa: E402
 
 LEASE_KEY = "orchestration:test-session-lease"
 LEASE_SECONDS = 1800
@@ -54,14 +53,8 @@ def _lease_redis_db() -> str:
 
 
 REDIS_URL = os.environ.get("ORCH_TEST_REDIS_URL") or _lease_redis_db()
-POSTGRES_ADMIN_URL = os.environ.get(
-    "ORCH_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
 SESSION_DATABASE = f"orch_it_{uuid.uuid4().hex[:12]}"
-DATABASE_URL = (
-    make_url(POSTGRES_ADMIN_URL).set(database=SESSION_DATABASE).render_as_string(
-        hide_password=False)
-)
+DATABASE_URL = services.database_url(SESSION_DATABASE)
 INLINE_RETRY_LIMIT_S = 0.2
 
 os.environ.update({
@@ -79,26 +72,13 @@ os.environ.update({
 os.environ.pop("OPENAI_API_KEY", None)
 
 
-def _service_missing(service: str, url: str, error: BaseException) -> None:
-    message = f"{service} is not reachable at {url}: {error}"
-    if os.environ.get("CI"):
-        pytest.fail(f"CI is set and the integration tests need {service}. {message}",
-                    pytrace=False)
-    pytest.skip(f"{service} unavailable ({message})")
-
-
 # -- services ------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="session")
 def redis_service() -> Iterator[redis.Redis]:
     """The session's Redis DB, flushed at start (keeping the lease) and at the end."""
-    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2, socket_timeout=5)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        client.close()
-        _service_missing("Redis", REDIS_URL, exc)
+    client = services.redis_or_skip(REDIS_URL, "integration", socket_timeout=5)
     client.flushdb()
     client.set(LEASE_KEY, str(os.getpid()), ex=LEASE_SECONDS)
     try:
@@ -111,21 +91,9 @@ def redis_service() -> Iterator[redis.Redis]:
 @pytest.fixture(scope="session")
 def postgres_database() -> Iterator[str]:
     """A PostgreSQL database of this session (its URL), dropped at the end."""
-    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT",
-                          connect_args={"connect_timeout": 3})
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{SESSION_DATABASE}"'))
-    except Exception as exc:
-        admin.dispose()
-        _service_missing("PostgreSQL", make_url(POSTGRES_ADMIN_URL).render_as_string(), exc)
-    try:
-        yield DATABASE_URL
-    finally:
-        _close_default_store()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{SESSION_DATABASE}" WITH (FORCE)'))
-        admin.dispose()
+    with services.postgres_database(SESSION_DATABASE, "integration",
+                                    before_drop=_close_default_store) as url:
+        yield url
 
 
 def _close_default_store() -> None:
@@ -193,10 +161,5 @@ def extra_workers(workers: Workers, worker_logs: Path) -> Iterator[Workers]:
 def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Any:
     """On a failure, attach the tail of every live worker's log to the report."""
     report = yield
-    if report.failed and LIVE:
-        for worker in LIVE:
-            state = "running" if worker.alive else f"exited {worker.process.returncode}"
-            report.sections.append(
-                (f"worker {worker.nodename} ({state}) log tail", worker.log_tail())
-            )
+    services.attach_worker_logs(report)
     return report

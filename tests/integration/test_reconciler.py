@@ -241,13 +241,15 @@ def test_beat_sent_reconcile_redispatches_a_stranded_run(
     sent = json.loads(beat.stdout.strip().splitlines()[-1])
     assert (sent["task"], sent["every"]) == (RECONCILE_TASK, BEAT_INTERVAL_S)
 
-    # The worker ran one reconcile pass with its own threshold (ORCH_RECONCILE_AFTER).
-    outcome = AsyncResult(sent["id"], app=default_orchestrator().celery).get(timeout=60)
-    assert outcome == {"redispatched": [run_id], "failed": [], "waits_expired": 0}
+    # The worker ran one reconcile pass with its own threshold (ORCH_RECONCILE_AFTER); its
+    # return value is not kept in the result backend, so the pass shows by what it did:
+    # nothing else re-sends a run whose message was lost.
+    AsyncResult(sent["id"], app=default_orchestrator().celery).get(timeout=60)
     result = orchestration.RunHandle(run_id, default_orchestrator().store).wait(timeout=60)
     assert result.status is RunStatus.SUCCEEDED, (result.error, statuses(result))
     assert result.outputs == {"only": f"only:{ticket}"}
     assert calls(run_id, "only") == 1
     assert result.steps["only"].worker == worker.nodename
-    assert f"Task {RECONCILE_TASK}[{sent['id']}] received" in worker.log_path.read_text(
-        errors="replace")
+    log = worker.log_path.read_text(errors="replace")
+    assert f"Task {RECONCILE_TASK}[{sent['id']}] received" in log
+    assert f"Task {RECONCILE_TASK}[{sent['id']}] succeeded" in log

@@ -1,0 +1,83 @@
+"""The shared services a test suite needs: reach them, or skip (fail loudly in ``CI``).
+
+Used by the integration and chaos suites' conftests: a Redis DB checked with a ping, a
+PostgreSQL database created for a session or a test and dropped afterwards, and the
+tails of live workers' logs attached to a failed test's report.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, NoReturn
+
+import pytest
+import redis
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from tests.integration.workers import LIVE
+
+POSTGRES_ADMIN_URL = os.environ.get(
+    "ORCH_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+
+
+def service_missing(suite: str, service: str, url: str, error: BaseException) -> NoReturn:
+    """Skip the test for want of ``service``, or fail it when ``CI`` is set."""
+    message = f"{service} is not reachable at {url}: {error}"
+    if os.environ.get("CI"):
+        pytest.fail(f"CI is set and the {suite} tests need {service}. {message}", pytrace=False)
+    pytest.skip(f"{service} unavailable ({message})")
+
+
+def redis_or_skip(url: str, suite: str, *, socket_timeout: float) -> redis.Redis:
+    """A client of the Redis DB at ``url`` that answered a ping (else skip / fail in CI)."""
+    client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=socket_timeout)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        client.close()
+        service_missing(suite, "Redis", url, exc)
+    return client
+
+
+def database_url(name: str, admin_url: str = POSTGRES_ADMIN_URL) -> str:
+    """The URL of database ``name`` on the server of ``admin_url`` (password kept)."""
+    return make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+
+
+@contextmanager
+def postgres_database(name: str, suite: str, *, before_drop: Callable[[], Any] | None = None,
+                      admin_url: str = POSTGRES_ADMIN_URL) -> Iterator[str]:
+    """Create database ``name`` (skip / fail in CI without PostgreSQL); drop it at the end.
+
+    ``before_drop`` runs first at the end, to close what still holds connections.
+    """
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT",
+                          connect_args={"connect_timeout": 3})
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:
+        admin.dispose()
+        service_missing(suite, "PostgreSQL", make_url(admin_url).render_as_string(), exc)
+    try:
+        yield database_url(name, admin_url)
+    finally:
+        if before_drop is not None:
+            before_drop()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def attach_worker_logs(report: pytest.TestReport) -> None:
+    """On a failed report, add the tail of every live worker's log as a section."""
+    if report.failed and LIVE:
+        for worker in LIVE:
+            state = "running" if worker.alive else f"exited {worker.process.returncode}"
+            report.sections.append(
+                (f"worker {worker.nodename} ({state}) log tail", worker.log_tail())
+            )
