@@ -2,26 +2,10 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from orchestration import RunResult, get_run
-
-T = TypeVar("T")
-
-
-def wait_until(probe: Callable[[], T | None], *, timeout: float, what: str,
-               interval: float = 0.05) -> T:
-    """Poll ``probe`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(interval)
+from tests.support.polling import wait_until as wait_until  # re-exported: tests import it here
 
 
 def wait_for_step(run_id: str, step: str, *, timeout: float = 20.0) -> RunResult:
