@@ -81,3 +81,23 @@ def attach_worker_logs(report: pytest.TestReport) -> None:
             report.sections.append(
                 (f"worker {worker.nodename} ({state}) log tail", worker.log_tail())
             )
+
+
+UNIT_REDIS_URL = "redis://127.0.0.1:6379/13"  # unit tests: every key under a name of its own
+
+
+def unit_redis() -> redis.Redis:
+    """A client of the unit tests' Redis DB (skip without it, fail in CI)."""
+    return redis_or_skip(UNIT_REDIS_URL, "unit", socket_timeout=5)
+
+
+def delete_keys(pattern: str, url: str = UNIT_REDIS_URL) -> None:
+    """Delete the keys matching ``pattern``; best effort (Redis may be down)."""
+    client = redis.Redis.from_url(url, socket_connect_timeout=1)
+    try:
+        for key in client.scan_iter(pattern):
+            client.delete(key)
+    except redis.RedisError:
+        pass
+    finally:
+        client.close()

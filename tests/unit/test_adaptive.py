@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -14,9 +13,7 @@ import redis
 from orchestration import RunStatus, StepStatus, Workflow
 from orchestration.adaptive import AdaptiveTimeout, Latencies, adaptive
 from orchestration.testing import embedded_orchestrator
-
-REDIS_URL = "redis://127.0.0.1:6379/13"
-
+from tests.support.services import delete_keys, unit_redis
 
 # -- the policy --------------------------------------------------------------------------
 
@@ -61,24 +58,12 @@ def test_adaptive_builds_the_policy() -> None:
 # -- the latency store, per process and in Redis -------------------------------------------
 
 
-def redis_client() -> redis.Redis:
-    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1, socket_timeout=5)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        client.close()
-        if os.environ.get("CI"):
-            pytest.fail(f"Redis at {REDIS_URL} is required in CI: {exc}")
-        pytest.skip(f"Redis at {REDIS_URL} is not reachable: {exc}")
-    return client
-
-
 @pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
 def client(request: pytest.FixtureRequest) -> Iterator[redis.Redis | None]:
     if request.param == "memory":
         yield None
         return
-    connection = redis_client()
+    connection = unit_redis()
     yield connection
     connection.close()
 
@@ -87,13 +72,7 @@ def client(request: pytest.FixtureRequest) -> Iterator[redis.Redis | None]:
 def key() -> Iterator[str]:
     name = f"test.step-{uuid.uuid4().hex[:10]}"
     yield name
-    connection = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1)
-    try:
-        connection.delete(f"orchestration:latency:{name}")
-    except redis.RedisError:
-        pass
-    finally:
-        connection.close()
+    delete_keys(f"orchestration:latency:{name}")
 
 
 def reader_of(client: redis.Redis | None, writer: Latencies) -> Latencies:
@@ -123,7 +102,7 @@ def test_timeout_from_recent_latencies(client: redis.Redis | None, key: str) -> 
 
 @pytest.mark.redis
 def test_redis_latencies_are_shared_by_processes(key: str) -> None:
-    connection = redis_client()
+    connection = unit_redis()
     try:
         writer, reader = Latencies(connection), Latencies(connection)
         for value in range(1, 6):

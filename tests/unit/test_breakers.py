@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 import uuid
@@ -15,8 +14,8 @@ import redis
 from orchestration import breakers
 from orchestration.breakers import BreakerOpen, BreakerPolicy, Breakers, ModelBreaker
 from orchestration.providers.base import ProviderError
+from tests.support.services import UNIT_REDIS_URL, delete_keys, unit_redis
 
-REDIS_URL = "redis://127.0.0.1:6379/13"
 MakeBreakers = Callable[[BreakerPolicy], Breakers]
 
 
@@ -42,21 +41,9 @@ def fail(breaker: ModelBreaker, status: int = 500) -> None:
     assert info.value.status == status and not isinstance(info.value, BreakerOpen)
 
 
-def redis_client() -> redis.Redis:
-    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1, socket_timeout=5)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        client.close()
-        if os.environ.get("CI"):
-            pytest.fail(f"Redis at {REDIS_URL} is required in CI: {exc}")
-        pytest.skip(f"Redis at {REDIS_URL} is not reachable: {exc}")
-    return client
-
-
 @pytest.fixture
 def shared_redis() -> Iterator[redis.Redis]:
-    client = redis_client()
+    client = unit_redis()
     yield client
     client.close()
 
@@ -66,20 +53,13 @@ def model() -> Iterator[str]:
     """A model name no other test (or earlier run) used, so Redis state starts fresh."""
     name = f"test-breaker-{uuid.uuid4().hex[:10]}"
     yield name
-    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1)
-    try:
-        for key in client.scan_iter(f"orchestration:breaker:{name}*"):
-            client.delete(key)
-    except redis.RedisError:
-        pass
-    finally:
-        client.close()
+    delete_keys(f"orchestration:breaker:{name}*")
 
 
 @pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
 def storage(request: pytest.FixtureRequest) -> Iterator[str]:
     if request.param == "redis":
-        client = redis_client()
+        client = unit_redis()
         request.addfinalizer(client.close)
         request.node.redis_client = client
     yield request.param
@@ -322,8 +302,8 @@ class CountingRedis(redis.Redis):
 
 @pytest.fixture
 def counting_redis() -> Iterator[CountingRedis]:
-    redis_client().close()  # skips (or fails in CI) without Redis
-    client = CountingRedis.from_url(REDIS_URL, socket_connect_timeout=1, socket_timeout=5)
+    unit_redis().close()  # skips (or fails in CI) without Redis
+    client = CountingRedis.from_url(UNIT_REDIS_URL, socket_connect_timeout=1, socket_timeout=5)
     yield client
     client.close()
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 import uuid
@@ -10,25 +9,12 @@ from collections.abc import Callable, Iterator
 from types import SimpleNamespace
 
 import pytest
-import redis
 
 from orchestration import ratelimit
 from orchestration.ratelimit import RateLimit, RateLimited, RateLimiter
+from tests.support.services import delete_keys, unit_redis
 
-REDIS_URL = "redis://127.0.0.1:6379/13"
 SLACK = 0.05  # Redis windows run on the server's clock, instants here on this process's
-
-
-def redis_client() -> redis.Redis:
-    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1, socket_timeout=5)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        client.close()
-        if os.environ.get("CI"):
-            pytest.fail(f"Redis at {REDIS_URL} is required in CI: {exc}")
-        pytest.skip(f"Redis at {REDIS_URL} is not reachable: {exc}")
-    return client
 
 
 @pytest.fixture
@@ -36,14 +22,7 @@ def scope() -> Iterator[str]:
     """A limit scope of this test only; its Redis windows are deleted afterwards."""
     name = f"test:{uuid.uuid4().hex[:10]}"
     yield name
-    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1)
-    try:
-        for key in client.scan_iter(f"orchestration:rate:{name}*"):
-            client.delete(key)
-    except redis.RedisError:
-        pass
-    finally:
-        client.close()
+    delete_keys(f"orchestration:rate:{name}*")
 
 
 @pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
@@ -52,7 +31,7 @@ def new_limiter(request: pytest.FixtureRequest) -> Iterator[Callable[[], RateLim
     if request.param == "memory":
         yield lambda: RateLimiter(None)
         return
-    client = redis_client()
+    client = unit_redis()
     yield lambda: RateLimiter(client)
     client.close()
 
@@ -201,7 +180,7 @@ def test_tokens_are_not_counted_without_a_token_limit(limiter: RateLimiter, scop
 
 @pytest.mark.redis
 def test_two_workers_share_one_window(scope: str) -> None:
-    client = redis_client()
+    client = unit_redis()
     try:
         first, second = RateLimiter(client), RateLimiter(client)
         limit = RateLimit(requests=2, window=5)
