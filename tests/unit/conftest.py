@@ -21,6 +21,8 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # `tests.fakes` and `tests.support` are imported by name
     sys.path.insert(0, str(ROOT))
 
+from tests.fakes.llm_server import FakeLLMClient, FakeLLMServer  # noqa: E402
+
 
 @pytest.fixture
 def published() -> Iterator[list[tuple[str, Any]]]:
@@ -35,3 +37,27 @@ def published() -> Iterator[list[tuple[str, Any]]]:
         yield seen
     finally:
         signals.before_task_publish.disconnect(record)
+
+
+# -- the fake LLM server (tests/fakes), one per test module ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[FakeLLMServer]:
+    """A fake LLM server for the test module."""
+    with FakeLLMServer() as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def control_client(server: FakeLLMServer) -> Iterator[FakeLLMClient]:
+    """A client of its control API."""
+    with FakeLLMClient(server.url) as client:
+        yield client
+
+
+@pytest.fixture
+def control(control_client: FakeLLMClient) -> FakeLLMClient:
+    """The module's control client, with every model reset and stats cleared."""
+    control_client.reset()
+    return control_client

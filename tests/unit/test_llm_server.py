@@ -25,25 +25,6 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[FakeLLMServer]:
-    with FakeLLMServer() as fake:
-        yield fake
-
-
-@pytest.fixture(scope="module")
-def control_client(server: FakeLLMServer) -> Iterator[FakeLLMClient]:
-    with FakeLLMClient(server.url) as client:
-        yield client
-
-
-@pytest.fixture
-def control(control_client: FakeLLMClient) -> FakeLLMClient:
-    """The module's control client, with every model reset and stats cleared."""
-    control_client.reset()
-    return control_client
-
-
-@pytest.fixture(scope="module")
 def http(server: FakeLLMServer) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server.root_url, timeout=5.0) as client:
         yield client

@@ -27,25 +27,6 @@ MakeProvider = Callable[[FakeLLMServer, str | None], Provider]
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[FakeLLMServer]:
-    with FakeLLMServer() as fake:
-        yield fake
-
-
-@pytest.fixture(scope="module")
-def control_client(server: FakeLLMServer) -> Iterator[FakeLLMClient]:
-    with FakeLLMClient(server.url) as client:
-        yield client
-
-
-@pytest.fixture
-def control(control_client: FakeLLMClient) -> FakeLLMClient:
-    """The module's control client, with every model reset and stats cleared."""
-    control_client.reset()
-    return control_client
-
-
-@pytest.fixture(scope="module")
 def http() -> Iterator[httpx.Client]:
     # Providers get a client the module closes, so no pooled socket outlives the tests (and
     # one client, because building its TLS context costs ~20 ms).
