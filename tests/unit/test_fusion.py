@@ -13,7 +13,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from itertools import pairwise
 from pathlib import Path
 from types import SimpleNamespace
@@ -27,18 +27,16 @@ from orchestration.app import Orchestrator
 from orchestration.compiler import build_canvas
 from orchestration.envelope import Envelope
 from orchestration.testing import embedded_orchestrator
+from tests.support.flows import Flows
 from tests.support.polling import wait_until
 
 INLINE_RETRY_LIMIT = 0.05
 INLINE = Backoff(initial=0.01, maximum=0.01, jitter=0.0)  # under the limit: in the message
 BROKER = Backoff(initial=0.2, maximum=0.2, jitter=0.0)  # over it: back to the broker
 Q1, Q2 = "fusion.q1", "fusion.q2"
-BUILDERS: dict[str, Callable[[Orchestrator], SimpleNamespace]] = {}
 
 
-def flow(build: Callable[[Orchestrator], SimpleNamespace]) -> Callable[..., SimpleNamespace]:
-    BUILDERS[build.__name__] = build
-    return build
+flow = Flows()
 
 
 class Calls:
@@ -67,7 +65,7 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orchestrator]:
 @pytest.fixture(scope="module")
 def flows(app: Orchestrator) -> dict[str, SimpleNamespace]:
     """Every workflow is declared before the worker starts (on the first submit)."""
-    return {name: build(app) for name, build in BUILDERS.items()}
+    return flow.build(app)
 
 
 def run_messages(published: list[tuple[str, Any]], run_id: str) -> list[tuple[str, dict[str, Any]]]:

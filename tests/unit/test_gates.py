@@ -21,10 +21,10 @@ from orchestration import (
 from orchestration.app import Orchestrator
 from orchestration.gates import PASSED, Gate
 from orchestration.testing import embedded_orchestrator
+from tests.support.flows import Flows
 
 FAST = Backoff(initial=0.01, maximum=0.01, jitter=0.0)
 INLINE_RETRY_LIMIT = 0.2  # waits longer than this go back to the broker
-BUILDERS: dict[str, Callable[[Orchestrator], SimpleNamespace]] = {}
 
 
 class Ticket(BaseModel):
@@ -92,9 +92,7 @@ def test_bad_gate_or_on_retry_fails_at_decoration(tmp_path: Path) -> None:
 # -- end to end ---------------------------------------------------------------------------
 
 
-def flow(build: Callable[[Orchestrator], SimpleNamespace]) -> Callable[..., SimpleNamespace]:
-    BUILDERS[build.__name__] = build
-    return build
+flow = Flows()
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +100,7 @@ def flows(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Simple
     """One orchestrator; every workflow is declared before its worker starts."""
     directory: Path = tmp_path_factory.mktemp("gates")
     with embedded_orchestrator(directory, inline_retry_limit=INLINE_RETRY_LIMIT) as orch:
-        yield {name: build(orch) for name, build in BUILDERS.items()}
+        yield flow.build(orch)
 
 
 def escalate(ns: SimpleNamespace) -> Callable[[int, BaseException, dict[str, Any]], Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -23,15 +23,13 @@ from orchestration import (
 )
 from orchestration.app import Orchestrator
 from orchestration.testing import embedded_orchestrator
+from tests.support.flows import Flows
 
 FAST = Backoff(initial=0.01, maximum=0.01, jitter=0.0)
 TIMEOUT_ERROR = "orchestration.errors.StepTimeout"
-BUILDERS: dict[str, Callable[[Orchestrator], SimpleNamespace]] = {}
 
 
-def flow(build: Callable[[Orchestrator], SimpleNamespace]) -> Callable[..., SimpleNamespace]:
-    BUILDERS[build.__name__] = build
-    return build
+flow = Flows()
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +37,7 @@ def flows(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Simple
     """One orchestrator; every workflow is declared before its worker starts."""
     directory: Path = tmp_path_factory.mktemp("runtime")
     with embedded_orchestrator(directory) as orch:
-        yield {name: build(orch) for name, build in BUILDERS.items()}
+        yield flow.build(orch)
 
 
 # -- retries -------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from types import SimpleNamespace
 
 import pytest
@@ -12,13 +12,9 @@ import pytest
 from orchestration import RunResult, RunStatus, StepStatus, Workflow, get_run
 from orchestration.app import Orchestrator
 from orchestration.testing import embedded_orchestrator
+from tests.support.flows import Flows
 
-BUILDERS: dict[str, Callable[[Orchestrator], SimpleNamespace]] = {}
-
-
-def flow(build: Callable[[Orchestrator], SimpleNamespace]) -> Callable[..., SimpleNamespace]:
-    BUILDERS[build.__name__] = build
-    return build
+flow = Flows()
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +26,7 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orchestrator]:
 @pytest.fixture(scope="module")
 def flows(app: Orchestrator) -> dict[str, SimpleNamespace]:
     """Every workflow is declared before the worker starts (on the first submit)."""
-    return {name: build(app) for name, build in BUILDERS.items()}
+    return flow.build(app)
 
 
 @flow

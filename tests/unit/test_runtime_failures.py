@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from types import SimpleNamespace
 
 import pytest
@@ -10,21 +10,19 @@ import pytest
 from orchestration import Backoff, RunStatus, StepStatus, Workflow
 from orchestration.app import Orchestrator
 from orchestration.testing import embedded_orchestrator
+from tests.support.flows import Flows
 
 FAST = Backoff(initial=0.01, maximum=0.01, jitter=0.0)
-BUILDERS: dict[str, Callable[[Orchestrator], SimpleNamespace]] = {}
 
 
-def flow(build: Callable[[Orchestrator], SimpleNamespace]) -> Callable[..., SimpleNamespace]:
-    BUILDERS[build.__name__] = build
-    return build
+flow = Flows()
 
 
 @pytest.fixture(scope="module")
 def flows(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, SimpleNamespace]]:
     """One orchestrator; every workflow is declared before its worker starts."""
     with embedded_orchestrator(tmp_path_factory.mktemp("failures")) as orch:
-        yield {name: build(orch) for name, build in BUILDERS.items()}
+        yield flow.build(orch)
 
 
 # -- fallbacks -----------------------------------------------------------------------------

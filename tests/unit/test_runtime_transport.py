@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 from unittest import mock
@@ -13,15 +13,13 @@ import pytest
 from orchestration import Backoff, RunStatus, StepContext, StepStatus, Workflow
 from orchestration.app import Orchestrator
 from orchestration.testing import embedded_orchestrator
+from tests.support.flows import Flows
 
 INLINE_LIMIT = 64
 BIG = "y" * 1000
-BUILDERS: dict[str, Callable[[Orchestrator], SimpleNamespace]] = {}
 
 
-def flow(build: Callable[[Orchestrator], SimpleNamespace]) -> Callable[..., SimpleNamespace]:
-    BUILDERS[build.__name__] = build
-    return build
+flow = Flows()
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +33,7 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orchestrator]:
 
 @pytest.fixture(scope="module")
 def flows(app: Orchestrator) -> dict[str, SimpleNamespace]:
-    return {name: build(app) for name, build in BUILDERS.items()}
+    return flow.build(app)
 
 
 @flow
