@@ -22,7 +22,6 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,6 @@ from celery.canvas import Signature, _chain
 
 from orchestration import (
     Backoff,
-    RunResult,
     RunStatus,
     StepContext,
     StepStatus,
@@ -44,6 +42,7 @@ from orchestration.compiler import build_canvas
 from orchestration.envelope import Envelope
 from tests.integration.helpers import statuses, wait_until
 from tests.integration.workers import Worker, Workers
+from tests.support.runs import assert_in_order
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.workers]
 
@@ -343,14 +342,6 @@ def canvas_of(wf: Workflow) -> Signature:
     message = Envelope.for_inputs(run_id, {"x": 1}, 10_000).to_message()
     return build_canvas(compiled.decomposition.plan, compiled.steps, message, run_id,
                         wf.app.celery)
-
-
-def assert_in_order(result: RunResult, names: list[str]) -> None:
-    """Each step started after the one before it finished."""
-    for before, after in pairwise([result.steps[name] for name in names]):
-        assert before.started_at is not None and before.finished_at is not None, before
-        assert after.started_at is not None, after
-        assert before.started_at <= before.finished_at <= after.started_at, (before, after)
 
 
 # -- tests ----------------------------------------------------------------------------------

@@ -14,7 +14,6 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from itertools import pairwise
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -22,13 +21,14 @@ from typing import Any
 import pytest
 from celery.canvas import Signature, _chain, _chord, group
 
-from orchestration import Backoff, RunResult, RunStatus, StepContext, StepStatus, Workflow
+from orchestration import Backoff, RunStatus, StepContext, StepStatus, Workflow
 from orchestration.app import Orchestrator
 from orchestration.compiler import build_canvas
 from orchestration.envelope import Envelope
 from orchestration.testing import embedded_orchestrator
 from tests.support.flows import Flows
 from tests.support.polling import wait_until
+from tests.support.runs import assert_in_order
 
 INLINE_RETRY_LIMIT = 0.05
 INLINE = Backoff(initial=0.01, maximum=0.01, jitter=0.0)  # under the limit: in the message
@@ -85,15 +85,6 @@ def compiled_canvas(wf: Workflow) -> Signature:
     message = Envelope.for_inputs(run_id, {"x": 1}, 10_000).to_message()
     return build_canvas(compiled.decomposition.plan, compiled.steps, message, run_id,
                         wf.app.celery)
-
-
-def assert_in_order(result: RunResult, names: list[str]) -> None:
-    """Each step started after the one before it finished."""
-    steps = [result.steps[name] for name in names]
-    for before, after in pairwise(steps):
-        assert before.started_at is not None and before.finished_at is not None, before
-        assert after.started_at is not None, after
-        assert before.started_at <= before.finished_at <= after.started_at, (before, after)
 
 
 # -- a fused chain records every step ---------------------------------------------------------
