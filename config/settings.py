@@ -6,10 +6,14 @@ worker, and a SQLite results database under ``./var/``.
 
 from __future__ import annotations
 
+import logging
+import re
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from celery.app.backends import BACKEND_ALIASES
+from kombu.transport import TRANSPORT_ALIASES
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 EMBEDDED_BROKER = "memory://"
@@ -19,7 +23,8 @@ EMBEDDED_BACKEND = "orchestration.inprocess:InProcessBackend"
 class Settings(BaseSettings):
     """Everything a deployment configures, checked when loaded."""
 
-    model_config = SettingsConfigDict(env_prefix="ORCH_", extra="ignore")
+    # allow_inf_nan=False: a NaN or infinite number of seconds or bytes is never meant.
+    model_config = SettingsConfigDict(env_prefix="ORCH_", extra="ignore", allow_inf_nan=False)
 
     broker_url: str = Field(
         default=EMBEDDED_BROKER,
@@ -49,18 +54,19 @@ class Settings(BaseSettings):
     )
     default_queue: str = Field(default="default", description="Queue of steps that name none.")
     inline_output_limit: int = Field(
-        default=16_384,
+        default=16_384, ge=0,
         description="Outputs larger than this many bytes of JSON travel by reference "
         "(read from the results DB) instead of inside broker messages.",
     )
     inline_retry_limit: float = Field(
-        default=2.0,
+        default=2.0, ge=0,
         description="Retry waits up to this many seconds sleep in the worker; longer waits "
         "hand the step back to the broker with a countdown and free the slot.",
     )
-    embedded_concurrency: int = Field(default=8, description="Threads of the in-process worker.")
+    embedded_concurrency: int = Field(default=8, ge=1,
+                                      description="Threads of the in-process worker.")
     visibility_timeout: int = Field(
-        default=3600,
+        default=3600, gt=0,
         description="Seconds before Redis re-delivers an unacknowledged message; must exceed "
         "the longest step (all attempts and backoff).",
     )
@@ -82,7 +88,8 @@ class Settings(BaseSettings):
         description="More field names whose values are never stored or logged, comma-separated.",
     )
     metrics_port: int | None = Field(
-        default=None, description="A worker serves its own Prometheus metrics on this port "
+        default=None, ge=1, le=65535,
+        description="A worker serves its own Prometheus metrics on this port "
         "(threads pool; prefork workers use PROMETHEUS_MULTIPROC_DIR + orchestrate metrics).",
     )
     log_level: str = Field(default="INFO", description="Engine log level.")
@@ -96,6 +103,59 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @field_validator("broker_url")
+    @classmethod
+    def _known_transport(cls, value: str) -> str:
+        # Celery takes several broker URLs separated by ';' (failover).
+        for url in value.split(";"):
+            scheme = _scheme(url)
+            if scheme not in TRANSPORT_ALIASES:
+                raise ValueError(f"ORCH_BROKER_URL {url.strip()!r}: unknown transport "
+                                 f"{scheme!r} (use redis://, rediss://, amqp:// or memory://)")
+        return value
+
+    @field_validator("result_backend")
+    @classmethod
+    def _known_backend(cls, value: str | None) -> str | None:
+        # 'module:Class' (no scheme) names a backend class, like the embedded one.
+        if value and "://" in value and _scheme(value) not in BACKEND_ALIASES:
+            raise ValueError(f"ORCH_RESULT_BACKEND {value!r}: unknown result backend "
+                             f"{_scheme(value)!r} (use redis:// or rediss://)")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis(cls, value: str | None) -> str | None:
+        if value and _scheme(value) not in ("redis", "rediss", "unix"):
+            raise ValueError(f"ORCH_REDIS_URL {value!r} must be a redis://, rediss:// or "
+                             "unix:// URL")
+        return value
+
+    @field_validator("default_queue")
+    @classmethod
+    def _queue_name(cls, value: str) -> str:
+        # The rule of orchestration/names.py: `celery worker -Q` splits on commas and
+        # strips spaces, and RabbitMQ refuses amq.* queues.
+        if not value or _QUEUE_FORBIDDEN.search(value) or value.startswith("amq."):
+            raise ValueError(f"ORCH_DEFAULT_QUEUE {value!r}: a queue name is non-empty, has no "
+                             "spaces, commas or control characters, and does not start "
+                             "with 'amq.'")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        if not isinstance(logging.getLevelName(value.upper()), int):
+            raise ValueError(f"ORCH_LOG_LEVEL {value!r}: use DEBUG, INFO, WARNING, ERROR or "
+                             "CRITICAL")
+        return value.upper()
+
+    @model_validator(mode="after")
+    def _backend_for_broker(self) -> Settings:
+        # Checked at load, not when the Celery app is first configured.
+        self.effective_result_backend  # noqa: B018 (raises when there is none)
+        return self
 
     @property
     def embedded(self) -> bool:
@@ -124,3 +184,12 @@ class Settings(BaseSettings):
             "ORCH_RESULT_BACKEND must be set when the broker is not Redis "
             "(chords need a result backend; use a redis:// URL)"
         )
+
+
+_QUEUE_FORBIDDEN = re.compile(r"[\s,\x00-\x1f\x7f]")
+
+
+def _scheme(url: str) -> str:
+    """The transport of a URL: ``redis`` for ``redis://``, ``sqla`` for ``sqla+postgresql://``."""
+    head, sep, _ = url.strip().partition("://")
+    return head.partition("+")[0].lower() if sep else ""

@@ -18,6 +18,7 @@ from orchestration.redaction import changed_by_redaction
 
 INPUT_SOURCE = "$input"
 OUTPUT_SOURCE = "$output"  # a step output read back by its output name
+MAX_JSON_DEPTH = 100  # nesting levels of an input; json and redaction recurse per level
 
 
 def dumps(value: Any) -> str:
@@ -27,11 +28,49 @@ def dumps(value: Any) -> str:
     characters (PostgreSQL's JSON types reject ``\\u0000``).
     """
     # allow_nan=False: NaN/Infinity are not JSON, and PostgreSQL's JSON types reject them.
-    encoded = json.dumps(value, separators=(",", ":"), sort_keys=True, ensure_ascii=False,
-                         allow_nan=False)
+    try:
+        encoded = json.dumps(value, separators=(",", ":"), sort_keys=True, ensure_ascii=False,
+                             allow_nan=False)
+    except RecursionError:
+        raise ValueError("nested too deeply to encode as JSON") from None
     if "\\u0000" in encoded:
         raise ValueError("NUL characters (\\x00) cannot be stored")
     return encoded
+
+
+def check_json(value: Any, *, max_depth: int = MAX_JSON_DEPTH) -> None:
+    """Raise ValueError, naming the path, for what JSON would not keep as given.
+
+    ``dumps`` cannot see these: dict keys that are not strings (``json`` silently turns
+    ``1`` and ``None`` into ``"1"`` and ``"null"``), and nesting deeper than ``max_depth``
+    (a RecursionError in ``json`` and in the redactor, or a value that contains itself).
+    Iterative, so a deep value cannot exhaust the stack here.
+    """
+    stack: list[tuple[Any, tuple[Any, ...], int]] = [(value, (), 0)]
+    while stack:
+        item, path, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Iterable[tuple[Any, Any]] = item.items()
+        elif isinstance(item, list | tuple):
+            children = enumerate(item)
+        else:
+            continue
+        if depth >= max_depth:
+            raise ValueError(f"at {_path(path)}: nested deeper than {max_depth} levels "
+                             "(or it contains itself)")
+        for key, child in children:
+            if isinstance(item, dict) and not isinstance(key, str):
+                raise ValueError(f"at {_path(path)}: key {key!r} is a {type(key).__name__}; "
+                                 "JSON object keys are strings")
+            stack.append((child, (path, key), depth + 1))
+
+
+def _path(path: tuple[Any, ...]) -> str:
+    keys: list[Any] = []
+    while path:
+        path, key = path
+        keys.append(key)
+    return "".join(f"[{key!r}]" for key in reversed(keys)) or "the top level"
 
 
 class Envelope:
@@ -151,7 +190,7 @@ def is_envelope(message: Any) -> bool:
     """True for what a step task can receive: an envelope or a (nested) list of them."""
     try:
         parts = list(_flatten(message))
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the stack
         return False
     return bool(parts) and all(isinstance(p.get("run"), str)
                                and isinstance(p.get("out", {}), dict) for p in parts)

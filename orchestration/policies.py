@@ -6,7 +6,10 @@ Retries themselves are driven by tenacity in the runtime; these objects only ans
 
 from __future__ import annotations
 
+import inspect
+import math
 import random
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, runtime_checkable
@@ -34,6 +37,15 @@ class Backoff:
     jitter: float = 0.5
 
     def __post_init__(self) -> None:
+        values = {"initial": self.initial, "maximum": self.maximum,
+                  "multiplier": self.multiplier, "jitter": self.jitter}
+        for key, value in values.items():
+            # NaN compares false with everything, and inf waits forever: both would leave
+            # a retrying step 'running' for good.
+            if isinstance(value, bool) or not isinstance(value, int | float) \
+                    or not math.isfinite(value):
+                raise WorkflowDefinitionError(
+                    f"invalid backoff {self!r}: {key} must be a finite number, got {value!r}")
         if self.initial < 0 or self.maximum < 0 or self.multiplier < 1 or self.jitter < 0:
             raise WorkflowDefinitionError(f"invalid backoff {self!r}: values must be >= 0, "
                                           "multiplier >= 1")
@@ -78,9 +90,33 @@ class CallableTimeout:
     compute: Callable[[], float | None]
 
     def seconds(self) -> float | None:
-        """Ask the callable; a non-positive answer means no limit."""
+        """Ask the callable; a non-positive, infinite or NaN answer means no limit."""
         value = self.compute()
-        return float(value) if value is not None and value > 0 else None
+        if value is None or not 0 < value <= threading.TIMEOUT_MAX:
+            return None
+        return float(value)
+
+
+def check_plain_function(fn: Callable[..., Any], what: str, where: str) -> None:
+    """Refuse async and generator functions: calling one returns no value to store."""
+    # A callable object is checked by its __call__ too (an async __call__ is async).
+    call = None if inspect.isroutine(fn) or inspect.isclass(fn) else type(fn).__call__
+    for candidate in (fn, call):
+        if candidate is None:
+            continue
+        if inspect.iscoroutinefunction(candidate) or inspect.isasyncgenfunction(candidate):
+            raise WorkflowDefinitionError(
+                f"{where}: {what} {_name(fn)} is async; async steps are not supported yet "
+                "(calling it returns a coroutine, not a value): use a plain def (call "
+                "asyncio.run(...) inside it if needed)")
+        if inspect.isgeneratorfunction(candidate):
+            raise WorkflowDefinitionError(
+                f"{where}: {what} {_name(fn)} is a generator (it yields); a step returns one "
+                "JSON value: return a list instead")
+
+
+def _name(fn: object) -> str:
+    return repr(getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or fn)
 
 
 def as_backoff(value: object, where: str) -> Backoff:
@@ -106,10 +142,20 @@ def as_timeout(value: object, where: str) -> TimeoutPolicy | AdaptiveTimeout | N
     if isinstance(value, TimeoutPolicy | AdaptiveTimeout):
         return value
     if isinstance(value, int | float) and not isinstance(value, bool):
-        if value <= 0:
-            raise WorkflowDefinitionError(f"{where}: timeout must be > 0 seconds, got {value!r}")
+        # NaN passes a 'value <= 0' test and waits forever; inf overflows the wait.
+        if not 0 < value <= threading.TIMEOUT_MAX:
+            raise WorkflowDefinitionError(f"{where}: timeout must be > 0 seconds, got "
+                                          f"{value!r} (a finite number; None: no limit)")
         return FixedTimeout(float(value))
     if callable(value):
+        check_plain_function(value, "its timeout callable", where)
+        try:
+            inspect.signature(value).bind()
+        except TypeError as exc:
+            raise WorkflowDefinitionError(f"{where}: a timeout callable is called with no "
+                                          f"arguments: {exc}") from None
+        except ValueError:
+            pass  # a builtin without a signature: nothing to check
         return CallableTimeout(value)
     raise WorkflowDefinitionError(
         f"{where}: timeout must be seconds, a callable or a TimeoutPolicy, got {value!r}"

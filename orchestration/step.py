@@ -10,11 +10,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from orchestration.adaptive import AdaptiveTimeout
+from orchestration.envelope import dumps
 from orchestration.errors import WorkflowDefinitionError
 from orchestration.gates import Gate
-from orchestration.policies import Backoff, Fallback, TimeoutPolicy, as_backoff, as_timeout
+from orchestration.names import identifier, queue_name
+from orchestration.policies import (
+    Backoff,
+    Fallback,
+    TimeoutPolicy,
+    as_backoff,
+    as_timeout,
+    check_plain_function,
+)
 
 CTX_PARAM = "ctx"
+MAX_CACHE_TTL = 100 * 365 * 24 * 3600.0  # seconds; past this, expiry dates overflow anyway
 
 STEP_OPTIONS = frozenset(
     {
@@ -132,16 +142,11 @@ def _check_number(options: dict[str, Any], key: str, where: str, *, integer: boo
     value = options.get(key)
     if value is None:
         return
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0 \
-            or (integer and not isinstance(value, int)):
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0 \
+            or not math.isfinite(value) or (integer and not isinstance(value, int)):
         kind = "a whole number" if integer else "a number"
-        raise WorkflowDefinitionError(f"{where}: {key} must be {kind} >= 0, got {value!r}")
-
-
-def _check_name(value: object, what: str, where: str) -> str:
-    if not isinstance(value, str) or not value.isidentifier():
-        raise WorkflowDefinitionError(f"{where}: {what} must be a Python identifier, got {value!r}")
-    return value
+        raise WorkflowDefinitionError(f"{where}: {key} must be {kind} >= 0, got {value!r} "
+                                      "(finite)")
 
 
 def build_spec(workflow: str, fn: Callable[..., Any], options: dict[str, Any]) -> StepSpec:
@@ -149,24 +154,28 @@ def build_spec(workflow: str, fn: Callable[..., Any], options: dict[str, Any]) -
     if not callable(fn):
         raise WorkflowDefinitionError(f"workflow {workflow!r}: task() decorates functions, "
                                       f"got {fn!r}")
-    name = _check_name(options.get("name") or fn.__name__, "name", f"workflow {workflow!r}")
+    name = options.get("name") or getattr(fn, "__name__", None)
+    if name is None:
+        raise WorkflowDefinitionError(f"workflow {workflow!r}: {fn!r} has no __name__; "
+                                      "name the step with task(name=...)")
+    name = identifier(name, "name", f"workflow {workflow!r}")
     where = f"step {workflow}.{name!s}"
     unknown = sorted(set(options) - STEP_OPTIONS)
     if unknown:
         raise WorkflowDefinitionError(
             f"{where}: unknown option {unknown[0]!r}{_suggest(unknown[0], sorted(STEP_OPTIONS))}"
         )
+    check_plain_function(fn, "the step function", where)
     params, optional, wants_ctx = _signature(fn, where)
     _check_number(options, "retries", where, integer=True)
     _check_number(options, "max_cost", where, integer=False)
     for key in ("queue", "model"):
-        value = options.get(key)
-        if value is not None and (not isinstance(value, str) or not value.strip()):
-            raise WorkflowDefinitionError(f"{where}: {key} must be a non-empty string")
+        if options.get(key) is not None:
+            queue_name(options[key], key, where)
     critical = options.get("critical", True)
     if not isinstance(critical, bool):
         raise WorkflowDefinitionError(f"{where}: critical must be True or False")
-    output = _check_name(options.get("output") or name, "output", where)
+    output = identifier(options.get("output") or name, "output", where)
     return StepSpec(
         workflow=workflow,
         name=name,
@@ -179,13 +188,13 @@ def build_spec(workflow: str, fn: Callable[..., Any], options: dict[str, Any]) -
         retries=int(options.get("retries") or 0),
         backoff=as_backoff(options.get("backoff"), where),
         timeout=as_timeout(options.get("timeout"), where),
-        fallback=Fallback(options["fallback"]) if options.get("fallback") is not None else None,
+        fallback=_fallback_option(options, params, optional, where),
         critical=critical,
         queue=options.get("queue"),
         model=options.get("model"),
         max_cost=options.get("max_cost"),
         gate=Gate(options["gate"], where) if options.get("gate") is not None else None,
-        on_retry=_check_callable(options, "on_retry", where),
+        on_retry=_on_retry_option(options, where),
         cache=_cache_option(options, where),
         **_map_options(options, params, where),
         **_when_option(options, where),
@@ -196,9 +205,61 @@ def _cache_option(options: dict[str, Any], where: str) -> float | bool:
     value = options.get("cache", False)
     if isinstance(value, bool):
         return value
-    if isinstance(value, int | float) and value > 0:
+    if isinstance(value, int | float) and 0 < value <= MAX_CACHE_TTL:
         return float(value)
-    raise WorkflowDefinitionError(f"{where}: cache must be True/False or a TTL in seconds > 0")
+    raise WorkflowDefinitionError(f"{where}: cache must be True/False or a TTL in seconds > 0 "
+                                  f"(at most {MAX_CACHE_TTL:g}; True caches forever), "
+                                  f"got {value!r}")
+
+
+def _fallback_option(options: dict[str, Any], params: tuple[str, ...],
+                     optional: frozenset[str], where: str) -> Fallback | None:
+    """A fallback value must be JSON; a callable must take the step's arguments by name."""
+    target = options.get("fallback")
+    if target is None:
+        return None
+    if not callable(target):
+        try:
+            dumps(target)
+        except (TypeError, ValueError) as exc:
+            raise WorkflowDefinitionError(
+                f"{where}: the fallback value {type(target).__name__} is not JSON: {exc}"
+            ) from None
+        return Fallback(target)
+    check_plain_function(target, "its fallback", where)
+    try:
+        signature = inspect.signature(target)
+    except (TypeError, ValueError):
+        return Fallback(target)  # a builtin without a signature: nothing to check
+    # It is called with the step's resolved arguments: the required ones always, the
+    # optional ones when given (never ctx).
+    for kwargs in ({p: None for p in params if p not in optional}, dict.fromkeys(params)):
+        try:
+            signature.bind(**kwargs)
+        except TypeError as exc:
+            raise WorkflowDefinitionError(
+                f"{where}: the fallback {getattr(target, '__name__', target)!r} is called with "
+                f"the step's arguments ({', '.join(params) or 'none'}) and cannot take them: "
+                f"{exc}") from None
+    return Fallback(target)
+
+
+def _on_retry_option(options: dict[str, Any], where: str) -> Any:
+    hook = _check_callable(options, "on_retry", where)
+    if hook is None:
+        return None
+    check_plain_function(hook, "on_retry", where)
+    try:
+        signature = inspect.signature(hook)
+    except (TypeError, ValueError):
+        return hook
+    try:
+        signature.bind(1, Exception(), {})
+    except TypeError as exc:
+        raise WorkflowDefinitionError(
+            f"{where}: on_retry is called as on_retry(attempt, exception, params) and "
+            f"cannot take those: {exc}") from None
+    return hook
 
 
 def _map_options(options: dict[str, Any], params: tuple[str, ...], where: str) -> dict[str, Any]:
@@ -234,6 +295,7 @@ def _when_option(options: dict[str, Any], where: str) -> dict[str, Any]:
         return {}
     if not callable(predicate):
         raise WorkflowDefinitionError(f"{where}: when must be a callable, got {predicate!r}")
+    check_plain_function(predicate, "its when= predicate", where)
     params, _, wants_ctx = _signature(predicate, f"{where} (its when= predicate)")
     if wants_ctx:
         raise WorkflowDefinitionError(f"{where}: a when= predicate cannot take ctx")
@@ -255,6 +317,12 @@ def _signature(fn: Callable[..., Any], where: str) -> tuple[tuple[str, ...], fro
     params: list[str] = []
     optional: set[str] = set()
     wants_ctx = False
+    first = next(iter(signature.parameters), None)
+    if first == "self":
+        raise WorkflowDefinitionError(
+            f"{where}: the first parameter is 'self': a method defined in a class body cannot "
+            "be a step (self would become a required input); use a module-level function, "
+            "a staticmethod, or decorate the bound method (wf.task(obj.method))")
     for param in signature.parameters.values():
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD, param.POSITIONAL_ONLY):
             raise WorkflowDefinitionError(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -11,9 +12,10 @@ from typing import TYPE_CHECKING, Any, overload
 
 from orchestration.children import child_idempotency_key
 from orchestration.compiler import build_canvas
-from orchestration.envelope import Envelope, dumps
+from orchestration.envelope import Envelope, check_json, dumps
 from orchestration.errors import InvalidInput, WorkflowDefinitionError
 from orchestration.graph import Decomposition, decompose, find_cycle
+from orchestration.names import MAX_NAME, identifier, queue_name, workflow_name
 from orchestration.redaction import Redactor
 from orchestration.results import RunHandle, RunResult
 from orchestration.step import CTX_PARAM, BoundStep, Step, StepSpec, build_spec
@@ -47,25 +49,24 @@ class Workflow:
                  inputs: list[str] | None = None, budget: float | None = None,
                  redact: Callable[[Any], Any] | None = None,
                  app: Orchestrator | None = None) -> None:
-        if not isinstance(name, str) or not name.replace("_", "").replace("-", "").isalnum():
-            raise WorkflowDefinitionError(
-                f"workflow name must be letters, digits, '_' or '-', got {name!r}"
-            )
+        workflow_name(name)
+        if queue is not None:
+            queue_name(queue, "queue", f"workflow {name!r}")
         if app is None:
             from orchestration.app import default_orchestrator
 
             app = default_orchestrator()
         if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int | float)
-                                   or budget < 0):
-            raise WorkflowDefinitionError(f"workflow {name!r}: budget must be USD >= 0, "
-                                          f"got {budget!r}")
+                                   or not 0 <= budget < math.inf):
+            raise WorkflowDefinitionError(f"workflow {name!r}: budget must be a finite USD "
+                                          f"amount >= 0, got {budget!r}")
         self.name = name
         self.queue = queue
         self.budget = float(budget) if budget is not None else None
         if redact is not None and not callable(redact):
             raise WorkflowDefinitionError(f"workflow {name!r}: redact must be a callable")
         self.redact = redact
-        self.declared_inputs = frozenset(inputs) if inputs is not None else None
+        self.declared_inputs = _declared_inputs(name, inputs)
         self.app = app
         self._specs: dict[str, StepSpec] = {}
         self._compiled: CompiledWorkflow | None = None
@@ -151,6 +152,7 @@ class Workflow:
         """
         compiled = self.validate()
         encoded = self.check_inputs(compiled, inputs)
+        _check_idempotency_key(self.name, idempotency_key)
         store = self.app.store
         run_id = str(uuid.uuid4())
         planned = [
@@ -243,6 +245,14 @@ class Workflow:
 
     def check_inputs(self, compiled: CompiledWorkflow, inputs: dict[str, Any]) -> dict[str, Any]:
         """The inputs, checked (required present, declared, JSON); InvalidInput if not."""
+        for key in inputs:
+            if not isinstance(key, str):
+                raise InvalidInput(f"workflow {self.name!r}: input names are strings, "
+                                   f"got {key!r}")
+        reserved = sorted(set(inputs) & RESERVED_INPUTS)
+        if reserved:
+            raise InvalidInput(f"workflow {self.name!r}: {reserved[0]!r} is reserved, not an "
+                               "input (idempotency_key is an argument of submit())")
         missing = sorted(compiled.required_inputs - set(inputs))
         if missing:
             raise InvalidInput(f"workflow {self.name!r}: missing input(s) {', '.join(missing)}")
@@ -254,6 +264,7 @@ class Workflow:
         limit = self.app.settings.max_input_bytes
         for key, value in inputs.items():
             try:
+                check_json(value)
                 size = len(dumps(value).encode())
             except (TypeError, ValueError) as exc:
                 raise InvalidInput(
@@ -267,6 +278,24 @@ class Workflow:
 
     def __repr__(self) -> str:
         return f"<Workflow {self.name} ({len(self._specs)} steps)>"
+
+
+def _declared_inputs(name: str, inputs: object) -> frozenset[str] | None:
+    if inputs is None:
+        return None
+    # A bare string would be taken letter by letter: inputs="text" declares t, e, x.
+    if isinstance(inputs, str) or not isinstance(inputs, list | tuple | set | frozenset):
+        raise WorkflowDefinitionError(f"workflow {name!r}: inputs must be a list of names, "
+                                      f"got {inputs!r}")
+    return frozenset(identifier(item, "input name", f"workflow {name!r}") for item in inputs)
+
+
+def _check_idempotency_key(workflow: str, key: object) -> None:
+    if key is None:
+        return
+    if not isinstance(key, str) or not key.strip() or len(key) > MAX_NAME:
+        raise InvalidInput(f"workflow {workflow!r}: idempotency_key must be a non-empty string "
+                           f"of at most {MAX_NAME} characters, got {key!r:.80}")
 
 
 def _compile(workflow: Workflow) -> CompiledWorkflow:
