@@ -17,6 +17,7 @@ from orchestration.errors import (
     RunNotFound,
     StepError,
     StepTimeout,
+    SubmitFailed,
     WaitTimeout,
     WorkflowDefinitionError,
 )
@@ -56,6 +57,7 @@ __all__ = [
     "RunNotFound",
     "StepError",
     "StepTimeout",
+    "SubmitFailed",
     "WaitTimeout",
     "WorkflowDefinitionError",
 ]

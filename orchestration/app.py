@@ -309,6 +309,7 @@ class Orchestrator:
         self.celery.amqp._producer_pool = None
         self.celery._local.__dict__.pop("backend", None)
         self.celery.__dict__.pop("backend", None)
+        self.celery._backend_cache = None  # where a thread-safe backend is kept
         self._store = None
 
     def shutdown(self) -> None:

@@ -31,6 +31,19 @@ class InvalidInput(OrchestrationError):
     """
 
 
+class SubmitFailed(OrchestrationError):
+    """A run could not be enqueued (broker unreachable or refusing); see the message.
+
+    Usually nothing was created: the run rows were removed in the same call, so a retry
+    is safe. ``remaining`` lists the runs that exist anyway (their removal failed, or a
+    worker had already started them); the message says what becomes of each.
+    """
+
+    def __init__(self, message: str, *, remaining: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.remaining = remaining
+
+
 class RunNotFound(OrchestrationError):
     """No run with that id exists in the results database."""
 

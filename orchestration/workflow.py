@@ -10,21 +10,25 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, overload
 
+import structlog
+
 from orchestration.children import child_idempotency_key
 from orchestration.compiler import build_canvas
 from orchestration.envelope import Envelope, check_json, dumps
-from orchestration.errors import InvalidInput, WorkflowDefinitionError
+from orchestration.errors import InvalidInput, SubmitFailed, WorkflowDefinitionError
 from orchestration.graph import Decomposition, decompose, find_cycle
 from orchestration.names import MAX_NAME, identifier, queue_name, workflow_name
 from orchestration.redaction import Redactor
 from orchestration.results import RunHandle, RunResult
 from orchestration.step import CTX_PARAM, BoundStep, Step, StepSpec, build_spec
+from orchestration.store.discard import discard_unstarted
 from orchestration.store.repository import PlannedStep
 
 if TYPE_CHECKING:
     from orchestration.app import Orchestrator
 
 RESERVED_INPUTS = frozenset({"idempotency_key", CTX_PARAM})
+log = structlog.get_logger("orchestration.workflow")
 
 
 @dataclass(frozen=True)
@@ -161,11 +165,13 @@ class Workflow:
             for name, bound in compiled.steps.items()
         ]
         stored = self.redactor(encoded)
+        # Built before the row is written: whatever fails here leaves nothing behind.
+        canvas = self.canvas(run_id, encoded, stored=stored)
         stored_id = store.create_run(run_id, self.name, compiled.version, stored, planned,
                                      idempotency_key=idempotency_key)
         if stored_id != run_id:
             return RunHandle(stored_id, store, existing=True)
-        self.dispatch(run_id, encoded, stored=stored)
+        self._send([run_id], canvas.apply_async)
         return RunHandle(run_id, store)
 
     def submit_many(self, batch: Iterable[Mapping[str, Any]], *,
@@ -194,16 +200,67 @@ class Workflow:
         # copy is exact can be deferred; the others are sent from here.
         direct = [(run_id, inputs) for run_id, inputs in runs
                   if not defer or stored[run_id] != inputs]
-        if defer and len(direct) < len(runs):
-            sent = {run_id for run_id, _ in direct}
-            self.app.defer_dispatch(self, [run_id for run_id, _ in runs if run_id not in sent])
-        if direct:
-            self.app.before_dispatch(compiled)
-            with self.app.celery.producer_or_acquire() as producer:
-                for run_id, inputs in direct:
-                    self.canvas(run_id, inputs, stored=stored[run_id]).apply_async(
-                        producer=producer)
+
+        def send() -> None:
+            if defer and len(direct) < len(runs):
+                sent = {run_id for run_id, _ in direct}
+                self.app.defer_dispatch(self, [run_id for run_id, _ in runs
+                                               if run_id not in sent])
+            if direct:
+                self.app.before_dispatch(compiled)
+                with self.app.celery.producer_or_acquire() as producer:
+                    for run_id, inputs in direct:
+                        self.canvas(run_id, inputs, stored=stored[run_id]).apply_async(
+                            producer=producer)
+
+        self._send([run_id for run_id, _ in runs], send)
         return [RunHandle(run_id, store) for run_id, _ in runs]
+
+    def _send(self, run_ids: list[str], send: Callable[[], Any]) -> None:
+        """Publish written runs; if that fails, remove them so that none runs later.
+
+        The submission contract (README, "Submitting runs"): when submit raises
+        :class:`SubmitFailed`, nothing was created unless the error names the runs.
+        """
+        try:
+            send()
+        except Exception as exc:
+            raise self._unwind(run_ids, exc) from exc
+
+    def _unwind(self, run_ids: list[str], cause: Exception) -> SubmitFailed:
+        store = self.app.store
+        count = f"{len(run_ids)} run(s)" if len(run_ids) > 1 else f"run {run_ids[0]}"
+        detail = " ".join(str(cause).split())
+        detail = f"{type(cause).__name__}: {detail}" if detail else type(cause).__name__
+        what = f"workflow {self.name!r}: the broker did not take {count} ({detail})"
+        try:
+            started = discard_unstarted(store.engine, run_ids)
+        except Exception as exc:
+            log.error("a run that could not be enqueued could not be removed either",
+                      workflow=self.name, run_ids=run_ids, error=repr(exc))
+            return SubmitFailed(
+                f"{what}, and removing the run rows failed ({type(exc).__name__}: {exc}): "
+                f"run(s) {', '.join(run_ids)} exist, pending, and the reconciler starts them "
+                f"after {self.app.settings.reconcile_after:g} s without progress unless you "
+                "cancel them (orchestrate cancel RUN). A retry with the same idempotency_key "
+                "returns the existing run instead of creating another.",
+                remaining=tuple(run_ids))
+        if not started:
+            return SubmitFailed(f"{what}; nothing was created (the run rows were removed), so "
+                                "submitting again is safe")
+        # A message that did get through was already taken by a worker: that run cannot
+        # be removed; cancel it so that nothing more of it runs.
+        for run_id in started:
+            try:
+                store.cancel_run(run_id, "cancelled: its submit failed on the broker")
+            except Exception as exc:
+                log.error("could not cancel a run whose submit failed", run_id=run_id,
+                          error=repr(exc))
+        return SubmitFailed(
+            f"{what}; nothing was created except run(s) {', '.join(started)}, which a worker "
+            "had already started from a message that got through: they were cancelled (a "
+            "step already running finishes its attempt); the others were removed",
+            remaining=tuple(started))
 
     def _planned(self, compiled: CompiledWorkflow) -> list[PlannedStep]:
         return [PlannedStep(name, bound.spec.output, bound.queue, bound.spec.model,
