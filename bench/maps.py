@@ -76,6 +76,7 @@ from bench.overhead import (  # noqa: E402 - needs the sys.path fix
     _revision,
     conf_diff,
     flush_bench_db,
+    machine_lines,
     make_ping,
     ms,
     running_worker,
@@ -252,11 +253,7 @@ def report(args: argparse.Namespace, results: dict[str, Samples], big: BigRun | 
     print()
     print(f"Map of {args.elements} no-op elements: engine vs raw Celery (wall time of one "
           "whole fan-out, client side)")
-    print(f"  machine : {os.cpu_count()} cores, {platform.machine()}, "
-          f"{platform.system()} {platform.release()}")
-    print(f"  load    : 1-min load average {env_info['load_start']} at start, "
-          f"{os.getloadavg()[0]:.2f} at end (other processes on the machine add noise)")
-    print(f"  engine  : {env_info['revision']}")
+    print(*machine_lines(env_info), sep="\n")
     print(f"  python  : {platform.python_version()}  celery {celery.__version__}  "
           f"kombu {kombu.__version__}")
     print(f"  broker  : {env_info['broker']} (result backend the same); config.celery "

@@ -97,6 +97,26 @@ def ms(value: float) -> str:
     return f"{value * 1000:.1f}"
 
 
+def machine_lines(env_info: dict[str, Any]) -> list[str]:
+    """Report lines: the machine, its load at the start and end, the engine's revision."""
+    return [f"  machine : {machine()}",
+            f"  load    : 1-min load average {env_info['load_start']} at start, "
+            f"{os.getloadavg()[0]:.2f} at end (other processes on the machine add noise)",
+            f"  engine  : {env_info['revision']}"]
+
+
+def machine() -> str:
+    """Cores, architecture, OS and release of this machine."""
+    return (f"{os.cpu_count()} cores, {platform.machine()}, {platform.system()} "
+            f"{platform.release()}")
+
+
+def load_figures(load_start: Any) -> str:
+    """The 1-min load at the start (given) and now, for a one-line report header."""
+    return (f"1-min load {load_start} at start, {os.getloadavg()[0]:.2f} at end (shared "
+            "machine: other processes add noise)")
+
+
 def summary(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "p95": percentile(values, 95),
             "min": min(values), "max": max(values), "n": len(values)}
@@ -283,19 +303,18 @@ def embedded_child(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_embedded(args: argparse.Namespace, tmp: Path) -> dict[str, Samples]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
-    env["ORCH_DATABASE_URL"] = f"sqlite:///{tmp / 'embedded.db'}"
-    out_path = tmp / "embedded.json"
-    command = [PYTHON, str(Path(__file__).resolve()), "--embedded-child", str(out_path),
-               "--runs", str(args.runs), "--warmup", str(args.warmup),
-               "--shapes", ",".join(args.shapes)]
-    log_path = tmp / "embedded.log"
+def run_child_json(command: list[str], env: dict[str, str], log_path: Path, out_path: Path,
+                   *, timeout: float, what: str) -> Any:
+    """Run a bench child process to its end; the JSON it wrote to ``out_path``.
+
+    The child has a process group of its own and logs to ``log_path``; the group is killed
+    if the wait fails (timeout, Ctrl-C). A non-zero exit raises RunFailed with the log's tail.
+    """
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log,
                                    stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            process.wait(timeout=RUN_TIMEOUT * 4 + args.runs * 2)
+            process.wait(timeout=timeout)
         except BaseException:
             with suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
@@ -303,8 +322,19 @@ def run_embedded(args: argparse.Namespace, tmp: Path) -> dict[str, Samples]:
             raise
     if process.returncode != 0:
         tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-30:])
-        raise RuntimeError(f"embedded run exited with {process.returncode}:\n{tail}")
-    data = json.loads(out_path.read_text())
+        raise RunFailed(f"{what} exited with {process.returncode}:\n{tail}")
+    return json.loads(out_path.read_text())
+
+
+def run_embedded(args: argparse.Namespace, tmp: Path) -> dict[str, Samples]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
+    env["ORCH_DATABASE_URL"] = f"sqlite:///{tmp / 'embedded.db'}"
+    out_path = tmp / "embedded.json"
+    command = [PYTHON, str(Path(__file__).resolve()), "--embedded-child", str(out_path),
+               "--runs", str(args.runs), "--warmup", str(args.warmup),
+               "--shapes", ",".join(args.shapes)]
+    data = run_child_json(command, env, tmp / "embedded.log", out_path,
+                          timeout=RUN_TIMEOUT * 4 + args.runs * 2, what="embedded run")
     return {shape: Samples(v["wall"], v["server"], client_cpu=v["client_cpu"])
             for shape, v in data.items()}
 
@@ -324,11 +354,7 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, Samples]],
     if args.experiment:
         print(f"  !! EXPERIMENT {args.experiment}: the engine is patched by bench/experiments.py "
               "in every process; NOT the engine as shipped")
-    print(f"  machine : {os.cpu_count()} cores, {platform.machine()}, "
-          f"{platform.system()} {platform.release()}")
-    print(f"  load    : 1-min load average {env_info['load_start']} at start, "
-          f"{os.getloadavg()[0]:.2f} at end (other processes on the machine add noise)")
-    print(f"  engine  : {env_info['revision']}")
+    print(*machine_lines(env_info), sep="\n")
     print(f"  python  : {platform.python_version()}  celery {celery.__version__}  "
           f"kombu {kombu.__version__}  sqlalchemy {sqlalchemy.__version__}")
     print(f"  broker  : {env_info['broker']} (result backend the same); config.celery settings "

@@ -65,7 +65,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
@@ -78,6 +77,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.fake_llm_call import FAKE_URL_ENV, KEY_ENV, http_call  # noqa: E402
 from bench.maps import FlushWatch, other_clients, wait_for_free_db  # noqa: E402
 from bench.overhead import (  # noqa: E402 - needs the sys.path fix
     FORBIDDEN_REDIS_DB,
@@ -88,7 +88,10 @@ from bench.overhead import (  # noqa: E402 - needs the sys.path fix
     _revision,
     flush_bench_db,
     isolated_postgres,
+    load_figures,
+    machine,
     make_ping,
+    run_child_json,
     running_worker,
     session_cpu,
 )
@@ -102,8 +105,6 @@ from bench.providers import (  # noqa: E402
 )
 
 POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-KEY_ENV = "BENCH_LLM_KEY"  # = bench.providers.KEY_ENV and bench.perf_workflows.KEY_ENV
-FAKE_URL_ENV = "BENCH_FAKE_URL"  # = bench.perf_workflows.FAKE_URL_ENV
 ENGINE_IMPORTS = "bench.perf_workflows"
 RAW_LLM_QUEUE = "bench.perf.raw_llm"
 RAW_LLM_TASK = "bench.perf.raw_llm.ask"
@@ -146,38 +147,12 @@ def _raw_app(name: str, queue: str) -> Any:
 
 
 raw_llm = _raw_app("raw_perf_llm", RAW_LLM_QUEUE)
-_http: Any = None
-_http_lock = threading.Lock()
 
 
 @raw_llm.task(name=RAW_LLM_TASK, queue=RAW_LLM_QUEUE, acks_late=True)
 def raw_ask(prompt: str) -> str:
-    """One chat completion with a process-wide ``httpx.Client(timeout=60.0)``.
-
-    httpx's default pool (100 connections, 20 kept alive): what a plain Celery task
-    would use, and the cheapest in CPU at 200 threads (see bench/README.md: pools of 256+
-    connections cost several ms of CPU per call in httpcore). A transport error is
-    retried (at most twice), as ``ctx.llm`` retries transient errors.
-    """
-    global _http
-    import httpx
-
-    if _http is None:
-        with _http_lock:
-            if _http is None:
-                _http = httpx.Client(timeout=60.0)
-    for attempt in range(3):
-        try:
-            response = _http.post(
-                f"{os.environ[FAKE_URL_ENV]}/chat/completions",
-                json={"model": "sim", "messages": [{"role": "user", "content": prompt}]},
-                headers={"Authorization": f"Bearer {os.environ.get(KEY_ENV, '')}"})
-            break
-        except httpx.TransportError:  # httpcore can hand a thread a socket being closed
-            if attempt == 2:
-                raise
-    response.raise_for_status()
-    return str(response.json()["model"])
+    """One chat completion, as a plain Celery task makes it (bench/fake_llm_call.py)."""
+    return http_call(prompt)
 
 
 # -- measurements -------------------------------------------------------------------------------
@@ -830,20 +805,7 @@ def run_child(kind: str, env: dict[str, str], tmp: Path, args: argparse.Namespac
     command = [PYTHON, str(Path(__file__).resolve()), "--child", kind, "--out", str(out),
                "--fanouts", str(args.fanouts), "--tp-samples", str(args.tp_samples),
                "--submit-reps", str(args.submit_reps), *extra]
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            process.wait(timeout=600)
-        except BaseException:
-            with suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-            raise
-    if process.returncode != 0:
-        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-30:])
-        raise RunFailed(f"child {kind} exited with {process.returncode}:\n{tail}")
-    return dict(json.loads(out.read_text()))
+    return dict(run_child_json(command, env, log_path, out, timeout=600, what=f"child {kind}"))
 
 
 def measure_children(args: argparse.Namespace, env: dict[str, str], tmp: Path,
@@ -1025,9 +987,7 @@ def report(args: argparse.Namespace, results: Results, profiles: dict[str, Any],
     print()
     print("Engine vs raw Celery: the issue's target rows (same broker, backend, settings, "
           "pool; one invocation)")
-    print(f"  machine : {os.cpu_count()} cores, {platform.machine()}, {platform.system()} "
-          f"{platform.release()}; 1-min load {info['load_start']} at start, "
-          f"{os.getloadavg()[0]:.2f} at end (shared machine: other processes add noise)")
+    print(f"  machine : {machine()}; {load_figures(info['load_start'])}")
     print(f"  engine  : {info['revision']}; python {platform.python_version()}, celery "
           f"{celery.__version__}, kombu {kombu.__version__}, sqlalchemy "
           f"{sqlalchemy.__version__}, httpx {httpx.__version__}")

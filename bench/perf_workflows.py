@@ -31,17 +31,15 @@ import threading
 from typing import Any
 from urllib.parse import urlparse
 
+from bench.fake_llm_call import FAKE_URL_ENV, KEY_ENV, MODEL, http_call
 from orchestration import StepContext, Workflow
 
 QUEUE = "bench.perf"  # no-op shapes: served by a -P prefork -c 2 worker
 LLM_MAP_QUEUE = "bench.perf.llm_map"  # served by a -P threads -c 4 worker
 LLM_ONE_QUEUE = "bench.perf.llm_one"  # served by a -P threads -c 200 worker
-MODEL = "sim"
 FANOUT = 100
 MAP_CHUNK_SIZE = 250
 MAP_CONCURRENCY = 50
-FAKE_URL_ENV = "BENCH_FAKE_URL"  # the fake LLM server's .../v1 URL (perf_http_* only)
-KEY_ENV = "BENCH_LLM_KEY"
 
 # -- linear: s1 -> s2 -> s3 -> s4, one queue (fused into one message) ---------------------
 
@@ -126,33 +124,6 @@ def ask_one(prompt: str, ctx: StepContext) -> str:
 
 
 # -- the same, with a plain httpx call (diagnosis: the step machinery without ctx.llm) ------
-
-_http: Any = None
-_http_lock = threading.Lock()
-
-
-def http_call(prompt: str) -> str:
-    """One chat completion with a process-wide ``httpx.Client(timeout=60.0)`` (as raw)."""
-    global _http
-    import httpx
-
-    if _http is None:
-        with _http_lock:
-            if _http is None:
-                _http = httpx.Client(timeout=60.0)
-    for attempt in range(3):
-        try:
-            response = _http.post(
-                f"{os.environ[FAKE_URL_ENV]}/chat/completions",
-                json={"model": MODEL, "messages": [{"role": "user", "content": prompt}]},
-                headers={"Authorization": f"Bearer {os.environ.get(KEY_ENV, '')}"})
-            break
-        except httpx.TransportError:  # httpcore can hand a thread a socket being closed
-            if attempt == 2:
-                raise
-    response.raise_for_status()
-    return str(response.json()["model"])
-
 
 perf_http_map = Workflow("perf_http_map", queue=LLM_MAP_QUEUE, inputs=["prompts"])
 

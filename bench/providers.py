@@ -83,6 +83,8 @@ from bench.overhead import (  # noqa: E402 - needs the sys.path fix
     REDIS_URL,
     _revision,
     flush_bench_db,
+    load_figures,
+    machine,
     make_ping,
     percentile,
     running_worker,
@@ -766,9 +768,7 @@ def report(args: argparse.Namespace, rows: list[Row], info: dict[str, str],
     if args.what_if:
         print(f"  !! WHAT-IF {args.what_if}: the engine workers are patched by "
               "bench/provider_workflows.py; NOT the engine as shipped")
-    print(f"  machine : {os.cpu_count()} cores, {platform.machine()}, "
-          f"{platform.system()} {platform.release()}; 1-min load {info['load_start']} at start, "
-          f"{os.getloadavg()[0]:.2f} at end (shared machine: other processes add noise)")
+    print(f"  machine : {machine()}; {load_figures(info['load_start'])}")
     print(f"  engine  : {info['revision']}; python {platform.python_version()}, "
           f"celery {celery.__version__}, httpx {httpx.__version__}")
     print(f"  setup   : fake OpenAI server in its own process (listen backlog "
