@@ -10,8 +10,8 @@ in a group inside a group), whose join Celery reads from every part's task key.
 
 :class:`StepRedisBackend` keeps the second copy only:
 
-- a task key holds a summary of the result (``<envelope of run ...>``, as Flower gets),
-  never its values;
+- the task key of a step (or an engine task) holds a summary of its result
+  (``<envelope of run ...>``, as Flower gets), never its values;
 - no complex header is saved, so every join reads its parts from the chord's set. The
   body then receives the parts as one flat list, which a step's envelope merge reads
   like the nested one (:meth:`orchestration.envelope.Envelope.from_message`);
@@ -26,7 +26,7 @@ from typing import Any
 from celery import states
 from celery.backends.redis import RedisBackend
 
-from orchestration.publishing import result_summary
+from orchestration.publishing import StepTask, result_summary
 
 
 def stored_result(result: Any, state: str) -> Any:
@@ -44,12 +44,25 @@ class StepRedisBackend(RedisBackend):  # type: ignore[misc]  # Celery is untyped
 
     def _store_result(self, task_id: str, result: Any, state: str, traceback: Any = None,
                       request: Any = None, **kwargs: Any) -> Any:
-        super()._store_result(task_id, stored_result(result, state), state, traceback,
-                              request, **kwargs)
+        kept = stored_result(result, state) if self._is_engine_task(request) else result
+        super()._store_result(task_id, kept, state, traceback, request, **kwargs)
         return result
 
+    def _is_engine_task(self, request: Any) -> bool:
+        """True for a task of an orchestrator's app (a step or an engine task).
+
+        Other apps may share this backend class through ``celery_config`` (the raw Celery
+        baseline of the bench reads its results back): their results are kept whole.
+        """
+        return self._is_engine_task_name(getattr(request, "task", None))
+
+    def _is_engine_task_name(self, name: Any) -> bool:
+        return isinstance(name, str) and isinstance(self.app.tasks.get(name), StepTask)
+
     def apply_chord(self, header_result_args: Any, body: Any, **kwargs: Any) -> None:
-        """Save nothing: every join reads its parts from the chord's own set (see module)."""
+        """For an engine chord, save nothing: its join reads the parts from its own set."""
+        if not self._is_engine_task_name(_first_task(body)):
+            super().apply_chord(header_result_args, body, **kwargs)
 
     def on_chord_part_return(self, request: Any, state: str, result: Any,
                              propagate: Any = None, **kwargs: Any) -> None:
@@ -68,3 +81,10 @@ class StepRedisBackend(RedisBackend):  # type: ignore[misc]  # Celery is untyped
         if joined and not sized:
             self.client.delete(parts, self.get_key_for_group(group, ".t"),
                                self.get_key_for_group(group, ".d"))
+
+
+def _first_task(signature: Any) -> Any:
+    """The name of the task a chord body starts with (the first of a chain)."""
+    while signature is not None and getattr(signature, "tasks", None):
+        signature = signature.tasks[0]
+    return signature.get("task") if isinstance(signature, dict) else None

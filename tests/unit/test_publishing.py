@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from celery import Celery, states
+from celery import Celery, Task, chain, states
+from celery.backends.redis import RedisBackend
 from celery.result import GroupResult
 from celery.signals import before_task_publish
 from celery.worker.request import Request
@@ -160,5 +163,60 @@ def test_the_step_backend_is_what_celery_builds_from_the_url() -> None:
         "result_backend"]
     assert isinstance(app.backend, StepRedisBackend)
     assert app.backend.connparams["port"] == 1
-    # A complex chord header is never saved: every join reads its parts from the chord.
-    assert app.backend.apply_chord(("gid", [GroupResult("inner", [])]), None) is None
+
+
+@pytest.fixture
+def redis_orch(tmp_path: Path) -> Iterator[Orchestrator]:
+    """An orchestrator configured for a Redis nobody listens on (nothing connects here)."""
+    orchestrator = Orchestrator(Settings(broker_url="redis://127.0.0.1:1/0", imports=[],
+                                         database_url=f"sqlite:///{tmp_path / 'r.db'}"))
+    yield orchestrator
+    orchestrator.shutdown()
+
+
+def test_the_step_backend_keeps_a_summary_of_engine_results_only(
+        redis_orch: Orchestrator, monkeypatch: pytest.MonkeyPatch) -> None:
+    flow = Workflow("publishing_backend_flow", app=redis_orch)
+
+    @flow.task
+    def echo(password: str) -> str:
+        return password
+
+    flow.validate()
+    def plain_task() -> None:
+        return None
+
+    plain = redis_orch.celery.task(name="publishing.plain", base=Task)(plain_task)
+    kept: list[Any] = []
+    monkeypatch.setattr(RedisBackend, "_store_result",
+                        lambda self, task_id, result, *args, **kwargs: kept.append(result))
+    backend = redis_orch.celery.backend
+    envelope = {"run": "r-9", "out": {"password": SECRET}}
+    for name in ("publishing_backend_flow.echo", plain.name):
+        returned = backend._store_result("t", envelope, states.SUCCESS,
+                                         request=SimpleNamespace(task=name))
+        assert returned is envelope
+    assert kept == ["<envelope of run r-9>", envelope]
+
+
+def test_an_engine_chord_saves_no_complex_header(redis_orch: Orchestrator,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    flow = Workflow("publishing_chord_flow", app=redis_orch)
+
+    @flow.task
+    def step(text: str) -> str:
+        return text
+
+    flow.validate()
+    saved: list[Any] = []
+    monkeypatch.setattr(RedisBackend, "apply_chord",
+                        lambda self, args, body, **kwargs: saved.append(body))
+    backend = redis_orch.celery.backend
+    header = ("gid", [GroupResult("inner", [])])
+    engine_body = chain(redis_orch.celery.signature("publishing_chord_flow.step"),
+                        redis_orch.celery.signature("orchestration.finalize"))
+    backend.apply_chord(header, engine_body)
+    assert saved == []  # every join of an engine chord reads the chord's own parts
+    other = redis_orch.celery.signature("somebody.else")
+    backend.apply_chord(header, other)
+    assert saved == [other]
