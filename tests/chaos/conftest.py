@@ -20,7 +20,6 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
@@ -32,6 +31,7 @@ if str(ROOT) not in sys.path:
 
 from tests.integration.workers import Workers  # noqa: E402
 from tests.support import services  # noqa: E402
+from tests.support.services import pytest_runtest_makereport  # noqa: E402, F401 - a hook
 
 COUNTER_REDIS_URL = os.environ.get("ORCH_CHAOS_REDIS_URL", "redis://127.0.0.1:6379/12")
 LEASE_KEY = "orchestration:chaos-lease"  # one chaos test at a time owns the DB
@@ -110,11 +110,3 @@ def worker_pool(request: pytest.FixtureRequest) -> Iterator[Workers]:
         yield pool
     finally:
         pool.stop_all()
-
-
-@pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Any:
-    """On a failure, attach the tail of every live worker's log to the report."""
-    report = yield
-    services.attach_worker_logs(report)
-    return report

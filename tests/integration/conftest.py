@@ -22,7 +22,6 @@ import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
@@ -33,6 +32,7 @@ if str(ROOT) not in sys.path:  # `tests.integration.workflows` is imported by th
 
 from tests.integration.workers import Workers  # noqa: E402
 from tests.support import services  # noqa: E402
+from tests.support.services import pytest_runtest_makereport  # noqa: E402, F401 - a hook
 
 LEASE_KEY = "orchestration:test-session-lease"
 LEASE_SECONDS = 1800
@@ -155,11 +155,3 @@ def extra_workers(workers: Workers, worker_logs: Path) -> Iterator[Workers]:
         yield pool
     finally:
         pool.stop_all()
-
-
-@pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Any:
-    """On a failure, attach the tail of every live worker's log to the report."""
-    report = yield
-    services.attach_worker_logs(report)
-    return report

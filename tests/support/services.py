@@ -73,14 +73,20 @@ def postgres_database(name: str, suite: str, *, before_drop: Callable[[], Any] |
         admin.dispose()
 
 
-def attach_worker_logs(report: pytest.TestReport) -> None:
-    """On a failed report, add the tail of every live worker's log as a section."""
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Any:
+    """On a failure, attach the tail of every live worker's log to the report.
+
+    A hook for the conftests of the suites that start workers (they import it).
+    """
+    report = yield
     if report.failed and LIVE:
         for worker in LIVE:
             state = "running" if worker.alive else f"exited {worker.process.returncode}"
             report.sections.append(
                 (f"worker {worker.nodename} ({state}) log tail", worker.log_tail())
             )
+    return report
 
 
 UNIT_REDIS_URL = "redis://127.0.0.1:6379/13"  # unit tests: every key under a name of its own
