@@ -6,16 +6,12 @@ Each setting says why it is set; anything not here is Celery's default.
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlsplit
 
 from config.settings import Settings
 
 #: Celery's Redis result backend without run data in task keys. A string: Celery imports it.
 STEP_REDIS_BACKEND = "orchestration.result_backend:StepRedisBackend"
 
-#: kombu's Redis transport, with a broker lost under a worker reported as a connection
-#: error (``orchestration/redis_transport.py``; kombu#582/#970). A string: kombu imports it.
-REDIS_TRANSPORT = "orchestration.redis_transport:Transport"
 BACKEND_RETRY_POLICY = {"max_retries": 60, "interval_start": 0, "interval_step": 1,
                         "interval_max": 5}
 BACKEND_STORE_RETRIES = 60
@@ -95,8 +91,6 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "orchestration-reconcile": {"task": "orchestration.reconcile", "schedule": 60.0},
         },
     }
-    if urlsplit(settings.broker_url or "").scheme == "redis":
-        config["broker_transport"] = REDIS_TRANSPORT
     if settings.embedded:
         # The in-process broker polls its queues; the default 1 s would add a second to
         # every hop of a run.

@@ -13,6 +13,7 @@ import socket
 import threading
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import structlog
 from celery import Celery, chain, signals
@@ -21,6 +22,7 @@ from sqlalchemy.exc import OperationalError
 
 from config.celery import celery_config
 from config.settings import Settings
+from orchestration import redis_transport
 from orchestration.catalogue import load_catalogue
 from orchestration.durability import Reconciled, reconcile, resume
 from orchestration.engine_tasks import (
@@ -294,6 +296,10 @@ class Orchestrator:
         if self.settings.embedded:
             # Queues of our own: another orchestrator in this process must not share them.
             config["broker_transport"] = private_memory_transport()
+        elif urlsplit(self.settings.broker_url or "").scheme == "redis":
+            # A broker lost under a worker must be a lost connection, not an AttributeError
+            # that ends a threads worker (kombu#582/#970; orchestration/redis_transport.py).
+            redis_transport.install()
         self.celery.conf.update(config)
 
     def reconfigure(self, settings: Settings) -> None:

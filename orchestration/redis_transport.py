@@ -1,8 +1,11 @@
 """kombu's Redis transport, with a broker that dies under a worker reported as a lost connection.
 
-Celery uses this transport for ``redis://`` brokers (``config/celery.py`` sets
-``broker_transport`` to :data:`TRANSPORT`). It changes two things of
-:mod:`kombu.transport.redis` (upstream celery/kombu#582, #970), and nothing else:
+An orchestrator whose broker is ``redis://`` calls :func:`install` when it applies its
+settings: from then on kombu resolves ``redis://`` URLs in the process to
+:class:`Transport` (kombu's transport alias ``redis`` points here), so URLs, log lines and
+Flower's broker view still say ``redis://``. ``rediss://`` and ``sentinel://`` keep kombu's
+own. It changes two things of :mod:`kombu.transport.redis` (upstream celery/kombu#582,
+#970), and nothing else:
 
 - A channel builds its Redis connection pool lazily from ``self.connection.client``.
   When the broker dies, Celery closes the kombu connection: the transport's ``client`` is
@@ -25,14 +28,32 @@ from __future__ import annotations
 
 from typing import Any
 
+import kombu.transport
 import structlog
 from kombu.transport import redis as kombu_redis
 from redis import exceptions as redis_errors
 
 log = structlog.get_logger("orchestration.redis_transport")
 
-#: The ``broker_transport`` value that selects this transport.
+#: Where kombu finds this transport.
 TRANSPORT = "orchestration.redis_transport:Transport"
+KOMBU_TRANSPORT = "kombu.transport.redis:Transport"
+
+
+def install() -> None:
+    """Resolve ``redis://`` to :class:`Transport` in this process (idempotent).
+
+    Connections opened before keep the transport they have.
+    """
+    kombu.transport.TRANSPORT_ALIASES["redis"] = TRANSPORT
+    # kombu caches resolved aliases: drop a 'redis' resolved before this call.
+    kombu.transport._transport_cache.pop("redis", None)
+
+
+def uninstall() -> None:
+    """Give ``redis://`` back to kombu's own transport (tests)."""
+    kombu.transport.TRANSPORT_ALIASES["redis"] = KOMBU_TRANSPORT
+    kombu.transport._transport_cache.pop("redis", None)
 
 
 class QoS(kombu_redis.QoS):

@@ -24,9 +24,9 @@ import redis
 from kombu import Connection, Queue
 from kombu.transport import redis as kombu_redis
 
-from config.celery import REDIS_TRANSPORT, celery_config
 from config.settings import Settings
-from orchestration.redis_transport import Transport
+from orchestration.app import Orchestrator
+from orchestration.redis_transport import KOMBU_TRANSPORT, TRANSPORT, Transport
 
 QUEUE = Queue("transport.test", routing_key="transport.test")
 
@@ -99,19 +99,19 @@ def _lose_broker(connection: Connection, server: OwnRedis) -> None:
     connection.close()
 
 
-def test_celery_uses_our_transport_for_redis_brokers_only() -> None:
-    assert celery_config(Settings(broker_url="redis://127.0.0.1:1/0"))[
-        "broker_transport"] == REDIS_TRANSPORT
-    assert "broker_transport" not in celery_config(
-        Settings(broker_url="amqp://guest:guest@127.0.0.1:1//",
-                 result_backend="redis://127.0.0.1:1/0"))
-    assert Connection("redis://127.0.0.1:1/0", transport=REDIS_TRANSPORT).transport_cls \
-        == REDIS_TRANSPORT
+def test_an_orchestrator_on_a_redis_broker_uses_our_transport(tmp_path: Path) -> None:
+    orchestrator = Orchestrator(Settings(broker_url="redis://127.0.0.1:1/0",
+                                         database_url=f"sqlite:///{tmp_path / 'r.db'}"),
+                                name="transport-test")
+    connection = orchestrator.celery.connection_for_write()
+    assert type(connection.transport) is Transport
     assert issubclass(Transport, kombu_redis.Transport)
+    # The URL still says redis:// (logs, Flower's broker view parse it).
+    assert connection.as_uri().startswith("redis://")
 
 
 def test_a_channel_closed_while_the_broker_is_down_is_closed_whole(server: OwnRedis) -> None:
-    connection = Connection(server.url, transport=REDIS_TRANSPORT)
+    connection = Connection(server.url, transport=TRANSPORT)
     messages = _consume_unacked(connection, 2)
     channel = messages[0].channel
     _lose_broker(connection, server)
@@ -122,7 +122,7 @@ def test_a_channel_closed_while_the_broker_is_down_is_closed_whole(server: OwnRe
 
 
 def test_an_ack_after_the_connection_closed_is_a_connection_error(server: OwnRedis) -> None:
-    connection = Connection(server.url, transport=REDIS_TRANSPORT)
+    connection = Connection(server.url, transport=TRANSPORT)
     errors = connection.connection_errors
     messages = _consume_unacked(connection, 2)
     channel = messages[0].channel
@@ -142,7 +142,7 @@ def test_an_ack_after_the_connection_closed_is_a_connection_error(server: OwnRed
 def test_kombus_own_transport_fails_the_same_sequence(server: OwnRedis) -> None:
     """The defect the subclass works around, on kombu's transport (if kombu fixes it,
     this test says the workaround can go)."""
-    connection = Connection(server.url)
+    connection = Connection(server.url, transport=KOMBU_TRANSPORT)
     messages = _consume_unacked(connection, 1)
     channel = messages[0].channel
     _lose_broker(connection, server)
