@@ -214,12 +214,12 @@ def resume(run_id: str, inputs: str | None) -> None:
 def reconcile(idle: float | None) -> None:
     """Re-dispatch runs whose messages were lost; expire overdue human waits."""
     done = _orchestrator(load_workflows=True).reconcile(idle)
-    console.print(f"re-dispatched {len(done.redispatched)} run(s), failed "
-                  f"{len(done.failed)} unrecoverable, expired {done.waits_expired} wait(s)")
+    console.print(Text(f"re-dispatched {len(done.redispatched)} run(s), failed "
+                       f"{len(done.failed)} unrecoverable, expired {done.waits_expired} wait(s)"))
     for run_id in done.redispatched:
-        console.print(f"  re-dispatched {run_id}")
+        console.print(Text(f"  re-dispatched {run_id}"))
     for run_id in done.failed:
-        console.print(f"  failed {run_id}")
+        console.print(Text(f"  failed {run_id}"))
 
 
 @main.command()
