@@ -1,16 +1,16 @@
-"""The chaos tests' machinery: environments, processes, the killer, the verdict.
+"""The chaos tests' machinery: environments, processes, servers of their own, the killer.
 
 Everything the engine does happens in subprocesses (workers, the submitter, the
 ``orchestrate`` CLI) started with an explicit ``ORCH_*`` environment, so the test process
 never builds the default orchestrator and two scenarios with two brokers can share one
 pytest session. The test process only reads: the results DB (plain SQL plus an audit
 trigger it installs in its own database), the instrumentation Redis and the CLI output.
+What must hold afterwards is in ``verdict.py``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import os
 import random
@@ -22,28 +22,18 @@ import subprocess
 import sys
 import threading
 import time
-from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import redis
-from sqlalchemy import Engine, text
 
-from tests.chaos.workflows import (
-    BUSY_PREFIX,
-    DELIVERIES_KEY,
-    EXEC_PREFIX,
-    PUBLISHED_KEY,
-    STEPS,
-)
+from tests.chaos.workflows import BUSY_PREFIX
 from tests.integration.workers import Worker, Workers
 
 ROOT = Path(__file__).resolve().parents[2]
 ORCHESTRATE = str(Path(sys.executable).with_name("orchestrate"))
-TERMINAL = ("succeeded", "failed", "cancelled")
-STEP_TERMINAL = ("succeeded", "fallback", "failed", "skipped", "cancelled")
 MAX_CRASHES = 3  # ORCH_MAX_CRASHES default, which the tests keep
 
 
@@ -306,11 +296,13 @@ class Chaos:
 _generation = iter(range(1, 1_000_000))
 
 
-def replace_dead(workers: Workers, queues: tuple[str, ...], concurrency: int) -> list[str]:
-    """Replace every worker whose main process exited (new node name, same queues).
+def replace_dead(workers: Workers, queues: tuple[str, ...] | None = None,
+                 concurrency: int | None = None) -> list[str]:
+    """Replace every worker whose main process exited (new node name, same queues and pool).
 
-    What ``restart: unless-stopped`` (docker-compose.yml) or systemd does. Returns how
-    each one ended: its label, exit code and last error line.
+    What ``restart: unless-stopped`` (docker-compose.yml) or systemd does. ``queues`` and
+    ``concurrency`` default to the dead worker's own. Returns how each one ended: its
+    label, exit code and last error line.
     """
     ended = []
     for worker in list(workers.started):
@@ -321,372 +313,7 @@ def replace_dead(workers: Workers, queues: tuple[str, ...], concurrency: int) ->
                        if "CRITICAL" in line or "Unrecoverable" in line), "")
         ended.append(f"{worker.label} exit {worker.process.returncode} {reason[:200]}".strip())
         base = worker.label.split("-r")[0]
-        workers.start(f"{base}-r{next(_generation)}", queues, concurrency=concurrency,
+        workers.start(f"{base}-r{next(_generation)}", queues or worker.queues,
+                      pool=worker.pool, concurrency=concurrency or worker.concurrency,
                       wait=False)
     return ended
-
-
-# -- the verdict ------------------------------------------------------------------------------
-
-AUDIT_DDL = [
-    """CREATE TABLE chaos_audit (
-         id bigserial PRIMARY KEY, tbl text NOT NULL, run_id text NOT NULL, name text,
-         old_status text, new_status text, old_finished timestamptz, new_finished timestamptz,
-         at timestamptz NOT NULL DEFAULT clock_timestamp())""",
-    """CREATE FUNCTION chaos_audit_runs() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN
-         INSERT INTO chaos_audit (tbl, run_id, old_status, new_status, old_finished,
-                                  new_finished)
-         VALUES ('runs', NEW.id, OLD.status, NEW.status, OLD.finished_at, NEW.finished_at);
-         RETURN NULL; END $$""",
-    """CREATE FUNCTION chaos_audit_steps() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN
-         INSERT INTO chaos_audit (tbl, run_id, name, old_status, new_status, old_finished,
-                                  new_finished)
-         VALUES ('steps', NEW.run_id, NEW.name, OLD.status, NEW.status, OLD.finished_at,
-                 NEW.finished_at);
-         RETURN NULL; END $$""",
-    """CREATE TRIGGER chaos_audit_runs AFTER UPDATE ON runs FOR EACH ROW
-         WHEN (OLD.status IS DISTINCT FROM NEW.status
-               OR OLD.finished_at IS DISTINCT FROM NEW.finished_at)
-         EXECUTE FUNCTION chaos_audit_runs()""",
-    """CREATE TRIGGER chaos_audit_steps AFTER UPDATE ON steps FOR EACH ROW
-         WHEN (OLD.status IS DISTINCT FROM NEW.status
-               OR OLD.finished_at IS DISTINCT FROM NEW.finished_at)
-         EXECUTE FUNCTION chaos_audit_steps()""",
-]
-
-
-def install_audit(engine: Engine) -> None:
-    """Log every status/finished_at change of runs and steps (the transitions' oracle)."""
-    with engine.begin() as conn:
-        for statement in AUDIT_DDL:
-            conn.execute(text(statement))
-
-
-def terminal_count(engine: Engine) -> int:
-    with engine.connect() as conn:
-        return int(conn.execute(text(
-            "SELECT count(*) FROM runs WHERE status IN ('succeeded', 'failed', 'cancelled')"
-        )).scalar() or 0)
-
-
-def wait_for(engine: Engine, total: int, deadline: float, *, every: float = 1.0,
-             tick: Callable[[int], None] | None = None) -> tuple[int, float | None]:
-    """Poll until ``total`` runs are terminal or ``deadline`` (monotonic) passes.
-
-    ``tick(done)`` runs between polls. Returns (terminal runs, wall time all were done).
-    """
-    done = terminal_count(engine)
-    while done < total and time.monotonic() < deadline:
-        if tick is not None:
-            tick(done)
-        time.sleep(every)
-        done = terminal_count(engine)
-    return done, (time.time() if done >= total else None)
-
-
-@dataclass
-class Verdict:
-    """What the results DB, the audit log and the counters say after the chaos."""
-
-    figures: dict[str, Any]
-    violations: list[str]
-    notes: list[str]
-
-    def print(self, title: str) -> None:
-        log(f"==== {title} ====")
-        width = max(len(key) for key in self.figures)
-        for key, value in self.figures.items():
-            print(f"  {key:<{width}} : {value}", flush=True)
-        for note in self.notes:
-            print(f"  note: {note}", flush=True)
-        for violation in self.violations:
-            print(f"  VIOLATION: {violation}", flush=True)
-
-
-def _rows(engine: Engine, query: str) -> list[Any]:
-    with engine.connect() as conn:
-        return list(conn.execute(text(query)))
-
-
-def analyse(engine: Engine, counters: redis.Redis, run_ids: list[str], *,
-            kills: list[Kill], redispatches: list[tuple[float, str]]) -> Verdict:
-    """Check the guarantees; count what happened. Violations are the test's failures."""
-    figures: dict[str, Any] = {}
-    violations: list[str] = []
-    notes: list[str] = []
-    runs = {r.id: r for r in _rows(engine, "SELECT id, workflow, status, error_type, error, "
-                                           "finished_at FROM runs")}
-    steps = _rows(engine, "SELECT run_id, name, status, deliveries, crashes, attempts, output, "
-                          "error_type, error, finished_at FROM steps")
-    by_run: dict[str, dict[str, Any]] = defaultdict(dict)
-    for step in steps:
-        by_run[step.run_id][step.name] = step
-
-    statuses = Counter(runs[r].status if r in runs else "missing" for r in run_ids)
-    figures["runs"] = len(run_ids)
-    figures["runs by status"] = dict(statuses)
-    by_workflow = Counter(f"{runs[r].workflow}:{runs[r].status}" for r in run_ids if r in runs)
-    figures["runs by workflow and status"] = dict(sorted(by_workflow.items()))
-    unfinished = [r for r in run_ids if r not in runs or runs[r].status not in TERMINAL]
-    if unfinished:
-        violations.append(f"{len(unfinished)} run(s) not terminal, e.g. "
-                          f"{_describe_runs(unfinished[:3], runs, by_run)}")
-    _check_outcomes(run_ids, runs, by_run, kills, violations, notes)
-    _check_transitions(engine, run_ids, runs, by_run, figures, violations)
-    _check_lineage(run_ids, by_run, figures, violations)
-    spurious = _count_executions(counters, steps, figures, kills)
-    for run_id, _, _ in spurious[:3]:
-        notes.append(f"crashes without a kill in run {run_id}; its history:\n"
-                     + _history(counters, run_id, kills))
-    _classify_deliveries(counters, run_ids, redispatches, kills, figures, notes)
-    succeeded_attempts = _rows(engine, "SELECT run_id, step_name, count(*) AS n FROM "
-                                       "step_attempts WHERE status = 'succeeded' "
-                                       "GROUP BY run_id, step_name")
-    figures["steps with >1 succeeded attempt row"] = sum(1 for r in succeeded_attempts
-                                                         if r.n > 1)
-    return Verdict(figures, violations, notes)
-
-
-def _describe_runs(ids: list[str], runs: dict[str, Any],
-                   by_run: dict[str, dict[str, Any]]) -> str:
-    parts = []
-    for run_id in ids:
-        run = runs.get(run_id)
-        state = {name: f"{s.status}/d{s.deliveries}/c{s.crashes}"
-                 for name, s in by_run.get(run_id, {}).items()}
-        parts.append(f"{run_id} {run.status if run else 'missing'} {state}")
-    return "; ".join(parts)
-
-
-def _kills_by_run(kills: list[Kill]) -> Counter[str]:
-    """SIGKILLs that hit a process running one of the run's steps, per run.
-
-    Per run, not per step: the busy mark is set when a step's body starts, so a kill
-    during the claim of the next step of a fused message is seen as hitting the previous
-    one; but each kill interrupts at most one step of the run, so a run can never record
-    more crashes than the kills that hit it.
-    """
-    killed: Counter[str] = Counter()
-    for kill in kills:
-        for run_id in {busy["run"] for busy in kill.busy}:
-            killed[run_id] += 1
-    return killed
-
-
-def _check_outcomes(run_ids: list[str], runs: dict[str, Any],
-                    by_run: dict[str, dict[str, Any]], kills: list[Kill],
-                    violations: list[str], notes: list[str]) -> None:
-    """Every run succeeded, or failed only because a step really was killed 3 times."""
-    killed = _kills_by_run(kills)
-    for run_id in run_ids:
-        run = runs.get(run_id)
-        if run is None or run.status not in TERMINAL or run.status == "succeeded":
-            continue
-        poison = [s for s in by_run[run_id].values() if s.error_type == "PoisonStep"]
-        for step in poison:
-            really = killed[run_id]
-            line = (f"run {run_id} failed: step {step.name} poison with crashes={step.crashes}, "
-                    f"deliveries={step.deliveries}, SIGKILLs while the run ran={really}")
-            (notes if really >= MAX_CRASHES else violations).append(line)
-        if not poison:
-            violations.append(f"run {run_id} ended {run.status}: {run.error_type}: "
-                              f"{(run.error or '')[:300]} "
-                              f"{_describe_runs([run_id], runs, by_run)}")
-    for run_id in run_ids:
-        for step in by_run.get(run_id, {}).values():
-            if (runs.get(run_id) is not None and runs[run_id].status == "succeeded"
-                    and step.status != "succeeded"):
-                violations.append(f"run {run_id} succeeded but step {step.name} is "
-                                  f"{step.status}")
-
-
-def _audit_counts(engine: Engine) -> tuple[Counter[str], Counter[tuple[str, str]], list[Any]]:
-    """(finish transitions per run, terminal transitions per step, changes after terminal)."""
-    audit = _rows(engine, "SELECT tbl, run_id, name, old_status, new_status, old_finished, "
-                          "new_finished FROM chaos_audit ORDER BY id")
-    run_finishes: Counter[str] = Counter()
-    step_finishes: Counter[tuple[str, str]] = Counter()
-    after_terminal = []
-    for row in audit:
-        terminal = TERMINAL if row.tbl == "runs" else STEP_TERMINAL
-        if row.old_status in terminal:
-            after_terminal.append(row)
-        elif row.new_status in terminal and row.tbl == "runs":
-            run_finishes[row.run_id] += 1
-        elif row.new_status in terminal:
-            step_finishes[(row.run_id, row.name)] += 1
-    return run_finishes, step_finishes, after_terminal
-
-
-def _check_transitions(engine: Engine, run_ids: list[str], runs: dict[str, Any],
-                       by_run: dict[str, dict[str, Any]], figures: dict[str, Any],
-                       violations: list[str]) -> None:
-    """From the audit trigger: each run finished once, each step reached terminal once."""
-    run_finishes, step_finishes, after_terminal = _audit_counts(engine)
-    figures["duplicates of finished runs"] = sum(n - 1 for n in run_finishes.values() if n > 1)
-    figures["steps finished more than once"] = sum(1 for n in step_finishes.values() if n > 1)
-    figures["changes after a terminal state"] = len(after_terminal)
-    for row in after_terminal[:10]:
-        violations.append(f"{row.tbl} {row.run_id} {row.name or ''} changed after it was "
-                          f"terminal: {row.old_status} -> {row.new_status}")
-    for run_id in run_ids:
-        run = runs.get(run_id)
-        if run is None or run.status not in TERMINAL:
-            continue
-        if run_finishes[run_id] != 1:
-            violations.append(f"run {run_id} is {run.status} after {run_finishes[run_id]} "
-                              "recorded finish transitions")
-        if run.finished_at is None:
-            violations.append(f"run {run_id} is {run.status} without finished_at")
-            continue
-        late = [s.name for s in by_run[run_id].values()
-                if s.finished_at is not None and s.finished_at > run.finished_at]
-        if late:
-            violations.append(f"run {run_id}: step(s) {late} finished after the run did")
-    for (run_id, name), n in step_finishes.items():
-        if n != 1:
-            violations.append(f"step {run_id}/{name} reached a terminal state {n} times")
-    for run_id in run_ids:
-        for step in by_run.get(run_id, {}).values():
-            if step.status in STEP_TERMINAL and (run_id, step.name) not in step_finishes:
-                violations.append(f"step {run_id}/{step.name} is {step.status} with no "
-                                  "recorded terminal transition")
-
-
-def _check_lineage(run_ids: list[str], by_run: dict[str, dict[str, Any]],
-                   figures: dict[str, Any], violations: list[str]) -> None:
-    """Each recorded output is built on its predecessor's recorded output."""
-    broken = []
-    for run_id in run_ids:
-        steps = by_run.get(run_id, {})
-        for before, after in itertools.pairwise(STEPS):
-            upstream, downstream = steps.get(before), steps.get(after)
-            if (upstream is None or downstream is None or upstream.status != "succeeded"
-                    or downstream.status != "succeeded"):
-                continue
-            if not str(downstream.output).startswith(f"{upstream.output}|{after}:"):
-                broken.append((run_id, before, after, upstream.output, downstream.output))
-    figures["outputs not built on the recorded upstream output"] = len(broken)
-    for run_id, before, after, up, down in broken[:5]:
-        violations.append(f"run {run_id}: {after} recorded {down!r}, built on an output of "
-                          f"{before} that was never recorded (recorded: {up!r})")
-
-
-def _count_executions(counters: redis.Redis, steps: list[Any], figures: dict[str, Any],
-                      kills: list[Kill]) -> list[tuple[str, int, int]]:
-    executions: dict[tuple[str, str], int] = {}
-    for key in counters.scan_iter(match=f"{EXEC_PREFIX}*", count=1000):
-        run_id, step = key.decode()[len(EXEC_PREFIX):].rsplit(":", 1)
-        executions[(run_id, step)] = int(counters.get(key) or 0)
-    killed = _kills_by_run(kills)
-    figures["step executions (Redis INCR), total"] = sum(executions.values())
-    figures["executions per step: max"] = max(executions.values(), default=0)
-    figures["steps executed more than once"] = sum(1 for n in executions.values() if n > 1)
-    figures["re-deliveries (sum deliveries - steps)"] = sum(s.deliveries for s in steps) - len(
-        steps)
-    figures["crashes recorded (sum steps.crashes)"] = sum(s.crashes for s in steps)
-    crashes: Counter[str] = Counter()
-    for step in steps:
-        crashes[step.run_id] += step.crashes
-    spurious = [(run_id, n, killed[run_id]) for run_id, n in crashes.items()
-                if n > killed[run_id]]
-    figures["runs with more crashes recorded than SIGKILLs that hit them"] = len(spurious)
-    figures["  examples"] = [f"{run_id}: crashes={n} kills={k}" for run_id, n, k in spurious[:5]]
-    figures["steps executed >1 in runs no SIGKILL hit"] = sum(
-        1 for (run_id, _), n in executions.items() if n > 1 and not killed[run_id])
-    return spurious
-
-
-def _classify_deliveries(counters: redis.Redis, run_ids: list[str],
-                         redispatches: list[tuple[float, str]], kills: list[Kill],
-                         figures: dict[str, Any], notes: list[str]) -> None:
-    """Which mechanism delivered what: requeue, visibility restore, reconciler."""
-    entries = sorted((json.loads(raw) for raw in counters.lrange(DELIVERIES_KEY, 0, -1)),
-                     key=lambda e: e["t"])
-    published = [json.loads(raw) for raw in counters.lrange(PUBLISHED_KEY, 0, -1)]
-    killed_children = {k.pid for k in kills if k.kind == "child"}
-    seen: dict[str, int] = {}  # task id -> pid of its last delivery
-    redelivered: Counter[str] = Counter()
-    for entry in entries:
-        if entry["redelivered"]:
-            previous = seen.get(entry["task_id"])
-            # A pool process's death re-queues its message at once (to the back of the
-            # queue); a dead main process's messages wait for a restore sweep, including
-            # those it had prefetched and never started.
-            redelivered["requeue" if previous in killed_children else "restore"] += 1
-        seen[entry["task_id"]] = entry["pid"]
-    figures["task deliveries"] = len(entries)
-    figures["re-queued after a pool-process kill (reject_on_worker_lost)"] = redelivered[
-        "requeue"]
-    figures["re-delivered by the visibility timeout (restore sweep)"] = redelivered["restore"]
-    dispatches: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for entry in published:
-        if entry["role"] in ("submit", "reconcile") and entry["task_id"] == entry["root_id"]:
-            dispatches[entry["run"]].append(entry)
-    figures["reconciler re-dispatches"] = len(redispatches)
-    figures["distinct runs re-dispatched"] = len({run for _, run in redispatches})
-    verdicts, needed = _judge_redispatches(dispatches, entries)
-    for verdict, n in sorted(verdicts.items()):
-        figures[f"re-dispatches, {verdict}"] = n
-    figures["runs only the reconciler recovered (lost-and-redispatched)"] = len(needed)
-    if verdicts[FALSE_POSITIVE]:
-        notes.append("the reconciler re-dispatched runs that were only waiting in the queue: "
-                     "'idle' (no step claimed or finished) cannot tell a backlog from a lost "
-                     "message; their duplicates are absorbed (at least once, recorded once)")
-    missing = [r for r in run_ids if r not in dispatches]
-    if missing:
-        notes.append(f"{len(missing)} run(s) with no dispatch seen by the instrumentation")
-
-
-NEEDED = "needed: the run's earlier messages were never delivered again"
-RACED = "raced a visibility restore of the earlier message"
-FALSE_POSITIVE = "false positive: the earlier message was queued or in progress"
-
-
-def _judge_redispatches(dispatches: dict[str, list[dict[str, Any]]],
-                        entries: list[dict[str, Any]]) -> tuple[Counter[str], set[str]]:
-    """For each reconciler dispatch: were the run's earlier messages still delivered after?"""
-    by_root: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for entry in entries:
-        by_root[entry["root_id"]].append(entry)
-    verdicts: Counter[str] = Counter()
-    needed: set[str] = set()
-    for run_id, sent in dispatches.items():
-        sent.sort(key=lambda e: e["t"])
-        for index, dispatch in enumerate(sent):
-            if dispatch["role"] != "reconcile":
-                continue
-            later = [e for earlier in sent[:index] for e in by_root[earlier["root_id"]]
-                     if e["t"] > dispatch["t"]]
-            if not later:
-                verdicts[NEEDED] += 1
-                needed.add(run_id)
-            elif all(e["redelivered"] for e in later):
-                verdicts[RACED] += 1
-            else:
-                verdicts[FALSE_POSITIVE] += 1
-    return verdicts, needed
-
-
-def _history(counters: redis.Redis, run_id: str, kills: list[Kill]) -> str:
-    """A run's publishes, deliveries and the kills that hit it, in time order."""
-    events: list[tuple[float, str]] = []
-    for raw in counters.lrange(PUBLISHED_KEY, 0, -1):
-        e = json.loads(raw)
-        if e["run"] == run_id:
-            events.append((e["t"], f"published {e['step']} task={e['task_id'][:8]} "
-                                   f"root={e['root_id'][:8]} by {e['role']} pid={e['pid']}"))
-    for raw in counters.lrange(DELIVERIES_KEY, 0, -1):
-        e = json.loads(raw)
-        if e["run"] == run_id:
-            events.append((e["t"], f"delivered {e['step']} task={e['task_id'][:8]} "
-                                   f"root={e['root_id'][:8]} redelivered={e['redelivered']} "
-                                   f"pid={e['pid']} {e['node']}"))
-    for kill in kills:
-        hit = [b["step"] for b in kill.busy if b["run"] == run_id]
-        if hit:
-            events.append((kill.t, f"SIGKILL {kill.kind} pid={kill.pid} ({kill.worker}) "
-                                   f"while running {hit}"))
-    events.sort()
-    start = events[0][0] if events else 0.0
-    return "\n".join(f"      +{t - start:7.3f}s {text}" for t, text in events)

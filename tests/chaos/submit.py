@@ -1,6 +1,10 @@
 """Submit runs of chaos workflows; prints one JSON line: the run ids in submission order.
 
     python -m tests.chaos.submit 300 chaos_kills chaos_kills_hops   # alternating
+    python -m tests.chaos.submit 4 chaos_fatal_threads:ok chaos_fatal_threads:exit
+
+``<workflow>:<kind>`` submits a fatal-step workflow with that ``kind`` input instead of a
+ticket text.
 
 Run as a subprocess with the scenario's ``ORCH_*`` environment, so the test process
 never builds the default orchestrator (two scenarios in one session use two brokers).
@@ -22,9 +26,12 @@ TEXTS = (
 
 
 def main(argv: list[str]) -> int:
-    count, workflows = int(argv[0]), [WORKFLOWS[name] for name in argv[1:]]
-    run_ids = [workflows[n % len(workflows)].submit(ticket_id=n, text=TEXTS[n % len(TEXTS)]).run_id
-               for n in range(count)]
+    count, specs = int(argv[0]), [name.partition(":") for name in argv[1:]]
+    run_ids = []
+    for n in range(count):
+        name, _, kind = specs[n % len(specs)]
+        inputs = {"kind": kind} if kind else {"text": TEXTS[n % len(TEXTS)]}
+        run_ids.append(WORKFLOWS[name].submit(ticket_id=n, **inputs).run_id)
     print(json.dumps(run_ids))
     return 0
 

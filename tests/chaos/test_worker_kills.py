@@ -39,16 +39,13 @@ from sqlalchemy import Engine
 
 from tests.chaos.harness import (
     Chaos,
-    analyse,
     chaos_env,
-    install_audit,
     log,
     reconcile,
     run_cli,
     submit,
-    terminal_count,
-    wait_for,
 )
+from tests.chaos.verdict import analyse, dump_evidence, install_audit, terminal_count, wait_for
 from tests.chaos.workflows import KILLS_QUEUE, queues
 from tests.integration.workers import Workers
 
@@ -133,6 +130,7 @@ def test_runs_survive_killed_pool_and_main_processes(
         "terminal runs at the end": terminal_count(engine),
     })
     verdict.print("scenario 1: worker kills")
+    dump_evidence(engine, verdict, worker_pool.log_dir / "evidence.txt")
     assert not chaos.errors, f"the killer failed: {chaos.errors}"
     assert chaos.count("child") >= 3 and chaos.count("main") >= 1, "too little chaos to judge"
     assert not verdict.violations, "\n".join(verdict.violations)

@@ -9,6 +9,13 @@ support-ticket shape (4 steps in a chain, with the shipped workflow's step polic
 - ``chaos_kills_hops``: each step on its own queue (``chaos.kills.classifier``, ...),
   like the shipped workflow's per-model queues: a broker hop between steps;
 - ``chaos_broker``: the hop layout on ``chaos.broker.*``, ~0.3 s per step;
+- ``chaos_threads``: the hop layout on ``chaos.threads.*``, 0.8-1.6 s per step (broker
+  loss under a threads worker: steps in flight at the kill);
+- ``chaos_db``: the hop layout on ``chaos.db.*``, 0.2-0.4 s per step (results-DB outages);
+- ``chaos_poison``: the hop layout on ``chaos.poison.*``, next to poison messages;
+- ``chaos_fatal_prefork`` / ``chaos_fatal_threads`` / ``chaos_exit_threads``: ``blow``
+  (returns, raises ``BaseException`` / ``SystemExit`` / ``KeyboardInterrupt``, or calls
+  ``os._exit``, as its ``kind`` input says) then ``after``;
 - ``chaos_repro``: two steps, the first one slow (``repro_duplicates.py``).
 
 Instrumentation, all in the *counter* Redis (``ORCH_CHAOS_COUNTER_URL``; never the
@@ -16,6 +23,8 @@ broker of scenario 2, which is killed and restarted empty):
 
 - ``chaos:exec:<run>:<step>``: INCR once per execution of the step function (a claim
   that proceeded), so the test can count re-executions;
+- ``chaos:executions``: one JSON line per execution (run, step, start time, pid), so a
+  re-execution can be matched with an outage it was in flight during;
 - ``chaos:deliveries``: one JSON line per task delivery (Celery's ``task_prerun``) with
   the task and root ids, ``redelivered``, pid, node and time;
 - ``chaos:published``: one JSON line per message sent (``after_task_publish``) with its
@@ -48,6 +57,9 @@ from orchestration import StepContext, Workflow
 
 KILLS_QUEUE = "chaos.kills"
 BROKER_QUEUE = "chaos.broker"
+THREADS_QUEUE = "chaos.threads"
+DB_QUEUE = "chaos.db"
+POISON_QUEUE = "chaos.poison"
 STEPS = ("classify_ticket", "extract_urgency", "route_to_team", "generate_response")
 # The shipped ticket workflow's per-model queues, under a prefix of the test's own.
 HOP_QUEUES = ("classifier", "urgency", "default", "llm")
@@ -56,6 +68,7 @@ DELIVERIES_KEY = "chaos:deliveries"
 PUBLISHED_KEY = "chaos:published"
 EXEC_PREFIX = "chaos:exec:"
 BUSY_PREFIX = "chaos:busy:"
+EXECUTIONS_KEY = "chaos:executions"
 KEY_TTL_S = 3600
 
 _clients: dict[int, redis.Redis] = {}
@@ -97,8 +110,10 @@ def _work(ctx: StepContext, upstream: str, low: float, high: float) -> str:
     key = exec_key(ctx.run_id, ctx.step)
     busy = json.dumps({"run": ctx.run_id, "step": ctx.step, "t": time.time()})
     # busy: this pool process now runs this step (a fused message runs several in turn).
+    started = json.dumps({"run": ctx.run_id, "step": ctx.step, "t": time.time(),
+                          "pid": os.getpid()})
     client.pipeline(transaction=False).incr(key).expire(key, KEY_TTL_S).set(
-        _busy_key(), busy, ex=KEY_TTL_S).execute()
+        _busy_key(), busy, ex=KEY_TTL_S).rpush(EXECUTIONS_KEY, started).execute()
     time.sleep(random.uniform(low, high))  # the "model call"
     return f"{upstream}|{ctx.step}:{token}"
 
@@ -141,7 +156,58 @@ def _ticket_workflow(name: str, prefix: str, low: float, high: float, *,
 chaos_kills = _ticket_workflow("chaos_kills", KILLS_QUEUE, 0.05, 0.15, hops=False)
 chaos_kills_hops = _ticket_workflow("chaos_kills_hops", KILLS_QUEUE, 0.05, 0.15, hops=True)
 chaos_broker = _ticket_workflow("chaos_broker", BROKER_QUEUE, 0.25, 0.35, hops=True)
-WORKFLOWS = {wf.name: wf for wf in (chaos_kills, chaos_kills_hops, chaos_broker)}
+# Broker loss under a threads worker: steps long enough to be in flight at the kill.
+chaos_threads = _ticket_workflow("chaos_threads", THREADS_QUEUE, 0.8, 1.6, hops=True)
+# Results-DB outages: short steps, so many are claiming or recording when the DB stops.
+chaos_db = _ticket_workflow("chaos_db", DB_QUEUE, 0.2, 0.4, hops=True)
+# Poison messages sit on these queues next to real runs.
+chaos_poison = _ticket_workflow("chaos_poison", POISON_QUEUE, 0.05, 0.15, hops=True)
+
+
+# -- steps that end their process or raise past Exception (test_fatal_steps.py) -------------
+
+FATAL_KINDS = ("ok", "base", "systemexit", "keyboard", "exit")
+
+
+def _fatal(kind: str) -> None:
+    """What a step of ``kind`` does after its work: return, raise, or end the process."""
+    if kind == "base":
+        raise BaseException("chaos: a bare BaseException from a step")
+    if kind == "systemexit":
+        raise SystemExit(3)
+    if kind == "keyboard":
+        raise KeyboardInterrupt
+    if kind == "exit":
+        os._exit(13)  # no cleanup, no exception: the process is gone
+
+
+def _fatal_workflow(name: str, queue: str) -> Workflow:
+    """``blow`` (does what its ``kind`` input says) -> ``after``, both on ``queue``."""
+    wf = Workflow(name, inputs=["ticket_id", "kind"], queue=queue)
+
+    @wf.task(retries=1, timeout=30, queue=queue)
+    def blow(ticket_id: int, kind: str, ctx: StepContext) -> str:
+        output = _work(ctx, f"t{ticket_id}", 0.1, 0.3)
+        _fatal(kind)
+        return output
+
+    @wf.task(queue=queue)
+    def after(blow: str, ctx: StepContext) -> str:
+        return _work(ctx, blow, 0.05, 0.1)
+
+    return wf
+
+
+FATAL_PREFORK_QUEUE = "chaos.fatal.prefork"
+FATAL_THREADS_QUEUE = "chaos.fatal.threads"
+EXIT_THREADS_QUEUE = "chaos.exit.threads"  # os._exit takes a threads worker down whole
+chaos_fatal_prefork = _fatal_workflow("chaos_fatal_prefork", FATAL_PREFORK_QUEUE)
+chaos_fatal_threads = _fatal_workflow("chaos_fatal_threads", FATAL_THREADS_QUEUE)
+chaos_exit_threads = _fatal_workflow("chaos_exit_threads", EXIT_THREADS_QUEUE)
+
+WORKFLOWS = {wf.name: wf for wf in (chaos_kills, chaos_kills_hops, chaos_broker, chaos_threads,
+                                    chaos_db, chaos_poison, chaos_fatal_prefork,
+                                    chaos_fatal_threads, chaos_exit_threads)}
 
 
 # -- delivery instrumentation (runs in the worker processes) --------------------------------
