@@ -30,8 +30,10 @@ from pathlib import Path
 
 import pytest
 import redis
+from celery.app.task import Context
 
-from orchestration import RunStatus, default_orchestrator
+from config.settings import Settings
+from orchestration import Orchestrator, RunStatus, Workflow, default_orchestrator
 from tests.integration import backend_secret_workflows as bsw
 from tests.integration.observability_support import free_port
 from tests.integration.workers import ROOT, Workers
@@ -204,3 +206,37 @@ def test_celery_keeps_and_shows_no_secret(own_redis: str, postgres_database: str
     finally:
         workers.stop_all()
         client.close()
+
+
+def test_a_chord_whose_join_failed_keeps_no_parts(own_redis: str, tmp_path: Path) -> None:
+    # A part that fails (an engine error raised out of a step) makes the join fail; Celery
+    # then drops the chord's size but would keep the other parts' values until they expire.
+    app = Orchestrator(Settings(broker_url=own_redis, result_backend=own_redis, imports=[],
+                                database_url=f"sqlite:///{tmp_path / 'r.db'}"))
+    flow = Workflow("it_backend_chord_error", app=app)
+
+    @flow.task
+    def part(text: str) -> str:
+        return text
+
+    flow.validate()
+    client = redis.Redis.from_url(own_redis)
+    try:
+        backend = app.celery.backend
+        body = app.celery.signature("orchestration.finalize", options={"task_id": "body-1"})
+        backend.set_chord_size("g1", 2)
+
+        def request(index: int) -> Context:
+            return Context(id=f"t{index}", group="g1", group_index=index, chord=dict(body),
+                           task="it_backend_chord_error.part", ignore_result=False)
+
+        secret = f"pw-{os.getpid()}-Jc40"
+        backend.mark_as_done("t0", {"run": "r-1", "out": {"password": secret}},
+                             request=request(0))
+        assert holding(every_value(client), [secret]).keys() == {"celery-taskset-meta-g1.j"}
+        backend.mark_as_failure("t1", ValueError("engine error"), request=request(1))
+        assert not holding(every_value(client), [secret])
+        assert not client.exists("celery-taskset-meta-g1.j")
+    finally:
+        client.close()
+        app.shutdown()
