@@ -16,6 +16,7 @@ It also expires human waits past their deadline.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -24,7 +25,7 @@ import structlog
 
 from orchestration.envelope import dumps
 from orchestration.errors import InvalidInput
-from orchestration.redaction import redacted_paths
+from orchestration.redaction import changed_by_redaction, redacted_paths
 from orchestration.status import RunStatus, StepStatus
 from orchestration.store.recovery import RERUN_STEPS, RESUMABLE, NotResumable
 from orchestration.store.repository import utcnow
@@ -46,22 +47,26 @@ class Reconciled:
     waits_expired: int
 
 
-def redacted_inputs(inputs: dict[str, Any]) -> list[str]:
-    """Inputs stored redacted, wholly, nested or in part: they must be given again.
+def redacted_inputs(inputs: dict[str, Any], recorded: Iterable[str] | None = None) -> list[str]:
+    """Inputs whose stored copy is not what was submitted: they must be given again.
 
-    Secrets are never stored, so what a step would receive from such a stored copy is
-    not what was submitted.
+    ``recorded``: the names written with the run (whatever changed them, a ``redact=``
+    hook too). The stored copies are searched for the redaction marker as well (wholly,
+    nested, or in part of a string), which covers runs written before names were recorded.
     """
-    return sorted(name for name, value in inputs.items() if redacted_paths(value, name))
+    marked = {name for name, value in inputs.items() if redacted_paths(value, name)}
+    return sorted(marked | (set(recorded or ()) & set(inputs)))
 
 
 def _describe_redacted(inputs: dict[str, Any], names: list[str]) -> str:
     """``creds (at creds.password), note`` — each input, and where inside it, if nested."""
     parts = []
     for name in names:
-        paths = [path for path in redacted_paths(inputs[name], name) if path != name]
+        marked = redacted_paths(inputs[name], name)
+        paths = [path for path in marked if path != name]
         shown = ", ".join(paths[:5]) + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
-        parts.append(f"{name} (at {shown})" if paths else name)
+        parts.append(f"{name} (at {shown})" if paths else name if marked
+                     else f"{name} (changed by the workflow's redact= hook)")
     return ", ".join(parts)
 
 
@@ -113,7 +118,8 @@ def check_resume(orchestrator: Orchestrator, run_id: str,
                            f"for workflow {state.workflow!r} (its inputs: "
                            f"{', '.join(sorted(compiled.inputs)) or 'none'})")
     merged = workflow.check_inputs(compiled, {**state.inputs, **given})
-    missing = [name for name in redacted_inputs(state.inputs) if name not in given]
+    missing = [name for name in redacted_inputs(state.inputs, state.redacted)
+               if name not in given]
     if missing:
         example = ", ".join(f'"{name}": ...' for name in missing)
         raise InvalidInput(
@@ -137,7 +143,7 @@ def redacted_loss(orchestrator: Orchestrator, run_id: str, name: str, version: s
     Its inputs stored redacted (nested or in part), or finished steps' outputs stored
     redacted that its unfinished steps read. None when a re-dispatch is exact.
     """
-    secrets = redacted_inputs(inputs)
+    secrets = redacted_inputs(inputs, orchestrator.store.recovery.run_state(run_id).redacted)
     if secrets:
         example = ", ".join(f'"{secret}": ...' for secret in secrets)
         return (f"its input(s) {_describe_redacted(inputs, secrets)} were redacted when "
@@ -176,7 +182,8 @@ def resume(orchestrator: Orchestrator, run_id: str, inputs: dict[str, Any] | Non
     """
     workflow, merged = check_resume(orchestrator, run_id, inputs)
     stored = workflow.redactor(merged)
-    orchestrator.store.recovery.reset_for_resume(run_id, stored)
+    orchestrator.store.recovery.reset_for_resume(
+        run_id, stored, sorted(changed_by_redaction(merged, stored)))
     workflow.dispatch(run_id, merged, stored=stored)
     log.info("run resumed", run_id=run_id, workflow=workflow.name)
     return run_id

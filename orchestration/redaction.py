@@ -14,6 +14,7 @@ stored copy lost something, and the run refuses to continue until they are given
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from typing import Any
@@ -91,7 +92,20 @@ def changed_by_redaction(values: Mapping[str, Any], stored: Any) -> frozenset[st
         return frozenset(values)
     missing = object()
     return frozenset(name for name, value in values.items()
-                     if stored.get(name, missing) != value)
+                     if _differs(value, stored.get(name, missing)))
+
+
+def _differs(value: Any, kept: Any) -> bool:
+    if kept == value:
+        return False
+    try:  # a tuple stored as a list, say, is the same JSON: not a change
+        return _canonical(value) != _canonical(kept)
+    except (TypeError, ValueError):
+        return True
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def structlog_processor(

@@ -18,7 +18,7 @@ from orchestration.envelope import Envelope, check_json, dumps
 from orchestration.errors import InvalidInput, SubmitFailed, WorkflowDefinitionError
 from orchestration.graph import Decomposition, decompose, find_cycle
 from orchestration.names import MAX_NAME, identifier, queue_name, workflow_name
-from orchestration.redaction import Redactor
+from orchestration.redaction import Redactor, changed_by_redaction
 from orchestration.results import RunHandle, RunResult
 from orchestration.step import CTX_PARAM, BoundStep, Step, StepSpec, build_spec
 from orchestration.store.discard import discard_unstarted
@@ -168,7 +168,8 @@ class Workflow:
         # Built before the row is written: whatever fails here leaves nothing behind.
         canvas = self.canvas(run_id, encoded, stored=stored)
         stored_id = store.create_run(run_id, self.name, compiled.version, stored, planned,
-                                     idempotency_key=idempotency_key)
+                                     idempotency_key=idempotency_key,
+                                     redacted=sorted(changed_by_redaction(encoded, stored)))
         if stored_id != run_id:
             return RunHandle(stored_id, store, existing=True)
         self._send([run_id], canvas.apply_async)
@@ -194,12 +195,14 @@ class Workflow:
             return []
         store = self.app.store
         stored = {run_id: self.redactor(inputs) for run_id, inputs in runs}
+        changed = {run_id: sorted(changed_by_redaction(inputs, stored[run_id]))
+                   for run_id, inputs in runs}
         store.create_runs(self.name, compiled.version, list(stored.items()),
-                          self._planned(compiled))
+                          self._planned(compiled), redacted=changed)
         # A deferred run's canvas is built from its stored inputs: only runs whose stored
         # copy is exact can be deferred; the others are sent from here.
         direct = [(run_id, inputs) for run_id, inputs in runs
-                  if not defer or stored[run_id] != inputs]
+                  if not defer or changed[run_id]]
 
         def send() -> None:
             if defer and len(direct) < len(runs):
@@ -295,10 +298,12 @@ class Workflow:
         run_id = str(uuid.uuid4())
         planned = [PlannedStep(name, bound.spec.output, bound.queue, bound.spec.model,
                                bound.spec.critical) for name, bound in compiled.steps.items()]
+        stored = self.redactor(inputs)
         return self.app.store.create_run(
-            run_id, self.name, compiled.version, self.redactor(inputs), planned,
+            run_id, self.name, compiled.version, stored, planned,
             parent_run_id=parent_run,
-            idempotency_key=child_idempotency_key(parent_run, parent_step))
+            idempotency_key=child_idempotency_key(parent_run, parent_step),
+            redacted=sorted(changed_by_redaction(inputs, stored)))
 
     def check_inputs(self, compiled: CompiledWorkflow, inputs: dict[str, Any]) -> dict[str, Any]:
         """The inputs, checked (required present, declared, JSON); InvalidInput if not."""

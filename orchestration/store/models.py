@@ -44,6 +44,8 @@ class RunRow(Base):
     workflow_version: Mapped[str] = mapped_column(String(32))
     status: Mapped[str] = mapped_column(String(16), index=True)
     inputs: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    # Inputs whose stored copy redaction changed: a re-dispatch must be given them again.
+    redacted_inputs: Mapped[list[str] | None] = mapped_column(JSONType)
     error: Mapped[str | None] = mapped_column(Text)
     error_type: Mapped[str | None] = mapped_column(String(200))
     idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)

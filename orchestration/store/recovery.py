@@ -32,6 +32,7 @@ class RunState:
     version: str
     status: str
     inputs: dict[str, Any]
+    redacted: list[str] | None  # inputs whose stored copy redaction changed (None: not known)
 
 
 class Recovery:
@@ -76,10 +77,12 @@ class Recovery:
         """The run's workflow, version, status and stored inputs; RunNotFound if none."""
         with self._store.reader.connect() as conn:
             run = conn.execute(select(RunRow.workflow, RunRow.workflow_version, RunRow.status,
-                                      RunRow.inputs).where(RunRow.id == run_id)).first()
+                                      RunRow.inputs, RunRow.redacted_inputs)
+                               .where(RunRow.id == run_id)).first()
         if run is None:
             raise RunNotFound(f"no run {run_id!r}")
-        return RunState(run.workflow, run.workflow_version, run.status, dict(run.inputs or {}))
+        return RunState(run.workflow, run.workflow_version, run.status, dict(run.inputs or {}),
+                        None if run.redacted_inputs is None else list(run.redacted_inputs))
 
     def step_outputs(self, run_id: str) -> dict[str, tuple[StepStatus, Any]]:
         """Every step of the run: its status and its stored (redacted) output."""
@@ -88,14 +91,14 @@ class Recovery:
                                 .where(StepRow.run_id == run_id)).all()
         return {row.name: (StepStatus(row.status), row.output) for row in rows}
 
-    def reset_for_resume(self, run_id: str,
-                         inputs: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
+    def reset_for_resume(self, run_id: str, inputs: dict[str, Any] | None = None,
+                         redacted: list[str] | None = None) -> tuple[str, dict[str, Any]]:
         """Make a failed/cancelled run's failed, skipped and cancelled steps pending again.
 
         Completed steps keep their outputs (and are not run again); attempts are kept.
         ``inputs`` (the stored, redacted copy of what the run continues with) replace the
-        stored ones, so a later re-dispatch reads what this one sent. Returns (workflow,
-        inputs).
+        stored ones, so a later re-dispatch reads what this one sent, and ``redacted``
+        the names of those redaction changed. Returns (workflow, inputs).
         """
         with self._store.engine.begin() as conn:
             run = conn.execute(select(RunRow.workflow, RunRow.status, RunRow.inputs)
@@ -112,6 +115,8 @@ class Recovery:
                                       "error_type": None, "finished_at": None}
             if inputs is not None:
                 values["inputs"] = inputs
+            if redacted is not None:
+                values["redacted_inputs"] = redacted
             conn.execute(update(RunRow).where(RunRow.id == run_id).values(**values))
         return run.workflow, dict(inputs if inputs is not None else run.inputs or {})
 

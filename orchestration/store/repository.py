@@ -8,7 +8,7 @@ record its outcome) is one transaction each.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -202,11 +202,12 @@ class Store(StoreReads):
         *,
         idempotency_key: str | None = None,
         parent_run_id: str | None = None,
+        redacted: Sequence[str] = (),
     ) -> str:
         """Write the run row and its pending step rows; returns the run id.
 
         With an ``idempotency_key`` already used, nothing is written and the existing
-        run's id is returned.
+        run's id is returned. ``redacted``: inputs whose stored copy redaction changed.
         """
         self.ensure_schema()
         now = utcnow()
@@ -218,7 +219,7 @@ class Store(StoreReads):
                         "id": run_id, "workflow": workflow, "workflow_version": version,
                         "status": RunStatus.PENDING.value, "inputs": inputs,
                         "idempotency_key": idempotency_key, "parent_run_id": parent_run_id,
-                        "cost_usd": 0.0, "created_at": now,
+                        "cost_usd": 0.0, "created_at": now, "redacted_inputs": list(redacted),
                     }],
                 )
                 conn.execute(
@@ -241,15 +242,21 @@ class Store(StoreReads):
 
     def create_runs(self, workflow: str, version: str,
                     runs: Sequence[tuple[str, dict[str, Any]]],
-                    steps: Sequence[PlannedStep]) -> None:
-        """Write many runs of one workflow (and their step rows) in one transaction."""
+                    steps: Sequence[PlannedStep],
+                    redacted: Mapping[str, Sequence[str]] | None = None) -> None:
+        """Write many runs of one workflow (and their step rows) in one transaction.
+
+        ``redacted``: by run id, inputs whose stored copy redaction changed.
+        """
         self.ensure_schema()
         now = utcnow()
+        changed = redacted or {}
         with self._writer.begin() as conn:
             conn.execute(insert(RunRow), [{
                 "id": run_id, "workflow": workflow, "workflow_version": version,
                 "status": RunStatus.PENDING.value, "inputs": inputs, "cost_usd": 0.0,
-                "created_at": now} for run_id, inputs in runs])
+                "created_at": now, "redacted_inputs": list(changed.get(run_id, ()))}
+                for run_id, inputs in runs])
             conn.execute(insert(StepRow), [{
                 "run_id": run_id, "name": step.name, "output_name": step.output_name,
                 "status": StepStatus.PENDING.value, "queue": step.queue, "model": step.model,

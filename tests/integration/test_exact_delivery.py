@@ -208,6 +208,26 @@ def test_resume_refuses_nested_and_partly_redacted_inputs_then_runs_with_them(
     assert result.inputs["creds"]["password"] == REDACTED  # still never stored
 
 
+def test_resume_refuses_inputs_a_redact_hook_changed_then_runs_with_them(
+    exact_worker: Workers, redis_service: redis.Redis, sent: list[str],
+) -> None:
+    ticket = uuid.uuid4().hex[:12]
+    text = "please write to dana@example.com today"
+    failed = _failed_run(redis_service, sw.hooked, ticket=ticket, text=text)
+    assert failed.inputs["text"] == "please write to <email> today"  # no marker in it
+    sent.clear()
+
+    with pytest.raises(InvalidInput, match=r"text \(changed by the workflow's redact= hook\)"):
+        orchestration.resume(failed.run_id)
+    _unchanged(failed)
+    assert sent == []
+
+    orchestration.resume(failed.run_id, inputs={"text": text})
+    result = _finished(failed.run_id)
+    assert result.status is RunStatus.SUCCEEDED, (result.error, statuses(result))
+    assert result.outputs["reply"] == sw.digest(text)
+
+
 def test_resume_refuses_when_a_step_to_rerun_reads_a_redacted_output(
     exact_worker: Workers, redis_service: redis.Redis, sent: list[str],
 ) -> None:

@@ -1,0 +1,85 @@
+"""What redaction changed never travels by reference, and is found in stored copies.
+
+The stored copy of a value is redacted; a reference is read back from it. These check the
+pieces that keep a step from receiving that copy: where the marker sits in a stored value,
+which values redaction changed, and the envelope keeping those inline whatever their size.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from orchestration.durability import redacted_inputs
+from orchestration.envelope import INPUT_SOURCE, Envelope
+from orchestration.redaction import REDACTED, Redactor, changed_by_redaction, redacted_paths
+
+RUN = "run-1"
+
+
+@pytest.mark.parametrize("stored, paths", [
+    (REDACTED, ["creds"]),
+    ({"user": "dana", "password": REDACTED}, ["creds.password"]),
+    ([{"token": REDACTED}, "ok", f"use {REDACTED} now"], ["creds[0].token", "creds[2]"]),
+    ({"user": "dana", "note": "nothing secret"}, []),
+    (12, []),
+])
+def test_redacted_paths_finds_the_marker_nested_and_in_part_of_a_string(
+    stored: Any, paths: list[str],
+) -> None:
+    assert redacted_paths(stored, "creds") == paths
+
+
+def test_redacted_paths_does_not_recurse() -> None:
+    deep: Any = REDACTED
+    for _ in range(10_000):  # far deeper than the interpreter's recursion limit
+        deep = [deep]
+    assert len(redacted_paths(deep, "x")) == 1
+
+
+def test_changed_by_redaction_names_what_the_stored_copy_lost() -> None:
+    inputs = {"creds": {"password": "hunter2"}, "note": "use token=abcdef123456 now",
+              "text": "plain", "pair": (1, 2)}
+    stored = Redactor()(inputs)
+    # A tuple stored as a list is the same JSON: not a change.
+    assert changed_by_redaction(inputs, stored) == {"creds", "note"}
+    assert changed_by_redaction(inputs, "a hook that returned a string") == set(inputs)
+
+
+def test_a_hook_change_is_found_only_when_recorded() -> None:
+    stored = {"text": "write to <email>", "creds": {"password": REDACTED}}
+    assert redacted_inputs(stored) == ["creds"]
+    assert redacted_inputs(stored, ["text"]) == ["creds", "text"]
+    assert redacted_inputs(stored, ["gone"]) == ["creds"]  # only inputs the run has
+
+
+def test_large_inputs_changed_by_redaction_stay_inline() -> None:
+    secret = "token=abcdef123456 " + "x" * 100
+    plain = "y" * 100
+    inputs = {"secret": secret, "plain": plain, "small": "token=abcdef123456"}
+    asked: list[int] = []
+
+    def stored() -> Any:
+        asked.append(1)
+        return Redactor()(inputs)
+
+    envelope = Envelope.for_inputs(RUN, inputs, 50, stored=stored)
+
+    assert envelope.inline == {"secret": secret, "small": "token=abcdef123456"}
+    assert envelope.refs == {"plain": INPUT_SOURCE}
+    assert asked == [1]  # the stored copy is computed once
+
+
+def test_stored_copy_is_not_computed_when_every_input_is_small() -> None:
+    def stored() -> Any:
+        raise AssertionError("not needed")
+
+    envelope = Envelope.for_inputs(RUN, {"a": "short"}, 50, stored=stored)
+    assert envelope.inline == {"a": "short"}
+
+
+def test_put_keep_inline_overrides_the_limit() -> None:
+    envelope = Envelope(RUN)
+    envelope.put("out", "z" * 100, source="step", limit=10, keep_inline=True)
+    assert envelope.inline == {"out": "z" * 100} and envelope.refs == {}
