@@ -81,6 +81,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Queues are declared by the router as steps name them; workers pick theirs with -Q.
         "task_create_missing_queues": True,
         "worker_hijack_root_logger": False,
+        # A malformed task message (a body that is not [args, kwargs, embed], no id) is
+        # rejected with an error log; Celery's own consumer would exit on it, and the
+        # unacknowledged message would then kill every worker that receives it.
+        "worker_consumer": "orchestration.messages:GuardedConsumer",
         "broker_connection_retry_on_startup": True,
         "imports": list(settings.imports),
         # Chord callbacks on Redis are counted with INCR: no polling `chord_unlock` task.
