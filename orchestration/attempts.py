@@ -3,7 +3,10 @@
 Per-attempt timeout, retries with exponential backoff and jitter (tenacity; in-process
 while the wait is short, otherwise the message goes back to the broker so the slot is
 freed), the quality gate and ``on_retry``, then the fallback. Control-flow signals
-(:class:`~orchestration.errors.StepSignal`) pass straight through.
+(:class:`~orchestration.errors.StepSignal`) pass straight through; anything else a step
+raises, even a ``SystemExit``, ``KeyboardInterrupt`` or bare ``BaseException``, is a failed
+attempt: it must never escape to the worker, where it would hold the pool slot (threads)
+or leave the step ``running`` for the reconciler to re-run forever (prefork).
 """
 
 from __future__ import annotations
@@ -22,7 +25,13 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_at
 from orchestration.adaptive import AdaptiveTimeout
 from orchestration.context import StepContext
 from orchestration.envelope import dumps
-from orchestration.errors import NonRetryableError, OutputNotSerializable, Reschedule, StepSignal
+from orchestration.errors import (
+    NonRetryableError,
+    OutputNotSerializable,
+    Reschedule,
+    StepAborted,
+    StepSignal,
+)
 from orchestration.gates import PASSED, GateFailed
 from orchestration.policies import first_then_retry
 from orchestration.status import StepStatus
@@ -49,6 +58,8 @@ class Delivery:
     services: Resilience | None = None
     max_crashes: int = 3
     redactor: Redactor | None = None
+    holder: str | None = None  # the worker process instance (see store/workers.py)
+    db_hold: float = 0.0  # seconds to keep retrying a record while the results DB is down
 
 
 class ReturnedSignal(StepSignal):
@@ -69,6 +80,8 @@ class RescheduleWithOutcome(Reschedule):
 
 def describe(exc: BaseException) -> tuple[str, str]:
     """(the error with a short traceback, the exception's qualified type)."""
+    if isinstance(exc, StepAborted) and exc.__cause__ is not None:
+        exc = exc.__cause__  # what the step raised, not the engine's carrier
     text = "".join(traceback.format_exception(exc, limit=-4))
     kind = type(exc)
     return text[-_ERROR_LIMIT:], f"{kind.__module__}.{kind.__qualname__}"
@@ -121,13 +134,15 @@ def run_attempts(step: BoundStep, kwargs: dict[str, Any], *, run_id: str, store:
                 gate = PASSED if reason is None else f"failed: {reason}"
                 if reason is not None:
                     raise GateFailed(reason)
-        except Exception as exc:
+        except StepSignal:
+            raise
+        except BaseException as exc:
             records.append(_record(attempt_number, "failed", started, ctx, exc, gate,
                                    map_index))
-            if spec.on_retry is not None:
-                updated = spec.on_retry(attempt_number, exc, dict(params))
-                params = dict(updated) if updated is not None else params
-            raise
+            params = _on_retry(step, attempt_number, exc, params)
+            if isinstance(exc, Exception):
+                raise
+            raise as_failure(exc) from exc
         records.append(_record(attempt_number, "succeeded", started, ctx, None, gate, map_index))
         if isinstance(spec.timeout, AdaptiveTimeout) and delivery.services is not None:
             delivery.services.latencies.observe(spec.task_name, records[-1].latency_ms)
@@ -157,6 +172,46 @@ def run_attempts(step: BoundStep, kwargs: dict[str, Any], *, run_id: str, store:
     cost, model = _spend(contexts)
     return StepOutcome(StepStatus.SUCCEEDED, output=output, attempts=records,
                        cost_usd=cost, model=model)
+
+
+def as_failure(exc: BaseException) -> Exception:
+    """An exception a step raised, as an ordinary failure (retries and fallback apply).
+
+    An ``Exception`` is itself; a ``SystemExit``, ``KeyboardInterrupt`` or other
+    ``BaseException`` becomes a :class:`StepAborted` (raise it ``from`` the original:
+    ``describe`` reports the original), since Celery re-raises those out of the task and
+    the message is never acknowledged.
+    """
+    if isinstance(exc, Exception):
+        return exc
+    return StepAborted(f"step raised {type(exc).__name__}: {exc}")
+
+
+def _on_retry(step: BoundStep, attempt: int, exc: BaseException,
+              params: dict[str, Any]) -> dict[str, Any]:
+    """``ctx.params`` for the next attempt, from the step's ``on_retry`` hook (if any)."""
+    if step.spec.on_retry is None:
+        return params
+    try:
+        updated = step.spec.on_retry(attempt, exc, dict(params))
+    except (StepSignal, Exception):
+        raise  # an Exception from the hook fails the attempt in place of the step's own
+    except BaseException as hook_exc:
+        raise as_failure(hook_exc) from hook_exc
+    return dict(updated) if updated is not None else params
+
+
+def fallback_value(step: BoundStep, kwargs: dict[str, Any]) -> tuple[Any, str | None]:
+    """(the step's fallback value, None), or (None, why the fallback failed)."""
+    assert step.spec.fallback is not None
+    try:
+        value = step.spec.fallback.resolve(kwargs)
+        dumps(value)
+    except StepSignal:
+        raise
+    except BaseException as exc:  # a fallback's SystemExit fails the step, not the worker
+        return None, describe(exc)[0]
+    return value, None
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -194,11 +249,8 @@ def _final_failure(step: BoundStep, kwargs: dict[str, Any], exc: BaseException,
                    records: list[AttemptRecord], cost: float, model: str | None) -> StepOutcome:
     error, error_type = describe(exc)
     if step.spec.fallback is not None:
-        try:
-            value = step.spec.fallback.resolve(kwargs)
-            dumps(value)
-        except Exception as fallback_exc:
-            error2, _ = describe(fallback_exc)
+        value, error2 = fallback_value(step, kwargs)
+        if error2 is not None:
             return StepOutcome(StepStatus.FAILED, error=f"{error}\nfallback failed: {error2}",
                                error_type=error_type, attempts=records, cost_usd=cost,
                                model=model)
@@ -238,6 +290,8 @@ def _log_retry(task_name: str, run_id: str,
                previous_attempts: int) -> Callable[[RetryCallState], None]:
     def before_sleep(state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None
+        if isinstance(error, StepAborted) and error.__cause__ is not None:
+            error = error.__cause__
         log.warning("step attempt failed; retrying", run_id=run_id, step=task_name,
                     attempt=previous_attempts + state.attempt_number, error=repr(error),
                     wait_s=round(state.upcoming_sleep, 3))

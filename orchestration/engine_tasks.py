@@ -10,6 +10,7 @@ from celery import chain
 from kombu.utils.json import dumps as kombu_dumps
 from kombu.utils.json import loads as kombu_loads
 
+from orchestration.attempts import fallback_value
 from orchestration.children import CHILD_DONE_TASK
 from orchestration.compiler import FINALIZE_TASK
 from orchestration.envelope import Envelope
@@ -91,7 +92,11 @@ def _child_failed(bound: BoundStep, envelope: Envelope, orchestrator: Orchestrat
     if fallback is not None:
         kwargs = resolve(bound.sources, bound.spec.optional_params, envelope,
                          orchestrator.store, bound.spec.where)
-        return StepOutcome(StepStatus.FALLBACK, output=fallback.resolve(kwargs), error=message,
+        value, failed = fallback_value(bound, kwargs)
+        if failed is not None:
+            return StepOutcome(StepStatus.FAILED, error=f"{message}\nfallback failed: {failed}",
+                               error_type="ChildRunFailed")
+        return StepOutcome(StepStatus.FALLBACK, output=value, error=message,
                            error_type="ChildRunFailed")
     return StepOutcome(StepStatus.FAILED, error=message, error_type="ChildRunFailed")
 

@@ -63,6 +63,14 @@ class StepTimeout(StepError, TimeoutError):
     """A step attempt ran past its per-attempt timeout."""
 
 
+class StepAborted(StepError):
+    """A step raised a ``BaseException`` that is not an ``Exception`` (``SystemExit``,
+    ``KeyboardInterrupt``, ...): a failed attempt like any other, raised from the original.
+
+    Retries and the fallback apply; the recorded error names the original exception.
+    """
+
+
 class NonRetryableError(StepError):
     """Raise from a step to fail the attempt without any further retry.
 

@@ -108,7 +108,7 @@ def _run(step: BoundStep, envelope: Envelope, store: Store, delivery: Delivery, 
             condition = resolve(step.when_sources, frozenset(), envelope, store, spec.where)
             if not spec.when(**condition):
                 return StepOutcome(StepStatus.SKIPPED, error=f"{NOT_SELECTED}: when= is false")
-    except Exception as exc:
+    except BaseException as exc:  # a when= raising SystemExit fails the step, not the worker
         error, error_type = describe(exc)
         return StepOutcome(StepStatus.FAILED, error=error, error_type=error_type)
     if claim.crashes >= max_crashes(delivery):
