@@ -193,7 +193,7 @@ def build_spec(workflow: str, fn: Callable[..., Any], options: dict[str, Any]) -
         queue=options.get("queue"),
         model=options.get("model"),
         max_cost=options.get("max_cost"),
-        gate=Gate(options["gate"], where) if options.get("gate") is not None else None,
+        gate=_gate_option(options, where),
         on_retry=_on_retry_option(options, where),
         cache=_cache_option(options, where),
         **_map_options(options, params, where),
@@ -242,6 +242,16 @@ def _fallback_option(options: dict[str, Any], params: tuple[str, ...],
                 f"the step's arguments ({', '.join(params) or 'none'}) and cannot take them: "
                 f"{exc}") from None
     return Fallback(target)
+
+
+def _gate_option(options: dict[str, Any], where: str) -> Gate | None:
+    check = options.get("gate")
+    if check is None:
+        return None
+    if callable(check) and not isinstance(check, type):
+        # An async gate's verdict would be a coroutine: truthy, so every output passes.
+        check_plain_function(check, "its gate", where)
+    return Gate(check, where)
 
 
 def _on_retry_option(options: dict[str, Any], where: str) -> Any:

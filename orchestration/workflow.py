@@ -18,6 +18,7 @@ from orchestration.envelope import Envelope, check_json, dumps
 from orchestration.errors import InvalidInput, SubmitFailed, WorkflowDefinitionError
 from orchestration.graph import Decomposition, decompose, find_cycle
 from orchestration.names import MAX_NAME, identifier, queue_name, workflow_name
+from orchestration.policies import check_plain_function
 from orchestration.redaction import Redactor, changed_by_redaction
 from orchestration.results import RunHandle, RunResult
 from orchestration.step import CTX_PARAM, BoundStep, Step, StepSpec, build_spec
@@ -69,6 +70,8 @@ class Workflow:
         self.budget = float(budget) if budget is not None else None
         if redact is not None and not callable(redact):
             raise WorkflowDefinitionError(f"workflow {name!r}: redact must be a callable")
+        if redact is not None:
+            check_plain_function(redact, "its redact hook", f"workflow {name!r}")
         self.redact = redact
         self.declared_inputs = _declared_inputs(name, inputs)
         self.app = app

@@ -146,6 +146,7 @@ DEFINITIONS: list[tuple[str, Callable[[Workflow], Any], str]] = [
     ("on_retry arity", step(on_retry=lambda: None), "on_retry(attempt, exception, params)"),
     ("when async", step(when=coroutine_step), "its when= predicate"),
     ("when method", step(when=Methods.classify), "first parameter is 'self'"),
+    ("gate async", step(gate=coroutine_step), "its gate 'coroutine_step' is async"),
 ]
 
 BACKOFFS: list[tuple[str, dict[str, Any], str]] = [
@@ -166,6 +167,7 @@ WORKFLOWS: list[tuple[str, Callable[[Orchestrator], Any], str]] = [
     ("input a keyword", workflow(name="wf", inputs=["class"]), "'class' is a Python keyword"),
     ("budget nan", workflow(name="wf", budget=NAN), "budget must be a finite USD amount"),
     ("budget inf", workflow(name="wf", budget=INF), "budget must be a finite USD amount"),
+    ("redact async", workflow(name="wf", redact=coroutine_step), "its redact hook"),
 ]
 
 
