@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from celery import signals
+from kombu.utils.imports import symbol_by_name
 from structlog.testing import capture_logs
 
 from orchestration import RunStatus, Workflow
@@ -129,10 +130,9 @@ def _publish(orch: Orchestrator, body: str, headers: dict[str, Any],
                                 headers=headers, serializer=None)
 
 
-def test_the_embedded_worker_uses_the_guarded_consumer(app: SimpleNamespace) -> None:
-    worker = app.orch.embedded_worker()
-    controller = worker._controller
-    assert controller is not None and isinstance(controller.consumer, GuardedConsumer)
+def test_every_worker_of_the_app_uses_the_guarded_consumer(app: SimpleNamespace) -> None:
+    # ``celery worker`` and the embedded WorkController both build conf.worker_consumer.
+    assert symbol_by_name(app.orch.celery.conf.worker_consumer) is GuardedConsumer
 
 
 @pytest.mark.parametrize("task", ["msg.ping", FINALIZE_TASK, "orchestration.map_collect",
