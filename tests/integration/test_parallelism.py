@@ -11,20 +11,20 @@ from tests.integration.workers import Workers
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.workers]
 
-# a1 (1.0 s) -> a2 (0.1 s) beside b1 (0.1 s) -> b2 (1.0 s). A compile that synchronised
-# the branches level by level ((a1 | b1) ; (a2 | b2)) would start b2 only once a1 ended;
-# the recorded step intervals (results DB) show whether they overlapped.
+# a1 -> a2 beside b1 -> b2, where a1 runs until b2 has started. A compile that
+# synchronised the branches level by level ((a1 | b1) ; (a2 | b2)) would start b2 only
+# once a1 ended (after its 30 s limit); the recorded step intervals show the overlap.
 
 
 def test_uneven_branches_do_not_wait_for_each_other(workers: Workers) -> None:
-    result = wf.uneven.submit().wait(timeout=30)
+    result = wf.uneven.submit().wait(timeout=wf.UNEVEN_LIMIT_S + 30)
 
     assert result.status is RunStatus.SUCCEEDED, (result.error, statuses(result))
     assert result.outputs["join"] == "a1>a2+b1>b2"
     steps = result.steps
     a1, b1, b2 = steps["a1"], steps["b1"], steps["b2"]
     assert None not in (a1.started_at, a1.finished_at, b1.finished_at, b2.started_at)
-    # b2 started as soon as b1 finished, while a1 still ran: the branches overlapped.
+    # b2 started once b1 finished, while a1 still ran: the branches overlapped.
     assert b1.finished_at <= b2.started_at < a1.finished_at  # type: ignore[operator]
     # The join waited for both branches.
     assert steps["join"].started_at >= max(steps["a2"].finished_at, steps["b2"].finished_at)

@@ -101,11 +101,21 @@ def score(embed: list[int]) -> int:
 # -- uneven branches: a1 (slow) -> a2 (fast) beside b1 (fast) -> b2 (slow), then a join --
 
 uneven = Workflow("it_uneven", queue=THREADS_QUEUE)
+UNEVEN_LIMIT_S = 30.0
+
+
+def b2_started_key(run_id: str) -> str:
+    """Set by ``b2`` of the run as it starts; ``a1`` runs until then."""
+    return f"it:uneven:b2-started:{run_id}"
 
 
 @uneven.task
-def a1() -> str:
-    time.sleep(1.0)
+def a1(ctx: StepContext) -> str:
+    # Ends once b2 has started (or after UNEVEN_LIMIT_S): with independent branches b2
+    # starts while a1 still runs; a level-by-level compile would start it after a1 ended.
+    deadline = time.monotonic() + UNEVEN_LIMIT_S
+    while not _redis().exists(b2_started_key(ctx.run_id)) and time.monotonic() < deadline:
+        time.sleep(0.01)
     return "a1"
 
 
@@ -122,8 +132,9 @@ def b1() -> str:
 
 
 @uneven.task
-def b2(b1: str) -> str:
-    time.sleep(1.0)
+def b2(b1: str, ctx: StepContext) -> str:
+    _redis().set(b2_started_key(ctx.run_id), 1, ex=3600)
+    time.sleep(0.1)
     return b1 + ">b2"
 
 
