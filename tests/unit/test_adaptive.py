@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -121,10 +122,14 @@ def test_step_records_latencies_and_its_timeout_follows_them(tmp_path: Path) -> 
         wf = Workflow("adaptive_step", app=orch)
 
         policy = adaptive(factor=1.0, floor=0.15, ceiling=5.0, min_samples=3)
+        release = threading.Event()
 
         @wf.task(timeout=policy)
         def measured(delay: float) -> float:
-            time.sleep(delay)
+            if delay < 0:  # endless: until the test lets it go, after its run
+                release.wait(60)
+            else:
+                time.sleep(delay)
             return delay
 
         latencies = orch.resilience.latencies
@@ -135,10 +140,13 @@ def test_step_records_latencies_and_its_timeout_follows_them(tmp_path: Path) -> 
         recent = latencies.recent("adaptive_step.measured")
         assert len(recent) == 3
         assert max(recent) >= 300 and sorted(recent)[0] >= 10
-        # Now 1.0 x p99 (~0.3 s): a 1 s attempt times out, by that and not the 5 s ceiling.
+        # Now 1.0 x p99 (~0.3 s): an endless attempt times out by that, not the 5 s ceiling.
         learnt = policy.compute(recent)
-        assert learnt == pytest.approx(max(recent) / 1000) and learnt < 1.0
-        slow = wf.run(delay=1.0, timeout=10)
+        assert learnt == pytest.approx(max(recent) / 1000) and learnt < policy.ceiling
+        try:
+            slow = wf.run(delay=-1.0, timeout=30)
+        finally:
+            release.set()
         step = slow.steps["measured"]
         assert (slow.status, step.status) == (RunStatus.FAILED, StepStatus.FAILED)
         assert step.error_type == "orchestration.errors.StepTimeout"
