@@ -18,6 +18,7 @@ from typing import IO, TYPE_CHECKING, Any
 import structlog
 from celery.worker import WorkController
 
+from orchestration.durability import redacted_loss
 from orchestration.errors import ConfigurationError
 from orchestration.status import RunStatus
 from orchestration.store.engine import is_sqlite
@@ -147,6 +148,13 @@ class EmbeddedWorker:
                     error=f"workflow {workflow_name!r} changed since this run started "
                           f"(version {version}, now {workflow.validate().version}); "
                           "not resumed automatically")
+                continue
+            lost = redacted_loss(orchestrator, run_id, workflow_name, version, inputs)
+            if lost:  # re-dispatched from the stored copies, its steps would get [REDACTED]
+                orchestrator.store.finish_run(
+                    run_id, RunStatus.FAILED, error_type="Unrecoverable",
+                    error=f"left unfinished by a previous process and cannot be "
+                          f"re-dispatched: {lost}")
                 continue
             log.warning("re-dispatching a run left unfinished by a previous process",
                         run_id=run_id, workflow=workflow_name)

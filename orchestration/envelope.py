@@ -76,7 +76,8 @@ def _path(path: tuple[Any, ...]) -> str:
 class Envelope:
     """Outputs known so far in one branch of a run, and which are unavailable."""
 
-    __slots__ = ("blocked", "failed", "inline", "refs", "run_id", "started", "unselected")
+    __slots__ = ("blocked", "failed", "inline", "pinned", "refs", "run_id", "started",
+                 "unselected")
 
     def __init__(
         self,
@@ -93,6 +94,9 @@ class Envelope:
         self.failed: set[str] = failed or set()  # steps that failed critically
         self.started = False  # some step on this path already moved the run to running
         self.unselected: set[str] = set()  # outputs of steps a branch did not select
+        # Inline values whose stored copy differs (redacted): never turn them into refs.
+        # Known only to the process that found it out; not part of the message.
+        self.pinned: set[str] = set()
 
     @classmethod
     def for_inputs(cls, run_id: str, inputs: Mapping[str, Any], limit: int, *,

@@ -46,7 +46,9 @@ def map_canvas(step: BoundStep, envelope: Envelope, items: list[Any], *, finaliz
     # (read back from the results DB if a later step needs it) instead of carrying it.
     mapped = step.sources[spec.map or ""]
     lean = Envelope.from_message(envelope.to_message())
-    if lean.inline.pop(mapped, None) is not None or mapped not in lean.refs:
+    # Unless its stored copy differs (redacted): then only the message has the real list.
+    if mapped not in envelope.pinned and (lean.inline.pop(mapped, None) is not None
+                                          or mapped not in lean.refs):
         lean.refs[mapped] = INPUT_SOURCE if mapped not in step.requires else OUTPUT_SOURCE
     chunk_message = lean.to_message()
     collect = app.signature(MAP_COLLECT_TASK, args=(), kwargs={

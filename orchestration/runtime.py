@@ -33,6 +33,7 @@ from orchestration.children import ChildRun
 from orchestration.durability import cache_key
 from orchestration.envelope import INPUT_SOURCE, OUTPUT_SOURCE, Envelope
 from orchestration.errors import Reschedule, StepSignal
+from orchestration.redaction import changed_by_redaction
 from orchestration.status import RunStatus, StepStatus
 from orchestration.step import BoundStep
 from orchestration.store.repository import Claim, RunFinish, StepOutcome, Store, utcnow
@@ -121,11 +122,7 @@ def _run(step: BoundStep, envelope: Envelope, store: Store, delivery: Delivery, 
         if hit:
             return StepOutcome(StepStatus.SUCCEEDED, output=output, cache_hit=True)
     if spec.map is not None:
-        items = kwargs[spec.map]
-        if not isinstance(items, list):
-            return StepOutcome(StepStatus.FAILED, error_type="TypeError",
-                               error=f"map={spec.map!r} needs a list, got {type(items).__name__}")
-        raise StartMap(envelope, items, finalize)
+        return _start_map(step, envelope, store, spec.map, kwargs[spec.map], finalize)
     try:
         outcome = run_attempts(step, kwargs, run_id=envelope.run_id, store=store,
                                delivery=delivery, previous_attempts=claim.attempts,
@@ -143,6 +140,33 @@ def _run(step: BoundStep, envelope: Envelope, store: Store, delivery: Delivery, 
         store.recovery.cache(cache_key(spec, kwargs), spec.workflow, spec.name, stored,
                              utcnow(), None if spec.cache is True else float(spec.cache))
     return outcome
+
+
+def _start_map(step: BoundStep, envelope: Envelope, store: Store, param: str, items: Any,
+               finalize: bool) -> StepOutcome:
+    """Fail a map over what is not a list; otherwise replace the step by its chord."""
+    if not isinstance(items, list):
+        return StepOutcome(StepStatus.FAILED, error_type="TypeError",
+                           error=f"map={param!r} needs a list, got {type(items).__name__}")
+    if _stored_differs(step, envelope, store, param):
+        envelope.pinned.add(step.sources[param])  # the map keeps it inline
+    raise StartMap(envelope, items, finalize)
+
+
+def _stored_differs(step: BoundStep, envelope: Envelope, store: Store, param: str) -> bool:
+    """True when an inline value's stored copy is not the value (redaction changed it).
+
+    A value passed by reference already is its stored copy, so only inline ones are read.
+    """
+    name = step.sources[param]
+    if name not in envelope.inline:
+        return False
+    value = envelope.inline[name]
+    if name in step.requires:  # a step's output
+        stored = store.load_output_named(envelope.run_id, name)
+    else:
+        stored = store.load_inputs(envelope.run_id).get(name)
+    return bool(changed_by_redaction({name: value}, {name: stored}))
 
 
 def max_crashes(delivery: Delivery) -> int:

@@ -140,3 +140,19 @@ def reply(ticket: str, text: str, ctx: StepContext) -> str:
     count_call(ctx)
     _fail_if_flagged(ticket)
     return digest(text)
+
+
+# -- a map over a list with secrets in it, and a step after the map that reads the list ------
+
+mapped = Workflow("it_exact_map", queue=EXACT_QUEUE)
+
+
+@mapped.task(map="accounts")
+def probe(accounts: dict[str, str]) -> str:
+    """One element: the digest of what it received."""
+    return digest(accounts)
+
+
+@mapped.task
+def audit(probe: list[str], accounts: list[dict[str, str]]) -> str:
+    return digest(accounts)

@@ -177,6 +177,18 @@ def test_large_input_and_output_with_secrets_reach_the_steps_unchanged(
     assert REDACTED in run.steps["quote"].output["copy"]
 
 
+def test_a_step_after_a_map_reads_the_mapped_list_as_submitted(exact_worker: Workers) -> None:
+    accounts = [{"user": f"u{index}", "password": f"pw-{index}-correct-horse"}
+                for index in range(5)]
+
+    run = sw.mapped.run(accounts=accounts, timeout=RUN_TIMEOUT_S)
+
+    assert run.status is RunStatus.SUCCEEDED, (run.error, statuses(run))
+    assert run.outputs["probe"] == [sw.digest(account) for account in accounts]
+    assert run.outputs["audit"] == sw.digest(accounts)
+    assert all(account["password"] == REDACTED for account in run.inputs["accounts"])
+
+
 # -- resume ------------------------------------------------------------------------------------
 
 

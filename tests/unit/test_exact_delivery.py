@@ -7,13 +7,20 @@ which values redaction changed, and the envelope keeping those inline whatever t
 
 from __future__ import annotations
 
+import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from orchestration import RunStatus, Workflow
+from orchestration.app import Orchestrator
 from orchestration.durability import redacted_inputs
+from orchestration.embedded import EmbeddedWorker
 from orchestration.envelope import INPUT_SOURCE, Envelope
 from orchestration.redaction import REDACTED, Redactor, changed_by_redaction, redacted_paths
+from orchestration.store.repository import PlannedStep, Store
+from orchestration.testing import embedded_orchestrator, embedded_settings
 
 RUN = "run-1"
 
@@ -83,3 +90,45 @@ def test_put_keep_inline_overrides_the_limit() -> None:
     envelope = Envelope(RUN)
     envelope.put("out", "z" * 100, source="step", limit=10, keep_inline=True)
     assert envelope.inline == {"out": "z" * 100} and envelope.refs == {}
+
+
+# -- the embedded default's recovery of runs a dead process left --------------------------
+
+
+def test_embedded_recovery_fails_a_run_whose_inputs_were_stored_redacted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    store = Store(embedded_settings(tmp_path).database_url)
+    with embedded_orchestrator(tmp_path) as dead:  # never starts its worker
+        compiled = _define(dead).validate()
+        planned = [PlannedStep(name, b.spec.output, b.queue, b.spec.model, b.spec.critical)
+                   for name, b in compiled.steps.items()]
+        run_id = str(uuid.uuid4())
+        submitted = {"note": "use token=abcdef123456 now"}
+        store.create_run(run_id, "exact_stranded", compiled.version, Redactor()(submitted),
+                         planned, redacted=["note"])
+    store.dispose()
+    dispatched: list[str] = []
+    with embedded_orchestrator(tmp_path) as current:
+        monkeypatch.setattr(_define(current), "dispatch",
+                            lambda run, inputs, **_: dispatched.append(run))
+        worker = EmbeddedWorker(current)  # recover() without starting a worker
+        try:
+            assert worker.recover() == 1
+        finally:
+            worker.stop()
+        run = current.store.get_run(run_id)
+
+    assert dispatched == []
+    assert run.status is RunStatus.FAILED and run.error_type == "Unrecoverable"
+    assert "note" in (run.error or "") and "orchestrate resume" in (run.error or "")
+
+
+def _define(app: Orchestrator) -> Workflow:
+    wf = Workflow("exact_stranded", app=app)
+
+    @wf.task
+    def echo(note: str) -> str:
+        return note
+
+    return wf
