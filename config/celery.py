@@ -50,8 +50,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # so queued-but-not-started steps are visible.
         "worker_send_task_events": True,
         "task_send_sent_event": True,
-        # Results are only chord bookkeeping (run state lives in the results DB), so
-        # keep them just long enough for any chord to complete.
+        # Results are only chord bookkeeping (run state lives in the results DB). A step's
+        # task key holds a summary; the values a join needs sit in the chord's parts set,
+        # deleted at the join (orchestration/result_backend.py). This expiry bounds a
+        # chord that never joins (its message lost, its run re-dispatched), and must
+        # outlive the longest chord, waits for a person inside it included.
         "result_expires": 24 * 3600,
         "result_extended": False,
         # Redis re-delivers unacknowledged messages after this long: it must exceed the
