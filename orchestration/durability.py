@@ -16,7 +16,7 @@ It also expires human waits past their deadline.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -70,25 +70,30 @@ def _describe_redacted(inputs: dict[str, Any], names: list[str]) -> str:
     return ", ".join(parts)
 
 
-def redacted_upstream(compiled: CompiledWorkflow,
-                      steps: dict[str, tuple[StepStatus, Any]],
-                      to_run: set[str]) -> list[str]:
-    """Finished steps whose stored output was redacted and that a step in ``to_run`` reads.
+def redacted_upstream(orchestrator: Orchestrator, run_id: str, compiled: CompiledWorkflow,
+                      to_run: Callable[[StepStatus], bool]) -> list[str]:
+    """Finished steps whose stored output was redacted and that a step still to run reads.
 
     Such a step would receive the redacted copy (the real output was never stored).
+    ``to_run`` tells, by status, the steps that will run. Only the outputs they read are
+    loaded.
     """
+    recovery = orchestrator.store.recovery
+    statuses = recovery.step_statuses(run_id)
     producer = {bound.spec.output: name for name, bound in compiled.steps.items()}
-    lost: set[str] = set()
-    for name in to_run & set(compiled.steps):
-        bound = compiled.steps[name]
+    read: set[str] = set()
+    for name, status in statuses.items():
+        bound = compiled.steps.get(name)
+        if bound is None or not to_run(status):
+            continue
         for source in (*bound.sources.values(), *bound.when_sources.values()):
             upstream = producer.get(source)
-            if upstream is None or upstream not in steps:
-                continue
-            status, output = steps[upstream]
-            if status.produced_output and redacted_paths(output, upstream):
-                lost.add(upstream)
-    return sorted(lost)
+            if upstream in statuses and statuses[upstream].produced_output:
+                read.add(upstream)
+    if not read:
+        return []
+    outputs = recovery.stored_outputs(run_id, sorted(read))
+    return sorted(name for name, output in outputs.items() if redacted_paths(output, name))
 
 
 def check_resume(orchestrator: Orchestrator, run_id: str,
@@ -126,9 +131,8 @@ def check_resume(orchestrator: Orchestrator, run_id: str,
             f"run {run_id}: input(s) {_describe_redacted(state.inputs, missing)} were redacted "
             f"when stored (secrets are never stored); give them again: resume(run_id, "
             f"inputs={{...}}) or orchestrate resume {run_id} --inputs '{{{example}}}'")
-    steps = orchestrator.store.recovery.step_outputs(run_id)
-    rerun = {name for name, (status, _) in steps.items() if status.value in RERUN_STEPS}
-    lost = redacted_upstream(compiled, steps, rerun)
+    lost = redacted_upstream(orchestrator, run_id, compiled,
+                             lambda status: status.value in RERUN_STEPS)
     if lost:
         raise NotResumable(f"run {run_id}: the output(s) of step(s) {', '.join(lost)} were "
                            "redacted when stored (secrets are never stored) and the steps to "
@@ -152,9 +156,8 @@ def redacted_loss(orchestrator: Orchestrator, run_id: str, name: str, version: s
     workflow = orchestrator.workflows.get(name)
     if workflow is None or workflow.validate().version != version:
         return None  # not re-dispatched anyway, for that reason
-    steps = orchestrator.store.recovery.step_outputs(run_id)
-    unfinished = {step for step, (status, _) in steps.items() if not status.is_terminal}
-    lost = redacted_upstream(workflow.validate(), steps, unfinished)
+    lost = redacted_upstream(orchestrator, run_id, workflow.validate(),
+                             lambda status: not status.is_terminal)
     if lost:
         return (f"the output(s) of step(s) {', '.join(lost)} were redacted when stored "
                 "(secrets are never stored) and steps still to run read them; submit a new run")

@@ -84,12 +84,19 @@ class Recovery:
         return RunState(run.workflow, run.workflow_version, run.status, dict(run.inputs or {}),
                         None if run.redacted_inputs is None else list(run.redacted_inputs))
 
-    def step_outputs(self, run_id: str) -> dict[str, tuple[StepStatus, Any]]:
-        """Every step of the run: its status and its stored (redacted) output."""
+    def step_statuses(self, run_id: str) -> dict[str, StepStatus]:
+        """Every step of the run and its status."""
         with self._store.reader.connect() as conn:
-            rows = conn.execute(select(StepRow.name, StepRow.status, StepRow.output)
+            rows = conn.execute(select(StepRow.name, StepRow.status)
                                 .where(StepRow.run_id == run_id)).all()
-        return {row.name: (StepStatus(row.status), row.output) for row in rows}
+        return {row.name: StepStatus(row.status) for row in rows}
+
+    def stored_outputs(self, run_id: str, names: list[str]) -> dict[str, Any]:
+        """The stored (redacted) outputs of these steps of the run."""
+        with self._store.reader.connect() as conn:
+            rows = conn.execute(select(StepRow.name, StepRow.output).where(
+                StepRow.run_id == run_id, StepRow.name.in_(names))).all()
+        return {row.name: row.output for row in rows}
 
     def reset_for_resume(self, run_id: str, inputs: dict[str, Any] | None = None,
                          redacted: list[str] | None = None) -> tuple[str, dict[str, Any]]:
