@@ -63,8 +63,21 @@ class Settings(BaseSettings):
         description="Retry waits up to this many seconds sleep in the worker; longer waits "
         "hand the step back to the broker with a countdown and free the slot.",
     )
-    embedded_concurrency: int = Field(default=8, ge=1,
-                                      description="Threads of the in-process worker.")
+    embedded_concurrency: int = Field(
+        default=8, ge=1,
+        description="Threads of each queue's pool in the in-process worker (every queue has "
+        "its own, like one worker per queue in production).",
+    )
+    embedded_queue_concurrency: Annotated[dict[str, int], NoDecode] = Field(
+        default_factory=dict,
+        description="Threads of some queues' pools in the in-process worker, e.g. "
+        "'model.slow=4,model.fast=2' (others get ORCH_EMBEDDED_CONCURRENCY).",
+    )
+    reconcile_interval: float = Field(
+        default=60.0, gt=0,
+        description="Seconds between reconciler passes inside an embedded process (a worker "
+        "deployment runs them with `celery beat`).",
+    )
     visibility_timeout: int = Field(
         default=3600, gt=0,
         description="Seconds before Redis re-delivers an unacknowledged message; must exceed "
@@ -79,6 +92,22 @@ class Settings(BaseSettings):
         default=600.0, gt=0,
         description="Seconds without progress before the reconciler re-dispatches a run; "
         "must exceed the longest step.",
+    )
+    heartbeat_interval: float = Field(
+        default=5.0, gt=0,
+        description="Seconds between a worker's heartbeats in the results DB (each beat also "
+        "sweeps steps held by workers that stopped beating).",
+    )
+    worker_dead_after: float = Field(
+        default=20.0, gt=0,
+        description="A worker whose last heartbeat is older than this many seconds is dead: "
+        "the steps it held are re-dispatched (and count as a crash of each step).",
+    )
+    db_outage_hold: float = Field(
+        default=60.0, ge=0,
+        description="Seconds a worker keeps retrying to record a finished step while the "
+        "results DB is unreachable, before handing the step back to the broker (which runs "
+        "it again once the DB answers).",
     )
     max_input_bytes: int = Field(
         default=1_000_000, gt=0, description="Largest accepted run input (bytes of JSON)."
@@ -102,6 +131,30 @@ class Settings(BaseSettings):
     def _split_imports(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("embedded_queue_concurrency", mode="before")
+    @classmethod
+    def _queue_threads(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        threads: dict[str, object] = {}
+        for part in (part.strip() for part in value.split(",")):
+            queue, sep, count = (item.strip() for item in part.partition("="))
+            if part and (not sep or not queue or not count):
+                raise ValueError(f"ORCH_EMBEDDED_QUEUE_CONCURRENCY: {part!r} is not "
+                                 "queue=threads (e.g. 'model.slow=4,model.fast=2')")
+            if part:
+                threads[queue] = count
+        return threads
+
+    @field_validator("embedded_queue_concurrency")
+    @classmethod
+    def _positive_threads(cls, value: dict[str, int]) -> dict[str, int]:
+        bad = sorted(queue for queue, count in value.items() if count < 1)
+        if bad:
+            raise ValueError(f"ORCH_EMBEDDED_QUEUE_CONCURRENCY: queue(s) {', '.join(bad)} "
+                             "need at least 1 thread")
         return value
 
     @field_validator("broker_url")
@@ -150,6 +203,15 @@ class Settings(BaseSettings):
             raise ValueError(f"ORCH_LOG_LEVEL {value!r}: use DEBUG, INFO, WARNING, ERROR or "
                              "CRITICAL")
         return value.upper()
+
+    @model_validator(mode="after")
+    def _liveness(self) -> Settings:
+        if self.worker_dead_after < 2 * self.heartbeat_interval:
+            raise ValueError(
+                f"ORCH_WORKER_DEAD_AFTER ({self.worker_dead_after:g} s) must be at least twice "
+                f"ORCH_HEARTBEAT_INTERVAL ({self.heartbeat_interval:g} s): one late beat must "
+                "not make a live worker look dead")
+        return self
 
     @model_validator(mode="after")
     def _backend_for_broker(self) -> Settings:

@@ -11,6 +11,7 @@ import logging
 import os
 import socket
 import threading
+import uuid
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -18,13 +19,12 @@ from urllib.parse import urlsplit
 import structlog
 from celery import Celery, chain, signals
 from celery.exceptions import Ignore, Reject
-from sqlalchemy.exc import OperationalError
 
 from config.celery import celery_config
 from config.settings import Settings
 from orchestration import redis_transport
 from orchestration.catalogue import load_catalogue
-from orchestration.durability import Reconciled, reconcile, resume
+from orchestration.durability import Reconciled, reconcile, redispatch, resume
 from orchestration.engine_tasks import (
     DISPATCH_RUNS_TASK,
     EXPIRE_WAITS_TASK,
@@ -37,9 +37,11 @@ from orchestration.envelope import Envelope, is_envelope
 from orchestration.errors import (
     ConfigurationError,
     Reschedule,
+    ResultsDatabaseUnavailable,
     WaitForInput,
     WorkflowDefinitionError,
 )
+from orchestration.heartbeat import Heartbeat
 from orchestration.inprocess import private_memory_transport
 from orchestration.logs import CeleryLogFilter, configure_celery_logger, configure_logging
 from orchestration.maps import map_canvas, run_chunk
@@ -47,7 +49,9 @@ from orchestration.redaction import Redactor
 from orchestration.resilience import Resilience
 from orchestration.runtime import Delivery, StartChild, StartMap, run_step
 from orchestration.status import RunStatus, StepStatus
+from orchestration.store.engine import is_unavailable
 from orchestration.store.repository import StepOutcome, Store, utcnow
+from orchestration.store.workers import Released, WorkerInfo
 
 if TYPE_CHECKING:
     from orchestration.embedded import EmbeddedWorker
@@ -55,7 +59,7 @@ if TYPE_CHECKING:
     from orchestration.workflow import CompiledWorkflow, Workflow
 
 log = structlog.get_logger("orchestration.app")
-DB_RETRIES = 8
+HAND_BACK_MAX_DELAY = 30.0  # seconds: the longest countdown of a step handed back
 
 
 class Orchestrator:
@@ -80,6 +84,11 @@ class Orchestrator:
         self._embedded: EmbeddedWorker | None = None
         self._lock = threading.Lock()
         self.hostname = f"{socket.gethostname()}:{os.getpid()}"
+        # This process's worker instance: steps it claims name it as their holder, and
+        # its heartbeat (when it runs a worker) tells the others it is alive. Forked pool
+        # children inherit it: they live and die with their main process.
+        self.instance_id = uuid.uuid4().hex
+        self.heartbeat: Heartbeat | None = None
         self.started_at = utcnow()
         register_engine_tasks(self)
 
@@ -131,7 +140,8 @@ class Orchestrator:
         def execute(task: Any, message: Any, run_id: str | None = None,
                     finalize: bool = False, chunk: dict[str, Any] | None = None,
                     params: dict[str, Any] | None = None,
-                    fused: list[str] | None = None) -> Any:
+                    fused: list[str] | None = None,
+                    released: dict[str, int] | None = None) -> Any:
             steps = workflow.validate().steps
             store, delivery = orchestrator.store, orchestrator.delivery(task)
             if not is_envelope(message):
@@ -151,7 +161,8 @@ class Orchestrator:
                     with _step_context(run_id, bound, task):
                         message = run_step(bound, message, store, delivery,
                                            finalize=finalize and last,
-                                           params=(params or {}).get(current))
+                                           params=(params or {}).get(current),
+                                           released=(released or {}).get(current))
                 return message
             except (StartMap, StartChild) as signal:
                 rest = names[names.index(current) + 1:]
@@ -176,16 +187,10 @@ class Orchestrator:
                 kwargs = {**task.request.kwargs, "params": {current: signal.params}}
                 raise task.retry(countdown=signal.delay, max_retries=None,
                                  kwargs=kwargs) from None
-            except OperationalError as exc:
-                # The results DB is unreachable: try again later rather than lose the step.
-                if task.request.retries < DB_RETRIES:
-                    raise task.retry(countdown=min(30, 2 ** task.request.retries),
-                                     max_retries=None) from exc
-                orchestrator.fail_run(message, current, exc)
-                raise
+            except ResultsDatabaseUnavailable as exc:
+                raise hand_back(task, exc, exc.step, exc.released) from None
             except Exception as exc:
-                orchestrator.fail_run(message, current, exc)
-                raise
+                raise _engine_error(orchestrator, task, message, current, exc) from None
 
         execute.__name__ = spec.name
         self.celery.task(name=spec.task_name, bind=True, shared=False, max_retries=None,
@@ -201,7 +206,8 @@ class Orchestrator:
                         inline_limit=self.settings.inline_output_limit,
                         inline_retry_limit=self.settings.inline_retry_limit,
                         services=self.resilience, max_crashes=self.settings.max_crashes,
-                        redactor=self._redactor_of(task.name))
+                        redactor=self._redactor_of(task.name), holder=self.instance_id,
+                        db_hold=self.settings.db_outage_hold)
 
     def _redactor_of(self, task_name: str) -> Redactor:
         workflow = self.workflows.get(task_name.partition(".")[0])
@@ -250,17 +256,41 @@ class Orchestrator:
         return approve(self, run_id, data, name)
 
     def fail_run(self, message: Any, step: str, exc: BaseException) -> None:
-        """Record an engine error on the step and end its run ``failed`` (best effort)."""
-        try:
-            run_id = Envelope.from_message(message).run_id
-            error = f"engine error in step {step!r}: {type(exc).__name__}: {exc}"
-            self.store.record_step(run_id, step, StepOutcome(
-                StepStatus.FAILED, error=error, error_type=type(exc).__qualname__))
-            self.store.finish_run(run_id, RunStatus.FAILED, error=error,
-                                  error_type=type(exc).__qualname__)
-        except Exception:
-            log.exception("could not record an engine error; the reconciler must end this run",
-                          step=step)
+        """Record an engine error on the step and end its run ``failed``."""
+        run_id = Envelope.from_message(message).run_id
+        error = f"engine error in step {step!r}: {type(exc).__name__}: {exc}"
+        self.store.record_step(run_id, step, StepOutcome(
+            StepStatus.FAILED, error=error, error_type=type(exc).__qualname__))
+        self.store.finish_run(run_id, RunStatus.FAILED, error=error,
+                              error_type=type(exc).__qualname__)
+
+    # -- worker liveness ---------------------------------------------------------------
+
+    def start_heartbeat(self, name: str, queues: list[str]) -> Heartbeat:
+        """Beat for this process's worker and sweep steps held by dead workers."""
+        with self._lock:
+            if self.heartbeat is None:
+                self.heartbeat = Heartbeat(
+                    lambda: self.store,
+                    WorkerInfo(self.instance_id, name, socket.gethostname(), os.getpid(),
+                               sorted(queues)),
+                    interval=self.settings.heartbeat_interval,
+                    dead_after=self.settings.worker_dead_after,
+                    workflows=lambda: list(self.workflows),
+                    redispatch=self._redispatch_released)
+                self.heartbeat.start()
+            return self.heartbeat
+
+    def stop_heartbeat(self) -> None:
+        """Stop beating (a clean shutdown)."""
+        with self._lock:
+            heartbeat, self.heartbeat = self.heartbeat, None
+        if heartbeat is not None:
+            heartbeat.stop()
+
+    def _redispatch_released(self, run: Released) -> None:
+        redispatch(self, run.run_id, run.workflow, run.version, run.inputs,
+                   why=f"its worker died while running {', '.join(run.steps)}")
 
     # -- embedded default --------------------------------------------------------------
 
@@ -288,6 +318,9 @@ class Orchestrator:
                 recover = False
             worker = self._embedded
         if recover:
+            # Opened first: start_heartbeat beats at once, reading the store under _lock.
+            self.store  # noqa: B018
+            self.start_heartbeat(f"embedded@{self.hostname}", sorted(worker.queues))
             worker.recover()
         return worker
 
@@ -324,6 +357,7 @@ class Orchestrator:
             worker, self._embedded = self._embedded, None
         if worker is not None:
             worker.stop()
+        self.stop_heartbeat()
         if self._resilience is not None:
             self._resilience.close()
         self.reset_store()
@@ -333,6 +367,54 @@ def _step_context(run_id: str | None, bound: BoundStep, task: Any) -> Any:
     return structlog.contextvars.bound_contextvars(
         run_id=run_id, step=bound.spec.task_name, queue=bound.queue, model=bound.spec.model,
         task_id=task.request.id)
+
+
+def _engine_error(orchestrator: Orchestrator, task: Any, message: Any, step: str,
+                  exc: Exception) -> BaseException:
+    """What to raise for an unexpected error in a step task: hand back, or fail the run."""
+    if is_unavailable(exc):
+        return hand_back(task, exc, step, None)
+    try:
+        orchestrator.fail_run(message, step, exc)
+    except Exception as record_exc:
+        if is_unavailable(record_exc):
+            return hand_back(task, record_exc, step, None)
+        log.exception("could not record an engine error; the reconciler must end this run",
+                      step=step)
+    return exc
+
+
+def hand_back(task: Any, error: BaseException, step: str, released: int | None) -> BaseException:
+    """Give a step whose results DB is unreachable back to the broker, never dropping it.
+
+    The message is sent again with a countdown (doubling up to 30 s, for as long as the
+    outage lasts) naming the delivery it released, so its next claim is not counted as
+    a crash. If the broker refuses that too, this message is rejected back to its queue.
+    """
+    handbacks = task.request.retries + 1
+    delay = min(HAND_BACK_MAX_DELAY, 2.0 ** min(task.request.retries, 5))
+    cause = error.__cause__ if isinstance(error, ResultsDatabaseUnavailable) else error
+    args = task.request.args or ()
+    run_id = (task.request.kwargs or {}).get("run_id") or (
+        Envelope.from_message(args[0]).run_id if args and is_envelope(args[0]) else None)
+    log.warning("results database unreachable; step handed back to the broker",
+                run_id=run_id, step=step, task_id=task.request.id, retry_in_s=delay,
+                handbacks=handbacks,
+                error=f"{type(cause).__name__}: {cause}".splitlines()[0])
+    kwargs = dict(task.request.kwargs or {})
+    if released is not None:
+        kwargs["released"] = {**(kwargs.get("released") or {}), step: released}
+    try:
+        retry: BaseException = task.retry(countdown=delay, max_retries=None, kwargs=kwargs,
+                                          throw=False)
+        return retry
+    except Reject:
+        # Celery could not publish the retry (broker down too): keep this message instead.
+        log.warning("broker refused the hand-back; message returned to its queue",
+                    step=step, task_id=task.request.id)
+        rejected: BaseException = Reject("results database and broker unreachable",
+                                         requeue=True)
+        return rejected
 
 
 def _rest_of(orchestrator: Orchestrator, workflow: Workflow, names: list[str],
@@ -373,7 +455,15 @@ def _on_celeryd_init(**_: Any) -> None:
 def _on_worker_init(sender: Any = None, **_: Any) -> None:
     app = getattr(sender, "app", None)
     if _default is not None and app is _default.celery:
-        _default.store.ensure_schema()
+        try:
+            _default.store.ensure_schema()
+        except Exception as exc:
+            if not is_unavailable(exc):
+                raise
+            # Start anyway (steps are handed back until it answers), but say so loudly.
+            log.error("results database unreachable at start-up: this worker will hand "
+                      "every step back to the broker until it answers",
+                      error=f"{type(exc).__name__}: {exc}".splitlines()[0])
         # Close the migration's connections before the pool forks its children.
         _default.reset_store()
 
@@ -391,10 +481,20 @@ def _on_setup_logger(logger: logging.Logger | None = None, **_: Any) -> None:
 
 
 def _on_worker_ready(sender: Any = None, **_: Any) -> None:
-    if _default is not None and _default.settings.metrics_port:
+    if _default is None or getattr(sender, "app", None) is not _default.celery:
+        return
+    task_consumer = getattr(sender, "task_consumer", None)
+    queues = sorted(queue.name for queue in getattr(task_consumer, "queues", None) or ())
+    _default.start_heartbeat(str(getattr(sender, "hostname", _default.hostname)), queues)
+    if _default.settings.metrics_port:
         from orchestration import metrics
 
         metrics.serve(_default.settings.metrics_port)
+
+
+def _on_worker_shutdown(sender: Any = None, **_: Any) -> None:
+    if _default is not None:
+        _default.stop_heartbeat()
 
 
 def _on_worker_process_shutdown(pid: int | None = None, **_: Any) -> None:
@@ -414,6 +514,7 @@ signals.celeryd_init.connect(_on_celeryd_init, weak=False)
 signals.worker_init.connect(_on_worker_init, weak=False)
 signals.worker_process_init.connect(_on_worker_process_init, weak=False)
 signals.worker_ready.connect(_on_worker_ready, weak=False)
+signals.worker_shutdown.connect(_on_worker_shutdown, weak=False)
 signals.after_setup_logger.connect(_on_setup_logger, weak=False)
 signals.after_setup_task_logger.connect(_on_setup_logger, weak=False)
 signals.worker_process_shutdown.connect(_on_worker_process_shutdown, weak=False)

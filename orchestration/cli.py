@@ -29,7 +29,7 @@ from orchestration.errors import OrchestrationError
 from orchestration.exporter import flower_command, serve_metrics
 from orchestration.graph import Node, Parallel, Series
 from orchestration.observe import graph_dot, known_queues, queue_depths, workflow_stats
-from orchestration.results import RunResult, StepRecord, cancel_run
+from orchestration.results import RunResult, StepRecord, as_utc, cancel_run
 from orchestration.status import RunStatus, StepStatus
 from orchestration.step import BoundStep
 from orchestration.store.engine import upgrade
@@ -285,6 +285,25 @@ def stats(workflow: str, since: str) -> None:
             models.add_row(Text(m.model), str(m.attempts), str(m.failed),
                            f"{100 * m.error_rate:.1f}%")
         console.print(models)
+
+
+@main.command()
+def workers() -> None:
+    """Worker processes by their heartbeat in the results DB: alive, stopped or dead."""
+    orchestrator = _orchestrator()
+    settings = orchestrator.settings
+    now = datetime.now(UTC)
+    table = Table()
+    for column in ("worker", "instance", "pid", "state", "last beat", "queues"):
+        table.add_column(column, no_wrap=column != "queues")
+    for instance, name, host, pid, queues, beat_at, stopped_at in \
+            orchestrator.store.workers.listed():
+        age = (now - (as_utc(beat_at) or now)).total_seconds()
+        state = ("stopped" if stopped_at is not None else
+                 "alive" if age <= settings.worker_dead_after else "dead")
+        table.add_row(Text(f"{name} ({host})"), instance[:12], str(pid), state,
+                      f"{age:.0f} s ago", Text(", ".join(queues)))
+    console.print(table)
 
 
 @main.command()

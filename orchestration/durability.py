@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -193,45 +193,66 @@ def resume(orchestrator: Orchestrator, run_id: str, inputs: dict[str, Any] | Non
 
 
 def reconcile(orchestrator: Orchestrator, *, idle_seconds: float | None = None) -> Reconciled:
-    """Re-dispatch runs with no progress for ``idle_seconds``; expire overdue waits."""
+    """Re-dispatch runs with no progress for ``idle_seconds``; expire overdue waits.
+
+    A run is left alone while a live worker holds one of its steps (it is running, not
+    lost) or while a queue of its workflow holds messages that a live worker consumes (it
+    may be waiting its turn). A backlog that no live worker consumes is no progress.
+    """
     from orchestration.engine_tasks import expire_due_waits
 
     idle = orchestrator.settings.reconcile_after if idle_seconds is None else idle_seconds
     store = orchestrator.store
+    alive_since = utcnow() - timedelta(seconds=orchestrator.settings.worker_dead_after)
     redispatched: list[str] = []
     failed: list[str] = []
     backlogged: dict[str, bool] = {}
     for run_id, name, version, inputs in store.recovery.stale_runs(
             utcnow() - timedelta(seconds=idle)):
         workflow = orchestrator.workflows.get(name)
-        lost = redacted_loss(orchestrator, run_id, name, version, inputs)
-        if lost:
-            store.finish_run(run_id, RunStatus.FAILED, error_type="Unrecoverable",
-                             error=f"made no progress for {idle:g} s and cannot be "
-                                   f"re-dispatched: {lost}")
+        if workflow is not None and backlogged.setdefault(
+                name, _has_backlog(orchestrator, workflow, alive_since)):
+            continue
+        if not store.workers.release_run(run_id, alive_since):
+            log.info("stalled run left alone: a live worker holds one of its steps",
+                     run_id=run_id, workflow=name)
+            continue
+        if redispatch(orchestrator, run_id, name, version, inputs,
+                      why=f"made no progress for {idle:g} s"):
+            redispatched.append(run_id)
+        else:
             failed.append(run_id)
-            continue
-        if workflow is not None and backlogged.setdefault(name, _has_backlog(orchestrator,
-                                                                              workflow)):
-            # Messages are still queued for this workflow: an idle run may just be
-            # waiting its turn. Lost messages are told apart once the backlog drains.
-            continue
-        if workflow is None or workflow.validate().version != version:
-            reason = ("is not defined in this process" if workflow is None
-                      else "changed since the run started")
-            store.finish_run(run_id, RunStatus.FAILED, error_type="Unrecoverable",
-                             error=f"made no progress for {idle:g} s and its workflow {name!r} "
-                                   f"{reason}; not re-dispatched")
-            failed.append(run_id)
-            continue
-        log.warning("re-dispatching a run that made no progress", run_id=run_id,
-                    workflow=name, idle_s=idle)
-        workflow.dispatch(run_id, inputs)
-        redispatched.append(run_id)
     return Reconciled(redispatched, failed, expire_due_waits(orchestrator))
 
 
-def _has_backlog(orchestrator: Orchestrator, workflow: Workflow) -> bool:
+def redispatch(orchestrator: Orchestrator, run_id: str, name: str, version: str,
+               inputs: dict[str, Any], *, why: str) -> bool:
+    """Send a stalled run's canvas again from the results DB, or fail it if it cannot be.
+
+    Completed steps are not run again (their claims pass the recorded outputs on). A run
+    whose workflow is not defined here or changed, or whose inputs were stored redacted,
+    ends ``failed`` saying why. True when the run was re-dispatched.
+    """
+    store = orchestrator.store
+    lost = redacted_loss(orchestrator, run_id, name, version, inputs)
+    if lost:
+        store.finish_run(run_id, RunStatus.FAILED, error_type="Unrecoverable",
+                         error=f"{why} and cannot be re-dispatched: {lost}")
+        return False
+    workflow = orchestrator.workflows.get(name)
+    if workflow is None or workflow.validate().version != version:
+        reason = ("is not defined in this process" if workflow is None
+                  else "changed since the run started")
+        store.finish_run(run_id, RunStatus.FAILED, error_type="Unrecoverable",
+                         error=f"{why} and its workflow {name!r} {reason}; not re-dispatched")
+        return False
+    log.warning("re-dispatching a run", run_id=run_id, workflow=name, reason=why)
+    workflow.dispatch(run_id, inputs)
+    return True
+
+
+def _has_backlog(orchestrator: Orchestrator, workflow: Workflow, alive_since: datetime) -> bool:
+    """True when a queue of the workflow holds messages and a live worker consumes it."""
     from orchestration.observe import queue_depths
 
     if orchestrator.settings.embedded:
@@ -241,7 +262,14 @@ def _has_backlog(orchestrator: Orchestrator, workflow: Workflow) -> bool:
         depths = queue_depths(orchestrator, queues)
     except Exception:  # the broker cannot say: act as before (re-dispatch is idempotent)
         return False
-    return any(depth for depth in depths.values())
+    waiting = {queue for queue, depth in depths.items() if depth}
+    if not waiting:
+        return False
+    consumed = orchestrator.store.workers.live_queues(alive_since)
+    for queue in sorted(waiting - consumed):
+        log.warning("a queue holds messages that no live worker consumes", queue=queue,
+                    depth=depths[queue], workflow=workflow.name)
+    return bool(waiting & consumed)
 
 
 def cache_key(spec: StepSpec, kwargs: dict[str, Any]) -> str:

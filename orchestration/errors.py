@@ -48,6 +48,21 @@ class RunNotFound(OrchestrationError):
     """No run with that id exists in the results database."""
 
 
+class ResultsDatabaseUnavailable(OrchestrationError):
+    """The results database could not be reached while a step was delivered.
+
+    Nothing is lost: the worker hands the step back to the broker (with a countdown) and
+    the next delivery continues once the database answers. ``released`` is the number
+    of the delivery that handed the step back after claiming it, so that its next
+    delivery is not mistaken for a crash.
+    """
+
+    def __init__(self, message: str, *, step: str, released: int | None = None) -> None:
+        super().__init__(message)
+        self.step = step
+        self.released = released
+
+
 class WaitTimeout(OrchestrationError, TimeoutError):
     """``RunHandle.wait`` gave up before the run reached a terminal state.
 

@@ -15,11 +15,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
 import structlog
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_delay,
+    wait_exponential,
+)
 
 from orchestration import metrics
 from orchestration.attempts import (
@@ -32,10 +40,12 @@ from orchestration.attempts import (
 from orchestration.children import ChildRun
 from orchestration.durability import cache_key
 from orchestration.envelope import INPUT_SOURCE, OUTPUT_SOURCE, Envelope
-from orchestration.errors import Reschedule, StepSignal
+from orchestration.errors import Reschedule, ResultsDatabaseUnavailable, StepSignal
+from orchestration.policies import first_then_retry
 from orchestration.redaction import changed_by_redaction
 from orchestration.status import RunStatus, StepStatus
 from orchestration.step import BoundStep
+from orchestration.store.engine import is_unavailable
 from orchestration.store.repository import Claim, RunFinish, StepOutcome, Store, utcnow
 
 __all__ = ["Delivery", "ReplaceWith", "StartChild", "StartMap", "finalize_run", "run_step"]
@@ -69,11 +79,13 @@ class ReplaceWith(StepSignal):
 
 
 def run_step(step: BoundStep, message: Any, store: Store, delivery: Delivery,
-             *, finalize: bool = False, params: dict[str, Any] | None = None) -> dict[str, Any]:
+             *, finalize: bool = False, params: dict[str, Any] | None = None,
+             released: int | None = None) -> dict[str, Any]:
     """Execute one delivery of a step and return the envelope for its dependents.
 
     With ``finalize`` (the run's last step) the run's terminal status is written in the
-    same transaction as the step's outcome.
+    same transaction as the step's outcome. ``released`` is the delivery number an
+    earlier delivery of this message handed back (see ResultsDatabaseUnavailable).
     """
     envelope = Envelope.from_message(message)
     spec = step.spec
@@ -88,12 +100,21 @@ def run_step(step: BoundStep, message: Any, store: Store, delivery: Delivery,
         envelope.unselect(spec.output)
     else:
         claim = store.claim_step(envelope.run_id, spec.name, worker=delivery.worker,
-                                 task_id=delivery.task_id, first=not envelope.started)
+                                 task_id=delivery.task_id, first=not envelope.started,
+                                 holder=delivery.holder, released=released)
         envelope.started = True
         if claim.proceed:
-            outcome = _run(step, envelope, store, delivery, claim, finalize, params)
-            return record_and_pass(step, envelope, outcome, store, delivery,
-                                   claimed_at=claim.claimed_at, finalize=finalize)
+            try:
+                outcome = _run(step, envelope, store, delivery, claim, finalize, params)
+                return record_and_pass(step, envelope, outcome, store, delivery,
+                                       claimed_at=claim.claimed_at, finalize=finalize)
+            except Exception as exc:
+                if not is_unavailable(exc):
+                    raise
+                raise ResultsDatabaseUnavailable(
+                    f"results database unreachable in step {spec.where}: "
+                    f"{type(exc).__name__}: {exc}", step=spec.name,
+                    released=claim.delivery) from exc
         apply_outcome(step, envelope, claim.status, claim.output, delivery, claim.error)
     if finalize:
         finalize_run(envelope, store)
@@ -189,8 +210,10 @@ def record_and_pass(step: BoundStep, envelope: Envelope, outcome: StepOutcome, s
                   keep_inline=stored.output is not outcome.output
                   and stored.output != outcome.output)
     finish = run_finish(trial) if finalize else None
-    recorded = store.record_step(envelope.run_id, step.spec.name, stored,
-                                 worker=delivery.worker, claimed_at=claimed_at, finish=finish)
+    recorded = _hold_while_unavailable(
+        lambda: store.record_step(envelope.run_id, step.spec.name, stored,
+                                  worker=delivery.worker, claimed_at=claimed_at, finish=finish),
+        delivery, run_id=envelope.run_id, step=step.spec.task_name)
     if not recorded:
         status, output, error = store.step_state(envelope.run_id, step.spec.name)
         apply_outcome(step, envelope, status, output, delivery, error)
@@ -204,6 +227,30 @@ def record_and_pass(step: BoundStep, envelope: Envelope, outcome: StepOutcome, s
     if finish is not None:
         _log_finished(trial, finish)
     return trial.to_message()
+
+
+def _hold_while_unavailable(record: Callable[[], bool], delivery: Delivery, *,
+                            run_id: str, step: str) -> bool:
+    """Record a finished step, retrying for ``delivery.db_hold`` s while the DB is down.
+
+    The step's work is done (perhaps a paid model call): keeping the slot a while to
+    record it beats handing the step back, which runs it again. Recording is
+    conditional, so a write that committed before its connection dropped is not
+    recorded twice (the retry finds the step terminal and passes its outcome on).
+    """
+    if delivery.db_hold <= 0:
+        return record()
+
+    def warn(state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        log.warning("results database unreachable; holding a finished step to record it",
+                    run_id=run_id, step=step, error=f"{type(error).__name__}: {error}",
+                    retry_in_s=round(state.upcoming_sleep, 2), hold_s=delivery.db_hold)
+
+    return first_then_retry(record, lambda: Retrying(
+        retry=retry_if_exception(is_unavailable), stop=stop_after_delay(delivery.db_hold),
+        wait=wait_exponential(multiplier=0.25, max=5), before_sleep=warn, reraise=True),
+        is_unavailable)
 
 
 def redacted(outcome: StepOutcome, delivery: Delivery) -> StepOutcome:

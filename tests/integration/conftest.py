@@ -65,7 +65,8 @@ os.environ.update({
     # What every worker imports: the test workflows and the shipped support workflow.
     "ORCH_IMPORTS": "tests.integration.workflows,tests.integration.dynamic_workflows,"
                     "tests.integration.durability_workflows,tasks.support.workflow,"
-                    "tests.integration.reconcile_workflows,tests.integration.reliability_workflows",
+                    "tests.integration.reconcile_workflows,tests.integration.liveness_workflows,"
+                    "tests.integration.reliability_workflows",
     "ORCH_INLINE_RETRY_LIMIT": str(INLINE_RETRY_LIMIT_S),
 })
 # Hermetic: LLM steps answer from the local provider, never a real API.

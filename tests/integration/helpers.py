@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
-from orchestration import RunResult, get_run
+from sqlalchemy import update
+
+from orchestration import RunResult, default_orchestrator, get_run
+from orchestration.store.models import RunRow, StepRow
 from tests.support.polling import wait_until as wait_until  # re-exported: tests import it here
 
 
@@ -42,3 +46,14 @@ def snapshot(run: RunResult) -> dict[str, Any]:
             for name, step in run.steps.items()
         },
     }
+
+
+def backdate_run(run_id: str, days: float = 1.0) -> None:
+    """Move a run's creation and its steps' progress back (it looks stalled that long)."""
+    back = timedelta(days=days)
+    with default_orchestrator().store.engine.begin() as conn:
+        conn.execute(update(RunRow).where(RunRow.id == run_id)
+                     .values(created_at=RunRow.created_at - back))
+        conn.execute(update(StepRow).where(StepRow.run_id == run_id)
+                     .values(started_at=StepRow.started_at - back,
+                             finished_at=StepRow.finished_at - back))
