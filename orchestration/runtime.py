@@ -131,6 +131,8 @@ def _run(step: BoundStep, envelope: Envelope, store: Store, delivery: Delivery, 
             if not spec.when(**condition):
                 return StepOutcome(StepStatus.SKIPPED, error=f"{NOT_SELECTED}: when= is false")
     except BaseException as exc:  # a when= raising SystemExit fails the step, not the worker
+        if is_unavailable(exc):
+            raise  # reading inputs by reference: the results DB is down, not the step
         error, error_type = describe(exc)
         return StepOutcome(StepStatus.FAILED, error=error, error_type=error_type)
     if claim.crashes >= max_crashes(delivery):

@@ -263,3 +263,20 @@ def test_orchestrate_workers_tells_alive_stopped_and_dead(
     assert "alive" in lines["alive-one@host"] and "q.a" in lines["alive-one@host"]
     assert "dead" in lines["dead-one@host"]
     assert "stopped" in lines["stopped-one@host"]
+
+
+class _InputsDownStore(_FlakyStore):
+    """Reading a by-reference input fails as if the results DB were down."""
+
+    def load_inputs(self, run_id: str) -> Any:
+        raise down()
+
+
+def test_an_outage_while_reading_inputs_hands_the_step_back(orchestrator: Orchestrator) -> None:
+    bound, run_id, _ = _hold_run(orchestrator)
+    by_reference = Envelope.for_inputs(run_id, {"x": "text"}, 0).to_message()  # x is a ref
+    store = _InputsDownStore(orchestrator.store, failures=0)
+    delivery = Delivery(worker="w", task_id="t1", inline_limit=0, inline_retry_limit=1)
+    with pytest.raises(ResultsDatabaseUnavailable):
+        run_step(bound, by_reference, store, delivery)  # type: ignore[arg-type]
+    assert orchestrator.store.get_run(run_id).steps["a"].status is StepStatus.RUNNING
