@@ -103,8 +103,8 @@ def _redis_client() -> Any:
 def apply_notify_wait() -> None:
     import time
 
+    from orchestration.core.results import RunHandle
     from orchestration.errors import WaitTimeout
-    from orchestration.results import RunHandle
     from orchestration.store import repository
 
     original_finish = repository.Store.finish_run
@@ -149,8 +149,7 @@ def _lean(signature: Any) -> Any:
 
 
 def apply_lean_results() -> None:
-    from orchestration import workflow
-
+    from orchestration.define import workflow
     original_build = workflow.build_canvas
 
     def build_canvas(*args: Any, **kwargs: Any) -> Any:

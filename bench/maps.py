@@ -9,7 +9,7 @@ wait of one whole fan-out of ``--elements`` no-op elements:
 - engine: ``bench_map.submit(items=[...])`` then ``handle.wait()`` (the workflow of
   ``bench/map_workflows.py``: one step ``@wf.task(map="items")`` returning its element).
   The step's message is replaced by a chord over at most 64 chunks
-  (``orchestration.maps.chunk_ranges``), collected by ``orchestration.map_collect``;
+  (``orchestration.execute.maps.chunk_ranges``), collected by ``orchestration.map_collect``;
 - raw group: ``group(noop.s(i) for i in items).apply_async().get()``: one message and
   one result per element;
 - raw chord: ``chord(group, merge.s())``: the like-for-like shape (the engine's map ends
@@ -213,7 +213,7 @@ def measure_big(args: argparse.Namespace, env: dict[str, str], tmp: Path,
     import redis
 
     from bench.map_workflows import PUBLISH_LOG_ENV, bench_map
-    from orchestration.maps import chunk_ranges
+    from orchestration.execute.maps import chunk_ranges
 
     key = f"bench.maps.published.{os.getpid()}"
     module, queue, ping = engine
@@ -247,7 +247,7 @@ def report(args: argparse.Namespace, results: dict[str, Samples], big: BigRun | 
     import celery
     import kombu
 
-    from orchestration.maps import DEFAULT_CHUNKS, chunk_ranges
+    from orchestration.execute.maps import DEFAULT_CHUNKS, chunk_ranges
 
     chunks = chunk_ranges(args.elements, None)
     print()

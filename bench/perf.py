@@ -187,7 +187,7 @@ def _reader() -> Any:
 def _unfinished(reader: Any, workflow: str) -> int:
     from sqlalchemy import func, select
 
-    from orchestration.status import TERMINAL_RUN_STATUSES, RunStatus
+    from orchestration.core.status import TERMINAL_RUN_STATUSES, RunStatus
     from orchestration.store.models import RunRow
 
     open_statuses = [s.value for s in RunStatus if s not in TERMINAL_RUN_STATUSES]

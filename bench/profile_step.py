@@ -3,7 +3,7 @@
     python bench/profile_step.py [--runs 300] [--database URL] [--top 25]
 
 No broker and no worker: each run is created with ``Store.create_run`` (what ``submit``
-writes) and its four steps are executed with ``orchestration.runtime.run_step`` exactly as a
+writes) and its four steps are executed with ``orchestration.execute.runtime.run_step`` exactly as a
 worker would (same BoundStep, envelope, Delivery), the last one finalising the run; then
 the client side of ``handle.wait`` (``run_status`` + ``get_run``) is called once per run.
 Prints the time per step of the main parts, the top functions, and micro-benchmarks
@@ -45,8 +45,8 @@ def parse_args() -> argparse.Namespace:
 
 def one_run(workflow: Any, store: Any, delivery: Any, x: int) -> str:
     """Create a run and execute its steps in plan order, as the worker would."""
-    from orchestration.envelope import Envelope
-    from orchestration.runtime import run_step
+    from orchestration.core.envelope import Envelope
+    from orchestration.execute.runtime import run_step
     from orchestration.store.repository import PlannedStep
 
     compiled = workflow.validate()
@@ -206,7 +206,7 @@ def main() -> int:
                   "bench/experiments.py (not the engine as shipped)")
         from bench.workflows import linear
         from orchestration import default_orchestrator
-        from orchestration.runtime import Delivery
+        from orchestration.execute.runtime import Delivery
 
         orchestrator = default_orchestrator()
         store = orchestrator.store

@@ -30,8 +30,7 @@ WHAT_IFS = ("breaker-memory", "breaker-off")
 def _apply_what_if(name: str) -> None:
     if not name:
         return
-    from orchestration import breakers
-
+    from orchestration.llm import breakers
     if name == "breaker-memory":
         original = breakers.Breakers.__init__
 

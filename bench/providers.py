@@ -98,7 +98,7 @@ KEY_ENV = "BENCH_LLM_KEY"
 KEY = "sk-bench-not-a-secret"
 FAIL_MAX = 1000  # consecutive failures before sim's breaker opens: never at random 30 %
 RETRIES = 3
-BACKOFF = (0.2, 5.0, 2.0, 0.1)  # initial, maximum, multiplier, jitter: orchestration.llm's
+BACKOFF = (0.2, 5.0, 2.0, 0.1)  # initial, maximum, multiplier, jitter: orchestration.llm.client's
 WARMUP = 20
 SERVER_START_TIMEOUT = 20.0
 POLL = 0.1
@@ -390,7 +390,7 @@ def _read_engine() -> Any:
 def _terminal_count(engine: Any, workflow: str) -> int:
     from sqlalchemy import func, select
 
-    from orchestration.status import TERMINAL_RUN_STATUSES
+    from orchestration.core.status import TERMINAL_RUN_STATUSES
     from orchestration.store.models import RunRow
 
     query = select(func.count()).select_from(RunRow).where(

@@ -10,7 +10,7 @@ from typing import Any
 from config.settings import Settings
 
 #: Celery's Redis result backend without run data in task keys. A string: Celery imports it.
-STEP_REDIS_BACKEND = "orchestration.result_backend:StepRedisBackend"
+STEP_REDIS_BACKEND = "orchestration.worker.result_backend:StepRedisBackend"
 
 BACKEND_RETRY_POLICY = {"max_retries": 60, "interval_start": 0, "interval_step": 1,
                         "interval_max": 5}
@@ -87,7 +87,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # A malformed task message (a body that is not [args, kwargs, embed], no id) is
         # rejected with an error log; Celery's own consumer would exit on it, and the
         # unacknowledged message would then kill every worker that receives it.
-        "worker_consumer": "orchestration.messages:GuardedConsumer",
+        "worker_consumer": "orchestration.worker.messages:GuardedConsumer",
         "broker_connection_retry_on_startup": True,
         "imports": list(settings.imports),
         # Chord callbacks on Redis are counted with INCR: no polling `chord_unlock` task.

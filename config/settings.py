@@ -17,7 +17,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 EMBEDDED_BROKER = "memory://"
-EMBEDDED_BACKEND = "orchestration.inprocess:InProcessBackend"
+EMBEDDED_BACKEND = "orchestration.worker.inprocess:InProcessBackend"
 
 
 class Settings(BaseSettings):

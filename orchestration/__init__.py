@@ -5,10 +5,14 @@ let Celery workers on per-model queues execute them with retries, timeouts, fall
 and durable state in the results database.
 """
 
-from orchestration.adaptive import adaptive
 from orchestration.api import approve, cancel, get_run, list_runs, reconcile, resume
 from orchestration.app import Orchestrator, default_orchestrator
-from orchestration.context import StepContext
+from orchestration.core.results import RunHandle, RunResult, RunSummary, StepRecord
+from orchestration.core.status import RunStatus, StepStatus
+from orchestration.define.adaptive import adaptive
+from orchestration.define.policies import Backoff
+from orchestration.define.step import Step
+from orchestration.define.workflow import Workflow
 from orchestration.errors import (
     ConfigurationError,
     InvalidInput,
@@ -21,11 +25,7 @@ from orchestration.errors import (
     WaitTimeout,
     WorkflowDefinitionError,
 )
-from orchestration.policies import Backoff
-from orchestration.results import RunHandle, RunResult, RunSummary, StepRecord
-from orchestration.status import RunStatus, StepStatus
-from orchestration.step import Step
-from orchestration.workflow import Workflow
+from orchestration.execute.context import StepContext
 
 __all__ = [
     # defining and running workflows

@@ -6,9 +6,9 @@ from datetime import datetime
 from typing import Any
 
 from orchestration.app import Orchestrator, default_orchestrator
-from orchestration.durability import Reconciled
-from orchestration.results import RunResult, RunSummary, cancel_run
-from orchestration.status import RunStatus
+from orchestration.core.results import RunResult, RunSummary, cancel_run
+from orchestration.core.status import RunStatus
+from orchestration.submit.durability import Reconciled
 
 
 def get_run(run_id: str, *, app: Orchestrator | None = None) -> RunResult:

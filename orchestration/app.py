@@ -22,18 +22,10 @@ from celery.exceptions import Ignore, Reject
 
 from config.celery import celery_config
 from config.settings import Settings
-from orchestration import redis_transport
-from orchestration.catalogue import load_catalogue
-from orchestration.durability import Reconciled, reconcile, redispatch, resume
-from orchestration.engine_tasks import (
-    DISPATCH_RUNS_TASK,
-    EXPIRE_WAITS_TASK,
-    approve,
-    child_canvas,
-    register_engine_tasks,
-    resume_signature,
-)
-from orchestration.envelope import Envelope, is_envelope
+from orchestration.core.envelope import Envelope, is_envelope
+from orchestration.core.logs import CeleryLogFilter, configure_celery_logger, configure_logging
+from orchestration.core.redaction import Redactor
+from orchestration.core.status import RunStatus, StepStatus
 from orchestration.errors import (
     ConfigurationError,
     Reschedule,
@@ -41,22 +33,30 @@ from orchestration.errors import (
     WaitForInput,
     WorkflowDefinitionError,
 )
-from orchestration.heartbeat import Heartbeat
-from orchestration.inprocess import private_memory_transport
-from orchestration.logs import CeleryLogFilter, configure_celery_logger, configure_logging
-from orchestration.maps import map_canvas, run_chunk
-from orchestration.redaction import Redactor
-from orchestration.resilience import Resilience
-from orchestration.runtime import Delivery, StartChild, StartMap, run_step
-from orchestration.status import RunStatus, StepStatus
+from orchestration.execute.maps import map_canvas, run_chunk
+from orchestration.execute.runtime import Delivery, StartChild, StartMap, run_step
+from orchestration.llm.catalogue import load_catalogue
+from orchestration.llm.resilience import Resilience
 from orchestration.store.engine import is_unavailable
 from orchestration.store.repository import StepOutcome, Store, utcnow
 from orchestration.store.workers import Released, WorkerInfo
+from orchestration.submit.durability import Reconciled, reconcile, redispatch, resume
+from orchestration.worker import redis_transport
+from orchestration.worker.engine_tasks import (
+    DISPATCH_RUNS_TASK,
+    EXPIRE_WAITS_TASK,
+    approve,
+    child_canvas,
+    register_engine_tasks,
+    resume_signature,
+)
+from orchestration.worker.heartbeat import Heartbeat
+from orchestration.worker.inprocess import private_memory_transport
 
 if TYPE_CHECKING:
-    from orchestration.embedded import EmbeddedWorker
-    from orchestration.step import BoundStep, StepSpec
-    from orchestration.workflow import CompiledWorkflow, Workflow
+    from orchestration.define.step import BoundStep, StepSpec
+    from orchestration.define.workflow import CompiledWorkflow, Workflow
+    from orchestration.worker.embedded import EmbeddedWorker
 
 log = structlog.get_logger("orchestration.app")
 HAND_BACK_MAX_DELAY = 30.0  # seconds: the longest countdown of a step handed back
@@ -72,9 +72,9 @@ class Orchestrator:
                           redactor=self.redactor)
         # Celery's headers and events get a summary of a step's envelope (publishing.py).
         self.celery = Celery(name, set_as_current=False,
-                             amqp="orchestration.publishing:StepAMQP",
-                             events="orchestration.publishing:StepEvents",
-                             task_cls="orchestration.publishing:StepTask")
+                             amqp="orchestration.worker.publishing:StepAMQP",
+                             events="orchestration.worker.publishing:StepEvents",
+                             task_cls="orchestration.worker.publishing:StepTask")
         self._apply_settings()
         self.workflows: dict[str, Workflow] = {}
         self._store: Store | None = None
@@ -308,7 +308,7 @@ class Orchestrator:
             raise ConfigurationError("the in-process worker only runs with the embedded broker")
         with self._lock:
             if self._embedded is None:
-                from orchestration.embedded import EmbeddedWorker
+                from orchestration.worker.embedded import EmbeddedWorker
 
                 worker = EmbeddedWorker(self)
                 worker.start()
@@ -487,8 +487,7 @@ def _on_worker_ready(sender: Any = None, **_: Any) -> None:
     queues = sorted(queue.name for queue in getattr(task_consumer, "queues", None) or ())
     _default.start_heartbeat(str(getattr(sender, "hostname", _default.hostname)), queues)
     if _default.settings.metrics_port:
-        from orchestration import metrics
-
+        from orchestration.core import metrics
         metrics.serve(_default.settings.metrics_port)
 
 

@@ -25,13 +25,13 @@ from orchestration.cli_errors import (
     debugging,
     remember_database_url,
 )
+from orchestration.core.results import RunResult, StepRecord, as_utc, cancel_run
+from orchestration.core.status import RunStatus, StepStatus
+from orchestration.define.graph import Node, Parallel, Series
+from orchestration.define.step import BoundStep
 from orchestration.errors import OrchestrationError
-from orchestration.exporter import flower_command, serve_metrics
-from orchestration.graph import Node, Parallel, Series
-from orchestration.observe import graph_dot, known_queues, queue_depths, workflow_stats
-from orchestration.results import RunResult, StepRecord, as_utc, cancel_run
-from orchestration.status import RunStatus, StepStatus
-from orchestration.step import BoundStep
+from orchestration.observe.exporter import flower_command, serve_metrics
+from orchestration.observe.queries import graph_dot, known_queues, queue_depths, workflow_stats
 from orchestration.store.engine import upgrade
 
 # Wide enough for run ids when piped (rich assumes 80 columns without a terminal).

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from sqlalchemy import Engine, delete, select
 
-from orchestration.status import RunStatus
+from orchestration.core.status import RunStatus
 from orchestration.store.models import RunRow, StepRow
 
 _CHUNK = 500  # ids per statement (SQLite's bound-parameter limit is far above)

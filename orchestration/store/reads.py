@@ -7,9 +7,9 @@ from typing import Any
 
 from sqlalchemy import Engine, func, select
 
+from orchestration.core.results import RunResult, RunSummary, StepRecord, as_utc
+from orchestration.core.status import RunStatus, StepStatus
 from orchestration.errors import RunNotFound
-from orchestration.results import RunResult, RunSummary, StepRecord, as_utc
-from orchestration.status import RunStatus, StepStatus
 from orchestration.store import statements as sql
 from orchestration.store.models import AttemptRow, RunRow, StepRow
 

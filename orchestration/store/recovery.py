@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from orchestration.core.status import RunStatus, StepStatus
 from orchestration.errors import OrchestrationError, RunNotFound
-from orchestration.status import RunStatus, StepStatus
 from orchestration.store.models import CacheRow, RunRow, StepRow
 
 if TYPE_CHECKING:
@@ -50,7 +50,7 @@ class Recovery:
                                .where(CacheRow.key == key)).first()
         if row is None:
             return False, None
-        from orchestration.results import as_utc
+        from orchestration.core.results import as_utc
 
         expires = as_utc(row.expires_at)
         if expires is not None and expires <= now:
@@ -145,7 +145,7 @@ class Recovery:
                         RunRow.created_at < idle_since))
         with self._store.reader.connect() as conn:
             rows = conn.execute(query).all()
-        from orchestration.results import as_utc
+        from orchestration.core.results import as_utc
 
         stale = []
         for row in rows:

@@ -16,14 +16,14 @@ from typing import Any
 from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from orchestration.errors import RunNotFound
-from orchestration.results import as_utc
-from orchestration.status import (
+from orchestration.core.results import as_utc
+from orchestration.core.status import (
     CLAIMABLE_STEP_STATUSES,
     TERMINAL_RUN_STATUSES,
     RunStatus,
     StepStatus,
 )
+from orchestration.errors import RunNotFound
 from orchestration.store import statements as sql
 from orchestration.store.engine import create_engines, schema_is_current, upgrade
 from orchestration.store.models import RunRow, StepRow, WaitRow

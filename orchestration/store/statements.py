@@ -11,7 +11,7 @@ from typing import cast
 
 from sqlalchemy import Table, bindparam, case, func, insert, select, update
 
-from orchestration.status import (
+from orchestration.core.status import (
     CLAIMABLE_STEP_STATUSES,
     TERMINAL_RUN_STATUSES,
     RunStatus,

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import and_, delete, exists, insert, select, update
 
-from orchestration.status import RunStatus, StepStatus
+from orchestration.core.status import RunStatus, StepStatus
 from orchestration.store.models import RunRow, StepRow, WorkerRow
 
 if TYPE_CHECKING:

@@ -18,7 +18,7 @@ import re
 from collections.abc import Sequence
 from typing import Final
 
-from orchestration.providers.local import LABEL as LOCAL_LABEL
+from orchestration.llm.providers.local import LABEL as LOCAL_LABEL
 
 __all__ = [
     "EXTRACTIVE_RATIO",

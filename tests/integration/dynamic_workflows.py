@@ -33,7 +33,7 @@ import redis
 from celery.signals import before_task_publish, task_postrun
 
 from orchestration import Backoff, NonRetryableError, StepContext, Workflow
-from orchestration.maps import MAP_COLLECT_TASK
+from orchestration.execute.maps import MAP_COLLECT_TASK
 from tests.integration.workflows import QUEUE
 
 MAP_QUEUE = "it.dyn.map"  # served only by the map tests' two workers

@@ -19,7 +19,7 @@ import re
 from typing import Any
 
 from orchestration import NonRetryableError, StepContext, Workflow
-from orchestration.envelope import dumps
+from orchestration.core.envelope import dumps
 from tests.integration.workflows import _redis, count_call
 
 EXACT_QUEUE = "it.exact"

@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from orchestration import Backoff, StepContext, Workflow
-from orchestration.providers.base import Completion
+from orchestration.llm.providers.base import Completion
 
 # Both provider workers consume PROVIDERS_QUEUE; each also has a queue of its own, so a
 # test can send a run to one worker process in particular.

@@ -36,7 +36,7 @@ from orchestration import (
     default_orchestrator,
     get_run,
 )
-from orchestration.redaction import REDACTED
+from orchestration.core.redaction import REDACTED
 from orchestration.store.models import RunRow, StepRow
 from orchestration.store.recovery import NotResumable
 from tests.integration import exact_delivery_workflows as sw

@@ -38,8 +38,8 @@ from orchestration import (
     get_run,
     list_runs,
 )
-from orchestration.compiler import build_canvas
-from orchestration.envelope import Envelope
+from orchestration.compile.canvas import build_canvas
+from orchestration.core.envelope import Envelope
 from tests.integration.helpers import statuses, wait_until
 from tests.integration.workers import Worker, Workers
 from tests.support.runs import assert_in_order

@@ -23,7 +23,7 @@ import pytest
 
 from orchestration import RunStatus, StepStatus, cancel, default_orchestrator, get_run, reconcile
 from orchestration.app import Orchestrator
-from orchestration.results import RunResult
+from orchestration.core.results import RunResult
 from orchestration.store.repository import utcnow
 from orchestration.store.workers import WorkerInfo
 from tests.integration.helpers import backdate_run, wait_until

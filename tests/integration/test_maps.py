@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from orchestration import RunStatus, StepStatus
-from orchestration.maps import DEFAULT_CHUNKS, MAP_COLLECT_TASK, chunk_ranges
+from orchestration.execute.maps import DEFAULT_CHUNKS, MAP_COLLECT_TASK, chunk_ranges
 from tests.integration import dynamic_workflows as dyn
 from tests.integration.helpers import statuses, wait_until
 from tests.integration.workers import Worker, Workers

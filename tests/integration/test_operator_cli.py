@@ -4,7 +4,7 @@ The CLI runs as a subprocess with the test process's ``ORCH_*`` environment (as 
 operator's shell would), reading the session's PostgreSQL results DB. ``stats`` is
 checked against latencies the steps inject (``time.sleep``), retries and fallbacks the
 steps force, and model failures the fake LLM server injects (whose own request log is
-the ground truth); ``orchestration.observe.workflow_stats`` is asserted directly too.
+the ground truth); ``orchestration.observe.queries.workflow_stats`` is asserted directly too.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from orchestration import RunResult, RunStatus, StepStatus, default_orchestrator
-from orchestration.observe import ModelStats, WorkflowStats, workflow_stats
+from orchestration.observe.queries import ModelStats, WorkflowStats, workflow_stats
 from tests.fakes.llm_server import FakeLLMServer
 from tests.integration import observability_workflows as ow
 from tests.integration.observability_support import (

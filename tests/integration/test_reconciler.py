@@ -25,8 +25,8 @@ from sqlalchemy import update
 import orchestration
 from config.settings import Settings
 from orchestration import RunStatus, StepStatus, default_orchestrator, get_run
-from orchestration.engine_tasks import RECONCILE_TASK
 from orchestration.store.models import RunRow, StepRow
+from orchestration.worker.engine_tasks import RECONCILE_TASK
 from tests.integration import reconcile_workflows as rw
 from tests.integration.helpers import statuses, wait_for_step, wait_until
 from tests.integration.workers import ROOT, Workers

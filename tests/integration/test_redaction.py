@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from orchestration import RunStatus, StepStatus, approve, get_run
-from orchestration.redaction import REDACTED
+from orchestration.core.redaction import REDACTED
 from tests.integration import observability_workflows as ow
 from tests.integration.helpers import wait_until
 from tests.integration.observability_support import dump_database, obs_env

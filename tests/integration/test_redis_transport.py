@@ -26,7 +26,7 @@ from kombu.transport import redis as kombu_redis
 
 from config.settings import Settings
 from orchestration.app import Orchestrator
-from orchestration.redis_transport import KOMBU_TRANSPORT, TRANSPORT, Transport
+from orchestration.worker.redis_transport import KOMBU_TRANSPORT, TRANSPORT, Transport
 
 QUEUE = Queue("transport.test", routing_key="transport.test")
 

@@ -26,8 +26,8 @@ import pytest
 import redis
 
 from orchestration import RunStatus, StepStatus, default_orchestrator
-from orchestration.compiler import FINALIZE_TASK
-from orchestration.engine_tasks import DISPATCH_RUNS_TASK, EXPIRE_WAITS_TASK, RECONCILE_TASK
+from orchestration.compile.canvas import FINALIZE_TASK
+from orchestration.worker.engine_tasks import DISPATCH_RUNS_TASK, EXPIRE_WAITS_TASK, RECONCILE_TASK
 from tests.integration.reliability_workflows import FATAL_KINDS, FATAL_TYPES, FLOWS, REL_QUEUES
 from tests.integration.workers import Worker, Workers
 from tests.integration.workflows import calls

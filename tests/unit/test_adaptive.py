@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from orchestration import RunStatus, StepStatus, Workflow
-from orchestration.adaptive import AdaptiveTimeout, Latencies, adaptive
+from orchestration.define.adaptive import AdaptiveTimeout, Latencies, adaptive
 from orchestration.testing import embedded_orchestrator
 from tests.support.services import delete_keys, unit_redis
 

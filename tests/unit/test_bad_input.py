@@ -26,7 +26,7 @@ from orchestration import (
     WorkflowDefinitionError,
 )
 from orchestration.app import Orchestrator
-from orchestration.envelope import is_envelope
+from orchestration.core.envelope import is_envelope
 from orchestration.testing import embedded_settings
 
 TABLES = ("runs", "steps", "step_attempts")

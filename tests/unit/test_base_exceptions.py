@@ -15,10 +15,10 @@ import pytest
 
 from orchestration import Backoff, RunStatus, StepStatus, Workflow
 from orchestration.app import Orchestrator
-from orchestration.attempts import as_failure, describe
 from orchestration.errors import StepAborted
+from orchestration.execute.attempts import as_failure, describe
+from orchestration.execute.timeouts import call_with_timeout
 from orchestration.testing import embedded_orchestrator
-from orchestration.timeouts import call_with_timeout
 
 FAST = Backoff(initial=0.01, maximum=0.01, jitter=0.0)
 KINDS: dict[str, Callable[[], BaseException]] = {

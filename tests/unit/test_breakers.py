@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 import redis
 
-from orchestration import breakers
-from orchestration.breakers import BreakerOpen, BreakerPolicy, Breakers, ModelBreaker
-from orchestration.providers.base import ProviderError
+from orchestration.llm.breakers import BreakerOpen, BreakerPolicy, Breakers, ModelBreaker
+from orchestration.llm import breakers
+from orchestration.llm.providers.base import ProviderError
 from tests.support.services import UNIT_REDIS_URL, delete_keys, unit_redis
 
 MakeBreakers = Callable[[BreakerPolicy], Breakers]

@@ -11,8 +11,8 @@ import pytest
 
 from orchestration import ConfigurationError, RunStatus, StepContext, Workflow
 from orchestration.app import Orchestrator
-from orchestration.catalogue import DEFAULT_CATALOGUE, ModelConfig, load_catalogue
-from orchestration.providers.local import LABEL
+from orchestration.llm.catalogue import DEFAULT_CATALOGUE, ModelConfig, load_catalogue
+from orchestration.llm.providers.local import LABEL
 from orchestration.testing import embedded_orchestrator
 
 VALID = """

@@ -18,7 +18,7 @@ from sqlalchemy import update
 
 import orchestration.app as app_module
 from orchestration.cli import main
-from orchestration.status import RunStatus, StepStatus
+from orchestration.core.status import RunStatus, StepStatus
 from orchestration.store.models import RunRow, StepRow
 from orchestration.store.repository import AttemptRecord, PlannedStep, Store, utcnow
 

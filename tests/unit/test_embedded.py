@@ -14,9 +14,9 @@ from celery import signals
 
 from orchestration import RunHandle, RunResult, RunStatus, StepContext, StepStatus, Workflow
 from orchestration.app import Orchestrator
-from orchestration.embedded import EmbeddedWorker
 from orchestration.store.repository import AttemptRecord, PlannedStep, StepOutcome, Store, utcnow
 from orchestration.testing import embedded_orchestrator, embedded_settings
+from orchestration.worker.embedded import EmbeddedWorker
 
 Calls = list[tuple[str, str, int]]  # (step, run id, attempt)
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from orchestration.envelope import INPUT_SOURCE, Envelope, dumps
+from orchestration.core.envelope import INPUT_SOURCE, Envelope, dumps
 
 RUN = "run-1"
 

@@ -15,12 +15,12 @@ import pytest
 
 from orchestration import RunStatus, Workflow
 from orchestration.app import Orchestrator
-from orchestration.durability import redacted_inputs
-from orchestration.embedded import EmbeddedWorker
-from orchestration.envelope import INPUT_SOURCE, Envelope
-from orchestration.redaction import REDACTED, Redactor, changed_by_redaction, redacted_paths
+from orchestration.core.envelope import INPUT_SOURCE, Envelope
+from orchestration.core.redaction import REDACTED, Redactor, changed_by_redaction, redacted_paths
 from orchestration.store.repository import PlannedStep, Store
+from orchestration.submit.durability import redacted_inputs
 from orchestration.testing import embedded_orchestrator, embedded_settings
+from orchestration.worker.embedded import EmbeddedWorker
 
 RUN = "run-1"
 

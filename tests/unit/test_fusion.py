@@ -23,8 +23,8 @@ from celery.canvas import Signature, _chain, _chord, group
 
 from orchestration import Backoff, RunStatus, StepContext, StepStatus, Workflow
 from orchestration.app import Orchestrator
-from orchestration.compiler import build_canvas
-from orchestration.envelope import Envelope
+from orchestration.compile.canvas import build_canvas
+from orchestration.core.envelope import Envelope
 from orchestration.testing import embedded_orchestrator
 from tests.support.flows import Flows
 from tests.support.polling import wait_until

@@ -1,4 +1,4 @@
-"""Tests for orchestration.graph: ordering, validation and series-parallel decomposition."""
+"""Tests for orchestration.define.graph: ordering, validation and series-parallel decomposition."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orchestration.graph import (
+from orchestration.define.graph import (
     Decomposition,
     Node,
     Parallel,

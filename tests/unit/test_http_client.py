@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from orchestration.providers.http import (
+from orchestration.llm.providers.http import (
     ConnectError,
     HttpxClient,
     KeepAliveClient,
@@ -23,7 +23,7 @@ from orchestration.providers.http import (
     TransportTimeout,
     client_for,
 )
-from orchestration.providers.openai import OpenAIProvider
+from orchestration.llm.providers.openai import OpenAIProvider
 
 # What the server does with the n-th request on a connection: "answer", "answer-close"
 # (answers with Connection: close), "drop" (closes without answering), "hang", "huge".

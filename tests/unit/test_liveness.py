@@ -18,14 +18,14 @@ from sqlalchemy.exc import OperationalError
 
 from orchestration import RunStatus, StepStatus
 from orchestration.app import Orchestrator
-from orchestration.attempts import Delivery
-from orchestration.envelope import Envelope
+from orchestration.core.envelope import Envelope
+from orchestration.define.workflow import Workflow
 from orchestration.errors import ResultsDatabaseUnavailable
-from orchestration.heartbeat import Heartbeat
-from orchestration.runtime import run_step
+from orchestration.execute.attempts import Delivery
+from orchestration.execute.runtime import run_step
 from orchestration.store.repository import PlannedStep, Store
 from orchestration.store.workers import Released, WorkerInfo
-from orchestration.workflow import Workflow
+from orchestration.worker.heartbeat import Heartbeat
 
 STEPS = [PlannedStep("a", "a", "q.a", None, True), PlannedStep("b", "b", "q.b", None, True)]
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)

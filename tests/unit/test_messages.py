@@ -20,10 +20,10 @@ from structlog.testing import capture_logs
 
 from orchestration import RunStatus, Workflow
 from orchestration.app import Orchestrator
-from orchestration.compiler import FINALIZE_TASK
-from orchestration.engine_tasks import DISPATCH_RUNS_TASK, EXPIRE_WAITS_TASK, RECONCILE_TASK
-from orchestration.messages import GuardedConsumer, body_problem, header_problem
+from orchestration.compile.canvas import FINALIZE_TASK
 from orchestration.testing import embedded_orchestrator
+from orchestration.worker.engine_tasks import DISPATCH_RUNS_TASK, EXPIRE_WAITS_TASK, RECONCILE_TASK
+from orchestration.worker.messages import GuardedConsumer, body_problem, header_problem
 
 QUEUE = "msg.steps"
 GOOD_EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}

@@ -14,11 +14,12 @@ import pytest
 import structlog
 from prometheus_client import REGISTRY
 
-from orchestration import ConfigurationError, metrics
-from orchestration.exporter import flower_command, is_loopback
-from orchestration.logs import configure_logging
-from orchestration.redaction import REDACTED, Redactor
-from orchestration.stats import percentile, step_stats
+from orchestration import ConfigurationError
+from orchestration.core import metrics
+from orchestration.core.logs import configure_logging
+from orchestration.core.redaction import REDACTED, Redactor
+from orchestration.core.stats import percentile, step_stats
+from orchestration.observe.exporter import flower_command, is_loopback
 
 # -- structured logs -----------------------------------------------------------------------
 

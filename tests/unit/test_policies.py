@@ -10,7 +10,7 @@ import pytest
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_none
 
 from orchestration import Backoff, WorkflowDefinitionError
-from orchestration.policies import (
+from orchestration.define.policies import (
     CallableTimeout,
     Fallback,
     FixedTimeout,

@@ -17,9 +17,9 @@ from celery.worker.request import Request
 from config.celery import celery_config, result_backend
 from config.settings import Settings
 from orchestration import Orchestrator, RunStatus, Workflow
-from orchestration.publishing import StepRequest, StepTask, args_summary, kwargs_summary
-from orchestration.result_backend import StepRedisBackend, stored_result
 from orchestration.testing import embedded_orchestrator
+from orchestration.worker.publishing import StepRequest, StepTask, args_summary, kwargs_summary
+from orchestration.worker.result_backend import StepRedisBackend, stored_result
 
 SECRET = "hunter2-very-secret-value"
 
@@ -117,7 +117,7 @@ def test_every_task_of_the_app_shows_its_requests_by_summary(orch: Orchestrator)
     flow.validate()
     task = orch.celery.tasks["publishing_request.echo"]
     assert isinstance(task, StepTask)
-    assert task.Request == "orchestration.publishing:StepRequest"
+    assert task.Request == "orchestration.worker.publishing:StepRequest"
 
 
 def test_a_request_is_shown_by_its_summaries_even_when_unsafe_output_is_asked() -> None:
@@ -145,8 +145,8 @@ def test_a_task_key_keeps_a_summary_of_a_success_only() -> None:
 
 
 @pytest.mark.parametrize(("url", "backend"), [
-    ("redis://h:6379/1", "orchestration.result_backend:StepRedisBackend+redis://h:6379/1"),
-    ("rediss://h:6380/0", "orchestration.result_backend:StepRedisBackend+rediss://h:6380/0"),
+    ("redis://h:6379/1", "orchestration.worker.result_backend:StepRedisBackend+redis://h:6379/1"),
+    ("rediss://h:6380/0", "orchestration.worker.result_backend:StepRedisBackend+rediss://h:6380/0"),
     ("db+postgresql://h/x", "db+postgresql://h/x"),
 ])
 def test_a_redis_result_backend_is_the_step_backend(url: str, backend: str) -> None:
@@ -154,7 +154,7 @@ def test_a_redis_result_backend_is_the_step_backend(url: str, backend: str) -> N
     assert celery_config(settings)["result_backend"] == backend
     assert result_backend(Settings(broker_url=url if url.startswith("redis") else
                                    "redis://h:6379/0")).startswith(
-        "orchestration.result_backend:StepRedisBackend+redis")
+        "orchestration.worker.result_backend:StepRedisBackend+redis")
 
 
 def test_the_step_backend_is_what_celery_builds_from_the_url() -> None:

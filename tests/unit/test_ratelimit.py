@@ -10,8 +10,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from orchestration import ratelimit
-from orchestration.ratelimit import RateLimit, RateLimited, RateLimiter
+from orchestration.llm import ratelimit
+from orchestration.llm.ratelimit import RateLimit, RateLimited, RateLimiter
 from tests.support.services import delete_keys, unit_redis
 
 SLACK = 0.05  # Redis windows run on the server's clock, instants here on this process's

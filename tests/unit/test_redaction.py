@@ -13,7 +13,7 @@ import pytest
 from config.settings import Settings
 from orchestration import Workflow, WorkflowDefinitionError
 from orchestration.app import Orchestrator
-from orchestration.redaction import REDACTED, Redactor, structlog_processor
+from orchestration.core.redaction import REDACTED, Redactor, structlog_processor
 
 
 @pytest.fixture

@@ -9,9 +9,9 @@ import pytest
 
 from orchestration import Backoff, RunStatus, StepContext, StepStatus, Workflow
 from orchestration.app import Orchestrator
-from orchestration.envelope import Envelope
+from orchestration.core.envelope import Envelope
 from orchestration.errors import Reschedule
-from orchestration.runtime import Delivery, run_step
+from orchestration.execute.runtime import Delivery, run_step
 from orchestration.store.repository import PlannedStep
 
 LIMIT = 64

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from orchestration import Orchestrator, RunStatus, StepStatus, Workflow
-from orchestration.providers.base import Usage
-from orchestration.providers.local import LocalProvider
+from orchestration.llm.providers.base import Usage
+from orchestration.llm.providers.local import LocalProvider
 from orchestration.testing import embedded_orchestrator
 from tasks.content import summaries
 from tasks.content.data import generate

@@ -1,0 +1,109 @@
+"""Compile a workflow's decomposition into Celery canvas.
+
+``Series`` becomes a ``chain``, ``Parallel`` a ``group``; Celery turns a group followed
+by anything into a chord. The first signatures carry the run's first envelope; every
+later one receives its predecessor's result. The run is finalised by its last step
+when the plan ends in a single step, else by an extra ``orchestration.finalize`` task
+routed to the queue of a last step (a queue that is known to have workers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from celery import chain, group
+from celery.canvas import Signature
+
+from orchestration.define.graph import Node, Parallel, Plan, Series, plan_nodes
+from orchestration.define.step import BoundStep
+
+FINALIZE_TASK = "orchestration.finalize"
+
+
+def build_canvas(plan: Plan, steps: Mapping[str, BoundStep], message: dict[str, Any],
+                 run_id: str, app: Any) -> Signature:
+    """The canvas of one run: every step once, in the plan's order, then finalisation."""
+    last = plan_nodes(plan)[-1]
+    ends_in_step = isinstance(plan, Node) or (
+        isinstance(plan, Series) and isinstance(plan.parts[-1], Node)
+    )
+    canvas = _build(plan, steps, message, run_id, app, first=True,
+                    finalizer=last if ends_in_step else None, keep_result=False)
+    if ends_in_step:
+        return canvas
+    finalize = app.signature(FINALIZE_TASK, args=(), kwargs={"run_id": run_id},
+                             queue=steps[last].queue, ignore_result=True)
+    return chain(canvas, finalize)
+
+
+def _build(plan: Plan, steps: Mapping[str, BoundStep], message: dict[str, Any], run_id: str,
+           app: Any, *, first: bool, finalizer: str | None, keep_result: bool) -> Signature:
+    # Only results a chord collects are read back from the result backend: a chain hands
+    # its result to the next message directly. Not storing the others saves a backend
+    # write per step and the client's result subscription on submit.
+    if isinstance(plan, Node):
+        step = steps[plan.name]
+        kwargs: dict[str, Any] = {"run_id": run_id}
+        if plan.name == finalizer:
+            kwargs["finalize"] = True
+        args = (message,) if first else ()
+        return app.signature(step.spec.task_name, args=args, kwargs=kwargs, queue=step.queue,
+                             ignore_result=not keep_result)
+    if isinstance(plan, Series):
+        runs = _fusible_runs(plan.parts, steps)
+        last = len(runs) - 1
+        parts = [
+            _fused(run, steps, message, run_id, app, first=first and index == 0,
+                   finalizer=finalizer, keep_result=keep_result and index == last)
+            if isinstance(run, list) else
+            _build(run, steps, message, run_id, app, first=first and index == 0,
+                   finalizer=finalizer, keep_result=keep_result and index == last)
+            for index, run in enumerate(runs)
+        ]
+        return parts[0] if len(parts) == 1 else chain(*parts)
+    if isinstance(plan, Parallel):
+        # A group is always a chord header here (the plan ends with a step or finalize).
+        return group(*[_build(part, steps, message, run_id, app, first=first, finalizer=None,
+                              keep_result=True)
+                       for part in plan.parts])
+    raise TypeError(f"not a plan: {plan!r}")
+
+
+def fusible(step: BoundStep) -> bool:
+    """A step that can share a message with its neighbours (a map replaces its message)."""
+    return step.spec.map is None
+
+
+def _fusible_runs(parts: tuple[Plan, ...],
+                  steps: Mapping[str, BoundStep]) -> list[Plan | list[str]]:
+    """Consecutive single steps on one queue become one fused run (a list of names).
+
+    One message then runs them in order, each with its own claim, policies and record:
+    the broker round trips of a chain on one queue disappear, nothing else changes.
+    """
+    runs: list[Plan | list[str]] = []
+    for part in parts:
+        if isinstance(part, Node) and fusible(steps[part.name]):
+            previous = runs[-1] if runs else None
+            if isinstance(previous, list) and steps[previous[-1]].queue == steps[part.name].queue:
+                previous.append(part.name)
+                continue
+            runs.append([part.name])
+            continue
+        runs.append(part)
+    return runs
+
+
+def _fused(names: list[str], steps: Mapping[str, BoundStep], message: dict[str, Any],
+           run_id: str, app: Any, *, first: bool, finalizer: str | None,
+           keep_result: bool) -> Signature:
+    if len(names) == 1:
+        return _build(Node(names[0]), steps, message, run_id, app, first=first,
+                      finalizer=finalizer, keep_result=keep_result)
+    head = steps[names[0]]
+    kwargs: dict[str, Any] = {"run_id": run_id, "fused": names}
+    if finalizer in names:
+        kwargs["finalize"] = True
+    return app.signature(head.spec.task_name, args=(message,) if first else (), kwargs=kwargs,
+                         queue=head.queue, ignore_result=not keep_result)

@@ -1,0 +1,298 @@
+"""The attempts of one step (or one map element) under the step's policies.
+
+Per-attempt timeout, retries with exponential backoff and jitter (tenacity; in-process
+while the wait is short, otherwise the message goes back to the broker so the slot is
+freed), the quality gate and ``on_retry``, then the fallback. Control-flow signals
+(:class:`~orchestration.errors.StepSignal`) pass straight through; anything else a step
+raises, even a ``SystemExit``, ``KeyboardInterrupt`` or bare ``BaseException``, is a failed
+attempt: it must never escape to the worker, where it would hold the pool slot (threads)
+or leave the step ``running`` for the reconciler to re-run forever (prefork).
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
+
+from orchestration.core.envelope import dumps
+from orchestration.core.status import StepStatus
+from orchestration.define.adaptive import AdaptiveTimeout
+from orchestration.define.gates import PASSED, GateFailed
+from orchestration.define.policies import first_then_retry
+from orchestration.define.step import BoundStep
+from orchestration.errors import (
+    NonRetryableError,
+    OutputNotSerializable,
+    Reschedule,
+    StepAborted,
+    StepSignal,
+)
+from orchestration.execute.context import StepContext
+from orchestration.execute.timeouts import call_with_timeout
+from orchestration.store.repository import AttemptRecord, StepOutcome, Store, utcnow
+
+if TYPE_CHECKING:
+    from orchestration.core.redaction import Redactor
+    from orchestration.llm.resilience import Resilience
+
+log = structlog.get_logger("orchestration.execute.attempts")
+_ERROR_LIMIT = 4000
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """Where and how a step message arrived, and what the step may use."""
+
+    worker: str | None
+    task_id: str | None
+    inline_limit: int
+    inline_retry_limit: float
+    services: Resilience | None = None
+    max_crashes: int = 3
+    redactor: Redactor | None = None
+    holder: str | None = None  # the worker process instance (see store/workers.py)
+    db_hold: float = 0.0  # seconds to keep retrying a record while the results DB is down
+
+
+class ReturnedSignal(StepSignal):
+    """A step function returned a control object (e.g. a child run) instead of a value."""
+
+    def __init__(self, value: Any) -> None:
+        super().__init__(value)
+        self.value = value
+
+
+class RescheduleWithOutcome(Reschedule):
+    """Reschedule carrying the attempts made so far, so they are recorded first."""
+
+    def __init__(self, delay: float, outcome: StepOutcome, params: dict[str, Any]) -> None:
+        super().__init__(delay, params)
+        self.outcome = outcome
+
+
+def describe(exc: BaseException) -> tuple[str, str]:
+    """(the error with a short traceback, the exception's qualified type)."""
+    if isinstance(exc, StepAborted) and exc.__cause__ is not None:
+        exc = exc.__cause__  # what the step raised, not the engine's carrier
+    text = "".join(traceback.format_exception(exc, limit=-4))
+    kind = type(exc)
+    return text[-_ERROR_LIMIT:], f"{kind.__module__}.{kind.__qualname__}"
+
+
+def run_attempts(step: BoundStep, kwargs: dict[str, Any], *, run_id: str, store: Store,
+                 delivery: Delivery, previous_attempts: int = 0, spent_before: float = 0.0,
+                 map_index: int | None = None, signal_types: tuple[type, ...] = (),
+                 initial_params: dict[str, Any] | None = None) -> StepOutcome:
+    """Run a step's function under its policies; the outcome to record.
+
+    A returned value of one of ``signal_types`` is raised as :class:`ReturnedSignal`;
+    ``initial_params`` are the first attempt's ``ctx.params`` (carried across broker
+    retries).
+    """
+    spec = step.spec
+    records: list[AttemptRecord] = []
+    contexts: list[StepContext] = []
+    attempt_number = previous_attempts
+    params: dict[str, Any] = dict(initial_params or {})
+
+    def attempt_once() -> Any:
+        nonlocal attempt_number, params
+        attempt_number += 1
+        timeout = _timeout(step, delivery)
+        ctx = StepContext(run_id=run_id, workflow=spec.workflow, step=spec.name,
+                          attempt=attempt_number, model=spec.model, params=dict(params),
+                          deadline=None if timeout is None else time.monotonic() + timeout,
+                          max_cost=spec.max_cost, run_budget=step.run_budget,
+                          spent_before=spent_before + sum(c.cost_usd for c in contexts),
+                          run_cost=lambda: store.run_cost(run_id),
+                          services=delivery.services, map_index=map_index, store=store)
+        contexts.append(ctx)
+        call_kwargs = dict(kwargs, ctx=ctx) if spec.wants_ctx else kwargs
+        started = utcnow()
+        gate: str | None = None
+        try:
+            # bind + reset by token: bound_contextvars() also copies the whole context
+            tokens = structlog.contextvars.bind_contextvars(attempt=attempt_number,
+                                                            map_index=map_index)
+            try:
+                value = call_with_timeout(spec.fn, call_kwargs, timeout)
+            finally:
+                structlog.contextvars.reset_contextvars(**tokens)
+            if signal_types and isinstance(value, signal_types):
+                raise ReturnedSignal(value)
+            _check_json(spec.where, value)
+            if spec.gate is not None:
+                reason = spec.gate.verdict(value)
+                gate = PASSED if reason is None else f"failed: {reason}"
+                if reason is not None:
+                    raise GateFailed(reason)
+        except StepSignal:
+            raise
+        except BaseException as exc:
+            records.append(_record(attempt_number, "failed", started, ctx, exc, gate,
+                                   map_index))
+            params = _on_retry(step, attempt_number, exc, params)
+            if isinstance(exc, Exception):
+                raise
+            raise as_failure(exc) from exc
+        records.append(_record(attempt_number, "succeeded", started, ctx, None, gate, map_index))
+        if isinstance(spec.timeout, AdaptiveTimeout) and delivery.services is not None:
+            delivery.services.latencies.observe(spec.task_name, records[-1].latency_ms)
+        return value
+
+    remaining = max(1, spec.retries + 1 - previous_attempts)
+    retrying = partial(
+        Retrying,
+        stop=stop_after_attempt(remaining),
+        wait=lambda state: spec.backoff.delay(previous_attempts + state.attempt_number),
+        retry=retry_if_exception(_retryable),
+        # A map element never goes back to the broker: its chunk holds other elements.
+        sleep=_sleeper(delivery.inline_retry_limit if map_index is None else float("inf")),
+        before_sleep=_log_retry(spec.task_name, run_id, previous_attempts),
+        reraise=True,
+    )
+    try:
+        output = first_then_retry(attempt_once, retrying, _retryable)
+    except Reschedule as signal:
+        cost, model = _spend(contexts)
+        raise RescheduleWithOutcome(signal.delay, StepOutcome(
+            StepStatus.RETRYING, error=records[-1].error if records else None,
+            error_type=records[-1].error_type if records else None,
+            attempts=records, cost_usd=cost, model=model), params) from None
+    except Exception as exc:
+        return _final_failure(step, kwargs, exc, records, *_spend(contexts))
+    cost, model = _spend(contexts)
+    return StepOutcome(StepStatus.SUCCEEDED, output=output, attempts=records,
+                       cost_usd=cost, model=model)
+
+
+def as_failure(exc: BaseException) -> Exception:
+    """An exception a step raised, as an ordinary failure (retries and fallback apply).
+
+    An ``Exception`` is itself; a ``SystemExit``, ``KeyboardInterrupt`` or other
+    ``BaseException`` becomes a :class:`StepAborted` (raise it ``from`` the original:
+    ``describe`` reports the original), since Celery re-raises those out of the task and
+    the message is never acknowledged.
+    """
+    if isinstance(exc, Exception):
+        return exc
+    return StepAborted(f"step raised {type(exc).__name__}: {exc}")
+
+
+def _on_retry(step: BoundStep, attempt: int, exc: BaseException,
+              params: dict[str, Any]) -> dict[str, Any]:
+    """``ctx.params`` for the next attempt, from the step's ``on_retry`` hook (if any)."""
+    if step.spec.on_retry is None:
+        return params
+    try:
+        updated = step.spec.on_retry(attempt, exc, dict(params))
+    except (StepSignal, Exception):
+        raise  # an Exception from the hook fails the attempt in place of the step's own
+    except BaseException as hook_exc:
+        raise as_failure(hook_exc) from hook_exc
+    return dict(updated) if updated is not None else params
+
+
+def fallback_value(step: BoundStep, kwargs: dict[str, Any]) -> tuple[Any, str | None]:
+    """(the step's fallback value, None), or (None, why the fallback failed)."""
+    assert step.spec.fallback is not None
+    try:
+        value = step.spec.fallback.resolve(kwargs)
+        dumps(value)
+    except StepSignal:
+        raise
+    except BaseException as exc:  # a fallback's SystemExit fails the step, not the worker
+        return None, describe(exc)[0]
+    return value, None
+
+
+def _retryable(exc: BaseException) -> bool:
+    return isinstance(exc, Exception) and not isinstance(exc, NonRetryableError)
+
+
+def _timeout(step: BoundStep, delivery: Delivery) -> float | None:
+    policy = step.spec.timeout
+    if policy is None:
+        return None
+    if isinstance(policy, AdaptiveTimeout):
+        if delivery.services is None:
+            return policy.ceiling
+        return delivery.services.latencies.timeout(step.spec.task_name, policy)
+    return policy.seconds()
+
+
+def _check_json(where: str, value: Any) -> None:
+    try:
+        dumps(value)
+    except (TypeError, ValueError) as exc:
+        raise OutputNotSerializable(
+            f"{where} returned {type(value).__name__}, which is not JSON: {exc}"
+        ) from None
+
+
+def _spend(contexts: list[StepContext]) -> tuple[float, str | None]:
+    """Total cost of a step's attempts, and the last model that answered."""
+    cost = sum(ctx.cost_usd for ctx in contexts)
+    model = next((m for ctx in reversed(contexts) for m in reversed(ctx.models_used)), None)
+    return cost, model
+
+
+def _final_failure(step: BoundStep, kwargs: dict[str, Any], exc: BaseException,
+                   records: list[AttemptRecord], cost: float, model: str | None) -> StepOutcome:
+    error, error_type = describe(exc)
+    if step.spec.fallback is not None:
+        value, error2 = fallback_value(step, kwargs)
+        if error2 is not None:
+            return StepOutcome(StepStatus.FAILED, error=f"{error}\nfallback failed: {error2}",
+                               error_type=error_type, attempts=records, cost_usd=cost,
+                               model=model)
+        return StepOutcome(StepStatus.FALLBACK, output=value, error=error, error_type=error_type,
+                           attempts=records, cost_usd=cost, model=model)
+    return StepOutcome(StepStatus.FAILED, error=error, error_type=error_type, attempts=records,
+                       cost_usd=cost, model=model)
+
+
+def _record(number: int, status: str, started: datetime, ctx: StepContext,
+            exc: BaseException | None, gate: str | None,
+            map_index: int | None) -> AttemptRecord:
+    error, error_type = describe(exc) if exc is not None else (None, None)
+    breakers = [f"{call.model}:{call.breaker}" for call in ctx.calls
+                if call.breaker not in (None, "closed")]
+    return AttemptRecord(attempt=number, status=status, started_at=started,
+                         finished_at=utcnow(), error=error, error_type=error_type,
+                         model=ctx.models_used[-1] if ctx.models_used else ctx.model,
+                         cost_usd=ctx.cost_usd, gate=gate,
+                         tokens_in=sum(call.prompt_tokens for call in ctx.calls),
+                         tokens_out=sum(call.completion_tokens for call in ctx.calls),
+                         breaker=", ".join(breakers) or None, map_index=map_index,
+                         calls=[{"model": c.model, "ok": c.ok, "latency_ms": round(c.latency_ms, 2),
+                                 "breaker": c.breaker, "error": (c.error or "")[:200] or None}
+                                for c in ctx.calls] or None)
+
+
+def _sleeper(inline_limit: float) -> Callable[[float], None]:
+    def sleep(seconds: float) -> None:
+        if seconds > inline_limit:
+            raise Reschedule(seconds)
+        time.sleep(seconds)
+    return sleep
+
+
+def _log_retry(task_name: str, run_id: str,
+               previous_attempts: int) -> Callable[[RetryCallState], None]:
+    def before_sleep(state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        if isinstance(error, StepAborted) and error.__cause__ is not None:
+            error = error.__cause__
+        log.warning("step attempt failed; retrying", run_id=run_id, step=task_name,
+                    attempt=previous_attempts + state.attempt_number, error=repr(error),
+                    wait_s=round(state.upcoming_sleep, 3))
+    return before_sleep

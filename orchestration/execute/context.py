@@ -1,0 +1,129 @@
+"""The ``ctx`` parameter: what a step may know and do about its own execution."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from orchestration.errors import InputTimeout, WaitForInput
+
+if TYPE_CHECKING:
+    from orchestration.define.children import ChildRun
+    from orchestration.define.workflow import Workflow
+    from orchestration.llm.client import LLMClient
+    from orchestration.llm.resilience import Resilience
+    from orchestration.store.repository import Store
+
+
+@dataclass
+class StepContext:
+    """Passed to a step that declares a ``ctx`` parameter.
+
+    ``deadline`` is a ``time.monotonic()`` instant (None: no timeout); pass
+    ``ctx.remaining()`` to anything that blocks. ``ctx.llm`` calls models with cost
+    recorded on this step.
+    """
+
+    run_id: str
+    workflow: str
+    step: str
+    attempt: int
+    deadline: float | None = None
+    model: str | None = None
+    cost_usd: float = 0.0
+    models_used: list[str] = field(default_factory=list)
+    params: dict[str, Any] = field(default_factory=dict)
+    calls: list[CallRecord] = field(default_factory=list)
+    max_cost: float | None = None
+    spent_before: float = 0.0  # this step's cost in earlier attempts and deliveries
+    run_budget: float | None = None
+    run_cost: Callable[[], float] = field(default=lambda: 0.0)  # recorded spend of the run
+    services: Resilience | None = None
+    map_index: int | None = None  # the element's index, in a map step
+    store: Store | None = None
+    _llm: LLMClient | None = None
+
+    @property
+    def llm(self) -> LLMClient:
+        """The model client bound to this step (its ``model=`` is the default model)."""
+        if self._llm is None:
+            from orchestration.llm.client import LLMClient
+
+            services = self.services
+            if services is None:
+                from orchestration.app import default_orchestrator
+
+                services = default_orchestrator().resilience
+            self._llm = LLMClient(self, services)
+        return self._llm
+
+    @property
+    def log(self) -> Any:
+        """A structlog logger bound to the run, step and attempt."""
+        return structlog.get_logger("orchestration.define.step").bind(
+            run_id=self.run_id, step=self.step, attempt=self.attempt
+        )
+
+    def run_child(self, workflow: Workflow, **inputs: Any) -> ChildRun:
+        """Return this from the step to run ``workflow`` as a child and output its outputs.
+
+        The child is a run of its own (parent link, own queues and policies); the step's
+        output is the child's outputs by name. Its inputs are checked now.
+        """
+        from orchestration.define.children import child_request
+
+        return child_request(workflow, inputs)
+
+    def wait_for_input(self, name: str, *, timeout: float | None = None) -> Any:
+        """Park the run until a person delivers input ``name``; returns that input.
+
+        The run shows ``waiting`` and holds no worker slot; ``orchestrate approve RUN_ID
+        --data '{...}'`` (or ``orchestration.approve``) delivers the input and the step
+        runs again from the start, this time receiving it. After ``timeout`` seconds
+        the wait expires and the step fails with InputTimeout, so its fallback applies.
+        """
+        if self.store is None:
+            raise RuntimeError("wait_for_input needs the results store (run it in a worker)")
+        wait = self.store.waits.lookup(self.run_id, self.step, name)
+        if wait is not None and wait.status == "delivered":
+            return wait.data
+        if wait is not None and wait.status == "expired":
+            raise InputTimeout(f"no input {name!r} was delivered within {timeout} s")
+        raise WaitForInput(name, timeout)
+
+    def remaining(self) -> float | None:
+        """Seconds left before this attempt's timeout, or None without a timeout."""
+        if self.deadline is None:
+            return None
+        return max(0.0, self.deadline - time.monotonic())
+
+    def record_cost(self, usd: float, *, model: str | None = None) -> None:
+        """Add spend (in USD) to this step; it is summed on the run."""
+        self.cost_usd += float(usd)
+        if model:
+            self.models_used.append(model)
+
+    def record_call(self, call: CallRecord) -> None:
+        """Record one model call (its cost is added to this step)."""
+        self.calls.append(call)
+        self.record_cost(call.cost_usd, model=call.model if call.ok else None)
+        from orchestration.core import metrics
+        metrics.record_call(call.model, call.ok, call.breaker)
+
+
+@dataclass(frozen=True)
+class CallRecord:
+    """One model call made by a step attempt, for the trace."""
+
+    model: str
+    ok: bool
+    latency_ms: float
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    breaker: str | None = None
+    error: str | None = None

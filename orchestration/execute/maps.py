@@ -1,0 +1,150 @@
+"""Map steps: run a step once per element of a list, in parallel, output the results in order.
+
+The map step's task replaces itself with a chord: a header of *chunks* (each a message
+naming a slice of the list, at most ``DEFAULT_CHUNKS`` chunks unless ``chunk_size=``
+says otherwise) and ``orchestration.map_collect`` as the body. A 10,000-element list is
+64 messages of ~157 elements, not one giant message nor a 10,000-part chord. Each
+element runs under the step's own policies (retries, timeout, fallback); every attempt
+is recorded with its element's index. ``critical=False`` puts None in failed slots;
+``min_success=`` (a count or a fraction) makes the map a quorum.
+"""
+
+from __future__ import annotations
+
+import math
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from datetime import datetime
+from typing import Any
+
+from celery import chord
+from celery.canvas import Signature
+
+from orchestration.core.envelope import INPUT_SOURCE, OUTPUT_SOURCE, Envelope
+from orchestration.core.status import StepStatus
+from orchestration.define.step import BoundStep
+from orchestration.errors import StepSignal
+from orchestration.execute.attempts import Delivery, describe, run_attempts
+from orchestration.store.repository import AttemptRecord, StepOutcome, Store
+
+MAP_COLLECT_TASK = "orchestration.map_collect"
+DEFAULT_CHUNKS = 64
+
+
+def chunk_ranges(total: int, chunk_size: int | None) -> list[tuple[int, int]]:
+    """[start, end) of each chunk of a list of ``total`` elements."""
+    size = chunk_size or max(1, math.ceil(total / DEFAULT_CHUNKS))
+    return [(start, min(total, start + size)) for start in range(0, total, size)]
+
+
+def map_canvas(step: BoundStep, envelope: Envelope, items: list[Any], *, finalize: bool,
+               claimed_at: datetime | None, app: Any) -> Signature:
+    """The chord that replaces a map step's message."""
+    spec = step.spec
+    # The list travels in the chunks only. Celery copies the chord's callback (the
+    # collector) into every chunk message, so the collector's envelope refers to the list
+    # (read back from the results DB if a later step needs it) instead of carrying it.
+    mapped = step.sources[spec.map or ""]
+    lean = Envelope.from_message(envelope.to_message())
+    # Unless its stored copy differs (redacted): then only the message has the real list.
+    if mapped not in envelope.pinned and (lean.inline.pop(mapped, None) is not None
+                                          or mapped not in lean.refs):
+        lean.refs[mapped] = INPUT_SOURCE if mapped not in step.requires else OUTPUT_SOURCE
+    chunk_message = lean.to_message()
+    collect = app.signature(MAP_COLLECT_TASK, args=(), kwargs={
+        "message": chunk_message, "run_id": envelope.run_id, "step": spec.task_name,
+        "total": len(items), "finalize": finalize,
+        "claimed_at": claimed_at.isoformat() if claimed_at else None,
+    }, queue=step.queue)
+    if not items:
+        return collect.clone(args=([],))
+    header = [
+        app.signature(spec.task_name, args=(chunk_message,), kwargs={
+            "run_id": envelope.run_id, "chunk": {"start": start, "items": items[start:end]},
+        }, queue=step.queue)
+        for start, end in chunk_ranges(len(items), spec.chunk_size)
+    ]
+    return chord(header, collect)
+
+
+def run_chunk(step: BoundStep, message: Any, chunk: dict[str, Any], store: Store,
+              delivery: Delivery) -> dict[str, Any]:
+    """Run one chunk's elements; record their attempts; return their results for collect."""
+    from orchestration.execute.runtime import resolve
+
+    envelope = Envelope.from_message(message)
+    spec = step.spec
+    sources = {param: name for param, name in step.sources.items() if param != spec.map}
+    kwargs = resolve(sources, spec.optional_params, envelope, store, spec.where)
+    results: list[Any] = []
+    ok: list[bool] = []
+    errors: list[str] = []
+    records: list[AttemptRecord] = []
+    cost = 0.0
+
+    def element(offset_item: tuple[int, Any]) -> StepOutcome:
+        index = chunk["start"] + offset_item[0]
+        try:
+            return run_attempts(step, {**kwargs, spec.map or "": offset_item[1]},
+                                run_id=envelope.run_id, store=store, delivery=delivery,
+                                map_index=index)
+        except StepSignal as signal:  # a child run or a human wait inside a map element
+            error, error_type = describe(signal)
+            return StepOutcome(StepStatus.FAILED, error=f"not supported in a map: {error}",
+                               error_type=error_type)
+
+    items = list(enumerate(chunk["items"]))
+    if spec.concurrency > 1 and len(items) > 1:
+        # I/O-bound elements (model calls) wait together: one message, many calls.
+        with ThreadPoolExecutor(max_workers=min(spec.concurrency, len(items)),
+                                thread_name_prefix=f"map-{spec.name}") as pool:
+            outcomes = list(pool.map(element, items))
+    else:
+        outcomes = [element(item) for item in items]
+    for offset, outcome in enumerate(outcomes):
+        index = chunk["start"] + offset
+        succeeded = outcome.status.produced_output
+        results.append(outcome.output if succeeded else None)
+        ok.append(succeeded)
+        if not succeeded:
+            lines = (outcome.error or "failed").strip().splitlines()
+            errors.append(f"[{index}] {lines[-1] if lines else 'failed'}")
+        records.extend(outcome.attempts)
+        cost += outcome.cost_usd
+    redactor = delivery.redactor
+    if redactor is not None:
+        records = [replace(record, error=redactor.text(record.error)) for record in records]
+    store.record_attempts(envelope.run_id, spec.name, records, worker=delivery.worker)
+    return {"start": chunk["start"], "results": results, "ok": ok, "errors": errors[:5],
+            "attempts": len(records), "cost": cost}
+
+
+def collect_outcome(step: BoundStep, parts: list[dict[str, Any]], total: int) -> StepOutcome:
+    """The map step's outcome from its chunks' results."""
+    spec = step.spec
+    output: list[Any] = [None] * total
+    succeeded = attempts = 0
+    cost = 0.0
+    errors: list[str] = []
+    for part in sorted(parts, key=lambda p: p["start"]):
+        start = part["start"]
+        output[start:start + len(part["results"])] = part["results"]
+        succeeded += sum(part["ok"])
+        attempts += part["attempts"]
+        cost += part["cost"]
+        errors.extend(part["errors"])
+    failed = total - succeeded
+    summary = (f"{failed} of {total} elements failed (first: {'; '.join(errors[:3])})"
+               if failed else None)
+    required = spec.required_successes(total)
+    if failed == 0 or (spec.min_success is not None and succeeded >= required) or (
+            spec.min_success is None and not spec.critical):
+        status = StepStatus.SUCCEEDED
+    else:
+        status = StepStatus.FAILED
+        if spec.min_success is not None:
+            summary = f"quorum not met: {succeeded} of {total} succeeded, {required} needed; " \
+                      f"{summary}"
+    return StepOutcome(status, output=output, error=summary,
+                       error_type="MapElementsFailed" if failed else None,
+                       cost_usd=cost, extra_attempts=attempts)

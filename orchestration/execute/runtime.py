@@ -1,0 +1,330 @@
+"""The step runtime: what a worker does with one delivery of one step.
+
+1. Merge the incoming envelope(s). Skip the step if something it needs was lost to a
+   critical failure, or if every step it depends on was not selected by a branch.
+2. Claim the step in the results DB (a step already terminal is not run again: its
+   recorded outcome is passed on, which is how duplicate deliveries and resumes work).
+3. A ``when=`` predicate that says no records the step ``skipped`` (not selected).
+   A map step replaces itself with a chord over chunks of its list; a step returning
+   ``ctx.run_child(...)`` replaces itself with the child run's canvas; a step calling
+   ``ctx.wait_for_input`` parks the run. Anything else runs its attempts under its
+   policies (see :mod:`orchestration.execute.attempts`).
+4. Record the outcome and attempts in one transaction; pass the envelope on; the last
+   step of a run finalises the run row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import datetime
+from typing import Any
+
+import structlog
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_delay,
+    wait_exponential,
+)
+
+from orchestration.core import metrics
+from orchestration.core.envelope import INPUT_SOURCE, OUTPUT_SOURCE, Envelope
+from orchestration.core.redaction import changed_by_redaction
+from orchestration.core.status import RunStatus, StepStatus
+from orchestration.define.children import ChildRun
+from orchestration.define.policies import first_then_retry
+from orchestration.define.step import BoundStep
+from orchestration.errors import Reschedule, ResultsDatabaseUnavailable, StepSignal
+from orchestration.execute.attempts import (
+    Delivery,
+    RescheduleWithOutcome,
+    ReturnedSignal,
+    describe,
+    run_attempts,
+)
+from orchestration.store.engine import is_unavailable
+from orchestration.store.repository import Claim, RunFinish, StepOutcome, Store, utcnow
+from orchestration.submit.durability import cache_key
+
+__all__ = ["Delivery", "ReplaceWith", "StartChild", "StartMap", "finalize_run", "run_step"]
+
+log = structlog.get_logger("orchestration.execute.runtime")
+NOT_SELECTED = "not selected"
+
+
+class StartMap(StepSignal):
+    """The step is a map: the app replaces its message with a chord over the list."""
+
+    def __init__(self, envelope: Envelope, items: list[Any], finalize: bool) -> None:
+        super().__init__()
+        self.envelope, self.items, self.finalize = envelope, items, finalize
+
+
+class StartChild(StepSignal):
+    """The step returned a child run: the app replaces its message with the child's canvas."""
+
+    def __init__(self, envelope: Envelope, child: ChildRun, finalize: bool) -> None:
+        super().__init__()
+        self.envelope, self.child, self.finalize = envelope, child, finalize
+
+
+class ReplaceWith(StepSignal):
+    """Replace the current Celery task with this signature (used by the app layer)."""
+
+    def __init__(self, signature: Any) -> None:
+        super().__init__()
+        self.signature = signature
+
+
+def run_step(step: BoundStep, message: Any, store: Store, delivery: Delivery,
+             *, finalize: bool = False, params: dict[str, Any] | None = None,
+             released: int | None = None) -> dict[str, Any]:
+    """Execute one delivery of a step and return the envelope for its dependents.
+
+    With ``finalize`` (the run's last step) the run's terminal status is written in the
+    same transaction as the step's outcome. ``released`` is the delivery number an
+    earlier delivery of this message handed back (see ResultsDatabaseUnavailable).
+    """
+    envelope = Envelope.from_message(message)
+    spec = step.spec
+    lost = sorted(step.requires & envelope.blocked)
+    if lost:
+        store.skip_steps(envelope.run_id, [spec.name], f"skipped: {', '.join(lost)} unavailable "
+                         "after a critical failure")
+        envelope.blocked.add(spec.output)
+    elif step.requires and step.requires <= envelope.unselected:
+        store.skip_steps(envelope.run_id, [spec.name], f"{NOT_SELECTED}: every step it depends "
+                         "on was not selected")
+        envelope.unselect(spec.output)
+    else:
+        claim = store.claim_step(envelope.run_id, spec.name, worker=delivery.worker,
+                                 task_id=delivery.task_id, first=not envelope.started,
+                                 holder=delivery.holder, released=released)
+        envelope.started = True
+        if claim.proceed:
+            try:
+                outcome = _run(step, envelope, store, delivery, claim, finalize, params)
+                return record_and_pass(step, envelope, outcome, store, delivery,
+                                       claimed_at=claim.claimed_at, finalize=finalize)
+            except Exception as exc:
+                if not is_unavailable(exc):
+                    raise
+                raise ResultsDatabaseUnavailable(
+                    f"results database unreachable in step {spec.where}: "
+                    f"{type(exc).__name__}: {exc}", step=spec.name,
+                    released=claim.delivery) from exc
+        apply_outcome(step, envelope, claim.status, claim.output, delivery, claim.error)
+    if finalize:
+        finalize_run(envelope, store)
+    return envelope.to_message()
+
+
+def _run(step: BoundStep, envelope: Envelope, store: Store, delivery: Delivery, claim: Claim,
+         finalize: bool, params: dict[str, Any] | None) -> StepOutcome:
+    spec = step.spec
+    try:
+        kwargs = resolve(step.sources, spec.optional_params, envelope, store, spec.where)
+        if spec.when is not None:
+            condition = resolve(step.when_sources, frozenset(), envelope, store, spec.where)
+            if not spec.when(**condition):
+                return StepOutcome(StepStatus.SKIPPED, error=f"{NOT_SELECTED}: when= is false")
+    except BaseException as exc:  # a when= raising SystemExit fails the step, not the worker
+        if is_unavailable(exc):
+            raise  # reading inputs by reference: the results DB is down, not the step
+        error, error_type = describe(exc)
+        return StepOutcome(StepStatus.FAILED, error=error, error_type=error_type)
+    if claim.crashes >= max_crashes(delivery):
+        return StepOutcome(StepStatus.FAILED, error_type="PoisonStep", error=(
+            f"poison step: its worker died {claim.crashes} times while running it; not "
+            "delivered again"))
+    if spec.cache:
+        key = cache_key(spec, kwargs)
+        hit, output = store.recovery.cached(key, utcnow())
+        if hit:
+            return StepOutcome(StepStatus.SUCCEEDED, output=output, cache_hit=True)
+    if spec.map is not None:
+        return _start_map(step, envelope, store, spec.map, kwargs[spec.map], finalize)
+    try:
+        outcome = run_attempts(step, kwargs, run_id=envelope.run_id, store=store,
+                               delivery=delivery, previous_attempts=claim.attempts,
+                               spent_before=claim.cost_usd, signal_types=(ChildRun,),
+                               initial_params=params)
+    except RescheduleWithOutcome as signal:
+        store.record_step(envelope.run_id, spec.name, redacted(signal.outcome, delivery),
+                          worker=delivery.worker)
+        raise Reschedule(signal.delay, signal.params) from None
+    except ReturnedSignal as signal:
+        raise StartChild(envelope, signal.value, finalize) from None
+    if spec.cache and outcome.status is StepStatus.SUCCEEDED:
+        # The cache is stored like any output: redacted (a hit returns the redacted copy).
+        stored = delivery.redactor(outcome.output) if delivery.redactor else outcome.output
+        store.recovery.cache(cache_key(spec, kwargs), spec.workflow, spec.name, stored,
+                             utcnow(), None if spec.cache is True else float(spec.cache))
+    return outcome
+
+
+def _start_map(step: BoundStep, envelope: Envelope, store: Store, param: str, items: Any,
+               finalize: bool) -> StepOutcome:
+    """Fail a map over what is not a list; otherwise replace the step by its chord."""
+    if not isinstance(items, list):
+        return StepOutcome(StepStatus.FAILED, error_type="TypeError",
+                           error=f"map={param!r} needs a list, got {type(items).__name__}")
+    if _stored_differs(step, envelope, store, param):
+        envelope.pinned.add(step.sources[param])  # the map keeps it inline
+    raise StartMap(envelope, items, finalize)
+
+
+def _stored_differs(step: BoundStep, envelope: Envelope, store: Store, param: str) -> bool:
+    """True when an inline value's stored copy is not the value (redaction changed it).
+
+    A value passed by reference already is its stored copy, so only inline ones are read.
+    """
+    name = step.sources[param]
+    if name not in envelope.inline:
+        return False
+    value = envelope.inline[name]
+    if name in step.requires:  # a step's output
+        stored = store.load_output_named(envelope.run_id, name)
+    else:
+        stored = store.load_inputs(envelope.run_id).get(name)
+    return bool(changed_by_redaction({name: value}, {name: stored}))
+
+
+def max_crashes(delivery: Delivery) -> int:
+    """Deliveries whose worker died before a step is failed as poison."""
+    return delivery.max_crashes
+
+
+def record_and_pass(step: BoundStep, envelope: Envelope, outcome: StepOutcome, store: Store,
+                    delivery: Delivery, *, claimed_at: datetime | None = None,
+                    finalize: bool = False) -> dict[str, Any]:
+    """Record a step's outcome (finishing the run if it is the last), pass the envelope on.
+
+    If another delivery recorded the step first (a duplicate message), its recorded
+    outcome is what dependents receive, never this delivery's.
+    """
+    stored = redacted(outcome, delivery)
+    trial = Envelope.from_message(envelope.to_message())
+    # An output that redaction changed is passed inline: a reference reads the stored copy.
+    apply_outcome(step, trial, outcome.status, outcome.output, delivery, outcome.error,
+                  keep_inline=stored.output is not outcome.output
+                  and stored.output != outcome.output)
+    finish = run_finish(trial) if finalize else None
+    recorded = _hold_while_unavailable(
+        lambda: store.record_step(envelope.run_id, step.spec.name, stored,
+                                  worker=delivery.worker, claimed_at=claimed_at, finish=finish),
+        delivery, run_id=envelope.run_id, step=step.spec.task_name)
+    if not recorded:
+        status, output, error = store.step_state(envelope.run_id, step.spec.name)
+        apply_outcome(step, envelope, status, output, delivery, error)
+        if finalize:
+            finalize_run(envelope, store)
+        return envelope.to_message()
+    latency = (utcnow() - claimed_at).total_seconds() if claimed_at else None
+    metrics.record_step(step.spec.workflow, step.spec.name, outcome.model or step.spec.model,
+                        outcome.status.value, len(outcome.attempts) + outcome.extra_attempts,
+                        latency, outcome.cost_usd)
+    if finish is not None:
+        _log_finished(trial, finish)
+    return trial.to_message()
+
+
+def _hold_while_unavailable(record: Callable[[], bool], delivery: Delivery, *,
+                            run_id: str, step: str) -> bool:
+    """Record a finished step, retrying for ``delivery.db_hold`` s while the DB is down.
+
+    The step's work is done (perhaps a paid model call): keeping the slot a while to
+    record it beats handing the step back, which runs it again. Recording is
+    conditional, so a write that committed before its connection dropped is not
+    recorded twice (the retry finds the step terminal and passes its outcome on).
+    """
+    if delivery.db_hold <= 0:
+        return record()
+
+    def warn(state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        log.warning("results database unreachable; holding a finished step to record it",
+                    run_id=run_id, step=step, error=f"{type(error).__name__}: {error}",
+                    retry_in_s=round(state.upcoming_sleep, 2), hold_s=delivery.db_hold)
+
+    return first_then_retry(record, lambda: Retrying(
+        retry=retry_if_exception(is_unavailable), stop=stop_after_delay(delivery.db_hold),
+        wait=wait_exponential(multiplier=0.25, max=5), before_sleep=warn, reraise=True),
+        is_unavailable)
+
+
+def redacted(outcome: StepOutcome, delivery: Delivery) -> StepOutcome:
+    """What is stored of an outcome: output, errors and attempts with secrets scrubbed."""
+    redactor = delivery.redactor
+    if redactor is None:
+        return outcome
+    return replace(
+        outcome, output=redactor(outcome.output), error=redactor.text(outcome.error),
+        attempts=[replace(a, error=redactor.text(a.error)) for a in outcome.attempts])
+
+
+def run_finish(envelope: Envelope) -> RunFinish:
+    """The run's terminal status, from what its last envelope says."""
+    if envelope.failed:
+        return RunFinish(RunStatus.FAILED, f"critical step(s) failed: "
+                         f"{', '.join(sorted(envelope.failed))}", "StepFailed")
+    return RunFinish(RunStatus.SUCCEEDED)
+
+
+def finalize_run(envelope: Envelope, store: Store) -> RunStatus:
+    """Write the run's terminal status from what its last envelope says."""
+    finish = run_finish(envelope)
+    store.finish_run(envelope.run_id, finish.status, error=finish.error,
+                     error_type=finish.error_type)
+    _log_finished(envelope, finish)
+    return finish.status
+
+
+def _log_finished(envelope: Envelope, finish: RunFinish) -> None:
+    log.debug("run finished", run_id=envelope.run_id, status=finish.status.value)
+
+
+def apply_outcome(step: BoundStep, envelope: Envelope, status: StepStatus, output: Any,
+                  delivery: Delivery, error: str | None = None, *,
+                  keep_inline: bool = False) -> None:
+    """What dependents see of a step: its output, None, or that it is unavailable.
+
+    ``keep_inline``: the stored copy of ``output`` differs (redacted); never pass a reference.
+    """
+    spec = step.spec
+    if status.produced_output:
+        envelope.put(spec.output, output, source=spec.name, limit=delivery.inline_limit,
+                     keep_inline=keep_inline)
+    elif status is StepStatus.FAILED and not spec.critical:
+        envelope.put(spec.output, None, source=spec.name, limit=delivery.inline_limit)
+    elif status is StepStatus.SKIPPED and (error or "").startswith(NOT_SELECTED):
+        envelope.unselect(spec.output)
+    else:  # failed critically, cancelled, or skipped because of a critical failure
+        # (a cancelled run's steps stop here: nothing after them is claimed)
+        envelope.blocked.add(spec.output)
+        if status is StepStatus.FAILED:
+            envelope.failed.add(spec.name)
+
+
+def resolve(sources: dict[str, str], optional: frozenset[str], envelope: Envelope,
+            store: Store, where: str) -> dict[str, Any]:
+    """Arguments by parameter name from the envelope (refs read from the results DB)."""
+    kwargs: dict[str, Any] = {}
+    inputs: dict[str, Any] | None = None
+    for param, name in sources.items():
+        if name in envelope.inline:
+            kwargs[param] = envelope.inline[name]
+        elif name in envelope.refs:
+            source = envelope.refs[name]
+            if source == INPUT_SOURCE:
+                inputs = inputs if inputs is not None else store.load_inputs(envelope.run_id)
+                kwargs[param] = inputs[name]
+            elif source == OUTPUT_SOURCE:
+                kwargs[param] = store.load_output_named(envelope.run_id, name)
+            else:
+                kwargs[param] = store.load_output(envelope.run_id, source)
+        elif param not in optional:
+            raise KeyError(f"{where}: no value for parameter {param!r} ({name!r})")
+    return kwargs

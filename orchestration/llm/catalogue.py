@@ -1,0 +1,173 @@
+"""The model catalogue (YAML): providers, models, prices and fallbacks, checked on load."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from orchestration.define.adaptive import AdaptiveTimeout, adaptive
+from orchestration.errors import ConfigurationError
+from orchestration.llm.breakers import BreakerPolicy
+from orchestration.llm.ratelimit import RateLimit
+
+DEFAULT_CATALOGUE = Path(__file__).resolve().parent.parent.parent / "config" / "models.yaml"
+
+
+class RateLimitConfig(BaseModel):
+    """Requests and/or tokens per window (seconds), shared by every worker."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    requests: int | None = Field(default=None, gt=0)
+    tokens: int | None = Field(default=None, gt=0)
+    window: float = Field(default=60.0, gt=0)
+
+    def policy(self) -> RateLimit:
+        """As the rate limiter's policy object."""
+        return RateLimit(self.requests, self.tokens, self.window)
+
+
+class BreakerConfig(BaseModel):
+    """Open after ``fail_max`` consecutive provider failures, for ``reset_timeout`` seconds."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    fail_max: int = Field(default=5, gt=0)
+    reset_timeout: float = Field(default=30.0, gt=0)
+    # How long a process reuses a healthy reading of the shared state (0: read every call).
+    refresh: float = Field(default=0.1, ge=0, le=10)
+
+    def policy(self) -> BreakerPolicy:
+        """As the breaker's policy object."""
+        return BreakerPolicy(self.fail_max, self.reset_timeout, self.refresh)
+
+
+class AdaptiveConfig(BaseModel):
+    """A model's call timeout from its recent p99 latency (see orchestration.define.adaptive)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    factor: float = Field(default=1.5, gt=0)
+    floor: float = Field(default=1.0, gt=0)
+    ceiling: float = Field(default=120.0, gt=0)
+
+
+class ProviderConfig(BaseModel):
+    """How to reach one provider."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["openai", "anthropic", "local"]
+    base_url: str | None = None
+    api_key_env: str | None = None
+    rate_limit: RateLimitConfig | None = None
+
+    @property
+    def configured(self) -> bool:
+        """True when calls can go out (local always; HTTP providers need their key set)."""
+        if self.kind == "local":
+            return True
+        return bool(self.base_url) and (self.api_key_env is None
+                                        or bool(os.environ.get(self.api_key_env)))
+
+
+class ModelConfig(BaseModel):
+    """One model: its provider, prices in USD per 1k tokens, fallbacks in order."""
+
+    model_config = ConfigDict(extra="allow")
+
+    provider: str
+    input_cost_per_1k: float = Field(default=0.0, ge=0)
+    output_cost_per_1k: float = Field(default=0.0, ge=0)
+    fallbacks: list[str] = []
+    timeout: float | AdaptiveConfig = 60.0
+    retries: int = Field(default=2, ge=0)
+    breaker: BreakerConfig = BreakerConfig()
+    rate_limit: RateLimitConfig | None = None
+    queue: str | None = None
+
+    def timeout_policy(self) -> float | AdaptiveTimeout:
+        """Seconds per call, or the adaptive policy that computes them."""
+        if isinstance(self.timeout, AdaptiveConfig):
+            return adaptive(self.timeout.factor, self.timeout.floor, self.timeout.ceiling)
+        return self.timeout
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        """USD for a call with these token counts."""
+        return (prompt_tokens * self.input_cost_per_1k
+                + completion_tokens * self.output_cost_per_1k) / 1000
+
+
+class Catalogue(BaseModel):
+    """Providers and models; unknown names and fallback cycles are rejected on load."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    providers: dict[str, ProviderConfig]
+    models: dict[str, ModelConfig]
+    default_model: str | None = None
+
+    @model_validator(mode="after")
+    def _check_references(self) -> Catalogue:
+        for name, model in self.models.items():
+            if model.provider not in self.providers:
+                raise ValueError(f"model {name!r} names unknown provider {model.provider!r}")
+            for fallback in model.fallbacks:
+                if fallback not in self.models:
+                    raise ValueError(f"model {name!r} falls back to unknown model {fallback!r}")
+        if self.default_model and self.default_model not in self.models:
+            raise ValueError(f"default_model {self.default_model!r} is not a model")
+        for name in self.models:
+            self._check_cycle(name)
+        return self
+
+    def _check_cycle(self, start: str) -> None:
+        path: list[str] = []
+
+        def visit(name: str) -> None:
+            if name in path:
+                raise ValueError(f"fallback cycle: {' -> '.join([*path, name])}")
+            path.append(name)
+            for fallback in self.models[name].fallbacks:
+                visit(fallback)
+            path.pop()
+
+        visit(start)
+
+    def fallback_chain(self, name: str) -> list[str]:
+        """``name`` then its fallbacks, depth first, each model once."""
+        chain: list[str] = []
+
+        def visit(model: str) -> None:
+            if model not in chain:
+                chain.append(model)
+                for fallback in self.models[model].fallbacks:
+                    visit(fallback)
+
+        visit(name)
+        return chain
+
+    def model(self, name: str) -> ModelConfig:
+        """A model's configuration; unknown names raise ConfigurationError."""
+        try:
+            return self.models[name]
+        except KeyError:
+            raise ConfigurationError(f"model {name!r} is not in the catalogue "
+                                     f"(known: {', '.join(sorted(self.models))})") from None
+
+
+def load_catalogue(path: Path | None = None) -> Catalogue:
+    """Read and check a catalogue file (default: the packaged ``config/models.yaml``)."""
+    path = path or DEFAULT_CATALOGUE
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigurationError(f"cannot read model catalogue {path}: {exc}") from exc
+    try:
+        return Catalogue.model_validate(raw or {})
+    except ValidationError as exc:
+        raise ConfigurationError(f"invalid model catalogue {path}: {exc}") from exc

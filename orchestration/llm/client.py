@@ -1,0 +1,269 @@
+"""``ctx.llm``: every model call from a step goes through here.
+
+For the model asked for (the call's ``model=``, else the step's ``model=``, else the
+catalogue default) and then each of its fallbacks in order:
+
+1. a provider that is not configured (no API key) is skipped;
+2. budgets are checked: the step's ``max_cost`` and the run's ``budget`` stop new calls
+   with :class:`BudgetExceeded` (not retried);
+3. the model's breaker decides: open means no call at all, straight to the next model;
+4. shared rate limits admit the call (waiting at most until the step's deadline);
+5. the call is made with a timeout of min(the step's remaining time, the model's fixed
+   or adaptive timeout) and retried with tenacity on transient errors (timeouts, 429
+   honouring Retry-After, 5xx, connection errors), never on 4xx or an open breaker;
+6. cost (every call, retries included) and the call's trace are recorded on the step.
+
+If no provider of the chain is configured at all, the local provider answers and the
+text says so.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from typing import TYPE_CHECKING, Any
+
+import jsonschema
+from pydantic import BaseModel, ValidationError
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_any,
+)
+from tenacity.stop import stop_base
+
+from orchestration.define.policies import Backoff, first_then_retry
+from orchestration.errors import NonRetryableError, StepError, StepTimeout
+from orchestration.execute.context import CallRecord
+from orchestration.llm.breakers import BreakerOpen
+from orchestration.llm.catalogue import ModelConfig
+from orchestration.llm.providers.base import Completion, Messages, Provider, ProviderError, Usage
+from orchestration.llm.providers.local import LocalProvider
+
+if TYPE_CHECKING:
+    from orchestration.execute.context import StepContext
+    from orchestration.llm.resilience import Resilience
+
+CALL_BACKOFF = Backoff(initial=0.2, maximum=5.0, multiplier=2.0, jitter=0.1)
+_FENCE = re.compile(r"```(?:json|JSON)?\s*\n?(.*?)```", re.S)
+
+
+class BudgetExceeded(NonRetryableError):
+    """A step's ``max_cost`` or its run's ``budget`` is spent; no further model call."""
+
+
+class InvalidModelOutput(StepError):
+    """A model's answer did not parse or validate as the JSON asked for (retryable)."""
+
+
+def _messages(prompt: str | Messages) -> Messages:
+    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+
+
+class LLMClient:
+    """Model calls bound to one step attempt."""
+
+    def __init__(self, ctx: StepContext, services: Resilience) -> None:
+        self._ctx = ctx
+        self._services = services
+
+    def complete(self, prompt: str | Messages, *, model: str | None = None,
+                 **params: Any) -> Completion:
+        """Ask a model (falling back along the catalogue's chain); returns its completion."""
+        messages = _messages(prompt)
+        catalogue = self._services.catalogue
+        name = model or self._ctx.model or catalogue.default_model
+        if name is None:
+            raise ValueError("no model named and the catalogue has no default_model")
+        failures: list[str] = []
+        tried = False
+        for candidate in catalogue.fallback_chain(name):
+            config = catalogue.model(candidate)
+            provider = self._services.provider(config.provider)
+            if provider is None:
+                failures.append(f"{candidate}: provider {config.provider!r} not configured")
+                continue
+            tried = True
+            self._check_budget()
+            try:
+                return self._call(candidate, config, provider, messages, params)
+            except ProviderError as exc:
+                failures.append(f"{candidate}: {exc}")
+        if not tried:
+            return self._local_answer(name, messages, params)
+        raise ProviderError(f"no model answered ({'; '.join(failures)})", retryable=True)
+
+    def complete_json(self, prompt: str | Messages, *, schema: type[BaseModel] | dict[str, Any],
+                      model: str | None = None, attempts: int = 3, **params: Any) -> Any:
+        """Ask for JSON; parse it (also inside markdown fences or prose) and validate it.
+
+        ``schema`` is a pydantic model (an instance is returned) or a JSON schema (the
+        parsed value is returned). An answer that fails is sent back to the model with the
+        reason, up to ``attempts`` calls; each call's cost counts.
+        """
+        messages = _messages(prompt)
+        reason = "no answer"
+        for _ in range(max(1, attempts)):
+            completion = self.complete(messages, model=model, **params)
+            try:
+                return _validate(extract_json(completion.text), schema)
+            except (ValueError, ValidationError, jsonschema.ValidationError) as exc:
+                reason = _short(exc)
+            messages = [*messages, {"role": "assistant", "content": completion.text},
+                        {"role": "user", "content": f"That answer is not valid: {reason}. "
+                                                    "Reply with the JSON only."}]
+        raise InvalidModelOutput(f"no valid JSON after {attempts} call(s): {reason}")
+
+    # -- one model ---------------------------------------------------------------------
+
+    def _call(self, name: str, config: ModelConfig, provider: Provider, messages: Messages,
+              params: dict[str, Any]) -> Completion:
+        breaker = self._services.breakers.get(name)
+
+        def once() -> Completion:
+            self._admit(name, config)
+            timeout = self._call_timeout(name, config)
+            started = time.perf_counter()
+            try:
+                text, usage = breaker.call(provider.complete, messages, model=name,
+                                           timeout=timeout, **params)
+            except ProviderError as exc:
+                self._ctx.record_call(CallRecord(
+                    model=name, ok=False, latency_ms=(time.perf_counter() - started) * 1000,
+                    breaker=breaker.state_name, error=str(exc)))
+                raise
+            return self._succeeded(name, config, provider, text, usage, started,
+                                   breaker.state_name)
+
+        return first_then_retry(once, lambda: Retrying(
+            stop=stop_any(stop_after_attempt(config.retries + 1), _StopAtDeadline(self._ctx)),
+            wait=_provider_wait,
+            retry=retry_if_exception(_transient),
+            reraise=True,
+        ), _transient)
+
+    def _succeeded(self, name: str, config: ModelConfig, provider: Provider, text: str,
+                   usage: Usage, started: float, breaker: str) -> Completion:
+        latency = (time.perf_counter() - started) * 1000
+        cost = config.cost(usage.prompt_tokens, usage.completion_tokens)
+        self._ctx.record_call(CallRecord(
+            model=name, ok=True, latency_ms=latency, prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens, cost_usd=cost, breaker=breaker))
+        if not isinstance(config.timeout_policy(), float | int):
+            # Only adaptive timeouts read latencies: skip the Redis write otherwise.
+            self._services.latencies.observe(f"model:{name}", latency)
+        for scope, limit in self._limits(name, config):
+            self._services.limiter.record_tokens(
+                scope, limit, usage.prompt_tokens + usage.completion_tokens)
+        self._check_budget(after_call=True)
+        return Completion(text=text, model=name, provider=provider.name, usage=usage,
+                          cost_usd=cost, latency_ms=latency,
+                          local_fallback=isinstance(provider, LocalProvider))
+
+    def _limits(self, name: str, config: ModelConfig) -> list[tuple[str, Any]]:
+        limits = []
+        provider_limit = self._services.catalogue.providers[config.provider].rate_limit
+        if provider_limit is not None:
+            limits.append((f"provider:{config.provider}", provider_limit.policy()))
+        if config.rate_limit is not None:
+            limits.append((f"model:{name}", config.rate_limit.policy()))
+        return limits
+
+    def _admit(self, name: str, config: ModelConfig) -> None:
+        for scope, limit in self._limits(name, config):
+            self._services.limiter.acquire(scope, limit, deadline=self._ctx.deadline)
+
+    def _call_timeout(self, name: str, config: ModelConfig) -> float:
+        policy = config.timeout_policy()
+        seconds = policy if isinstance(policy, float | int) else \
+            self._services.latencies.timeout(f"model:{name}", policy)
+        remaining = self._ctx.remaining()
+        if remaining is not None:
+            if remaining <= 0:
+                raise StepTimeout(f"no time left for a call to {name}")
+            seconds = min(seconds, remaining)
+        return float(seconds)
+
+    def _check_budget(self, *, after_call: bool = False) -> None:
+        ctx = self._ctx
+        spent = ctx.spent_before + ctx.cost_usd
+        if ctx.max_cost is not None and (spent > ctx.max_cost or
+                                         (not after_call and spent >= ctx.max_cost)):
+            raise BudgetExceeded(f"step {ctx.step!r} spent ${spent:.6f} of its "
+                                 f"max_cost ${ctx.max_cost:.6f}")
+        if ctx.run_budget is not None and not after_call:
+            run_spent = ctx.run_cost() + ctx.cost_usd
+            if run_spent >= ctx.run_budget:
+                raise BudgetExceeded(f"run {ctx.run_id} spent ${run_spent:.6f} of its "
+                                     f"budget ${ctx.run_budget:.6f}; no new model calls")
+
+    def _local_answer(self, name: str, messages: Messages, params: dict[str, Any]) -> Completion:
+        text, usage = LocalProvider().complete(messages, model=name, timeout=None, **params)
+        answered = f"local ({name} not configured)"
+        self._ctx.record_call(CallRecord(model=answered, ok=True, latency_ms=0.0,
+                                         prompt_tokens=usage.prompt_tokens,
+                                         completion_tokens=usage.completion_tokens))
+        return Completion(text=text, model=answered, provider="local", usage=usage,
+                          local_fallback=True)
+
+
+class _StopAtDeadline(stop_base):
+    """Stop retrying when the next wait would run past the step attempt's deadline."""
+
+    def __init__(self, ctx: StepContext) -> None:
+        self._ctx = ctx
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        remaining = self._ctx.remaining()
+        return remaining is not None and remaining <= _provider_wait(retry_state)
+
+
+def _transient(exc: BaseException) -> bool:
+    return isinstance(exc, ProviderError) and exc.retryable and not isinstance(exc, BreakerOpen)
+
+
+def _provider_wait(state: RetryCallState) -> float:
+    wait = CALL_BACKOFF.delay(state.attempt_number)
+    error = state.outcome.exception() if state.outcome is not None else None
+    retry_after = getattr(error, "retry_after", None)
+    return max(wait, float(retry_after)) if retry_after else wait
+
+
+def extract_json(text: str) -> Any:
+    """The JSON value in a model's answer: bare, in markdown fences, or inside prose."""
+    stripped = text.strip()
+    candidates = [stripped, *(match.strip() for match in _FENCE.findall(text))]
+    for candidate in candidates:
+        try:
+            return json.loads(candidate)
+        except ValueError:
+            continue
+    decoder = json.JSONDecoder()
+    for index, char in enumerate(text):
+        if char in "{[":
+            try:
+                return decoder.raw_decode(text, index)[0]
+            except ValueError:
+                continue
+    raise ValueError("no JSON value found in the answer")
+
+
+def _validate(value: Any, schema: type[BaseModel] | dict[str, Any]) -> Any:
+    if isinstance(schema, type) and issubclass(schema, BaseModel):
+        return schema.model_validate(value)
+    jsonschema.validate(value, schema)
+    return value
+
+
+def _short(exc: BaseException) -> str:
+    if isinstance(exc, ValidationError):
+        first = exc.errors()[0]
+        return f"{'.'.join(str(p) for p in first.get('loc', ())) or 'value'}: {first['msg']}"
+    if isinstance(exc, jsonschema.ValidationError):
+        return str(exc.message)
+    return str(exc)
+
+

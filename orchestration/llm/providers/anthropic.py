@@ -1,0 +1,132 @@
+"""The Anthropic Messages API (``POST /v1/messages``); ``Retry-After`` parsing for HTTP APIs."""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from datetime import UTC
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import httpx
+
+from orchestration.llm.providers.base import HTTPProvider, Messages, ProviderError, Usage
+from orchestration.llm.providers.http import HTTPClient, HTTPResponse
+
+API_VERSION = "2023-06-01"
+DEFAULT_MAX_TOKENS = 1024
+# 529 is Anthropic's "overloaded": the same promise as a 503, so it carries Retry-After too.
+_RETRY_AFTER_STATUSES = frozenset({429, 503, 529})
+# Only a machine-readable error type goes into messages: free text from the server may
+# quote the request (a masked key, a prompt) and messages end up in logs and the database.
+_ERROR_TYPE = re.compile(r"[a-z_]{1,64}")
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header value, or None if absent or unparsable.
+
+    Accepts delay-seconds (``"2"``, also fractional ``"0.5"``) and an HTTP date; a date in
+    the past gives 0.0. ``now`` (epoch seconds) is for tests.
+    """
+    if value is None:
+        return None
+    value = value.strip()
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        pass
+    else:
+        return seconds if math.isfinite(seconds) and seconds >= 0 else None
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        # RFC 9110 dates are GMT; parsedate_to_datetime leaves "-0000" naive, not local.
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def retry_after_for(response: HTTPResponse) -> float | None:
+    """The ``Retry-After`` of a 429/503 (or Anthropic 529) response; None for other statuses."""
+    if response.status not in _RETRY_AFTER_STATUSES:
+        return None
+    return parse_retry_after(response.headers.get("retry-after"))
+
+
+class AnthropicProvider(HTTPProvider):
+    """POST ``{base_url}/v1/messages`` with an ``x-api-key`` (``client``: see HTTPProvider).
+
+    ``base_url`` is the API root (``https://api.anthropic.com``), without ``/v1``. System
+    messages are joined into the request's top-level ``system``; ``max_tokens`` defaults
+    to 1024; other params (``temperature``, ``top_p``, ``stop_sequences``...) are sent as
+    they are.
+    """
+
+    def __init__(self, name: str, base_url: str, api_key: str | None,
+                 client: httpx.Client | HTTPClient | None = None) -> None:
+        super().__init__(name, base_url, client)
+        self._url = f"{base_url.rstrip('/')}/v1/messages"
+        self._headers = {"anthropic-version": API_VERSION, "content-type": "application/json"}
+        if api_key:
+            self._headers["x-api-key"] = api_key
+
+    def complete(self, messages: Messages, *, model: str, timeout: float | None,
+                 **params: Any) -> tuple[str, Usage]:
+        """One message; HTTP errors become ProviderError (4xx other than 429: final).
+
+        Timeouts, connection errors, 429, 5xx (529 included) and malformed bodies are
+        retryable; ``retry_after`` carries the server's ``Retry-After`` on 429/503/529. A
+        message whose role is neither system, user nor assistant is a final error, raised
+        before anything is sent.
+        """
+        body = self._body(messages, model, params)
+        response = self._post(self._url, body, self._headers, model=model, timeout=timeout)
+        if response.status >= 400:
+            status = response.status
+            kind = _error_type(response)
+            raise ProviderError(
+                f"{self.name}: HTTP {status}{f' ({kind})' if kind else ''} from {model}",
+                status=status, retryable=status == 429 or status >= 500,
+                retry_after=retry_after_for(response),
+            )
+        try:
+            payload = response.json()
+            text = "".join(str(block["text"]) for block in payload["content"]
+                           if block.get("type") == "text")
+            usage = payload.get("usage") or {}
+            tokens = Usage(int(usage.get("input_tokens", 0)), int(usage.get("output_tokens", 0)))
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+            raise ProviderError(f"{self.name}: malformed response from {model}") from exc
+        return text, tokens
+
+    def _body(self, messages: Messages, model: str, params: dict[str, Any]) -> dict[str, Any]:
+        system: list[str] = []
+        turns: list[dict[str, str]] = []
+        for message in messages:
+            role = message.get("role", "user")
+            if role == "system":
+                system.append(message.get("content", ""))
+            elif role in ("user", "assistant"):
+                turns.append({"role": role, "content": message.get("content", "")})
+            else:
+                raise ProviderError(f"{self.name}: unsupported message role {role!r} for {model}",
+                                    retryable=False)
+        body: dict[str, Any] = {**params, "model": model,
+                                "max_tokens": params.get("max_tokens") or DEFAULT_MAX_TOKENS,
+                                "messages": turns}
+        if system:
+            body["system"] = "\n\n".join(system)
+        return body
+
+
+def _error_type(response: HTTPResponse) -> str | None:
+    """Anthropic's ``error.type`` (``overloaded_error``...) if the body has a well-formed one."""
+    try:
+        kind = response.json()["error"]["type"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return kind if isinstance(kind, str) and _ERROR_TYPE.fullmatch(kind) else None

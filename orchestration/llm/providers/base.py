@@ -1,0 +1,104 @@
+"""The provider interface every model call goes through."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from orchestration.errors import StepError
+from orchestration.llm.providers.http import (
+    HTTPClient,
+    HTTPResponse,
+    TransportError,
+    TransportTimeout,
+    client_for,
+)
+
+Messages = list[dict[str, str]]
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Tokens a call consumed, as the provider reported them."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A model's answer: the text, which model answered, tokens and cost in USD."""
+
+    text: str
+    model: str
+    provider: str
+    usage: Usage
+    cost_usd: float = 0.0
+    latency_ms: float = 0.0
+    local_fallback: bool = False
+
+
+class ProviderError(StepError):
+    """A provider call failed. ``retryable`` tells transient failures from client errors.
+
+    ``retry_after`` is the wait in seconds the provider asked for (its ``Retry-After``
+    header on 429/503), or None when it did not say.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None, retryable: bool = True,
+                 retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retryable = retryable
+        self.retry_after = retry_after
+
+
+class Provider(ABC):
+    """Sends chat messages to one provider; subclasses speak one API family."""
+
+    name: str
+
+    def close(self) -> None:  # noqa: B027 - optional hook: providers without connections keep it
+        """Release connections (HTTP providers close their client)."""
+
+    @abstractmethod
+    def complete(self, messages: Messages, *, model: str, timeout: float | None,
+                 **params: Any) -> tuple[str, Usage]:
+        """Send ``messages`` to ``model``; return the text and token usage."""
+
+
+class HTTPProvider(Provider):
+    """A provider speaking JSON over HTTP: its client, and transport failures as
+    retryable :class:`ProviderError`.
+
+    ``client``: an ``httpx.Client`` or an :class:`~orchestration.llm.providers.http.HTTPClient`
+    to send with (closed by its owner); by default a keep-alive connection per thread
+    (``orchestration.llm.providers.http.client_for``).
+    """
+
+    DEFAULT_TIMEOUT_S = 60.0
+
+    def __init__(self, name: str, base_url: str,
+                 client: httpx.Client | HTTPClient | None = None) -> None:
+        self.name = name
+        self._client = client_for(base_url, client)
+        self._owns_client = client is None
+
+    def close(self) -> None:
+        """Close the HTTP connections this provider opened."""
+        if self._owns_client:
+            self._client.close()
+
+    def _post(self, url: str, body: Any, headers: dict[str, str], *, model: str,
+              timeout: float | None) -> HTTPResponse:
+        """POST ``body``; the response whatever its status. No response: ProviderError."""
+        try:
+            return self._client.post_json(
+                url, body, headers, self.DEFAULT_TIMEOUT_S if timeout is None else timeout)
+        except TransportTimeout as exc:
+            raise ProviderError(f"{self.name}: timed out calling {model}") from exc
+        except TransportError as exc:
+            raise ProviderError(f"{self.name}: {type(exc).__name__} calling {model}") from exc

@@ -1,5 +1,0 @@
-"""Model providers: one interface, an HTTP client per API family, and a local one."""
-
-from orchestration.providers.base import Completion, Provider, ProviderError, Usage
-
-__all__ = ["Completion", "Provider", "ProviderError", "Usage"]

@@ -1,0 +1,147 @@
+"""The engine's own Celery tasks, beside the steps: finalise, collect a map, finish a
+child run's parent step, expire human waits."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from celery import chain
+from kombu.utils.json import dumps as kombu_dumps
+from kombu.utils.json import loads as kombu_loads
+
+from orchestration.compile.canvas import FINALIZE_TASK
+from orchestration.core.envelope import Envelope
+from orchestration.core.status import RunStatus, StepStatus
+from orchestration.define.children import CHILD_DONE_TASK
+from orchestration.execute.attempts import fallback_value
+from orchestration.execute.maps import MAP_COLLECT_TASK, collect_outcome
+from orchestration.execute.runtime import StartChild, finalize_run, record_and_pass, resolve
+from orchestration.store.repository import StepOutcome, utcnow
+from orchestration.store.waits import DELIVERED, EXPIRED
+
+if TYPE_CHECKING:
+    from orchestration.app import Orchestrator
+    from orchestration.define.step import BoundStep
+
+EXPIRE_WAITS_TASK = "orchestration.expire_waits"
+RECONCILE_TASK = "orchestration.reconcile"
+DISPATCH_RUNS_TASK = "orchestration.dispatch_runs"
+
+
+def register_engine_tasks(orchestrator: Orchestrator) -> None:
+    """Register finalize, map_collect, child_done and expire_waits on the Celery app."""
+    celery = orchestrator.celery
+
+    def finalize(task: Any, message: Any, run_id: str | None = None) -> str:
+        return finalize_run(Envelope.from_message(message), orchestrator.store).value
+
+    def map_collect(task: Any, parts: list[dict[str, Any]], *, message: dict[str, Any],
+                    run_id: str, step: str, total: int, finalize: bool,
+                    claimed_at: str | None) -> dict[str, Any]:
+        bound = orchestrator.bound_step(step)
+        outcome = collect_outcome(bound, parts, total)
+        return record_and_pass(bound, Envelope.from_message(message), outcome,
+                               orchestrator.store, orchestrator.delivery(task),
+                               claimed_at=datetime.fromisoformat(claimed_at) if claimed_at
+                               else None, finalize=finalize)
+
+    def child_done(task: Any, child_message: Any, *, parent: dict[str, Any], run_id: str,
+                   step: str, child_run: str, finalize: bool) -> dict[str, Any]:
+        bound = orchestrator.bound_step(step)
+        envelope = Envelope.from_message(parent)
+        child = orchestrator.store.get_run(child_run)
+        if child.status is RunStatus.SUCCEEDED:
+            outcome = StepOutcome(StepStatus.SUCCEEDED, output=child.outputs)
+        elif child.status is RunStatus.CANCELLED:
+            outcome = StepOutcome(StepStatus.CANCELLED, error=f"child run {child_run} cancelled",
+                                  error_type="Cancelled")
+        else:
+            outcome = _child_failed(bound, envelope, orchestrator, child_run,
+                                    child.status.value, child.error)
+        return record_and_pass(bound, envelope, outcome, orchestrator.store,
+                               orchestrator.delivery(task), finalize=finalize)
+
+    def expire_waits(task: Any) -> int:
+        return expire_due_waits(orchestrator)
+
+    def dispatch_runs(task: Any, workflow: str, run_ids: list[str]) -> int:
+        flow = orchestrator.workflows[workflow]
+        inputs = orchestrator.store.inputs_of(run_ids)
+        with orchestrator.celery.producer_or_acquire() as producer:
+            for run_id in run_ids:
+                flow.canvas(run_id, inputs[run_id]).apply_async(producer=producer)
+        return len(run_ids)
+
+    def reconcile(task: Any) -> dict[str, Any]:
+        done = orchestrator.reconcile()
+        return {"redispatched": done.redispatched, "failed": done.failed,
+                "waits_expired": done.waits_expired}
+
+    for name, fn in ((FINALIZE_TASK, finalize), (MAP_COLLECT_TASK, map_collect),
+                     (CHILD_DONE_TASK, child_done), (EXPIRE_WAITS_TASK, expire_waits),
+                     (RECONCILE_TASK, reconcile), (DISPATCH_RUNS_TASK, dispatch_runs)):
+        fn.__name__ = name.rsplit(".", 1)[-1]
+        celery.task(name=name, bind=True, shared=False, acks_late=True)(fn)
+
+
+def _child_failed(bound: BoundStep, envelope: Envelope, orchestrator: Orchestrator,
+                  child_run: str, status: str, error: str | None) -> StepOutcome:
+    message = f"child run {child_run} ended {status}: {error or ''}".strip()
+    fallback = bound.spec.fallback
+    if fallback is not None:
+        kwargs = resolve(bound.sources, bound.spec.optional_params, envelope,
+                         orchestrator.store, bound.spec.where)
+        value, failed = fallback_value(bound, kwargs)
+        if failed is not None:
+            return StepOutcome(StepStatus.FAILED, error=f"{message}\nfallback failed: {failed}",
+                               error_type="ChildRunFailed")
+        return StepOutcome(StepStatus.FALLBACK, output=value, error=message,
+                           error_type="ChildRunFailed")
+    return StepOutcome(StepStatus.FAILED, error=message, error_type="ChildRunFailed")
+
+
+def child_canvas(orchestrator: Orchestrator, bound: BoundStep, signal: StartChild) -> Any:
+    """The child run's canvas, then child_done for the parent step."""
+    parent_run = signal.envelope.run_id
+    child = signal.child
+    child_id = child.workflow.create_child(parent_run, bound.spec.name, child.inputs)
+    # The child's canvas carries the inputs it was given: stored ones are redacted.
+    done = orchestrator.celery.signature(CHILD_DONE_TASK, args=(), kwargs={
+        "parent": signal.envelope.to_message(), "run_id": parent_run,
+        "step": bound.spec.task_name, "child_run": child_id, "finalize": signal.finalize,
+    }, queue=bound.queue)
+    return chain(child.workflow.canvas(child_id, child.inputs), done)
+
+
+def resume_signature(task: Any) -> dict[str, Any]:
+    """The current step message as JSON, to re-send it exactly (its chain/chord included)."""
+    signature = task.signature_from_request(task.request)
+    # kombu's JSON round trip turns what it would send (ids, dates) into plain JSON.
+    result: dict[str, Any] = kombu_loads(kombu_dumps(dict(signature)))  # type: ignore[no-untyped-call]
+    return result
+
+
+def approve(orchestrator: Orchestrator, run_id: str, data: Any,
+            name: str | None = None) -> int:
+    """Deliver a person's input to a waiting run; its step runs again on a worker."""
+    waits = orchestrator.store.waits.resolve(run_id, data=data, name=name, status=DELIVERED,
+                                             now=utcnow())
+    for wait in waits:
+        orchestrator.celery.signature(wait.resume).apply_async()
+    return len(waits)
+
+
+def expire_due_waits(orchestrator: Orchestrator) -> int:
+    """Expire waits past their deadline; their steps run again and apply their fallback."""
+    expired = 0
+    for run_id, name in orchestrator.store.waits.due(utcnow()):
+        try:
+            waits = orchestrator.store.waits.resolve(run_id, data=None, name=name,
+                                                     status=EXPIRED, now=utcnow())
+        except Exception:  # delivered in the meantime
+            continue
+        for wait in waits:
+            orchestrator.celery.signature(wait.resume).apply_async()
+            expired += 1
+    return expired
