@@ -535,7 +535,7 @@ def conf_diff() -> str:
     """Celery settings (from config.celery) that differ between the raw and engine apps."""
     from bench.raw_celery import raw
     from config.celery import celery_config
-    from config.settings import Settings
+    from orchestration.core.settings import Settings
     from orchestration import default_orchestrator
 
     engine_conf = default_orchestrator().celery.conf
@@ -601,8 +601,8 @@ def main(argv: list[str] | None = None) -> int:
 def _dispose_default_store() -> None:
     import orchestration.app
 
-    if orchestration.app._default is not None:
-        orchestration.app._default.reset_store()
+    if orchestration.app._default() is not None:
+        orchestration.app.default_orchestrator().reset_store()
 
 
 def _revision() -> str:

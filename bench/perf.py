@@ -133,7 +133,7 @@ def _raw_app(name: str, queue: str) -> Any:
     from celery import Celery
 
     from config.celery import celery_config
-    from config.settings import Settings
+    from orchestration.core.settings import Settings
 
     broker = os.environ.get("ORCH_BROKER_URL") or REDIS_URL
     settings = Settings(broker_url=broker, imports=[],

@@ -118,7 +118,7 @@ def _raw_app() -> Any:
     from celery import Celery
 
     from config.celery import celery_config
-    from config.settings import Settings
+    from orchestration.core.settings import Settings
 
     broker = os.environ.get("ORCH_BROKER_URL") or REDIS_URL
     settings = Settings(broker_url=broker, result_backend=os.environ.get("ORCH_RESULT_BACKEND")
@@ -934,8 +934,8 @@ def main(argv: list[str] | None = None) -> int:
         flush_bench_db(REDIS_URL)
         import orchestration.app
 
-        if orchestration.app._default is not None:
-            orchestration.app._default.reset_store()
+        if orchestration.app._default() is not None:
+            orchestration.app.default_orchestrator().reset_store()
         if args.keep_logs:
             print(f"logs kept in {tmp}", file=sys.stderr)
         else:

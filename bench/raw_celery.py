@@ -16,7 +16,7 @@ from celery import Celery, chain, chord
 from celery.canvas import Signature
 
 from config.celery import celery_config
-from config.settings import Settings
+from orchestration.core.settings import Settings
 
 QUEUE = "bench.raw"
 DEFAULT_BROKER = "redis://127.0.0.1:6379/14"

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from config.settings import Settings
+from orchestration.core.settings import Settings
 
 #: Celery's Redis result backend without run data in task keys. A string: Celery imports it.
 STEP_REDIS_BACKEND = "orchestration.worker.result_backend:StepRedisBackend"

@@ -12,6 +12,7 @@ import os
 import socket
 import threading
 import uuid
+from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -21,11 +22,15 @@ from celery import Celery, chain, signals
 from celery.exceptions import Ignore, Reject
 
 from config.celery import celery_config
-from config.settings import Settings
+from orchestration.core import metrics
+from orchestration.core.clock import utcnow
 from orchestration.core.envelope import Envelope, is_envelope
 from orchestration.core.logs import CeleryLogFilter, configure_celery_logger, configure_logging
 from orchestration.core.redaction import Redactor
+from orchestration.core.results import RunHandle
+from orchestration.core.settings import Settings
 from orchestration.core.status import RunStatus, StepStatus
+from orchestration.define.host import current_default, default_host, install_default
 from orchestration.errors import (
     ConfigurationError,
     Reschedule,
@@ -38,10 +43,12 @@ from orchestration.execute.runtime import Delivery, StartChild, StartMap, run_st
 from orchestration.llm.catalogue import load_catalogue
 from orchestration.llm.resilience import Resilience
 from orchestration.store.engine import is_unavailable
-from orchestration.store.repository import StepOutcome, Store, utcnow
+from orchestration.store.repository import StepOutcome, Store
 from orchestration.store.workers import Released, WorkerInfo
+from orchestration.submit import submission
 from orchestration.submit.durability import Reconciled, reconcile, redispatch, resume
 from orchestration.worker import redis_transport
+from orchestration.worker.embedded import EmbeddedWorker
 from orchestration.worker.engine_tasks import (
     DISPATCH_RUNS_TASK,
     EXPIRE_WAITS_TASK,
@@ -56,7 +63,6 @@ from orchestration.worker.inprocess import private_memory_transport
 if TYPE_CHECKING:
     from orchestration.define.step import BoundStep, StepSpec
     from orchestration.define.workflow import CompiledWorkflow, Workflow
-    from orchestration.worker.embedded import EmbeddedWorker
 
 log = structlog.get_logger("orchestration.app")
 HAND_BACK_MAX_DELAY = 30.0  # seconds: the longest countdown of a step handed back
@@ -200,6 +206,33 @@ class Orchestrator:
         routes[spec.task_name] = {"queue": workflow.queue_of(spec)}
         self.celery.conf.task_routes = routes
 
+    # -- submitting (orchestration/submit/submission.py) -------------------------------
+
+    def submit(self, workflow: Workflow, inputs: dict[str, Any], *,
+               idempotency_key: str | None = None) -> RunHandle:
+        """Validate, write and enqueue one run of ``workflow``."""
+        return submission.submit(self, workflow, inputs, idempotency_key=idempotency_key)
+
+    def submit_many(self, workflow: Workflow, batch: Iterable[Mapping[str, Any]], *,
+                    defer: bool = False) -> list[RunHandle]:
+        """Validate, write and enqueue many runs of ``workflow``."""
+        return submission.submit_many(self, workflow, batch, defer=defer)
+
+    def dispatch(self, workflow: Workflow, run_id: str, inputs: dict[str, Any], *,
+                 stored: Any = None) -> None:
+        """Enqueue a written run's canvas."""
+        submission.dispatch(self, workflow, run_id, inputs, stored=stored)
+
+    def canvas(self, workflow: Workflow, run_id: str, inputs: dict[str, Any], *,
+               stored: Any = None) -> Any:
+        """The Celery canvas of one run of ``workflow`` (not sent)."""
+        return submission.canvas(self, workflow, run_id, inputs, stored=stored)
+
+    def create_child(self, workflow: Workflow, parent_run: str, parent_step: str,
+                     inputs: dict[str, Any]) -> str:
+        """Write a child run of ``parent_run``; returns its id."""
+        return submission.create_child(self, workflow, parent_run, parent_step, inputs)
+
     def delivery(self, task: Any) -> Delivery:
         """What a step task knows about its delivery and may use."""
         return Delivery(worker=task.request.hostname, task_id=task.request.id,
@@ -308,8 +341,6 @@ class Orchestrator:
             raise ConfigurationError("the in-process worker only runs with the embedded broker")
         with self._lock:
             if self._embedded is None:
-                from orchestration.worker.embedded import EmbeddedWorker
-
                 worker = EmbeddedWorker(self)
                 worker.start()
                 self._embedded = worker
@@ -428,18 +459,23 @@ def _rest_of(orchestrator: Orchestrator, workflow: Workflow, names: list[str],
                                          queue=head.queue)
 
 
-_default: Orchestrator | None = None
-_default_lock = threading.Lock()
-
-
 def default_orchestrator() -> Orchestrator:
     """The process's orchestrator, built from ``ORCH_*`` settings (``-A orchestration`` runs it)."""
-    global _default
-    if _default is None:
-        with _default_lock:
-            if _default is None:
-                _default = Orchestrator()
-    return _default
+    orchestrator = default_host()
+    if not isinstance(orchestrator, Orchestrator):
+        raise ConfigurationError(f"the default host is a {type(orchestrator).__name__}, "
+                                 "not an Orchestrator")
+    return orchestrator
+
+
+def _default() -> Orchestrator | None:
+    """The default orchestrator if one was built (signal handlers never build one)."""
+    orchestrator = current_default()
+    return orchestrator if isinstance(orchestrator, Orchestrator) else None
+
+
+# Names what builds the default; nothing is built (nor connected) until first use.
+install_default(Orchestrator)
 
 
 def _on_celeryd_init(**_: Any) -> None:
@@ -453,10 +489,10 @@ def _on_celeryd_init(**_: Any) -> None:
 
 
 def _on_worker_init(sender: Any = None, **_: Any) -> None:
-    app = getattr(sender, "app", None)
-    if _default is not None and app is _default.celery:
+    orchestrator = _default()
+    if orchestrator is not None and getattr(sender, "app", None) is orchestrator.celery:
         try:
-            _default.store.ensure_schema()
+            orchestrator.store.ensure_schema()
         except Exception as exc:
             if not is_unavailable(exc):
                 raise
@@ -465,7 +501,7 @@ def _on_worker_init(sender: Any = None, **_: Any) -> None:
                       "every step back to the broker until it answers",
                       error=f"{type(exc).__name__}: {exc}".splitlines()[0])
         # Close the migration's connections before the pool forks its children.
-        _default.reset_store()
+        orchestrator.reset_store()
 
 
 def _on_setup_logger(logger: logging.Logger | None = None, **_: Any) -> None:
@@ -481,19 +517,21 @@ def _on_setup_logger(logger: logging.Logger | None = None, **_: Any) -> None:
 
 
 def _on_worker_ready(sender: Any = None, **_: Any) -> None:
-    if _default is None or getattr(sender, "app", None) is not _default.celery:
+    orchestrator = _default()
+    if orchestrator is None or getattr(sender, "app", None) is not orchestrator.celery:
         return
     task_consumer = getattr(sender, "task_consumer", None)
     queues = sorted(queue.name for queue in getattr(task_consumer, "queues", None) or ())
-    _default.start_heartbeat(str(getattr(sender, "hostname", _default.hostname)), queues)
-    if _default.settings.metrics_port:
-        from orchestration.core import metrics
-        metrics.serve(_default.settings.metrics_port)
+    orchestrator.start_heartbeat(str(getattr(sender, "hostname", orchestrator.hostname)),
+                                 queues)
+    if orchestrator.settings.metrics_port:
+        metrics.serve(orchestrator.settings.metrics_port)
 
 
 def _on_worker_shutdown(sender: Any = None, **_: Any) -> None:
-    if _default is not None:
-        _default.stop_heartbeat()
+    orchestrator = _default()
+    if orchestrator is not None:
+        orchestrator.stop_heartbeat()
 
 
 def _on_worker_process_shutdown(pid: int | None = None, **_: Any) -> None:
@@ -505,15 +543,32 @@ def _on_worker_process_shutdown(pid: int | None = None, **_: Any) -> None:
 
 
 def _on_worker_process_init(**_: Any) -> None:
-    if _default is not None:
-        _default.reset_store(forked=True)
+    orchestrator = _default()
+    if orchestrator is not None:
+        orchestrator.reset_store(forked=True)
 
 
-signals.celeryd_init.connect(_on_celeryd_init, weak=False)
-signals.worker_init.connect(_on_worker_init, weak=False)
-signals.worker_process_init.connect(_on_worker_process_init, weak=False)
-signals.worker_ready.connect(_on_worker_ready, weak=False)
-signals.worker_shutdown.connect(_on_worker_shutdown, weak=False)
-signals.after_setup_logger.connect(_on_setup_logger, weak=False)
-signals.after_setup_task_logger.connect(_on_setup_logger, weak=False)
-signals.worker_process_shutdown.connect(_on_worker_process_shutdown, weak=False)
+_installed = False
+_install_lock = threading.Lock()
+
+
+def install_signals() -> None:
+    """Connect the worker-process signal handlers (once; entry points call this).
+
+    Importing this module connects nothing: ``orchestration.celery`` (what
+    ``celery -A orchestration`` loads) installs them, so a process that only submits runs
+    never has handlers on Celery's signals.
+    """
+    global _installed
+    with _install_lock:
+        if _installed:
+            return
+        signals.celeryd_init.connect(_on_celeryd_init, weak=False)
+        signals.worker_init.connect(_on_worker_init, weak=False)
+        signals.worker_process_init.connect(_on_worker_process_init, weak=False)
+        signals.worker_ready.connect(_on_worker_ready, weak=False)
+        signals.worker_shutdown.connect(_on_worker_shutdown, weak=False)
+        signals.after_setup_logger.connect(_on_setup_logger, weak=False)
+        signals.after_setup_task_logger.connect(_on_setup_logger, weak=False)
+        signals.worker_process_shutdown.connect(_on_worker_process_shutdown, weak=False)
+        _installed = True

@@ -4,8 +4,9 @@ It is the default orchestrator's app, configured from ``ORCH_*`` settings; worke
 the workflow modules listed in ``ORCH_IMPORTS``.
 """
 
-from orchestration.app import default_orchestrator
+from orchestration.app import default_orchestrator, install_signals
 
+install_signals()
 app = default_orchestrator().celery
 
 __all__ = ["app"]

@@ -25,7 +25,8 @@ from orchestration.cli_errors import (
     debugging,
     remember_database_url,
 )
-from orchestration.core.results import RunResult, StepRecord, as_utc, cancel_run
+from orchestration.core.clock import as_utc
+from orchestration.core.results import RunResult, StepRecord, cancel_run
 from orchestration.core.status import RunStatus, StepStatus
 from orchestration.define.graph import Node, Parallel, Series
 from orchestration.define.step import BoundStep

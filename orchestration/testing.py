@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from config.settings import EMBEDDED_BROKER, Settings
 from orchestration.app import Orchestrator, default_orchestrator
+from orchestration.core.settings import EMBEDDED_BROKER, Settings
 
 
 def embedded_settings(directory: Path, **overrides: Any) -> Settings:

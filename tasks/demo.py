@@ -16,8 +16,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from orchestration import RunHandle, RunStatus, default_orchestrator
+from orchestration.core.clock import utcnow
 from orchestration.core.stats import step_stats
-from orchestration.store.repository import utcnow
 from tasks.support.models import category_model, load_sample_tickets, urgency_model
 from tasks.support.workflow import support
 

@@ -4,19 +4,42 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from datetime import datetime
+from typing import Any, Protocol
 
 from orchestration.core.status import RunStatus, StepStatus
 from orchestration.errors import WaitTimeout
 
 FLAT_POLL_SECONDS = 0.1
 
-if TYPE_CHECKING:
-    from orchestration.store.repository import Store
+class RunStore(Protocol):
+    """What a run handle reads and cancels through (the store floor's ``Store``)."""
+
+    def run_status(self, run_id: str) -> RunStatus:
+        """A run's current status."""
+
+    def get_run(self, run_id: str) -> RunResult:
+        """A run with its steps, as it is now."""
+
+    def cancel_run(self, run_id: str, reason: str) -> list[str]:
+        """Cancel one run; the ids of its unfinished child runs."""
 
 
-def cancel_run(store: Store, run_id: str) -> list[str]:
+@dataclass(frozen=True)
+class CallRecord:
+    """One model call made by a step attempt, for the trace."""
+
+    model: str
+    ok: bool
+    latency_ms: float
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    breaker: str | None = None
+    error: str | None = None
+
+
+def cancel_run(store: RunStore, run_id: str) -> list[str]:
     """Cancel a run and, recursively, its unfinished children."""
     cancelled: list[str] = []
     pending = [run_id]
@@ -26,13 +49,6 @@ def cancel_run(store: Store, run_id: str) -> list[str]:
                                         else f"cancelled with parent run {run_id}"))
         cancelled.append(current)
     return cancelled
-
-
-def as_utc(value: datetime | None) -> datetime | None:
-    """Normalise a timestamp read back from the database to aware UTC (SQLite drops tz)."""
-    if value is None:
-        return None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 @dataclass(frozen=True)
@@ -125,7 +141,7 @@ class RunSummary:
 class RunHandle:
     """A submitted run: poll it, wait for it, read it. Reads the results DB, never Celery."""
 
-    def __init__(self, run_id: str, store: Store, *, existing: bool = False) -> None:
+    def __init__(self, run_id: str, store: RunStore, *, existing: bool = False) -> None:
         self.run_id = run_id
         self._store = store
         self.existing = existing

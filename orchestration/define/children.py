@@ -10,12 +10,10 @@ holds no worker slot while the child runs.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from orchestration.define.workflow import Workflow
 from orchestration.errors import InvalidInput
-
-if TYPE_CHECKING:
-    from orchestration.define.workflow import Workflow
 
 CHILD_DONE_TASK = "orchestration.child_done"
 
@@ -30,9 +28,7 @@ class ChildRun:
 
 def child_request(workflow: Workflow, inputs: dict[str, Any]) -> ChildRun:
     """Check the child's inputs now (a bad child fails the parent's attempt, not later)."""
-    from orchestration.define.workflow import Workflow as WorkflowClass
-
-    if not isinstance(workflow, WorkflowClass):
+    if not isinstance(workflow, Workflow):
         raise InvalidInput(f"run_child takes a Workflow, got {workflow!r}")
     compiled = workflow.validate()
     return ChildRun(workflow, workflow.check_inputs(compiled, inputs))

@@ -5,28 +5,21 @@ from __future__ import annotations
 import hashlib
 import math
 import threading
-import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, overload
+from typing import Any, overload
 
 import structlog
 
-from orchestration.compile.canvas import build_canvas
-from orchestration.core.envelope import Envelope, check_json, dumps
-from orchestration.core.names import MAX_NAME, identifier, queue_name, workflow_name
-from orchestration.core.redaction import Redactor, changed_by_redaction
+from orchestration.core.envelope import check_json, dumps
+from orchestration.core.names import identifier, queue_name, workflow_name
+from orchestration.core.redaction import Redactor
 from orchestration.core.results import RunHandle, RunResult
-from orchestration.define.children import child_idempotency_key
 from orchestration.define.graph import Decomposition, decompose, find_cycle
+from orchestration.define.host import Host, default_host
 from orchestration.define.policies import check_plain_function
 from orchestration.define.step import CTX_PARAM, BoundStep, Step, StepSpec, build_spec
-from orchestration.errors import InvalidInput, SubmitFailed, WorkflowDefinitionError
-from orchestration.store.discard import discard_unstarted
-from orchestration.store.repository import PlannedStep
-
-if TYPE_CHECKING:
-    from orchestration.app import Orchestrator
+from orchestration.errors import InvalidInput, WorkflowDefinitionError
 
 RESERVED_INPUTS = frozenset({"idempotency_key", CTX_PARAM})
 log = structlog.get_logger("orchestration.define.workflow")
@@ -53,14 +46,12 @@ class Workflow:
     def __init__(self, name: str, *, queue: str | None = None,
                  inputs: list[str] | None = None, budget: float | None = None,
                  redact: Callable[[Any], Any] | None = None,
-                 app: Orchestrator | None = None) -> None:
+                 app: Host | None = None) -> None:
         workflow_name(name)
         if queue is not None:
             queue_name(queue, "queue", f"workflow {name!r}")
         if app is None:
-            from orchestration.app import default_orchestrator
-
-            app = default_orchestrator()
+            app = default_host()
         if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int | float)
                                    or not 0 <= budget < math.inf):
             raise WorkflowDefinitionError(f"workflow {name!r}: budget must be a finite USD "
@@ -157,26 +148,7 @@ class Workflow:
         With an ``idempotency_key`` that already started a run, that run's handle is
         returned and nothing is enqueued. Raises :class:`InvalidInput` (nothing written).
         """
-        compiled = self.validate()
-        encoded = self.check_inputs(compiled, inputs)
-        _check_idempotency_key(self.name, idempotency_key)
-        store = self.app.store
-        run_id = str(uuid.uuid4())
-        planned = [
-            PlannedStep(name, bound.spec.output, bound.queue, bound.spec.model,
-                        bound.spec.critical)
-            for name, bound in compiled.steps.items()
-        ]
-        stored = self.redactor(encoded)
-        # Built before the row is written: whatever fails here leaves nothing behind.
-        canvas = self.canvas(run_id, encoded, stored=stored)
-        stored_id = store.create_run(run_id, self.name, compiled.version, stored, planned,
-                                     idempotency_key=idempotency_key,
-                                     redacted=sorted(changed_by_redaction(encoded, stored)))
-        if stored_id != run_id:
-            return RunHandle(stored_id, store, existing=True)
-        self._send([run_id], canvas.apply_async)
-        return RunHandle(run_id, store)
+        return self.app.submit(self, inputs, idempotency_key=idempotency_key)
 
     def submit_many(self, batch: Iterable[Mapping[str, Any]], *,
                     defer: bool = False) -> list[RunHandle]:
@@ -187,90 +159,7 @@ class Workflow:
         message per 500 runs and lets a worker build and send their canvases (the runs
         are durable, and ``pending``, until then). No idempotency keys in bulk.
         """
-        compiled = self.validate()
-        runs: list[tuple[str, dict[str, Any]]] = []
-        for position, inputs in enumerate(batch):
-            try:
-                runs.append((str(uuid.uuid4()), self.check_inputs(compiled, dict(inputs))))
-            except InvalidInput as exc:
-                raise InvalidInput(f"run {position} of the batch: {exc}") from None
-        if not runs:
-            return []
-        store = self.app.store
-        stored = {run_id: self.redactor(inputs) for run_id, inputs in runs}
-        changed = {run_id: sorted(changed_by_redaction(inputs, stored[run_id]))
-                   for run_id, inputs in runs}
-        store.create_runs(self.name, compiled.version, list(stored.items()),
-                          self._planned(compiled), redacted=changed)
-        # A deferred run's canvas is built from its stored inputs: only runs whose stored
-        # copy is exact can be deferred; the others are sent from here.
-        direct = [(run_id, inputs) for run_id, inputs in runs
-                  if not defer or changed[run_id]]
-
-        def send() -> None:
-            if defer and len(direct) < len(runs):
-                sent = {run_id for run_id, _ in direct}
-                self.app.defer_dispatch(self, [run_id for run_id, _ in runs
-                                               if run_id not in sent])
-            if direct:
-                self.app.before_dispatch(compiled)
-                with self.app.celery.producer_or_acquire() as producer:
-                    for run_id, inputs in direct:
-                        self.canvas(run_id, inputs, stored=stored[run_id]).apply_async(
-                            producer=producer)
-
-        self._send([run_id for run_id, _ in runs], send)
-        return [RunHandle(run_id, store) for run_id, _ in runs]
-
-    def _send(self, run_ids: list[str], send: Callable[[], Any]) -> None:
-        """Publish written runs; if that fails, remove them so that none runs later.
-
-        The submission contract (README, "Submitting runs"): when submit raises
-        :class:`SubmitFailed`, nothing was created unless the error names the runs.
-        """
-        try:
-            send()
-        except Exception as exc:
-            raise self._unwind(run_ids, exc) from exc
-
-    def _unwind(self, run_ids: list[str], cause: Exception) -> SubmitFailed:
-        store = self.app.store
-        count = f"{len(run_ids)} run(s)" if len(run_ids) > 1 else f"run {run_ids[0]}"
-        detail = " ".join(str(cause).split())
-        detail = f"{type(cause).__name__}: {detail}" if detail else type(cause).__name__
-        what = f"workflow {self.name!r}: the broker did not take {count} ({detail})"
-        try:
-            started = discard_unstarted(store.engine, run_ids)
-        except Exception as exc:
-            log.error("a run that could not be enqueued could not be removed either",
-                      workflow=self.name, run_ids=run_ids, error=repr(exc))
-            return SubmitFailed(
-                f"{what}, and removing the run rows failed ({type(exc).__name__}: {exc}): "
-                f"run(s) {', '.join(run_ids)} exist, pending, and the reconciler starts them "
-                f"after {self.app.settings.reconcile_after:g} s without progress unless you "
-                "cancel them (orchestrate cancel RUN). A retry with the same idempotency_key "
-                "returns the existing run instead of creating another.",
-                remaining=tuple(run_ids))
-        if not started:
-            return SubmitFailed(f"{what}; nothing was created (the run rows were removed), so "
-                                "submitting again is safe")
-        # A message that did get through was already taken by a worker: that run cannot
-        # be removed; cancel it so that nothing more of it runs.
-        for run_id in started:
-            try:
-                store.cancel_run(run_id, "cancelled: its submit failed on the broker")
-            except Exception as exc:
-                log.error("could not cancel a run whose submit failed", run_id=run_id,
-                          error=repr(exc))
-        return SubmitFailed(
-            f"{what}; nothing was created except run(s) {', '.join(started)}, which a worker "
-            "had already started from a message that got through: they were cancelled (a "
-            "step already running finishes its attempt); the others were removed",
-            remaining=tuple(started))
-
-    def _planned(self, compiled: CompiledWorkflow) -> list[PlannedStep]:
-        return [PlannedStep(name, bound.spec.output, bound.queue, bound.spec.model,
-                            bound.spec.critical) for name, bound in compiled.steps.items()]
+        return self.app.submit_many(self, batch, defer=defer)
 
     def run(self, *, timeout: float | None = 60.0, **inputs: Any) -> RunResult:
         """Submit and wait: the finished run (whatever its status)."""
@@ -279,34 +168,15 @@ class Workflow:
     def dispatch(self, run_id: str, inputs: dict[str, Any], *,
                  stored: Any = None) -> None:
         """Enqueue the run's canvas (steps already terminal in the DB will not re-run)."""
-        self.canvas(run_id, inputs, stored=stored).apply_async()
+        self.app.dispatch(self, run_id, inputs, stored=stored)
 
     def canvas(self, run_id: str, inputs: dict[str, Any], *, stored: Any = None) -> Any:
-        """The Celery canvas of one run (not sent).
-
-        ``stored``: the run's inputs as stored (redacted; computed here if not given).
-        A large input whose stored copy differs travels inline, never by reference.
-        """
-        compiled = self.validate()
-        self.app.before_dispatch(compiled)
-        envelope = Envelope.for_inputs(
-            run_id, inputs, self.app.settings.inline_output_limit,
-            stored=(lambda: stored) if stored is not None else (lambda: self.redactor(inputs)))
-        return build_canvas(compiled.decomposition.plan, compiled.steps,
-                            envelope.to_message(), run_id, self.app.celery)
+        """The Celery canvas of one run (not sent); see ``submit.submission.canvas``."""
+        return self.app.canvas(self, run_id, inputs, stored=stored)
 
     def create_child(self, parent_run: str, parent_step: str, inputs: dict[str, Any]) -> str:
         """Write a child run of ``parent_run`` (once per parent step); returns its id."""
-        compiled = self.validate()
-        run_id = str(uuid.uuid4())
-        planned = [PlannedStep(name, bound.spec.output, bound.queue, bound.spec.model,
-                               bound.spec.critical) for name, bound in compiled.steps.items()]
-        stored = self.redactor(inputs)
-        return self.app.store.create_run(
-            run_id, self.name, compiled.version, stored, planned,
-            parent_run_id=parent_run,
-            idempotency_key=child_idempotency_key(parent_run, parent_step),
-            redacted=sorted(changed_by_redaction(inputs, stored)))
+        return self.app.create_child(self, parent_run, parent_step, inputs)
 
     def check_inputs(self, compiled: CompiledWorkflow, inputs: dict[str, Any]) -> dict[str, Any]:
         """The inputs, checked (required present, declared, JSON); InvalidInput if not."""
@@ -353,14 +223,6 @@ def _declared_inputs(name: str, inputs: object) -> frozenset[str] | None:
         raise WorkflowDefinitionError(f"workflow {name!r}: inputs must be a list of names, "
                                       f"got {inputs!r}")
     return frozenset(identifier(item, "input name", f"workflow {name!r}") for item in inputs)
-
-
-def _check_idempotency_key(workflow: str, key: object) -> None:
-    if key is None:
-        return
-    if not isinstance(key, str) or not key.strip() or len(key) > MAX_NAME:
-        raise InvalidInput(f"workflow {workflow!r}: idempotency_key must be a non-empty string "
-                           f"of at most {MAX_NAME} characters, got {key!r:.80}")
 
 
 def _compile(workflow: Workflow) -> CompiledWorkflow:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 
+from orchestration.core.clock import utcnow
 from orchestration.core.envelope import dumps
 from orchestration.core.status import StepStatus
 from orchestration.define.adaptive import AdaptiveTimeout
@@ -37,7 +38,7 @@ from orchestration.errors import (
 )
 from orchestration.execute.context import StepContext
 from orchestration.execute.timeouts import call_with_timeout
-from orchestration.store.repository import AttemptRecord, StepOutcome, Store, utcnow
+from orchestration.store.repository import AttemptRecord, StepOutcome, Store
 
 if TYPE_CHECKING:
     from orchestration.core.redaction import Redactor

@@ -5,21 +5,21 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 
-from orchestration.errors import InputTimeout, WaitForInput
+from orchestration.core import metrics
+from orchestration.core.results import CallRecord
+from orchestration.define.children import ChildRun, child_request
+from orchestration.define.workflow import Workflow
+from orchestration.errors import ConfigurationError, InputTimeout, WaitForInput
+from orchestration.llm.client import LLMClient
+from orchestration.llm.resilience import Resilience
+from orchestration.store.repository import Store
 
-if TYPE_CHECKING:
-    from orchestration.define.children import ChildRun
-    from orchestration.define.workflow import Workflow
-    from orchestration.llm.client import LLMClient
-    from orchestration.llm.resilience import Resilience
-    from orchestration.store.repository import Store
 
-
-@dataclass
+@dataclass(kw_only=True)
 class StepContext:
     """Passed to a step that declares a ``ctx`` parameter.
 
@@ -42,29 +42,27 @@ class StepContext:
     spent_before: float = 0.0  # this step's cost in earlier attempts and deliveries
     run_budget: float | None = None
     run_cost: Callable[[], float] = field(default=lambda: 0.0)  # recorded spend of the run
-    services: Resilience | None = None
+    # Breakers, limits and providers, handed over by the delivery: never looked up here.
+    services: Resilience | None
+    store: Store
     map_index: int | None = None  # the element's index, in a map step
-    store: Store | None = None
     _llm: LLMClient | None = None
 
     @property
     def llm(self) -> LLMClient:
         """The model client bound to this step (its ``model=`` is the default model)."""
         if self._llm is None:
-            from orchestration.llm.client import LLMClient
-
-            services = self.services
-            if services is None:
-                from orchestration.app import default_orchestrator
-
-                services = default_orchestrator().resilience
-            self._llm = LLMClient(self, services)
+            if self.services is None:
+                raise ConfigurationError(
+                    f"step {self.step!r}: ctx.llm needs the model services, and this delivery "
+                    "was given none (run the step through an Orchestrator)")
+            self._llm = LLMClient(self, self.services)
         return self._llm
 
     @property
     def log(self) -> Any:
         """A structlog logger bound to the run, step and attempt."""
-        return structlog.get_logger("orchestration.define.step").bind(
+        return structlog.get_logger("orchestration.step").bind(
             run_id=self.run_id, step=self.step, attempt=self.attempt
         )
 
@@ -74,8 +72,6 @@ class StepContext:
         The child is a run of its own (parent link, own queues and policies); the step's
         output is the child's outputs by name. Its inputs are checked now.
         """
-        from orchestration.define.children import child_request
-
         return child_request(workflow, inputs)
 
     def wait_for_input(self, name: str, *, timeout: float | None = None) -> Any:
@@ -86,8 +82,6 @@ class StepContext:
         runs again from the start, this time receiving it. After ``timeout`` seconds
         the wait expires and the step fails with InputTimeout, so its fallback applies.
         """
-        if self.store is None:
-            raise RuntimeError("wait_for_input needs the results store (run it in a worker)")
         wait = self.store.waits.lookup(self.run_id, self.step, name)
         if wait is not None and wait.status == "delivered":
             return wait.data
@@ -111,19 +105,4 @@ class StepContext:
         """Record one model call (its cost is added to this step)."""
         self.calls.append(call)
         self.record_cost(call.cost_usd, model=call.model if call.ok else None)
-        from orchestration.core import metrics
         metrics.record_call(call.model, call.ok, call.breaker)
-
-
-@dataclass(frozen=True)
-class CallRecord:
-    """One model call made by a step attempt, for the trace."""
-
-    model: str
-    ok: bool
-    latency_ms: float
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost_usd: float = 0.0
-    breaker: str | None = None
-    error: str | None = None

@@ -30,6 +30,7 @@ from tenacity import (
 )
 
 from orchestration.core import metrics
+from orchestration.core.clock import utcnow
 from orchestration.core.envelope import INPUT_SOURCE, OUTPUT_SOURCE, Envelope
 from orchestration.core.redaction import changed_by_redaction
 from orchestration.core.status import RunStatus, StepStatus
@@ -45,7 +46,7 @@ from orchestration.execute.attempts import (
     run_attempts,
 )
 from orchestration.store.engine import is_unavailable
-from orchestration.store.repository import Claim, RunFinish, StepOutcome, Store, utcnow
+from orchestration.store.repository import Claim, RunFinish, StepOutcome, Store
 from orchestration.submit.durability import cache_key
 
 __all__ = ["Delivery", "ReplaceWith", "StartChild", "StartMap", "finalize_run", "run_step"]

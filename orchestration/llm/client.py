@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import jsonschema
 from pydantic import BaseModel, ValidationError
@@ -35,16 +35,15 @@ from tenacity import (
 )
 from tenacity.stop import stop_base
 
+from orchestration.core.results import CallRecord
 from orchestration.define.policies import Backoff, first_then_retry
 from orchestration.errors import NonRetryableError, StepError, StepTimeout
-from orchestration.execute.context import CallRecord
 from orchestration.llm.breakers import BreakerOpen
 from orchestration.llm.catalogue import ModelConfig
 from orchestration.llm.providers.base import Completion, Messages, Provider, ProviderError, Usage
 from orchestration.llm.providers.local import LocalProvider
 
 if TYPE_CHECKING:
-    from orchestration.execute.context import StepContext
     from orchestration.llm.resilience import Resilience
 
 CALL_BACKOFF = Backoff(initial=0.2, maximum=5.0, multiplier=2.0, jitter=0.1)
@@ -59,6 +58,32 @@ class InvalidModelOutput(StepError):
     """A model's answer did not parse or validate as the JSON asked for (retryable)."""
 
 
+class CallSite(Protocol):
+    """What a model client needs from the step attempt it calls for (``StepContext``).
+
+    Owned here so the client depends on nothing above it: the execute floor's
+    ``StepContext`` satisfies it.
+    """
+
+    run_id: str
+    step: str
+    model: str | None
+    deadline: float | None
+    cost_usd: float
+    max_cost: float | None
+    spent_before: float
+    run_budget: float | None
+
+    def run_cost(self) -> float:
+        """The run's recorded spend so far."""
+
+    def remaining(self) -> float | None:
+        """Seconds left before the attempt's timeout (None: no timeout)."""
+
+    def record_call(self, call: CallRecord) -> None:
+        """Record one model call and its cost on the step."""
+
+
 def _messages(prompt: str | Messages) -> Messages:
     return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
 
@@ -66,7 +91,7 @@ def _messages(prompt: str | Messages) -> Messages:
 class LLMClient:
     """Model calls bound to one step attempt."""
 
-    def __init__(self, ctx: StepContext, services: Resilience) -> None:
+    def __init__(self, ctx: CallSite, services: Resilience) -> None:
         self._ctx = ctx
         self._services = services
 
@@ -213,7 +238,7 @@ class LLMClient:
 class _StopAtDeadline(stop_base):
     """Stop retrying when the next wait would run past the step attempt's deadline."""
 
-    def __init__(self, ctx: StepContext) -> None:
+    def __init__(self, ctx: CallSite) -> None:
         self._ctx = ctx
 
     def __call__(self, retry_state: RetryCallState) -> bool:

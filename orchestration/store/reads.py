@@ -7,7 +7,8 @@ from typing import Any
 
 from sqlalchemy import Engine, func, select
 
-from orchestration.core.results import RunResult, RunSummary, StepRecord, as_utc
+from orchestration.core.clock import as_utc
+from orchestration.core.results import RunResult, RunSummary, StepRecord
 from orchestration.core.status import RunStatus, StepStatus
 from orchestration.errors import RunNotFound
 from orchestration.store import statements as sql

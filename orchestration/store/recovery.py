@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from orchestration.core.clock import as_utc
 from orchestration.core.status import RunStatus, StepStatus
 from orchestration.errors import OrchestrationError, RunNotFound
 from orchestration.store.models import CacheRow, RunRow, StepRow
@@ -50,8 +51,6 @@ class Recovery:
                                .where(CacheRow.key == key)).first()
         if row is None:
             return False, None
-        from orchestration.core.results import as_utc
-
         expires = as_utc(row.expires_at)
         if expires is not None and expires <= now:
             return False, None
@@ -145,8 +144,6 @@ class Recovery:
                         RunRow.created_at < idle_since))
         with self._store.reader.connect() as conn:
             rows = conn.execute(query).all()
-        from orchestration.core.results import as_utc
-
         stale = []
         for row in rows:
             last = as_utc(row.last)

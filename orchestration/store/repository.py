@@ -10,13 +10,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from orchestration.core.results import as_utc
+from orchestration.core.clock import as_utc, utcnow
 from orchestration.core.status import (
     CLAIMABLE_STEP_STATUSES,
     TERMINAL_RUN_STATUSES,
@@ -35,11 +35,6 @@ from orchestration.store.workers import Workers
 
 _CLAIMABLE = [status.value for status in CLAIMABLE_STEP_STATUSES]
 _TERMINAL_RUN = [status.value for status in TERMINAL_RUN_STATUSES]
-
-
-def utcnow() -> datetime:
-    """Now, timezone-aware UTC."""
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)

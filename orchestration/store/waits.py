@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import insert, select, update
 
+from orchestration.core.clock import as_utc
 from orchestration.core.status import CLAIMABLE_STEP_STATUSES, RunStatus, StepStatus
 from orchestration.errors import OrchestrationError
 from orchestration.store.models import RunRow, StepRow, WaitRow
@@ -101,7 +102,5 @@ class Waits:
 
 
 def _wait(row: Any) -> Wait:
-    from orchestration.core.results import as_utc
-
     return Wait(run_id=row.run_id, step=row.step_name, name=row.name, status=row.status,
                 data=row.data, deadline=as_utc(row.deadline), resume=dict(row.resume))

@@ -23,12 +23,12 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from orchestration.core.clock import utcnow
 from orchestration.core.envelope import dumps
 from orchestration.core.redaction import changed_by_redaction, redacted_paths
 from orchestration.core.status import RunStatus, StepStatus
 from orchestration.errors import InvalidInput
 from orchestration.store.recovery import RERUN_STEPS, RESUMABLE, NotResumable
-from orchestration.store.repository import utcnow
 
 if TYPE_CHECKING:
     from orchestration.app import Orchestrator

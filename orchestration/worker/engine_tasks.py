@@ -11,13 +11,14 @@ from kombu.utils.json import dumps as kombu_dumps
 from kombu.utils.json import loads as kombu_loads
 
 from orchestration.compile.canvas import FINALIZE_TASK
+from orchestration.core.clock import utcnow
 from orchestration.core.envelope import Envelope
 from orchestration.core.status import RunStatus, StepStatus
 from orchestration.define.children import CHILD_DONE_TASK
 from orchestration.execute.attempts import fallback_value
 from orchestration.execute.maps import MAP_COLLECT_TASK, collect_outcome
 from orchestration.execute.runtime import StartChild, finalize_run, record_and_pass, resolve
-from orchestration.store.repository import StepOutcome, utcnow
+from orchestration.store.repository import StepOutcome
 from orchestration.store.waits import DELIVERED, EXPIRED
 
 if TYPE_CHECKING:

@@ -21,8 +21,9 @@ from datetime import timedelta
 
 import structlog
 
+from orchestration.core.clock import utcnow
 from orchestration.store.engine import is_unavailable
-from orchestration.store.repository import Store, utcnow
+from orchestration.store.repository import Store
 from orchestration.store.workers import Released, WorkerInfo
 
 log = structlog.get_logger("orchestration.worker.heartbeat")

@@ -32,7 +32,7 @@ import pytest
 import redis
 from celery.app.task import Context
 
-from config.settings import Settings
+from orchestration.core.settings import Settings
 from orchestration import Orchestrator, RunStatus, Workflow, default_orchestrator
 from tests.integration import backend_secret_workflows as bsw
 from tests.integration.observability_support import free_port

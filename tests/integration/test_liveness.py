@@ -23,8 +23,8 @@ import pytest
 
 from orchestration import RunStatus, StepStatus, cancel, default_orchestrator, get_run, reconcile
 from orchestration.app import Orchestrator
+from orchestration.core.clock import utcnow
 from orchestration.core.results import RunResult
-from orchestration.store.repository import utcnow
 from orchestration.store.workers import WorkerInfo
 from tests.integration.helpers import backdate_run, wait_until
 from tests.integration.liveness_workflows import (
@@ -76,7 +76,7 @@ def cluster() -> Iterator[OwnPostgres]:
 @pytest.fixture
 def outage_app(cluster: OwnPostgres) -> Iterator[Orchestrator]:
     """An orchestrator of the test process on the cluster (broker: the session's Redis)."""
-    from config.settings import Settings
+    from orchestration.core.settings import Settings
 
     redis_url = os.environ["ORCH_BROKER_URL"]  # the session's DB (set by the conftest)
     app = Orchestrator(Settings(broker_url=redis_url, result_backend=redis_url,

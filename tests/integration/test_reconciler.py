@@ -23,7 +23,7 @@ from celery.result import AsyncResult
 from sqlalchemy import update
 
 import orchestration
-from config.settings import Settings
+from orchestration.core.settings import Settings
 from orchestration import RunStatus, StepStatus, default_orchestrator, get_run
 from orchestration.store.models import RunRow, StepRow
 from orchestration.worker.engine_tasks import RECONCILE_TASK

@@ -24,7 +24,7 @@ import redis
 from kombu import Connection, Queue
 from kombu.transport import redis as kombu_redis
 
-from config.settings import Settings
+from orchestration.core.settings import Settings
 from orchestration.app import Orchestrator
 from orchestration.worker.redis_transport import KOMBU_TRANSPORT, TRANSPORT, Transport
 

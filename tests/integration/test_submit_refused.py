@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from config.settings import Settings
+from orchestration.core.settings import Settings
 from orchestration import RunStatus, SubmitFailed, Workflow
 from orchestration.app import Orchestrator
 from tests.integration.submit_refused_workflows import IMPORTED_BY_WORKER, QUEUE, build

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from config.settings import Settings
+from orchestration.core.settings import Settings
 from orchestration import (
     Backoff,
     InvalidInput,

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import redis
 
-from orchestration.llm.breakers import BreakerOpen, BreakerPolicy, Breakers, ModelBreaker
 from orchestration.llm import breakers
+from orchestration.llm.breakers import BreakerOpen, BreakerPolicy, Breakers, ModelBreaker
 from orchestration.llm.providers.base import ProviderError
 from tests.support.services import UNIT_REDIS_URL, delete_keys, unit_redis
 

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 from click.testing import CliRunner, Result
 
-import orchestration.app as app_module
+import orchestration.define.host as host_module
 from orchestration import RunStatus, Workflow
 from orchestration.app import Orchestrator
 from orchestration.cli import main
@@ -63,9 +63,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
             patch.setenv("ORCH_IMPORTS", "")
             patch.setenv("COLUMNS", "250")
             patch.delenv("ORCH_BROKER_URL", raising=False)
-            patch.setattr(app_module, "_default", None)  # rebuilt from the environment
+            patch.setattr(host_module, "_default", None)  # rebuilt from the environment
             yield done
-            built = app_module._default
+            built = host_module._default
             if built is not None:
                 built.shutdown()
 

@@ -15,8 +15,8 @@ import pytest
 from click.testing import CliRunner, Result
 from sqlalchemy.exc import ArgumentError, OperationalError
 
-import orchestration.app as app_module
-from config.settings import Settings
+import orchestration.define.host as host_module
+from orchestration.core.settings import Settings
 from orchestration import Workflow
 from orchestration.app import Orchestrator
 from orchestration.cli import main
@@ -39,15 +39,15 @@ def env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
     monkeypatch.setenv("ORCH_IMPORTS", "")
     monkeypatch.delenv("ORCH_BROKER_URL", raising=False)
     monkeypatch.delenv("ORCH_MODELS_FILE", raising=False)
-    monkeypatch.setattr(app_module, "_default", None)
+    monkeypatch.setattr(host_module, "_default", None)
     yield monkeypatch
-    built = app_module._default
+    built = host_module._default
     if built is not None:
         built.shutdown()
 
 
 def invoke(env: pytest.MonkeyPatch, *args: str) -> Result:
-    env.setattr(app_module, "_default", None)
+    env.setattr(host_module, "_default", None)
     return CliRunner().invoke(main, list(args))
 
 
@@ -90,7 +90,7 @@ def test_submit_to_a_bad_or_unreachable_database_is_one_line(
     def echo(text: str) -> str:
         return text
 
-    env.setattr(app_module, "_default", orchestrator)
+    env.setattr(host_module, "_default", orchestrator)
     result = CliRunner().invoke(main, ["submit", "cli_errors_wf", "--inputs", '{"text": "x"}'])
     assert_one_line(result, expected, "ORCH_DATABASE_URL")
 

@@ -16,11 +16,12 @@ import pytest
 from click.testing import CliRunner, Result
 from sqlalchemy import update
 
-import orchestration.app as app_module
+import orchestration.define.host as host_module
 from orchestration.cli import main
+from orchestration.core.clock import utcnow
 from orchestration.core.status import RunStatus, StepStatus
 from orchestration.store.models import RunRow, StepRow
-from orchestration.store.repository import AttemptRecord, PlannedStep, Store, utcnow
+from orchestration.store.repository import AttemptRecord, PlannedStep, Store
 
 MARKUP = "[/] and [bold]x[/bold] [red]"
 WORKFLOW = "[bold]markup_flow[/]"
@@ -51,9 +52,9 @@ def run_id(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     monkeypatch.setenv("ORCH_DATABASE_URL", url)
     monkeypatch.setenv("ORCH_IMPORTS", "")
     monkeypatch.delenv("ORCH_BROKER_URL", raising=False)
-    monkeypatch.setattr(app_module, "_default", None)
+    monkeypatch.setattr(host_module, "_default", None)
     yield run_id
-    built = app_module._default
+    built = host_module._default
     if built is not None:
         built.shutdown()
 

@@ -14,7 +14,8 @@ from celery import signals
 
 from orchestration import RunHandle, RunResult, RunStatus, StepContext, StepStatus, Workflow
 from orchestration.app import Orchestrator
-from orchestration.store.repository import AttemptRecord, PlannedStep, StepOutcome, Store, utcnow
+from orchestration.core.clock import utcnow
+from orchestration.store.repository import AttemptRecord, PlannedStep, StepOutcome, Store
 from orchestration.testing import embedded_orchestrator, embedded_settings
 from orchestration.worker.embedded import EmbeddedWorker
 

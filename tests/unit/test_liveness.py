@@ -18,6 +18,7 @@ from sqlalchemy.exc import OperationalError
 
 from orchestration import RunStatus, StepStatus
 from orchestration.app import Orchestrator
+from orchestration.core.clock import utcnow
 from orchestration.core.envelope import Envelope
 from orchestration.define.workflow import Workflow
 from orchestration.errors import ResultsDatabaseUnavailable
@@ -227,7 +228,7 @@ def test_past_the_hold_the_step_is_handed_back_naming_its_delivery(
 def test_a_dead_after_window_shorter_than_two_beats_is_refused() -> None:
     from pydantic import ValidationError
 
-    from config.settings import Settings
+    from orchestration.core.settings import Settings
 
     with pytest.raises(ValidationError, match="ORCH_WORKER_DEAD_AFTER"):
         Settings(heartbeat_interval=5, worker_dead_after=6)
@@ -237,10 +238,8 @@ def test_orchestrate_workers_tells_alive_stopped_and_dead(
         store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     from click.testing import CliRunner
 
-    from orchestration import app as app_module
+    from orchestration.define import host as host_module
     from orchestration.cli import main
-    from orchestration.store.repository import utcnow
-
     now = utcnow()
     store.workers.beat(worker("alive-one", "q.a"), now)
     store.workers.beat(worker("dead-one", "q.b"), now - timedelta(minutes=5))
@@ -250,11 +249,11 @@ def test_orchestrate_workers_tells_alive_stopped_and_dead(
     monkeypatch.setenv("ORCH_IMPORTS", "")
     monkeypatch.setenv("COLUMNS", "200")
     monkeypatch.delenv("ORCH_BROKER_URL", raising=False)
-    monkeypatch.setattr(app_module, "_default", None)
+    monkeypatch.setattr(host_module, "_default", None)
     try:
         result = CliRunner().invoke(main, ["workers"])
     finally:
-        built = app_module._default
+        built = host_module._default
         if built is not None:
             built.shutdown()
     assert result.exit_code == 0, result.output

@@ -15,7 +15,7 @@ from celery.signals import before_task_publish
 from celery.worker.request import Request
 
 from config.celery import celery_config, result_backend
-from config.settings import Settings
+from orchestration.core.settings import Settings
 from orchestration import Orchestrator, RunStatus, Workflow
 from orchestration.testing import embedded_orchestrator
 from orchestration.worker.publishing import StepRequest, StepTask, args_summary, kwargs_summary

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from config.settings import Settings
+from orchestration.core.settings import Settings
 from orchestration import Workflow, WorkflowDefinitionError
 from orchestration.app import Orchestrator
 from orchestration.core.redaction import REDACTED, Redactor, structlog_processor

@@ -154,7 +154,7 @@ def test_runs_that_cannot_be_removed_are_named_with_what_becomes_of_them(
     def database_gone(*_: Any) -> list[str]:
         raise ConnectionError("results database unreachable")
 
-    monkeypatch.setattr("orchestration.define.workflow.discard_unstarted", database_gone)
+    monkeypatch.setattr("orchestration.submit.submission.discard_unstarted", database_gone)
     with pytest.raises(SubmitFailed) as info:
         flows.chain.submit(text="stuck", idempotency_key="order-7")
 
@@ -172,7 +172,7 @@ def test_runs_that_cannot_be_removed_are_named_with_what_becomes_of_them(
 def test_a_run_a_worker_already_started_is_cancelled_and_named(
         refused: tuple[Orchestrator, Flows, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     app, flows, database = refused
-    monkeypatch.setattr("orchestration.define.workflow.discard_unstarted",
+    monkeypatch.setattr("orchestration.submit.submission.discard_unstarted",
                         lambda engine, run_ids: list(run_ids))
     with pytest.raises(SubmitFailed) as info:
         flows.chain.submit(text="half")

@@ -275,7 +275,7 @@ def test_a_summary_as_long_as_the_article_is_refused(
 
 def test_workers_import_the_workflow_and_serve_its_queues() -> None:
     from config.queues import QUEUES
-    from config.settings import Settings
+    from orchestration.core.settings import Settings
     from tasks.content.workflow import content
 
     factory = Settings.model_fields["imports"].default_factory

@@ -334,7 +334,7 @@ def test_no_model_answering_still_ends_in_review(workflows: dict[str, Workflow],
 
 def test_workers_import_the_workflow_and_serve_its_queues() -> None:
     from config.queues import QUEUES
-    from config.settings import Settings
+    from orchestration.core.settings import Settings
     from tasks.fraud.workflow import fraud
 
     factory = Settings.model_fields["imports"].default_factory

@@ -1,0 +1,257 @@
+"""Typed settings read from ``ORCH_*`` environment variables.
+
+With nothing set, everything runs on the embedded default: an in-process broker and
+worker, and a SQLite results database under ``./var/``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Annotated
+
+from celery.app.backends import BACKEND_ALIASES
+from kombu.transport import TRANSPORT_ALIASES
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+EMBEDDED_BROKER = "memory://"
+EMBEDDED_BACKEND = "orchestration.worker.inprocess:InProcessBackend"
+
+
+class Settings(BaseSettings):
+    """Everything a deployment configures, checked when loaded."""
+
+    # allow_inf_nan=False: a NaN or infinite number of seconds or bytes is never meant.
+    model_config = SettingsConfigDict(env_prefix="ORCH_", extra="ignore", allow_inf_nan=False)
+
+    broker_url: str = Field(
+        default=EMBEDDED_BROKER,
+        description="Celery broker. Unset: in-process broker (one process; demo and tests).",
+    )
+    result_backend: str | None = Field(
+        default=None,
+        description="Celery result backend (chord bookkeeping only). Unset: the broker's Redis, "
+        "or in-process memory with the embedded broker.",
+    )
+    database_url: str = Field(
+        default="sqlite:///var/orchestration.db",
+        description="Results database (runs, steps, attempts). SQLite or PostgreSQL.",
+    )
+    redis_url: str | None = Field(
+        default=None, description="Redis for shared breaker state and rate limits."
+    )
+    models_file: Path | None = Field(default=None, description="Model catalogue (YAML).")
+    imports: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: [
+            "tasks.support.workflow",
+            "tasks.support.routing",
+            "tasks.fraud.workflow",
+            "tasks.content.workflow",
+        ],
+        description="Workflow modules every worker imports, comma-separated.",
+    )
+    default_queue: str = Field(default="default", description="Queue of steps that name none.")
+    inline_output_limit: int = Field(
+        default=16_384, ge=0,
+        description="Outputs larger than this many bytes of JSON travel by reference "
+        "(read from the results DB) instead of inside broker messages.",
+    )
+    inline_retry_limit: float = Field(
+        default=2.0, ge=0,
+        description="Retry waits up to this many seconds sleep in the worker; longer waits "
+        "hand the step back to the broker with a countdown and free the slot.",
+    )
+    embedded_concurrency: int = Field(
+        default=8, ge=1,
+        description="Threads of each queue's pool in the in-process worker (every queue has "
+        "its own, like one worker per queue in production).",
+    )
+    embedded_queue_concurrency: Annotated[dict[str, int], NoDecode] = Field(
+        default_factory=dict,
+        description="Threads of some queues' pools in the in-process worker, e.g. "
+        "'model.slow=4,model.fast=2' (others get ORCH_EMBEDDED_CONCURRENCY).",
+    )
+    reconcile_interval: float = Field(
+        default=60.0, gt=0,
+        description="Seconds between reconciler passes inside an embedded process (a worker "
+        "deployment runs them with `celery beat`).",
+    )
+    visibility_timeout: int = Field(
+        default=3600, gt=0,
+        description="Seconds before Redis re-delivers an unacknowledged message; must exceed "
+        "the longest step (all attempts and backoff).",
+    )
+
+    max_crashes: int = Field(
+        default=3, ge=1,
+        description="A step whose worker died this many times is failed as a poison step.",
+    )
+    reconcile_after: float = Field(
+        default=600.0, gt=0,
+        description="Seconds without progress before the reconciler re-dispatches a run; "
+        "must exceed the longest step.",
+    )
+    heartbeat_interval: float = Field(
+        default=5.0, gt=0,
+        description="Seconds between a worker's heartbeats in the results DB (each beat also "
+        "sweeps steps held by workers that stopped beating).",
+    )
+    worker_dead_after: float = Field(
+        default=20.0, gt=0,
+        description="A worker whose last heartbeat is older than this many seconds is dead: "
+        "the steps it held are re-dispatched (and count as a crash of each step).",
+    )
+    db_outage_hold: float = Field(
+        default=60.0, ge=0,
+        description="Seconds a worker keeps retrying to record a finished step while the "
+        "results DB is unreachable, before handing the step back to the broker (which runs "
+        "it again once the DB answers).",
+    )
+    max_input_bytes: int = Field(
+        default=1_000_000, gt=0, description="Largest accepted run input (bytes of JSON)."
+    )
+    redact_fields: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="More field names whose values are never stored or logged, comma-separated.",
+    )
+    metrics_port: int | None = Field(
+        default=None, ge=1, le=65535,
+        description="A worker serves its own Prometheus metrics on this port "
+        "(threads pool; prefork workers use PROMETHEUS_MULTIPROC_DIR + orchestrate metrics).",
+    )
+    log_level: str = Field(default="INFO", description="Engine log level.")
+    log_json: bool | None = Field(
+        default=None, description="JSON log lines (default: unless stderr is a terminal)."
+    )
+
+    @field_validator("imports", "redact_fields", mode="before")
+    @classmethod
+    def _split_imports(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("embedded_queue_concurrency", mode="before")
+    @classmethod
+    def _queue_threads(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        threads: dict[str, object] = {}
+        for part in (part.strip() for part in value.split(",")):
+            queue, sep, count = (item.strip() for item in part.partition("="))
+            if part and (not sep or not queue or not count):
+                raise ValueError(f"ORCH_EMBEDDED_QUEUE_CONCURRENCY: {part!r} is not "
+                                 "queue=threads (e.g. 'model.slow=4,model.fast=2')")
+            if part:
+                threads[queue] = count
+        return threads
+
+    @field_validator("embedded_queue_concurrency")
+    @classmethod
+    def _positive_threads(cls, value: dict[str, int]) -> dict[str, int]:
+        bad = sorted(queue for queue, count in value.items() if count < 1)
+        if bad:
+            raise ValueError(f"ORCH_EMBEDDED_QUEUE_CONCURRENCY: queue(s) {', '.join(bad)} "
+                             "need at least 1 thread")
+        return value
+
+    @field_validator("broker_url")
+    @classmethod
+    def _known_transport(cls, value: str) -> str:
+        # Celery takes several broker URLs separated by ';' (failover).
+        for url in value.split(";"):
+            scheme = _scheme(url)
+            if scheme not in TRANSPORT_ALIASES:
+                raise ValueError(f"ORCH_BROKER_URL {url.strip()!r}: unknown transport "
+                                 f"{scheme!r} (use redis://, rediss://, amqp:// or memory://)")
+        return value
+
+    @field_validator("result_backend")
+    @classmethod
+    def _known_backend(cls, value: str | None) -> str | None:
+        # 'module:Class' (no scheme) names a backend class, like the embedded one.
+        if value and "://" in value and _scheme(value) not in BACKEND_ALIASES:
+            raise ValueError(f"ORCH_RESULT_BACKEND {value!r}: unknown result backend "
+                             f"{_scheme(value)!r} (use redis:// or rediss://)")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis(cls, value: str | None) -> str | None:
+        if value and _scheme(value) not in ("redis", "rediss", "unix"):
+            raise ValueError(f"ORCH_REDIS_URL {value!r} must be a redis://, rediss:// or "
+                             "unix:// URL")
+        return value
+
+    @field_validator("default_queue")
+    @classmethod
+    def _queue_name(cls, value: str) -> str:
+        # The rule of orchestration/names.py: `celery worker -Q` splits on commas and
+        # strips spaces, and RabbitMQ refuses amq.* queues.
+        if not value or _QUEUE_FORBIDDEN.search(value) or value.startswith("amq."):
+            raise ValueError(f"ORCH_DEFAULT_QUEUE {value!r}: a queue name is non-empty, has no "
+                             "spaces, commas or control characters, and does not start "
+                             "with 'amq.'")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        if not isinstance(logging.getLevelName(value.upper()), int):
+            raise ValueError(f"ORCH_LOG_LEVEL {value!r}: use DEBUG, INFO, WARNING, ERROR or "
+                             "CRITICAL")
+        return value.upper()
+
+    @model_validator(mode="after")
+    def _liveness(self) -> Settings:
+        if self.worker_dead_after < 2 * self.heartbeat_interval:
+            raise ValueError(
+                f"ORCH_WORKER_DEAD_AFTER ({self.worker_dead_after:g} s) must be at least twice "
+                f"ORCH_HEARTBEAT_INTERVAL ({self.heartbeat_interval:g} s): one late beat must "
+                "not make a live worker look dead")
+        return self
+
+    @model_validator(mode="after")
+    def _backend_for_broker(self) -> Settings:
+        # Checked at load, not when the Celery app is first configured.
+        self.effective_result_backend  # noqa: B018 (raises when there is none)
+        return self
+
+    @property
+    def embedded(self) -> bool:
+        """True when the broker lives inside this process."""
+        return self.broker_url.startswith("memory://")
+
+    @property
+    def shared_redis_url(self) -> str | None:
+        """Redis for state every worker shares: ORCH_REDIS_URL, else a Redis broker."""
+        if self.redis_url:
+            return self.redis_url
+        if self.broker_url.startswith(("redis://", "rediss://")):
+            return self.broker_url
+        return None
+
+    @property
+    def effective_result_backend(self) -> str:
+        """The result backend to configure: explicit, else derived from the broker."""
+        if self.result_backend:
+            return self.result_backend
+        if self.embedded:
+            return EMBEDDED_BACKEND
+        if self.broker_url.startswith(("redis://", "rediss://")):
+            return self.broker_url
+        raise ValueError(
+            "ORCH_RESULT_BACKEND must be set when the broker is not Redis "
+            "(chords need a result backend; use a redis:// URL)"
+        )
+
+
+_QUEUE_FORBIDDEN = re.compile(r"[\s,\x00-\x1f\x7f]")
+
+
+def _scheme(url: str) -> str:
+    """The transport of a URL: ``redis`` for ``redis://``, ``sqla`` for ``sqla+postgresql://``."""
+    head, sep, _ = url.strip().partition("://")
+    return head.partition("+")[0].lower() if sep else ""
