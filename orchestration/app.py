@@ -47,12 +47,12 @@ from orchestration.store.repository import StepOutcome, Store
 from orchestration.store.workers import Released, WorkerInfo
 from orchestration.submit import submission
 from orchestration.submit.durability import Reconciled, reconcile, redispatch, resume
+from orchestration.submit.waits import approve
 from orchestration.worker import redis_transport
 from orchestration.worker.embedded import EmbeddedWorker
 from orchestration.worker.engine_tasks import (
     DISPATCH_RUNS_TASK,
     EXPIRE_WAITS_TASK,
-    approve,
     child_canvas,
     register_engine_tasks,
     resume_signature,

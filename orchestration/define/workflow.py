@@ -15,6 +15,7 @@ from orchestration.core.envelope import check_json, dumps
 from orchestration.core.names import identifier, queue_name, workflow_name
 from orchestration.core.redaction import Redactor
 from orchestration.core.results import RunHandle, RunResult
+from orchestration.define.fingerprint import code_hash, stable
 from orchestration.define.graph import Decomposition, decompose, find_cycle
 from orchestration.define.host import Host, default_host
 from orchestration.define.policies import check_plain_function
@@ -331,29 +332,8 @@ def _version(workflow: Workflow, deps: dict[str, list[str]]) -> str:
     shape = [
         (spec.name, spec.output, sorted(deps[spec.name]), spec.params, spec.retries,
          spec.critical, workflow.queue_of(spec), spec.model, spec.map, spec.min_success,
-         _stable(spec.timeout), _stable(spec.fallback), spec.max_cost,
-         getattr(spec.fn, "__qualname__", ""), _code_hash(spec.fn))
+         stable(spec.timeout), stable(spec.fallback), spec.max_cost,
+         getattr(spec.fn, "__qualname__", ""), code_hash(spec.fn))
         for spec in workflow._specs.values()
     ]
     return hashlib.sha256(repr(shape).encode()).hexdigest()[:16]
-
-
-def _code_hash(fn: Callable[..., Any]) -> str:
-    code = getattr(fn, "__code__", None)
-    return hashlib.sha256(_code_fingerprint(code).encode()).hexdigest()[:12] if code else ""
-
-
-def _stable(policy: object) -> str:
-    """A description of a policy that is the same in every process (no addresses)."""
-    if policy is None:
-        return ""
-    target = getattr(policy, "_target", None) or getattr(policy, "compute", None)
-    if callable(target):
-        return f"{type(policy).__name__}:{getattr(target, '__qualname__', '')}:{_code_hash(target)}"
-    return repr(policy)
-
-
-def _code_fingerprint(code: Any) -> str:
-    # Bytecode alone misses changed constants and called names (x + 1 vs helper(x) + 2).
-    consts = [_code_fingerprint(c) if hasattr(c, "co_code") else repr(c) for c in code.co_consts]
-    return repr((code.co_code, consts, code.co_names))

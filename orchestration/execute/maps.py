@@ -25,6 +25,7 @@ from orchestration.core.status import StepStatus
 from orchestration.define.step import BoundStep
 from orchestration.errors import StepSignal
 from orchestration.execute.attempts import Delivery, describe, run_attempts
+from orchestration.execute.runtime import resolve
 from orchestration.store.repository import AttemptRecord, StepOutcome, Store
 
 MAP_COLLECT_TASK = "orchestration.map_collect"
@@ -70,7 +71,6 @@ def map_canvas(step: BoundStep, envelope: Envelope, items: list[Any], *, finaliz
 def run_chunk(step: BoundStep, message: Any, chunk: dict[str, Any], store: Store,
               delivery: Delivery) -> dict[str, Any]:
     """Run one chunk's elements; record their attempts; return their results for collect."""
-    from orchestration.execute.runtime import resolve
 
     envelope = Envelope.from_message(message)
     spec = step.spec

@@ -35,6 +35,7 @@ from orchestration.core.envelope import INPUT_SOURCE, OUTPUT_SOURCE, Envelope
 from orchestration.core.redaction import changed_by_redaction
 from orchestration.core.status import RunStatus, StepStatus
 from orchestration.define.children import ChildRun
+from orchestration.define.fingerprint import cache_key
 from orchestration.define.policies import first_then_retry
 from orchestration.define.step import BoundStep
 from orchestration.errors import Reschedule, ResultsDatabaseUnavailable, StepSignal
@@ -47,7 +48,6 @@ from orchestration.execute.attempts import (
 )
 from orchestration.store.engine import is_unavailable
 from orchestration.store.repository import Claim, RunFinish, StepOutcome, Store
-from orchestration.submit.durability import cache_key
 
 __all__ = ["Delivery", "ReplaceWith", "StartChild", "StartMap", "finalize_run", "run_step"]
 

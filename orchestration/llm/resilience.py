@@ -14,8 +14,10 @@ import redis
 from orchestration.define.adaptive import Latencies
 from orchestration.llm.breakers import Breakers
 from orchestration.llm.catalogue import Catalogue, ProviderConfig
+from orchestration.llm.providers.anthropic import AnthropicProvider
 from orchestration.llm.providers.base import Provider
 from orchestration.llm.providers.local import LocalProvider
+from orchestration.llm.providers.openai import OpenAIProvider
 from orchestration.llm.ratelimit import RateLimiter
 
 REDIS_CONNECTIONS = 256
@@ -66,9 +68,5 @@ def _build(name: str, config: ProviderConfig) -> Provider:
     if config.kind == "local":
         return LocalProvider()
     if config.kind == "anthropic":
-        from orchestration.llm.providers.anthropic import AnthropicProvider
-
         return AnthropicProvider(name, config.base_url or "", key)
-    from orchestration.llm.providers.openai import OpenAIProvider
-
     return OpenAIProvider(name, config.base_url or "", key)

@@ -8,12 +8,11 @@ import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
+from orchestration.core.metrics import QUEUE_DEPTH
+from orchestration.define.host import Host
 from orchestration.errors import ConfigurationError
-
-if TYPE_CHECKING:
-    from orchestration.app import Orchestrator
+from orchestration.observe.queries import known_queues, queue_depths
 
 
 def is_loopback(address: str) -> bool:
@@ -66,14 +65,12 @@ def _check_basic_auth(auth: str) -> None:
                 "user:password with neither part empty (several: user1:pw1,user2:pw2)")
 
 
-def serve_metrics(orchestrator: Orchestrator, address: str, port: int,
+def serve_metrics(orchestrator: Host, address: str, port: int,
                   *, refresh_s: float = 5.0) -> None:
     """Serve the workers' metrics and queue depths until interrupted."""
     from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
     from prometheus_client import multiprocess as mp
 
-    from orchestration.core.metrics import QUEUE_DEPTH
-    from orchestration.observe.queries import known_queues, queue_depths
 
     registry = REGISTRY
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

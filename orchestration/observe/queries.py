@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING
 from sqlalchemy import func, select
 
 from orchestration.core.stats import StepStats, step_stats
+from orchestration.define.host import Host
 from orchestration.store.models import AttemptRow, RunRow
 
 if TYPE_CHECKING:
-    from orchestration.app import Orchestrator
     from orchestration.define.workflow import CompiledWorkflow
 
 
@@ -42,7 +42,7 @@ class WorkflowStats:
     models: list[ModelStats]
 
 
-def workflow_stats(orchestrator: Orchestrator, workflow: str,
+def workflow_stats(orchestrator: Host, workflow: str,
                    since: datetime | None) -> WorkflowStats:
     """Per-step latency percentiles, retries, fallbacks; error rate per model; cost per run."""
     store = orchestrator.store
@@ -72,7 +72,7 @@ def workflow_stats(orchestrator: Orchestrator, workflow: str,
                          float(cost) / runs if runs else 0.0, steps, models)
 
 
-def queue_depths(orchestrator: Orchestrator, queues: list[str]) -> dict[str, int | None]:
+def queue_depths(orchestrator: Host, queues: list[str]) -> dict[str, int | None]:
     """Messages waiting in each queue, asked of the broker (None where it cannot say)."""
     depths: dict[str, int | None] = {}
     with orchestrator.celery.connection_for_read() as connection:
@@ -87,7 +87,7 @@ def queue_depths(orchestrator: Orchestrator, queues: list[str]) -> dict[str, int
     return depths
 
 
-def known_queues(orchestrator: Orchestrator) -> list[str]:
+def known_queues(orchestrator: Host) -> list[str]:
     """Every queue of the registered workflows, and the default queue."""
     queues = {orchestrator.settings.default_queue}
     for workflow in orchestrator.workflows.values():

@@ -15,7 +15,6 @@ It also expires human waits past their deadline.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -24,15 +23,15 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from orchestration.core.clock import utcnow
-from orchestration.core.envelope import dumps
 from orchestration.core.redaction import changed_by_redaction, redacted_paths
 from orchestration.core.status import RunStatus, StepStatus
+from orchestration.define.host import Host
 from orchestration.errors import InvalidInput
+from orchestration.observe.queries import queue_depths
 from orchestration.store.recovery import RERUN_STEPS, RESUMABLE, NotResumable
+from orchestration.submit.waits import expire_due_waits
 
 if TYPE_CHECKING:
-    from orchestration.app import Orchestrator
-    from orchestration.define.step import StepSpec
     from orchestration.define.workflow import CompiledWorkflow, Workflow
 
 log = structlog.get_logger("orchestration.submit.durability")
@@ -70,7 +69,7 @@ def _describe_redacted(inputs: dict[str, Any], names: list[str]) -> str:
     return ", ".join(parts)
 
 
-def redacted_upstream(orchestrator: Orchestrator, run_id: str, compiled: CompiledWorkflow,
+def redacted_upstream(orchestrator: Host, run_id: str, compiled: CompiledWorkflow,
                       to_run: Callable[[StepStatus], bool]) -> list[str]:
     """Finished steps whose stored output was redacted and that a step still to run reads.
 
@@ -96,7 +95,7 @@ def redacted_upstream(orchestrator: Orchestrator, run_id: str, compiled: Compile
     return sorted(name for name, output in outputs.items() if redacted_paths(output, name))
 
 
-def check_resume(orchestrator: Orchestrator, run_id: str,
+def check_resume(orchestrator: Host, run_id: str,
                  inputs: Any = None) -> tuple[Workflow, dict[str, Any]]:
     """Everything resume needs, checked before anything changes: (workflow, inputs).
 
@@ -140,7 +139,7 @@ def check_resume(orchestrator: Orchestrator, run_id: str,
     return workflow, merged
 
 
-def redacted_loss(orchestrator: Orchestrator, run_id: str, name: str, version: str,
+def redacted_loss(orchestrator: Host, run_id: str, name: str, version: str,
                   inputs: dict[str, Any]) -> str | None:
     """Why a run re-dispatched from the results DB would not get what it was submitted.
 
@@ -176,7 +175,7 @@ def _given_inputs(run_id: str, inputs: Any) -> dict[str, Any]:
     return dict(inputs)
 
 
-def resume(orchestrator: Orchestrator, run_id: str, inputs: dict[str, Any] | None = None) -> str:
+def resume(orchestrator: Host, run_id: str, inputs: dict[str, Any] | None = None) -> str:
     """Continue a failed or cancelled run from its last good steps; returns the run id.
 
     ``inputs`` replace stored ones: secrets were stored redacted (wholly, nested, or in
@@ -192,14 +191,13 @@ def resume(orchestrator: Orchestrator, run_id: str, inputs: dict[str, Any] | Non
     return run_id
 
 
-def reconcile(orchestrator: Orchestrator, *, idle_seconds: float | None = None) -> Reconciled:
+def reconcile(orchestrator: Host, *, idle_seconds: float | None = None) -> Reconciled:
     """Re-dispatch runs with no progress for ``idle_seconds``; expire overdue waits.
 
     A run is left alone while a live worker holds one of its steps (it is running, not
     lost) or while a queue of its workflow holds messages that a live worker consumes (it
     may be waiting its turn). A backlog that no live worker consumes is no progress.
     """
-    from orchestration.worker.engine_tasks import expire_due_waits
 
     idle = orchestrator.settings.reconcile_after if idle_seconds is None else idle_seconds
     store = orchestrator.store
@@ -225,7 +223,7 @@ def reconcile(orchestrator: Orchestrator, *, idle_seconds: float | None = None) 
     return Reconciled(redispatched, failed, expire_due_waits(orchestrator))
 
 
-def redispatch(orchestrator: Orchestrator, run_id: str, name: str, version: str,
+def redispatch(orchestrator: Host, run_id: str, name: str, version: str,
                inputs: dict[str, Any], *, why: str) -> bool:
     """Send a stalled run's canvas again from the results DB, or fail it if it cannot be.
 
@@ -251,9 +249,8 @@ def redispatch(orchestrator: Orchestrator, run_id: str, name: str, version: str,
     return True
 
 
-def _has_backlog(orchestrator: Orchestrator, workflow: Workflow, alive_since: datetime) -> bool:
+def _has_backlog(orchestrator: Host, workflow: Workflow, alive_since: datetime) -> bool:
     """True when a queue of the workflow holds messages and a live worker consumes it."""
-    from orchestration.observe.queries import queue_depths
 
     if orchestrator.settings.embedded:
         return False
@@ -270,11 +267,3 @@ def _has_backlog(orchestrator: Orchestrator, workflow: Workflow, alive_since: da
         log.warning("a queue holds messages that no live worker consumes", queue=queue,
                     depth=depths[queue], workflow=workflow.name)
     return bool(waiting & consumed)
-
-
-def cache_key(spec: StepSpec, kwargs: dict[str, Any]) -> str:
-    """The result-cache key of a step call: workflow, step, its code, and its arguments."""
-    from orchestration.define.workflow import _code_hash
-
-    material = dumps([spec.workflow, spec.name, _code_hash(spec.fn), kwargs])
-    return hashlib.sha256(material.encode()).hexdigest()

@@ -13,18 +13,17 @@ import fcntl
 import logging
 import threading
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
 import structlog
 from celery.worker import WorkController
 
+from orchestration.core import metrics
 from orchestration.core.status import RunStatus
 from orchestration.errors import ConfigurationError
 from orchestration.store.engine import is_sqlite
 from orchestration.submit.durability import redacted_loss
-
-if TYPE_CHECKING:
-    from orchestration.app import Orchestrator
+from orchestration.worker.host import WorkerHost
 
 log = structlog.get_logger("orchestration.worker.embedded")
 START_TIMEOUT = 30.0
@@ -44,7 +43,7 @@ class _Controller(WorkController):  # type: ignore[misc]
 class EmbeddedWorker:
     """A Celery worker running in a background thread of this process."""
 
-    def __init__(self, orchestrator: Orchestrator) -> None:
+    def __init__(self, orchestrator: WorkerHost) -> None:
         self._orchestrator = orchestrator
         self._controller: _Controller | None = None
         self._thread: threading.Thread | None = None
@@ -86,7 +85,6 @@ class EmbeddedWorker:
                                          f"{START_TIMEOUT:g} s")
             self._controller, self._thread, self._queues = controller, thread, wanted
             if orchestrator.settings.metrics_port:
-                from orchestration.core import metrics
                 metrics.serve(orchestrator.settings.metrics_port)
 
     def serve(self, queues: set[str], task_names: set[str] | None = None) -> None:

@@ -11,7 +11,6 @@ from kombu.utils.json import dumps as kombu_dumps
 from kombu.utils.json import loads as kombu_loads
 
 from orchestration.compile.canvas import FINALIZE_TASK
-from orchestration.core.clock import utcnow
 from orchestration.core.envelope import Envelope
 from orchestration.core.status import RunStatus, StepStatus
 from orchestration.define.children import CHILD_DONE_TASK
@@ -19,10 +18,10 @@ from orchestration.execute.attempts import fallback_value
 from orchestration.execute.maps import MAP_COLLECT_TASK, collect_outcome
 from orchestration.execute.runtime import StartChild, finalize_run, record_and_pass, resolve
 from orchestration.store.repository import StepOutcome
-from orchestration.store.waits import DELIVERED, EXPIRED
+from orchestration.submit.waits import expire_due_waits
+from orchestration.worker.host import WorkerHost
 
 if TYPE_CHECKING:
-    from orchestration.app import Orchestrator
     from orchestration.define.step import BoundStep
 
 EXPIRE_WAITS_TASK = "orchestration.expire_waits"
@@ -30,7 +29,7 @@ RECONCILE_TASK = "orchestration.reconcile"
 DISPATCH_RUNS_TASK = "orchestration.dispatch_runs"
 
 
-def register_engine_tasks(orchestrator: Orchestrator) -> None:
+def register_engine_tasks(orchestrator: WorkerHost) -> None:
     """Register finalize, map_collect, child_done and expire_waits on the Celery app."""
     celery = orchestrator.celery
 
@@ -86,7 +85,7 @@ def register_engine_tasks(orchestrator: Orchestrator) -> None:
         celery.task(name=name, bind=True, shared=False, acks_late=True)(fn)
 
 
-def _child_failed(bound: BoundStep, envelope: Envelope, orchestrator: Orchestrator,
+def _child_failed(bound: BoundStep, envelope: Envelope, orchestrator: WorkerHost,
                   child_run: str, status: str, error: str | None) -> StepOutcome:
     message = f"child run {child_run} ended {status}: {error or ''}".strip()
     fallback = bound.spec.fallback
@@ -102,7 +101,7 @@ def _child_failed(bound: BoundStep, envelope: Envelope, orchestrator: Orchestrat
     return StepOutcome(StepStatus.FAILED, error=message, error_type="ChildRunFailed")
 
 
-def child_canvas(orchestrator: Orchestrator, bound: BoundStep, signal: StartChild) -> Any:
+def child_canvas(orchestrator: WorkerHost, bound: BoundStep, signal: StartChild) -> Any:
     """The child run's canvas, then child_done for the parent step."""
     parent_run = signal.envelope.run_id
     child = signal.child
@@ -121,28 +120,3 @@ def resume_signature(task: Any) -> dict[str, Any]:
     # kombu's JSON round trip turns what it would send (ids, dates) into plain JSON.
     result: dict[str, Any] = kombu_loads(kombu_dumps(dict(signature)))  # type: ignore[no-untyped-call]
     return result
-
-
-def approve(orchestrator: Orchestrator, run_id: str, data: Any,
-            name: str | None = None) -> int:
-    """Deliver a person's input to a waiting run; its step runs again on a worker."""
-    waits = orchestrator.store.waits.resolve(run_id, data=data, name=name, status=DELIVERED,
-                                             now=utcnow())
-    for wait in waits:
-        orchestrator.celery.signature(wait.resume).apply_async()
-    return len(waits)
-
-
-def expire_due_waits(orchestrator: Orchestrator) -> int:
-    """Expire waits past their deadline; their steps run again and apply their fallback."""
-    expired = 0
-    for run_id, name in orchestrator.store.waits.due(utcnow()):
-        try:
-            waits = orchestrator.store.waits.resolve(run_id, data=None, name=name,
-                                                     status=EXPIRED, now=utcnow())
-        except Exception:  # delivered in the meantime
-            continue
-        for wait in waits:
-            orchestrator.celery.signature(wait.resume).apply_async()
-            expired += 1
-    return expired

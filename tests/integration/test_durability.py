@@ -33,9 +33,9 @@ from orchestration import (
     get_run,
     list_runs,
 )
+from orchestration.define.fingerprint import cache_key
 from orchestration.store.models import CacheRow, RunRow
 from orchestration.store.recovery import NotResumable
-from orchestration.submit.durability import cache_key
 from tests.integration import durability_workflows as dw
 from tests.integration.helpers import statuses, wait_until
 from tests.integration.workers import ROOT, Worker, Workers

@@ -12,13 +12,11 @@ from typing import Any
 import httpx
 import pytest
 
-from orchestration.llm.providers.anthropic import (
-    AnthropicProvider,
-    parse_retry_after,
-)
+from orchestration.llm.providers.anthropic import AnthropicProvider
 from orchestration.llm.providers.base import Provider, ProviderError
 from orchestration.llm.providers.http import KeepAliveClient
 from orchestration.llm.providers.openai import OpenAIProvider
+from orchestration.llm.providers.retry_after import parse_retry_after
 from tests.fakes.llm_server import FakeLLMClient, FakeLLMServer
 
 KEY = "sk-FAKE-never-in-messages-0123456789"

@@ -6,9 +6,9 @@ from typing import Any
 
 import httpx
 
-from orchestration.llm.providers.anthropic import retry_after_for
 from orchestration.llm.providers.base import HTTPProvider, Messages, ProviderError, Usage
 from orchestration.llm.providers.http import HTTPClient
+from orchestration.llm.providers.retry_after import retry_after_for
 
 
 class OpenAIProvider(HTTPProvider):
