@@ -30,8 +30,9 @@ integration: $(STAMP)
 chaos: $(STAMP)  ## kill workers and the broker under load (~3 min; Redis, redis-server, PostgreSQL)
 	$(BIN)/pytest tests/chaos -q -s
 
-lint: $(STAMP)
+lint: $(STAMP)  ## ruff, then the import-linter contracts (pyproject.toml: the floors)
 	$(BIN)/ruff check orchestration tasks config tests bench
+	$(BIN)/lint-imports
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -535,8 +535,8 @@ def conf_diff() -> str:
     """Celery settings (from config.celery) that differ between the raw and engine apps."""
     from bench.raw_celery import raw
     from config.celery import celery_config
-    from orchestration.core.settings import Settings
     from orchestration import default_orchestrator
+    from orchestration.core.settings import Settings
 
     engine_conf = default_orchestrator().celery.conf
     keys = celery_config(Settings(broker_url=REDIS_URL)).keys()

@@ -32,8 +32,8 @@ import pytest
 import redis
 from celery.app.task import Context
 
-from orchestration.core.settings import Settings
 from orchestration import Orchestrator, RunStatus, Workflow, default_orchestrator
+from orchestration.core.settings import Settings
 from tests.integration import backend_secret_workflows as bsw
 from tests.integration.observability_support import free_port
 from tests.integration.workers import ROOT, Workers

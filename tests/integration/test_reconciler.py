@@ -23,8 +23,8 @@ from celery.result import AsyncResult
 from sqlalchemy import update
 
 import orchestration
-from orchestration.core.settings import Settings
 from orchestration import RunStatus, StepStatus, default_orchestrator, get_run
+from orchestration.core.settings import Settings
 from orchestration.store.models import RunRow, StepRow
 from orchestration.worker.engine_tasks import RECONCILE_TASK
 from tests.integration import reconcile_workflows as rw

@@ -24,8 +24,8 @@ import redis
 from kombu import Connection, Queue
 from kombu.transport import redis as kombu_redis
 
-from orchestration.core.settings import Settings
 from orchestration.app import Orchestrator
+from orchestration.core.settings import Settings
 from orchestration.worker.redis_transport import KOMBU_TRANSPORT, TRANSPORT, Transport
 
 QUEUE = Queue("transport.test", routing_key="transport.test")

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from orchestration.core.settings import Settings
 from orchestration import RunStatus, SubmitFailed, Workflow
 from orchestration.app import Orchestrator
+from orchestration.core.settings import Settings
 from tests.integration.submit_refused_workflows import IMPORTED_BY_WORKER, QUEUE, build
 from tests.integration.workers import Workers
 from tests.support.services import service_missing

@@ -17,7 +17,6 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from orchestration.core.settings import Settings
 from orchestration import (
     Backoff,
     InvalidInput,
@@ -27,6 +26,7 @@ from orchestration import (
 )
 from orchestration.app import Orchestrator
 from orchestration.core.envelope import is_envelope
+from orchestration.core.settings import Settings
 from orchestration.testing import embedded_settings
 
 TABLES = ("runs", "steps", "step_attempts")

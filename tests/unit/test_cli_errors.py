@@ -16,10 +16,10 @@ from click.testing import CliRunner, Result
 from sqlalchemy.exc import ArgumentError, OperationalError
 
 import orchestration.define.host as host_module
-from orchestration.core.settings import Settings
 from orchestration import Workflow
 from orchestration.app import Orchestrator
 from orchestration.cli import main
+from orchestration.core.settings import Settings
 from orchestration.errors import ConfigurationError
 
 ROOT = Path(__file__).resolve().parents[2]

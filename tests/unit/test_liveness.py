@@ -238,8 +238,8 @@ def test_orchestrate_workers_tells_alive_stopped_and_dead(
         store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     from click.testing import CliRunner
 
-    from orchestration.define import host as host_module
     from orchestration.cli import main
+    from orchestration.define import host as host_module
     now = utcnow()
     store.workers.beat(worker("alive-one", "q.a"), now)
     store.workers.beat(worker("dead-one", "q.b"), now - timedelta(minutes=5))

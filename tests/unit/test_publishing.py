@@ -15,8 +15,8 @@ from celery.signals import before_task_publish
 from celery.worker.request import Request
 
 from config.celery import celery_config, result_backend
-from orchestration.core.settings import Settings
 from orchestration import Orchestrator, RunStatus, Workflow
+from orchestration.core.settings import Settings
 from orchestration.testing import embedded_orchestrator
 from orchestration.worker.publishing import StepRequest, StepTask, args_summary, kwargs_summary
 from orchestration.worker.result_backend import StepRedisBackend, stored_result

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from orchestration.core.settings import Settings
 from orchestration import Workflow, WorkflowDefinitionError
 from orchestration.app import Orchestrator
 from orchestration.core.redaction import REDACTED, Redactor, structlog_processor
+from orchestration.core.settings import Settings
 
 
 @pytest.fixture
