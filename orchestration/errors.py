@@ -48,6 +48,21 @@ class RunNotFound(OrchestrationError):
     """No run with that id exists in the results database."""
 
 
+class NotResumable(OrchestrationError):
+    """The run cannot be resumed: not failed or cancelled, or its workflow is not this one."""
+
+
+class NoWaitingInput(OrchestrationError):
+    """The run has no step waiting for that input."""
+
+
+class SchemaNotCurrent(ConfigurationError, RuntimeError):
+    """The results database's schema is behind the code and this store may not migrate it.
+
+    Run ``orchestrate db upgrade``. (Also a ``RuntimeError``, what was raised before.)
+    """
+
+
 class ResultsDatabaseUnavailable(OrchestrationError):
     """The results database could not be reached while a step was delivered.
 
@@ -99,6 +114,52 @@ class OutputNotSerializable(NonRetryableError):
 
 class InputTimeout(NonRetryableError):
     """A person did not deliver the input a step waited for in time (its fallback applies)."""
+
+
+class GateFailed(StepError):
+    """A step's output failed its quality gate (retried like any failed attempt)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"quality gate failed: {reason}")
+        self.reason = reason
+
+
+class InvalidModelOutput(StepError):
+    """A model's answer did not parse or validate as the JSON asked for (retryable)."""
+
+
+class BudgetExceeded(NonRetryableError):
+    """A step's ``max_cost`` or its run's ``budget`` is spent; no further model call."""
+
+
+class RateLimited(StepError):
+    """A call could not be admitted under a shared rate limit before the step's deadline."""
+
+
+class ProviderError(StepError):
+    """A provider call failed. ``retryable`` tells transient failures from client errors.
+
+    ``retry_after`` is the wait in seconds the provider asked for (its ``Retry-After``
+    header on 429/503), or None when it did not say.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None, retryable: bool = True,
+                 retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retryable = retryable
+        self.retry_after = retry_after
+
+
+class BreakerOpen(ProviderError):
+    """The model's breaker is open: no call was made (use a fallback model)."""
+
+    def __init__(self, model: str, detail: str) -> None:
+        super().__init__(f"{model}: circuit breaker open ({detail})", retryable=False)
+        self.model = model
+
+
+# -- control-flow signals: not failures, never caught by ``except OrchestrationError`` --
 
 
 class StepSignal(BaseException):

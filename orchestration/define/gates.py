@@ -13,17 +13,9 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from orchestration.errors import StepError, WorkflowDefinitionError
+from orchestration.errors import WorkflowDefinitionError
 
 PASSED = "passed"
-
-
-class GateFailed(StepError):
-    """A step's output failed its quality gate (retried like any failed attempt)."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(f"quality gate failed: {reason}")
-        self.reason = reason
 
 
 class Gate:

@@ -26,10 +26,11 @@ from orchestration.core.clock import utcnow
 from orchestration.core.envelope import dumps
 from orchestration.core.status import StepStatus
 from orchestration.define.adaptive import AdaptiveTimeout
-from orchestration.define.gates import PASSED, GateFailed
+from orchestration.define.gates import PASSED
 from orchestration.define.policies import first_then_retry
 from orchestration.define.step import BoundStep
 from orchestration.errors import (
+    GateFailed,
     NonRetryableError,
     OutputNotSerializable,
     Reschedule,

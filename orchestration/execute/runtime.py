@@ -49,7 +49,7 @@ from orchestration.execute.attempts import (
 from orchestration.store.engine import is_unavailable
 from orchestration.store.repository import Claim, RunFinish, StepOutcome, Store
 
-__all__ = ["Delivery", "ReplaceWith", "StartChild", "StartMap", "finalize_run", "run_step"]
+__all__ = ["Delivery", "StartChild", "StartMap", "finalize_run", "run_step"]
 
 log = structlog.get_logger("orchestration.execute.runtime")
 NOT_SELECTED = "not selected"
@@ -69,14 +69,6 @@ class StartChild(StepSignal):
     def __init__(self, envelope: Envelope, child: ChildRun, finalize: bool) -> None:
         super().__init__()
         self.envelope, self.child, self.finalize = envelope, child, finalize
-
-
-class ReplaceWith(StepSignal):
-    """Replace the current Celery task with this signature (used by the app layer)."""
-
-    def __init__(self, signature: Any) -> None:
-        super().__init__()
-        self.signature = signature
 
 
 def run_step(step: BoundStep, message: Any, store: Store, delivery: Delivery,

@@ -39,19 +39,11 @@ import pybreaker
 import redis
 
 from orchestration.core import keys
-from orchestration.llm.providers.base import ProviderError
+from orchestration.errors import BreakerOpen, ProviderError
 
 T = TypeVar("T")
 _log = logging.getLogger(__name__)
 CLOSED, OPEN, HALF_OPEN = pybreaker.STATE_CLOSED, pybreaker.STATE_OPEN, pybreaker.STATE_HALF_OPEN
-
-
-class BreakerOpen(ProviderError):
-    """The model's breaker is open: no call was made (use a fallback model)."""
-
-    def __init__(self, model: str, detail: str) -> None:
-        super().__init__(f"{model}: circuit breaker open ({detail})", retryable=False)
-        self.model = model
 
 
 @dataclass(frozen=True)

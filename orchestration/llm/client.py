@@ -37,10 +37,16 @@ from tenacity.stop import stop_base
 
 from orchestration.core.results import CallRecord
 from orchestration.define.policies import Backoff, first_then_retry
-from orchestration.errors import NonRetryableError, StepError, StepTimeout
-from orchestration.llm.breakers import BreakerOpen
+from orchestration.errors import (
+    BreakerOpen,
+    BudgetExceeded,
+    ConfigurationError,
+    InvalidModelOutput,
+    ProviderError,
+    StepTimeout,
+)
 from orchestration.llm.catalogue import ModelConfig
-from orchestration.llm.providers.base import Completion, Messages, Provider, ProviderError, Usage
+from orchestration.llm.providers.base import Completion, Messages, Provider, Usage
 from orchestration.llm.providers.local import LocalProvider
 
 if TYPE_CHECKING:
@@ -48,14 +54,6 @@ if TYPE_CHECKING:
 
 CALL_BACKOFF = Backoff(initial=0.2, maximum=5.0, multiplier=2.0, jitter=0.1)
 _FENCE = re.compile(r"```(?:json|JSON)?\s*\n?(.*?)```", re.S)
-
-
-class BudgetExceeded(NonRetryableError):
-    """A step's ``max_cost`` or its run's ``budget`` is spent; no further model call."""
-
-
-class InvalidModelOutput(StepError):
-    """A model's answer did not parse or validate as the JSON asked for (retryable)."""
 
 
 class CallSite(Protocol):
@@ -102,7 +100,8 @@ class LLMClient:
         catalogue = self._services.catalogue
         name = model or self._ctx.model or catalogue.default_model
         if name is None:
-            raise ValueError("no model named and the catalogue has no default_model")
+            raise ConfigurationError(
+                "no model named and the catalogue has no default_model")
         failures: list[str] = []
         tried = False
         for candidate in catalogue.fallback_chain(name):

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import redis
 
 from orchestration.core import keys
-from orchestration.errors import StepError
+from orchestration.errors import RateLimited
 
 _ADMIT = """
 local t = redis.call('TIME')
@@ -57,10 +57,6 @@ redis.call('ZADD', KEYS[1], now, ARGV[2])
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[1]))
 return 0
 """
-
-
-class RateLimited(StepError):
-    """A call could not be admitted under a shared rate limit before the step's deadline."""
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 
 from orchestration.core.clock import as_utc
 from orchestration.core.status import RunStatus, StepStatus
-from orchestration.errors import OrchestrationError, RunNotFound
+from orchestration.errors import NotResumable, RunNotFound
 from orchestration.store.models import CacheRow, RunRow, StepRow
 
 if TYPE_CHECKING:
@@ -19,10 +19,6 @@ if TYPE_CHECKING:
 
 RESUMABLE = (RunStatus.FAILED.value, RunStatus.CANCELLED.value)
 RERUN_STEPS = (StepStatus.FAILED.value, StepStatus.SKIPPED.value, StepStatus.CANCELLED.value)
-
-
-class NotResumable(OrchestrationError):
-    """The run cannot be resumed: not failed or cancelled, or its workflow is not this one."""
 
 
 @dataclass(frozen=True)

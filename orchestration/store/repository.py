@@ -23,7 +23,7 @@ from orchestration.core.status import (
     RunStatus,
     StepStatus,
 )
-from orchestration.errors import RunNotFound
+from orchestration.errors import RunNotFound, SchemaNotCurrent
 from orchestration.store import statements as sql
 from orchestration.store.engine import create_engines, schema_is_current, upgrade
 from orchestration.store.models import RunRow, StepRow, WaitRow
@@ -167,7 +167,7 @@ class Store(StoreReads):
                 return
             if not schema_is_current(self._reader):
                 if not self._migrate:
-                    raise RuntimeError(
+                    raise SchemaNotCurrent(
                         "the results database schema is not current: run `orchestrate db upgrade`"
                     )
                 upgrade(self._writer)

@@ -15,7 +15,7 @@ from sqlalchemy import insert, select, update
 
 from orchestration.core.clock import as_utc
 from orchestration.core.status import CLAIMABLE_STEP_STATUSES, RunStatus, StepStatus
-from orchestration.errors import OrchestrationError
+from orchestration.errors import NoWaitingInput
 from orchestration.store.models import RunRow, StepRow, WaitRow
 
 if TYPE_CHECKING:
@@ -23,10 +23,6 @@ if TYPE_CHECKING:
 
 WAITING, DELIVERED, EXPIRED, CANCELLED = "waiting", "delivered", "expired", "cancelled"
 _CLAIMABLE = [status.value for status in CLAIMABLE_STEP_STATUSES]
-
-
-class NoWaitingInput(OrchestrationError):
-    """The run has no step waiting for that input."""
 
 
 @dataclass(frozen=True)

@@ -37,8 +37,8 @@ from orchestration import (
     get_run,
 )
 from orchestration.core.redaction import REDACTED
+from orchestration.errors import NotResumable
 from orchestration.store.models import RunRow, StepRow
-from orchestration.store.recovery import NotResumable
 from tests.integration import exact_delivery_workflows as sw
 from tests.integration.helpers import statuses, wait_until
 from tests.integration.workers import ROOT, Workers

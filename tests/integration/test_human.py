@@ -10,7 +10,7 @@ import pytest
 
 import orchestration
 from orchestration import RunResult, RunStatus, StepStatus, get_run
-from orchestration.store.waits import NoWaitingInput
+from orchestration.errors import NoWaitingInput
 from tests.integration import dynamic_workflows as dyn
 from tests.integration.dynamic_helpers import orchestrate
 from tests.integration.helpers import statuses, wait_until

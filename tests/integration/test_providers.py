@@ -434,7 +434,7 @@ def test_invalid_json_is_asked_again_then_fails(fake: FakeLLMClient) -> None:
     assert run.status is RunStatus.FAILED
     step = run.steps["person"]
     assert step.status is StepStatus.FAILED
-    assert step.error_type == "orchestration.llm.client.InvalidModelOutput"
+    assert step.error_type == "orchestration.errors.InvalidModelOutput"
     stats = fake.stats()["json-prose"]
     assert stats["requests"] == 3  # attempts=3
     # The last re-ask carried the whole conversation: each answer and why it was refused.
@@ -467,7 +467,7 @@ def test_gate_failures_retry_with_new_params_then_fall_back(fake: FakeLLMClient)
     assert step.status is StepStatus.FALLBACK
     assert step.output == pw.GATE_FALLBACK
     assert step.attempts == 3
-    assert step.error_type == "orchestration.define.gates.GateFailed"
+    assert step.error_type == "orchestration.errors.GateFailed"
     log = step.attempt_log
     assert [entry["status"] for entry in log] == ["failed"] * 3
     assert all(entry["gate"] == "failed: the answer is not APPROVED" for entry in log), log
@@ -528,6 +528,6 @@ def test_hanging_model_is_cut_by_the_step_timeout_and_its_fallback(
     # Cut by the step's 1 s timeout (the step's remaining time bounds the call too); the
     # fake would hold the request for HANG_LIMIT_S and then close it unanswered.
     timed_out = {"orchestration.errors.StepTimeout": "timeout of 1 s",
-                 "orchestration.llm.providers.base.ProviderError": "timed out calling hang-long"}
+                 "orchestration.errors.ProviderError": "timed out calling hang-long"}
     assert step.error_type in timed_out, (step.error_type, step.error)
     assert timed_out[step.error_type] in (step.error or ""), step.error

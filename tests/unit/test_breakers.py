@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 import redis
 
+from orchestration.errors import BreakerOpen, ProviderError
 from orchestration.llm import breakers
-from orchestration.llm.breakers import BreakerOpen, BreakerPolicy, Breakers, ModelBreaker
-from orchestration.llm.providers.base import ProviderError
+from orchestration.llm.breakers import BreakerPolicy, Breakers, ModelBreaker
 from tests.support.services import UNIT_REDIS_URL, delete_keys, unit_redis
 
 MakeBreakers = Callable[[BreakerPolicy], Breakers]

@@ -136,7 +136,7 @@ def test_gate_failure_is_retried_with_params_from_on_retry(
     assert [a["gate"] for a in step.attempt_log] == [
         "failed: too short: 5 chars", "failed: too short: 5 chars", "passed"]
     assert [a["status"] for a in step.attempt_log] == ["failed", "failed", "succeeded"]
-    assert step.attempt_log[0]["error_type"] == "orchestration.define.gates.GateFailed"
+    assert step.attempt_log[0]["error_type"] == "orchestration.errors.GateFailed"
     assert "quality gate failed: too short: 5 chars" in step.attempt_log[0]["error"]
 
 
@@ -160,7 +160,7 @@ def test_gate_that_never_passes_fails_the_step(flows: dict[str, SimpleNamespace]
     step = result.steps["judged"]
     verdict = "failed: never_good rejected the output"
     assert (step.status, step.attempts, step.gate) == (StepStatus.FAILED, 2, verdict)
-    assert step.error_type == "orchestration.define.gates.GateFailed"
+    assert step.error_type == "orchestration.errors.GateFailed"
     assert [a["gate"] for a in step.attempt_log] == [verdict, verdict]
     fallback = result.steps["judged_with_fallback"]
     assert (fallback.status, fallback.output, fallback.gate) == (StepStatus.FALLBACK, -1,

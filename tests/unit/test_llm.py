@@ -14,9 +14,9 @@ from pydantic import BaseModel
 
 from orchestration import RunStatus, StepContext, StepStatus, StepTimeout, Workflow
 from orchestration.app import Orchestrator
+from orchestration.errors import ProviderError
 from orchestration.execute.timeouts import call_with_timeout
 from orchestration.llm.client import extract_json
-from orchestration.llm.providers.base import ProviderError
 from orchestration.testing import embedded_orchestrator
 from tests.fakes.llm_server import FakeLLMServer
 
@@ -199,7 +199,7 @@ def test_every_model_failing_names_each_failure(llm: SimpleNamespace) -> None:
     result = llm.ask.run(model="down", timeout=10)
     step = result.steps["answer"]
     assert (result.status, step.status) == (RunStatus.FAILED, StepStatus.FAILED)
-    assert step.error_type == "orchestration.llm.providers.base.ProviderError"
+    assert step.error_type == "orchestration.errors.ProviderError"
     assert "no model answered (down: fake: HTTP 502 from down; " \
            "refusing: fake: HTTP 403 from refusing)" in step.error
     assert stats(llm, "down")["requests"] == 2  # retries: 1
@@ -226,7 +226,7 @@ def test_invalid_json_is_re_asked_then_fails(llm: SimpleNamespace) -> None:
     result = llm.json.run(model="babbler", kind="schema", timeout=10)
     step = result.steps["parsed"]
     assert step.status is StepStatus.FAILED
-    assert step.error_type == "orchestration.llm.client.InvalidModelOutput"
+    assert step.error_type == "orchestration.errors.InvalidModelOutput"
     assert "no valid JSON after 3 call(s)" in step.error and "minimum" in step.error
     seen = stats(llm, "babbler")
     assert seen["requests"] == 3
@@ -241,7 +241,7 @@ def test_max_cost_stops_the_step_without_retries(llm: SimpleNamespace) -> None:
     result = llm.capped.run(model="pricey", timeout=10)
     step = result.steps["spend"]
     assert (step.status, step.attempts) == (StepStatus.FAILED, 1)
-    assert step.error_type == "orchestration.llm.client.BudgetExceeded"
+    assert step.error_type == "orchestration.errors.BudgetExceeded"
     assert "max_cost" in step.error
     assert stats(llm, "pricey")["requests"] == 1
     assert step.cost_usd == pytest.approx(2.0)  # what was spent is still recorded
@@ -253,7 +253,7 @@ def test_run_budget_stops_the_next_llm_step(llm: SimpleNamespace) -> None:
     assert result.steps["first"].status is StepStatus.SUCCEEDED
     second = result.steps["second"]
     assert (second.status, second.error_type) == (StepStatus.FAILED,
-                                                  "orchestration.llm.client.BudgetExceeded")
+                                                  "orchestration.errors.BudgetExceeded")
     assert "budget" in second.error
     assert stats(llm, "budgeted-next")["requests"] == 0
     assert result.status is RunStatus.FAILED
@@ -270,7 +270,7 @@ def test_step_timeout_bounds_a_hanging_call(llm: SimpleNamespace) -> None:
     # Ended by a timeout (the step's, or the provider's set to the step's remaining time),
     # not by the fake closing the request after its hang limit (a "connection closed").
     timed_out = {"orchestration.errors.StepTimeout": "timeout of 0.5 s",
-                 "orchestration.llm.providers.base.ProviderError": "timed out calling hanging"}
+                 "orchestration.errors.ProviderError": "timed out calling hanging"}
     assert step.error_type in timed_out, step.error_type
     assert timed_out[step.error_type] in (step.error or ""), step.error
     assert stats(llm, "hanging")["requests"] == 1  # no retry past the deadline

@@ -12,8 +12,9 @@ from typing import Any
 import httpx
 import pytest
 
+from orchestration.errors import ProviderError
 from orchestration.llm.providers.anthropic import AnthropicProvider
-from orchestration.llm.providers.base import Provider, ProviderError
+from orchestration.llm.providers.base import Provider
 from orchestration.llm.providers.http import KeepAliveClient
 from orchestration.llm.providers.openai import OpenAIProvider
 from orchestration.llm.providers.retry_after import parse_retry_after

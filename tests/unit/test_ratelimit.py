@@ -10,8 +10,9 @@ from types import SimpleNamespace
 
 import pytest
 
+from orchestration.errors import RateLimited
 from orchestration.llm import ratelimit
-from orchestration.llm.ratelimit import RateLimit, RateLimited, RateLimiter
+from orchestration.llm.ratelimit import RateLimit, RateLimiter
 from tests.support.services import delete_keys, unit_redis
 
 SLACK = 0.05  # Redis windows run on the server's clock, instants here on this process's

@@ -1,5 +1,6 @@
 """Model providers: one interface, an HTTP client per API family, and a local one."""
 
-from orchestration.llm.providers.base import Completion, Provider, ProviderError, Usage
+from orchestration.errors import ProviderError
+from orchestration.llm.providers.base import Completion, Provider, Usage
 
 __all__ = ["Completion", "Provider", "ProviderError", "Usage"]

@@ -7,7 +7,8 @@ from typing import Any
 
 import httpx
 
-from orchestration.llm.providers.base import HTTPProvider, Messages, ProviderError, Usage
+from orchestration.errors import ProviderError
+from orchestration.llm.providers.base import HTTPProvider, Messages, Usage
 from orchestration.llm.providers.http import HTTPClient, HTTPResponse
 from orchestration.llm.providers.retry_after import retry_after_for
 

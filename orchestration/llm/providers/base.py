@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from orchestration.errors import StepError
+from orchestration.errors import ProviderError
 from orchestration.llm.providers.http import (
     HTTPClient,
     HTTPResponse,
@@ -39,21 +39,6 @@ class Completion:
     cost_usd: float = 0.0
     latency_ms: float = 0.0
     local_fallback: bool = False
-
-
-class ProviderError(StepError):
-    """A provider call failed. ``retryable`` tells transient failures from client errors.
-
-    ``retry_after`` is the wait in seconds the provider asked for (its ``Retry-After``
-    header on 429/503), or None when it did not say.
-    """
-
-    def __init__(self, message: str, *, status: int | None = None, retryable: bool = True,
-                 retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.retryable = retryable
-        self.retry_after = retry_after
 
 
 class Provider(ABC):
