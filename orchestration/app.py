@@ -76,7 +76,7 @@ class Orchestrator:
         self.redactor = Redactor(self.settings.redact_fields)
         configure_logging(self.settings.log_level, json=self.settings.log_json,
                           redactor=self.redactor)
-        # Celery's headers and events get a summary of a step's envelope (publishing.py).
+        # Celery's headers and events get a summary of a step's envelope (worker/publishing.py).
         self.celery = Celery(name, set_as_current=False,
                              amqp="orchestration.worker.publishing:StepAMQP",
                              events="orchestration.worker.publishing:StepEvents",
@@ -178,7 +178,7 @@ class Orchestrator:
                                           finalize=signal.finalize,
                                           claimed_at=store.get_step_started(
                                               signal.envelope.run_id, current),
-                                          app=orchestrator.celery))
+                                          celery=orchestrator.celery))
                 if rest:
                     replacement = chain(replacement, _rest_of(orchestrator, workflow, rest,
                                                               run_id, finalize))
@@ -265,9 +265,9 @@ class Orchestrator:
             self.celery.signature(EXPIRE_WAITS_TASK, queue=bound.queue).apply_async(
                 countdown=signal.timeout)
 
-    def resume(self, run_id: str, inputs: dict[str, Any] | None = None) -> str:
-        """Continue a failed or cancelled run from its last good steps (same run id)."""
-        return resume(self, run_id, inputs)
+    def resume(self, run_id: str, inputs: dict[str, Any] | None = None) -> RunHandle:
+        """Continue a failed or cancelled run from its last good steps; its handle (same id)."""
+        return RunHandle(resume(self, run_id, inputs), self.store)
 
     def reconcile(self, idle_seconds: float | None = None) -> Reconciled:
         """Re-dispatch runs that made no progress; expire overdue human waits."""
@@ -362,7 +362,7 @@ class Orchestrator:
             config["broker_transport"] = private_memory_transport()
         elif urlsplit(self.settings.broker_url or "").scheme == "redis":
             # A broker lost under a worker must be a lost connection, not an AttributeError
-            # that ends a threads worker (kombu#582/#970; orchestration/redis_transport.py).
+            # that ends a threads worker (kombu#582/#970; orchestration/worker/redis_transport.py).
             redis_transport.install()
         self.celery.conf.update(config)
 

@@ -22,23 +22,23 @@ FINALIZE_TASK = "orchestration.finalize"
 
 
 def build_canvas(plan: Plan, steps: Mapping[str, BoundStep], message: dict[str, Any],
-                 run_id: str, app: Any) -> Signature:
+                 run_id: str, celery: Any) -> Signature:
     """The canvas of one run: every step once, in the plan's order, then finalisation."""
     last = plan_nodes(plan)[-1]
     ends_in_step = isinstance(plan, Node) or (
         isinstance(plan, Series) and isinstance(plan.parts[-1], Node)
     )
-    canvas = _build(plan, steps, message, run_id, app, first=True,
+    canvas = _build(plan, steps, message, run_id, celery, first=True,
                     finalizer=last if ends_in_step else None, keep_result=False)
     if ends_in_step:
         return canvas
-    finalize = app.signature(FINALIZE_TASK, args=(), kwargs={"run_id": run_id},
+    finalize = celery.signature(FINALIZE_TASK, args=(), kwargs={"run_id": run_id},
                              queue=steps[last].queue, ignore_result=True)
     return chain(canvas, finalize)
 
 
 def _build(plan: Plan, steps: Mapping[str, BoundStep], message: dict[str, Any], run_id: str,
-           app: Any, *, first: bool, finalizer: str | None, keep_result: bool) -> Signature:
+           celery: Any, *, first: bool, finalizer: str | None, keep_result: bool) -> Signature:
     # Only results a chord collects are read back from the result backend: a chain hands
     # its result to the next message directly. Not storing the others saves a backend
     # write per step and the client's result subscription on submit.
@@ -48,23 +48,23 @@ def _build(plan: Plan, steps: Mapping[str, BoundStep], message: dict[str, Any], 
         if plan.name == finalizer:
             kwargs["finalize"] = True
         args = (message,) if first else ()
-        return app.signature(step.spec.task_name, args=args, kwargs=kwargs, queue=step.queue,
+        return celery.signature(step.spec.task_name, args=args, kwargs=kwargs, queue=step.queue,
                              ignore_result=not keep_result)
     if isinstance(plan, Series):
         runs = _fusible_runs(plan.parts, steps)
         last = len(runs) - 1
         parts = [
-            _fused(run, steps, message, run_id, app, first=first and index == 0,
+            _fused(run, steps, message, run_id, celery, first=first and index == 0,
                    finalizer=finalizer, keep_result=keep_result and index == last)
             if isinstance(run, list) else
-            _build(run, steps, message, run_id, app, first=first and index == 0,
+            _build(run, steps, message, run_id, celery, first=first and index == 0,
                    finalizer=finalizer, keep_result=keep_result and index == last)
             for index, run in enumerate(runs)
         ]
         return parts[0] if len(parts) == 1 else chain(*parts)
     if isinstance(plan, Parallel):
         # A group is always a chord header here (the plan ends with a step or finalize).
-        return group(*[_build(part, steps, message, run_id, app, first=first, finalizer=None,
+        return group(*[_build(part, steps, message, run_id, celery, first=first, finalizer=None,
                               keep_result=True)
                        for part in plan.parts])
     raise TypeError(f"not a plan: {plan!r}")
@@ -96,14 +96,14 @@ def _fusible_runs(parts: tuple[Plan, ...],
 
 
 def _fused(names: list[str], steps: Mapping[str, BoundStep], message: dict[str, Any],
-           run_id: str, app: Any, *, first: bool, finalizer: str | None,
+           run_id: str, celery: Any, *, first: bool, finalizer: str | None,
            keep_result: bool) -> Signature:
     if len(names) == 1:
-        return _build(Node(names[0]), steps, message, run_id, app, first=first,
+        return _build(Node(names[0]), steps, message, run_id, celery, first=first,
                       finalizer=finalizer, keep_result=keep_result)
     head = steps[names[0]]
     kwargs: dict[str, Any] = {"run_id": run_id, "fused": names}
     if finalizer in names:
         kwargs["finalize"] = True
-    return app.signature(head.spec.task_name, args=(message,) if first else (), kwargs=kwargs,
+    return celery.signature(head.spec.task_name, args=(message,) if first else (), kwargs=kwargs,
                          queue=head.queue, ignore_result=not keep_result)

@@ -47,12 +47,13 @@ class Workflow:
     def __init__(self, name: str, *, queue: str | None = None,
                  inputs: list[str] | None = None, budget: float | None = None,
                  redact: Callable[[Any], Any] | None = None,
-                 app: Host | None = None) -> None:
+                 orchestrator: Host | None = None, app: Host | None = None) -> None:
         workflow_name(name)
         if queue is not None:
             queue_name(queue, "queue", f"workflow {name!r}")
-        if app is None:
-            app = default_host()
+        # ``app`` is the old name of ``orchestrator`` (kept working); "app" alone now
+        # means the Celery application, ``orchestrator.celery``.
+        host = orchestrator or app or default_host()
         if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int | float)
                                    or not 0 <= budget < math.inf):
             raise WorkflowDefinitionError(f"workflow {name!r}: budget must be a finite USD "
@@ -66,11 +67,16 @@ class Workflow:
             check_plain_function(redact, "its redact hook", f"workflow {name!r}")
         self.redact = redact
         self.declared_inputs = _declared_inputs(name, inputs)
-        self.app = app
+        self.orchestrator = host
         self._specs: dict[str, StepSpec] = {}
         self._compiled: CompiledWorkflow | None = None
         self._lock = threading.Lock()
-        app.register(self)
+        host.register(self)
+
+    @property
+    def app(self) -> Host:
+        """The old name of :attr:`orchestrator` (kept so existing code works)."""
+        return self.orchestrator
 
     # -- definition --------------------------------------------------------------------
 
@@ -109,12 +115,12 @@ class Workflow:
                     )
             self._specs[spec.name] = spec
             self._compiled = None
-        self.app.register_step(self, spec)
+        self.orchestrator.register_step(self, spec)
 
     @property
     def redactor(self) -> Redactor:
         """What scrubs this workflow's stored inputs, outputs and errors."""
-        return Redactor(self.app.settings.redact_fields, hook=self.redact)
+        return Redactor(self.orchestrator.settings.redact_fields, hook=self.redact)
 
     @property
     def steps(self) -> Mapping[str, StepSpec]:
@@ -127,7 +133,7 @@ class Workflow:
             return spec.queue
         if spec.model:
             return f"model.{spec.model}"
-        return self.queue or self.app.settings.default_queue
+        return self.queue or self.orchestrator.settings.default_queue
 
     # -- validation --------------------------------------------------------------------
 
@@ -149,7 +155,7 @@ class Workflow:
         With an ``idempotency_key`` that already started a run, that run's handle is
         returned and nothing is enqueued. Raises :class:`InvalidInput` (nothing written).
         """
-        return self.app.submit(self, inputs, idempotency_key=idempotency_key)
+        return self.orchestrator.submit(self, inputs, idempotency_key=idempotency_key)
 
     def submit_many(self, batch: Iterable[Mapping[str, Any]], *,
                     defer: bool = False) -> list[RunHandle]:
@@ -160,7 +166,7 @@ class Workflow:
         message per 500 runs and lets a worker build and send their canvases (the runs
         are durable, and ``pending``, until then). No idempotency keys in bulk.
         """
-        return self.app.submit_many(self, batch, defer=defer)
+        return self.orchestrator.submit_many(self, batch, defer=defer)
 
     def run(self, *, timeout: float | None = 60.0, **inputs: Any) -> RunResult:
         """Submit and wait: the finished run (whatever its status)."""
@@ -169,15 +175,15 @@ class Workflow:
     def dispatch(self, run_id: str, inputs: dict[str, Any], *,
                  stored: Any = None) -> None:
         """Enqueue the run's canvas (steps already terminal in the DB will not re-run)."""
-        self.app.dispatch(self, run_id, inputs, stored=stored)
+        self.orchestrator.dispatch(self, run_id, inputs, stored=stored)
 
     def canvas(self, run_id: str, inputs: dict[str, Any], *, stored: Any = None) -> Any:
         """The Celery canvas of one run (not sent); see ``submit.submission.canvas``."""
-        return self.app.canvas(self, run_id, inputs, stored=stored)
+        return self.orchestrator.canvas(self, run_id, inputs, stored=stored)
 
     def create_child(self, parent_run: str, parent_step: str, inputs: dict[str, Any]) -> str:
         """Write a child run of ``parent_run`` (once per parent step); returns its id."""
-        return self.app.create_child(self, parent_run, parent_step, inputs)
+        return self.orchestrator.create_child(self, parent_run, parent_step, inputs)
 
     def check_inputs(self, compiled: CompiledWorkflow, inputs: dict[str, Any]) -> dict[str, Any]:
         """The inputs, checked (required present, declared, JSON); InvalidInput if not."""
@@ -197,7 +203,7 @@ class Workflow:
             if unknown:
                 raise InvalidInput(f"workflow {self.name!r}: unknown input(s) {', '.join(unknown)}"
                                    f" (declared: {', '.join(sorted(self.declared_inputs))})")
-        limit = self.app.settings.max_input_bytes
+        limit = self.orchestrator.settings.max_input_bytes
         for key, value in inputs.items():
             try:
                 check_json(value)

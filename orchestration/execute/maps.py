@@ -39,7 +39,7 @@ def chunk_ranges(total: int, chunk_size: int | None) -> list[tuple[int, int]]:
 
 
 def map_canvas(step: BoundStep, envelope: Envelope, items: list[Any], *, finalize: bool,
-               claimed_at: datetime | None, app: Any) -> Signature:
+               claimed_at: datetime | None, celery: Any) -> Signature:
     """The chord that replaces a map step's message."""
     spec = step.spec
     # The list travels in the chunks only. Celery copies the chord's callback (the
@@ -52,7 +52,7 @@ def map_canvas(step: BoundStep, envelope: Envelope, items: list[Any], *, finaliz
                                           or mapped not in lean.refs):
         lean.refs[mapped] = INPUT_SOURCE if mapped not in step.requires else OUTPUT_SOURCE
     chunk_message = lean.to_message()
-    collect = app.signature(MAP_COLLECT_TASK, args=(), kwargs={
+    collect = celery.signature(MAP_COLLECT_TASK, args=(), kwargs={
         "message": chunk_message, "run_id": envelope.run_id, "step": spec.task_name,
         "total": len(items), "finalize": finalize,
         "claimed_at": claimed_at.isoformat() if claimed_at else None,
@@ -60,7 +60,7 @@ def map_canvas(step: BoundStep, envelope: Envelope, items: list[Any], *, finaliz
     if not items:
         return collect.clone(args=([],))
     header = [
-        app.signature(spec.task_name, args=(chunk_message,), kwargs={
+        celery.signature(spec.task_name, args=(chunk_message,), kwargs={
             "run_id": envelope.run_id, "chunk": {"start": start, "items": items[start:end]},
         }, queue=step.queue)
         for start, end in chunk_ranges(len(items), spec.chunk_size)

@@ -34,8 +34,8 @@ from orchestration import (
     list_runs,
 )
 from orchestration.define.fingerprint import cache_key
+from orchestration.errors import NotResumable
 from orchestration.store.models import CacheRow, RunRow
-from orchestration.store.recovery import NotResumable
 from tests.integration import durability_workflows as dw
 from tests.integration.helpers import statuses, wait_until
 from tests.integration.workers import ROOT, Worker, Workers
@@ -89,7 +89,7 @@ def test_resume_reruns_only_the_failed_part_under_the_same_run_id(
 
     redis_service.delete(dw.fail_flag_key(ticket))
     if via == "api":
-        assert orchestration.resume(run_id) == run_id
+        assert orchestration.resume(run_id).run_id == run_id
     else:
         cli = orchestrate("resume", run_id)
         assert cli.returncode == 0, cli.stderr[-2000:]
@@ -334,7 +334,7 @@ def test_cancelled_run_survives_a_worker_restart(
         assert result.steps[name].attempts == 0, name
 
     # A cancelled run can be resumed: only the cancelled steps run, the gate does not.
-    assert orchestration.resume(run_id) == run_id
+    assert orchestration.resume(run_id).run_id == run_id
     resumed = handle.wait(timeout=30)
     assert resumed.status is RunStatus.SUCCEEDED, (resumed.error, statuses(resumed))
     assert resumed.outputs["last_step"] == f"last:after:{ticket}"
