@@ -188,7 +188,7 @@ class Settings(BaseSettings):
     @field_validator("default_queue")
     @classmethod
     def _queue_name(cls, value: str) -> str:
-        # The rule of orchestration/names.py: `celery worker -Q` splits on commas and
+        # The rule of orchestration/core/names.py: `celery worker -Q` splits on commas and
         # strips spaces, and RabbitMQ refuses amq.* queues.
         if not value or _QUEUE_FORBIDDEN.search(value) or value.startswith("amq."):
             raise ValueError(f"ORCH_DEFAULT_QUEUE {value!r}: a queue name is non-empty, has no "
