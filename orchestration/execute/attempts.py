@@ -89,46 +89,66 @@ def describe(exc: BaseException) -> tuple[str, str]:
     return text[-_ERROR_LIMIT:], f"{kind.__module__}.{kind.__qualname__}"
 
 
-def run_attempts(step: BoundStep, kwargs: dict[str, Any], *, run_id: str, store: Store,
-                 delivery: Delivery, previous_attempts: int = 0, spent_before: float = 0.0,
-                 map_index: int | None = None, signal_types: tuple[type, ...] = (),
-                 initial_params: dict[str, Any] | None = None) -> StepOutcome:
-    """Run a step's function under its policies; the outcome to record.
+@dataclass(frozen=True)
+class StepCall:
+    """One call of a step's function under its policies: what ``run_attempts`` needs.
 
-    A returned value of one of ``signal_types`` is raised as :class:`ReturnedSignal`;
+    ``previous_attempts`` and ``spent_before`` carry over earlier deliveries; a returned
+    value of one of ``signal_types`` is raised as :class:`ReturnedSignal`;
     ``initial_params`` are the first attempt's ``ctx.params`` (carried across broker
-    retries).
+    retries); ``map_index`` is the element's index in a map step.
     """
-    spec = step.spec
-    records: list[AttemptRecord] = []
-    contexts: list[StepContext] = []
-    attempt_number = previous_attempts
-    params: dict[str, Any] = dict(initial_params or {})
 
-    def attempt_once() -> Any:
-        nonlocal attempt_number, params
-        attempt_number += 1
+    step: BoundStep
+    kwargs: dict[str, Any]
+    run_id: str
+    store: Store
+    delivery: Delivery
+    previous_attempts: int = 0
+    spent_before: float = 0.0
+    map_index: int | None = None
+    signal_types: tuple[type, ...] = ()
+    initial_params: dict[str, Any] | None = None
+
+
+class _Attempts:
+    """The attempts of one step call so far: their records, contexts and ``ctx.params``."""
+
+    def __init__(self, call: StepCall) -> None:
+        self.call = call
+        self.records: list[AttemptRecord] = []
+        self.contexts: list[StepContext] = []
+        self.number = call.previous_attempts
+        self.params: dict[str, Any] = dict(call.initial_params or {})
+
+    def once(self) -> Any:
+        """One attempt: the step's function under its timeout, output checks and gate."""
+        call, step, delivery = self.call, self.call.step, self.call.delivery
+        spec = step.spec
+        self.number += 1
         timeout = _timeout(step, delivery)
-        ctx = StepContext(run_id=run_id, workflow=spec.workflow, step=spec.name,
-                          attempt=attempt_number, model=spec.model, params=dict(params),
+        ctx = StepContext(run_id=call.run_id, workflow=spec.workflow, step=spec.name,
+                          attempt=self.number, model=spec.model, params=dict(self.params),
                           deadline=None if timeout is None else time.monotonic() + timeout,
                           max_cost=spec.max_cost, run_budget=step.run_budget,
-                          spent_before=spent_before + sum(c.cost_usd for c in contexts),
-                          run_cost=lambda: store.run_cost(run_id),
-                          services=delivery.services, map_index=map_index, store=store)
-        contexts.append(ctx)
-        call_kwargs = dict(kwargs, ctx=ctx) if spec.wants_ctx else kwargs
+                          spent_before=call.spent_before + sum(c.cost_usd
+                                                               for c in self.contexts),
+                          run_cost=lambda: call.store.run_cost(call.run_id),
+                          services=delivery.services, map_index=call.map_index,
+                          store=call.store)
+        self.contexts.append(ctx)
+        call_kwargs = dict(call.kwargs, ctx=ctx) if spec.wants_ctx else call.kwargs
         started = utcnow()
         gate: str | None = None
         try:
             # bind + reset by token: bound_contextvars() also copies the whole context
-            tokens = structlog.contextvars.bind_contextvars(attempt=attempt_number,
-                                                            map_index=map_index)
+            tokens = structlog.contextvars.bind_contextvars(attempt=self.number,
+                                                            map_index=call.map_index)
             try:
                 value = call_with_timeout(spec.fn, call_kwargs, timeout)
             finally:
                 structlog.contextvars.reset_contextvars(**tokens)
-            if signal_types and isinstance(value, signal_types):
+            if call.signal_types and isinstance(value, call.signal_types):
                 raise ReturnedSignal(value)
             _check_json(spec.where, value)
             if spec.gate is not None:
@@ -139,39 +159,46 @@ def run_attempts(step: BoundStep, kwargs: dict[str, Any], *, run_id: str, store:
         except StepSignal:
             raise
         except BaseException as exc:
-            records.append(_record(attempt_number, "failed", started, ctx, exc, gate,
-                                   map_index))
-            params = _on_retry(step, attempt_number, exc, params)
+            self.records.append(_record(self.number, "failed", started, ctx, exc, gate,
+                                        call.map_index))
+            self.params = _on_retry(step, self.number, exc, self.params)
             if isinstance(exc, Exception):
                 raise
             raise as_failure(exc) from exc
-        records.append(_record(attempt_number, "succeeded", started, ctx, None, gate, map_index))
+        self.records.append(_record(self.number, "succeeded", started, ctx, None, gate,
+                                    call.map_index))
         if isinstance(spec.timeout, AdaptiveTimeout) and delivery.services is not None:
-            delivery.services.latencies.observe(spec.task_name, records[-1].latency_ms)
+            delivery.services.latencies.observe(spec.task_name, self.records[-1].latency_ms)
         return value
 
-    remaining = max(1, spec.retries + 1 - previous_attempts)
+
+def run_attempts(call: StepCall) -> StepOutcome:
+    """Run a step's function under its policies; the outcome to record."""
+    spec, previous = call.step.spec, call.previous_attempts
+    attempts = _Attempts(call)
     retrying = partial(
         Retrying,
-        stop=stop_after_attempt(remaining),
-        wait=lambda state: spec.backoff.delay(previous_attempts + state.attempt_number),
+        stop=stop_after_attempt(max(1, spec.retries + 1 - previous)),
+        wait=lambda state: spec.backoff.delay(previous + state.attempt_number),
         retry=retry_if_exception(_retryable),
         # A map element never goes back to the broker: its chunk holds other elements.
-        sleep=_sleeper(delivery.inline_retry_limit if map_index is None else float("inf")),
-        before_sleep=_log_retry(spec.task_name, run_id, previous_attempts),
+        sleep=_sleeper(call.delivery.inline_retry_limit if call.map_index is None
+                       else float("inf")),
+        before_sleep=_log_retry(spec.task_name, call.run_id, previous),
         reraise=True,
     )
+    records = attempts.records
     try:
-        output = first_then_retry(attempt_once, retrying, _retryable)
+        output = first_then_retry(attempts.once, retrying, _retryable)
     except Reschedule as signal:
-        cost, model = _spend(contexts)
+        cost, model = _spend(attempts.contexts)
         raise RescheduleWithOutcome(signal.delay, StepOutcome(
             StepStatus.RETRYING, error=records[-1].error if records else None,
             error_type=records[-1].error_type if records else None,
-            attempts=records, cost_usd=cost, model=model), params) from None
+            attempts=records, cost_usd=cost, model=model), attempts.params) from None
     except Exception as exc:
-        return _final_failure(step, kwargs, exc, records, *_spend(contexts))
-    cost, model = _spend(contexts)
+        return _final_failure(call.step, call.kwargs, exc, records, *_spend(attempts.contexts))
+    cost, model = _spend(attempts.contexts)
     return StepOutcome(StepStatus.SUCCEEDED, output=output, attempts=records,
                        cost_usd=cost, model=model)
 

@@ -24,7 +24,7 @@ from orchestration.core.envelope import INPUT_SOURCE, OUTPUT_SOURCE, Envelope
 from orchestration.core.status import StepStatus
 from orchestration.define.step import BoundStep
 from orchestration.errors import StepSignal
-from orchestration.execute.attempts import Delivery, describe, run_attempts
+from orchestration.execute.attempts import Delivery, StepCall, describe, run_attempts
 from orchestration.execute.runtime import resolve
 from orchestration.store.repository import AttemptRecord, StepOutcome, Store
 
@@ -85,9 +85,8 @@ def run_chunk(step: BoundStep, message: Any, chunk: dict[str, Any], store: Store
     def element(offset_item: tuple[int, Any]) -> StepOutcome:
         index = chunk["start"] + offset_item[0]
         try:
-            return run_attempts(step, {**kwargs, spec.map or "": offset_item[1]},
-                                run_id=envelope.run_id, store=store, delivery=delivery,
-                                map_index=index)
+            return run_attempts(StepCall(step, {**kwargs, spec.map or "": offset_item[1]},
+                                         envelope.run_id, store, delivery, map_index=index))
         except StepSignal as signal:  # a child run or a human wait inside a map element
             error, error_type = describe(signal)
             return StepOutcome(StepStatus.FAILED, error=f"not supported in a map: {error}",

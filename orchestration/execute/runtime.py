@@ -43,6 +43,7 @@ from orchestration.execute.attempts import (
     Delivery,
     RescheduleWithOutcome,
     ReturnedSignal,
+    StepCall,
     describe,
     run_attempts,
 )
@@ -140,10 +141,10 @@ def _run(step: BoundStep, envelope: Envelope, store: Store, delivery: Delivery, 
     if spec.map is not None:
         return _start_map(step, envelope, store, spec.map, kwargs[spec.map], finalize)
     try:
-        outcome = run_attempts(step, kwargs, run_id=envelope.run_id, store=store,
-                               delivery=delivery, previous_attempts=claim.attempts,
-                               spent_before=claim.cost_usd, signal_types=(ChildRun,),
-                               initial_params=params)
+        outcome = run_attempts(StepCall(step, kwargs, envelope.run_id, store, delivery,
+                                        previous_attempts=claim.attempts,
+                                        spent_before=claim.cost_usd, signal_types=(ChildRun,),
+                                        initial_params=params))
     except RescheduleWithOutcome as signal:
         store.record_step(envelope.run_id, spec.name, redacted(signal.outcome, delivery),
                           worker=delivery.worker)
