@@ -1,1 +1,20 @@
-"""Deployment configuration: typed settings, Celery settings, queues and the model catalogue."""
+"""Deployment configuration: the workflow modules workers import, the model catalogue,
+queues and Celery overrides.
+
+The engine reads ``WORKFLOW_MODULES`` and ``MODELS_FILE`` from the module named by
+``ORCH_DEPLOYMENT`` (this package by default) when ``ORCH_IMPORTS`` / ``ORCH_MODELS_FILE``
+are not set; it names no business module itself.
+"""
+
+from pathlib import Path
+
+#: Workflow modules every worker imports (``ORCH_IMPORTS`` overrides it).
+WORKFLOW_MODULES = [
+    "tasks.support.workflow",
+    "tasks.support.routing",
+    "tasks.fraud.workflow",
+    "tasks.content.workflow",
+]
+
+#: The model catalogue: providers, prices, fallbacks (``ORCH_MODELS_FILE`` overrides it).
+MODELS_FILE = Path(__file__).resolve().parent / "models.yaml"

@@ -21,7 +21,6 @@ import structlog
 from celery import Celery, chain, signals
 from celery.exceptions import Ignore, Reject
 
-from config.celery import celery_config
 from orchestration.core import metrics
 from orchestration.core.clock import utcnow
 from orchestration.core.envelope import Envelope, is_envelope
@@ -49,6 +48,7 @@ from orchestration.submit import submission
 from orchestration.submit.durability import Reconciled, reconcile, redispatch, resume
 from orchestration.submit.waits import approve
 from orchestration.worker import redis_transport
+from orchestration.worker.celery_config import celery_config
 from orchestration.worker.embedded import EmbeddedWorker
 from orchestration.worker.engine_tasks import (
     DISPATCH_RUNS_TASK,

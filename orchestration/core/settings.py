@@ -6,6 +6,7 @@ worker, and a SQLite results database under ``./var/``.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import re
 from pathlib import Path
@@ -43,13 +44,13 @@ class Settings(BaseSettings):
         default=None, description="Redis for shared breaker state and rate limits."
     )
     models_file: Path | None = Field(default=None, description="Model catalogue (YAML).")
+    deployment: str = Field(
+        default="config",
+        description="The deployment's configuration module: its WORKFLOW_MODULES and "
+        "MODELS_FILE are the defaults of ORCH_IMPORTS and ORCH_MODELS_FILE. Empty: none.",
+    )
     imports: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: [
-            "tasks.support.workflow",
-            "tasks.support.routing",
-            "tasks.fraud.workflow",
-            "tasks.content.workflow",
-        ],
+        default_factory=list,
         description="Workflow modules every worker imports, comma-separated.",
     )
     default_queue: str = Field(default="default", description="Queue of steps that name none.")
@@ -203,6 +204,24 @@ class Settings(BaseSettings):
             raise ValueError(f"ORCH_LOG_LEVEL {value!r}: use DEBUG, INFO, WARNING, ERROR or "
                              "CRITICAL")
         return value.upper()
+
+    @model_validator(mode="after")
+    def _deployment_defaults(self) -> Settings:
+        # The engine names no business module: the deployment's list and catalogue are
+        # read from its configuration module, unless given explicitly.
+        if not self.deployment or {"imports", "models_file"} <= self.model_fields_set:
+            return self
+        try:
+            module = importlib.import_module(self.deployment)
+        except ImportError as exc:
+            raise ValueError(f"ORCH_DEPLOYMENT {self.deployment!r} cannot be imported: "
+                             f"{exc}") from None
+        if "imports" not in self.model_fields_set:
+            self.imports = list(getattr(module, "WORKFLOW_MODULES", []))
+        if "models_file" not in self.model_fields_set and self.models_file is None:
+            models = getattr(module, "MODELS_FILE", None)
+            self.models_file = Path(models) if models is not None else None
+        return self
 
     @model_validator(mode="after")
     def _liveness(self) -> Settings:

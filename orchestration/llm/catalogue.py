@@ -14,7 +14,10 @@ from orchestration.errors import ConfigurationError
 from orchestration.llm.breakers import BreakerPolicy
 from orchestration.llm.ratelimit import RateLimit
 
-DEFAULT_CATALOGUE = Path(__file__).resolve().parent.parent.parent / "config" / "models.yaml"
+#: With no catalogue file: the local provider only (a deployment names its own file).
+BUILTIN_CATALOGUE = {"providers": {"local": {"kind": "local"}},
+                     "models": {"local": {"provider": "local"}},
+                     "default_model": "local"}
 
 
 class RateLimitConfig(BaseModel):
@@ -161,8 +164,9 @@ class Catalogue(BaseModel):
 
 
 def load_catalogue(path: Path | None = None) -> Catalogue:
-    """Read and check a catalogue file (default: the packaged ``config/models.yaml``)."""
-    path = path or DEFAULT_CATALOGUE
+    """Read and check a catalogue file (None: the built-in local-only catalogue)."""
+    if path is None:
+        return Catalogue.model_validate(BUILTIN_CATALOGUE)
     try:
         raw = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:

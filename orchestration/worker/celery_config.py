@@ -1,4 +1,4 @@
-"""Celery settings chosen for long, failure-prone model calls.
+"""The Celery settings the engine runs with, chosen for long, failure-prone model calls.
 
 Each setting says why it is set; anything not here is Celery's default.
 """
@@ -30,7 +30,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     config: dict[str, Any] = {
         "broker_url": settings.broker_url,
         # Chord bookkeeping only; on Redis, task keys keep a summary of a step's result,
-        # never its values (orchestration/result_backend.py).
+        # never its values (worker/result_backend.py).
         "result_backend": result_backend(settings),
         # JSON only: a pickle payload from the broker would be code execution on a worker.
         "task_serializer": "json",
@@ -52,7 +52,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_send_sent_event": True,
         # Results are only chord bookkeeping (run state lives in the results DB). A step's
         # task key holds a summary; the values a join needs sit in the chord's parts set,
-        # deleted at the join (orchestration/result_backend.py). This expiry bounds a
+        # deleted at the join (worker/result_backend.py). This expiry bounds a
         # chord that never joins (its message lost, its run re-dispatched), and must
         # outlive the longest chord, waits for a person inside it included.
         "result_expires": 24 * 3600,

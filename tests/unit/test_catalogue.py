@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
+from config import MODELS_FILE as DEFAULT_CATALOGUE
 from orchestration import ConfigurationError, RunStatus, StepContext, Workflow
 from orchestration.app import Orchestrator
-from orchestration.llm.catalogue import DEFAULT_CATALOGUE, ModelConfig, load_catalogue
+from orchestration.llm.catalogue import ModelConfig, load_catalogue
 from orchestration.llm.providers.local import LABEL
 from orchestration.testing import embedded_orchestrator
 
@@ -33,7 +34,7 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 def test_packaged_default_loads() -> None:
-    catalogue = load_catalogue()
+    catalogue = load_catalogue(DEFAULT_CATALOGUE)
     assert DEFAULT_CATALOGUE.name == "models.yaml"
     assert catalogue.default_model == "gpt-4o-mini"
     assert catalogue.model("gpt-4o-mini").fallbacks == ["local-small"]
@@ -74,7 +75,7 @@ def test_missing_file_is_a_configuration_error(tmp_path: Path) -> None:
 def test_unknown_model_lists_the_known_ones() -> None:
     with pytest.raises(ConfigurationError, match=r"'gpt-9' is not in the catalogue \(known: "
                                                  r"gpt-4o-mini, local-small\)"):
-        load_catalogue().model("gpt-9")
+        load_catalogue(DEFAULT_CATALOGUE).model("gpt-9")
 
 
 def test_provider_is_configured_only_with_its_key(tmp_path: Path,

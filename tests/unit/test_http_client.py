@@ -44,7 +44,10 @@ class Server:
         return f"http://127.0.0.1:{self.sock.getsockname()[1]}/v1/echo"
 
     def serve(self) -> None:
-        self.sock.settimeout(0.1)
+        try:
+            self.sock.settimeout(0.1)
+        except OSError:  # closed by the fixture before this thread got to run
+            return
         while not self.stop.is_set():
             try:
                 conn, _ = self.sock.accept()
