@@ -18,12 +18,11 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import structlog
-from celery import Celery, chain, signals
-from celery.exceptions import Ignore, Reject
+from celery import Celery, signals
 
 from orchestration.core import metrics
 from orchestration.core.clock import utcnow
-from orchestration.core.envelope import Envelope, is_envelope
+from orchestration.core.envelope import Envelope
 from orchestration.core.logs import CeleryLogFilter, configure_celery_logger, configure_logging
 from orchestration.core.redaction import Redactor
 from orchestration.core.results import RunHandle
@@ -32,13 +31,10 @@ from orchestration.core.status import RunStatus, StepStatus
 from orchestration.define.host import current_default, default_host, install_default
 from orchestration.errors import (
     ConfigurationError,
-    Reschedule,
-    ResultsDatabaseUnavailable,
     WaitForInput,
     WorkflowDefinitionError,
 )
-from orchestration.execute.maps import map_canvas, run_chunk
-from orchestration.execute.runtime import Delivery, StartChild, StartMap, run_step
+from orchestration.execute.runtime import Delivery
 from orchestration.llm.catalogue import load_catalogue
 from orchestration.llm.resilience import Resilience
 from orchestration.store.engine import is_unavailable
@@ -47,13 +43,12 @@ from orchestration.store.workers import Released, WorkerInfo
 from orchestration.submit import submission
 from orchestration.submit.durability import Reconciled, reconcile, redispatch, resume
 from orchestration.submit.waits import approve
-from orchestration.worker import redis_transport
+from orchestration.worker import redis_transport, step_task
 from orchestration.worker.celery_config import celery_config
 from orchestration.worker.embedded import EmbeddedWorker
 from orchestration.worker.engine_tasks import (
     DISPATCH_RUNS_TASK,
     EXPIRE_WAITS_TASK,
-    child_canvas,
     register_engine_tasks,
     resume_signature,
 )
@@ -65,7 +60,6 @@ if TYPE_CHECKING:
     from orchestration.define.workflow import CompiledWorkflow, Workflow
 
 log = structlog.get_logger("orchestration.app")
-HAND_BACK_MAX_DELAY = 30.0  # seconds: the longest countdown of a step handed back
 
 
 class Orchestrator:
@@ -141,70 +135,7 @@ class Orchestrator:
 
     def register_step(self, workflow: Workflow, spec: StepSpec) -> None:
         """Register a step as the Celery task ``<workflow>.<step>`` on its queue."""
-        orchestrator = self
-
-        def execute(task: Any, message: Any, run_id: str | None = None,
-                    finalize: bool = False, chunk: dict[str, Any] | None = None,
-                    params: dict[str, Any] | None = None,
-                    fused: list[str] | None = None,
-                    released: dict[str, int] | None = None) -> Any:
-            steps = workflow.validate().steps
-            store, delivery = orchestrator.store, orchestrator.delivery(task)
-            if not is_envelope(message):
-                # Never crash the worker on a bad message: record it and drop it.
-                log.error("malformed step message rejected", task=spec.task_name,
-                          task_id=task.request.id, message_type=type(message).__name__)
-                raise Reject("malformed step message", requeue=False)
-            names = fused or [spec.name]
-            current = names[0]
-            try:
-                if chunk is not None:
-                    with _step_context(run_id, steps[spec.name], task):
-                        return run_chunk(steps[spec.name], message, chunk, store, delivery)
-                for index, current in enumerate(names):
-                    bound = steps[current]
-                    last = index == len(names) - 1
-                    with _step_context(run_id, bound, task):
-                        message = run_step(bound, message, store, delivery,
-                                           finalize=finalize and last,
-                                           params=(params or {}).get(current),
-                                           released=(released or {}).get(current))
-                return message
-            except (StartMap, StartChild) as signal:
-                rest = names[names.index(current) + 1:]
-                replacement = (child_canvas(orchestrator, steps[current], signal)
-                               if isinstance(signal, StartChild) else
-                               map_canvas(steps[current], signal.envelope, signal.items,
-                                          finalize=signal.finalize,
-                                          claimed_at=store.get_step_started(
-                                              signal.envelope.run_id, current),
-                                          celery=orchestrator.celery))
-                if rest:
-                    replacement = chain(replacement, _rest_of(orchestrator, workflow, rest,
-                                                              run_id, finalize))
-                raise task.replace(replacement) from None
-            except WaitForInput as signal:
-                # The stored message is this whole (fused) one: on resume, steps before
-                # the waiting one pass their recorded outputs on.
-                orchestrator.park(task, steps[current], message, signal)
-                raise Ignore() from None
-            except Reschedule as signal:
-                # ctx.params set by on_retry travel with the message to the next attempt.
-                kwargs = {**task.request.kwargs, "params": {current: signal.params}}
-                raise task.retry(countdown=signal.delay, max_retries=None,
-                                 kwargs=kwargs) from None
-            except ResultsDatabaseUnavailable as exc:
-                raise hand_back(task, exc, exc.step, exc.released) from None
-            except Exception as exc:
-                raise _engine_error(orchestrator, task, message, current, exc) from None
-
-        execute.__name__ = spec.name
-        self.celery.task(name=spec.task_name, bind=True, shared=False, max_retries=None,
-                         acks_late=True)(execute)
-        # Route by task name too, for anything that sends a step without the compiler.
-        routes = dict(self.celery.conf.task_routes or {})
-        routes[spec.task_name] = {"queue": workflow.queue_of(spec)}
-        self.celery.conf.task_routes = routes
+        step_task.register_step(self, workflow, spec)
 
     # -- submitting (orchestration/submit/submission.py) -------------------------------
 
@@ -392,71 +323,6 @@ class Orchestrator:
         if self._resilience is not None:
             self._resilience.close()
         self.reset_store()
-
-
-def _step_context(run_id: str | None, bound: BoundStep, task: Any) -> Any:
-    return structlog.contextvars.bound_contextvars(
-        run_id=run_id, step=bound.spec.task_name, queue=bound.queue, model=bound.spec.model,
-        task_id=task.request.id)
-
-
-def _engine_error(orchestrator: Orchestrator, task: Any, message: Any, step: str,
-                  exc: Exception) -> BaseException:
-    """What to raise for an unexpected error in a step task: hand back, or fail the run."""
-    if is_unavailable(exc):
-        return hand_back(task, exc, step, None)
-    try:
-        orchestrator.fail_run(message, step, exc)
-    except Exception as record_exc:
-        if is_unavailable(record_exc):
-            return hand_back(task, record_exc, step, None)
-        log.exception("could not record an engine error; the reconciler must end this run",
-                      step=step)
-    return exc
-
-
-def hand_back(task: Any, error: BaseException, step: str, released: int | None) -> BaseException:
-    """Give a step whose results DB is unreachable back to the broker, never dropping it.
-
-    The message is sent again with a countdown (doubling up to 30 s, for as long as the
-    outage lasts) naming the delivery it released, so its next claim is not counted as
-    a crash. If the broker refuses that too, this message is rejected back to its queue.
-    """
-    handbacks = task.request.retries + 1
-    delay = min(HAND_BACK_MAX_DELAY, 2.0 ** min(task.request.retries, 5))
-    cause = error.__cause__ if isinstance(error, ResultsDatabaseUnavailable) else error
-    args = task.request.args or ()
-    run_id = (task.request.kwargs or {}).get("run_id") or (
-        Envelope.from_message(args[0]).run_id if args and is_envelope(args[0]) else None)
-    log.warning("results database unreachable; step handed back to the broker",
-                run_id=run_id, step=step, task_id=task.request.id, retry_in_s=delay,
-                handbacks=handbacks,
-                error=f"{type(cause).__name__}: {cause}".splitlines()[0])
-    kwargs = dict(task.request.kwargs or {})
-    if released is not None:
-        kwargs["released"] = {**(kwargs.get("released") or {}), step: released}
-    try:
-        retry: BaseException = task.retry(countdown=delay, max_retries=None, kwargs=kwargs,
-                                          throw=False)
-        return retry
-    except Reject:
-        # Celery could not publish the retry (broker down too): keep this message instead.
-        log.warning("broker refused the hand-back; message returned to its queue",
-                    step=step, task_id=task.request.id)
-        rejected: BaseException = Reject("results database and broker unreachable",
-                                         requeue=True)
-        return rejected
-
-
-def _rest_of(orchestrator: Orchestrator, workflow: Workflow, names: list[str],
-             run_id: str | None, finalize: bool) -> Any:
-    """The signature of fused steps left after one replaced its message (map, child)."""
-    head = workflow.validate().steps[names[0]]
-    kwargs: dict[str, Any] = {"run_id": run_id, "finalize": finalize}
-    if len(names) > 1:
-        kwargs["fused"] = names
-    return orchestrator.celery.signature(head.spec.task_name, args=(), kwargs=kwargs,
-                                         queue=head.queue)
 
 
 def default_orchestrator() -> Orchestrator:

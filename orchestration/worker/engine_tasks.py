@@ -29,60 +29,78 @@ RECONCILE_TASK = "orchestration.reconcile"
 DISPATCH_RUNS_TASK = "orchestration.dispatch_runs"
 
 
-def register_engine_tasks(orchestrator: WorkerHost) -> None:
-    """Register finalize, map_collect, child_done and expire_waits on the Celery app."""
-    celery = orchestrator.celery
+def register_engine_tasks(host: WorkerHost) -> None:
+    """Register finalize, map_collect, child_done, expire_waits, reconcile and dispatch_runs.
 
-    def finalize(task: Any, message: Any, run_id: str | None = None) -> str:
-        return finalize_run(Envelope.from_message(message), orchestrator.store).value
-
-    def map_collect(task: Any, parts: list[dict[str, Any]], *, message: dict[str, Any],
-                    run_id: str, step: str, total: int, finalize: bool,
-                    claimed_at: str | None) -> dict[str, Any]:
-        bound = orchestrator.bound_step(step)
-        outcome = collect_outcome(bound, parts, total)
-        return record_and_pass(bound, Envelope.from_message(message), outcome,
-                               orchestrator.store, orchestrator.delivery(task),
-                               claimed_at=datetime.fromisoformat(claimed_at) if claimed_at
-                               else None, finalize=finalize)
-
-    def child_done(task: Any, child_message: Any, *, parent: dict[str, Any], run_id: str,
-                   step: str, child_run: str, finalize: bool) -> dict[str, Any]:
-        bound = orchestrator.bound_step(step)
-        envelope = Envelope.from_message(parent)
-        child = orchestrator.store.get_run(child_run)
-        if child.status is RunStatus.SUCCEEDED:
-            outcome = StepOutcome(StepStatus.SUCCEEDED, output=child.outputs)
-        elif child.status is RunStatus.CANCELLED:
-            outcome = StepOutcome(StepStatus.CANCELLED, error=f"child run {child_run} cancelled",
-                                  error_type="Cancelled")
-        else:
-            outcome = _child_failed(bound, envelope, orchestrator, child_run,
-                                    child.status.value, child.error)
-        return record_and_pass(bound, envelope, outcome, orchestrator.store,
-                               orchestrator.delivery(task), finalize=finalize)
-
-    def expire_waits(task: Any) -> int:
-        return expire_due_waits(orchestrator)
-
-    def dispatch_runs(task: Any, workflow: str, run_ids: list[str]) -> int:
-        flow = orchestrator.workflows[workflow]
-        inputs = orchestrator.store.inputs_of(run_ids)
-        with orchestrator.celery.producer_or_acquire() as producer:
-            for run_id in run_ids:
-                flow.canvas(run_id, inputs[run_id]).apply_async(producer=producer)
-        return len(run_ids)
-
-    def reconcile(task: Any) -> dict[str, Any]:
-        done = orchestrator.reconcile()
-        return {"redispatched": done.redispatched, "failed": done.failed,
-                "waits_expired": done.waits_expired}
-
+    The bodies are module-level functions; the host they serve is set on each task class.
+    """
     for name, fn in ((FINALIZE_TASK, finalize), (MAP_COLLECT_TASK, map_collect),
                      (CHILD_DONE_TASK, child_done), (EXPIRE_WAITS_TASK, expire_waits),
                      (RECONCILE_TASK, reconcile), (DISPATCH_RUNS_TASK, dispatch_runs)):
-        fn.__name__ = name.rsplit(".", 1)[-1]
-        celery.task(name=name, bind=True, shared=False, acks_late=True)(fn)
+        host.celery.task(name=name, bind=True, shared=False, acks_late=True,
+                         orchestrator=host)(fn)
+
+
+def finalize(task: Any, message: Any, run_id: str | None = None) -> str:
+    """End the run: its status from its steps' outcomes."""
+    orchestrator: WorkerHost = task.orchestrator
+    return finalize_run(Envelope.from_message(message), orchestrator.store).value
+
+
+def map_collect(task: Any, parts: list[dict[str, Any]], *, message: dict[str, Any],
+                run_id: str, step: str, total: int, finalize: bool,
+                claimed_at: str | None) -> dict[str, Any]:
+    """Join a map's chunks: record the map step and pass its envelope on."""
+    orchestrator: WorkerHost = task.orchestrator
+    bound = orchestrator.bound_step(step)
+    outcome = collect_outcome(bound, parts, total)
+    return record_and_pass(bound, Envelope.from_message(message), outcome,
+                           orchestrator.store, orchestrator.delivery(task),
+                           claimed_at=datetime.fromisoformat(claimed_at) if claimed_at
+                           else None, finalize=finalize)
+
+
+def child_done(task: Any, child_message: Any, *, parent: dict[str, Any], run_id: str,
+               step: str, child_run: str, finalize: bool) -> dict[str, Any]:
+    """Record the parent step from its child run's outcome; pass the parent's envelope on."""
+    orchestrator: WorkerHost = task.orchestrator
+    bound = orchestrator.bound_step(step)
+    envelope = Envelope.from_message(parent)
+    child = orchestrator.store.get_run(child_run)
+    if child.status is RunStatus.SUCCEEDED:
+        outcome = StepOutcome(StepStatus.SUCCEEDED, output=child.outputs)
+    elif child.status is RunStatus.CANCELLED:
+        outcome = StepOutcome(StepStatus.CANCELLED, error=f"child run {child_run} cancelled",
+                              error_type="Cancelled")
+    else:
+        outcome = _child_failed(bound, envelope, orchestrator, child_run,
+                                child.status.value, child.error)
+    return record_and_pass(bound, envelope, outcome, orchestrator.store,
+                           orchestrator.delivery(task), finalize=finalize)
+
+
+def expire_waits(task: Any) -> int:
+    """Expire human waits past their deadline."""
+    return expire_due_waits(task.orchestrator)
+
+
+def dispatch_runs(task: Any, workflow: str, run_ids: list[str]) -> int:
+    """Build and send the canvases of runs written by a deferred submit_many."""
+    orchestrator: WorkerHost = task.orchestrator
+    flow = orchestrator.workflows[workflow]
+    inputs = orchestrator.store.inputs_of(run_ids)
+    with orchestrator.celery.producer_or_acquire() as producer:
+        for run_id in run_ids:
+            flow.canvas(run_id, inputs[run_id]).apply_async(producer=producer)
+    return len(run_ids)
+
+
+def reconcile(task: Any) -> dict[str, Any]:
+    """Re-dispatch runs that made no progress (the beat schedule sends this)."""
+    orchestrator: WorkerHost = task.orchestrator
+    done = orchestrator.reconcile()
+    return {"redispatched": done.redispatched, "failed": done.failed,
+            "waits_expired": done.waits_expired}
 
 
 def _child_failed(bound: BoundStep, envelope: Envelope, orchestrator: WorkerHost,

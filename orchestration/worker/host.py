@@ -9,6 +9,7 @@ from orchestration.define.host import Host
 
 if TYPE_CHECKING:
     from orchestration.define.step import BoundStep
+    from orchestration.errors import WaitForInput
     from orchestration.execute.attempts import Delivery
     from orchestration.submit.durability import Reconciled
 
@@ -27,3 +28,9 @@ class WorkerHost(Host, Protocol):
 
     def reconcile(self, idle_seconds: float | None = None) -> Reconciled:
         """Re-dispatch runs that made no progress; expire overdue human waits."""
+
+    def park(self, task: Any, bound: BoundStep, message: Any, signal: WaitForInput) -> None:
+        """Park a step waiting for a person."""
+
+    def fail_run(self, message: Any, step: str, exc: BaseException) -> None:
+        """Record an engine error on the step and end its run ``failed``."""

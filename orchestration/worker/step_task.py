@@ -1,0 +1,172 @@
+"""The step task: one Celery task per step, ``<workflow>.<step>``, on the step's queue.
+
+The task body is a module-level function; what it runs for is set on its task class when
+the step is registered (``orchestrator``, ``workflow``, ``step_name``), so the body
+closes over nothing. It runs one delivery (or a fused run of steps, or a map chunk)
+through ``execute/`` and turns the control-flow signals into Celery's moves.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from celery import chain
+from celery.exceptions import Ignore, Reject
+
+from orchestration.core.envelope import Envelope, is_envelope
+from orchestration.define.step import BoundStep, StepSpec
+from orchestration.define.workflow import Workflow
+from orchestration.errors import Reschedule, ResultsDatabaseUnavailable, WaitForInput
+from orchestration.execute.maps import map_canvas, run_chunk
+from orchestration.execute.runtime import StartChild, StartMap, run_step
+from orchestration.store.engine import is_unavailable
+from orchestration.worker.engine_tasks import child_canvas
+from orchestration.worker.host import WorkerHost
+
+log = structlog.get_logger("orchestration.app")
+HAND_BACK_MAX_DELAY = 30.0  # seconds: the longest countdown of a step handed back
+
+
+def register_step(host: WorkerHost, workflow: Workflow, spec: StepSpec) -> None:
+    """Register a step as the Celery task ``<workflow>.<step>`` on its queue."""
+    host.celery.task(name=spec.task_name, bind=True, shared=False, max_retries=None,
+                     acks_late=True, orchestrator=host, workflow=workflow,
+                     step_name=spec.name)(execute_step)
+    # Route by task name too, for anything that sends a step without the compiler.
+    routes = dict(host.celery.conf.task_routes or {})
+    routes[spec.task_name] = {"queue": workflow.queue_of(spec)}
+    host.celery.conf.task_routes = routes
+
+
+def execute_step(task: Any, message: Any, run_id: str | None = None,
+                 finalize: bool = False, chunk: dict[str, Any] | None = None,
+                 params: dict[str, Any] | None = None,
+                 fused: list[str] | None = None,
+                 released: dict[str, int] | None = None) -> Any:
+    """Run one delivery of a step (or of fused steps, or one map chunk)."""
+    orchestrator: WorkerHost = task.orchestrator
+    workflow: Workflow = task.workflow
+    steps = workflow.validate().steps
+    store, delivery = orchestrator.store, orchestrator.delivery(task)
+    if not is_envelope(message):
+        # Never crash the worker on a bad message: record it and drop it.
+        log.error("malformed step message rejected", task=task.name,
+                  task_id=task.request.id, message_type=type(message).__name__)
+        raise Reject("malformed step message", requeue=False)
+    names = fused or [task.step_name]
+    current = names[0]
+    try:
+        if chunk is not None:
+            with _step_context(run_id, steps[task.step_name], task):
+                return run_chunk(steps[task.step_name], message, chunk, store, delivery)
+        for index, current in enumerate(names):
+            bound = steps[current]
+            last = index == len(names) - 1
+            with _step_context(run_id, bound, task):
+                message = run_step(bound, message, store, delivery,
+                                   finalize=finalize and last,
+                                   params=(params or {}).get(current),
+                                   released=(released or {}).get(current))
+        return message
+    except (StartMap, StartChild) as signal:
+        raise task.replace(_replacement(task, signal, names, current, run_id,
+                                        finalize)) from None
+    except WaitForInput as signal:
+        # The stored message is this whole (fused) one: on resume, steps before
+        # the waiting one pass their recorded outputs on.
+        orchestrator.park(task, steps[current], message, signal)
+        raise Ignore() from None
+    except Reschedule as signal:
+        # ctx.params set by on_retry travel with the message to the next attempt.
+        kwargs = {**task.request.kwargs, "params": {current: signal.params}}
+        raise task.retry(countdown=signal.delay, max_retries=None, kwargs=kwargs) from None
+    except ResultsDatabaseUnavailable as exc:
+        raise hand_back(task, exc, exc.step, exc.released) from None
+    except Exception as exc:
+        raise _engine_error(orchestrator, task, message, current, exc) from None
+
+
+def _replacement(task: Any, signal: StartMap | StartChild, names: list[str], current: str,
+                 run_id: str | None, finalize: bool) -> Any:
+    """What replaces this message: the map's chord or the child run, then the rest."""
+    orchestrator: WorkerHost = task.orchestrator
+    workflow: Workflow = task.workflow
+    steps = workflow.validate().steps
+    rest = names[names.index(current) + 1:]
+    replacement = (child_canvas(orchestrator, steps[current], signal)
+                   if isinstance(signal, StartChild) else
+                   map_canvas(steps[current], signal.envelope, signal.items,
+                              finalize=signal.finalize,
+                              claimed_at=orchestrator.store.get_step_started(
+                                  signal.envelope.run_id, current),
+                              celery=orchestrator.celery))
+    if rest:
+        replacement = chain(replacement, _rest_of(orchestrator, workflow, rest, run_id,
+                                                  finalize))
+    return replacement
+
+
+def _step_context(run_id: str | None, bound: BoundStep, task: Any) -> Any:
+    return structlog.contextvars.bound_contextvars(
+        run_id=run_id, step=bound.spec.task_name, queue=bound.queue, model=bound.spec.model,
+        task_id=task.request.id)
+
+
+def _engine_error(orchestrator: WorkerHost, task: Any, message: Any, step: str,
+                  exc: Exception) -> BaseException:
+    """What to raise for an unexpected error in a step task: hand back, or fail the run."""
+    if is_unavailable(exc):
+        return hand_back(task, exc, step, None)
+    try:
+        orchestrator.fail_run(message, step, exc)
+    except Exception as record_exc:
+        if is_unavailable(record_exc):
+            return hand_back(task, record_exc, step, None)
+        log.exception("could not record an engine error; the reconciler must end this run",
+                      step=step)
+    return exc
+
+
+def hand_back(task: Any, error: BaseException, step: str, released: int | None) -> BaseException:
+    """Give a step whose results DB is unreachable back to the broker, never dropping it.
+
+    The message is sent again with a countdown (doubling up to 30 s, for as long as the
+    outage lasts) naming the delivery it released, so its next claim is not counted as
+    a crash. If the broker refuses that too, this message is rejected back to its queue.
+    """
+    handbacks = task.request.retries + 1
+    delay = min(HAND_BACK_MAX_DELAY, 2.0 ** min(task.request.retries, 5))
+    cause = error.__cause__ if isinstance(error, ResultsDatabaseUnavailable) else error
+    args = task.request.args or ()
+    run_id = (task.request.kwargs or {}).get("run_id") or (
+        Envelope.from_message(args[0]).run_id if args and is_envelope(args[0]) else None)
+    log.warning("results database unreachable; step handed back to the broker",
+                run_id=run_id, step=step, task_id=task.request.id, retry_in_s=delay,
+                handbacks=handbacks,
+                error=f"{type(cause).__name__}: {cause}".splitlines()[0])
+    kwargs = dict(task.request.kwargs or {})
+    if released is not None:
+        kwargs["released"] = {**(kwargs.get("released") or {}), step: released}
+    try:
+        retry: BaseException = task.retry(countdown=delay, max_retries=None, kwargs=kwargs,
+                                          throw=False)
+        return retry
+    except Reject:
+        # Celery could not publish the retry (broker down too): keep this message instead.
+        log.warning("broker refused the hand-back; message returned to its queue",
+                    step=step, task_id=task.request.id)
+        rejected: BaseException = Reject("results database and broker unreachable",
+                                         requeue=True)
+        return rejected
+
+
+def _rest_of(orchestrator: WorkerHost, workflow: Workflow, names: list[str],
+             run_id: str | None, finalize: bool) -> Any:
+    """The signature of fused steps left after one replaced its message (map, child)."""
+    head = workflow.validate().steps[names[0]]
+    kwargs: dict[str, Any] = {"run_id": run_id, "finalize": finalize}
+    if len(names) > 1:
+        kwargs["fused"] = names
+    return orchestrator.celery.signature(head.spec.task_name, args=(), kwargs=kwargs,
+                                         queue=head.queue)
