@@ -1,7 +1,7 @@
 """Test workflows of one module, declared on one orchestrator before its worker starts.
 
 A workflow declared after an embedded worker started is never run (see
-``tests/unit/test_embedded.py``), so a module registers a builder per workflow with
+``tests/unit/worker/test_embedded.py``), so a module registers a builder per workflow with
 ``@flow`` and its fixture builds them all at once: ``flow.build(app)``.
 """
 

@@ -22,7 +22,7 @@ from orchestration.cli import main
 from orchestration.core.settings import Settings
 from orchestration.errors import ConfigurationError
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 RUN = "0f8fad5b-d9cb-469f-a165-70867728950e"
 # Commands that open the results DB, with arguments.
 DB_COMMANDS = [["db", "upgrade"], ["runs"], ["show", RUN], ["show", RUN, "--json"],

@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 FRAUD_MODELS = ["model_logreg", "model_tree", "model_forest", "model_boosting", "model_bayes",
                 "model_knn", "model_isolation"]
 SUPPORT_EDGES = {("classify_ticket", "extract_urgency"), ("classify_ticket", "route_to_team"),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[2] / "orchestration"
+PACKAGE = Path(__file__).resolve().parents[3] / "orchestration"
 
 
 def _own_imports_in_functions(path: Path, root: Path = PACKAGE.parent) -> list[str]:

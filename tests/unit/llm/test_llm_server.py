@@ -21,7 +21,7 @@ import pytest
 from tests.fakes.llm_server import FakeLLMClient, FakeLLMServer
 from tests.support.polling import wait_until
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")
