@@ -7,7 +7,6 @@ engine on first use, the broker on first publish.
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
 import threading
@@ -18,12 +17,11 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import structlog
-from celery import Celery, signals
+from celery import Celery
 
-from orchestration.core import metrics
 from orchestration.core.clock import utcnow
 from orchestration.core.envelope import Envelope
-from orchestration.core.logs import CeleryLogFilter, configure_celery_logger, configure_logging
+from orchestration.core.logs import configure_logging
 from orchestration.core.redaction import Redactor
 from orchestration.core.results import RunHandle
 from orchestration.core.settings import Settings
@@ -37,13 +35,13 @@ from orchestration.errors import (
 from orchestration.execute.runtime import Delivery
 from orchestration.llm.catalogue import load_catalogue
 from orchestration.llm.resilience import Resilience
-from orchestration.store.engine import is_unavailable
 from orchestration.store.repository import StepOutcome, Store
 from orchestration.store.workers import Released, WorkerInfo
 from orchestration.submit import submission
 from orchestration.submit.durability import Reconciled, reconcile, redispatch, resume
 from orchestration.submit.waits import approve
 from orchestration.worker import redis_transport, step_task
+from orchestration.worker import signals as worker_signals
 from orchestration.worker.celery_config import celery_config
 from orchestration.worker.embedded import EmbeddedWorker
 from orchestration.worker.engine_tasks import (
@@ -344,97 +342,11 @@ def _default() -> Orchestrator | None:
 install_default(Orchestrator)
 
 
-def _on_celeryd_init(**_: Any) -> None:
-    # Sent only by the `celery worker` command, never by the in-process worker.
-    if default_orchestrator().settings.embedded:
-        raise SystemExit(
-            "orchestration: no ORCH_BROKER_URL is set, so the broker is the in-process one and a "
-            "separate worker would never receive work. Set ORCH_BROKER_URL=redis://... for "
-            "workers, or run workflows in one process (the embedded default)."
-        )
-
-
-def _on_worker_init(sender: Any = None, **_: Any) -> None:
-    orchestrator = _default()
-    if orchestrator is not None and getattr(sender, "app", None) is orchestrator.celery:
-        try:
-            orchestrator.store.ensure_schema()
-        except Exception as exc:
-            if not is_unavailable(exc):
-                raise
-            # Start anyway (steps are handed back until it answers), but say so loudly.
-            log.error("results database unreachable at start-up: this worker will hand "
-                      "every step back to the broker until it answers",
-                      error=f"{type(exc).__name__}: {exc}".splitlines()[0])
-        # Close the migration's connections before the pool forks its children.
-        orchestrator.reset_store()
-
-
-def _on_setup_logger(logger: logging.Logger | None = None, **_: Any) -> None:
-    # Celery configures its own handlers; scrub them, and match ORCH_LOG_JSON.
-    if logger is None:
-        return
-    orchestrator = default_orchestrator()
-    as_json = bool(orchestrator.settings.log_json)
-    configure_celery_logger(logger, orchestrator.redactor, json=as_json)
-    for name in ("celery.app.trace", "celery.worker.strategy", "celery.worker.request"):
-        for handler in logging.getLogger(name).handlers:
-            handler.addFilter(CeleryLogFilter(orchestrator.redactor))
-
-
-def _on_worker_ready(sender: Any = None, **_: Any) -> None:
-    orchestrator = _default()
-    if orchestrator is None or getattr(sender, "app", None) is not orchestrator.celery:
-        return
-    task_consumer = getattr(sender, "task_consumer", None)
-    queues = sorted(queue.name for queue in getattr(task_consumer, "queues", None) or ())
-    orchestrator.start_heartbeat(str(getattr(sender, "hostname", orchestrator.hostname)),
-                                 queues)
-    if orchestrator.settings.metrics_port:
-        metrics.serve(orchestrator.settings.metrics_port)
-
-
-def _on_worker_shutdown(sender: Any = None, **_: Any) -> None:
-    orchestrator = _default()
-    if orchestrator is not None:
-        orchestrator.stop_heartbeat()
-
-
-def _on_worker_process_shutdown(pid: int | None = None, **_: Any) -> None:
-    # prometheus-client's multiprocess mode keeps a dead child's gauges unless told.
-    if pid is not None and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        from prometheus_client import multiprocess
-
-        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
-
-
-def _on_worker_process_init(**_: Any) -> None:
-    orchestrator = _default()
-    if orchestrator is not None:
-        orchestrator.reset_store(forked=True)
-
-
-_installed = False
-_install_lock = threading.Lock()
-
-
 def install_signals() -> None:
-    """Connect the worker-process signal handlers (once; entry points call this).
+    """Connect the worker-process signal handlers for the default orchestrator (once).
 
     Importing this module connects nothing: ``orchestration.celery`` (what
-    ``celery -A orchestration`` loads) installs them, so a process that only submits runs
+    ``celery -A orchestration`` loads) calls this, so a process that only submits runs
     never has handlers on Celery's signals.
     """
-    global _installed
-    with _install_lock:
-        if _installed:
-            return
-        signals.celeryd_init.connect(_on_celeryd_init, weak=False)
-        signals.worker_init.connect(_on_worker_init, weak=False)
-        signals.worker_process_init.connect(_on_worker_process_init, weak=False)
-        signals.worker_ready.connect(_on_worker_ready, weak=False)
-        signals.worker_shutdown.connect(_on_worker_shutdown, weak=False)
-        signals.after_setup_logger.connect(_on_setup_logger, weak=False)
-        signals.after_setup_task_logger.connect(_on_setup_logger, weak=False)
-        signals.worker_process_shutdown.connect(_on_worker_process_shutdown, weak=False)
-        _installed = True
+    worker_signals.install(current=_default, build=default_orchestrator)
