@@ -1,0 +1,1 @@
+"""Compile: a workflow's plan becomes Celery canvas (chains, groups, chords; fused steps)."""

@@ -1,0 +1,1 @@
+"""Core: the vocabulary every floor shares (status, envelope, records, clock, settings, ...)."""

@@ -1,0 +1,1 @@
+"""Define: workflows, steps and their policies, checked when declared; the Host protocol."""

@@ -1,0 +1,1 @@
+"""Execute: one delivery of one step under its policies (no Celery imports)."""

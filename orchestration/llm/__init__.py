@@ -1,0 +1,1 @@
+"""Model calls from steps: client, catalogue, breakers, rate limits, providers."""

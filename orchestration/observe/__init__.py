@@ -1,0 +1,1 @@
+"""Observe: what happened and what is waiting (queries, Prometheus exporter, Flower)."""

@@ -1,0 +1,1 @@
+"""Worker: the engine on Celery (step and engine tasks, signals, transports, heartbeat)."""
