@@ -4,18 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import Engine, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from orchestration.core.clock import as_utc
 from orchestration.core.status import RunStatus, StepStatus
 from orchestration.errors import NotResumable, RunNotFound
 from orchestration.store.models import CacheRow, RunRow, StepRow
-
-if TYPE_CHECKING:
-    from orchestration.store.repository import Store
 
 RESUMABLE = (RunStatus.FAILED.value, RunStatus.CANCELLED.value)
 RERUN_STEPS = (StepStatus.FAILED.value, StepStatus.SKIPPED.value, StepStatus.CANCELLED.value)
@@ -35,14 +32,15 @@ class RunState:
 class Recovery:
     """Recovery queries of one results store."""
 
-    def __init__(self, store: Store) -> None:
-        self._store = store
+    def __init__(self, engine: Engine, reader: Engine) -> None:
+        self._engine = engine  # the writer
+        self._reader = reader
 
     # -- step result cache --------------------------------------------------------------
 
     def cached(self, key: str, now: datetime) -> tuple[bool, Any]:
         """(hit, output) for a cache key that has not expired."""
-        with self._store.reader.connect() as conn:
+        with self._reader.connect() as conn:
             row = conn.execute(select(CacheRow.output, CacheRow.expires_at)
                                .where(CacheRow.key == key)).first()
         if row is None:
@@ -57,7 +55,7 @@ class Recovery:
         """Remember a step's output under its key (first writer wins)."""
         expires = now + timedelta(seconds=ttl) if ttl else None
         try:
-            with self._store.engine.begin() as conn:
+            with self._engine.begin() as conn:
                 conn.execute(delete(CacheRow).where(CacheRow.key == key,
                                                     CacheRow.expires_at <= now))
                 conn.execute(insert(CacheRow), [{"key": key, "workflow": workflow, "step": step,
@@ -70,7 +68,7 @@ class Recovery:
 
     def run_state(self, run_id: str) -> RunState:
         """The run's workflow, version, status and stored inputs; RunNotFound if none."""
-        with self._store.reader.connect() as conn:
+        with self._reader.connect() as conn:
             run = conn.execute(select(RunRow.workflow, RunRow.workflow_version, RunRow.status,
                                       RunRow.inputs, RunRow.redacted_inputs)
                                .where(RunRow.id == run_id)).first()
@@ -81,14 +79,14 @@ class Recovery:
 
     def step_statuses(self, run_id: str) -> dict[str, StepStatus]:
         """Every step of the run and its status."""
-        with self._store.reader.connect() as conn:
+        with self._reader.connect() as conn:
             rows = conn.execute(select(StepRow.name, StepRow.status)
                                 .where(StepRow.run_id == run_id)).all()
         return {row.name: StepStatus(row.status) for row in rows}
 
     def stored_outputs(self, run_id: str, names: list[str]) -> dict[str, Any]:
         """The stored (redacted) outputs of these steps of the run."""
-        with self._store.reader.connect() as conn:
+        with self._reader.connect() as conn:
             rows = conn.execute(select(StepRow.name, StepRow.output).where(
                 StepRow.run_id == run_id, StepRow.name.in_(names))).all()
         return {row.name: row.output for row in rows}
@@ -102,7 +100,7 @@ class Recovery:
         stored ones, so a later re-dispatch reads what this one sent, and ``redacted``
         the names of those redaction changed. Returns (workflow, inputs).
         """
-        with self._store.engine.begin() as conn:
+        with self._engine.begin() as conn:
             run = conn.execute(select(RunRow.workflow, RunRow.status, RunRow.inputs)
                                .where(RunRow.id == run_id).with_for_update()).first()
             if run is None:
@@ -138,7 +136,7 @@ class Recovery:
                  .join(progress, progress.c.run_id == RunRow.id, isouter=True)
                  .where(RunRow.status.in_([RunStatus.PENDING.value, RunStatus.RUNNING.value]),
                         RunRow.created_at < idle_since))
-        with self._store.reader.connect() as conn:
+        with self._reader.connect() as conn:
             rows = conn.execute(query).all()
         stale = []
         for row in rows:

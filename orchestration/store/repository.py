@@ -146,17 +146,17 @@ class Store(StoreReads):
     @property
     def waits(self) -> Waits:
         """Human waits of this store."""
-        return Waits(self)
+        return Waits(self._writer, self._reader)
 
     @property
     def workers(self) -> Workers:
         """Worker heartbeats, and the steps held by workers that died."""
-        return Workers(self)
+        return Workers(self._writer, self._reader)
 
     @property
     def recovery(self) -> Recovery:
         """The step cache, resume and stale-run queries of this store."""
-        return Recovery(self)
+        return Recovery(self._writer, self._reader)
 
     def ensure_schema(self) -> None:
         """Create or upgrade the schema if needed; cheap after the first call."""

@@ -9,17 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import Engine, insert, select, update
 
 from orchestration.core.clock import as_utc
 from orchestration.core.status import CLAIMABLE_STEP_STATUSES, RunStatus, StepStatus
 from orchestration.errors import NoWaitingInput
 from orchestration.store.models import RunRow, StepRow, WaitRow
-
-if TYPE_CHECKING:
-    from orchestration.store.repository import Store
 
 WAITING, DELIVERED, EXPIRED, CANCELLED = "waiting", "delivered", "expired", "cancelled"
 _CLAIMABLE = [status.value for status in CLAIMABLE_STEP_STATUSES]
@@ -41,12 +38,13 @@ class Wait:
 class Waits:
     """Waits of one results store."""
 
-    def __init__(self, store: Store) -> None:
-        self._store = store
+    def __init__(self, engine: Engine, reader: Engine) -> None:
+        self._engine = engine  # the writer
+        self._reader = reader
 
     def lookup(self, run_id: str, step: str, name: str) -> Wait | None:
         """The wait of this step for this input, if one was recorded."""
-        with self._store.reader.connect() as conn:
+        with self._reader.connect() as conn:
             row = conn.execute(select(WaitRow).where(
                 WaitRow.run_id == run_id, WaitRow.step_name == step, WaitRow.name == name)).first()
         return None if row is None else _wait(row)
@@ -54,7 +52,7 @@ class Waits:
     def park(self, run_id: str, step: str, name: str, *, deadline: datetime | None,
              resume: dict[str, Any], now: datetime) -> None:
         """Record the wait; the step and run show ``waiting``."""
-        with self._store.engine.begin() as conn:
+        with self._engine.begin() as conn:
             conn.execute(insert(WaitRow), [{
                 "run_id": run_id, "step_name": step, "name": name, "status": WAITING,
                 "deadline": deadline, "resume": resume, "created_at": now}])
@@ -68,7 +66,7 @@ class Waits:
     def resolve(self, run_id: str, *, data: Any, name: str | None, status: str,
                 now: datetime) -> list[Wait]:
         """Deliver input to (or expire) the run's waits; returns them, to be re-sent."""
-        with self._store.engine.begin() as conn:
+        with self._engine.begin() as conn:
             query = select(WaitRow).where(WaitRow.run_id == run_id, WaitRow.status == WAITING)
             if name is not None:
                 query = query.where(WaitRow.name == name)
@@ -90,7 +88,7 @@ class Waits:
 
     def due(self, now: datetime) -> list[tuple[str, str]]:
         """(run id, input name) of waits past their deadline."""
-        with self._store.reader.connect() as conn:
+        with self._reader.connect() as conn:
             rows = conn.execute(select(WaitRow.run_id, WaitRow.name).where(
                 WaitRow.status == WAITING, WaitRow.deadline.is_not(None),
                 WaitRow.deadline <= now)).all()

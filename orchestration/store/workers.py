@@ -13,15 +13,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from sqlalchemy import and_, delete, exists, insert, select, update
+from sqlalchemy import Engine, and_, delete, exists, insert, select, update
 
 from orchestration.core.status import RunStatus, StepStatus
 from orchestration.store.models import RunRow, StepRow, WorkerRow
-
-if TYPE_CHECKING:
-    from orchestration.store.repository import Store
 
 FORGET_AFTER = timedelta(days=1)  # rows of instances dead this long are deleted
 _UNFINISHED_RUN = [RunStatus.PENDING.value, RunStatus.RUNNING.value]
@@ -52,12 +49,13 @@ class Released:
 class Workers:
     """Heartbeat queries of one results store."""
 
-    def __init__(self, store: Store) -> None:
-        self._store = store
+    def __init__(self, engine: Engine, reader: Engine) -> None:
+        self._engine = engine  # the writer
+        self._reader = reader
 
     def beat(self, worker: WorkerInfo, now: datetime) -> None:
         """Renew this instance's heartbeat (its row is created by the first beat)."""
-        with self._store.engine.begin() as conn:
+        with self._engine.begin() as conn:
             updated = conn.execute(update(WorkerRow).where(WorkerRow.id == worker.instance)
                                    .values(beat_at=now, queues=list(worker.queues),
                                            stopped_at=None)).rowcount
@@ -69,20 +67,20 @@ class Workers:
 
     def stopped(self, instance: str, now: datetime) -> None:
         """Record a clean shutdown: the instance holds nothing any more."""
-        with self._store.engine.begin() as conn:
+        with self._engine.begin() as conn:
             conn.execute(update(WorkerRow).where(WorkerRow.id == instance)
                          .values(stopped_at=now))
 
     def live_queues(self, alive_since: datetime) -> set[str]:
         """Queues consumed by a worker that beat since ``alive_since``."""
-        with self._store.reader.connect() as conn:
+        with self._reader.connect() as conn:
             rows = conn.execute(select(WorkerRow.queues).where(
                 WorkerRow.beat_at >= alive_since, WorkerRow.stopped_at.is_(None))).all()
         return {str(queue) for row in rows for queue in (row.queues or [])}
 
     def listed(self) -> list[tuple[str, str, str, int, list[str], datetime, datetime | None]]:
         """Every recorded instance: (id, name, host, pid, queues, beat_at, stopped_at)."""
-        with self._store.reader.connect() as conn:
+        with self._reader.connect() as conn:
             rows = conn.execute(select(WorkerRow.id, WorkerRow.name, WorkerRow.host,
                                        WorkerRow.pid, WorkerRow.queues, WorkerRow.beat_at,
                                        WorkerRow.stopped_at)
@@ -114,7 +112,7 @@ class Workers:
                         StepRow.started_at < alive_since)
                  .values(holder=None, crashes=StepRow.crashes + 1)
                  .returning(StepRow.run_id, StepRow.name))
-        with self._store.engine.begin() as conn:
+        with self._engine.begin() as conn:
             steps = conn.execute(query).all()
             # Forget instances dead for long: nothing of theirs is left to sweep.
             conn.execute(delete(WorkerRow).where(
@@ -132,7 +130,7 @@ class Workers:
         """
         live = exists().where(WorkerRow.id == StepRow.holder, WorkerRow.beat_at >= alive_since,
                               WorkerRow.stopped_at.is_(None))
-        with self._store.engine.begin() as conn:
+        with self._engine.begin() as conn:
             held = conn.execute(select(StepRow.name).where(
                 StepRow.run_id == run_id, StepRow.status == StepStatus.RUNNING.value,
                 live).limit(1)).first()
@@ -149,7 +147,7 @@ class Workers:
             by_run.setdefault(run_id, []).append(name)
         if not by_run:
             return []
-        with self._store.reader.connect() as conn:
+        with self._reader.connect() as conn:
             runs = conn.execute(select(RunRow.id, RunRow.workflow, RunRow.workflow_version,
                                        RunRow.inputs).where(RunRow.id.in_(list(by_run)))).all()
         return [Released(row.id, row.workflow, row.workflow_version, dict(row.inputs or {}),
