@@ -20,7 +20,7 @@ import structlog
 from celery import Celery, chain, signals
 from celery.exceptions import Ignore, Reject
 
-from config.celery import celery_config
+from config.celery import celery_config, worker_overrides
 from config.settings import Settings
 from orchestration import redis_transport
 from orchestration.catalogue import load_catalogue
@@ -342,14 +342,22 @@ class Orchestrator:
         self.catalogue = load_catalogue(settings.models_file)
         self._resilience = None
         self._apply_settings()
-        # Drop this app's cached connection pools and backend so the new settings apply;
+        self._drop_connections()
+        self._store = None
+
+    def as_worker(self) -> None:
+        """Switch to a worker's settings (``celery worker`` only): patient reconnects."""
+        self.celery.conf.update(worker_overrides(self.settings))
+        self._drop_connections()
+
+    def _drop_connections(self) -> None:
+        # Drop this app's cached connection pools and backend so new settings apply;
         # closing them instead would close kombu pools other apps may share.
         self.celery._pool = None
         self.celery.amqp._producer_pool = None
         self.celery._local.__dict__.pop("backend", None)
         self.celery.__dict__.pop("backend", None)
         self.celery._backend_cache = None  # where a thread-safe backend is kept
-        self._store = None
 
     def shutdown(self) -> None:
         """Stop the in-process worker (if any) and close DB connections."""
@@ -444,12 +452,14 @@ def default_orchestrator() -> Orchestrator:
 
 def _on_celeryd_init(**_: Any) -> None:
     # Sent only by the `celery worker` command, never by the in-process worker.
-    if default_orchestrator().settings.embedded:
+    orchestrator = default_orchestrator()
+    if orchestrator.settings.embedded:
         raise SystemExit(
             "orchestration: no ORCH_BROKER_URL is set, so the broker is the in-process one and a "
             "separate worker would never receive work. Set ORCH_BROKER_URL=redis://... for "
             "workers, or run workflows in one process (the embedded default)."
         )
+    orchestrator.as_worker()
 
 
 def _on_worker_init(sender: Any = None, **_: Any) -> None:
