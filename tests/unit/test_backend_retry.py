@@ -16,18 +16,31 @@ import pytest
 from celery import Celery
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from config.celery import celery_config
+from config.celery import celery_config, worker_overrides
 from config.settings import Settings
 
 A_FEW_MINUTES_S = 180.0
 
 
+SETTINGS = Settings(broker_url="redis://127.0.0.1:1/0", result_backend="redis://127.0.0.1:1/0")
+
+
 @pytest.fixture
 def backend() -> Any:
+    """The backend of a ``celery worker`` process (``as_worker`` applies the overrides)."""
     app = Celery("backend-retry-test", set_as_current=False)
-    app.conf.update(celery_config(Settings(broker_url="redis://127.0.0.1:1/0",
-                                           result_backend="redis://127.0.0.1:1/0")))
+    app.conf.update({**celery_config(SETTINGS), **worker_overrides(SETTINGS)})
     return app.backend
+
+
+def test_a_submitting_client_gives_up_within_seconds(monkeypatch: pytest.MonkeyPatch) -> None:
+    app = Celery("backend-retry-client", set_as_current=False)
+    app.conf.update(celery_config(SETTINGS))
+    slept: list[float] = []
+    monkeypatch.setattr("kombu.utils.functional.sleep", slept.append)
+    with pytest.raises(RedisConnectionError):
+        app.backend.ensure(_always_down, ())
+    assert sum(slept) < 5
 
 
 def _always_down() -> None:
