@@ -9,7 +9,7 @@ cluster is stopped ``-m immediate`` (every connection dropped, like a crash) and
 again after ``OUTAGE_S``:
 
 - short (5 s): within any retry window;
-- long (75 s): longer than the engine's in-process DB retry window.
+- long (65 s): longer than the engine's in-process DB retry window.
 
 No worker died and no step crashed, so what must hold: every run succeeds with no
 reconciler pass (the workers keep what they could not record and finish it when the DB
@@ -85,7 +85,7 @@ def _loud_workers(pool: Workers, since: float) -> list[str]:
     return loud
 
 
-@pytest.mark.parametrize("outage_s", [5, 75], ids=["short-5s", "long-75s"])
+@pytest.mark.parametrize("outage_s", [5, 65], ids=["short-5s", "long-65s"])
 def test_runs_survive_a_results_db_outage(
         outage_s: int, counters: redis.Redis, cluster: PostgresCluster,
         worker_pool: Workers) -> None:
