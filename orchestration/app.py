@@ -503,7 +503,10 @@ def _on_worker_ready(sender: Any = None, **_: Any) -> None:
 
 
 def _on_worker_shutdown(sender: Any = None, **_: Any) -> None:
-    if _default is not None:
+    # Only the `celery worker` of the default app: an embedded process's per-queue
+    # consumers stop (and a dead one is replaced) while it lives; its shutdown() stops it.
+    if (_default is not None and getattr(sender, "app", None) is _default.celery
+            and not _default.settings.embedded):
         _default.stop_heartbeat()
 
 

@@ -16,10 +16,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import kombu.pools
 import pytest
 from celery import signals
 
-from orchestration import RunHandle, RunStatus
+from orchestration import RunHandle, RunStatus, default_orchestrator
 from orchestration.app import Orchestrator
 from orchestration.store.repository import PlannedStep
 from orchestration.testing import embedded_orchestrator
@@ -119,3 +120,30 @@ def test_a_run_whose_message_was_lost_still_ends(tmp_path: Path) -> None:
                         bound.spec.critical) for name, bound in compiled.steps.items()])
         result = RunHandle(run_id, app.store).wait(timeout=60)
         assert result.status is RunStatus.SUCCEEDED and result.outputs == {"echo": 5}
+
+
+@pytest.fixture
+def fresh_broker_pools() -> Iterator[None]:
+    """Undo what re-pointing the default orchestrator breaks (see test_testing.py)."""
+    yield
+    kombu.pools.reset()
+    celery_app = default_orchestrator().celery
+    celery_app._pool = None
+    celery_app.amqp._producer_pool = None
+
+
+def test_a_replaced_consumer_keeps_the_default_process_beating(
+        fresh_broker_pools: None, embedded_default: Orchestrator) -> None:
+    echo = define_echo(embedded_default, f"beat_{uuid.uuid4().hex[:8]}", "beat.queue")
+    assert echo.run(x=1, timeout=30).status is RunStatus.SUCCEEDED
+    heartbeat = embedded_default.heartbeat
+    assert heartbeat is not None
+    worker = embedded_default.embedded_worker()
+    dead = worker._workers["beat.queue"].controller
+    assert dead is not None
+    dead.stop(in_sighandler=False, exitcode=1)  # sends Celery's worker_shutdown signal
+    wait_until(lambda: worker._workers["beat.queue"].controller is not dead,
+               timeout=30, what="a replacement consumer")
+    # The process is alive: other workers must not take it for dead and re-run its steps.
+    assert embedded_default.heartbeat is heartbeat
+    assert echo.run(x=2, timeout=30).outputs == {"echo": 2}
