@@ -12,6 +12,7 @@ import os
 import socket
 import threading
 import uuid
+from collections.abc import Callable, Iterable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -266,20 +267,25 @@ class Orchestrator:
 
     # -- worker liveness ---------------------------------------------------------------
 
-    def start_heartbeat(self, name: str, queues: list[str]) -> Heartbeat:
-        """Beat for this process's worker and sweep steps held by dead workers."""
+    def start_heartbeat(self, name: str, queues: Callable[[], Iterable[str]]) -> Heartbeat:
+        """Beat for this process's worker and sweep steps held by dead workers.
+
+        ``queues`` says which queues the worker consumes now (read at every beat).
+        """
         with self._lock:
-            if self.heartbeat is None:
-                self.heartbeat = Heartbeat(
+            heartbeat, created = self.heartbeat, False
+            if heartbeat is None:
+                heartbeat = self.heartbeat = Heartbeat(
                     lambda: self.store,
-                    WorkerInfo(self.instance_id, name, socket.gethostname(), os.getpid(),
-                               sorted(queues)),
+                    WorkerInfo(self.instance_id, name, socket.gethostname(), os.getpid(), ()),
                     interval=self.settings.heartbeat_interval,
                     dead_after=self.settings.worker_dead_after,
-                    workflows=lambda: list(self.workflows),
+                    workflows=lambda: list(self.workflows), queues=queues,
                     redispatch=self._redispatch_released)
-                self.heartbeat.start()
-            return self.heartbeat
+                created = True
+        if created:  # outside the lock: the first beat opens the store, which takes it
+            heartbeat.start()
+        return heartbeat
 
     def stop_heartbeat(self) -> None:
         """Stop beating (a clean shutdown)."""
@@ -318,9 +324,7 @@ class Orchestrator:
                 recover = False
             worker = self._embedded
         if recover:
-            # Opened first: start_heartbeat beats at once, reading the store under _lock.
-            self.store  # noqa: B018
-            self.start_heartbeat(f"embedded@{self.hostname}", sorted(worker.queues))
+            self.start_heartbeat(f"embedded@{self.hostname}", lambda: worker.queues)
             worker.recover()
         return worker
 
@@ -495,7 +499,8 @@ def _on_worker_ready(sender: Any = None, **_: Any) -> None:
         return
     task_consumer = getattr(sender, "task_consumer", None)
     queues = sorted(queue.name for queue in getattr(task_consumer, "queues", None) or ())
-    _default.start_heartbeat(str(getattr(sender, "hostname", _default.hostname)), queues)
+    _default.start_heartbeat(str(getattr(sender, "hostname", _default.hostname)),
+                             lambda: queues)
     if _default.settings.metrics_port:
         from orchestration import metrics
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from datetime import timedelta
 
 import structlog
@@ -34,9 +35,11 @@ class Heartbeat:
 
     def __init__(self, store: Callable[[], Store], worker: WorkerInfo, *, interval: float,
                  dead_after: float, workflows: Callable[[], Iterable[str]],
-                 redispatch: Callable[[Released], None]) -> None:
+                 redispatch: Callable[[Released], None],
+                 queues: Callable[[], Iterable[str]] | None = None) -> None:
         self._store = store
         self.worker = worker
+        self._queues = queues
         self.interval = interval
         self.dead_after = dead_after
         self._workflows = workflows
@@ -72,6 +75,8 @@ class Heartbeat:
         try:
             store = self._store()
             now = utcnow()
+            if self._queues is not None:  # a worker may start consuming more queues
+                self.worker = replace(self.worker, queues=sorted(self._queues()))
             store.workers.beat(self.worker, now)
             released = store.workers.release_dead(
                 now - timedelta(seconds=self.dead_after), self._workflows(), now)

@@ -280,3 +280,14 @@ def test_an_outage_while_reading_inputs_hands_the_step_back(orchestrator: Orches
     with pytest.raises(ResultsDatabaseUnavailable):
         run_step(bound, by_reference, store, delivery)  # type: ignore[arg-type]
     assert orchestrator.store.get_run(run_id).steps["a"].status is StepStatus.RUNNING
+
+
+def test_each_beat_records_the_queues_consumed_now(store: Store) -> None:
+    consumed = ["q.a"]
+    beat = Heartbeat(lambda: store, worker("growing"), interval=1, dead_after=4,
+                     workflows=lambda: [], redispatch=lambda run: None,
+                     queues=lambda: consumed)
+    beat.tick()
+    consumed.append("q.b")
+    beat.tick()
+    assert store.workers.live_queues(T0) == {"q.a", "q.b"}
