@@ -37,6 +37,7 @@ from orchestration.engine_tasks import (
 from orchestration.envelope import Envelope, is_envelope
 from orchestration.errors import (
     ConfigurationError,
+    HeldElsewhere,
     Reschedule,
     ResultsDatabaseUnavailable,
     WaitForInput,
@@ -178,6 +179,11 @@ class Orchestrator:
                     replacement = chain(replacement, _rest_of(orchestrator, workflow, rest,
                                                               run_id, finalize))
                 raise task.replace(replacement) from None
+            except HeldElsewhere as signal:
+                # The worker holding the step continues the run: this message stops here.
+                log.info("step held by a live worker under another message; delivery dropped",
+                         step=signal.step, task_id=task.request.id)
+                raise Ignore() from None
             except WaitForInput as signal:
                 # The stored message is this whole (fused) one: on resume, steps before
                 # the waiting one pass their recorded outputs on.
@@ -208,7 +214,8 @@ class Orchestrator:
                         inline_retry_limit=self.settings.inline_retry_limit,
                         services=self.resilience, max_crashes=self.settings.max_crashes,
                         redactor=self._redactor_of(task.name), holder=self.instance_id,
-                        db_hold=self.settings.db_outage_hold)
+                        db_hold=self.settings.db_outage_hold,
+                        dead_after=self.settings.worker_dead_after)
 
     def _redactor_of(self, task_name: str) -> Redactor:
         workflow = self.workflows.get(task_name.partition(".")[0])

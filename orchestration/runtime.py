@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
@@ -40,7 +40,12 @@ from orchestration.attempts import (
 from orchestration.children import ChildRun
 from orchestration.durability import cache_key
 from orchestration.envelope import INPUT_SOURCE, OUTPUT_SOURCE, Envelope
-from orchestration.errors import Reschedule, ResultsDatabaseUnavailable, StepSignal
+from orchestration.errors import (
+    HeldElsewhere,
+    Reschedule,
+    ResultsDatabaseUnavailable,
+    StepSignal,
+)
 from orchestration.policies import first_then_retry
 from orchestration.redaction import changed_by_redaction
 from orchestration.status import RunStatus, StepStatus
@@ -101,7 +106,9 @@ def run_step(step: BoundStep, message: Any, store: Store, delivery: Delivery,
     else:
         claim = store.claim_step(envelope.run_id, spec.name, worker=delivery.worker,
                                  task_id=delivery.task_id, first=not envelope.started,
-                                 holder=delivery.holder, released=released)
+                                 holder=delivery.holder, released=released,
+                                 alive_since=utcnow() - timedelta(seconds=delivery.dead_after)
+                                 if delivery.dead_after > 0 else None)
         envelope.started = True
         if claim.proceed:
             try:
@@ -115,6 +122,8 @@ def run_step(step: BoundStep, message: Any, store: Store, delivery: Delivery,
                     f"results database unreachable in step {spec.where}: "
                     f"{type(exc).__name__}: {exc}", step=spec.name,
                     released=claim.delivery) from exc
+        if claim.held_elsewhere:
+            raise HeldElsewhere(spec.name)
         apply_outcome(step, envelope, claim.status, claim.output, delivery, claim.error)
     if finalize:
         finalize_run(envelope, store)
