@@ -46,3 +46,20 @@ def test_a_worker_rides_out_minutes_of_backend_restart() -> None:
 
 def test_the_embedded_default_has_no_worker_overrides() -> None:
     assert worker_overrides(Settings()) == {}
+
+
+def test_the_first_task_of_a_chord_body_whose_header_arrived_as_a_dict() -> None:
+    """A chord after a group in a chain: Celery nests it as the first chord's body, with
+    its header a group *dict* (that shape once raised KeyError and stranded the run)."""
+    from celery import Celery, group
+    from celery import chord as make_chord
+
+    from orchestration.result_backend import _first_task
+
+    app = Celery("first-task", set_as_current=False)
+    a, b, f = (app.signature(name) for name in ("wf.a", "wf.b", "wf.f"))
+    body = make_chord(group(a, b), f)
+    body.kwargs["header"] = dict(group(a, b))  # as a worker receives it
+    assert isinstance(body.tasks, dict)
+    assert _first_task(body) == "wf.a"
+    assert _first_task(None) is None
