@@ -91,7 +91,10 @@ RECORD_STEP = (
             gate=func.coalesce(bindparam("b_gate"), steps.c.gate),
             tokens_in=steps.c.tokens_in + bindparam("b_tokens_in"),
             tokens_out=steps.c.tokens_out + bindparam("b_tokens_out"),
-            cache_hit=bindparam("b_cache_hit"))
+            cache_hit=bindparam("b_cache_hit"),
+            # Recorded: this delivery holds the step no more (the holder index stays the
+            # size of what is running now).
+            holder=None)
 )
 
 INSERT_ATTEMPTS = insert(attempts)

@@ -354,3 +354,18 @@ def test_after_an_outage_the_sweep_waits_for_live_workers_to_beat_again(store: S
     assert store.get_run(run_id).steps["a"].crashes == 0
     time.sleep(0.3)  # one window later a holder that did not beat again is dead
     assert [run.run_id for run in beat.tick()] == [run_id]
+
+
+def test_a_recorded_step_no_longer_names_a_holder(store: Store) -> None:
+    from orchestration.store.repository import StepOutcome
+
+    run_id = new_run(store)
+    store.claim_step(run_id, "a", worker="w", task_id="t1", holder="h1")
+    store.record_step(run_id, "a", StepOutcome(StepStatus.SUCCEEDED, output=1))
+    now = datetime.now(UTC) + timedelta(seconds=30)
+    assert store.workers.release_dead(now, ["wf"], now) == []
+    with store.reader.connect() as conn:
+        from sqlalchemy import text
+
+        assert conn.execute(text("SELECT holder FROM steps WHERE run_id = :r AND name = 'a'"),
+                            {"r": run_id}).scalar() is None
