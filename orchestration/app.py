@@ -11,7 +11,7 @@ import os
 import socket
 import threading
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -42,7 +42,7 @@ from orchestration.submit.durability import Reconciled, reconcile, redispatch, r
 from orchestration.submit.waits import approve
 from orchestration.worker import redis_transport, step_task
 from orchestration.worker import signals as worker_signals
-from orchestration.worker.celery_config import celery_config
+from orchestration.worker.celery_config import celery_config, worker_overrides
 from orchestration.worker.embedded import EmbeddedWorker
 from orchestration.worker.engine_tasks import (
     DISPATCH_RUNS_TASK,
@@ -169,7 +169,8 @@ class Orchestrator:
                         inline_retry_limit=self.settings.inline_retry_limit,
                         services=self.resilience, max_crashes=self.settings.max_crashes,
                         redactor=self._redactor_of(task.name), holder=self.instance_id,
-                        db_hold=self.settings.db_outage_hold)
+                        db_hold=self.settings.db_outage_hold,
+                        dead_after=self.settings.worker_dead_after)
 
     def _redactor_of(self, task_name: str) -> Redactor:
         workflow = self.workflows.get(task_name.partition(".")[0])
@@ -228,20 +229,25 @@ class Orchestrator:
 
     # -- worker liveness ---------------------------------------------------------------
 
-    def start_heartbeat(self, name: str, queues: list[str]) -> Heartbeat:
-        """Beat for this process's worker and sweep steps held by dead workers."""
+    def start_heartbeat(self, name: str, queues: Callable[[], Iterable[str]]) -> Heartbeat:
+        """Beat for this process's worker and sweep steps held by dead workers.
+
+        ``queues`` says which queues the worker consumes now (read at every beat).
+        """
         with self._lock:
-            if self.heartbeat is None:
-                self.heartbeat = Heartbeat(
+            heartbeat, created = self.heartbeat, False
+            if heartbeat is None:
+                heartbeat = self.heartbeat = Heartbeat(
                     lambda: self.store,
-                    WorkerInfo(self.instance_id, name, socket.gethostname(), os.getpid(),
-                               sorted(queues)),
+                    WorkerInfo(self.instance_id, name, socket.gethostname(), os.getpid(), ()),
                     interval=self.settings.heartbeat_interval,
                     dead_after=self.settings.worker_dead_after,
-                    workflows=lambda: list(self.workflows),
+                    workflows=lambda: list(self.workflows), queues=queues,
                     redispatch=self._redispatch_released)
-                self.heartbeat.start()
-            return self.heartbeat
+                created = True
+        if created:  # outside the lock: the first beat opens the store, which takes it
+            heartbeat.start()
+        return heartbeat
 
     def stop_heartbeat(self) -> None:
         """Stop beating (a clean shutdown)."""
@@ -278,9 +284,7 @@ class Orchestrator:
                 recover = False
             worker = self._embedded
         if recover:
-            # Opened first: start_heartbeat beats at once, reading the store under _lock.
-            self.store  # noqa: B018
-            self.start_heartbeat(f"embedded@{self.hostname}", sorted(worker.queues))
+            self.start_heartbeat(f"embedded@{self.hostname}", lambda: worker.queues)
             worker.recover()
         return worker
 
@@ -302,14 +306,22 @@ class Orchestrator:
         self.catalogue = load_catalogue(settings.models_file)
         self._resilience = None
         self._apply_settings()
-        # Drop this app's cached connection pools and backend so the new settings apply;
+        self._drop_connections()
+        self._store = None
+
+    def as_worker(self) -> None:
+        """Switch to a worker's settings (``celery worker`` only): patient reconnects."""
+        self.celery.conf.update(worker_overrides(self.settings))
+        self._drop_connections()
+
+    def _drop_connections(self) -> None:
+        # Drop this app's cached connection pools and backend so new settings apply;
         # closing them instead would close kombu pools other apps may share.
         self.celery._pool = None
         self.celery.amqp._producer_pool = None
         self.celery._local.__dict__.pop("backend", None)
         self.celery.__dict__.pop("backend", None)
         self.celery._backend_cache = None  # where a thread-safe backend is kept
-        self._store = None
 
     def shutdown(self) -> None:
         """Stop the in-process worker (if any) and close DB connections."""

@@ -166,6 +166,18 @@ class StepSignal(BaseException):
     """Base for control-flow signals inside the runtime; never a failure."""
 
 
+class HeldElsewhere(StepSignal):
+    """A live worker runs this step under another message: this delivery stops here.
+
+    The worker holding the step records it and passes its output on; a second delivery
+    (a re-dispatch racing the broker's re-delivery) is dropped instead of running it twice.
+    """
+
+    def __init__(self, step: str) -> None:
+        super().__init__(step)
+        self.step = step
+
+
 class WaitForInput(StepSignal):
     """A step parks its run until a person delivers input ``name``."""
 

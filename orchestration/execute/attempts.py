@@ -61,6 +61,7 @@ class Delivery:
     max_crashes: int = 3
     redactor: Redactor | None = None
     holder: str | None = None  # the worker process instance (see store/workers.py)
+    dead_after: float = 0.0  # a holder that beat within this many seconds is live (0: none)
     db_hold: float = 0.0  # seconds to keep retrying a record while the results DB is down
 
 

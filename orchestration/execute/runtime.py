@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
@@ -38,7 +38,12 @@ from orchestration.define.children import ChildRun
 from orchestration.define.fingerprint import cache_key
 from orchestration.define.policies import first_then_retry
 from orchestration.define.step import BoundStep
-from orchestration.errors import Reschedule, ResultsDatabaseUnavailable, StepSignal
+from orchestration.errors import (
+    HeldElsewhere,
+    Reschedule,
+    ResultsDatabaseUnavailable,
+    StepSignal,
+)
 from orchestration.execute.attempts import (
     Delivery,
     RescheduleWithOutcome,
@@ -95,7 +100,9 @@ def run_step(step: BoundStep, message: Any, store: Store, delivery: Delivery,
     else:
         claim = store.claim_step(envelope.run_id, spec.name, worker=delivery.worker,
                                  task_id=delivery.task_id, first=not envelope.started,
-                                 holder=delivery.holder, released=released)
+                                 holder=delivery.holder, released=released,
+                                 alive_since=utcnow() - timedelta(seconds=delivery.dead_after)
+                                 if delivery.dead_after > 0 else None)
         envelope.started = True
         if claim.proceed:
             try:
@@ -109,6 +116,8 @@ def run_step(step: BoundStep, message: Any, store: Store, delivery: Delivery,
                     f"results database unreachable in step {spec.where}: "
                     f"{type(exc).__name__}: {exc}", step=spec.name,
                     released=claim.delivery) from exc
+        if claim.held_elsewhere:
+            raise HeldElsewhere(spec.name)
         apply_outcome(step, envelope, claim.status, claim.output, delivery, claim.error)
     if finalize:
         finalize_run(envelope, store)

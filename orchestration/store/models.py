@@ -22,6 +22,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     false,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -60,7 +61,12 @@ class StepRow(Base):
     """One step of one run: its current state and (once done) its output."""
 
     __tablename__ = "steps"
-    __table_args__ = (UniqueConstraint("run_id", "name", name="uq_steps_run_name"),)
+    __table_args__ = (
+        UniqueConstraint("run_id", "name", name="uq_steps_run_name"),
+        # Only steps held now (a record clears the holder): the sweep's index stays small.
+        Index("ix_steps_holder", "holder", postgresql_where=text("holder IS NOT NULL"),
+              sqlite_where=text("holder IS NOT NULL")),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
@@ -78,7 +84,7 @@ class StepRow(Base):
     worker: Mapped[str | None] = mapped_column(String(200))
     # The worker process instance (a row of `workers`) whose delivery holds the step while
     # it is running: a holder that stops beating has died, and the sweep recovers the step.
-    holder: Mapped[str | None] = mapped_column(String(32), index=True)
+    holder: Mapped[str | None] = mapped_column(String(32))
     celery_task_id: Mapped[str | None] = mapped_column(String(64))
     cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
     tokens_in: Mapped[int] = mapped_column(Integer, default=0, server_default="0")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Engine, insert, select, update
@@ -34,6 +34,7 @@ from orchestration.store.waits import WAITING, Waits
 from orchestration.store.workers import Workers
 
 _CLAIMABLE = [status.value for status in CLAIMABLE_STEP_STATUSES]
+_NEVER = datetime.max.replace(tzinfo=UTC)  # no heartbeat is this recent: nobody is live
 _TERMINAL_RUN = [status.value for status in TERMINAL_RUN_STATUSES]
 
 
@@ -67,6 +68,7 @@ class Claim:
     error: str | None = None
     crashes: int = 0
     delivery: int = 0  # this delivery's number (the step's delivery count after the claim)
+    held_elsewhere: bool = False  # a live worker runs the step under another message
 
 
 @dataclass(frozen=True)
@@ -267,6 +269,7 @@ class Store(StoreReads):
     def claim_step(
         self, run_id: str, name: str, *, worker: str | None, task_id: str | None,
         first: bool = True, holder: str | None = None, released: int | None = None,
+        alive_since: datetime | None = None,
     ) -> Claim:
         """Mark a step running for this delivery, unless it already finished.
 
@@ -274,7 +277,9 @@ class Store(StoreReads):
         from ``pending`` to ``running``; later steps skip that write. ``holder`` is the
         worker process instance that runs it (its heartbeat tells whether it is alive);
         ``released`` is the delivery number this message handed back on purpose (the
-        results DB was down), which is therefore not counted as a crash.
+        results DB was down), which is therefore not counted as a crash. A step that a
+        worker which beat since ``alive_since`` holds under another message is not
+        claimed (``Claim.held_elsewhere``); without ``alive_since`` no holder counts as live.
         """
         now = utcnow()
         keys = {"b_run": run_id, "b_name": name}
@@ -282,6 +287,7 @@ class Store(StoreReads):
             claimed = conn.execute(sql.CLAIM_STEP, {
                 **keys, "b_worker": worker, "b_task": task_id, "b_now": now,
                 "b_holder": holder, "b_released": -1 if released is None else released,
+                "b_alive_since": alive_since or _NEVER,
             }).first()
             run_status = conn.execute(sql.START_RUN, {"b_run": run_id, "b_now": now}
                                       ).scalar() if first else None
@@ -306,7 +312,8 @@ class Store(StoreReads):
         if row is None or run_status is None or status is None:
             raise RunNotFound(f"run {run_id} has no step {name!r}")
         return Claim(False, status, int(row.attempts), row.output,
-                     RunStatus(run_status), error=row.error)
+                     RunStatus(run_status), error=row.error,
+                     held_elsewhere=status is StepStatus.RUNNING)
 
     def record_step(self, run_id: str, name: str, outcome: StepOutcome,
                     *, worker: str | None = None, claimed_at: datetime | None = None,

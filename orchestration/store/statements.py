@@ -17,10 +17,11 @@ from orchestration.core.status import (
     RunStatus,
     StepStatus,
 )
-from orchestration.store.models import AttemptRow, RunRow, StepRow
+from orchestration.store.models import AttemptRow, RunRow, StepRow, WorkerRow
 
 # Declarative models type __table__ as a FromClause; these are Tables.
 runs = cast(Table, RunRow.__table__)
+workers = cast(Table, WorkerRow.__table__)
 steps = cast(Table, StepRow.__table__)
 attempts = cast(Table, AttemptRow.__table__)
 
@@ -29,14 +30,24 @@ TERMINAL_RUN = sorted(status.value for status in TERMINAL_RUN_STATUSES)
 
 _this_step = (steps.c.run_id == bindparam("b_run"), steps.c.name == bindparam("b_name"))
 
+# Another message of a step that a live worker is running (a re-dispatch and the broker's
+# re-delivery of the same step, say): that delivery must not run it a second time.
+_HELD_BY_A_LIVE_WORKER = (
+    (steps.c.status == StepStatus.RUNNING.value)
+    & (steps.c.celery_task_id != bindparam("b_task"))
+    & select(workers.c.id).where(workers.c.id == steps.c.holder,
+                                 workers.c.beat_at >= bindparam("b_alive_since")).exists())
+
 # Claim: a step not yet terminal becomes running for this delivery, unless its run was
-# cancelled (a re-delivered step of a cancelled run never runs again). started_at keeps
-# the first delivery's time, so latency spans broker retries.
+# cancelled (a re-delivered step of a cancelled run never runs again) or a live worker
+# holds it under another message. started_at keeps the first delivery's time, so
+# latency spans broker retries.
 CLAIM_STEP = (
     update(steps)
     .where(*_this_step, steps.c.status.in_(CLAIMABLE),
            ~select(runs.c.id).where(runs.c.id == bindparam("b_run"),
-                                    runs.c.status == RunStatus.CANCELLED.value).exists())
+                                    runs.c.status == RunStatus.CANCELLED.value).exists(),
+           ~_HELD_BY_A_LIVE_WORKER)
     .values(status=StepStatus.RUNNING.value, worker=bindparam("b_worker"),
             holder=bindparam("b_holder"),
             celery_task_id=bindparam("b_task"), deliveries=steps.c.deliveries + 1,
@@ -80,7 +91,10 @@ RECORD_STEP = (
             gate=func.coalesce(bindparam("b_gate"), steps.c.gate),
             tokens_in=steps.c.tokens_in + bindparam("b_tokens_in"),
             tokens_out=steps.c.tokens_out + bindparam("b_tokens_out"),
-            cache_hit=bindparam("b_cache_hit"))
+            cache_hit=bindparam("b_cache_hit"),
+            # Recorded: this delivery holds the step no more (the holder index stays the
+            # size of what is running now).
+            holder=None)
 )
 
 INSERT_ATTEMPTS = insert(attempts)

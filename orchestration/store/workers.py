@@ -110,7 +110,9 @@ class Workers:
                  .where(StepRow.status == StepStatus.RUNNING.value,
                         StepRow.holder.is_not(None), ~live, of_workflow,
                         StepRow.started_at < alive_since)
-                 .values(holder=None, crashes=StepRow.crashes + 1)
+                 # The task id goes too: when the broker re-delivers the dead worker's
+                 # message, that is not a second crash (this sweep counted it).
+                 .values(holder=None, celery_task_id=None, crashes=StepRow.crashes + 1)
                  .returning(StepRow.run_id, StepRow.name))
         with self._engine.begin() as conn:
             steps = conn.execute(query).all()
@@ -138,7 +140,7 @@ class Workers:
                 return False
             conn.execute(update(StepRow).where(
                 StepRow.run_id == run_id, StepRow.status == StepStatus.RUNNING.value,
-            ).values(holder=None, crashes=StepRow.crashes + 1))
+            ).values(holder=None, celery_task_id=None, crashes=StepRow.crashes + 1))
         return True
 
     def _released(self, steps: Sequence[Any]) -> list[Released]:

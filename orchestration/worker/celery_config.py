@@ -12,9 +12,15 @@ from orchestration.core.settings import Settings
 #: Celery's Redis result backend without run data in task keys. A string: Celery imports it.
 STEP_REDIS_BACKEND = "orchestration.worker.result_backend:StepRedisBackend"
 
+#: Workers ride out a Redis restart of a few minutes (see ``worker_overrides``).
 BACKEND_RETRY_POLICY = {"max_retries": 60, "interval_start": 0, "interval_step": 1,
                         "interval_max": 5}
 BACKEND_STORE_RETRIES = 60
+#: A submitting client gives up within seconds: its caller gets the error (and nothing
+#: was created, see Workflow.submit) instead of a call that hangs for minutes.
+CLIENT_BACKEND_RETRY_POLICY = {"max_retries": 3, "interval_start": 0, "interval_step": 0.5,
+                               "interval_max": 1}
+CLIENT_BACKEND_STORE_RETRIES = 2
 
 
 def result_backend(settings: Settings) -> str:
@@ -23,6 +29,25 @@ def result_backend(settings: Settings) -> str:
     if url.startswith(("redis://", "rediss://")):
         return f"{STEP_REDIS_BACKEND}+{url}"
     return url
+
+
+def worker_overrides(settings: Settings) -> dict[str, Any]:
+    """What a ``celery worker`` process sets on top of :func:`celery_config`.
+
+    Reconnecting to the Redis result backend (chord counters, the result consumer) is
+    retried for ~5 min (0, 1, ... 5 s apart), not Celery's ~20 s after which a worker logs
+    "Retry limit exceeded ... must be restarted" and stays broken: a broker/backend
+    restart of a few minutes is ridden out. Storing a result retries connection errors
+    too (~4 min: exponential backoff capped at 10 s) instead of failing the step's
+    bookkeeping at the first one.
+    """
+    if settings.embedded:
+        return {}
+    return {
+        "result_backend_transport_options": {"visibility_timeout": settings.visibility_timeout,
+                                             "retry_policy": BACKEND_RETRY_POLICY},
+        "result_backend_max_retries": BACKEND_STORE_RETRIES,
+    }
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -62,16 +87,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_transport_options": {"visibility_timeout": settings.visibility_timeout},
         "result_backend_transport_options": {
             "visibility_timeout": settings.visibility_timeout,
-            # Reconnecting to the Redis result backend (chord counters, the result
-            # consumer) is retried for ~5 min (0, 1, ... 5 s apart), not Celery's ~20 s
-            # after which a worker logs "Retry limit exceeded ... must be restarted" and
-            # stays broken: a broker/backend restart of a few minutes is ridden out.
-            "retry_policy": BACKEND_RETRY_POLICY,
+            # A client (submit) gives up reconnecting within seconds; workers get the
+            # long policy below (worker_overrides).
+            "retry_policy": CLIENT_BACKEND_RETRY_POLICY,
         },
-        # Storing a result retries connection errors too (~4 min: exponential backoff
-        # capped at 10 s) instead of failing the step's bookkeeping at the first one.
         "result_backend_always_retry": True,
-        "result_backend_max_retries": BACKEND_STORE_RETRIES,
+        "result_backend_max_retries": CLIENT_BACKEND_STORE_RETRIES,
         # A pooled backend connection idle for 10 s is pinged before use, so the dead
         # sockets of a restarted server are replaced instead of failing a command.
         "redis_backend_health_check_interval": 10,

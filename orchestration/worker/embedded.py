@@ -1,10 +1,17 @@
-"""The embedded default: a Celery worker on the in-process broker, inside this process.
+"""The embedded default: Celery workers on the in-process broker, inside this process.
 
-With no ``ORCH_BROKER_URL``, ``submit`` starts this worker on first use (threads pool,
-``ORCH_EMBEDDED_CONCURRENCY`` threads) consuming every queue of the registered
-workflows; run state still goes to the results DB (SQLite under ``./var/``), so a run
-survives the process: when the next embedded process starts, it re-dispatches runs
-left unfinished by a process that died (completed steps are not re-run).
+With no ``ORCH_BROKER_URL``, ``submit`` starts this worker on first use. Like a
+deployment with one worker per queue, every queue gets its own consumer and its own
+threads pool (``ORCH_EMBEDDED_CONCURRENCY`` threads, or the queue's entry in
+``ORCH_EMBEDDED_QUEUE_CONCURRENCY``): hung steps on one queue never hold up another.
+A queue that appears later (a workflow defined after the start) gets a consumer of its
+own; the running ones are never restarted, because the in-process broker drops the
+messages a stopped consumer had taken. A consumer that dies is replaced, and a
+reconciler thread re-dispatches any run that still makes no progress.
+
+Run state still goes to the results DB (SQLite under ``./var/``), so a run survives the
+process: when the next embedded process starts, it re-dispatches runs left unfinished
+by a process that died (completed steps are not re-run).
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from typing import IO, Any
 
 import structlog
 from celery.worker import WorkController
+from celery.worker.consumer.tasks import Tasks
 
 from orchestration.core import metrics
 from orchestration.core.status import RunStatus
@@ -27,40 +35,150 @@ from orchestration.worker.host import WorkerHost
 
 log = structlog.get_logger("orchestration.worker.embedded")
 START_TIMEOUT = 30.0
+STOP_TIMEOUT = 30.0
+RESTART_DELAY = 1.0  # seconds before a consumer that died is replaced
+
+# Celery reads the queues a consumer takes from the app, which every queue's consumer
+# here shares: choosing the queue and creating the consumer must not interleave.
+_SELECT_LOCK = threading.Lock()
 
 
 class _Controller(WorkController):  # type: ignore[misc]
-    """A WorkController that reports when its consumer is ready."""
+    """A WorkController for one queue that reports when its consumer is ready."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, queue: str, *args: Any, **kwargs: Any) -> None:
+        self.queue = queue
         self.ready = threading.Event()
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, queues=[queue], **kwargs)
+        # Celery's task step consumes the queues selected on the app, which every
+        # queue's controller here shares: select this one's queue as it starts.
+        # (Replacing the step class instead would break the steps that require it.)
+        step = next(step for step in self.consumer.blueprint.order if isinstance(step, Tasks))
+        start = step.start
+
+        def start_on_own_queue(consumer: Any) -> None:
+            with _SELECT_LOCK:
+                consumer.app.amqp.queues.select([queue])
+                start(consumer)
+
+        step.start = start_on_own_queue
+
+    def setup_queues(self, include: Any, exclude: Any = None) -> None:
+        with _SELECT_LOCK:
+            super().setup_queues(include, exclude)
 
     def on_consumer_ready(self, consumer: Any) -> None:
         self.ready.set()
 
 
+class _QueueWorker:
+    """One queue's consumer and threads pool, in a thread; replaced if it dies."""
+
+    def __init__(self, app: Any, queue: str, concurrency: int, hostname: str) -> None:
+        self.queue, self.concurrency = queue, concurrency
+        self._options = {"app": app, "pool": "threads", "concurrency": concurrency,
+                         "hostname": hostname,
+                         "loglevel": logging.INFO, "without_heartbeat": True,
+                         "without_mingle": True, "without_gossip": True,
+                         "optimization": "fair"}
+        self.controller: _Controller | None = None
+        self._built = threading.Event()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True,
+                                        name=f"orchestration-embedded[{queue}]")
+
+    def start(self) -> None:
+        """Start consuming; raises ConfigurationError if not ready in time."""
+        self._thread.start()
+        self._built.wait(START_TIMEOUT)
+        controller = self.controller
+        for _ in range(int(START_TIMEOUT / 0.05)):  # unless its thread ended (a failed start)
+            if controller is None or controller.ready.wait(0.05) or not self._thread.is_alive():
+                break
+        if controller is None or not controller.ready.is_set():
+            self.stop()
+            raise ConfigurationError(f"the in-process worker for queue {self.queue!r} did not "
+                                     f"start within {START_TIMEOUT:g} s")
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                controller = self.controller = _Controller(self.queue, **self._options)
+            except Exception:
+                log.exception("could not start the in-process worker of a queue",
+                              queue=self.queue)
+                if not self._built.is_set():
+                    return  # the first start: start() reports it
+                controller = None
+            finally:
+                self._built.set()
+            if controller is not None:
+                if self._stopping.is_set():  # stop() came before it started
+                    return
+                controller.start()  # returns when stopped, or when its consumer died
+                if self._stopping.is_set():
+                    return
+                # The messages it had taken are lost with it (the reconciler re-dispatches
+                # their runs); without a consumer, every later run on the queue would wait.
+                log.error("the in-process worker of a queue stopped unexpectedly; "
+                          "replacing it", queue=self.queue, exitcode=controller.exitcode)
+            if self._stopping.wait(RESTART_DELAY):
+                return
+
+    def update_strategies(self) -> None:
+        """Make tasks registered since the start known to the consumer."""
+        controller = self.controller
+        consumer = controller.consumer if controller is not None else None
+        if consumer is not None:
+            consumer.update_strategies()
+
+    def knows(self, task_names: set[str]) -> bool:
+        """True when the consumer has a strategy for every one of these tasks."""
+        controller = self.controller
+        consumer = controller.consumer if controller is not None else None
+        return consumer is None or task_names <= consumer.strategies.keys()
+
+    def stop(self) -> None:
+        """Warm shutdown: running steps finish; waits up to STOP_TIMEOUT."""
+        self._stopping.set()
+        controller = self.controller
+        if controller is not None:
+            # Stopping a controller before its blueprint runs does nothing: let it start.
+            for _ in range(int(START_TIMEOUT / 0.05)):
+                if controller.ready.wait(0.05) or not self._thread.is_alive():
+                    break
+            controller.stop(in_sighandler=False, exitcode=0)
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(STOP_TIMEOUT)
+
+
 class EmbeddedWorker:
-    """A Celery worker running in a background thread of this process."""
+    """Celery workers running in background threads of this process, one per queue."""
 
     def __init__(self, orchestrator: WorkerHost) -> None:
         self._orchestrator = orchestrator
-        self._controller: _Controller | None = None
-        self._thread: threading.Thread | None = None
-        self._queues: set[str] = set()
+        self._workers: dict[str, _QueueWorker] = {}
+        self._queues: frozenset[str] = frozenset()
         self._lock = threading.RLock()
         self._owner_lock: IO[str] | None = None
+        self._stopping = threading.Event()
+        self._reconciler: threading.Thread | None = None
 
     @property
     def queues(self) -> frozenset[str]:
         """The queues consumed now."""
-        return frozenset(self._queues)
+        return self._queues
+
+    def concurrency(self, queue: str) -> int:
+        """Threads of a queue's pool: its own setting, else ORCH_EMBEDDED_CONCURRENCY."""
+        settings = self._orchestrator.settings
+        return settings.embedded_queue_concurrency.get(queue, settings.embedded_concurrency)
 
     def start(self, queues: set[str] | None = None) -> None:
         """Start consuming the given queues plus those of every registered workflow."""
         orchestrator = self._orchestrator
         wanted = set(queues or ()) | {orchestrator.settings.default_queue}
-        for workflow in orchestrator.workflows.values():
+        for workflow in list(orchestrator.workflows.values()):
             try:
                 wanted |= {bound.queue for bound in workflow.validate().steps.values()}
             except Exception:  # an invalid workflow fails on its own submit, not here
@@ -71,57 +189,68 @@ class EmbeddedWorker:
             # Celery's in-process task tracer resolves tasks through the current app.
             app.set_current()
             app.set_default()
-            controller = _Controller(
-                app=app, pool="threads", concurrency=orchestrator.settings.embedded_concurrency,
-                queues=sorted(wanted), hostname=f"embedded@{orchestrator.hostname}",
-                loglevel=logging.INFO, without_heartbeat=True, without_mingle=True,
-                without_gossip=True, optimization="fair",
-            )
-            thread = threading.Thread(target=controller.start, name="orchestration-embedded",
-                                      daemon=True)
-            thread.start()
-            if not controller.ready.wait(START_TIMEOUT):
-                raise ConfigurationError("the in-process worker did not start within "
-                                         f"{START_TIMEOUT:g} s")
-            self._controller, self._thread, self._queues = controller, thread, wanted
+            self._add_queues(wanted)
+            if self._reconciler is None:
+                self._reconciler = threading.Thread(target=self._reconcile_forever,
+                                                    daemon=True,
+                                                    name="orchestration-embedded-reconcile")
+                self._reconciler.start()
             if orchestrator.settings.metrics_port:
                 metrics.serve(orchestrator.settings.metrics_port)
 
-    def serve(self, queues: set[str], task_names: set[str] | None = None) -> None:
-        """Make sure these queues are consumed and these tasks known to the worker.
+    def _add_queues(self, queues: set[str]) -> None:
+        """Start a consumer for each queue not consumed yet (caller holds the lock)."""
+        app = self._orchestrator.celery
+        for queue in sorted(queues - self._workers.keys()):
+            worker = _QueueWorker(app, queue, self.concurrency(queue),
+                                  f"embedded@{self._orchestrator.hostname}")
+            # One at a time: each controller's start selects its queue on the shared app.
+            worker.start()
+            self._workers[queue] = worker
+            self._queues = frozenset(self._workers)
 
-        New tasks (a workflow defined after the worker started) are added to the running
-        consumer; a new queue restarts the worker.
+    def serve(self, queues: set[str], task_names: set[str] | None = None) -> None:
+        """Make sure these queues are consumed and these tasks known to the workers.
+
+        New tasks (a workflow defined after the start) are added to the running
+        consumers; a new queue gets a consumer of its own, and no running one stops.
         """
-        controller = self._controller
-        if queues <= self._queues and controller is not None:
-            consumer = controller.consumer
-            if consumer is not None and not (task_names or set()) <= consumer.strategies.keys():
-                with self._lock:
-                    consumer.update_strategies()
+        names = task_names or set()
+        workers = list(self._workers.values())
+        if queues <= self._queues and all(worker.knows(names) for worker in workers):
             return
         with self._lock:
-            if queues <= self._queues:
+            if self._stopping.is_set():
                 return
-            missing = queues | self._queues
-            self._stop_controller()
-            self.start(missing)
+            self._add_queues(queues)
+            for worker in self._workers.values():
+                if not worker.knows(names):
+                    worker.update_strategies()
 
     def stop(self) -> None:
-        """Stop the worker; messages not yet run stay in the in-process broker."""
+        """Stop every worker; messages not yet run stay in the in-process broker."""
         with self._lock:
-            self._stop_controller()
+            self._stopping.set()
+            stoppers = [threading.Thread(target=worker.stop, daemon=True)
+                        for worker in self._workers.values()]
+            for stopper in stoppers:  # warm shutdowns, side by side
+                stopper.start()
+            for stopper in stoppers:
+                stopper.join(STOP_TIMEOUT)
+            self._workers.clear()
+            self._queues = frozenset()
             if self._owner_lock is not None:
                 self._owner_lock.close()
                 self._owner_lock = None
 
-    def _stop_controller(self) -> None:
-        controller, thread = self._controller, self._thread
-        self._controller = self._thread = None
-        if controller is not None:
-            controller.stop(in_sighandler=False, exitcode=0)
-        if thread is not None:
-            thread.join(30)
+    def _reconcile_forever(self) -> None:
+        """Every ORCH_RECONCILE_INTERVAL, re-dispatch runs whose messages were lost."""
+        orchestrator = self._orchestrator
+        while not self._stopping.wait(orchestrator.settings.reconcile_interval):
+            try:
+                orchestrator.reconcile()
+            except Exception:
+                log.exception("the in-process reconciler failed; it tries again next interval")
 
     def recover(self) -> int:
         """Re-dispatch runs left unfinished by an embedded process that died.

@@ -17,6 +17,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from datetime import timedelta
 
 import structlog
@@ -35,9 +36,11 @@ class Heartbeat:
 
     def __init__(self, store: Callable[[], Store], worker: WorkerInfo, *, interval: float,
                  dead_after: float, workflows: Callable[[], Iterable[str]],
-                 redispatch: Callable[[Released], None]) -> None:
+                 redispatch: Callable[[Released], None],
+                 queues: Callable[[], Iterable[str]] | None = None) -> None:
         self._store = store
         self.worker = worker
+        self._queues = queues
         self.interval = interval
         self.dead_after = dead_after
         self._workflows = workflows
@@ -45,6 +48,7 @@ class Heartbeat:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._down_since: float | None = None
+        self._back_since: float | None = None  # when the DB answered again after an outage
         self._last_warning = 0.0
 
     def start(self) -> None:
@@ -73,13 +77,17 @@ class Heartbeat:
         try:
             store = self._store()
             now = utcnow()
+            if self._queues is not None:  # a worker may start consuming more queues
+                self.worker = replace(self.worker, queues=sorted(self._queues()))
             store.workers.beat(self.worker, now)
+            self._reachable()
+            if not self._may_sweep():
+                return []
             released = store.workers.release_dead(
                 now - timedelta(seconds=self.dead_after), self._workflows(), now)
         except Exception as exc:
             self._unreachable(exc)
             return []
-        self._reachable()
         for run in released:
             log.warning("re-dispatching a run whose worker died while holding its steps",
                         run_id=run.run_id, workflow=run.workflow, steps=run.steps)
@@ -88,6 +96,12 @@ class Heartbeat:
             except Exception:  # the idle reconciler still covers this run
                 log.exception("could not re-dispatch a released run", run_id=run.run_id)
         return released
+
+    def _may_sweep(self) -> bool:
+        # Right after an outage every worker's beat is stale, the live ones too: wait one
+        # dead-after window, in which each live worker beats again, before judging any.
+        back = self._back_since
+        return back is None or time.monotonic() - back >= self.dead_after
 
     def _unreachable(self, exc: Exception) -> None:
         now = time.monotonic()
@@ -109,3 +123,4 @@ class Heartbeat:
                         down_s=round(time.monotonic() - self._down_since, 1))
             self._down_since = None
             self._last_warning = 0.0
+            self._back_since = time.monotonic()

@@ -25,8 +25,11 @@ from typing import Any
 
 from celery import states
 from celery.backends.redis import RedisBackend
+from celery.canvas import maybe_signature
 
 from orchestration.worker.publishing import StepTask, result_summary
+
+_NESTING_LIMIT = 64  # canvases nest far less; a bound, not a guess at the shape
 
 
 def stored_result(result: Any, state: str) -> Any:
@@ -84,7 +87,17 @@ class StepRedisBackend(RedisBackend):  # type: ignore[misc]  # Celery is untyped
 
 
 def _first_task(signature: Any) -> Any:
-    """The name of the task a chord body starts with (the first of a chain)."""
-    while signature is not None and getattr(signature, "tasks", None):
-        signature = signature.tasks[0]
+    """The name of the first task of a chord body (of a chain, a group or a nested chord).
+
+    A body built in another process arrives as dicts: a group's or chain's ``tasks`` may
+    then be a single signature (a dict) rather than a sequence of them.
+    """
+    for _ in range(_NESTING_LIMIT):
+        if signature is None:
+            return None
+        signature = maybe_signature(signature)
+        tasks = getattr(signature, "tasks", None)
+        if not tasks:
+            break
+        signature = tasks if isinstance(tasks, dict) else next(iter(tasks), None)
     return signature.get("task") if isinstance(signature, dict) else None

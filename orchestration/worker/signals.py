@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 import structlog
@@ -44,8 +44,11 @@ class WorkerProcess(Protocol):
     def reset_store(self, *, forked: bool = False) -> None:
         """Drop pooled DB connections."""
 
-    def start_heartbeat(self, name: str, queues: list[str]) -> Any:
+    def start_heartbeat(self, name: str, queues: Callable[[], Iterable[str]]) -> Any:
         """Beat for this worker; sweep dead workers' steps."""
+
+    def as_worker(self) -> None:
+        """Switch to a worker's settings (patient reconnects)."""
 
     def stop_heartbeat(self) -> None:
         """Stop beating."""
@@ -87,12 +90,14 @@ def _built() -> WorkerProcess:
 
 def _on_celeryd_init(**_: Any) -> None:
     # Sent only by the `celery worker` command, never by the in-process worker.
-    if _built().settings.embedded:
+    orchestrator = _built()
+    if orchestrator.settings.embedded:
         raise SystemExit(
             "orchestration: no ORCH_BROKER_URL is set, so the broker is the in-process one and a "
             "separate worker would never receive work. Set ORCH_BROKER_URL=redis://... for "
             "workers, or run workflows in one process (the embedded default)."
         )
+    orchestrator.as_worker()
 
 
 def _on_worker_init(sender: Any = None, **_: Any) -> None:
@@ -130,14 +135,17 @@ def _on_worker_ready(sender: Any = None, **_: Any) -> None:
     task_consumer = getattr(sender, "task_consumer", None)
     queues = sorted(queue.name for queue in getattr(task_consumer, "queues", None) or ())
     orchestrator.start_heartbeat(str(getattr(sender, "hostname", orchestrator.hostname)),
-                                 queues)
+                                 lambda: queues)
     if orchestrator.settings.metrics_port:
         metrics.serve(orchestrator.settings.metrics_port)
 
 
 def _on_worker_shutdown(sender: Any = None, **_: Any) -> None:
+    # Only the `celery worker` of the default app: an embedded process's per-queue
+    # consumers stop (and a dead one is replaced) while it lives; its shutdown() stops it.
     orchestrator = _current()
-    if orchestrator is not None:
+    if (orchestrator is not None and getattr(sender, "app", None) is orchestrator.celery
+            and not orchestrator.settings.embedded):
         orchestrator.stop_heartbeat()
 
 

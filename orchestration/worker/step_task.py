@@ -17,7 +17,12 @@ from celery.exceptions import Ignore, Reject
 from orchestration.core.envelope import Envelope, is_envelope
 from orchestration.define.step import BoundStep, StepSpec
 from orchestration.define.workflow import Workflow
-from orchestration.errors import Reschedule, ResultsDatabaseUnavailable, WaitForInput
+from orchestration.errors import (
+    HeldElsewhere,
+    Reschedule,
+    ResultsDatabaseUnavailable,
+    WaitForInput,
+)
 from orchestration.execute.maps import map_canvas, run_chunk
 from orchestration.execute.runtime import StartChild, StartMap, run_step
 from orchestration.store.engine import is_unavailable
@@ -72,6 +77,11 @@ def execute_step(task: Any, message: Any, run_id: str | None = None,
     except (StartMap, StartChild) as signal:
         raise task.replace(_replacement(task, signal, names, current, run_id,
                                         finalize)) from None
+    except HeldElsewhere as signal:
+        # The worker holding the step continues the run: this message stops here.
+        log.info("step held by a live worker under another message; delivery dropped",
+                 step=signal.step, task_id=task.request.id)
+        raise Ignore() from None
     except WaitForInput as signal:
         # The stored message is this whole (fused) one: on resume, steps before
         # the waiting one pass their recorded outputs on.

@@ -2,11 +2,14 @@
 
 - ``counters``: DB ``ORCH_CHAOS_REDIS_URL`` (default ``redis://127.0.0.1:6379/12``) of
   the shared Redis server (the integration suite leases 15, 11, 10, 9, 8), leased by
-  one chaos test at a time and flushed at its start and end. Scenario 1 uses it
-  as broker and backend too; scenario 2 keeps only its instrumentation there (its broker
-  is a ``redis-server`` of its own, killed mid-test).
+  one chaos test at a time and flushed at its start and end. Most scenarios use it
+  as broker and backend too; the broker-loss ones keep only their instrumentation there
+  (their broker is a ``redis-server`` of their own, killed mid-test).
 - ``results_db``: a PostgreSQL database created for the test on the server of
-  ``ORCH_TEST_POSTGRES_URL`` and dropped afterwards.
+  ``ORCH_TEST_POSTGRES_URL`` and dropped afterwards (the results-DB outage scenario
+  uses a PostgreSQL cluster of its own instead: ``postgres.py``).
+
+What each scenario must show is in ``verdict.py``.
 
 A missing service skips the test, or fails it loudly when ``CI`` is set. Nothing here
 touches ``ORCH_*`` in this process: every engine process gets its environment explicitly.

@@ -9,7 +9,7 @@ cluster is stopped ``-m immediate`` (every connection dropped, like a crash) and
 again after ``OUTAGE_S``:
 
 - short (5 s): within any retry window;
-- long (75 s): longer than the engine's in-process DB retry window.
+- long (65 s): longer than the engine's in-process DB retry window.
 
 No worker died and no step crashed, so what must hold: every run succeeds with no
 reconciler pass (the workers keep what they could not record and finish it when the DB
@@ -26,8 +26,7 @@ import pytest
 import redis
 from sqlalchemy import Engine, create_engine, text
 
-from tests.chaos.harness import chaos_env, free_port, log, replace_dead, run_cli, submit
-from tests.chaos.postgres import PostgresCluster
+from tests.chaos.harness import chaos_env, log, replace_dead, run_cli, submit
 from tests.chaos.verdict import (
     Outage,
     Scenario,
@@ -39,6 +38,7 @@ from tests.chaos.verdict import (
 )
 from tests.chaos.workflows import DB_QUEUE, queues
 from tests.integration.workers import Workers
+from tests.support.own_postgres import OwnPostgres, own_postgres
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(480)]
 
@@ -49,20 +49,13 @@ RECOVER_DEADLINE_S = 150  # from the DB's restart: every run terminal by then
 
 
 @pytest.fixture
-def cluster(worker_pool: Workers) -> Iterator[PostgresCluster]:
+def cluster(worker_pool: Workers) -> Iterator[OwnPostgres]:
     """A PostgreSQL cluster of this test, started; destroyed at the end."""
-    try:
-        # In the system temp dir: the postgres user cannot enter the (private) log dir.
-        own = PostgresCluster(free_port())
-        own.init()
-    except FileNotFoundError as exc:
-        pytest.skip(str(exc))
-    try:
-        own.start()
-        yield own
-    finally:
-        (worker_pool.log_dir / "postgres.log").write_text(own.log_tail(200_000))
-        own.destroy()
+    with own_postgres() as own:
+        try:
+            yield own
+        finally:
+            (worker_pool.log_dir / "postgres.log").write_text(own.log_tail(5000))
 
 
 def _steps_done(engine: Engine) -> int:
@@ -85,9 +78,9 @@ def _loud_workers(pool: Workers, since: float) -> list[str]:
     return loud
 
 
-@pytest.mark.parametrize("outage_s", [5, 75], ids=["short-5s", "long-75s"])
+@pytest.mark.parametrize("outage_s", [5, 65], ids=["short-5s", "long-65s"])
 def test_runs_survive_a_results_db_outage(
-        outage_s: int, counters: redis.Redis, cluster: PostgresCluster,
+        outage_s: int, counters: redis.Redis, cluster: OwnPostgres,
         worker_pool: Workers) -> None:
     kwargs = counters.connection_pool.connection_kwargs
     redis_url = f"redis://{kwargs['host']}:{kwargs['port']}/{kwargs['db']}"
@@ -116,7 +109,7 @@ def test_runs_survive_a_results_db_outage(
         done_before, steps_before = terminal_count(engine), _steps_done(engine)
         engine.dispose()
         stopped_at = time.time()
-        cluster.stop("immediate")
+        cluster.stop()
         log(f"PostgreSQL stopped at {done_before}/{RUNS} terminal, {steps_before} steps done")
         deaths: list[str] = []
         outage_ends = time.monotonic() + outage_s

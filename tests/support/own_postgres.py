@@ -70,11 +70,15 @@ class OwnPostgres:
                   "--no-sync")
 
     def start(self) -> None:
-        """Start the server and wait until it accepts connections."""
+        """Start the server and wait until it accepts connections.
+
+        ``fsync=off`` survives what tests do (the server killed, the OS up); never
+        ``synchronous_commit=off``, which loses commits the engine was told of.
+        """
         self._run(_bin("pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-w",
                   "-t", str(int(START_TIMEOUT_S)), "-o",
                   f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 "
-                  "-c fsync=off -c max_connections=200", "start")
+                  "-c fsync=off -c max_connections=300", "start")
 
     def stop(self) -> None:
         """Stop the server at once (``-m immediate``: connections drop as in a crash)."""

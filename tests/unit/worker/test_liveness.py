@@ -279,3 +279,92 @@ def test_an_outage_while_reading_inputs_hands_the_step_back(orchestrator: Orches
     with pytest.raises(ResultsDatabaseUnavailable):
         run_step(bound, by_reference, store, delivery)  # type: ignore[arg-type]
     assert orchestrator.store.get_run(run_id).steps["a"].status is StepStatus.RUNNING
+
+
+def test_each_beat_records_the_queues_consumed_now(store: Store) -> None:
+    consumed = ["q.a"]
+    beat = Heartbeat(lambda: store, worker("growing"), interval=1, dead_after=4,
+                     workflows=lambda: [], redispatch=lambda run: None,
+                     queues=lambda: consumed)
+    beat.tick()
+    consumed.append("q.b")
+    beat.tick()
+    assert store.workers.live_queues(T0) == {"q.a", "q.b"}
+
+
+# -- one step, two messages: a re-dispatch racing the broker's re-delivery ----------------
+
+
+def test_a_step_a_live_worker_holds_is_not_claimed_by_another_message(store: Store) -> None:
+    run_id = new_run(store)
+    now = datetime.now(UTC)
+    store.workers.beat(worker("live"), now)
+    store.claim_step(run_id, "a", worker="w", task_id="t-redispatch", holder="live")
+    window = now - timedelta(seconds=20)
+    other = store.claim_step(run_id, "a", worker="w", task_id="t-original", holder="x",
+                             alive_since=window)
+    assert (other.proceed, other.held_elsewhere, other.status) == (
+        False, True, StepStatus.RUNNING)
+    # The same message again (a pool process died under it) is still claimed: a crash.
+    same = store.claim_step(run_id, "a", worker="w", task_id="t-redispatch", holder="live",
+                            alive_since=window)
+    assert (same.proceed, same.crashes) == (True, 1)
+    # Once the holder stopped beating, another message may take the step over.
+    later = store.claim_step(run_id, "a", worker="w", task_id="t-original", holder="x",
+                             alive_since=now + timedelta(seconds=1))
+    assert later.proceed and not later.held_elsewhere
+
+
+def test_the_dead_workers_own_message_is_no_second_crash_after_the_sweep(store: Store) -> None:
+    run_id = new_run(store)
+    store.claim_step(run_id, "a", worker="w", task_id="t1", holder="dead")
+    now = datetime.now(UTC) + timedelta(seconds=30)
+    assert store.workers.release_dead(now - timedelta(seconds=10), ["wf"], now)
+    redelivered = store.claim_step(run_id, "a", worker="w", task_id="t1", holder="new")
+    assert (redelivered.proceed, redelivered.crashes) == (True, 1)
+
+
+def test_run_step_stops_a_delivery_of_a_step_held_elsewhere(orchestrator: Orchestrator) -> None:
+    from orchestration.errors import HeldElsewhere
+
+    bound, run_id, message = _hold_run(orchestrator)
+    store = orchestrator.store
+    store.workers.beat(worker("live"), datetime.now(UTC))
+    store.claim_step(run_id, "a", worker="w", task_id="t-first", holder="live")
+    delivery = Delivery(worker="w", task_id="t-second", inline_limit=1000,
+                        inline_retry_limit=1, holder="other", dead_after=20)
+    with pytest.raises(HeldElsewhere):
+        run_step(bound, message, store, delivery)
+    assert store.get_run(run_id).steps["a"].attempts == 0
+
+
+def test_after_an_outage_the_sweep_waits_for_live_workers_to_beat_again(store: Store) -> None:
+    import time
+
+    run_id = new_run(store)
+    store.claim_step(run_id, "a", worker="w", task_id="t1", holder="stale-but-alive")
+    state: dict[str, Any] = {"store": _DownStore()}
+    beat = Heartbeat(lambda: state["store"], worker("me"), interval=0.1, dead_after=0.2,
+                     workflows=lambda: ["wf"], redispatch=lambda run: None)
+    time.sleep(0.3)  # the claim is older than the window: its holder looks dead
+    beat.tick()  # the DB is down
+    state["store"] = store
+    assert beat.tick() == []  # back, but every beat is stale: nobody is judged yet
+    assert store.get_run(run_id).steps["a"].crashes == 0
+    time.sleep(0.3)  # one window later a holder that did not beat again is dead
+    assert [run.run_id for run in beat.tick()] == [run_id]
+
+
+def test_a_recorded_step_no_longer_names_a_holder(store: Store) -> None:
+    from orchestration.store.repository import StepOutcome
+
+    run_id = new_run(store)
+    store.claim_step(run_id, "a", worker="w", task_id="t1", holder="h1")
+    store.record_step(run_id, "a", StepOutcome(StepStatus.SUCCEEDED, output=1))
+    now = datetime.now(UTC) + timedelta(seconds=30)
+    assert store.workers.release_dead(now, ["wf"], now) == []
+    with store.reader.connect() as conn:
+        from sqlalchemy import text
+
+        assert conn.execute(text("SELECT holder FROM steps WHERE run_id = :r AND name = 'a'"),
+                            {"r": run_id}).scalar() is None

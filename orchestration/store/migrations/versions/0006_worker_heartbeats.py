@@ -36,12 +36,15 @@ def upgrade() -> None:
     op.create_index("ix_workers_beat_at", "workers", ["beat_at"])
     with op.batch_alter_table("steps") as batch:
         batch.add_column(sa.Column("holder", sa.String(32), nullable=True))
-        batch.create_index("ix_steps_holder", ["holder"])
+    # Partial: a record clears the holder, so only steps running now are in it.
+    op.create_index("ix_steps_holder", "steps", ["holder"],
+                    postgresql_where=sa.text("holder IS NOT NULL"),
+                    sqlite_where=sa.text("holder IS NOT NULL"))
 
 
 def downgrade() -> None:
+    op.drop_index("ix_steps_holder", table_name="steps")
     with op.batch_alter_table("steps") as batch:
-        batch.drop_index("ix_steps_holder")
         batch.drop_column("holder")
     op.drop_index("ix_workers_beat_at", table_name="workers")
     op.drop_table("workers")
