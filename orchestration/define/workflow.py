@@ -7,7 +7,7 @@ import math
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, overload
+from typing import Any, Protocol, overload
 
 import structlog
 
@@ -15,12 +15,14 @@ from orchestration.core.envelope import check_json, dumps
 from orchestration.core.names import identifier, queue_name, workflow_name
 from orchestration.core.redaction import Redactor
 from orchestration.core.results import RunHandle, RunResult
+from orchestration.core.settings import Settings
 from orchestration.define.fingerprint import code_hash, stable
 from orchestration.define.graph import Decomposition, decompose, find_cycle
-from orchestration.define.host import Host, default_host
+from orchestration.define.host import default_host
 from orchestration.define.policies import check_plain_function
 from orchestration.define.step import CTX_PARAM, BoundStep, Step, StepSpec, build_spec
 from orchestration.errors import InvalidInput, WorkflowDefinitionError
+from orchestration.store.repository import Store
 
 RESERVED_INPUTS = frozenset({"idempotency_key", CTX_PARAM})
 log = structlog.get_logger("orchestration.define.workflow")
@@ -35,6 +37,54 @@ class CompiledWorkflow:
     inputs: frozenset[str]
     required_inputs: frozenset[str]
     decomposition: Decomposition
+
+
+class Host(Protocol):
+    """What workflows and the engine's floors need from a deployment."""
+
+    settings: Settings
+    workflows: dict[str, Workflow]
+
+    @property
+    def store(self) -> Store:
+        """The results store."""
+
+    @property
+    def celery(self) -> Any:
+        """The Celery application steps are registered on."""
+
+    def register(self, workflow: Workflow) -> None:
+        """Make a workflow known to this deployment."""
+
+    def register_step(self, workflow: Workflow, spec: StepSpec) -> None:
+        """Register a declared step as a Celery task."""
+
+    def before_dispatch(self, compiled: CompiledWorkflow) -> None:
+        """Get ready to send a run of this workflow (the embedded worker serves it)."""
+
+    def defer_dispatch(self, workflow: Workflow, run_ids: list[str]) -> None:
+        """Have workers send the canvases of written runs."""
+
+    def submit(self, workflow: Workflow, inputs: dict[str, Any], *,
+               idempotency_key: str | None = None) -> RunHandle:
+        """Validate, write and enqueue one run."""
+
+    def submit_many(self, workflow: Workflow, batch: Iterable[Mapping[str, Any]], *,
+                    defer: bool = False) -> list[RunHandle]:
+        """Validate, write and enqueue many runs."""
+
+    def dispatch(self, workflow: Workflow, run_id: str, inputs: dict[str, Any], *,
+                 stored: Any = None) -> None:
+        """Enqueue a written run's canvas."""
+
+    def canvas(self, workflow: Workflow, run_id: str, inputs: dict[str, Any], *,
+               stored: Any = None) -> Any:
+        """The Celery canvas of one run (not sent)."""
+
+    def create_child(self, workflow: Workflow, parent_run: str, parent_step: str,
+                     inputs: dict[str, Any]) -> str:
+        """Write a child run of ``parent_run``; its id."""
+
 
 
 class Workflow:

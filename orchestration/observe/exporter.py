@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from orchestration.core.metrics import QUEUE_DEPTH
-from orchestration.define.host import Host
+from orchestration.define.workflow import Host
 from orchestration.errors import ConfigurationError
 from orchestration.observe.queries import known_queues, queue_depths
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import func, select
 
 from orchestration.core.stats import StepStats, step_stats
-from orchestration.define.host import Host
+from orchestration.define.workflow import Host
 from orchestration.store.models import AttemptRow, RunRow
 
 if TYPE_CHECKING:

@@ -25,7 +25,7 @@ import structlog
 from orchestration.core.clock import utcnow
 from orchestration.core.redaction import changed_by_redaction, redacted_paths
 from orchestration.core.status import RunStatus, StepStatus
-from orchestration.define.host import Host
+from orchestration.define.workflow import Host
 from orchestration.errors import InvalidInput, NotResumable
 from orchestration.observe.queries import queue_depths
 from orchestration.store.recovery import RERUN_STEPS, RESUMABLE

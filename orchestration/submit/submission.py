@@ -18,8 +18,7 @@ from orchestration.core.names import MAX_NAME
 from orchestration.core.redaction import changed_by_redaction
 from orchestration.core.results import RunHandle
 from orchestration.define.children import child_idempotency_key
-from orchestration.define.host import Host
-from orchestration.define.workflow import CompiledWorkflow, Workflow
+from orchestration.define.workflow import CompiledWorkflow, Host, Workflow
 from orchestration.errors import InvalidInput, SubmitFailed
 from orchestration.store.discard import discard_unstarted
 from orchestration.store.repository import PlannedStep

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from orchestration.core.clock import utcnow
-from orchestration.define.host import Host
+from orchestration.define.workflow import Host
 from orchestration.store.waits import DELIVERED, EXPIRED
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
-from orchestration.define.host import Host
+from orchestration.define.workflow import Host
 
 if TYPE_CHECKING:
     from orchestration.define.step import BoundStep
