@@ -66,11 +66,16 @@ class Delivery:
 
 
 class ReturnedSignal(StepSignal):
-    """A step function returned a control object (e.g. a child run) instead of a value."""
+    """A step function returned a control object (e.g. a child run) instead of a value.
+
+    ``outcome`` (set by :func:`run_attempts`) holds the attempts made and what they
+    cost, still ``running``: they are recorded before the step waits on the child.
+    """
 
     def __init__(self, value: Any) -> None:
         super().__init__(value)
         self.value = value
+        self.outcome: StepOutcome | None = None
 
 
 class RescheduleWithOutcome(Reschedule):
@@ -150,6 +155,9 @@ class _Attempts:
             finally:
                 structlog.contextvars.reset_contextvars(**tokens)
             if call.signal_types and isinstance(value, call.signal_types):
+                # The function ran and answered: an attempt, and what it spent, counts.
+                self.records.append(_record(self.number, "succeeded", started, ctx, None,
+                                            None, call.map_index))
                 raise ReturnedSignal(value)
             _check_json(spec.where, value)
             if spec.gate is not None:
@@ -191,6 +199,11 @@ def run_attempts(call: StepCall) -> StepOutcome:
     records = attempts.records
     try:
         output = first_then_retry(attempts.once, retrying, _retryable)
+    except ReturnedSignal as signal:
+        cost, model = _spend(attempts.contexts)
+        signal.outcome = StepOutcome(StepStatus.RUNNING, attempts=records, cost_usd=cost,
+                                     model=model)
+        raise
     except Reschedule as signal:
         cost, model = _spend(attempts.contexts)
         raise RescheduleWithOutcome(signal.delay, StepOutcome(

@@ -149,17 +149,7 @@ def _run(step: BoundStep, envelope: Envelope, store: Store, delivery: Delivery, 
             return StepOutcome(StepStatus.SUCCEEDED, output=output, cache_hit=True)
     if spec.map is not None:
         return _start_map(step, envelope, store, spec.map, kwargs[spec.map], finalize)
-    try:
-        outcome = run_attempts(StepCall(step, kwargs, envelope.run_id, store, delivery,
-                                        previous_attempts=claim.attempts,
-                                        spent_before=claim.cost_usd, signal_types=(ChildRun,),
-                                        initial_params=params))
-    except RescheduleWithOutcome as signal:
-        store.record_step(envelope.run_id, spec.name, redacted(signal.outcome, delivery),
-                          worker=delivery.worker)
-        raise Reschedule(signal.delay, signal.params) from None
-    except ReturnedSignal as signal:
-        raise StartChild(envelope, signal.value, finalize) from None
+    outcome = _call(step, envelope, store, delivery, claim, kwargs, finalize, params)
     if spec.cache and outcome.status is StepStatus.SUCCEEDED:
         # The cache is stored like any output: redacted (a hit returns the redacted copy).
         stored = delivery.redactor(outcome.output) if delivery.redactor else outcome.output
@@ -193,6 +183,27 @@ def _stored_differs(step: BoundStep, envelope: Envelope, store: Store, param: st
     else:
         stored = store.load_inputs(envelope.run_id).get(name)
     return bool(changed_by_redaction({name: value}, {name: stored}))
+
+
+def _call(step: BoundStep, envelope: Envelope, store: Store, delivery: Delivery, claim: Claim,
+          kwargs: dict[str, Any], finalize: bool,
+          params: dict[str, Any] | None) -> StepOutcome:
+    """The step's attempts; what they did is recorded first if the step goes on later."""
+    name = step.spec.name
+    try:
+        return run_attempts(StepCall(step, kwargs, envelope.run_id, store, delivery,
+                                     previous_attempts=claim.attempts,
+                                     spent_before=claim.cost_usd, signal_types=(ChildRun,),
+                                     initial_params=params))
+    except RescheduleWithOutcome as signal:
+        store.record_step(envelope.run_id, name, redacted(signal.outcome, delivery),
+                          worker=delivery.worker)
+        raise Reschedule(signal.delay, signal.params) from None
+    except ReturnedSignal as signal:
+        if signal.outcome is not None:  # the attempt that started the child, and its cost
+            store.record_step(envelope.run_id, name, redacted(signal.outcome, delivery),
+                              worker=delivery.worker)
+        raise StartChild(envelope, signal.value, finalize) from None
 
 
 def max_crashes(delivery: Delivery) -> int:
