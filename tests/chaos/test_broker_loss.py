@@ -79,9 +79,9 @@ def _messages_in(server: RedisServer, queues: tuple[str, ...] = QUEUES) -> dict[
         client.close()
 
 
-def test_runs_survive_redis_restarted_empty(
-        counters: redis.Redis, results_db: tuple[str, Engine], worker_pool: Workers) -> None:
-    database_url, engine = results_db
+def _own_broker(counters: redis.Redis, database_url: str,
+                worker_pool: Workers) -> tuple[RedisServer, dict[str, str]]:
+    """A started redis-server of the test's own as broker and backend; the workers' env."""
     server = RedisServer(free_port(), Path(tempfile.mkdtemp(prefix="orch-chaos-redis-",
                                                             dir=worker_pool.log_dir)))
     server.start()
@@ -90,6 +90,13 @@ def test_runs_survive_redis_restarted_empty(
     env = chaos_env(ORCH_BROKER_URL=server.url, ORCH_RESULT_BACKEND=server.url,
                     ORCH_CHAOS_COUNTER_URL=counter_url, ORCH_DATABASE_URL=database_url)
     worker_pool.env = env
+    return server, env
+
+
+def test_runs_survive_redis_restarted_empty(
+        counters: redis.Redis, results_db: tuple[str, Engine], worker_pool: Workers) -> None:
+    database_url, engine = results_db
+    server, env = _own_broker(counters, database_url, worker_pool)
     try:
         run_cli(env, "db", "upgrade")
         install_audit(engine)
@@ -171,14 +178,7 @@ def test_threads_worker_survives_redis_down(
     (kombu#582/#970: "AttributeError ... 'hostname'"; "Retry limit exceeded ... must be
     restarted"); the lost runs are re-dispatched by the reconciler once Redis is back."""
     database_url, engine = results_db
-    server = RedisServer(free_port(), Path(tempfile.mkdtemp(prefix="orch-chaos-redis-",
-                                                            dir=worker_pool.log_dir)))
-    server.start()
-    kwargs = counters.connection_pool.connection_kwargs
-    counter_url = f"redis://{kwargs['host']}:{kwargs['port']}/{kwargs['db']}"
-    env = chaos_env(ORCH_BROKER_URL=server.url, ORCH_RESULT_BACKEND=server.url,
-                    ORCH_CHAOS_COUNTER_URL=counter_url, ORCH_DATABASE_URL=database_url)
-    worker_pool.env = env
+    server, env = _own_broker(counters, database_url, worker_pool)
     try:
         run_cli(env, "db", "upgrade")
         install_audit(engine)
