@@ -149,6 +149,10 @@ class AttemptRow(Base):
     gate: Mapped[str | None] = mapped_column(Text)
     breaker: Mapped[str | None] = mapped_column(String(400))
     map_index: Mapped[int | None] = mapped_column(Integer)
+    # Which kind of error failed the attempt (timeout, model_unavailable, ...) and the
+    # step's on_error policy that acted on it, e.g. "model_unavailable: route_to_fallback".
+    error_kind: Mapped[str | None] = mapped_column(String(32))
+    policy: Mapped[str | None] = mapped_column(String(200))
     calls: Mapped[Any | None] = mapped_column(JSONType)  # every model call of the attempt
     latency_ms: Mapped[float] = mapped_column(Float)
     started_at: Mapped[datetime] = mapped_column(Timestamp)
@@ -169,3 +173,39 @@ class WorkerRow(Base):
     beat_at: Mapped[datetime] = mapped_column(Timestamp, index=True)
     stopped_at: Mapped[datetime | None] = mapped_column(Timestamp)
     swept_at: Mapped[datetime | None] = mapped_column(Timestamp)
+
+
+class MapChunkRow(Base):
+    """The results of one chunk of a map step, until the map's collector reads them."""
+
+    __tablename__ = "map_chunks"
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"),
+                                        primary_key=True)
+    step: Mapped[str] = mapped_column(String(200), primary_key=True)
+    start: Mapped[int] = mapped_column(Integer, primary_key=True)
+    results: Mapped[Any] = mapped_column(JSONType)
+    ok: Mapped[Any] = mapped_column(JSONType)
+
+
+class EventRow(Base):
+    """One event received (emit, webhook, stream, schedule) and what became of it.
+
+    ``outcome`` is ``started`` (``run_id`` names the run), ``duplicate`` (its dedupe key
+    already started ``run_id``), ``unmatched`` (no trigger listens), ``rejected``
+    (``reason`` says which path of the payload failed) or ``skipped`` (a schedule's
+    overlap policy). An event matching several triggers has one row per trigger.
+    """
+
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(String(200), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    source: Mapped[str] = mapped_column(String(32))  # emit / webhook / stream / schedule
+    payload: Mapped[Any | None] = mapped_column(JSONType)  # redacted
+    received_at: Mapped[datetime] = mapped_column(Timestamp, index=True)
+    outcome: Mapped[str] = mapped_column(String(16))
+    trigger: Mapped[str | None] = mapped_column(String(200))
+    run_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    reason: Mapped[str | None] = mapped_column(Text)

@@ -1,0 +1,1 @@
+"""Events: recorded when received (emit, webhook, stream, schedule); triggers start runs."""

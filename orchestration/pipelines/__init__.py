@@ -1,0 +1,1 @@
+"""Declared pipelines: workflows loaded from JSON/YAML files (see docs/pipelines.md)."""

@@ -1,0 +1,1 @@
+"""``orchestrate serve``: the HTTP entry point (event webhooks; the dashboard)."""
