@@ -1,4 +1,4 @@
-"""``orchestrate``: inspect runs and workflows in the results database.
+"""``orchestrate``: the command group, and the commands on runs, workers and queues.
 
 Reads the same ``ORCH_*`` settings as workers; imports the workflow modules of
 ``ORCH_IMPORTS`` to know workflow graphs.
@@ -6,59 +6,25 @@ Reads the same ``ORCH_*`` settings as workers; imports the workflow modules of
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
-import sys
 from datetime import UTC, datetime, timedelta
 
 import click
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from orchestration.app import Orchestrator, default_orchestrator
-from orchestration.cli_errors import (
-    OperatorGroup,
-    SetupFailed,
-    debugging,
-    remember_database_url,
-)
+from orchestration.cli.common import STATUS_STYLE, console, orchestrator_for_cli
+from orchestration.cli.errors import OperatorGroup
+from orchestration.cli.graph import graph
 from orchestration.core.clock import as_utc
 from orchestration.core.results import RunResult, StepRecord, cancel_run
 from orchestration.core.status import RunStatus, StepStatus
-from orchestration.define.graph import Node, Parallel, Series
-from orchestration.define.step import BoundStep
 from orchestration.errors import OrchestrationError
 from orchestration.observe.exporter import flower_command, serve_metrics
-from orchestration.observe.queries import graph_dot, known_queues, queue_depths, workflow_stats
+from orchestration.observe.queries import known_queues, queue_depths, workflow_stats
 from orchestration.store.engine import upgrade
-
-# Wide enough for run ids when piped (rich assumes 80 columns without a terminal).
-console = Console(width=None if sys.stdout.isatty() else 160)
-# Every status has a style; data (names, errors) is printed as rich Text, never as markup.
-STATUS_STYLE = {
-    StepStatus.SUCCEEDED: "green", StepStatus.FALLBACK: "yellow", StepStatus.FAILED: "red",
-    StepStatus.SKIPPED: "dim", StepStatus.RUNNING: "cyan", StepStatus.RETRYING: "magenta",
-    StepStatus.PENDING: "dim", StepStatus.WAITING: "blue", StepStatus.CANCELLED: "dim red",
-}
-
-
-def _orchestrator(load_workflows: bool = False) -> Orchestrator:
-    try:
-        orchestrator = default_orchestrator()
-        remember_database_url(orchestrator.settings.database_url)
-        if load_workflows:
-            for module in orchestrator.settings.imports:
-                importlib.import_module(module)
-    except Exception as exc:
-        # Settings, catalogue and workflow modules: one line naming the problem, even where
-        # a command turns OrchestrationError into its own message.
-        if debugging():
-            raise
-        raise SetupFailed(exc) from exc
-    return orchestrator
 
 
 @click.group(cls=OperatorGroup)
@@ -75,7 +41,7 @@ def db() -> None:
 @db.command("upgrade")
 def db_upgrade() -> None:
     """Apply pending schema migrations (workers also do this on first use)."""
-    orchestrator = _orchestrator()
+    orchestrator = orchestrator_for_cli()
     upgrade(orchestrator.store.engine)
     console.print(Text(f"schema is current: {orchestrator.store.engine.url.render_as_string()}"))
 
@@ -86,7 +52,7 @@ def db_upgrade() -> None:
 @click.option("--limit", "-n", default=20, show_default=True)
 def runs(workflow: str | None, status: str | None, limit: int) -> None:
     """Recent runs, newest first."""
-    summaries = _orchestrator().store.list_runs(
+    summaries = orchestrator_for_cli().store.list_runs(
         workflow=workflow, status=RunStatus(status) if status else None, limit=limit)
     table = Table()
     with_errors = any(run.error for run in summaries)
@@ -110,7 +76,7 @@ def runs(workflow: str | None, status: str | None, limit: int) -> None:
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def show(run_id: str, as_json: bool) -> None:
     """One run: its steps with status, timeline, attempts, cost and errors."""
-    orchestrator = _orchestrator()
+    orchestrator = orchestrator_for_cli()
     try:
         run = orchestrator.store.get_run(run_id)
     except OrchestrationError as exc:
@@ -186,7 +152,7 @@ def approve(run_id: str, data: str, name: str | None) -> None:
     except ValueError as exc:
         raise click.BadParameter(f"not JSON: {exc}", param_hint="--data") from exc
     try:
-        count = _orchestrator(load_workflows=True).approve(run_id, value, name)
+        count = orchestrator_for_cli(load_workflows=True).approve(run_id, value, name)
     except OrchestrationError as exc:
         raise click.ClickException(str(exc)) from exc
     console.print(Text(f"delivered to {count} waiting step(s) of run {run_id}"))
@@ -203,7 +169,7 @@ def resume(run_id: str, inputs: str | None) -> None:
     except ValueError as exc:
         raise click.BadParameter(f"not JSON: {exc}", param_hint="--inputs") from exc
     try:
-        _orchestrator(load_workflows=True).resume(run_id, values)
+        orchestrator_for_cli(load_workflows=True).resume(run_id, values)
     except OrchestrationError as exc:
         raise click.ClickException(str(exc)) from exc
     console.print(f"resumed run {run_id}")
@@ -214,7 +180,7 @@ def resume(run_id: str, inputs: str | None) -> None:
               help="seconds without progress (default ORCH_RECONCILE_AFTER)")
 def reconcile(idle: float | None) -> None:
     """Re-dispatch runs whose messages were lost; expire overdue human waits."""
-    done = _orchestrator(load_workflows=True).reconcile(idle)
+    done = orchestrator_for_cli(load_workflows=True).reconcile(idle)
     console.print(Text(f"re-dispatched {len(done.redispatched)} run(s), failed "
                        f"{len(done.failed)} unrecoverable, expired {done.waits_expired} wait(s)"))
     for run_id in done.redispatched:
@@ -229,7 +195,7 @@ def reconcile(idle: float | None) -> None:
 @click.option("--idempotency-key", default=None)
 def submit(workflow: str, inputs: str, idempotency_key: str | None) -> None:
     """Start a run of WORKFLOW; prints its id."""
-    orchestrator = _orchestrator(load_workflows=True)
+    orchestrator = orchestrator_for_cli(load_workflows=True)
     found = orchestrator.workflows.get(workflow)
     if found is None:
         raise click.ClickException(f"unknown workflow {workflow!r} "
@@ -252,7 +218,7 @@ def submit(workflow: str, inputs: str, idempotency_key: str | None) -> None:
 def cancel(run_id: str) -> None:
     """Cancel a run and its child runs: steps not yet started never start."""
     try:
-        cancelled = cancel_run(_orchestrator().store, run_id)
+        cancelled = cancel_run(orchestrator_for_cli().store, run_id)
     except OrchestrationError as exc:
         raise click.ClickException(str(exc)) from exc
     console.print(Text(f"cancelled {len(cancelled)} run(s): {', '.join(cancelled)}"))
@@ -264,7 +230,7 @@ def cancel(run_id: str) -> None:
               help="window: e.g. 30m, 6h, 7d, or 'all'")
 def stats(workflow: str, since: str) -> None:
     """Per-step p50/p95/p99 latency, retries, fallback rate; errors per model; cost per run."""
-    orchestrator = _orchestrator(load_workflows=True)
+    orchestrator = orchestrator_for_cli(load_workflows=True)
     report = workflow_stats(orchestrator, workflow, _since(since))
     by_status = ", ".join(f"{n} {s}" for s, n in sorted(report.runs_by_status.items()))
     console.print(Text.assemble((workflow, "bold"), f" over {since}: {report.runs} runs "
@@ -291,7 +257,7 @@ def stats(workflow: str, since: str) -> None:
 @main.command()
 def workers() -> None:
     """Worker processes by their heartbeat in the results DB: alive, stopped or dead."""
-    orchestrator = _orchestrator()
+    orchestrator = orchestrator_for_cli()
     settings = orchestrator.settings
     now = datetime.now(UTC)
     table = Table()
@@ -310,7 +276,7 @@ def workers() -> None:
 @main.command()
 def queues() -> None:
     """Messages waiting per queue, from the broker."""
-    orchestrator = _orchestrator(load_workflows=True)
+    orchestrator = orchestrator_for_cli(load_workflows=True)
     depths = queue_depths(orchestrator, known_queues(orchestrator))
     table = Table()
     table.add_column("queue", no_wrap=True)
@@ -325,7 +291,7 @@ def queues() -> None:
 @click.option("--address", default="127.0.0.1", show_default=True)
 def metrics(port: int, address: str) -> None:
     """Serve Prometheus metrics: the workers' (PROMETHEUS_MULTIPROC_DIR) and queue depths."""
-    serve_metrics(_orchestrator(load_workflows=True), address, port)
+    serve_metrics(orchestrator_for_cli(load_workflows=True), address, port)
 
 
 @main.command()
@@ -338,68 +304,6 @@ def flower(address: str, port: int) -> None:
     except OrchestrationError as exc:
         raise click.ClickException(str(exc)) from exc
     os.execvpe(launch.argv[0], launch.argv, launch.env)
-
-
-@main.command()
-@click.argument("workflow")
-@click.option("--format", "fmt", type=click.Choice(["mermaid", "dot"]), default="mermaid",
-              show_default=True)
-def graph(workflow: str, fmt: str) -> None:
-    """The workflow's DAG as Mermaid text, with the canvas plan the compiler chose.
-
-    Shapes: a map is a double-edged box, a conditional step a rhombus, a step that starts
-    a child run a parallelogram, a step that waits for a person a hexagon.
-    """
-    orchestrator = _orchestrator(load_workflows=True)
-    found = orchestrator.workflows.get(workflow)
-    if found is None:
-        raise click.ClickException(f"unknown workflow {workflow!r} "
-                                   f"(known: {', '.join(sorted(orchestrator.workflows))})")
-    compiled = found.validate()
-    if fmt == "dot":
-        click.echo(graph_dot(workflow, compiled))
-        return
-    lines = ["flowchart LR"]
-    for name, bound in compiled.steps.items():
-        lines.append(f"    {_node(name, bound)}")
-        lines.extend(f"    {up} --> {name}" for up in sorted(bound.upstream))
-    click.echo("\n".join(lines))
-    decomposition = compiled.decomposition
-    click.echo(f"%% canvas: {_plan_text(decomposition.plan)}")
-    if not decomposition.exact:
-        click.echo(f"%% not series-parallel: added waits {decomposition.added_waits}")
-
-
-def _node(name: str, bound: BoundStep) -> str:
-    spec = bound.spec
-    names = getattr(getattr(spec.fn, "__code__", None), "co_names", ())
-    tags = []
-    if spec.map:
-        quorum = f", min {spec.min_success}" if spec.min_success is not None else ""
-        tags.append(f"map over {spec.map}{quorum}")
-    if spec.when is not None:
-        tags.append("when ...")
-    if "run_child" in names:
-        tags.append("starts a child run")
-    if "wait_for_input" in names:
-        tags.append("waits for a person")
-    label = "<br/>".join([name, bound.queue, *tags])
-    if spec.map:
-        return f'{name}[["{label}"]]'
-    if "wait_for_input" in names:
-        return f'{name}{{{{"{label}"}}}}'
-    if "run_child" in names:
-        return f'{name}[/"{label}"/]'
-    if spec.when is not None:
-        return f'{name}{{"{label}"}}'
-    return f'{name}["{label}"]'
-
-
-def _plan_text(plan: Node | Series | Parallel) -> str:
-    if isinstance(plan, Node):
-        return plan.name
-    inner = ", ".join(_plan_text(part) for part in plan.parts)
-    return f"chain({inner})" if isinstance(plan, Series) else f"group({inner})"
 
 
 def _since(window: str) -> datetime | None:
@@ -421,5 +325,4 @@ def _time(value: datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S") if value else "-"
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+main.add_command(graph)
