@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from orchestration.define.graph import Decomposition, decompose, find_cycle
 from orchestration.define.host import default_host
 from orchestration.define.policies import check_plain_function
 from orchestration.define.step import CTX_PARAM, BoundStep, Step, StepSpec, build_spec
+from orchestration.define.triggers import Schedule, Trigger, make_schedule, make_trigger
 from orchestration.errors import InvalidInput, WorkflowDefinitionError
 from orchestration.store.repository import Store
 
@@ -121,6 +123,8 @@ class Workflow:
         self._specs: dict[str, StepSpec] = {}
         self._compiled: CompiledWorkflow | None = None
         self._lock = threading.Lock()
+        self._triggers: tuple[Trigger, ...] = ()
+        self._schedules: tuple[Schedule, ...] = ()
         host.register(self)
 
     @property
@@ -166,6 +170,78 @@ class Workflow:
             self._specs[spec.name] = spec
             self._compiled = None
         self.orchestrator.register_step(self, spec)
+
+    # -- what starts runs besides submit ------------------------------------------------
+
+    def on_event(self, event: str, *, inputs: Mapping[str, Any] | None = None,
+                 filter: Mapping[str, Any] | None = None, dedupe: str | None = None,
+                 name: str | None = None) -> Trigger:
+        """Start a run of this workflow when event ``event`` is received.
+
+        ``inputs`` maps run inputs to payload paths (``{"text": "$.ticket.description"}``)
+        or to constants; ``filter`` maps payload paths to the value each must equal;
+        ``dedupe`` is the payload path of the key that makes two deliveries one event
+        (default: the event id). ``name`` (default ``<workflow>_on_<event>``) is unique
+        among the deployment's triggers and schedules. Mapped inputs are checked against
+        the workflow's inputs by :meth:`validate`.
+        """
+        trigger_name = name if name is not None else _default_name(self.name, "on", event)
+        trigger = make_trigger(trigger_name, event=event, workflow=self.name, inputs=inputs,
+                               filter=filter, dedupe=dedupe,
+                               where=f"workflow {self.name!r}, trigger {trigger_name!r}")
+        self._check_mapped(trigger.name, "trigger", set(trigger.inputs) | set(trigger.constants))
+        with self._lock:
+            _check_unique_name(self, trigger.name, "trigger")
+            self._triggers += (trigger,)
+            self._compiled = None
+        return trigger
+
+    def schedule(self, cron: str, *, inputs: Mapping[str, Any] | None = None,
+                 overlap: str = "skip", name: str | None = None) -> Schedule:
+        """Start a run of this workflow on a cron expression (UTC) with ``inputs``.
+
+        ``overlap`` (``skip`` / ``allow`` / ``queue``) says what a tick does while this
+        schedule's previous run is still going. ``name`` (default ``<workflow>_schedule``,
+        then ``_2``, ...) is unique among the deployment's triggers and schedules.
+        """
+        schedule_name = name
+        if schedule_name is None:
+            count = len(self._schedules) + 1
+            schedule_name = f"{_default_name(self.name, 'schedule', '')}" + (
+                f"_{count}" if count > 1 else "")
+        scheduled = make_schedule(schedule_name, cron=cron, workflow=self.name,
+                                  inputs=inputs, overlap=overlap,
+                                  where=f"workflow {self.name!r}, schedule {schedule_name!r}")
+        self._check_mapped(scheduled.name, "schedule", set(scheduled.inputs))
+        with self._lock:
+            _check_unique_name(self, scheduled.name, "schedule")
+            self._schedules += (scheduled,)
+            self._compiled = None
+        return scheduled
+
+    @property
+    def triggers(self) -> tuple[Trigger, ...]:
+        """The event triggers that start runs of this workflow, in declaration order."""
+        return self._triggers
+
+    @property
+    def schedules(self) -> tuple[Schedule, ...]:
+        """The cron schedules that start runs of this workflow, in declaration order."""
+        return self._schedules
+
+    def _check_mapped(self, name: str, what: str, mapped: set[str]) -> None:
+        """Inputs a trigger or schedule gives must be declared ones (when declared)."""
+        reserved = sorted(mapped & RESERVED_INPUTS)
+        if reserved:
+            raise WorkflowDefinitionError(f"workflow {self.name!r}, {what} {name!r}: "
+                                          f"{reserved[0]!r} is reserved, not an input")
+        if self.declared_inputs is not None:
+            unknown = sorted(mapped - self.declared_inputs)
+            if unknown:
+                raise WorkflowDefinitionError(
+                    f"workflow {self.name!r}, {what} {name!r}: maps unknown input(s) "
+                    f"{', '.join(unknown)} (declared: "
+                    f"{', '.join(sorted(self.declared_inputs)) or 'none'})")
 
     @property
     def redactor(self) -> Redactor:
@@ -317,10 +393,46 @@ def _compile(workflow: Workflow) -> CompiledWorkflow:
         )
         for spec in specs.values()
     }
+    _check_starters(workflow, frozenset(inputs), frozenset(required))
     return CompiledWorkflow(
         version=_version(workflow, deps), steps=steps, inputs=frozenset(inputs),
         required_inputs=frozenset(required), decomposition=decompose(deps),
     )
+
+
+def _check_starters(workflow: Workflow, inputs: frozenset[str],
+                    required: frozenset[str]) -> None:
+    """Each trigger and schedule gives only inputs the workflow takes, and all it needs."""
+    starters: list[tuple[str, str, set[str]]] = [
+        ("trigger", t.name, set(t.inputs) | set(t.constants)) for t in workflow.triggers]
+    starters += [("schedule", s.name, set(s.inputs)) for s in workflow.schedules]
+    for what, name, mapped in starters:
+        where = f"workflow {workflow.name!r}, {what} {name!r}"
+        unknown = sorted(mapped - inputs)
+        if unknown:
+            raise WorkflowDefinitionError(
+                f"{where}: maps {', '.join(unknown)}, which the workflow does not take "
+                f"(its inputs: {', '.join(sorted(inputs)) or 'none'})")
+        missing = sorted(required - mapped)
+        if missing:
+            raise WorkflowDefinitionError(
+                f"{where}: gives no value for required input(s) {', '.join(missing)}")
+
+
+def _default_name(workflow: str, verb: str, event: str) -> str:
+    """``<workflow>_<verb>_<event>`` made an identifier (dots and dashes become ``_``)."""
+    text = re.sub(r"\W", "_", "_".join(part for part in (workflow, verb, event) if part))
+    return text if not text[0].isdigit() else f"w_{text}"
+
+
+def _check_unique_name(workflow: Workflow, name: str, what: str) -> None:
+    """Trigger and schedule names are one namespace per deployment (events name them)."""
+    for other in [*workflow.orchestrator.workflows.values(), workflow]:
+        for kind, taken in (("trigger", other.triggers), ("schedule", other.schedules)):
+            if any(item.name == name for item in taken):
+                raise WorkflowDefinitionError(
+                    f"workflow {workflow.name!r}: {what} name {name!r} is taken by a "
+                    f"{kind} of workflow {other.name!r}; pass name= to tell them apart")
 
 
 def _check_declared_inputs(workflow: Workflow, by_output: Mapping[str, StepSpec]) -> None:
