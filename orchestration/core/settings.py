@@ -14,7 +14,7 @@ from typing import Annotated
 
 from celery.app.backends import BACKEND_ALIASES
 from kombu.transport import TRANSPORT_ALIASES
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 EMBEDDED_BROKER = "memory://"
@@ -122,6 +122,20 @@ class Settings(BaseSettings):
         description="A worker serves its own Prometheus metrics on this port "
         "(threads pool; prefork workers use PROMETHEUS_MULTIPROC_DIR + orchestrate metrics).",
     )
+    serve_token: SecretStr | None = Field(
+        default=None,
+        description="`orchestrate serve`: the bearer token a webhook sender presents "
+        "(Authorization: Bearer <token>). Never logged.",
+    )
+    webhook_secret: SecretStr | None = Field(
+        default=None,
+        description="`orchestrate serve`: the shared secret of HMAC-SHA256 webhook "
+        "signatures (X-Orchestrate-Signature or X-Hub-Signature-256: sha256=<hex>).",
+    )
+    webhook_max_bytes: int = Field(
+        default=1_048_576, gt=0,
+        description="`orchestrate serve`: largest accepted webhook body (bytes); 413 beyond.",
+    )
     log_level: str = Field(default="INFO", description="Engine log level.")
     log_json: bool | None = Field(
         default=None, description="JSON log lines (default: unless stderr is a terminal)."
@@ -132,6 +146,16 @@ class Settings(BaseSettings):
     def _split_imports(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("serve_token", "webhook_secret")
+    @classmethod
+    def _no_empty_credential(cls, value: SecretStr | None,
+                             info: ValidationInfo) -> SecretStr | None:
+        # An empty credential set by mistake must not read as "no authentication".
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError(f"ORCH_{str(info.field_name).upper()} is set but empty: give "
+                             "a credential, or unset it")
         return value
 
     @field_validator("embedded_queue_concurrency", mode="before")
