@@ -209,3 +209,48 @@ class EventRow(Base):
     trigger: Mapped[str | None] = mapped_column(String(200))
     run_id: Mapped[str | None] = mapped_column(String(36), index=True)
     reason: Mapped[str | None] = mapped_column(Text)
+
+
+class MemoryTurnRow(Base):
+    """One message of a conversation kept by a workflow's memory (content redacted).
+
+    ``seq`` numbers the conversation's turns (1, 2, ...), allocated when the step that
+    appended them records its outcome; ``run_id``/``step`` say which step wrote it.
+    """
+
+    __tablename__ = "memory_turns"
+    __table_args__ = (
+        UniqueConstraint("workflow", "conversation", "seq", name="uq_memory_turns_seq"),
+        Index("ix_memory_turns_created", "workflow", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    workflow: Mapped[str] = mapped_column(String(200))
+    conversation: Mapped[str] = mapped_column(String(200), index=True)
+    seq: Mapped[int] = mapped_column(Integer)
+    role: Mapped[str] = mapped_column(String(32))
+    content: Mapped[str] = mapped_column(Text)
+    tokens: Mapped[int] = mapped_column(Integer)
+    run_id: Mapped[str | None] = mapped_column(String(36))
+    step: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+
+
+class MemorySummaryRow(Base):
+    """A summary of a conversation's turns up to ``upto_seq`` (the older ones, incrementally)."""
+
+    __tablename__ = "memory_summaries"
+    __table_args__ = (
+        UniqueConstraint("workflow", "conversation", "upto_seq",
+                         name="uq_memory_summaries_upto"),
+        Index("ix_memory_summaries_created", "workflow", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    workflow: Mapped[str] = mapped_column(String(200))
+    conversation: Mapped[str] = mapped_column(String(200), index=True)
+    upto_seq: Mapped[int] = mapped_column(Integer)
+    content: Mapped[str] = mapped_column(Text)
+    tokens: Mapped[int] = mapped_column(Integer)
+    run_id: Mapped[str | None] = mapped_column(String(36))
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
