@@ -12,6 +12,8 @@ from typing import Any
 from orchestration.app import Orchestrator, default_orchestrator
 from orchestration.core.results import RunHandle, RunResult, RunSummary, cancel_run
 from orchestration.core.status import RunStatus
+from orchestration.events.ingest import ingest
+from orchestration.events.outcomes import EventOutcome
 from orchestration.submit.durability import Reconciled
 
 
@@ -59,6 +61,23 @@ def list_runs(*, workflow: str | None = None, status: RunStatus | None = None,
     """Recent runs, newest first, optionally filtered."""
     return _chosen(orchestrator, app).store.list_runs(
         workflow=workflow, status=status, since=since, limit=limit)
+
+
+def emit(name: str, payload: Any = None, event_id: str | None = None, *,
+         orchestrator: Orchestrator | None = None,
+         app: Orchestrator | None = None) -> list[EventOutcome]:
+    """Deliver event ``name`` to the triggers listening to it; one outcome per trigger.
+
+    Each matching trigger starts at most one run per dedupe key (``event_id`` unless the
+    trigger names a ``dedupe`` path), however often the event is emitted; an event no
+    trigger matches is recorded ``unmatched``; a payload missing a mapped path is recorded
+    ``rejected`` with the path. Without ``event_id`` an id is generated (so only a
+    ``dedupe`` path can tell two emits apart). Raises :class:`InvalidInput` for a bad
+    name, id or payload (nothing recorded) and :class:`SubmitFailed` if the broker
+    refused a run (emitting again is safe).
+    """
+    return ingest(_chosen(orchestrator, app), name, payload, event_id=event_id,
+                  source="emit")
 
 
 def _chosen(orchestrator: Orchestrator | None, app: Orchestrator | None) -> Orchestrator:

@@ -26,6 +26,7 @@ from orchestration.core.status import (
 from orchestration.errors import RunNotFound, SchemaNotCurrent
 from orchestration.store import statements as sql
 from orchestration.store.engine import create_engines, schema_is_current, upgrade
+from orchestration.store.events import Events
 from orchestration.store.models import RunRow, StepRow, WaitRow
 from orchestration.store.reads import StoreReads
 from orchestration.store.recovery import Recovery
@@ -144,6 +145,11 @@ class Store(StoreReads):
     def reader(self) -> Engine:
         """The reader engine (the writer, except with SQLite)."""
         return self._reader
+
+    @property
+    def events(self) -> Events:
+        """Events received and what became of them."""
+        return Events(self._writer, self._reader)
 
     @property
     def waits(self) -> Waits:
