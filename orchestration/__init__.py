@@ -5,7 +5,7 @@ let Celery workers on per-model queues execute them with retries, timeouts, fall
 and durable state in the results database.
 """
 
-from orchestration.api import approve, cancel, get_run, list_runs, reconcile, resume
+from orchestration.api import approve, cancel, emit, get_run, list_runs, reconcile, resume
 from orchestration.app import Orchestrator, default_orchestrator
 from orchestration.core.results import RunHandle, RunResult, RunSummary, StepRecord
 from orchestration.core.status import RunStatus, StepStatus
@@ -38,6 +38,7 @@ from orchestration.errors import (
     WaitTimeout,
     WorkflowDefinitionError,
 )
+from orchestration.events.outcomes import EventOutcome
 from orchestration.execute.context import StepContext
 
 __all__ = [
@@ -62,6 +63,9 @@ __all__ = [
     "list_runs",
     "reconcile",
     "resume",
+    # events: what starts runs besides submit
+    "EventOutcome",
+    "emit",
     # errors: the root, then what defining, submitting and operating runs raise
     "OrchestrationError",
     "ConfigurationError",
