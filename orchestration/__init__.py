@@ -10,6 +10,7 @@ from orchestration.app import Orchestrator, default_orchestrator
 from orchestration.core.results import RunHandle, RunResult, RunSummary, StepRecord
 from orchestration.core.status import RunStatus, StepStatus
 from orchestration.define.adaptive import adaptive
+from orchestration.define.memory import Memory
 from orchestration.define.policies import Backoff
 from orchestration.define.step import Step
 from orchestration.define.workflow import Workflow
@@ -44,6 +45,7 @@ from orchestration.execute.context import StepContext
 __all__ = [
     # defining and running workflows
     "Backoff",
+    "Memory",
     "Orchestrator",
     "Step",
     "StepContext",

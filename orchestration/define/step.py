@@ -13,6 +13,7 @@ from orchestration.core.envelope import dumps
 from orchestration.core.names import identifier, queue_name
 from orchestration.define.adaptive import AdaptiveTimeout
 from orchestration.define.gates import Gate
+from orchestration.define.memory import Memory
 from orchestration.define.policies import (
     Backoff,
     Fallback,
@@ -363,3 +364,4 @@ class BoundStep:
     upstream: frozenset[str]  # names of the steps this one depends on
     run_budget: float | None = None  # the workflow's budget (USD) per run
     when_sources: dict[str, str] = field(default_factory=dict)
+    memory: Memory | None = None  # the workflow's conversation memory (ctx.memory)

@@ -20,6 +20,7 @@ from orchestration.core.settings import Settings
 from orchestration.define.fingerprint import code_hash, stable
 from orchestration.define.graph import Decomposition, decompose, find_cycle
 from orchestration.define.host import default_host
+from orchestration.define.memory import Memory, as_memory
 from orchestration.define.policies import check_plain_function
 from orchestration.define.step import CTX_PARAM, BoundStep, Step, StepSpec, build_spec
 from orchestration.define.triggers import Schedule, Trigger, make_schedule, make_trigger
@@ -94,12 +95,15 @@ class Workflow:
 
     ``queue`` is the default queue of its steps; ``inputs`` (optional) declares the
     workflow's inputs, making any parameter that nothing provides a definition error.
+    ``memory`` (a :class:`~orchestration.define.memory.Memory`) keeps a conversation's
+    turns across runs, keyed by one of the inputs (``ctx.memory`` in steps).
     """
 
     def __init__(self, name: str, *, queue: str | None = None,
                  inputs: list[str] | None = None, budget: float | None = None,
                  redact: Callable[[Any], Any] | None = None,
-                 orchestrator: Host | None = None, app: Host | None = None) -> None:
+                 orchestrator: Host | None = None, app: Host | None = None,
+                 memory: Memory | None = None) -> None:
         workflow_name(name)
         if queue is not None:
             queue_name(queue, "queue", f"workflow {name!r}")
@@ -119,6 +123,9 @@ class Workflow:
             check_plain_function(redact, "its redact hook", f"workflow {name!r}")
         self.redact = redact
         self.declared_inputs = _declared_inputs(name, inputs)
+        self.memory = as_memory(memory, name)
+        if self.memory is not None:
+            self.memory.check_declared(name, self.declared_inputs)
         self.orchestrator = host
         self._specs: dict[str, StepSpec] = {}
         self._compiled: CompiledWorkflow | None = None
@@ -342,6 +349,8 @@ class Workflow:
             if size > limit:
                 raise InvalidInput(f"workflow {self.name!r}: input {key!r} is {size} bytes of "
                                    f"JSON, over the limit of {limit} (ORCH_MAX_INPUT_BYTES)")
+        if self.memory is not None:
+            self.memory.conversation(self.name, inputs)
         return dict(inputs)
 
     def __repr__(self) -> str:
@@ -379,6 +388,8 @@ def _compile(workflow: Workflow) -> CompiledWorkflow:
         if spec.name in upstream:
             raise WorkflowDefinitionError(f"{spec.where} depends on itself")
         deps[spec.name] = list(dict.fromkeys(upstream))
+    if workflow.memory is not None:  # every run names its conversation
+        required.add(workflow.memory.key)
     cycle = find_cycle(deps)
     if cycle:
         raise WorkflowDefinitionError(
@@ -389,7 +400,7 @@ def _compile(workflow: Workflow) -> CompiledWorkflow:
             spec=spec, queue=workflow.queue_of(spec), sources=sources[spec.name],
             requires=frozenset(specs[up].output for up in deps[spec.name]),
             upstream=frozenset(deps[spec.name]), run_budget=workflow.budget,
-            when_sources=when_sources[spec.name],
+            when_sources=when_sources[spec.name], memory=workflow.memory,
         )
         for spec in specs.values()
     }
