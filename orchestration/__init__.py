@@ -18,6 +18,7 @@ from orchestration.errors import (
     BreakerOpen,
     BudgetExceeded,
     ConfigurationError,
+    ErrorKind,
     GateFailed,
     InputTimeout,
     InvalidInput,
@@ -93,4 +94,5 @@ __all__ = [
     "RateLimited",
     "ProviderError",
     "BreakerOpen",
+    "ErrorKind",
 ]

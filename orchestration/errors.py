@@ -7,6 +7,8 @@ instead, so an ``except OrchestrationError`` in user code never swallows them.
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 
 class OrchestrationError(Exception):
     """Root of every error raised by the engine."""
@@ -136,27 +138,83 @@ class RateLimited(StepError):
     """A call could not be admitted under a shared rate limit before the step's deadline."""
 
 
+class ErrorKind(StrEnum):
+    """What kind of failure an attempt met: the keys of a step's ``on_error`` policies.
+
+    Told apart by :func:`error_kind`. ``timeout``, ``model_unavailable`` and
+    ``rate_limited`` are also acted on per model call inside ``ctx.llm``.
+    """
+
+    TIMEOUT = "timeout"  # a step attempt or a model call ran out of time
+    MODEL_UNAVAILABLE = "model_unavailable"  # 5xx, connection refused/dropped, breaker open
+    RATE_LIMITED = "rate_limited"  # HTTP 429, or a shared rate limit did not admit the call
+    INVALID_OUTPUT = "invalid_output"  # a model's answer is not the JSON asked for
+    GATE_FAILED = "gate_failed"  # the step's output failed its quality gate
+    BUDGET_EXCEEDED = "budget_exceeded"  # max_cost or the run's budget is spent
+    ERROR = "error"  # anything else (a bug, a 4xx, a non-JSON output...)
+
+
 class ProviderError(StepError):
     """A provider call failed. ``retryable`` tells transient failures from client errors.
 
     ``retry_after`` is the wait in seconds the provider asked for (its ``Retry-After``
-    header on 429/503), or None when it did not say.
+    header on 429/503), or None when it did not say. ``kind`` is the :class:`ErrorKind`
+    (by default from the status: 429 ``rate_limited``; 5xx, or no response and
+    retryable, ``model_unavailable``; other statuses ``error``; a transport timeout is
+    given ``timeout``). ``policy`` names the step's ``on_error`` entry that ``ctx.llm``
+    already applied to this failure (``"model_unavailable: route_to_fallback"``), if any.
     """
 
     def __init__(self, message: str, *, status: int | None = None, retryable: bool = True,
-                 retry_after: float | None = None) -> None:
+                 retry_after: float | None = None, kind: ErrorKind | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.retryable = retryable
         self.retry_after = retry_after
+        self.kind = kind if kind is not None else _kind_of_status(status, retryable)
+        self.policy: str | None = None
+
+
+def _kind_of_status(status: int | None, retryable: bool) -> ErrorKind:
+    if status == 429:
+        return ErrorKind.RATE_LIMITED
+    if (status is not None and status >= 500) or (status is None and retryable):
+        return ErrorKind.MODEL_UNAVAILABLE
+    return ErrorKind.ERROR
 
 
 class BreakerOpen(ProviderError):
     """The model's breaker is open: no call was made (use a fallback model)."""
 
     def __init__(self, model: str, detail: str) -> None:
-        super().__init__(f"{model}: circuit breaker open ({detail})", retryable=False)
+        super().__init__(f"{model}: circuit breaker open ({detail})", retryable=False,
+                         kind=ErrorKind.MODEL_UNAVAILABLE)
         self.model = model
+
+
+def error_kind(exc: BaseException) -> ErrorKind:
+    """The :class:`ErrorKind` of a failure (what a step's ``on_error`` keys on).
+
+    A ``StepAborted`` is classified by what the step raised; a Python ``TimeoutError``
+    counts as a timeout. Only the engine's own errors get another kind than ``error``.
+    """
+    if isinstance(exc, StepAborted) and exc.__cause__ is not None:
+        exc = exc.__cause__
+    if isinstance(exc, ProviderError):
+        return exc.kind
+    for types, kind in _KINDS:
+        if isinstance(exc, types):
+            return kind
+    return ErrorKind.ERROR
+
+
+_KINDS: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], ErrorKind], ...] = (
+    (TimeoutError, ErrorKind.TIMEOUT),  # StepTimeout included
+    (RateLimited, ErrorKind.RATE_LIMITED),
+    (InvalidModelOutput, ErrorKind.INVALID_OUTPUT),
+    (GateFailed, ErrorKind.GATE_FAILED),
+    (BudgetExceeded, ErrorKind.BUDGET_EXCEEDED),
+)
 
 
 # -- control-flow signals: not failures, never caught by ``except OrchestrationError`` --

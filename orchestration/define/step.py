@@ -14,6 +14,7 @@ from orchestration.core.names import identifier, queue_name
 from orchestration.define.adaptive import AdaptiveTimeout
 from orchestration.define.gates import Gate
 from orchestration.define.memory import Memory
+from orchestration.define.on_error import ErrorPolicy, as_on_error
 from orchestration.define.policies import (
     Backoff,
     Fallback,
@@ -31,7 +32,7 @@ STEP_OPTIONS = frozenset(
     {
         "name", "output", "depends_on", "retries", "backoff", "timeout", "fallback",
         "critical", "queue", "model", "max_cost", "gate", "on_retry", "map", "min_success",
-        "chunk_size", "when", "cache", "concurrency",
+        "chunk_size", "when", "cache", "concurrency", "on_error",
     }
 )
 
@@ -65,6 +66,7 @@ class StepSpec:
     when: Callable[..., Any] | None = None
     when_params: tuple[str, ...] = ()
     cache: float | bool = False  # True: cache forever; seconds: time to live
+    on_error: ErrorPolicy | None = None  # per-error-kind actions (see define/on_error.py)
 
     def required_successes(self, total: int) -> int:
         """How many elements of a map of ``total`` must succeed (all, unless min_success)."""
@@ -197,6 +199,8 @@ def build_spec(workflow: str, fn: Callable[..., Any], options: dict[str, Any]) -
         gate=_gate_option(options, where),
         on_retry=_on_retry_option(options, where),
         cache=_cache_option(options, where),
+        on_error=as_on_error(options.get("on_error"), where,
+                             is_map=options.get("map") is not None),
         **_map_options(options, params, where),
         **_when_option(options, where),
     )

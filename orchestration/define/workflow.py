@@ -513,6 +513,8 @@ def _version(workflow: Workflow, deps: dict[str, list[str]]) -> str:
          spec.critical, workflow.queue_of(spec), spec.model, spec.map, spec.min_success,
          stable(spec.timeout), stable(spec.fallback), spec.max_cost,
          getattr(spec.fn, "__qualname__", ""), code_hash(spec.fn))
+        # Only when set, so that the versions of workflows without it do not change.
+        + ((str(spec.on_error),) if spec.on_error is not None else ())
         for spec in workflow._specs.values()
     ]
     return hashlib.sha256(repr(shape).encode()).hexdigest()[:16]

@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from orchestration.errors import ProviderError
+from orchestration.errors import ErrorKind, ProviderError
 from orchestration.llm.providers.http import (
     HTTPClient,
     HTTPResponse,
@@ -79,11 +79,13 @@ class HTTPProvider(Provider):
 
     def _post(self, url: str, body: Any, headers: dict[str, str], *, model: str,
               timeout: float | None) -> HTTPResponse:
-        """POST ``body``; the response whatever its status. No response: ProviderError."""
+        """POST ``body``; the response whatever its status. No response: ProviderError
+        (of kind ``timeout`` if it timed out, else ``model_unavailable``)."""
         try:
             return self._client.post_json(
                 url, body, headers, self.DEFAULT_TIMEOUT_S if timeout is None else timeout)
         except TransportTimeout as exc:
-            raise ProviderError(f"{self.name}: timed out calling {model}") from exc
+            raise ProviderError(f"{self.name}: timed out calling {model}",
+                                kind=ErrorKind.TIMEOUT) from exc
         except TransportError as exc:
             raise ProviderError(f"{self.name}: {type(exc).__name__} calling {model}") from exc
