@@ -7,6 +7,7 @@ instead, so an ``except OrchestrationError`` in user code never swallows them.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
 
 
@@ -24,6 +25,33 @@ class WorkflowDefinitionError(OrchestrationError):
     Raised when the decorator runs or when the workflow is validated, always before
     anything is written or enqueued. The message names the workflow and the culprit.
     """
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong in a pipeline file: where (a JSON pointer, the line if known), what."""
+
+    pointer: str
+    message: str
+    line: int | None = None
+    file: str | None = None  # set when it is another file than the one loaded
+
+    def __str__(self) -> str:
+        where = f"{self.file}: " if self.file else ""
+        where += self.pointer or "/"
+        return f"{where}{f' (line {self.line})' if self.line else ''}: {self.message}"
+
+
+class PipelineError(WorkflowDefinitionError):
+    """A pipeline file cannot be loaded; ``problems`` lists every one found (not only the
+    first), each with its JSON pointer and, when known, its line. Nothing was registered.
+    """
+
+    def __init__(self, path: str, problems: list[Problem]) -> None:
+        self.path = path
+        self.problems = list(problems)
+        lines = "\n".join(f"  {problem}" for problem in self.problems)
+        super().__init__(f"{path}: {len(self.problems)} problem(s):\n{lines}")
 
 
 class InvalidInput(OrchestrationError):
@@ -63,6 +91,11 @@ class SchemaNotCurrent(ConfigurationError, RuntimeError):
 
     Run ``orchestrate db upgrade``. (Also a ``RuntimeError``, what was raised before.)
     """
+
+
+class RetrievalError(OrchestrationError):
+    """A retrieval store cannot be built or read: a bad table name, an unreadable cache
+    file, a missing SQLite extension. The message names the store and the culprit."""
 
 
 class ResultsDatabaseUnavailable(OrchestrationError):

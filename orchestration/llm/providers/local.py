@@ -1,10 +1,18 @@
-"""An offline provider for demos and tests: deterministic, clearly labelled, no network."""
+"""An offline provider for demos and tests: deterministic, clearly labelled, no network.
+
+A request that carries choices (a line written by
+:func:`orchestration.core.choices.instruction`, as a pipeline's model step with
+``choices`` sends) is answered with one of them: the choice its user messages mention
+first (whole words, any case), else the last choice. That is a keyword match on the
+choices' names, never a judgement, and the answer is labelled like any other.
+"""
 
 from __future__ import annotations
 
 import hashlib
 from typing import Any
 
+from orchestration.core import choices
 from orchestration.llm.providers.base import Messages, Provider, Usage
 
 LABEL = "[local fallback: no LLM provider configured]"
@@ -23,11 +31,17 @@ class LocalProvider(Provider):
 
     def complete(self, messages: Messages, *, model: str, timeout: float | None,
                  **params: Any) -> tuple[str, Usage]:
-        """A short, deterministic, labelled reply echoing the request."""
+        """A short, deterministic, labelled reply echoing the request (or naming a choice)."""
+        words = sum(len(m.get("content", "").split()) for m in messages)
+        options = choices.requested(messages)
+        if options:
+            asked = "\n".join(choices.without_instruction(m.get("content", ""))
+                              for m in messages if m.get("role", "user") == "user")
+            text = f"{LABEL} {choices.pick(asked, options)}"
+            return text, Usage(prompt_tokens=words, completion_tokens=len(text.split()))
         prompt = messages[-1]["content"] if messages else ""
         digest = int(hashlib.sha256(prompt.encode()).hexdigest()[:8], 16)
         subject = " ".join(prompt.split()[-12:])
         text = (f"{LABEL} {_OPENERS[digest % len(_OPENERS)]} We have received your message "
                 f"(\"{subject}\") and a member of the team will follow up shortly.")
-        words = sum(len(m.get("content", "").split()) for m in messages)
         return text, Usage(prompt_tokens=words, completion_tokens=len(text.split()))
