@@ -27,6 +27,7 @@ from orchestration.errors import RunNotFound, SchemaNotCurrent
 from orchestration.store import statements as sql
 from orchestration.store.engine import create_engines, schema_is_current, upgrade
 from orchestration.store.events import Events
+from orchestration.store.map_chunks import MapChunks
 from orchestration.store.models import RunRow, StepRow, WaitRow
 from orchestration.store.reads import StoreReads
 from orchestration.store.recovery import Recovery
@@ -150,6 +151,11 @@ class Store(StoreReads):
     def events(self) -> Events:
         """Events received and what became of them."""
         return Events(self._writer, self._reader)
+
+    @property
+    def map_chunks(self) -> MapChunks:
+        """Map chunk results parked until the map's collector reads them."""
+        return MapChunks(self._writer, self._reader)
 
     @property
     def waits(self) -> Waits:
