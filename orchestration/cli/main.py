@@ -18,6 +18,7 @@ from rich.tree import Tree
 from orchestration.cli.common import STATUS_STYLE, console, orchestrator_for_cli
 from orchestration.cli.errors import OperatorGroup
 from orchestration.cli.graph import graph
+from orchestration.cli.serve import serve
 from orchestration.core.clock import as_utc
 from orchestration.core.results import RunResult, StepRecord, cancel_run
 from orchestration.core.status import RunStatus, StepStatus
@@ -326,3 +327,4 @@ def _time(value: datetime | None) -> str:
 
 
 main.add_command(graph)
+main.add_command(serve)

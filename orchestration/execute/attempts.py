@@ -317,8 +317,7 @@ def _record(number: int, status: str, started: datetime, ctx: StepContext,
                          tokens_out=sum(call.completion_tokens for call in ctx.calls),
                          breaker=", ".join(breakers) or None, map_index=map_index,
                          calls=[{"model": c.model, "ok": c.ok, "latency_ms": round(c.latency_ms, 2),
-                                 "breaker": c.breaker, "error": (c.error or "")[:200] or None,
-                                 "context_utilisation": c.context_utilisation}
+                                 "breaker": c.breaker, "error": (c.error or "")[:200] or None}
                                 for c in ctx.calls] or None)
 
 

@@ -105,4 +105,4 @@ class StepContext:
         """Record one model call (its cost is added to this step)."""
         self.calls.append(call)
         self.record_cost(call.cost_usd, model=call.model if call.ok else None)
-        metrics.record_call(call.model, call.ok, call.breaker, call.context_utilisation)
+        metrics.record_call(call.model, call.ok, call.breaker)

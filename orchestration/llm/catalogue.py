@@ -13,11 +13,10 @@ from orchestration.define.adaptive import AdaptiveTimeout, adaptive
 from orchestration.errors import ConfigurationError
 from orchestration.llm.breakers import BreakerPolicy
 from orchestration.llm.ratelimit import RateLimit
-from orchestration.llm.tokens import Estimate
 
 #: With no catalogue file: the local provider only (a deployment names its own file).
 BUILTIN_CATALOGUE = {"providers": {"local": {"kind": "local"}},
-                     "models": {"local": {"provider": "local", "tokens": "words*1.3"}},
+                     "models": {"local": {"provider": "local"}},
                      "default_model": "local"}
 
 
@@ -80,11 +79,7 @@ class ProviderConfig(BaseModel):
 
 
 class ModelConfig(BaseModel):
-    """One model: its provider, prices in USD per 1k tokens, fallbacks in order.
-
-    ``context_window``: the most tokens a prompt may hold; ``tokens``: how its tokens
-    are estimated offline (see :mod:`orchestration.llm.tokens`).
-    """
+    """One model: its provider, prices in USD per 1k tokens, fallbacks in order."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -97,8 +92,6 @@ class ModelConfig(BaseModel):
     breaker: BreakerConfig = BreakerConfig()
     rate_limit: RateLimitConfig | None = None
     queue: str | None = None
-    context_window: int = Field(default=8192, gt=0)
-    tokens: Estimate = "chars/4"
 
     def timeout_policy(self) -> float | AdaptiveTimeout:
         """Seconds per call, or the adaptive policy that computes them."""
