@@ -164,9 +164,9 @@ def _record(host: Host, event: Event, outcomes: Iterable[EventOutcome]) -> None:
         run_id=outcome.run_id, reason=redactor.text(outcome.reason)) for outcome in outcomes]
     host.store.events.record(records)
     for record in records:
-        log.info("event received", event_name=record.name, event_id=record.event_id, source=record.source,
-                 outcome=record.outcome, trigger=record.trigger, run_id=record.run_id,
-                 reason=record.reason)
+        log.info("event received", event_name=record.name, event_id=record.event_id,
+                 source=record.source, outcome=record.outcome, trigger=record.trigger,
+                 run_id=record.run_id, reason=record.reason)
 
 
 def _is_json(value: Any) -> bool:
