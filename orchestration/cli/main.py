@@ -17,6 +17,7 @@ from rich.tree import Tree
 
 from orchestration.cli.common import STATUS_STYLE, console, orchestrator_for_cli
 from orchestration.cli.errors import OperatorGroup
+from orchestration.cli.events import consume, emit, events
 from orchestration.cli.graph import graph
 from orchestration.cli.serve import serve
 from orchestration.core.clock import as_utc
@@ -328,3 +329,6 @@ def _time(value: datetime | None) -> str:
 
 main.add_command(graph)
 main.add_command(serve)
+main.add_command(events)
+main.add_command(emit)
+main.add_command(consume)
