@@ -1,9 +1,9 @@
 """Deployment configuration: the workflow modules workers import, the model catalogue,
-queues and Celery overrides.
+the pipeline files, queues and Celery overrides.
 
-The engine reads ``WORKFLOW_MODULES`` and ``MODELS_FILE`` from the module named by
-``ORCH_DEPLOYMENT`` (this package by default) when ``ORCH_IMPORTS`` / ``ORCH_MODELS_FILE``
-are not set; it names no business module itself.
+The engine reads ``WORKFLOW_MODULES``, ``MODELS_FILE`` and ``PIPELINES`` from the module
+named by ``ORCH_DEPLOYMENT`` (this package by default) when ``ORCH_IMPORTS`` /
+``ORCH_MODELS_FILE`` / ``ORCH_PIPELINES`` are not set; it names no business module itself.
 """
 
 from pathlib import Path
@@ -18,3 +18,6 @@ WORKFLOW_MODULES = [
 
 #: The model catalogue: providers, prices, fallbacks (``ORCH_MODELS_FILE`` overrides it).
 MODELS_FILE = Path(__file__).resolve().parent / "models.yaml"
+
+#: The pipeline files every worker and the CLI load (``ORCH_PIPELINES`` overrides it).
+PIPELINES = Path(__file__).resolve().parent.parent / "tasks" / "pipelines"

@@ -28,6 +28,8 @@ from orchestration.errors import (
     NoWaitingInput,
     OrchestrationError,
     OutputNotSerializable,
+    PipelineError,
+    Problem,
     ProviderError,
     RateLimited,
     ResultsDatabaseUnavailable,
@@ -42,6 +44,7 @@ from orchestration.errors import (
 )
 from orchestration.events.outcomes import EventOutcome
 from orchestration.execute.context import StepContext
+from orchestration.pipelines import load_pipeline, load_pipelines
 
 __all__ = [
     # defining and running workflows
@@ -53,6 +56,9 @@ __all__ = [
     "Workflow",
     "adaptive",
     "default_orchestrator",
+    # declared pipelines (JSON/YAML files)
+    "load_pipeline",
+    "load_pipelines",
     # reading runs back
     "RunHandle",
     "RunResult",
@@ -74,6 +80,8 @@ __all__ = [
     "ConfigurationError",
     "SchemaNotCurrent",
     "WorkflowDefinitionError",
+    "PipelineError",
+    "Problem",
     "InvalidInput",
     "SubmitFailed",
     "RunNotFound",

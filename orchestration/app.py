@@ -35,6 +35,7 @@ from orchestration.errors import (
 from orchestration.execute.runtime import Delivery
 from orchestration.llm.catalogue import load_catalogue
 from orchestration.llm.resilience import Resilience
+from orchestration.pipelines import load_pipelines
 from orchestration.store.repository import StepOutcome, Store
 from orchestration.store.workers import Released, WorkerInfo
 from orchestration.submit import submission
@@ -134,6 +135,16 @@ class Orchestrator:
     def register_step(self, workflow: Workflow, spec: StepSpec) -> None:
         """Register a step as the Celery task ``<workflow>.<step>`` on its queue."""
         step_task.register_step(self, workflow, spec)
+
+    def load_pipelines(self) -> list[Workflow]:
+        """Load every pipeline file of ``ORCH_PIPELINES`` as a workflow ([] when unset).
+
+        Workers call this at start-up, after importing ``ORCH_IMPORTS`` (a pipeline may
+        route to those workflows), and so does the CLI; loading unchanged files again
+        returns the workflows already registered. A bad file raises PipelineError.
+        """
+        folder = self.settings.pipelines
+        return [] if folder is None else load_pipelines(folder, orchestrator=self)
 
     # -- submitting (orchestration/submit/submission.py) -------------------------------
 

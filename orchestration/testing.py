@@ -31,6 +31,7 @@ def embedded_settings(directory: Path, **overrides: Any) -> Settings:
         "result_backend": None,
         "database_url": f"sqlite:///{directory / 'orchestration.db'}",
         "imports": [],
+        "pipelines": None,
         "embedded_concurrency": 4,
     }
     values.update(overrides)

@@ -30,6 +30,7 @@ def orchestrator_for_cli(load_workflows: bool = False) -> Orchestrator:
         if load_workflows:
             for module in orchestrator.settings.imports:
                 importlib.import_module(module)
+            orchestrator.load_pipelines()
     except Exception as exc:
         # Settings, catalogue and workflow modules: one line naming the problem, even where
         # a command turns OrchestrationError into its own message.

@@ -46,12 +46,18 @@ class Settings(BaseSettings):
     models_file: Path | None = Field(default=None, description="Model catalogue (YAML).")
     deployment: str = Field(
         default="config",
-        description="The deployment's configuration module: its WORKFLOW_MODULES and "
-        "MODELS_FILE are the defaults of ORCH_IMPORTS and ORCH_MODELS_FILE. Empty: none.",
+        description="The deployment's configuration module: its WORKFLOW_MODULES, "
+        "MODELS_FILE and PIPELINES are the defaults of ORCH_IMPORTS, ORCH_MODELS_FILE and "
+        "ORCH_PIPELINES. Empty: none.",
     )
     imports: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Workflow modules every worker imports, comma-separated.",
+    )
+    pipelines: Path | None = Field(
+        default=None,
+        description="A folder of pipeline files (*.json, *.yaml) every worker and the CLI "
+        "load as workflows. Unset: the deployment's PIPELINES, else none.",
     )
     default_queue: str = Field(default="default", description="Queue of steps that name none.")
     inline_output_limit: int = Field(
@@ -233,7 +239,8 @@ class Settings(BaseSettings):
     def _deployment_defaults(self) -> Settings:
         # The engine names no business module: the deployment's list and catalogue are
         # read from its configuration module, unless given explicitly.
-        if not self.deployment or {"imports", "models_file"} <= self.model_fields_set:
+        if not self.deployment or {"imports", "models_file",
+                                   "pipelines"} <= self.model_fields_set:
             return self
         try:
             module = importlib.import_module(self.deployment)
@@ -245,6 +252,9 @@ class Settings(BaseSettings):
         if "models_file" not in self.model_fields_set and self.models_file is None:
             models = getattr(module, "MODELS_FILE", None)
             self.models_file = Path(models) if models is not None else None
+        if "pipelines" not in self.model_fields_set and self.pipelines is None:
+            folder = getattr(module, "PIPELINES", None)
+            self.pipelines = Path(folder) if folder is not None else None
         return self
 
     @model_validator(mode="after")

@@ -53,6 +53,9 @@ class WorkerProcess(Protocol):
     def stop_heartbeat(self) -> None:
         """Stop beating."""
 
+    def load_pipelines(self) -> Any:
+        """Load the deployment's pipeline files (ORCH_PIPELINES) as workflows."""
+
 
 _find: Callable[[], WorkerProcess | None] | None = None
 _build: Callable[[], WorkerProcess] | None = None
@@ -103,6 +106,10 @@ def _on_celeryd_init(**_: Any) -> None:
 def _on_worker_init(sender: Any = None, **_: Any) -> None:
     orchestrator = _current()
     if orchestrator is not None and getattr(sender, "app", None) is orchestrator.celery:
+        if not orchestrator.settings.embedded:
+            # After Celery imported ORCH_IMPORTS, before the pool forks: every process of
+            # this worker knows the pipelines' steps. A bad file stops the worker here.
+            orchestrator.load_pipelines()
         try:
             orchestrator.store.ensure_schema()
         except Exception as exc:
