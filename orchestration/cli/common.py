@@ -21,16 +21,19 @@ STATUS_STYLE = {
 }
 
 
-def orchestrator_for_cli(load_workflows: bool = False) -> Orchestrator:
-    """The default orchestrator (its workflow modules imported if asked); setup errors
-    become one line naming the problem."""
+def orchestrator_for_cli(load_workflows: bool = False, *,
+                         pipelines: bool = True) -> Orchestrator:
+    """The default orchestrator (its workflow modules imported, and unless ``pipelines``
+    is false its pipeline folder loaded, if asked); setup errors become one line naming
+    the problem."""
     try:
         orchestrator = default_orchestrator()
         remember_database_url(orchestrator.settings.database_url)
         if load_workflows:
             for module in orchestrator.settings.imports:
                 importlib.import_module(module)
-            orchestrator.load_pipelines()
+            if pipelines:
+                orchestrator.load_pipelines()
     except Exception as exc:
         # Settings, catalogue and workflow modules: one line naming the problem, even where
         # a command turns OrchestrationError into its own message.

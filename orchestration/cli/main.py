@@ -19,6 +19,7 @@ from orchestration.cli.common import STATUS_STYLE, console, orchestrator_for_cli
 from orchestration.cli.errors import OperatorGroup
 from orchestration.cli.events import consume, emit, events
 from orchestration.cli.graph import graph
+from orchestration.cli.pipeline import pipeline
 from orchestration.cli.serve import serve
 from orchestration.core.clock import as_utc
 from orchestration.core.results import RunResult, StepRecord, cancel_run
@@ -328,6 +329,7 @@ def _time(value: datetime | None) -> str:
 
 
 main.add_command(graph)
+main.add_command(pipeline)
 main.add_command(serve)
 main.add_command(events)
 main.add_command(emit)
