@@ -14,6 +14,8 @@ WORKFLOW_MODULES = [
     "tasks.support.routing",
     "tasks.fraud.workflow",
     "tasks.content.workflow",
+    "tasks.rag.workflow",
+    "tasks.agent.workflow",
 ]
 
 #: The model catalogue: providers, prices, fallbacks (``ORCH_MODELS_FILE`` overrides it).
