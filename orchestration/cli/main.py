@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
+from orchestration.cli.beat import beat
 from orchestration.cli.common import STATUS_STYLE, console, orchestrator_for_cli
 from orchestration.cli.errors import OperatorGroup
 from orchestration.cli.events import consume, emit, events
@@ -334,3 +335,4 @@ main.add_command(serve)
 main.add_command(events)
 main.add_command(emit)
 main.add_command(consume)
+main.add_command(beat)

@@ -14,6 +14,7 @@ class Outcome(StrEnum):
     UNMATCHED = "unmatched"  # no trigger listens to it (or every filter refused it)
     REJECTED = "rejected"    # its payload or id could not start a run; ``reason`` says why
     SKIPPED = "skipped"      # a schedule's tick skipped by its overlap policy
+    QUEUED = "queued"        # a schedule's tick waiting for its previous run (overlap=queue)
 
 
 @dataclass(frozen=True)
