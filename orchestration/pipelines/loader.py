@@ -155,6 +155,8 @@ class _Loader:
         self.host = host
         self.files: dict[Path, _File] = {}
         self.siblings: dict[str, _File] = {}
+        self.folder: Path | None = None
+        self.exclude: Path | None = None
 
     def add(self, path: Path) -> _File:
         file = self.files.get(path.resolve())
@@ -163,12 +165,19 @@ class _Loader:
         return file
 
     def add_siblings(self, folder: Path, *, exclude: Path) -> None:
-        """Files beside the one loaded: candidates for the pipelines it routes to."""
-        for path in sorted(folder.iterdir()) if folder.is_dir() else ():
-            if path.suffix.lower() in SUFFIXES and path.resolve() != exclude.resolve():
-                sibling = _File(read(path))
-                if sibling.name and sibling.name not in self.siblings:
-                    self.siblings[sibling.name] = sibling
+        """Files beside the one loaded: candidates for the pipelines it routes to (read
+        only if it routes to a name nothing else provides)."""
+        self.folder, self.exclude = folder, exclude.resolve()
+
+    def sibling(self, name: str) -> _File | None:
+        if self.folder is not None:
+            folder, self.folder = self.folder, None
+            for path in sorted(folder.iterdir()) if folder.is_dir() else ():
+                if path.suffix.lower() in SUFFIXES and path.resolve() != self.exclude:
+                    found = _File(read(path))
+                    if found.name and found.name not in self.siblings:
+                        self.siblings[found.name] = found
+        return self.siblings.get(name)
 
     def load(self, wanted: list[_File], *, dry: bool = False) -> list[Workflow]:
         files = self._closure(wanted)
@@ -179,7 +188,7 @@ class _Loader:
         plans: dict[int, Plan] = {}
         for file in order:
             if file.problems:
-                problems += [_in(file, p, wanted) for p in file.problems]
+                problems += [_in(file, p, wanted) for p in file.problems + _more(file, scratch)]
                 continue
             existing = self.host.workflows.get(file.name or "")
             if existing is not None and not dry:
@@ -227,9 +236,10 @@ class _Loader:
         index = 0
         while index < len(files):
             for target in sorted(files[index].routes_to()):
-                sibling = self.siblings.get(target)
-                if (target not in names and target not in self.host.workflows
-                        and sibling is not None and sibling not in files):
+                if target in names or target in self.host.workflows:
+                    continue
+                sibling = self.sibling(target)
+                if sibling is not None and sibling not in files:
                     files.append(sibling)
                     names.add(target)
             index += 1
@@ -274,6 +284,22 @@ class _Loader:
         for file in files:
             visit(file)
         return order
+
+
+def _more(file: _File, scratch: _Scratch) -> list[Problem]:
+    """The semantic problems of a file the schema rejected, where the schema said nothing
+    (a part it rejected is not looked at twice)."""
+    if file.source.data is None:
+        return []
+    models = getattr(scratch.catalogue, "models", None)
+    try:
+        found = Planner(file.source, lambda name: scratch.workflows.get(name),
+                        models if isinstance(models, Mapping) else None).run().problems
+    except Exception:  # a shape the planner cannot read: the schema problems say why
+        return []
+    broken = [p.pointer for p in file.problems]
+    return [p for p in found if not any(p.pointer == b or p.pointer.startswith(b + "/")
+                                        for b in broken)]
 
 
 def _in(file: _File, problem: Problem, wanted: list[_File]) -> Problem:

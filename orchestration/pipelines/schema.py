@@ -65,20 +65,23 @@ def _explain(error: ValidationError) -> Iterator[tuple[str, str]]:
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             yield at + pointer(key), f"unknown option {key!r}{hint}; allowed: {', '.join(allowed)}"
         return
-    if kind == "propertyNames":
+    if "propertyNames" in error.schema_path:
+        # Raised inside propertyNames: the instance is the key, the path its object's.
         name = error.instance
         yield at + pointer(str(name)), f"the name {name!r} is not allowed here: " + (
-            f"must be one of {', '.join(error.validator_value['enum'])}"
-            if "enum" in error.validator_value else
+            f"must be one of {', '.join(map(str, error.validator_value))}"
+            if kind == "enum" else
             "names are Python identifiers (letters, digits, '_', not starting with a digit)"
-            if error.validator_value.get("pattern") else error.message)
+            if kind == "pattern" else str(error.message))
         return
     if kind == "required":
         yield at, f"missing {error.message.split(' is a required')[0]}"
         return
     if kind == "oneOf" and error.context:
-        inner = best_match(error.context)
-        yield pointer(*inner.absolute_path), _message(inner)
+        # The branch of the instance's own type says what is wrong with it.
+        relevant = [e for e in error.context if e.validator != "type"] or error.context
+        for inner in (best_match(relevant),):
+            yield from _explain(inner)
         return
     yield at, _message(error)
 

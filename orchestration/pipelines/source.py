@@ -108,11 +108,14 @@ def _walk(source: Source, node: yaml.Node, at: str, *, data_keys: bool) -> None:
         seen: set[str] = set()
         for key_node, value_node in node.value:
             key = key_node.value
+            if key_node.tag != "tag:yaml.org,2002:str":
+                key = _key(_KEYS.construct_object(key_node))  # as the data holds it
             here = at + pointer(key)
             if not data_keys and key_node.tag != "tag:yaml.org,2002:str":
                 source.problems.append(Problem(
-                    here, f"the key {key!r} is read as {key_node.tag.rsplit(':', 1)[-1]}, "
-                    "not text; quote it", key_node.start_mark.line + 1))
+                    here, f"the key {key_node.value!r} is read as "
+                    f"{key_node.tag.rsplit(':', 1)[-1]}, not text; quote it",
+                    key_node.start_mark.line + 1))
             if key in seen:
                 source.problems.append(Problem(
                     here, f"the key {key!r} is given twice (the last one would win)",
@@ -123,6 +126,9 @@ def _walk(source: Source, node: yaml.Node, at: str, *, data_keys: bool) -> None:
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
             _walk(source, item, f"{at}/{index}", data_keys=data_keys)
+
+
+_KEYS = yaml.constructor.SafeConstructor()
 
 
 def _plain(value: Any) -> Any:

@@ -36,7 +36,8 @@ class ModelServices(Protocol):
 
 def signature(names: Sequence[str], *, ctx: bool) -> inspect.Signature:
     """Keyword parameters ``names`` (and ``ctx`` last if asked): how the step binds."""
-    params = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY) for name in names]
+    params = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY)
+              for name in dict.fromkeys(names) if name != CTX]
     if ctx:
         params.append(inspect.Parameter(CTX, inspect.Parameter.KEYWORD_ONLY))
     return inspect.Signature(params)
