@@ -20,7 +20,9 @@ def history(ctx: Any) -> Messages:
     memory = getattr(ctx, "memory", None)
     if memory is None:
         return []
-    return [dict(message) for message in memory.context().messages()]
+    context = memory.context()
+    messages = getattr(context, "messages", context)
+    return [dict(message) for message in messages]
 
 
 def remember(ctx: Any, *, user: str, assistant: str) -> None:

@@ -32,9 +32,9 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.integration.workers import Workers  # noqa: E402
 from tests.support import services  # noqa: E402
 from tests.support.services import pytest_runtest_makereport  # noqa: E402, F401 - a hook
+from tests.support.workers import Workers  # noqa: E402
 
 COUNTER_REDIS_URL = os.environ.get("ORCH_CHAOS_REDIS_URL", "redis://127.0.0.1:6379/12")
 LEASE_KEY = "orchestration:chaos-lease"  # one chaos test at a time owns the DB
@@ -71,19 +71,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture
 def counters() -> Iterator[redis.Redis]:
     """The chaos Redis DB, flushed before and after the test."""
-    client = services.redis_or_skip(COUNTER_REDIS_URL, "chaos", socket_timeout=10)
-    if not client.set(LEASE_KEY, str(os.getpid()), nx=True, ex=LEASE_SECONDS):
-        holder = client.get(LEASE_KEY)
-        client.close()
-        pytest.fail(f"{COUNTER_REDIS_URL} is leased by another chaos session (pid "
-                    f"{holder!r}); delete {LEASE_KEY} there if none is running", pytrace=False)
-    client.flushdb()
-    client.set(LEASE_KEY, str(os.getpid()), ex=LEASE_SECONDS)
-    try:
+    with services.leased_redis(COUNTER_REDIS_URL, "chaos", lease_key=LEASE_KEY,
+                               lease_seconds=LEASE_SECONDS, socket_timeout=10) as client:
         yield client
-    finally:
-        client.flushdb()  # also releases the lease
-        client.close()
 
 
 @pytest.fixture

@@ -15,9 +15,7 @@ import json
 import os
 import random
 import re
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -30,10 +28,9 @@ from typing import Any
 import redis
 
 from tests.chaos.workflows import BUSY_PREFIX
-from tests.integration.workers import Worker, Workers
+from tests.support.processes import ROOT, child_env, orchestrate
+from tests.support.workers import Worker, Workers
 
-ROOT = Path(__file__).resolve().parents[2]
-ORCHESTRATE = str(Path(sys.executable).with_name("orchestrate"))
 MAX_CRASHES = 3  # ORCH_MAX_CRASHES default, which the tests keep
 
 
@@ -41,15 +38,8 @@ def chaos_env(**orch: str) -> dict[str, str]:
     """This process's environment without any ORCH_* or provider key, plus ``orch``."""
     env = {key: value for key, value in os.environ.items()
            if not key.startswith("ORCH_") and key not in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY")}
-    env.update({
-        "ORCH_IMPORTS": "tests.chaos.workflows",
-        "ORCH_LOG_JSON": "true",
-        "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p),
-        "PYTHONUNBUFFERED": "1",
-        "COLUMNS": "200",
-    })
-    env.update(orch)
-    return env
+    return child_env(env, imports=("tests.chaos.workflows",), ORCH_LOG_JSON="true",
+                     COLUMNS="200", **orch)
 
 
 def log(message: str) -> None:
@@ -89,12 +79,7 @@ def group_members(pgid: int) -> list[int]:
 
 def run_cli(env: dict[str, str], *args: str, timeout: float = 90) -> str:
     """``orchestrate <args>``; its stdout (fails loudly on a non-zero exit)."""
-    done = subprocess.run([ORCHESTRATE, *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout, check=False)
-    if done.returncode != 0:
-        raise AssertionError(f"orchestrate {' '.join(args)} exited {done.returncode}:\n"
-                             f"{done.stdout}\n{done.stderr[-3000:]}")
-    return done.stdout
+    return orchestrate(*args, env=env, check=True, timeout=timeout).stdout
 
 
 def reconcile(env: dict[str, str], idle: float) -> list[str]:
@@ -112,68 +97,6 @@ def submit(env: dict[str, str], count: int, *workflows: str) -> list[str]:
         raise AssertionError(f"submitting runs failed ({done.returncode}):\n"
                              f"{done.stderr[-3000:]}")
     return list(json.loads(done.stdout.strip().splitlines()[-1]))
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class RedisServer:
-    """A ``redis-server`` of the test's own: no persistence, so a restart is empty."""
-
-    def __init__(self, port: int, workdir: Path) -> None:
-        self.port = port
-        self.workdir = workdir
-        self.process: subprocess.Popen[bytes] | None = None
-        self.starts = 0
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise FileNotFoundError("redis-server is not installed")
-        self.starts += 1
-        logfile = self.workdir / f"redis-{self.starts}.log"
-        with open(logfile, "ab") as out:
-            self.process = subprocess.Popen(
-                [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                 "--appendonly", "no", "--daemonize", "no", "--dir", str(self.workdir)],
-                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
-        deadline = time.monotonic() + 10
-        try:
-            while True:
-                try:
-                    client.ping()
-                    return
-                except redis.ConnectionError:
-                    if self.process.poll() is not None or time.monotonic() > deadline:
-                        raise AssertionError(f"redis-server on {self.port} did not start:\n"
-                                             f"{logfile.read_text()[-2000:]}") from None
-                    time.sleep(0.05)
-        finally:
-            client.close()
-
-    def kill(self) -> None:
-        """SIGKILL: everything in it (queues, unacked messages, chord counters) is gone."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
 
 
 # -- the killer -----------------------------------------------------------------------------

@@ -56,7 +56,7 @@ sys.path.insert(0, str(ROOT))
 from orchestration import get_run, reconcile  # noqa: E402
 from tests.chaos.harness import chaos_env  # noqa: E402
 from tests.chaos.workflows import REPRO_QUEUES, chaos_repro, exec_key  # noqa: E402
-from tests.integration.workers import Workers  # noqa: E402
+from tests.support.workers import Workers  # noqa: E402
 
 
 def _step_status(engine: Any, run_id: str, step: str) -> str | None:

@@ -31,9 +31,7 @@ import redis
 from sqlalchemy import Engine, text
 
 from tests.chaos.harness import (
-    RedisServer,
     chaos_env,
-    free_port,
     log,
     reconcile,
     replace_dead,
@@ -50,7 +48,8 @@ from tests.chaos.verdict import (
     wait_for,
 )
 from tests.chaos.workflows import BROKER_QUEUE, THREADS_QUEUE, queues
-from tests.integration.workers import Workers
+from tests.support.own_redis import OwnRedis
+from tests.support.workers import Workers
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(420)]
 
@@ -68,7 +67,7 @@ def _steps_done(engine: Engine) -> int:
             "SELECT count(*) FROM steps WHERE finished_at IS NOT NULL")).scalar() or 0)
 
 
-def _messages_in(server: RedisServer, queues: tuple[str, ...] = QUEUES) -> dict[str, int]:
+def _messages_in(server: OwnRedis, queues: tuple[str, ...] = QUEUES) -> dict[str, int]:
     """What the broker holds right now: queued per queue, and unacknowledged."""
     client = redis.Redis(port=server.port, socket_timeout=5)
     try:
@@ -80,10 +79,9 @@ def _messages_in(server: RedisServer, queues: tuple[str, ...] = QUEUES) -> dict[
 
 
 def _own_broker(counters: redis.Redis, database_url: str,
-                worker_pool: Workers) -> tuple[RedisServer, dict[str, str]]:
+                worker_pool: Workers) -> tuple[OwnRedis, dict[str, str]]:
     """A started redis-server of the test's own as broker and backend; the workers' env."""
-    server = RedisServer(free_port(), Path(tempfile.mkdtemp(prefix="orch-chaos-redis-",
-                                                            dir=worker_pool.log_dir)))
+    server = OwnRedis(Path(tempfile.mkdtemp(prefix="orch-chaos-redis-", dir=worker_pool.log_dir)))
     server.start()
     kwargs = counters.connection_pool.connection_kwargs
     counter_url = f"redis://{kwargs['host']}:{kwargs['port']}/{kwargs['db']}"

@@ -37,8 +37,8 @@ from tests.chaos.verdict import (
     wait_for,
 )
 from tests.chaos.workflows import DB_QUEUE, queues
-from tests.integration.workers import Workers
 from tests.support.own_postgres import OwnPostgres, own_postgres
+from tests.support.workers import Workers
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(480)]
 

@@ -49,7 +49,7 @@ from tests.chaos.verdict import (
     wait_for,
 )
 from tests.chaos.workflows import EXIT_THREADS_QUEUE, FATAL_PREFORK_QUEUE, FATAL_THREADS_QUEUE
-from tests.integration.workers import Workers
+from tests.support.workers import Workers
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(420)]
 

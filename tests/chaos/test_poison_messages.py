@@ -30,7 +30,7 @@ from sqlalchemy import Engine
 from tests.chaos.harness import chaos_env, log, replace_dead, run_cli, submit
 from tests.chaos.verdict import analyse, dump_evidence, install_audit, terminal_count, wait_for
 from tests.chaos.workflows import POISON_QUEUE, STEPS, queues
-from tests.integration.workers import Workers
+from tests.support.workers import Workers
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(300)]
 

@@ -47,7 +47,7 @@ from tests.chaos.harness import (
 )
 from tests.chaos.verdict import analyse, dump_evidence, install_audit, terminal_count, wait_for
 from tests.chaos.workflows import KILLS_QUEUE, queues
-from tests.integration.workers import Workers
+from tests.support.workers import Workers
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(420)]
 

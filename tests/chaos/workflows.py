@@ -45,7 +45,6 @@ import contextlib
 import json
 import os
 import random
-import threading
 import time
 import uuid
 from typing import Any
@@ -54,6 +53,7 @@ import redis
 from celery import signals
 
 from orchestration import StepContext, Workflow
+from tests.support.redis_clients import process_client
 
 KILLS_QUEUE = "chaos.kills"
 BROKER_QUEUE = "chaos.broker"
@@ -71,10 +71,6 @@ BUSY_PREFIX = "chaos:busy:"
 EXECUTIONS_KEY = "chaos:executions"
 KEY_TTL_S = 3600
 
-_clients: dict[int, redis.Redis] = {}
-_clients_lock = threading.Lock()
-
-
 def counter_url() -> str:
     """The Redis that holds the instrumentation (never the broker a test kills)."""
     return (os.environ.get("ORCH_CHAOS_COUNTER_URL") or os.environ.get("ORCH_REDIS_URL")
@@ -83,16 +79,7 @@ def counter_url() -> str:
 
 def counters() -> redis.Redis:
     """This process's client of the counter Redis (a prefork child opens its own)."""
-    pid = os.getpid()
-    client = _clients.get(pid)
-    if client is None:
-        with _clients_lock:
-            client = _clients.get(pid)
-            if client is None:
-                client = redis.Redis.from_url(counter_url(), socket_timeout=5,
-                                              socket_connect_timeout=5)
-                _clients[pid] = client
-    return client
+    return process_client(counter_url(), socket_timeout=5, socket_connect_timeout=5)
 
 
 def exec_key(run_id: str, step: str) -> str:

@@ -27,12 +27,12 @@ import pytest
 import redis
 
 ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # `tests.integration.workflows` is imported by that name
+if str(ROOT) not in sys.path:  # workers and this process import test workflows by name
     sys.path.insert(0, str(ROOT))
 
-from tests.integration.workers import Workers  # noqa: E402
 from tests.support import services  # noqa: E402
 from tests.support.services import pytest_runtest_makereport  # noqa: E402, F401 - a hook
+from tests.support.workers import Workers  # noqa: E402
 
 LEASE_KEY = "orchestration:test-session-lease"
 LEASE_SECONDS = 1800
@@ -56,6 +56,7 @@ REDIS_URL = os.environ.get("ORCH_TEST_REDIS_URL") or _lease_redis_db()
 SESSION_DATABASE = f"orch_it_{uuid.uuid4().hex[:12]}"
 DATABASE_URL = services.database_url(SESSION_DATABASE)
 INLINE_RETRY_LIMIT_S = 0.2
+WORKFLOWS = "tests.integration.support.workflows"  # the package of the test workflows
 
 os.environ.update({
     "ORCH_BROKER_URL": REDIS_URL,
@@ -63,10 +64,9 @@ os.environ.update({
     "ORCH_REDIS_URL": REDIS_URL,
     "ORCH_DATABASE_URL": DATABASE_URL,
     # What every worker imports: the test workflows and the shipped support workflow.
-    "ORCH_IMPORTS": "tests.integration.workflows,tests.integration.dynamic_workflows,"
-                    "tests.integration.durability_workflows,tasks.support.workflow,"
-                    "tests.integration.reconcile_workflows,tests.integration.liveness_workflows,"
-                    "tests.integration.reliability_workflows",
+    "ORCH_IMPORTS": ",".join([*(f"{WORKFLOWS}.{name}" for name in (
+        "common", "dynamic", "durability", "reconcile", "liveness", "reliability")),
+        "tasks.support.workflow"]),
     "ORCH_INLINE_RETRY_LIMIT": str(INLINE_RETRY_LIMIT_S),
 })
 # Hermetic: LLM steps answer from the local provider, never a real API.
@@ -79,14 +79,9 @@ os.environ.pop("OPENAI_API_KEY", None)
 @pytest.fixture(scope="session")
 def redis_service() -> Iterator[redis.Redis]:
     """The session's Redis DB, flushed at start (keeping the lease) and at the end."""
-    client = services.redis_or_skip(REDIS_URL, "integration", socket_timeout=5)
-    client.flushdb()
-    client.set(LEASE_KEY, str(os.getpid()), ex=LEASE_SECONDS)
-    try:
+    with services.leased_redis(REDIS_URL, "integration", lease_key=LEASE_KEY,
+                               lease_seconds=LEASE_SECONDS, socket_timeout=5) as client:
         yield client
-    finally:
-        client.flushdb()  # also releases the lease
-        client.close()
 
 
 @pytest.fixture(scope="session")
@@ -128,7 +123,7 @@ def workers(redis_service: redis.Redis, postgres_database: str,
             worker_logs: Path) -> Iterator[Workers]:
     """The session's workers: prefork (-c 2) on the common queues, threads (-c 4) on its own."""
     from orchestration import default_orchestrator
-    from tests.integration.workflows import OTHER_QUEUE, QUEUE, THREADS_QUEUE
+    from tests.integration.support.workflows.common import OTHER_QUEUE, QUEUE, THREADS_QUEUE
 
     settings = default_orchestrator().settings
     assert settings.database_url == postgres_database, (

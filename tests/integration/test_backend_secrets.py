@@ -21,11 +21,9 @@ import base64
 import contextlib
 import json
 import os
-import shutil
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -34,59 +32,27 @@ from celery.app.task import Context
 
 from orchestration import Orchestrator, RunStatus, Workflow, default_orchestrator
 from orchestration.core.settings import Settings
-from tests.integration import backend_secret_workflows as bsw
-from tests.integration.observability_support import free_port
-from tests.integration.workers import ROOT, Workers
+from tests.integration.support.workflows import backend_secrets as bsw
+from tests.support.own_redis import own_redis as own_redis_server
+from tests.support.polling import wait_until
+from tests.support.processes import CLI_TIMEOUT_S, ROOT, child_env, orchestrate
+from tests.support.workers import Workers
 
-MODULE = "tests.integration.backend_secret_workflows"
+MODULE = bsw.__name__
 RUN_TIMEOUT_S = 60.0
-CLI_TIMEOUT_S = 60.0
 
 
 @pytest.fixture
 def own_redis(tmp_path: Path) -> Iterator[str]:
     """A redis-server of this test (no persistence); its URL."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        if os.environ.get("CI"):
-            pytest.fail("CI is set and this test needs redis-server")
-        pytest.skip("redis-server is not installed")
-    port = free_port()
-    with open(tmp_path / "redis.log", "ab") as log:
-        process = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1",
-                                    "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
-                                   stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
-    client = redis.Redis(port=port, socket_connect_timeout=0.5)
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            assert process.poll() is None and time.monotonic() < deadline, (
-                (tmp_path / "redis.log").read_text())
-            time.sleep(0.05)
-    client.close()
-    try:
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    with own_redis_server(tmp_path) as server:
+        yield server.url
 
 
 def env_for(redis_url: str) -> dict[str, str]:
     """The session's environment, on the test's own Redis, importing the secret workflows."""
-    env = dict(os.environ)
-    env.update({"ORCH_BROKER_URL": redis_url, "ORCH_RESULT_BACKEND": redis_url,
-                "ORCH_REDIS_URL": redis_url, "ORCH_IMPORTS": MODULE,
-                "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT),
-                                                          env.get("PYTHONPATH", "")) if p)})
-    return env
+    return child_env(ORCH_BROKER_URL=redis_url, ORCH_RESULT_BACKEND=redis_url,
+                     ORCH_REDIS_URL=redis_url, ORCH_IMPORTS=MODULE)
 
 
 def every_value(client: redis.Redis) -> dict[str, str]:
@@ -129,10 +95,8 @@ def holding(values: dict[str, str], secrets: list[str]) -> dict[str, list[str]]:
 
 
 def submit(env: dict[str, str], inputs: dict[str, str]) -> str:
-    done = subprocess.run([sys.executable, "-m", "orchestration.cli", "submit",
-                           "it_backend_secrets", "--inputs", json.dumps(inputs)], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=CLI_TIMEOUT_S)
-    assert done.returncode == 0, done.stderr
+    done = orchestrate("submit", "it_backend_secrets", "--inputs", json.dumps(inputs), env=env,
+                       check=True)
     return done.stdout.strip().splitlines()[-1]
 
 
@@ -142,14 +106,6 @@ def inspect_active(env: dict[str, str]) -> str:
                           capture_output=True, text=True, timeout=CLI_TIMEOUT_S)
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
-
-
-def wait_until(condition: Callable[[], object], what: str,
-               timeout: float = RUN_TIMEOUT_S) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 @pytest.mark.postgres
@@ -167,13 +123,13 @@ def test_celery_keeps_and_shows_no_secret(own_redis: str, postgres_database: str
                       concurrency=4)
         run_id = submit(env, inputs)
         wait_until(lambda: client.exists(bsw.SLOW_STARTED_KEY.format(run=tag)),
-                   "the slow step to start")
+                   timeout=RUN_TIMEOUT_S, what="the slow step to start")
         # The chord's other branch (intake -> check, enrich) is done once both parts are in.
         store = default_orchestrator().store
         wait_until(lambda: {s.name: s.status.value for s in store.get_run(run_id).steps.values()
                             if s.name in ("check", "enrich")} == {"check": "succeeded",
                                                                   "enrich": "succeeded"},
-                   "the chord's first parts")
+                   timeout=RUN_TIMEOUT_S, what="the chord's first parts")
 
         active = inspect_active(env)
         assert "it_backend_secrets.slow" in active, active
@@ -193,13 +149,14 @@ def test_celery_keeps_and_shows_no_secret(own_redis: str, postgres_database: str
                     if not key.endswith(allowed)}, during
 
         client.set(bsw.SLOW_RELEASE_KEY.format(run=tag), 1, ex=600)
-        wait_until(lambda: store.get_run(run_id).status.is_terminal, "the run to end")
+        wait_until(lambda: store.get_run(run_id).status.is_terminal, timeout=RUN_TIMEOUT_S,
+                   what="the run to end")
         run = store.get_run(run_id)
         assert run.status is RunStatus.SUCCEEDED, run.error
         assert run.outputs["join"] == "exact"
         # Celery acknowledges a message just after the task returns: let it settle.
         wait_until(lambda: not holding(every_value(client), secrets),
-                   "no secret left in Redis", timeout=10)
+                   timeout=10, what="no secret left in Redis")
         after = every_value(client)
         assert not holding(after, secrets), after
         assert any(key.startswith("celery-task-meta-") for key in after)

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 
 from orchestration import RunStatus, StepStatus
-from tests.integration import dynamic_workflows as dyn
-from tests.integration.helpers import statuses
-from tests.integration.workers import Workers
+from tests.integration.support.helpers import statuses
+from tests.integration.support.workflows import dynamic as dyn
+from tests.support.workers import Workers
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.workers]
 

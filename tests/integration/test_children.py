@@ -12,11 +12,11 @@ import pytest
 
 import orchestration
 from orchestration import RunStatus, StepStatus, get_run, list_runs
-from tests.integration import dynamic_workflows as dyn
-from tests.integration.dynamic_helpers import orchestrate
-from tests.integration.helpers import statuses, wait_until
-from tests.integration.workers import Worker, Workers
-from tests.integration.workflows import QUEUE
+from tests.integration.support.helpers import statuses, wait_until
+from tests.integration.support.workflows import dynamic as dyn
+from tests.integration.support.workflows.common import QUEUE
+from tests.support.processes import orchestrate
+from tests.support.workers import Worker, Workers
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.workers]
 

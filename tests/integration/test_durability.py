@@ -8,7 +8,6 @@ waits by sleeping: each wait polls with a deadline.
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -36,30 +35,16 @@ from orchestration import (
 from orchestration.define.fingerprint import cache_key
 from orchestration.errors import NotResumable
 from orchestration.store.models import CacheRow, RunRow
-from tests.integration import durability_workflows as dw
-from tests.integration.helpers import statuses, wait_until
-from tests.integration.workers import ROOT, Worker, Workers
-from tests.integration.workflows import calls, counter_key
+from tests.integration.support.helpers import statuses, wait_until
+from tests.integration.support.workflows import durability as dw
+from tests.integration.support.workflows.common import calls, counter_key
+from tests.support.processes import ROOT, child_env, orchestrate
+from tests.support.workers import Worker, Workers
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.workers]
 
 MAX_CRASHES = 2  # ORCH_MAX_CRASHES of the worker serving OWN_QUEUE
 SUBMITTERS = 8
-CLI_TIMEOUT_S = 60.0
-
-
-def _env(**overrides: str) -> dict[str, str]:
-    """The test process's environment (its ORCH_* settings) for a child process."""
-    env = dict(os.environ, **overrides)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
-    return env
-
-
-def orchestrate(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run the ``orchestrate`` CLI in a subprocess with the session's settings."""
-    return subprocess.run([sys.executable, "-m", "orchestration.cli", *args], cwd=ROOT,
-                          env=env or _env(), capture_output=True, text=True,
-                          timeout=CLI_TIMEOUT_S, check=False)
 
 
 def _run_count(workflow: str) -> int:
@@ -163,7 +148,7 @@ _SUBMIT_AT_BARRIER = """
 import json, os, sys, time
 import redis
 from orchestration import default_orchestrator
-from tests.integration.durability_workflows import idempotent
+from tests.integration.support.workflows.durability import idempotent
 
 key, ready_key, go_key = sys.argv[1:4]
 default_orchestrator().store.ensure_schema()  # connected before the barrier
@@ -187,7 +172,7 @@ def test_concurrent_submitters_with_one_idempotency_key_start_one_run(
     ready_key, go_key = f"it:dur:ready:{key}", f"it:dur:go:{key}"
     processes = [
         subprocess.Popen([sys.executable, "-c", _SUBMIT_AT_BARRIER, key, ready_key, go_key],
-                         cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         cwd=ROOT, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True)
         for _ in range(SUBMITTERS)
     ]
@@ -355,7 +340,7 @@ class OwnWorker:
 
 @pytest.fixture(scope="module")
 def own_worker(workers: Workers, worker_logs: Path) -> Iterator[OwnWorker]:
-    pool = Workers(worker_logs, env=_env(ORCH_MAX_CRASHES=str(MAX_CRASHES)))
+    pool = Workers(worker_logs, env=child_env(ORCH_MAX_CRASHES=str(MAX_CRASHES)))
     try:
         worker = pool.start("it-dur-own", [dw.OWN_QUEUE], pool="prefork", concurrency=1)
         yield OwnWorker(pool, worker)
@@ -459,7 +444,7 @@ def test_input_over_the_size_limit_is_refused_and_writes_nothing(workers: Worker
 
     # The limit is a setting: a CLI with ORCH_MAX_INPUT_BYTES=64 refuses 100 bytes.
     cli = orchestrate("submit", "it_dur_sink", "--inputs", json.dumps({"payload": "y" * 100}),
-                      env=_env(ORCH_MAX_INPUT_BYTES="64"))
+                      env=child_env(ORCH_MAX_INPUT_BYTES="64"))
     assert cli.returncode != 0
     assert "over the limit of 64 (ORCH_MAX_INPUT_BYTES)" in cli.stderr, cli.stderr[-2000:]
     assert cli.stdout.strip() == ""

@@ -6,25 +6,20 @@ inline, never by reference; ``resume`` and the reconciler refuse runs whose stor
 (or finished steps' outputs that steps still to run read) were redacted, naming them; and
 ``resume`` checks everything before it changes anything.
 
-Steps answer digests of what they received (``exact_delivery_workflows.py``); the tests compare
-them with digests of what they sent. A threads worker of this module serves
+Steps answer digests of what they received (``support/workflows/exact_delivery.py``); the
+tests compare them with digests of what they sent. A threads worker of this module serves
 ``EXACT_QUEUE``; nothing serves ``LOST_QUEUE`` until a test starts a worker for it.
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
-from sqlalchemy import update
 
 import orchestration
 from orchestration import (
@@ -38,29 +33,24 @@ from orchestration import (
 )
 from orchestration.core.redaction import REDACTED
 from orchestration.errors import NotResumable
-from orchestration.store.models import RunRow, StepRow
-from tests.integration import exact_delivery_workflows as sw
-from tests.integration.helpers import statuses, wait_until
-from tests.integration.workers import ROOT, Workers
-from tests.integration.workflows import calls
+from tests.integration.support.helpers import backdate_run, statuses, wait_until
+from tests.integration.support.workflows import exact_delivery as sw
+from tests.integration.support.workflows.common import calls
+from tests.support.processes import child_env, orchestrate
+from tests.support.workers import Workers
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres]
 
-MODULE = "tests.integration.exact_delivery_workflows"
+MODULE = "tests.integration.support.workflows.exact_delivery"
 RUN_TIMEOUT_S = 60.0
 STALE_S = 12 * 3600.0  # the reconciler's idle threshold here: only backdated runs qualify
-BACKDATE = timedelta(days=1)
 CREDS = {"user": "dana", "password": "hunter2-correct-horse"}
 NOTE = "use token=abcdef123456 now"
 
 
 def _env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    imports = [part for part in env.get("ORCH_IMPORTS", "").split(",") if part]
-    env["ORCH_IMPORTS"] = ",".join([*imports, MODULE] if MODULE not in imports else imports)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
-    env.update(extra)
-    return env
+    """The session's environment for a child process, importing this module's workflows."""
+    return child_env(imports=(MODULE,), **extra)
 
 
 @pytest.fixture(scope="module")
@@ -137,22 +127,6 @@ def _lose_messages(client: redis.Redis, queue: str, expected: int) -> None:
                what=f"{expected} message(s) on {queue}")
     with default_orchestrator().celery.connection_for_write() as conn:
         assert conn.default_channel.queue_purge(queue) == expected
-
-
-def _backdate(run_id: str) -> None:
-    """Move the run's creation and its steps' progress a day back (it looks stalled)."""
-    with default_orchestrator().store.engine.begin() as conn:
-        conn.execute(update(RunRow).where(RunRow.id == run_id)
-                     .values(created_at=RunRow.created_at - BACKDATE))
-        conn.execute(update(StepRow).where(StepRow.run_id == run_id)
-                     .values(started_at=StepRow.started_at - BACKDATE,
-                             finished_at=StepRow.finished_at - BACKDATE))
-
-
-def orchestrate(*args: str) -> subprocess.CompletedProcess[str]:
-    """The ``orchestrate`` CLI in a subprocess that defines this module's workflows."""
-    return subprocess.run([sys.executable, "-m", "orchestration.cli", *args], cwd=ROOT,
-                          env=_env(), capture_output=True, text=True, timeout=60, check=False)
 
 
 # -- values past the inline limit --------------------------------------------------------------
@@ -299,7 +273,7 @@ def test_cli_resume_with_inputs_not_an_object_changes_nothing(
     ticket = uuid.uuid4().hex[:12]
     failed = _failed_run(redis_service, sw.resumable, ticket=ticket, creds=CREDS, note=NOTE)
 
-    cli = orchestrate("resume", failed.run_id, "--inputs", "[1]")
+    cli = orchestrate("resume", failed.run_id, "--inputs", "[1]", env=_env())
 
     assert cli.returncode != 0
     assert "must be a JSON object" in cli.stderr, cli.stderr[-2000:]
@@ -317,7 +291,7 @@ def test_reconciler_fails_a_run_with_nested_secrets_naming_them_and_resume_compl
     ticket = uuid.uuid4().hex[:12]
     run_id = sw.stranded.submit(ticket=ticket, creds=CREDS, note=NOTE).run_id
     _lose_messages(redis_service, sw.LOST_QUEUE, 1)
-    _backdate(run_id)
+    backdate_run(run_id)  # a day back: it looks stalled
 
     done = orchestration.reconcile(idle_seconds=STALE_S)
 
@@ -345,7 +319,7 @@ def test_reconciler_fails_a_run_whose_pending_step_reads_a_redacted_output(
     wait_until(lambda: get_run(run_id).steps["grant"].status is StepStatus.SUCCEEDED,
                timeout=RUN_TIMEOUT_S, what="step grant")
     _lose_messages(redis_service, sw.LOST_QUEUE, 1)  # spend's message
-    _backdate(run_id)
+    backdate_run(run_id)  # a day back: it looks stalled
 
     done = orchestration.reconcile(idle_seconds=STALE_S)
 

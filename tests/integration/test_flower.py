@@ -19,17 +19,17 @@ import httpx
 import pytest
 
 from orchestration import RunStatus
-from tests.integration import workflows as wf
-from tests.integration.observability_support import (
+from tests.integration.support.observability import (
     ORCHESTRATE,
     ROOT,
     Server,
     background,
-    free_port,
     obs_env,
     wait_for_http,
 )
-from tests.integration.workers import Workers
+from tests.integration.support.workflows import common as wf
+from tests.support.processes import free_port
+from tests.support.workers import Workers
 
 USER, PASSWORD = "test", "secret"
 AUTH = (USER, PASSWORD)

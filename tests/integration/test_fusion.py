@@ -40,9 +40,9 @@ from orchestration import (
 )
 from orchestration.compile.canvas import build_canvas
 from orchestration.core.envelope import Envelope
-from tests.integration.helpers import statuses, wait_until
-from tests.integration.workers import Worker, Workers
+from tests.integration.support.helpers import statuses, wait_until
 from tests.support.runs import assert_in_order
+from tests.support.workers import Worker, Workers
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.workers]
 

@@ -11,10 +11,10 @@ import pytest
 import orchestration
 from orchestration import RunResult, RunStatus, StepStatus, get_run
 from orchestration.errors import NoWaitingInput
-from tests.integration import dynamic_workflows as dyn
-from tests.integration.dynamic_helpers import orchestrate
-from tests.integration.helpers import statuses, wait_until
-from tests.integration.workers import Workers
+from tests.integration.support.helpers import statuses, wait_until
+from tests.integration.support.workflows import dynamic as dyn
+from tests.support.processes import orchestrate
+from tests.support.workers import Workers
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.workers]
 

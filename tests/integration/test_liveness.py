@@ -26,8 +26,9 @@ from orchestration.app import Orchestrator
 from orchestration.core.clock import utcnow
 from orchestration.core.results import RunResult
 from orchestration.store.workers import WorkerInfo
-from tests.integration.helpers import backdate_run, wait_until
-from tests.integration.liveness_workflows import (
+from tests.integration.support.helpers import backdate_run, wait_until
+from tests.integration.support.workflows.common import _redis, calls
+from tests.integration.support.workflows.liveness import (
     BACKLOG_QUEUE,
     EXIT_QUEUE,
     LIVENESS_QUEUE,
@@ -38,9 +39,8 @@ from tests.integration.liveness_workflows import (
     liveness,
     started_key,
 )
-from tests.integration.workers import Worker, Workers
-from tests.integration.workflows import _redis, calls
 from tests.support.own_postgres import OwnPostgres, own_postgres
+from tests.support.workers import Worker, Workers
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.workers]
 

@@ -13,9 +13,9 @@ import pytest
 
 from orchestration import RunStatus, StepStatus
 from orchestration.execute.maps import DEFAULT_CHUNKS, MAP_COLLECT_TASK, chunk_ranges
-from tests.integration import dynamic_workflows as dyn
-from tests.integration.helpers import statuses, wait_until
-from tests.integration.workers import Worker, Workers
+from tests.integration.support.helpers import statuses, wait_until
+from tests.integration.support.workflows import dynamic as dyn
+from tests.support.workers import Worker, Workers
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.workers]
 

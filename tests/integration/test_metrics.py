@@ -20,16 +20,14 @@ import pytest
 
 from orchestration import RunStatus, cancel, default_orchestrator
 from tests.fakes.llm_server import FakeLLMServer
-from tests.integration import observability_workflows as ow
-from tests.integration.helpers import wait_until
-from tests.integration.observability_support import (
+from tests.integration.support.helpers import wait_until
+from tests.integration.support.observability import (
     FAKE_KEY_ENV,
     ORCHESTRATE,
     PRICED_COST,
     PRICED_TOKENS,
     Sample,
     background,
-    free_port,
     has,
     obs_env,
     orchestrate,
@@ -38,7 +36,9 @@ from tests.integration.observability_support import (
     wait_for_http,
     write_catalogue,
 )
-from tests.integration.workers import Workers
+from tests.integration.support.workflows import observability as ow
+from tests.support.processes import free_port
+from tests.support.workers import Workers
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres]
 

@@ -20,14 +20,14 @@ import pytest
 from orchestration import RunResult, RunStatus, StepStatus, default_orchestrator
 from orchestration.observe.queries import ModelStats, WorkflowStats, workflow_stats
 from tests.fakes.llm_server import FakeLLMServer
-from tests.integration import observability_workflows as ow
-from tests.integration.observability_support import (
+from tests.integration.support.observability import (
     FAKE_KEY_ENV,
     obs_env,
     orchestrate,
     write_catalogue,
 )
-from tests.integration.workers import Worker, Workers
+from tests.integration.support.workflows import observability as ow
+from tests.support.workers import Worker, Workers
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres]
 

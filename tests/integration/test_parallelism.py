@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from orchestration import RunStatus, StepStatus
-from tests.integration import workflows as wf
-from tests.integration.helpers import statuses
-from tests.integration.workers import Workers
+from tests.integration.support.helpers import statuses
+from tests.integration.support.workflows import common as wf
+from tests.support.workers import Workers
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.workers]
 

@@ -32,9 +32,9 @@ import redis
 from orchestration import RunResult, RunStatus, StepStatus, Workflow
 from orchestration.core import keys as orch_keys
 from tests.fakes.llm_server import FakeLLMClient, FakeLLMServer
-from tests.integration import provider_workflows as pw
-from tests.integration.helpers import wait_until
-from tests.integration.workers import Worker, Workers
+from tests.integration.support.helpers import wait_until
+from tests.integration.support.workflows import providers as pw
+from tests.support.workers import Worker, Workers
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.workers]
 
@@ -118,7 +118,7 @@ def provider_workers(workers: Workers, worker_logs: Path, fake_server: FakeLLMSe
     models_file = tmp_path_factory.mktemp("providers") / "models.yaml"
     models_file.write_text(json.dumps(catalogue(fake_server.url), indent=2))  # JSON is YAML
     env = dict(os.environ, ORCH_MODELS_FILE=str(models_file), **{KEY_ENV: "sk-fake-test"},
-               ORCH_IMPORTS="tests.integration.provider_workflows")
+               ORCH_IMPORTS="tests.integration.support.workflows.providers")
     pool = Workers(worker_logs, env=env)
     try:
         w1 = pool.start("it-prov-1", [pw.PROVIDERS_QUEUE, pw.W1_QUEUE], pool="prefork",

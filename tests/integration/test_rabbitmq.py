@@ -23,7 +23,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -37,10 +36,11 @@ import pytest
 import redis
 
 from orchestration import RunHandle, RunResult, RunStatus, StepStatus, default_orchestrator
-from tests.integration import rabbitmq_workflows as rw
-from tests.integration.helpers import statuses, wait_until
-from tests.integration.workers import ROOT, Worker, Workers
-from tests.integration.workflows import calls
+from tests.integration.support.helpers import statuses, wait_until
+from tests.integration.support.workflows import rabbitmq as rw
+from tests.integration.support.workflows.common import calls
+from tests.support.processes import ROOT, child_env, free_port
+from tests.support.workers import Worker, Workers
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.workers]
 
@@ -75,15 +75,13 @@ def _own_ctl_binary() -> str | None:
 def _env(broker_url: str) -> dict[str, str]:
     """Worker/submitter environment: RabbitMQ broker, the session's Redis and database."""
     session_redis = os.environ["ORCH_REDIS_URL"]  # the session's leased DB (conftest)
-    env = dict(os.environ, ORCH_BROKER_URL=broker_url, ORCH_RESULT_BACKEND=session_redis,
-               ORCH_REDIS_URL=session_redis, ORCH_IMPORTS="tests.integration.rabbitmq_workflows")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
-    return env
+    return child_env(ORCH_BROKER_URL=broker_url, ORCH_RESULT_BACKEND=session_redis,
+                     ORCH_REDIS_URL=session_redis, ORCH_IMPORTS=rw.__name__)
 
 
 _SUBMIT = """
 import json, sys
-from tests.integration import rabbitmq_workflows as rw
+from tests.integration.support.workflows import rabbitmq as rw
 print(json.dumps([getattr(rw, name).submit(**inputs).run_id
                   for name, inputs in json.loads(sys.argv[1])]))
 """
@@ -235,12 +233,6 @@ def test_killed_pool_process_mid_step_is_redelivered_over_rabbitmq(
 # -- a RabbitMQ node of our own, restarted mid-batch -------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @dataclass
 class OwnNode:
     """A RabbitMQ node this test started: its name, AMQP port and control environment."""
@@ -279,7 +271,7 @@ def own_node(rabbit_vhost: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
     if not server.exists() or ctl is None:
         _unavailable("rabbitmq-server is not installed as /usr/lib/rabbitmq/bin/rabbitmq-server")
     base = tmp_path_factory.mktemp("rabbitmq-node")
-    port, dist_port = _free_port(), _free_port()
+    port, dist_port = free_port(), free_port()
     name = f"orchtest{uuid.uuid4().hex[:8]}@localhost"
     (base / "enabled_plugins").write_text("[].\n")  # no management listener to collide
     (base / "rabbitmq-env.conf").write_text("")  # not the machine's NODENAME

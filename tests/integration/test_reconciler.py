@@ -27,10 +27,11 @@ from orchestration import RunStatus, StepStatus, default_orchestrator, get_run
 from orchestration.core.settings import Settings
 from orchestration.store.models import RunRow, StepRow
 from orchestration.worker.engine_tasks import RECONCILE_TASK
-from tests.integration import reconcile_workflows as rw
-from tests.integration.helpers import statuses, wait_for_step, wait_until
-from tests.integration.workers import ROOT, Workers
-from tests.integration.workflows import calls
+from tests.integration.support.helpers import statuses, wait_for_step, wait_until
+from tests.integration.support.workflows import reconcile as rw
+from tests.integration.support.workflows.common import calls
+from tests.support.processes import ROOT
+from tests.support.workers import Workers
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.workers]
 

@@ -1,6 +1,6 @@
 """Secrets never reach the results DB or the logs (``orchestration/redaction.py``).
 
-A threads worker of this module runs ``obs_redact`` (``observability_workflows.py``): its
+A threads worker of this module runs ``obs_redact`` (``support/workflows/observability.py``): its
 input carries an ``api_key``, a step fails with an ``Authorization: Bearer`` header in
 its message (retried once, so a retry warning is logged), a step outputs a ``password``
 field, and the workflow's ``redact=`` hook masks e-mail addresses in what is stored.
@@ -19,10 +19,10 @@ import pytest
 
 from orchestration import RunStatus, StepStatus, approve, get_run
 from orchestration.core.redaction import REDACTED
-from tests.integration import observability_workflows as ow
-from tests.integration.helpers import wait_until
-from tests.integration.observability_support import dump_database, obs_env
-from tests.integration.workers import Worker, Workers
+from tests.integration.support.helpers import wait_until
+from tests.integration.support.observability import dump_database, obs_env
+from tests.integration.support.workflows import observability as ow
+from tests.support.workers import Worker, Workers
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres]
 

@@ -10,70 +10,27 @@ acknowledges its message on the closed channel.
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 from kombu import Connection, Queue
 from kombu.transport import redis as kombu_redis
 
 from orchestration.app import Orchestrator
 from orchestration.core.settings import Settings
 from orchestration.worker.redis_transport import KOMBU_TRANSPORT, TRANSPORT, Transport
+from tests.support.own_redis import OwnRedis, own_redis
 
 QUEUE = Queue("transport.test", routing_key="transport.test")
 
 
-class OwnRedis:
-    """A throw-away ``redis-server`` on a free port."""
-
-    def __init__(self, workdir: Path) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            if os.environ.get("CI"):
-                pytest.fail("CI is set and this test needs redis-server", pytrace=False)
-            pytest.skip("redis-server is not installed")
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = int(sock.getsockname()[1])
-        self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(workdir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                assert time.monotonic() < deadline, "redis-server did not start"
-                time.sleep(0.05)
-        client.close()
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def kill(self) -> None:
-        self.process.kill()
-        self.process.wait()
-
-
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[OwnRedis]:
-    own = OwnRedis(tmp_path)
-    try:
+    with own_redis(tmp_path) as own:
         yield own
-    finally:
-        own.kill()
 
 
 def _consume_unacked(connection: Connection, count: int) -> list[Any]:

@@ -28,9 +28,14 @@ import redis
 from orchestration import RunStatus, StepStatus, default_orchestrator
 from orchestration.compile.canvas import FINALIZE_TASK
 from orchestration.worker.engine_tasks import DISPATCH_RUNS_TASK, EXPIRE_WAITS_TASK, RECONCILE_TASK
-from tests.integration.reliability_workflows import FATAL_KINDS, FATAL_TYPES, FLOWS, REL_QUEUES
-from tests.integration.workers import Worker, Workers
-from tests.integration.workflows import calls
+from tests.integration.support.workflows.common import calls
+from tests.integration.support.workflows.reliability import (
+    FATAL_KINDS,
+    FATAL_TYPES,
+    FLOWS,
+    REL_QUEUES,
+)
+from tests.support.workers import Worker, Workers
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.workers]
 

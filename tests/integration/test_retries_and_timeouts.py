@@ -6,13 +6,13 @@ import pytest
 import redis
 
 from orchestration import RunStatus, StepStatus, Workflow
-from tests.integration import workflows as wf
-from tests.integration.helpers import statuses
-from tests.integration.workers import Workers
+from tests.integration.support.helpers import statuses
+from tests.integration.support.workflows import common as wf
+from tests.support.workers import Workers
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.workers]
 
-FLAKY = "tests.integration.workflows.FlakyModelError"
+FLAKY = "tests.integration.support.workflows.common.FlakyModelError"
 
 
 def test_retries_then_success(workers: Workers) -> None:

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
 
 from orchestration import RunStatus, StepStatus
-from tests.integration import workflows as wf
-from tests.integration.helpers import snapshot
-from tests.integration.workers import ROOT, Workers
+from tests.integration.support.helpers import snapshot
+from tests.integration.support.workflows import common as wf
+from tests.support.processes import ROOT, child_env
+from tests.support.workers import Workers
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.workers]
 
@@ -38,7 +38,7 @@ def test_each_step_runs_on_a_worker_of_its_queue(workers: Workers) -> None:
 _READ_IN_CHILD = """
 import json, sys
 from orchestration import get_run
-from tests.integration.helpers import snapshot
+from tests.integration.support.helpers import snapshot
 print(json.dumps(snapshot(get_run(sys.argv[1]))))
 """
 
@@ -49,7 +49,7 @@ def test_get_run_from_another_process_sees_the_same_run(workers: Workers) -> Non
 
     child = subprocess.run(
         [sys.executable, "-c", _READ_IN_CHILD, result.run_id],
-        cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True,
+        cwd=ROOT, env=child_env(), capture_output=True,
         text=True, timeout=60, check=False,
     )
 

@@ -8,15 +8,15 @@ step must have run, and been recorded, exactly once.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.integration import workflows as wf
-from tests.integration.workers import ROOT, Workers
+from tests.integration.support.workflows import common as wf
+from tests.support.processes import ROOT, child_env
+from tests.support.workers import Workers
 
 pytestmark = [pytest.mark.redis, pytest.mark.workers]
 
@@ -24,7 +24,7 @@ RUNS = 60
 
 _PRODUCE = """
 import json, sys
-from tests.integration.workflows import sqlite_diamond, calls
+from tests.integration.support.workflows.common import sqlite_diamond, calls
 handles = [sqlite_diamond.submit(n=i) for i in range(int(sys.argv[1]))]
 results = [h.wait(timeout=120) for h in handles]
 print(json.dumps([
@@ -40,8 +40,7 @@ print(json.dumps([
 def test_several_worker_processes_share_one_sqlite_results_db(
     workers: Workers, worker_logs: Path, tmp_path: Path
 ) -> None:
-    env = dict(os.environ, ORCH_DATABASE_URL=f"sqlite:///{tmp_path / 'results.db'}",
-               PYTHONPATH=str(ROOT))
+    env = child_env(ORCH_DATABASE_URL=f"sqlite:///{tmp_path / 'results.db'}")
     pool = Workers(worker_logs, env=env)
     try:
         first = pool.start("it-sqlite-1", [wf.SQLITE_QUEUE], pool="prefork", concurrency=2,

@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 
 from orchestration import RunStatus
-from tests.integration import observability_workflows as ow
-from tests.integration.helpers import wait_until
-from tests.integration.observability_support import obs_env
-from tests.integration.workers import Worker, Workers
+from tests.integration.support.helpers import wait_until
+from tests.integration.support.observability import obs_env
+from tests.integration.support.workflows import observability as ow
+from tests.support.workers import Worker, Workers
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres]
 

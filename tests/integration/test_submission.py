@@ -7,9 +7,9 @@ import uuid
 import pytest
 
 from orchestration import RunStatus, list_runs
-from tests.integration import workflows as wf
-from tests.integration.helpers import statuses
-from tests.integration.workers import Workers
+from tests.integration.support.helpers import statuses
+from tests.integration.support.workflows import common as wf
+from tests.support.workers import Workers
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.workers]
 

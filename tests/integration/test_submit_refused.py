@@ -9,22 +9,18 @@ back. The results DB is the session's PostgreSQL database.
 from __future__ import annotations
 
 import os
-import shutil
-import socket
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 
 from orchestration import RunStatus, SubmitFailed, Workflow
 from orchestration.app import Orchestrator
 from orchestration.core.settings import Settings
-from tests.integration.submit_refused_workflows import IMPORTED_BY_WORKER, QUEUE, build
-from tests.integration.workers import Workers
-from tests.support.services import service_missing
+from tests.integration.support.workflows import submit_refused as module
+from tests.integration.support.workflows.submit_refused import IMPORTED_BY_WORKER, QUEUE, build
+from tests.support.own_redis import OwnRedis, redis_server_or_skip
+from tests.support.workers import Workers
 
 pytestmark = [pytest.mark.postgres]
 
@@ -32,38 +28,15 @@ FAST_FAILURE = {"max_retries": 1, "interval_start": 0, "interval_step": 0.01,
                 "interval_max": 0.01}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
-def port() -> Iterator[int]:
-    if shutil.which("redis-server") is None:
-        service_missing("integration", "redis-server", "PATH", FileNotFoundError("redis-server"))
-    yield free_port()
-
-
-def start_redis(port: int, workdir: Path) -> subprocess.Popen[bytes]:
-    """A redis-server of this test on ``port`` (no persistence), once it answers."""
-    process = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", str(workdir)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
-    client = redis.Redis(port=port, socket_connect_timeout=0.5)
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            client.ping()
-            return process
-        except redis.ConnectionError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                raise AssertionError(f"redis-server on port {port} did not start") from None
-            time.sleep(0.05)
-        finally:
-            client.close()
+def broker(tmp_path: Path) -> Iterator[OwnRedis]:
+    """A redis-server of this test, not started yet: its port refuses connections."""
+    redis_server_or_skip()
+    server = OwnRedis(tmp_path)
+    try:
+        yield server
+    finally:
+        server.kill()
 
 
 def submit_refused(wf: Workflow, attempts: int) -> None:
@@ -75,23 +48,22 @@ def submit_refused(wf: Workflow, attempts: int) -> None:
 
 
 def test_a_refused_submit_creates_nothing_and_the_retry_runs_once(
-        port: int, postgres_database: str, tmp_path: Path, worker_logs: Path) -> None:
-    url = f"redis://127.0.0.1:{port}/0"
+        broker: OwnRedis, postgres_database: str, worker_logs: Path) -> None:
+    url = broker.url
     # What refuses is the broker; the result backend is the session's Redis.
     app = Orchestrator(Settings(broker_url=url, result_backend=os.environ["ORCH_RESULT_BACKEND"],
                                 database_url=postgres_database, imports=[]))
     app.celery.conf.update(task_publish_retry_policy=FAST_FAILURE,
                            broker_connection_timeout=0.5)
     wf = build(app)
-    server: subprocess.Popen[bytes] | None = None
     pool = Workers(worker_logs, env={**os.environ, "ORCH_BROKER_URL": url,
-                                     "ORCH_IMPORTS": "tests.integration.submit_refused_workflows",
+                                     "ORCH_IMPORTS": module.__name__,
                                      IMPORTED_BY_WORKER: "1"})
     try:
         submit_refused(wf, 3)
         assert app.store.list_runs(workflow=wf.name) == []
 
-        server = start_redis(port, tmp_path)
+        broker.start()
         pool.start("it-refused", [QUEUE], pool="threads", concurrency=2)
         result = wf.submit(text="t").wait(timeout=60)  # the retry that gets through
 
@@ -103,7 +75,4 @@ def test_a_refused_submit_creates_nothing_and_the_retry_runs_once(
         assert app.reconcile(idle_seconds=0).redispatched == []
     finally:
         pool.stop_all()
-        if server is not None:
-            server.kill()
-            server.wait()
         app.shutdown()

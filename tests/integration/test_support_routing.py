@@ -15,9 +15,9 @@ import orchestration
 from orchestration import RunResult, RunStatus, StepStatus, get_run, list_runs
 from tasks.support import routing
 from tasks.support.models import load_sample_tickets, predict_category, predict_urgency
-from tests.integration.dynamic_helpers import cli_env, orchestrate
-from tests.integration.helpers import statuses, wait_until
-from tests.integration.workers import Workers
+from tests.integration.support.helpers import statuses, wait_until
+from tests.support.processes import child_env, orchestrate
+from tests.support.workers import Workers
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.workers]
 
@@ -31,7 +31,7 @@ def routing_workers(workers: Workers, worker_logs: Path) -> Iterator[Workers]:
     """A worker per queue of the routing workflow, importing ``tasks.support.routing``."""
     queues = {bound.queue for bound in routing.routing.validate().steps.values()}
     assert queues == {"model.classifier", "default"}
-    pool = Workers(worker_logs, env=cli_env((ROUTING_MODULE,)))
+    pool = Workers(worker_logs, env=child_env(imports=(ROUTING_MODULE,)))
     try:
         classifier = pool.start("it-routing-classifier", ["model.classifier"], pool="prefork",
                                 concurrency=1, wait=False)
@@ -125,7 +125,7 @@ def test_critical_ticket_waits_for_review_then_resolves_with_the_assignee(
 def test_graph_draws_child_runs_as_parallelograms_and_waits_as_hexagons(
     workers: Workers,
 ) -> None:
-    done = orchestrate("graph", "support_routing", env=cli_env((ROUTING_MODULE,)))
+    done = orchestrate("graph", "support_routing", env=child_env(imports=(ROUTING_MODULE,)))
     assert done.returncode == 0, (done.stdout, done.stderr)
     lines = [line.strip() for line in done.stdout.splitlines()]
 

@@ -10,8 +10,8 @@ import pytest
 from orchestration import RunStatus, StepStatus
 from tasks.support import workflow as support_workflow
 from tasks.support.models import load_sample_tickets, predict_category, predict_urgency
-from tests.integration.helpers import statuses
-from tests.integration.workers import Workers
+from tests.integration.support.helpers import statuses
+from tests.support.workers import Workers
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.workers]
 

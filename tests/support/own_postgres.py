@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.processes import free_port
+
 START_TIMEOUT_S = 30.0
 
 
@@ -30,13 +32,6 @@ def _bin(name: str) -> str:
     if found is None:
         raise FileNotFoundError(f"{name} (PostgreSQL server binaries) is not installed")
     return found
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class OwnPostgres:

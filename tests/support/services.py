@@ -17,7 +17,7 @@ import redis
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from tests.integration.workers import LIVE
+from tests.support.workers import LIVE
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "ORCH_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -41,6 +41,32 @@ def redis_or_skip(url: str, suite: str, *, socket_timeout: float) -> redis.Redis
         client.close()
         service_missing(suite, "Redis", url, exc)
     return client
+
+
+@contextmanager
+def leased_redis(url: str, suite: str, *, lease_key: str, lease_seconds: int,
+                 socket_timeout: float) -> Iterator[redis.Redis]:
+    """The Redis DB at ``url``, held by this process for the block: flushed at both ends.
+
+    The lease (``lease_key``, holding this process's id, expiring after ``lease_seconds``)
+    keeps two sessions off one DB: taken here unless this process holds it already, kept
+    across the first flush; the last flush releases it. Another holder fails the test.
+    """
+    client = redis_or_skip(url, suite, socket_timeout=socket_timeout)
+    me = str(os.getpid())
+    if not client.set(lease_key, me, nx=True, ex=lease_seconds):
+        holder = client.get(lease_key)
+        if holder is not None and holder.decode() != me:
+            client.close()
+            pytest.fail(f"{url} is leased by another {suite} session (pid {holder.decode()}); "
+                        f"delete {lease_key} there if none is running", pytrace=False)
+    client.flushdb()
+    client.set(lease_key, me, ex=lease_seconds)
+    try:
+        yield client
+    finally:
+        client.flushdb()  # also releases the lease
+        client.close()
 
 
 def database_url(name: str, admin_url: str = POSTGRES_ADMIN_URL) -> str:

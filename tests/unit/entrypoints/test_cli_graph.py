@@ -11,10 +11,10 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[3]
+from tests.support.processes import ORCHESTRATE, child_env
+
 FRAUD_MODELS = ["model_logreg", "model_tree", "model_forest", "model_boosting", "model_bayes",
                 "model_knn", "model_isolation"]
 SUPPORT_EDGES = {("classify_ticket", "extract_urgency"), ("classify_ticket", "route_to_team"),
@@ -24,11 +24,10 @@ SUPPORT_QUEUES = {"classify_ticket": "model.classifier", "extract_urgency": "mod
 
 
 def orchestrate(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
-    env["ORCH_DATABASE_URL"] = f"sqlite:///{tmp_path / 'graph.db'}"
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
-    return subprocess.run([sys.executable, "-m", "orchestration.cli", *args], cwd=tmp_path,
-                          env=env, capture_output=True, text=True, timeout=60)
+    env = child_env({k: v for k, v in os.environ.items() if not k.startswith("ORCH_")},
+                    ORCH_DATABASE_URL=f"sqlite:///{tmp_path / 'graph.db'}")
+    return subprocess.run([*ORCHESTRATE, *args], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=60)
 
 
 def ok(done: subprocess.CompletedProcess[str]) -> str:

@@ -7,7 +7,6 @@ back" the orchestrator is pointed at the in-process one, which runs the retried 
 
 from __future__ import annotations
 
-import socket
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,16 +19,10 @@ from orchestration.app import Orchestrator
 from orchestration.store.discard import discard_unstarted
 from orchestration.store.repository import PlannedStep
 from orchestration.testing import embedded_settings
+from tests.support.processes import free_port
 
 FAST_FAILURE = {"max_retries": 1, "interval_start": 0, "interval_step": 0.01,
                 "interval_max": 0.01}
-
-
-def closed_port() -> int:
-    """A loopback port nothing listens on (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def rows(database: Path, table: str) -> int:
@@ -76,7 +69,7 @@ class Flows:
 @pytest.fixture
 def refused(tmp_path: Path) -> Iterator[tuple[Orchestrator, Flows, Path]]:
     """An orchestrator whose broker (and result backend) refuses every connection."""
-    url = f"redis://127.0.0.1:{closed_port()}/0"
+    url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
     app = Orchestrator(embedded_settings(tmp_path, broker_url=url))
     app.celery.conf.update(
         task_publish_retry_policy=FAST_FAILURE,

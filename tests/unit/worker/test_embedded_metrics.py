@@ -8,7 +8,6 @@ once, so the setting must be there before anything imports the engine.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -16,7 +15,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-ROOT = Path(__file__).resolve().parents[3]
+from tests.support.processes import child_env, free_port
 
 SCRIPT = textwrap.dedent("""
     import sys
@@ -40,19 +39,11 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_the_embedded_default_serves_metrics_on_orch_metrics_port(tmp_path: Path) -> None:
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
-    env.update(ORCH_DATABASE_URL=f"sqlite:///{tmp_path / 'metrics.db'}",
-               ORCH_METRICS_PORT=str(port), ORCH_LOG_LEVEL="ERROR",
-               PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", ""))
-                                          if p))
+    env = child_env({k: v for k, v in os.environ.items() if not k.startswith("ORCH_")},
+                    ORCH_DATABASE_URL=f"sqlite:///{tmp_path / 'metrics.db'}",
+                    ORCH_METRICS_PORT=str(port), ORCH_LOG_LEVEL="ERROR")
     done = subprocess.run([sys.executable, "-c", SCRIPT, str(port)], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=90)
     assert "run succeeded" in done.stdout, done.stdout + done.stderr

@@ -25,16 +25,14 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
 from typing import Any
 
-import redis
 from celery.signals import before_task_publish, task_postrun
 
 from orchestration import Backoff, NonRetryableError, StepContext, Workflow
 from orchestration.execute.maps import MAP_COLLECT_TASK
-from tests.integration.workflows import QUEUE
+from tests.integration.support.workflows.common import QUEUE, _redis
 
 MAP_QUEUE = "it.dyn.map"  # served only by the map tests' two workers
 CHILD_QUEUE = "it.dyn.child"  # served only by the child tests' worker
@@ -52,24 +50,6 @@ class FlakyElementError(RuntimeError):
 
 
 # -- Redis: counters, release keys, publish log -----------------------------------------
-
-_clients: dict[int, redis.Redis] = {}
-_clients_lock = threading.Lock()
-
-
-def _redis() -> redis.Redis:
-    # One client per process: a prefork child must not reuse its parent's sockets.
-    pid = os.getpid()
-    client = _clients.get(pid)
-    if client is None:
-        with _clients_lock:
-            client = _clients.get(pid)
-            if client is None:
-                url = os.environ.get("ORCH_REDIS_URL") or os.environ["ORCH_BROKER_URL"]
-                client = redis.Redis.from_url(url)
-                _clients[pid] = client
-    return client
-
 
 def _incr(key: str) -> int:
     client = _redis()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import inspect
 import os
 import signal
-import threading
 import time
 from typing import Any
 
@@ -20,6 +19,7 @@ import redis
 from billiard.process import current_process
 
 from orchestration import Backoff, NonRetryableError, StepContext, Workflow
+from tests.support.redis_clients import process_client
 
 # Queues. The session workers serve the first three; nothing serves LONELY_QUEUE until a
 # test starts a worker for it.
@@ -40,22 +40,10 @@ class FlakyModelError(RuntimeError):
 
 # -- cross-process call counters ---------------------------------------------------------
 
-_clients: dict[int, redis.Redis] = {}
-_clients_lock = threading.Lock()
-
 
 def _redis() -> redis.Redis:
-    # One client per process: a prefork child must not reuse its parent's sockets.
-    pid = os.getpid()
-    client = _clients.get(pid)
-    if client is None:
-        with _clients_lock:
-            client = _clients.get(pid)
-            if client is None:
-                url = os.environ.get("ORCH_REDIS_URL") or os.environ["ORCH_BROKER_URL"]
-                client = redis.Redis.from_url(url)
-                _clients[pid] = client
-    return client
+    """This process's client of the session's Redis (the counters live there)."""
+    return process_client(os.environ.get("ORCH_REDIS_URL") or os.environ["ORCH_BROKER_URL"])
 
 
 def counter_key(run_id: str, step: str) -> str:

@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from orchestration import StepContext, Workflow
-from tests.integration.workflows import _redis, count_call
+from tests.integration.support.workflows.common import _redis, count_call
 
 RMQ_QUEUE = "it.rmq.steps"
 RMQ_OTHER_QUEUE = "it.rmq.other"

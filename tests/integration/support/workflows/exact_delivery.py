@@ -20,7 +20,7 @@ from typing import Any
 
 from orchestration import NonRetryableError, StepContext, Workflow
 from orchestration.core.envelope import dumps
-from tests.integration.workflows import _redis, count_call
+from tests.integration.support.workflows.common import _redis, count_call
 
 EXACT_QUEUE = "it.exact"
 LOST_QUEUE = "it.exact.lost"

@@ -1,9 +1,10 @@
-"""Helpers of the observability tests: the ``orchestrate`` CLI as a subprocess, free ports,
+"""Helpers of the observability tests: the ``orchestrate`` CLI and servers as subprocesses,
 Prometheus scrapes, a text dump of the whole results DB, the fake-LLM model catalogue.
 
 Every subprocess gets the test process's ``ORCH_*`` environment (set by the integration
-conftest) with :mod:`tests.integration.observability_workflows` added to ``ORCH_IMPORTS``,
-so the CLI, the exporter and the workers know the same workflows as the test process.
+conftest) with the observability workflows (``workflows/observability.py``) added to
+``ORCH_IMPORTS``, so the CLI, the exporter and the workers know the same workflows as the
+test process.
 """
 
 from __future__ import annotations
@@ -12,9 +13,7 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,42 +24,23 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import MetaData, create_engine, select
 
-ROOT = Path(__file__).resolve().parents[2]
-OBS_MODULE = "tests.integration.observability_workflows"
-ORCHESTRATE = [sys.executable, "-m", "orchestration.cli"]
-CLI_TIMEOUT_S = 60.0
+from tests.support import processes
+from tests.support.processes import ORCHESTRATE as ORCHESTRATE  # tests run servers with it
+from tests.support.processes import ROOT, child_env
+
+OBS_MODULE = "tests.integration.support.workflows.observability"
 FAKE_KEY_ENV = "OBS_FAKE_LLM_KEY"
 
 
 def obs_env(**extra: str) -> dict[str, str]:
     """The test process's environment, plus the observability workflows and ``extra``."""
-    env = dict(os.environ)
-    imports = [part for part in env.get("ORCH_IMPORTS", "").split(",") if part]
-    if OBS_MODULE not in imports:
-        imports.append(OBS_MODULE)
-    env["ORCH_IMPORTS"] = ",".join(imports)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(extra)
-    return env
+    return child_env(imports=(OBS_MODULE,), **extra)
 
 
 def orchestrate(*args: str, env: dict[str, str] | None = None,
                 check: bool = True) -> subprocess.CompletedProcess[str]:
     """Run ``orchestrate ARGS`` to completion; fail with its output if it exits non-zero."""
-    done = subprocess.run([*ORCHESTRATE, *args], cwd=ROOT, env=env or obs_env(),
-                          capture_output=True, text=True, timeout=CLI_TIMEOUT_S)
-    if check and done.returncode != 0:
-        raise AssertionError(f"orchestrate {' '.join(args)} exited {done.returncode}\n"
-                             f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}")
-    return done
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return processes.orchestrate(*args, env=env or obs_env(), check=check)
 
 
 @dataclass

@@ -26,7 +26,7 @@ from billiard.process import current_process
 from celery.signals import task_postrun
 
 from orchestration import NonRetryableError, StepContext, Workflow
-from tests.integration.workflows import QUEUE, _redis, count_call
+from tests.integration.support.workflows.common import QUEUE, _redis, count_call
 
 CANCEL_QUEUE = "it.dur.cancel"
 OWN_QUEUE = "it.dur.own"

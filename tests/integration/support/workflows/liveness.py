@@ -18,7 +18,7 @@ import time
 
 from orchestration import StepContext, Workflow
 from orchestration.app import Orchestrator
-from tests.integration.workflows import _redis, count_call
+from tests.integration.support.workflows.common import _redis, count_call
 
 OUTAGE_QUEUE = "it.outage"
 LIVENESS_QUEUE = "it.live"

@@ -16,7 +16,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from orchestration import Backoff, StepContext, Workflow
-from tests.integration.workflows import count_call
+from tests.integration.support.workflows.common import count_call
 
 REL_QUEUES = {"prefork": "it.rel.prefork", "threads": "it.rel.threads"}
 FAST = Backoff(initial=0.01, maximum=0.01, jitter=0)

@@ -9,7 +9,7 @@ a broker restarted empty would), and only a worker the test starts afterwards se
 from __future__ import annotations
 
 from orchestration import StepContext, Workflow
-from tests.integration.workflows import QUEUE, count_call
+from tests.integration.support.workflows.common import QUEUE, count_call
 
 LOST_QUEUE = "it.rec.lost"  # served only by the worker a reconciler test starts
 BEAT_QUEUE = "it.rec.beat"  # where the beat test's scheduler sends orchestration.reconcile

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.processes import ROOT, child_env
+
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 15.0
 POOLS = frozenset({"prefork", "threads", "solo"})
@@ -69,11 +70,7 @@ class Workers:
 
     def __init__(self, log_dir: Path, env: dict[str, str] | None = None) -> None:
         self.log_dir = log_dir
-        self.env = dict(os.environ if env is None else env)
-        self.env["PYTHONPATH"] = os.pathsep.join(
-            part for part in (str(ROOT), self.env.get("PYTHONPATH", "")) if part
-        )
-        self.env["PYTHONUNBUFFERED"] = "1"
+        self.env = child_env(env)
         self.started: list[Worker] = []
 
     def start(self, label: str, queues: Iterable[str], *, pool: str = "prefork",

@@ -20,7 +20,7 @@ import time
 from typing import Any
 
 from orchestration import Backoff, NonRetryableError, StepContext, Workflow
-from tests.integration.workflows import count_call
+from tests.integration.support.workflows.common import count_call
 
 OBS_QUEUE = "it.obs"
 MULTIPROC_QUEUE = "it.obs.multiproc"
