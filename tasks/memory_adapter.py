@@ -20,9 +20,7 @@ def history(ctx: Any) -> Messages:
     memory = getattr(ctx, "memory", None)
     if memory is None:
         return []
-    context = memory.context()
-    messages = getattr(context, "messages", context)
-    return [dict(message) for message in messages]
+    return [dict(message) for message in memory.context().messages()]
 
 
 def remember(ctx: Any, *, user: str, assistant: str) -> None:
