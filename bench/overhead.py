@@ -471,6 +471,14 @@ def flush_bench_db(url: str) -> None:
         client.close()
 
 
+def child_env() -> dict[str, str]:
+    """This process's environment for a worker or child process: the repository root first
+    on ``PYTHONPATH``, so ``bench.*`` workflow modules import by name."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
 def set_environment(args: argparse.Namespace, database: str) -> dict[str, str]:
     """Point this process (and the workers' environment, returned) at the bench's services.
 
@@ -487,9 +495,7 @@ def set_environment(args: argparse.Namespace, database: str) -> dict[str, str]:
         os.environ["ORCH_IMPORTS"] = "bench.experiments,bench.workflows"
     else:
         os.environ.pop("BENCH_EXPERIMENT", None)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    return env
+    return child_env()
 
 
 def measure_rounds(args: argparse.Namespace, env: dict[str, str],

@@ -86,6 +86,7 @@ from bench.overhead import (  # noqa: E402 - needs the sys.path fix
     WAIT_POLL,
     RunFailed,
     _revision,
+    child_env,
     flush_bench_db,
     isolated_postgres,
     load_figures,
@@ -847,11 +848,11 @@ def measure_children(args: argparse.Namespace, env: dict[str, str], tmp: Path,
 def measure_embedded(args: argparse.Namespace, env: dict[str, str], tmp: Path,
                      results: Results) -> None:
     print("embedded default ...", file=sys.stderr, flush=True)
-    child_env = {k: v for k, v in env.items()
-                 if not k.startswith("ORCH_") or k == "ORCH_MODELS_FILE"}
-    child_env["ORCH_DATABASE_URL"] = f"sqlite:///{tmp / 'embedded.db'}"
-    child_env["ORCH_LOG_LEVEL"] = "WARNING"
-    data = run_child("embedded", child_env, tmp, args)
+    embedded_env = {k: v for k, v in env.items()
+                    if not k.startswith("ORCH_") or k == "ORCH_MODELS_FILE"}
+    embedded_env["ORCH_DATABASE_URL"] = f"sqlite:///{tmp / 'embedded.db'}"
+    embedded_env["ORCH_LOG_LEVEL"] = "WARNING"
+    data = run_child("embedded", embedded_env, tmp, args)
     mapping = {"fanout": "fanout", "fanout_static": "fanout_static",
                "throughput": "throughput", "calls_map": "calls_map",
                "calls_runs": "calls_runs", "submit_single": "submit_single_sqlite",
@@ -1189,9 +1190,7 @@ def environment(tmp: Path, catalogue: Path, database: str, fake_url: str) -> dic
     })
     os.environ.pop("ORCH_REDIS_URL", None)  # breaker state: the broker's Redis (DB 14)
     os.environ.pop("BENCH_EXPERIMENT", None)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    return env
+    return child_env()
 
 
 def measure_all(args: argparse.Namespace, env: dict[str, str], tmp: Path, fake: Any,

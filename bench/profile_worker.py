@@ -33,6 +33,7 @@ if str(ROOT) not in sys.path:
 from bench.experiments import EXPERIMENTS  # noqa: E402
 from bench.overhead import (  # noqa: E402 - after the sys.path fix for `python bench/...`
     REDIS_URL,
+    child_env,
     flush_bench_db,
     make_ping,
     run_phase,
@@ -186,8 +187,7 @@ def main() -> int:
         os.environ["BENCH_EXPERIMENT"] = args.experiment
         os.environ["ORCH_IMPORTS"] = "bench.experiments,bench.workflows"
         print(f"EXPERIMENT {args.experiment}: engine patched by bench/experiments.py")
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env = child_env()
     flush_bench_db(REDIS_URL)
     try:
         from bench import experiments

@@ -82,6 +82,7 @@ from bench.overhead import (  # noqa: E402 - needs the sys.path fix
     PYTHON,
     REDIS_URL,
     _revision,
+    child_env,
     flush_bench_db,
     load_figures,
     machine,
@@ -335,9 +336,7 @@ def environment(tmp: Path, catalogue: Path, database: str) -> dict[str, str]:
     os.environ.pop("ORCH_REDIS_URL", None)  # breaker state: the broker's Redis (DB 14)
     os.environ.pop("BENCH_EXPERIMENT", None)
     os.environ.pop("BENCH_PROVIDERS_WHAT_IF", None)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    return env
+    return child_env()
 
 
 # -- one row -----------------------------------------------------------------------------------
