@@ -193,8 +193,9 @@ class EventRow(Base):
 
     ``outcome`` is ``started`` (``run_id`` names the run), ``duplicate`` (its dedupe key
     already started ``run_id``), ``unmatched`` (no trigger listens), ``rejected``
-    (``reason`` says which path of the payload failed) or ``skipped`` (a schedule's
-    overlap policy). An event matching several triggers has one row per trigger.
+    (``reason`` says which path of the payload failed), ``skipped`` or ``queued`` (a
+    schedule's overlap policy; a queued tick's row becomes ``started`` when its run
+    starts). An event matching several triggers has one row per trigger.
     """
 
     __tablename__ = "events"
