@@ -20,6 +20,7 @@ from orchestration.cli.common import STATUS_STYLE, console, orchestrator_for_cli
 from orchestration.cli.errors import OperatorGroup
 from orchestration.cli.events import consume, emit, events
 from orchestration.cli.graph import graph
+from orchestration.cli.memory import memory
 from orchestration.cli.pipeline import pipeline
 from orchestration.cli.serve import serve
 from orchestration.core.clock import as_utc
@@ -250,11 +251,13 @@ def stats(workflow: str, since: str) -> None:
     console.print(table)
     if report.models:
         models = Table(title="models (attempts)")
-        for column in ("model", "attempts", "failed", "error rate"):
+        for column in ("model", "attempts", "failed", "error rate", "context p50",
+                       "context max"):
             models.add_column(column, justify="left" if column == "model" else "right")
         for m in report.models:
             models.add_row(Text(m.model), str(m.attempts), str(m.failed),
-                           f"{100 * m.error_rate:.1f}%")
+                           f"{100 * m.error_rate:.1f}%", _percent(m.context_p50),
+                           _percent(m.context_max))
         console.print(models)
 
 
@@ -321,6 +324,10 @@ def _since(window: str) -> datetime | None:
     return datetime.now(UTC) - timedelta(seconds=seconds)
 
 
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
@@ -330,6 +337,7 @@ def _time(value: datetime | None) -> str:
 
 
 main.add_command(graph)
+main.add_command(memory)
 main.add_command(pipeline)
 main.add_command(serve)
 main.add_command(events)

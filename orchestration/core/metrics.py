@@ -7,6 +7,8 @@ Series (all prefixed ``orchestration_``):
 - ``step_retries_total{workflow,step}`` and ``step_fallbacks_total{workflow,step}``;
 - ``model_calls_total{model,outcome}`` and ``breaker_state{model}`` (0 closed,
   1 half-open, 2 open, as last seen by this process);
+- ``context_window_utilisation{model}``: histogram of each call's prompt tokens over
+  the model's context window;
 - ``run_cost_usd_total{workflow}``: spend, retries included;
 - ``queue_depth{queue}``: messages waiting, read from the broker at scrape time by
   ``orchestrate metrics``.
@@ -38,6 +40,11 @@ MODEL_CALLS = Counter("orchestration_model_calls_total", "Model calls by outcome
 BREAKER_STATE = Gauge("orchestration_breaker_state",
                       "Breaker state per model (0 closed, 1 half-open, 2 open).", ["model"],
                       multiprocess_mode="max")
+CONTEXT_UTILISATION = Histogram(
+    "orchestration_context_window_utilisation",
+    "Prompt tokens of a model call over the model's context window.", ["model"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0, 1.5),
+)
 RUN_COST = Counter("orchestration_run_cost_usd_total", "Model spend in USD.", ["workflow"])
 QUEUE_DEPTH = Gauge("orchestration_queue_depth", "Messages waiting per queue.", ["queue"],
                     multiprocess_mode="liveall")
@@ -70,8 +77,11 @@ def record_step(workflow: str, step: str, model: str | None, status: str, attemp
         RUN_COST.labels(workflow).inc(cost_usd)
 
 
-def record_call(model: str, ok: bool, breaker: str | None) -> None:
-    """Count one model call and the breaker state it saw."""
+def record_call(model: str, ok: bool, breaker: str | None,
+                utilisation: float | None = None) -> None:
+    """Count one model call, the breaker state it saw and how full its context was."""
     MODEL_CALLS.labels(model, "ok" if ok else "error").inc()
+    if utilisation is not None:
+        CONTEXT_UTILISATION.labels(model).observe(utilisation)
     if breaker in _BREAKER_VALUES:
         BREAKER_STATE.labels(model).set(_BREAKER_VALUES[breaker])

@@ -27,7 +27,11 @@ class RunStore(Protocol):
 
 @dataclass(frozen=True)
 class CallRecord:
-    """One model call made by a step attempt, for the trace."""
+    """One model call made by a step attempt, for the trace.
+
+    ``context_utilisation``: the prompt's tokens (as the provider reported them, else as
+    estimated) over the model's context window.
+    """
 
     model: str
     ok: bool
@@ -37,6 +41,7 @@ class CallRecord:
     cost_usd: float = 0.0
     breaker: str | None = None
     error: str | None = None
+    context_utilisation: float | None = None
 
 
 def cancel_run(store: RunStore, run_id: str) -> list[str]:

@@ -38,6 +38,7 @@ from orchestration.errors import (
     StepSignal,
 )
 from orchestration.execute.context import StepContext
+from orchestration.execute.memory import MemoryBinding
 from orchestration.execute.timeouts import call_with_timeout
 from orchestration.store.repository import AttemptRecord, StepOutcome, Store
 
@@ -115,6 +116,7 @@ class StepCall:
     map_index: int | None = None
     signal_types: tuple[type, ...] = ()
     initial_params: dict[str, Any] | None = None
+    memory: MemoryBinding | None = None  # the conversation ``ctx.memory`` works on
 
 
 class _Attempts:
@@ -142,6 +144,7 @@ class _Attempts:
                           run_cost=lambda: call.store.run_cost(call.run_id),
                           services=delivery.services, map_index=call.map_index,
                           store=call.store)
+        ctx.memory_binding = call.memory
         self.contexts.append(ctx)
         call_kwargs = dict(call.kwargs, ctx=ctx) if spec.wants_ctx else call.kwargs
         started = utcnow()
@@ -213,8 +216,9 @@ def run_attempts(call: StepCall) -> StepOutcome:
     except Exception as exc:
         return _final_failure(call.step, call.kwargs, exc, records, *_spend(attempts.contexts))
     cost, model = _spend(attempts.contexts)
+    # Only the attempt that succeeded appends to memory, with the step's outcome.
     return StepOutcome(StepStatus.SUCCEEDED, output=output, attempts=records,
-                       cost_usd=cost, model=model)
+                       cost_usd=cost, model=model, memory=attempts.contexts[-1].memory_write())
 
 
 def as_failure(exc: BaseException) -> Exception:
@@ -317,7 +321,8 @@ def _record(number: int, status: str, started: datetime, ctx: StepContext,
                          tokens_out=sum(call.completion_tokens for call in ctx.calls),
                          breaker=", ".join(breakers) or None, map_index=map_index,
                          calls=[{"model": c.model, "ok": c.ok, "latency_ms": round(c.latency_ms, 2),
-                                 "breaker": c.breaker, "error": (c.error or "")[:200] or None}
+                                 "breaker": c.breaker, "error": (c.error or "")[:200] or None,
+                                 "context_utilisation": c.context_utilisation}
                                 for c in ctx.calls] or None)
 
 

@@ -14,8 +14,10 @@ from orchestration.core.results import CallRecord
 from orchestration.define.children import ChildRun, child_request
 from orchestration.define.workflow import Workflow
 from orchestration.errors import ConfigurationError, InputTimeout, WaitForInput
+from orchestration.execute.memory import ConversationMemory, MemoryBinding
 from orchestration.llm.client import LLMClient
 from orchestration.llm.resilience import Resilience
+from orchestration.store.memory import MemoryWrite
 from orchestration.store.repository import Store
 
 
@@ -25,7 +27,7 @@ class StepContext:
 
     ``deadline`` is a ``time.monotonic()`` instant (None: no timeout); pass
     ``ctx.remaining()`` to anything that blocks. ``ctx.llm`` calls models with cost
-    recorded on this step.
+    recorded on this step; ``ctx.memory`` reads and appends to the run's conversation.
     """
 
     run_id: str
@@ -47,6 +49,8 @@ class StepContext:
     store: Store
     map_index: int | None = None  # the element's index, in a map step
     _llm: LLMClient | None = None
+    memory_binding: MemoryBinding | None = None  # the workflow's memory, for this run
+    _memory: ConversationMemory | None = None
 
     @property
     def llm(self) -> LLMClient:
@@ -58,6 +62,21 @@ class StepContext:
                     "was given none (run the step through an Orchestrator)")
             self._llm = LLMClient(self, self.services)
         return self._llm
+
+    @property
+    def memory(self) -> ConversationMemory:
+        """The run's conversation (``Workflow(memory=...)``): ``context()``, ``append()``."""
+        if self._memory is None:
+            if self.memory_binding is None:
+                raise ConfigurationError(
+                    f"step {self.step!r}: ctx.memory needs Workflow(..., memory=Memory(...)); "
+                    "a map element has none (append in the step after the map)")
+            self._memory = ConversationMemory(self.memory_binding, self)
+        return self._memory
+
+    def memory_write(self) -> MemoryWrite | None:
+        """What this attempt appended (recorded with the step's outcome), or None."""
+        return self._memory.pending() if self._memory is not None else None
 
     @property
     def log(self) -> Any:
@@ -105,4 +124,4 @@ class StepContext:
         """Record one model call (its cost is added to this step)."""
         self.calls.append(call)
         self.record_cost(call.cost_usd, model=call.model if call.ok else None)
-        metrics.record_call(call.model, call.ok, call.breaker)
+        metrics.record_call(call.model, call.ok, call.breaker, call.context_utilisation)

@@ -52,6 +52,7 @@ from orchestration.execute.attempts import (
     describe,
     run_attempts,
 )
+from orchestration.execute.memory import bind_memory
 from orchestration.store.engine import is_unavailable
 from orchestration.store.repository import Claim, RunFinish, StepOutcome, Store
 
@@ -194,7 +195,9 @@ def _call(step: BoundStep, envelope: Envelope, store: Store, delivery: Delivery,
         return run_attempts(StepCall(step, kwargs, envelope.run_id, store, delivery,
                                      previous_attempts=claim.attempts,
                                      spent_before=claim.cost_usd, signal_types=(ChildRun,),
-                                     initial_params=params))
+                                     initial_params=params,
+                                     memory=bind_memory(step, envelope, store,
+                                                        delivery.redactor)))
     except RescheduleWithOutcome as signal:
         store.record_step(envelope.run_id, name, redacted(signal.outcome, delivery),
                           worker=delivery.worker)

@@ -13,10 +13,11 @@ from orchestration.define.adaptive import AdaptiveTimeout, adaptive
 from orchestration.errors import ConfigurationError
 from orchestration.llm.breakers import BreakerPolicy
 from orchestration.llm.ratelimit import RateLimit
+from orchestration.llm.tokens import Estimate
 
 #: With no catalogue file: the local provider only (a deployment names its own file).
 BUILTIN_CATALOGUE = {"providers": {"local": {"kind": "local"}},
-                     "models": {"local": {"provider": "local"}},
+                     "models": {"local": {"provider": "local", "tokens": "words*1.3"}},
                      "default_model": "local"}
 
 
@@ -79,7 +80,11 @@ class ProviderConfig(BaseModel):
 
 
 class ModelConfig(BaseModel):
-    """One model: its provider, prices in USD per 1k tokens, fallbacks in order."""
+    """One model: its provider, prices in USD per 1k tokens, fallbacks in order.
+
+    ``context_window``: the most tokens a prompt may hold; ``tokens``: how its tokens
+    are estimated offline (see :mod:`orchestration.llm.tokens`).
+    """
 
     model_config = ConfigDict(extra="allow")
 
@@ -92,6 +97,8 @@ class ModelConfig(BaseModel):
     breaker: BreakerConfig = BreakerConfig()
     rate_limit: RateLimitConfig | None = None
     queue: str | None = None
+    context_window: int = Field(default=8192, gt=0)
+    tokens: Estimate = "chars/4"
 
     def timeout_policy(self) -> float | AdaptiveTimeout:
         """Seconds per call, or the adaptive policy that computes them."""

@@ -11,7 +11,9 @@ catalogue default) and then each of its fallbacks in order:
 5. the call is made with a timeout of min(the step's remaining time, the model's fixed
    or adaptive timeout) and retried with tenacity on transient errors (timeouts, 429
    honouring Retry-After, 5xx, connection errors), never on 4xx or an open breaker;
-6. cost (every call, retries included) and the call's trace are recorded on the step.
+6. cost (every call, retries included) and the call's trace are recorded on the step,
+   with its context-window utilisation (prompt tokens / the model's ``context_window``;
+   the provider's reported prompt tokens also correct the model's offline estimate).
 
 If no provider of the chain is configured at all, the local provider answers and the
 text says so.
@@ -146,6 +148,8 @@ class LLMClient:
     def _call(self, name: str, config: ModelConfig, provider: Provider, messages: Messages,
               params: dict[str, Any]) -> Completion:
         breaker = self._services.breakers.get(name)
+        counter = self._services.tokens.get(name)
+        estimated = counter.raw_messages(messages)
 
         def once() -> Completion:
             self._admit(name, config)
@@ -157,10 +161,13 @@ class LLMClient:
             except ProviderError as exc:
                 self._ctx.record_call(CallRecord(
                     model=name, ok=False, latency_ms=(time.perf_counter() - started) * 1000,
-                    breaker=breaker.state_name, error=str(exc)))
+                    breaker=breaker.state_name, error=str(exc),
+                    context_utilisation=_utilisation(counter.count_messages(messages), config)))
                 raise
+            counter.observe(estimated, usage.prompt_tokens)
+            prompt = usage.prompt_tokens or counter.count_messages(messages)
             return self._succeeded(name, config, provider, text, usage, started,
-                                   breaker.state_name)
+                                   breaker.state_name, _utilisation(prompt, config))
 
         return first_then_retry(once, lambda: Retrying(
             stop=stop_any(stop_after_attempt(config.retries + 1), _StopAtDeadline(self._ctx)),
@@ -170,12 +177,14 @@ class LLMClient:
         ), _transient)
 
     def _succeeded(self, name: str, config: ModelConfig, provider: Provider, text: str,
-                   usage: Usage, started: float, breaker: str) -> Completion:
+                   usage: Usage, started: float, breaker: str,
+                   utilisation: float) -> Completion:
         latency = (time.perf_counter() - started) * 1000
         cost = config.cost(usage.prompt_tokens, usage.completion_tokens)
         self._ctx.record_call(CallRecord(
             model=name, ok=True, latency_ms=latency, prompt_tokens=usage.prompt_tokens,
-            completion_tokens=usage.completion_tokens, cost_usd=cost, breaker=breaker))
+            completion_tokens=usage.completion_tokens, cost_usd=cost, breaker=breaker,
+            context_utilisation=utilisation))
         if not isinstance(config.timeout_policy(), float | int):
             # Only adaptive timeouts read latencies: skip the Redis write otherwise.
             self._services.latencies.observe(f"model:{name}", latency)
@@ -227,9 +236,10 @@ class LLMClient:
     def _local_answer(self, name: str, messages: Messages, params: dict[str, Any]) -> Completion:
         text, usage = LocalProvider().complete(messages, model=name, timeout=None, **params)
         answered = f"local ({name} not configured)"
-        self._ctx.record_call(CallRecord(model=answered, ok=True, latency_ms=0.0,
-                                         prompt_tokens=usage.prompt_tokens,
-                                         completion_tokens=usage.completion_tokens))
+        self._ctx.record_call(CallRecord(
+            model=answered, ok=True, latency_ms=0.0, prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens, context_utilisation=_utilisation(
+                usage.prompt_tokens, self._services.catalogue.model(name))))
         return Completion(text=text, model=answered, provider="local", usage=usage,
                           local_fallback=True)
 
@@ -243,6 +253,11 @@ class _StopAtDeadline(stop_base):
     def __call__(self, retry_state: RetryCallState) -> bool:
         remaining = self._ctx.remaining()
         return remaining is not None and remaining <= _provider_wait(retry_state)
+
+
+def _utilisation(prompt_tokens: int, config: ModelConfig) -> float:
+    """Prompt tokens over the model's context window (4 decimals)."""
+    return round(prompt_tokens / config.context_window, 4)
 
 
 def _transient(exc: BaseException) -> bool:

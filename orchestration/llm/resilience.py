@@ -19,6 +19,7 @@ from orchestration.llm.providers.base import Provider
 from orchestration.llm.providers.local import LocalProvider
 from orchestration.llm.providers.openai import OpenAIProvider
 from orchestration.llm.ratelimit import RateLimiter
+from orchestration.llm.tokens import TokenCounters
 
 REDIS_CONNECTIONS = 256
 
@@ -36,6 +37,9 @@ class Resilience:
                                               for name, model in catalogue.models.items()})
         self.limiter = RateLimiter(self.redis)
         self.latencies = Latencies(self.redis)
+        # Token estimates per model, corrected by what providers report (this process).
+        self.tokens = TokenCounters({name: model.tokens
+                                     for name, model in catalogue.models.items()})
         self._providers: dict[str, Provider] = {}
         self._lock = threading.Lock()
 

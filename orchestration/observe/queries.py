@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import func, select
 
-from orchestration.core.stats import StepStats, step_stats
+from orchestration.core.stats import StepStats, percentile, step_stats
 from orchestration.define.workflow import Host
 from orchestration.store.models import AttemptRow, RunRow
 
@@ -18,11 +18,14 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class ModelStats:
-    """Attempts that used one model, and how many failed."""
+    """Calls to one model, how many failed, and how full their context windows were
+    (prompt tokens / the model's context window: median and largest)."""
 
     model: str
     attempts: int
     failed: int
+    context_p50: float | None = None
+    context_max: float | None = None
 
     @property
     def error_rate(self) -> float:
@@ -60,6 +63,7 @@ def workflow_stats(orchestrator: Host, workflow: str,
         runs_query = runs_query.where(RunRow.created_at >= since)
         calls_query = calls_query.where(RunRow.created_at >= since)
     per_model: dict[str, list[int]] = {}
+    filled: dict[str, list[float]] = {}
     with store.reader.connect() as conn:
         runs, cost = conn.execute(runs_query).one()
         for (calls,) in conn.execute(calls_query):
@@ -67,7 +71,12 @@ def workflow_stats(orchestrator: Host, workflow: str,
                 tally = per_model.setdefault(str(call.get("model")), [0, 0])
                 tally[0] += 1
                 tally[1] += 0 if call.get("ok") else 1
-    models = [ModelStats(model, n, failed) for model, (n, failed) in sorted(per_model.items())]
+                if call.get("context_utilisation") is not None:
+                    filled.setdefault(str(call.get("model")), []).append(
+                        float(call["context_utilisation"]))
+    models = [ModelStats(model, n, failed, percentile(filled.get(model, []), 50),
+                         max(filled[model]) if filled.get(model) else None)
+              for model, (n, failed) in sorted(per_model.items())]
     return WorkflowStats(workflow, int(runs), {s.value: n for s, n in counts.items()},
                          float(cost) / runs if runs else 0.0, steps, models)
 

@@ -28,6 +28,7 @@ from orchestration.store import statements as sql
 from orchestration.store.engine import create_engines, schema_is_current, upgrade
 from orchestration.store.events import Events
 from orchestration.store.map_chunks import MapChunks
+from orchestration.store.memory import MemoryStore, MemoryWrite, write_memory
 from orchestration.store.models import RunRow, StepRow, WaitRow
 from orchestration.store.reads import StoreReads
 from orchestration.store.recovery import Recovery
@@ -125,6 +126,7 @@ class StepOutcome:
     model: str | None = None
     extra_attempts: int = 0  # attempts already recorded elsewhere (map elements)
     cache_hit: bool = False
+    memory: MemoryWrite | None = None  # conversation turns, written with the outcome
 
 
 class Store(StoreReads):
@@ -156,6 +158,11 @@ class Store(StoreReads):
     def map_chunks(self) -> MapChunks:
         """Map chunk results parked until the map's collector reads them."""
         return MapChunks(self._writer, self._reader)
+
+    @property
+    def memory(self) -> MemoryStore:
+        """Conversation memory: turns, summaries, erasure, retention."""
+        return MemoryStore(self._writer, self._reader)
 
     @property
     def waits(self) -> Waits:
@@ -333,7 +340,8 @@ class Store(StoreReads):
         """Record a step's outcome and its attempts; False if it was already terminal.
 
         ``claimed_at`` (from the claim) gives the step's latency in the same write;
-        ``finish`` (the run's last step) ends the run in the same transaction.
+        ``finish`` (the run's last step) ends the run in the same transaction, and so
+        does ``outcome.memory`` (the turns the step appended to its conversation).
         """
         now = utcnow()
         terminal = outcome.status.is_terminal
@@ -361,6 +369,8 @@ class Store(StoreReads):
                                                    for a in outcome.attempts])
             if outcome.cost_usd:
                 conn.execute(sql.ADD_RUN_COST, {"b_run": run_id, "b_cost": outcome.cost_usd})
+            if outcome.memory:
+                write_memory(conn, outcome.memory, run_id=run_id, step=name, now=now)
             if finish is not None:
                 conn.execute(sql.FINISH_RUN, finish.params(run_id, now))
         return True

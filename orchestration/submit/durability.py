@@ -29,6 +29,7 @@ from orchestration.define.workflow import Host
 from orchestration.errors import InvalidInput, NotResumable
 from orchestration.observe.queries import queue_depths
 from orchestration.store.recovery import RERUN_STEPS, RESUMABLE
+from orchestration.submit.retention import prune_memory
 from orchestration.submit.waits import expire_due_waits
 
 if TYPE_CHECKING:
@@ -44,6 +45,7 @@ class Reconciled:
     redispatched: list[str]
     failed: list[str]
     waits_expired: int
+    memory_pruned: int = 0  # memory rows past their workflow's retention, deleted
 
 
 def redacted_inputs(inputs: dict[str, Any], recorded: Iterable[str] | None = None) -> list[str]:
@@ -220,7 +222,8 @@ def reconcile(orchestrator: Host, *, idle_seconds: float | None = None) -> Recon
             redispatched.append(run_id)
         else:
             failed.append(run_id)
-    return Reconciled(redispatched, failed, expire_due_waits(orchestrator))
+    return Reconciled(redispatched, failed, expire_due_waits(orchestrator),
+                      prune_memory(orchestrator))
 
 
 def redispatch(orchestrator: Host, run_id: str, name: str, version: str,

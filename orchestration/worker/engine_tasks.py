@@ -96,11 +96,12 @@ def dispatch_runs(task: Any, workflow: str, run_ids: list[str]) -> int:
 
 
 def reconcile(task: Any) -> dict[str, Any]:
-    """Re-dispatch runs that made no progress (the beat schedule sends this)."""
+    """Re-dispatch runs that made no progress, expire waits, prune memory past its
+    retention (the beat schedule sends this)."""
     orchestrator: WorkerHost = task.orchestrator
     done = orchestrator.reconcile()
     return {"redispatched": done.redispatched, "failed": done.failed,
-            "waits_expired": done.waits_expired}
+            "waits_expired": done.waits_expired, "memory_pruned": done.memory_pruned}
 
 
 def _child_failed(bound: BoundStep, envelope: Envelope, orchestrator: WorkerHost,
