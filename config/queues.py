@@ -25,5 +25,7 @@ QUEUES = (
     QueueSpec("model.urgency", "prefork", 2, "urgency model (CPU-bound, scikit-learn)"),
     QueueSpec("model.fraud", "prefork", 2, "the seven fraud models (CPU-bound, scikit-learn)"),
     QueueSpec("model.gpt-4o-mini", "threads", 32, "LLM calls (I/O-bound: many in flight)"),
+    QueueSpec("model.claude-4-haiku", "threads", 32,
+              "the declared support pipeline's classifier (tasks/pipelines; I/O-bound)"),
     QueueSpec("default", "prefork", 2, "business rules and run finalisation"),
 )

@@ -94,3 +94,18 @@ def test_the_content_summary_pipeline_runs_model_and_code_steps(deployment: Orch
     assert result.outputs["summary"].startswith(LABEL)
     # the review step says, honestly, that no model wrote this summary
     assert "no LLM configured" in result.outputs["problem"]
+
+
+def test_workers_serve_the_queues_of_the_shipped_pipelines(deployment: Orchestrator) -> None:
+    from config.queues import QUEUES
+
+    shipped = {path.name for path in PIPELINES.iterdir()}
+    queues = {bound.queue for workflow in deployment.workflows.values()
+              if str(getattr(workflow, "source_path", "")).rsplit("/", 1)[-1] in shipped
+              for bound in workflow.validate().steps.values()}
+    assert {"model.claude-4-haiku", "model.gpt-4o-mini", "default"} <= queues
+    assert queues <= {spec.name for spec in QUEUES}
+    procfile = (PIPELINES.parents[1] / "Procfile").read_text()
+    compose = (PIPELINES.parents[1] / "docker-compose.yml").read_text()
+    for queue in queues:
+        assert f"-Q {queue} " in procfile and f"-Q {queue} " in compose, queue
