@@ -142,9 +142,13 @@ class Orchestrator:
         Workers call this at start-up, after importing ``ORCH_IMPORTS`` (a pipeline may
         route to those workflows), and so does the CLI; loading unchanged files again
         returns the workflows already registered. A bad file raises PipelineError.
+        Models are not checked against this process's catalogue here (a worker for other
+        models may run with a catalogue of its own); ``orchestrate pipeline validate``
+        checks them.
         """
         folder = self.settings.pipelines
-        return [] if folder is None else load_pipelines(folder, orchestrator=self)
+        return [] if folder is None else load_pipelines(folder, orchestrator=self,
+                                                        check_models=False)
 
     # -- submitting (orchestration/submit/submission.py) -------------------------------
 

@@ -56,33 +56,36 @@ def content_hash(data: Any) -> str:
     return hashlib.sha256(dumps(data).encode()).hexdigest()[:16]
 
 
-def load_pipeline(path: str | Path, *, orchestrator: Host | None = None) -> Workflow:
+def load_pipeline(path: str | Path, *, orchestrator: Host | None = None,
+                  check_models: bool = True) -> Workflow:
     """Load one pipeline file (JSON or YAML) as a registered :class:`Workflow`.
 
     Pipelines it routes to that the deployment does not know yet are looked for beside
     it (same folder) and loaded first. Raises :class:`PipelineError` listing every
     problem (JSON pointer, YAML line) before anything is registered. Loading the same
-    content again returns the workflow already registered.
+    content again returns the workflow already registered. ``check_models``: a model
+    step's model must be in the host's catalogue.
     """
     file = Path(path)
     host = orchestrator or default_host()
-    loader = _Loader(host)
+    loader = _Loader(host, check_models)
     wanted = loader.add(file)
     loader.add_siblings(file.parent, exclude=file)
     return loader.load([wanted])[0]
 
 
-def load_pipelines(folder: str | Path, *, orchestrator: Host | None = None) -> list[Workflow]:
+def load_pipelines(folder: str | Path, *, orchestrator: Host | None = None,
+                   check_models: bool = True) -> list[Workflow]:
     """Load every ``*.json``, ``*.yaml`` and ``*.yml`` file of ``folder`` (not recursive).
 
     Raises :class:`PipelineError` with the problems of every file if any has one;
-    nothing is registered then.
+    nothing is registered then. ``check_models`` as for :func:`load_pipeline`.
     """
     directory = Path(folder)
     if not directory.is_dir():
         raise PipelineError(str(directory), [Problem("", "no such folder")])
     host = orchestrator or default_host()
-    loader = _Loader(host)
+    loader = _Loader(host, check_models)
     files = sorted(p for p in directory.iterdir() if p.suffix.lower() in SUFFIXES)
     wanted = [loader.add(file) for file in files]
     return loader.load(wanted)
@@ -115,10 +118,10 @@ def plan_of(path: str | Path, *, orchestrator: Host | None = None) -> Workflow:
 class _Scratch:
     """A host that registers nothing: the loader declares a pipeline here first."""
 
-    def __init__(self, host: Host) -> None:
+    def __init__(self, host: Host, check_models: bool = True) -> None:
         self.settings: Settings = host.settings
         self.workflows: dict[str, Workflow] = dict(host.workflows)
-        self.catalogue = getattr(host, "catalogue", None)
+        self.catalogue = getattr(host, "catalogue", None) if check_models else None
 
     def register(self, workflow: Workflow) -> None:
         self.workflows[workflow.name] = workflow
@@ -151,8 +154,9 @@ class _File:
 
 
 class _Loader:
-    def __init__(self, host: Host) -> None:
+    def __init__(self, host: Host, check_models: bool = True) -> None:
         self.host = host
+        self.check_models = check_models
         self.files: dict[Path, _File] = {}
         self.siblings: dict[str, _File] = {}
         self.folder: Path | None = None
@@ -183,7 +187,7 @@ class _Loader:
         files = self._closure(wanted)
         problems = self._duplicates(files)
         order = self._order(files, problems)
-        scratch = _Scratch(self.host)
+        scratch = _Scratch(self.host, self.check_models)
         built: dict[str, Workflow] = {}
         plans: dict[int, Plan] = {}
         for file in order:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from orchestration import Orchestrator, PipelineError, Workflow, load_pipeline, load_pipelines
+from orchestration.core.settings import Settings
 from orchestration.pipelines import check_pipeline, content_hash
 from orchestration.pipelines.steps import ModelCall
 from orchestration.testing import embedded_orchestrator
@@ -135,3 +136,22 @@ def test_a_routing_cycle_between_pipelines_is_a_problem(host: Orchestrator,
             "route": {"route_on": "kind", "routing": {"x": other}}}})
     with pytest.raises(PipelineError, match="pipelines route to each other in a cycle"):
         load_pipeline(tmp_path / "pl_ping.json", orchestrator=host)
+
+
+def test_a_deployment_loads_its_folder_of_orch_pipelines(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings().pipelines == SHIPPED  # the deployment's PIPELINES (config)
+    folder = tmp_path / "pipelines"
+    folder.mkdir()
+    write(folder, "a.json", dict(simple("pl_deployed"), steps={
+        "answer": {"model": "a-model-of-another-catalogue", "prompt": "{{ text }}"}}))
+    monkeypatch.setenv("ORCH_PIPELINES", str(folder))
+    assert Settings().pipelines == folder
+
+    with embedded_orchestrator(tmp_path, pipelines=folder) as orchestrator:
+        # a worker does not check models against its own catalogue (validate does)
+        (workflow,) = orchestrator.load_pipelines()
+        assert orchestrator.workflows["pl_deployed"] is workflow
+        assert orchestrator.load_pipelines() == [workflow]
+        problems = check_pipeline(folder / "a.json", orchestrator=orchestrator)
+        assert [p.pointer for p in problems] == ["/steps/answer/model"]
