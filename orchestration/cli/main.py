@@ -120,9 +120,15 @@ def _step_line(step: StepRecord, origin: datetime | None) -> Tree:
     for attempt in step.attempt_log:
         line = Text(f"attempt {attempt['attempt']}: {attempt['status']} "
                     f"{attempt['latency_ms']:.1f} ms")
+        if attempt.get("policy"):
+            line.append(f" [on_error {attempt['policy']}]", style="yellow")
         if attempt.get("error"):
             line.append(f" {_last_line(attempt['error'])}", style="red")
         node.add(line)
+    if step.error and step.status is StepStatus.WAITING:
+        # an escalated step: why it waits (first line), and what a person does about it
+        node.add(Text(f"{step.error.strip().splitlines()[0]} -- approve with: orchestrate "
+                      "approve RUN_ID --data JSON (becomes its output)", style="yellow"))
     if step.error and step.status in SHOWN_ERROR_STATUSES:
         node.add(Text(_last_line(step.error), style="red"))
     return node
@@ -140,9 +146,16 @@ def _run_json(run: RunResult) -> dict[str, object]:
         "outputs": run.outputs, "created_at": run.created_at, "finished_at": run.finished_at,
         "steps": {name: {"status": s.status.value, "attempts": s.attempts, "queue": s.queue,
                          "worker": s.worker, "latency_ms": s.latency_ms, "error": s.error,
-                         "error_type": s.error_type, "deliveries": s.deliveries}
+                         "error_type": s.error_type, "deliveries": s.deliveries,
+                         "attempt_log": [_attempt_json(a) for a in s.attempt_log]}
                   for name, s in run.steps.items()},
     }
+
+
+def _attempt_json(attempt: dict[str, object]) -> dict[str, object]:
+    keys = ("attempt", "status", "model", "latency_ms", "error_type", "error_kind", "policy",
+            "map_index", "calls")
+    return {key: attempt.get(key) for key in keys}
 
 
 @main.command()

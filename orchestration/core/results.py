@@ -41,6 +41,8 @@ class CallRecord:
     cost_usd: float = 0.0
     breaker: str | None = None
     error: str | None = None
+    error_kind: str | None = None  # the failure's kind (timeout, model_unavailable, ...)
+    policy: str | None = None  # the step's on_error entry that acted ("timeout: retry(3)")
     context_utilisation: float | None = None
 
 
@@ -86,6 +88,11 @@ class StepRecord:
     def retries(self) -> int:
         """Attempts beyond the first."""
         return max(0, self.attempts - 1)
+
+    @property
+    def policies(self) -> list[str | None]:
+        """Per attempt, the ``on_error`` policy that acted on it (``"timeout: retry(3)"``)."""
+        return [attempt.get("policy") for attempt in self.attempt_log]
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,12 @@ freed), the quality gate and ``on_retry``, then the fallback. Control-flow signa
 raises, even a ``SystemExit``, ``KeyboardInterrupt`` or bare ``BaseException``, is a failed
 attempt: it must never escape to the worker, where it would hold the pool slot (threads)
 or leave the step ``running`` for the reconciler to re-run forever (prefork).
+
+A step's ``on_error`` entries (see :mod:`orchestration.define.on_error`) make retries
+kind-aware: ``retry(n)`` retries that kind n times instead of ``retries=``; any other
+action stops retrying at once and decides the outcome (``route_to_fallback``: the
+fallback or a failure; ``fail``; ``skip``; ``escalate``: a human wait). Every failed
+attempt records its error kind, and the policy that acted on it.
 """
 
 from __future__ import annotations
@@ -21,21 +27,25 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
+from tenacity.stop import stop_base
 
 from orchestration.core.clock import utcnow
 from orchestration.core.envelope import dumps
 from orchestration.core.status import StepStatus
 from orchestration.define.adaptive import AdaptiveTimeout
 from orchestration.define.gates import PASSED
+from orchestration.define.on_error import Action, ErrorAction, describe_policy
 from orchestration.define.policies import first_then_retry
 from orchestration.define.step import BoundStep
 from orchestration.errors import (
     GateFailed,
     NonRetryableError,
     OutputNotSerializable,
+    ProviderError,
     Reschedule,
     StepAborted,
     StepSignal,
+    error_kind,
 )
 from orchestration.execute.context import StepContext
 from orchestration.execute.memory import MemoryBinding
@@ -48,6 +58,8 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("orchestration.execute.attempts")
 _ERROR_LIMIT = 4000
+POLICY_SKIP = "skipped by on_error"  # how a skip's reason starts (dependents receive None)
+POLICY_ESCALATE = "escalated by on_error"  # how an escalated step's error starts
 
 
 @dataclass(frozen=True)
@@ -77,6 +89,14 @@ class ReturnedSignal(StepSignal):
         super().__init__(value)
         self.value = value
         self.outcome: StepOutcome | None = None
+
+
+class EscalateWithOutcome(StepSignal):
+    """An ``escalate`` policy acted: record ``outcome`` (the attempts, the error), then wait."""
+
+    def __init__(self, outcome: StepOutcome) -> None:
+        super().__init__(outcome.error)
+        self.outcome = outcome
 
 
 class RescheduleWithOutcome(Reschedule):
@@ -143,7 +163,7 @@ class _Attempts:
                                                                for c in self.contexts),
                           run_cost=lambda: call.store.run_cost(call.run_id),
                           services=delivery.services, map_index=call.map_index,
-                          store=call.store)
+                          store=call.store, on_error=spec.on_error)
         ctx.memory_binding = call.memory
         self.contexts.append(ctx)
         call_kwargs = dict(call.kwargs, ctx=ctx) if spec.wants_ctx else call.kwargs
@@ -188,11 +208,16 @@ def run_attempts(call: StepCall) -> StepOutcome:
     """Run a step's function under its policies; the outcome to record."""
     spec, previous = call.step.spec, call.previous_attempts
     attempts = _Attempts(call)
+    retryable: Callable[[BaseException], bool] = _retryable
+    stop: stop_base = stop_after_attempt(max(1, spec.retries + 1 - previous))
+    if spec.on_error is not None:
+        retryable, stop = partial(_retryable_under, call.step), _StopAfterRetries(call.step,
+                                                                                 previous)
     retrying = partial(
         Retrying,
-        stop=stop_after_attempt(max(1, spec.retries + 1 - previous)),
+        stop=stop,
         wait=lambda state: spec.backoff.delay(previous + state.attempt_number),
-        retry=retry_if_exception(_retryable),
+        retry=retry_if_exception(retryable),
         # A map element never goes back to the broker: its chunk holds other elements.
         sleep=_sleeper(call.delivery.inline_retry_limit if call.map_index is None
                        else float("inf")),
@@ -201,7 +226,7 @@ def run_attempts(call: StepCall) -> StepOutcome:
     )
     records = attempts.records
     try:
-        output = first_then_retry(attempts.once, retrying, _retryable)
+        output = first_then_retry(attempts.once, retrying, retryable)
     except ReturnedSignal as signal:
         cost, model = _spend(attempts.contexts)
         signal.outcome = StepOutcome(StepStatus.RUNNING, attempts=records, cost_usd=cost,
@@ -214,6 +239,9 @@ def run_attempts(call: StepCall) -> StepOutcome:
             error_type=records[-1].error_type if records else None,
             attempts=records, cost_usd=cost, model=model), attempts.params) from None
     except Exception as exc:
+        action = policy_action(call.step, exc)
+        if action is not None and action.action in _DECIDES:
+            return _policy_outcome(action, exc, records, *_spend(attempts.contexts))
         return _final_failure(call.step, call.kwargs, exc, records, *_spend(attempts.contexts))
     cost, model = _spend(attempts.contexts)
     # Only the attempt that succeeded appends to memory, with the step's outcome.
@@ -265,6 +293,69 @@ def _retryable(exc: BaseException) -> bool:
     return isinstance(exc, Exception) and not isinstance(exc, NonRetryableError)
 
 
+_DECIDES = frozenset({Action.FAIL, Action.SKIP, Action.ESCALATE})
+
+
+def policy_action(step: BoundStep, exc: BaseException) -> ErrorAction | None:
+    """The step's ``on_error`` action for a failure (None: the defaults apply).
+
+    A model call's failure that ``ctx.llm`` already retried under ``retry(n)`` is not
+    retried again by the step (the n retries were the call's).
+    """
+    if step.spec.on_error is None:
+        return None
+    action = step.spec.on_error.for_exception(exc)[1]
+    if action is not None and action.action is Action.RETRY \
+            and isinstance(exc, ProviderError) and exc.policy:
+        return ErrorAction(Action.RETRY, 0)
+    return action
+
+
+def _retryable_under(step: BoundStep, exc: BaseException) -> bool:
+    action = policy_action(step, exc)
+    if action is None:
+        return _retryable(exc)
+    return isinstance(exc, Exception) and action.action is Action.RETRY
+
+
+class _StopAfterRetries(stop_base):
+    """Stop after ``retries=``, or after ``n`` for a failure whose kind says ``retry(n)``."""
+
+    def __init__(self, step: BoundStep, previous: int) -> None:
+        self._step = step
+        self._previous = previous
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        error = retry_state.outcome.exception() if retry_state.outcome is not None else None
+        action = policy_action(self._step, error) if error is not None else None
+        retries = action.retries if action is not None and action.action is Action.RETRY \
+            else self._step.spec.retries
+        return retry_state.attempt_number >= max(1, retries + 1 - self._previous)
+
+
+def _policy_outcome(action: ErrorAction, exc: BaseException, records: list[AttemptRecord],
+                    cost: float, model: str | None) -> StepOutcome:
+    """The outcome decided by ``fail``, ``skip`` or ``escalate`` (no fallback applies)."""
+    error, error_type = describe(exc)
+    policy = records[-1].policy if records and records[-1].policy else str(action)
+    if action.action is Action.SKIP:
+        return StepOutcome(StepStatus.SKIPPED, error=f"{POLICY_SKIP} ({policy}): "
+                           f"{_last_line(error)}", error_type=error_type, attempts=records,
+                           cost_usd=cost, model=model)
+    if action.action is Action.ESCALATE:
+        raise EscalateWithOutcome(StepOutcome(
+            StepStatus.RETRYING, error=f"{POLICY_ESCALATE} ({policy}): {_last_line(error)}"
+                                       f"\n{error}",
+            error_type=error_type, attempts=records, cost_usd=cost, model=model))
+    return StepOutcome(StepStatus.FAILED, error=error, error_type=error_type, attempts=records,
+                       cost_usd=cost, model=model)
+
+
+def _last_line(error: str) -> str:
+    lines = error.strip().splitlines()
+    return lines[-1] if lines else error
+
+
 def _timeout(step: BoundStep, delivery: Delivery) -> float | None:
     policy = step.spec.timeout
     if policy is None:
@@ -313,7 +404,7 @@ def _record(number: int, status: str, started: datetime, ctx: StepContext,
     error, error_type = describe(exc) if exc is not None else (None, None)
     breakers = [f"{call.model}:{call.breaker}" for call in ctx.calls
                 if call.breaker not in (None, "closed")]
-    return AttemptRecord(attempt=number, status=status, started_at=started,
+    record = AttemptRecord(attempt=number, status=status, started_at=started,
                          finished_at=utcnow(), error=error, error_type=error_type,
                          model=ctx.models_used[-1] if ctx.models_used else ctx.model,
                          cost_usd=ctx.cost_usd, gate=gate,
@@ -324,6 +415,28 @@ def _record(number: int, status: str, started: datetime, ctx: StepContext,
                                  "breaker": c.breaker, "error": (c.error or "")[:200] or None,
                                  "context_utilisation": c.context_utilisation}
                                 for c in ctx.calls] or None)
+    _trace_policy(record, ctx, exc)
+    return record
+
+
+def _trace_policy(record: AttemptRecord, ctx: StepContext, exc: BaseException | None) -> None:
+    """The error kind of a failed attempt and call, and the on_error policy that acted."""
+    for traced, call in zip(record.calls or [], ctx.calls, strict=False):
+        if not call.ok:
+            traced["error_kind"] = call.error_kind
+            if call.policy:
+                traced["policy"] = call.policy
+    if exc is None:  # succeeded: perhaps after ctx.llm routed past a failing model
+        acted = [call for call in ctx.calls if call.policy]
+        if acted:
+            record.error_kind, record.policy = acted[-1].error_kind, acted[-1].policy
+        return
+    record.error_kind = error_kind(exc)
+    if isinstance(exc, ProviderError) and exc.policy:
+        record.policy = exc.policy  # what ctx.llm did; the step carries it on
+    elif ctx.on_error is not None:
+        entry = ctx.on_error.entry(record.error_kind)
+        record.policy = describe_policy(*entry) if entry is not None else None
 
 
 def _sleeper(inline_limit: float) -> Callable[[float], None]:

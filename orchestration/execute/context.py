@@ -12,6 +12,7 @@ import structlog
 from orchestration.core import metrics
 from orchestration.core.results import CallRecord
 from orchestration.define.children import ChildRun, child_request
+from orchestration.define.on_error import ErrorPolicy
 from orchestration.define.workflow import Workflow
 from orchestration.errors import ConfigurationError, InputTimeout, WaitForInput
 from orchestration.execute.memory import ConversationMemory, MemoryBinding
@@ -48,6 +49,7 @@ class StepContext:
     services: Resilience | None
     store: Store
     map_index: int | None = None  # the element's index, in a map step
+    on_error: ErrorPolicy | None = None  # the step's per-error policies, for ctx.llm
     _llm: LLMClient | None = None
     memory_binding: MemoryBinding | None = None  # the workflow's memory, for this run
     _memory: ConversationMemory | None = None

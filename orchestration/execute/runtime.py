@@ -8,7 +8,8 @@
    A map step replaces itself with a chord over chunks of its list; a step returning
    ``ctx.run_child(...)`` replaces itself with the child run's canvas; a step calling
    ``ctx.wait_for_input`` parks the run. Anything else runs its attempts under its
-   policies (see :mod:`orchestration.execute.attempts`).
+   policies (see :mod:`orchestration.execute.attempts`); an ``on_error`` ``escalate``
+   parks the run too, and the input a person delivers becomes the step's output.
 4. Record the outcome and attempts in one transaction; pass the envelope on; the last
    step of a run finalises the run row.
 """
@@ -36,6 +37,7 @@ from orchestration.core.redaction import changed_by_redaction
 from orchestration.core.status import RunStatus, StepStatus
 from orchestration.define.children import ChildRun
 from orchestration.define.fingerprint import cache_key
+from orchestration.define.on_error import ESCALATION_INPUT
 from orchestration.define.policies import first_then_retry
 from orchestration.define.step import BoundStep
 from orchestration.errors import (
@@ -43,9 +45,12 @@ from orchestration.errors import (
     Reschedule,
     ResultsDatabaseUnavailable,
     StepSignal,
+    WaitForInput,
 )
 from orchestration.execute.attempts import (
+    POLICY_SKIP,
     Delivery,
+    EscalateWithOutcome,
     RescheduleWithOutcome,
     ReturnedSignal,
     StepCall,
@@ -191,6 +196,10 @@ def _call(step: BoundStep, envelope: Envelope, store: Store, delivery: Delivery,
           params: dict[str, Any] | None) -> StepOutcome:
     """The step's attempts; what they did is recorded first if the step goes on later."""
     name = step.spec.name
+    if step.spec.on_error is not None and step.spec.on_error.escalates:
+        wait = store.waits.lookup(envelope.run_id, name, ESCALATION_INPUT)
+        if wait is not None and wait.status == "delivered":  # a person answered for it
+            return StepOutcome(StepStatus.SUCCEEDED, output=wait.data)
     try:
         return run_attempts(StepCall(step, kwargs, envelope.run_id, store, delivery,
                                      previous_attempts=claim.attempts,
@@ -207,6 +216,12 @@ def _call(step: BoundStep, envelope: Envelope, store: Store, delivery: Delivery,
             store.record_step(envelope.run_id, name, redacted(signal.outcome, delivery),
                               worker=delivery.worker)
         raise StartChild(envelope, signal.value, finalize) from None
+    except EscalateWithOutcome as signal:
+        # The failed attempts and the error are recorded first: `orchestrate show` prints
+        # them beside the wait; what a person approves becomes the output.
+        store.record_step(envelope.run_id, name, redacted(signal.outcome, delivery),
+                          worker=delivery.worker)
+        raise WaitForInput(ESCALATION_INPUT, None) from None
 
 
 def max_crashes(delivery: Delivery) -> int:
@@ -314,7 +329,9 @@ def apply_outcome(step: BoundStep, envelope: Envelope, status: StepStatus, outpu
     if status.produced_output:
         envelope.put(spec.output, output, source=spec.name, limit=delivery.inline_limit,
                      keep_inline=keep_inline)
-    elif status is StepStatus.FAILED and not spec.critical:
+    elif (status is StepStatus.FAILED and not spec.critical) or (
+            status is StepStatus.SKIPPED and (error or "").startswith(POLICY_SKIP)):
+        # lost without failing the run: dependents receive None (on_error skip included)
         envelope.put(spec.output, None, source=spec.name, limit=delivery.inline_limit)
     elif status is StepStatus.SKIPPED and (error or "").startswith(NOT_SELECTED):
         envelope.unselect(spec.output)

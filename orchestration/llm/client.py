@@ -11,7 +11,12 @@ catalogue default) and then each of its fallbacks in order:
 5. the call is made with a timeout of min(the step's remaining time, the model's fixed
    or adaptive timeout) and retried with tenacity on transient errors (timeouts, 429
    honouring Retry-After, 5xx, connection errors), never on 4xx or an open breaker;
-6. cost (every call, retries included) and the call's trace are recorded on the step,
+6. the step's ``on_error`` entries for ``timeout``, ``model_unavailable`` and
+   ``rate_limited`` act per call: ``retry(n)`` retries the call n times (instead of the
+   model's ``retries``), ``route_to_fallback`` moves to the next model at once, ``skip``,
+   ``fail`` and ``escalate`` stop here (no other model) for the step to act on; the
+   call's trace names the policy that acted;
+7. cost (every call, retries included) and the call's trace are recorded on the step,
    with its context-window utilisation (prompt tokens / the model's ``context_window``;
    the provider's reported prompt tokens also correct the model's offline estimate).
 
@@ -38,13 +43,16 @@ from tenacity import (
 from tenacity.stop import stop_base
 
 from orchestration.core.results import CallRecord
+from orchestration.define.on_error import Action, ErrorAction, ErrorPolicy, describe_policy
 from orchestration.define.policies import Backoff, first_then_retry
 from orchestration.errors import (
     BreakerOpen,
     BudgetExceeded,
     ConfigurationError,
+    ErrorKind,
     InvalidModelOutput,
     ProviderError,
+    RateLimited,
     StepTimeout,
 )
 from orchestration.llm.catalogue import ModelConfig
@@ -73,6 +81,7 @@ class CallSite(Protocol):
     max_cost: float | None
     spent_before: float
     run_budget: float | None
+    on_error: ErrorPolicy | None  # the step's per-error policies (see define/on_error.py)
 
     def run_cost(self) -> float:
         """The run's recorded spend so far."""
@@ -106,6 +115,7 @@ class LLMClient:
                 "no model named and the catalogue has no default_model")
         failures: list[str] = []
         tried = False
+        last: tuple[ErrorKind, str | None] | None = None  # the last failure's kind, policy
         for candidate in catalogue.fallback_chain(name):
             config = catalogue.model(candidate)
             provider = self._services.provider(config.provider)
@@ -116,11 +126,24 @@ class LLMClient:
             self._check_budget()
             try:
                 return self._call(candidate, config, provider, messages, params)
+            except RateLimited as exc:
+                # The shared limiter admitted no call in time: another model only if asked.
+                if not self._reroutes(ErrorKind.RATE_LIMITED):
+                    raise
+                last = (ErrorKind.RATE_LIMITED, self._rerouted(candidate, exc))
+                failures.append(f"{candidate}: {exc}")
             except ProviderError as exc:
                 failures.append(f"{candidate}: {exc}")
+                last = (exc.kind, exc.policy)
+                action = self._action(exc.kind)
+                if action is not None and action.action in _STOP_HERE:
+                    raise  # skip, fail or escalate: no other model; the step acts on it
         if not tried:
             return self._local_answer(name, messages, params)
-        raise ProviderError(f"no model answered ({'; '.join(failures)})", retryable=True)
+        error = ProviderError(f"no model answered ({'; '.join(failures)})", retryable=True,
+                              kind=last[0] if last else None)
+        error.policy = last[1] if last else None
+        raise error
 
     def complete_json(self, prompt: str | Messages, *, schema: type[BaseModel] | dict[str, Any],
                       model: str | None = None, attempts: int = 3, **params: Any) -> Any:
@@ -159,8 +182,12 @@ class LLMClient:
                 text, usage = breaker.call(provider.complete, messages, model=name,
                                            timeout=timeout, **params)
             except ProviderError as exc:
+                action = self._action(exc.kind)
+                if action is not None:
+                    exc.policy = describe_policy(exc.kind, action)
                 self._ctx.record_call(CallRecord(
                     model=name, ok=False, latency_ms=(time.perf_counter() - started) * 1000,
+                    error_kind=exc.kind, policy=exc.policy,
                     breaker=breaker.state_name, error=str(exc),
                     context_utilisation=_utilisation(counter.count_messages(messages), config)))
                 raise
@@ -169,12 +196,42 @@ class LLMClient:
             return self._succeeded(name, config, provider, text, usage, started,
                                    breaker.state_name, _utilisation(prompt, config))
 
+        policy = self._ctx.on_error
+        if policy is None:  # the defaults, exactly
+            return first_then_retry(once, lambda: Retrying(
+                stop=stop_any(stop_after_attempt(config.retries + 1),
+                              _StopAtDeadline(self._ctx)),
+                wait=_provider_wait,
+                retry=retry_if_exception(_transient),
+                reraise=True,
+            ), _transient)
+
+        def retryable(exc: BaseException) -> bool:
+            action = policy.for_call(exc.kind) if isinstance(exc, ProviderError) else None
+            return _transient(exc) and (action is None or action.action is Action.RETRY)
+
         return first_then_retry(once, lambda: Retrying(
-            stop=stop_any(stop_after_attempt(config.retries + 1), _StopAtDeadline(self._ctx)),
+            stop=stop_any(_StopAfterRetries(config.retries, policy), _StopAtDeadline(self._ctx)),
             wait=_provider_wait,
-            retry=retry_if_exception(_transient),
+            retry=retry_if_exception(retryable),
             reraise=True,
-        ), _transient)
+        ), retryable)
+
+    def _action(self, kind: ErrorKind) -> ErrorAction | None:
+        """The step's on_error action for a failed call of ``kind`` (None: the defaults)."""
+        policy = self._ctx.on_error
+        return None if policy is None else policy.for_call(kind)
+
+    def _reroutes(self, kind: ErrorKind) -> bool:
+        action = self._action(kind)
+        return action is not None and action.action is Action.ROUTE_TO_FALLBACK
+
+    def _rerouted(self, name: str, exc: RateLimited) -> str:
+        """Trace a model the limiter kept us from calling, as the policy routed past it."""
+        policy = describe_policy(ErrorKind.RATE_LIMITED, ErrorAction(Action.ROUTE_TO_FALLBACK))
+        self._ctx.record_call(CallRecord(model=name, ok=False, latency_ms=0.0, error=str(exc),
+                                         error_kind=ErrorKind.RATE_LIMITED, policy=policy))
+        return policy
 
     def _succeeded(self, name: str, config: ModelConfig, provider: Provider, text: str,
                    usage: Usage, started: float, breaker: str,
@@ -242,6 +299,24 @@ class LLMClient:
                 usage.prompt_tokens, self._services.catalogue.model(name))))
         return Completion(text=text, model=answered, provider="local", usage=usage,
                           local_fallback=True)
+
+
+_STOP_HERE = frozenset({Action.SKIP, Action.FAIL, Action.ESCALATE})
+
+
+class _StopAfterRetries(stop_base):
+    """Stop after the model's ``retries``, or ``n`` for a failure whose kind says retry(n)."""
+
+    def __init__(self, retries: int, policy: ErrorPolicy) -> None:
+        self._retries = retries
+        self._policy = policy
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        error = retry_state.outcome.exception() if retry_state.outcome is not None else None
+        action = self._policy.for_call(error.kind) if isinstance(error, ProviderError) else None
+        retries = action.retries if action is not None and action.action is Action.RETRY \
+            else self._retries
+        return retry_state.attempt_number >= retries + 1
 
 
 class _StopAtDeadline(stop_base):

@@ -104,7 +104,8 @@ class StoreReads:
                 "started_at": as_utc(attempt.started_at), "gate": attempt.gate,
                 "tokens_in": attempt.tokens_in, "tokens_out": attempt.tokens_out,
                 "breaker": attempt.breaker, "map_index": attempt.map_index,
-                "calls": attempt.calls,
+                "calls": attempt.calls, "error_kind": attempt.error_kind,
+                "policy": attempt.policy,
             })
         records = {
             step.name: StepRecord(

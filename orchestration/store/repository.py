@@ -106,6 +106,8 @@ class AttemptRecord:
     breaker: str | None = None
     map_index: int | None = None
     calls: list[dict[str, Any]] | None = None
+    error_kind: str | None = None  # a failed attempt's ErrorKind (timeout, ...)
+    policy: str | None = None  # the on_error entry that acted, "model_unavailable: skip"
 
     @property
     def latency_ms(self) -> float:
@@ -441,4 +443,5 @@ def _attempt_row(run_id: str, name: str, attempt: AttemptRecord,
         "finished_at": attempt.finished_at, "gate": attempt.gate,
         "tokens_in": attempt.tokens_in, "tokens_out": attempt.tokens_out,
         "breaker": attempt.breaker, "map_index": attempt.map_index, "calls": attempt.calls,
+        "error_kind": attempt.error_kind, "policy": attempt.policy,
     }
