@@ -27,7 +27,6 @@ from importlib import resources
 from typing import Any, Final
 
 from orchestration import Memory, StepContext, Workflow
-from tasks import memory_adapter
 from tasks.agent import signals
 
 __all__ = ["AGENT_QUEUE", "agent", "analyze_sentiment", "extract_intent", "load_state",
@@ -57,15 +56,16 @@ def _accounts() -> dict[str, dict[str, Any]]:
 def load_state(user_id: str, ctx: StepContext) -> dict[str, Any]:
     """The user's state: account flags, plan, and the turns remembered so far."""
     account = _accounts().get(str(user_id))
-    history = memory_adapter.history(ctx)
+    # A read of what is stored (no summarising here: that happens where the LLM answers).
+    summary, history = ctx.store.memory.load(ctx.workflow, ctx.memory.conversation)
     if account is None:
         return {"user_id": user_id, "known": False, "name": "there", "plan": "no plan",
                 "requires_verification": False, "verification_channel": "email",
-                "previous_messages": len(history)}
+                "previous_messages": len(history), "summarised": summary is not None}
     return {"user_id": user_id, "known": True, "name": account["name"],
             "plan": account["plan"], "requires_verification": bool(account["security_hold"]),
             "verification_channel": account["verification_channel"],
-            "previous_messages": len(history)}
+            "previous_messages": len(history), "summarised": summary is not None}
 
 
 @agent.task(queue=AGENT_QUEUE)
@@ -111,9 +111,9 @@ def respond(message: str, load_state: dict[str, Any], extract_intent: dict[str, 
         tone = "Apologise briefly and be concrete. " if sentiment == "negative" else ""
         prompt = PROMPT.format(name=load_state["name"], plan=load_state["plan"],
                                intent=intent, sentiment=sentiment, tone=tone, message=message)
-        history = memory_adapter.history(ctx)
+        history = ctx.memory.context().messages()
         completion = ctx.llm.complete([*history, {"role": "user", "content": prompt}])
         reply, flow, model = completion.text, "standard", completion.model
-    memory_adapter.remember(ctx, user=message, assistant=reply)
+    ctx.memory.append(user=message, assistant=reply)
     return {"flow": flow, "reply": reply, "intent": intent, "sentiment": sentiment,
             "model": model}

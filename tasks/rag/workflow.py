@@ -27,7 +27,6 @@ from typing import Any, Final
 from orchestration import Memory, StepContext, Workflow
 from orchestration.retrieval import Hit, hits_from, reciprocal_rank_fusion
 from orchestration.retrieval.text import terms
-from tasks import memory_adapter
 from tasks.rag.stores import document_texts, fact_store, graph_store, vector_store
 
 __all__ = ["ANSWER_MODEL", "CANDIDATES", "RETRIEVE_QUEUE", "TOP_K", "answer", "best_sentence",
@@ -99,7 +98,7 @@ def answer(question: str, fuse: dict[str, Any], ctx: StepContext) -> dict[str, A
                  for hit in hits_from(fuse["documents"])]
     listing = "\n".join(f"[{hit.doc_id}] {hit.title}: {_document_text(hit)}"
                         for hit in documents) or "(no documents found)"
-    history = memory_adapter.history(ctx)
+    history = ctx.memory.context().messages()  # summary of older turns + recent window
     prompt = PROMPT.format(documents=listing, question=question)
     completion = ctx.llm.complete([*history, {"role": "user", "content": prompt}])
     text = completion.text
@@ -107,7 +106,7 @@ def answer(question: str, fuse: dict[str, Any], ctx: StepContext) -> dict[str, A
         # The local stand-in does not read: quote the retrieved sentence that fits best.
         doc_id, sentence = best_sentence(question, documents)
         text = f"{text} Closest passage [{doc_id}]: {sentence}"
-    memory_adapter.remember(ctx, user=question, assistant=text)
+    ctx.memory.append(user=question, assistant=text)  # written with the step's outcome
     return {"answer": text, "model": completion.model, "local": completion.local_fallback,
             "sources": [hit.doc_id for hit in documents], "history_messages": len(history)}
 

@@ -61,3 +61,20 @@ def test_a_security_hold_takes_the_verification_branch(embedded_default: Orchest
     reply = result.outputs["respond"]
     assert reply["flow"] == "verification" and reply["model"] is None
     assert "authenticator app" in reply["reply"]
+
+
+def test_the_conversation_is_remembered_per_user(embedded_default: Orchestrator) -> None:
+    first = agent.run(user_id="u-102", message="What time zone do schedules use?", timeout=60)
+    second = agent.run(user_id="u-102", message="Please close my account", timeout=60)
+    stranger = agent.run(user_id="u-999", message="hello", timeout=60)
+
+    assert first.outputs["load_state"]["previous_messages"] == 0
+    assert second.outputs["load_state"]["previous_messages"] == 2
+    assert stranger.outputs["load_state"] == {
+        "user_id": "u-999", "known": False, "name": "there", "plan": "no plan",
+        "requires_verification": False, "verification_channel": "email",
+        "previous_messages": 0, "summarised": False}
+    turns = embedded_default.store.memory.turns("u-102")["stateful_agent"]
+    # The verification flow's exchange is remembered too.
+    assert [t.role for t in turns] == ["user", "assistant", "user", "assistant"]
+    assert turns[3].content == second.outputs["respond"]["reply"]

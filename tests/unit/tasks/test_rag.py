@@ -172,3 +172,21 @@ def test_rag_workflow_runs_on_the_embedded_default(built: Stores,
     # No provider is configured: gpt-4o -> gpt-4o-mini -> the labelled local answer.
     assert answer["local"] is True
     assert "[local fallback" in answer["answer"]
+
+
+def test_the_answer_reads_and_extends_the_conversation(built: Stores,
+                                                       embedded_default: Orchestrator) -> None:
+    first = rag.run(conversation_id="unit-2", question="Which team owns billing-api?",
+                    timeout=60)
+    second = rag.run(conversation_id="unit-2", question="Who leads that team?", timeout=60)
+    other = rag.run(conversation_id="unit-3", question="Who leads that team?", timeout=60)
+
+    assert first.outputs["answer"]["history_messages"] == 0
+    assert second.outputs["answer"]["history_messages"] == 2  # the first exchange
+    assert other.outputs["answer"]["history_messages"] == 0  # another conversation
+    turns = embedded_default.store.memory.turns("unit-2")["rag_chat"]
+    assert [(t.role, t.content) for t in turns] == [
+        ("user", "Which team owns billing-api?"),
+        ("assistant", first.outputs["answer"]["answer"]),
+        ("user", "Who leads that team?"),
+        ("assistant", second.outputs["answer"]["answer"])]
