@@ -52,8 +52,8 @@ def events(name: str | None, outcome: str | None, event_id: str | None, limit: i
         table.add_column(column, no_wrap=column not in ("reason", "event id"))
     for row in rows:
         record = row.record
-        style = OUTCOME_STYLE.get(Outcome(record.outcome), "") \
-            if record.outcome in Outcome._value2member_map_ else ""
+        style = next((style for kind, style in OUTCOME_STYLE.items()
+                      if kind.value == record.outcome), "")
         table.add_row(Text(record.received_at.strftime("%Y-%m-%d %H:%M:%S")),
                       Text(record.name), Text(record.event_id), Text(record.source),
                       Text(record.outcome, style=style), Text(record.trigger or "-"),

@@ -67,14 +67,14 @@ def ingest(host: Host, name: str, payload: Any, *, event_id: str | None = None,
                   "filtered out by trigger(s) " + ", ".join(t.name for t in listening))
         outcomes = [EventOutcome(None, Outcome.UNMATCHED, reason=reason,
                                  event_id=event.event_id)]
-        _record(host, event, outcomes)
+        record(host, event, outcomes)
         return outcomes
     outcomes = []
     try:
         for trigger in matching:
             outcomes.append(start(host, trigger, event))
     finally:
-        _record(host, event, outcomes)
+        record(host, event, outcomes)
     return outcomes
 
 
@@ -108,7 +108,7 @@ def reject(host: Host, name: object, payload: Any, *, reason: str,
                   event_id=str(event_id)[:MAX_NAME] if event_id else new_event_id(),
                   source=source[:MAX_SOURCE])
     outcome = EventOutcome(None, Outcome.REJECTED, reason=reason, event_id=event.event_id)
-    _record(host, event, [outcome])
+    record(host, event, [outcome])
     return outcome
 
 
@@ -154,7 +154,11 @@ def _rejected(trigger: Trigger, event: Event, reason: str) -> EventOutcome:
     return EventOutcome(trigger.name, Outcome.REJECTED, reason=reason, event_id=event.event_id)
 
 
-def _record(host: Host, event: Event, outcomes: Iterable[EventOutcome]) -> None:
+def record(host: Host, event: Event, outcomes: Iterable[EventOutcome]) -> None:
+    """Write one events row per outcome (the payload redacted by the deployment's rules).
+
+    For sources that decide an outcome themselves (a schedule's ``skipped`` tick).
+    """
     redactor = Redactor(host.settings.redact_fields)
     payload = redactor(event.payload)
     now = utcnow()
@@ -163,10 +167,10 @@ def _record(host: Host, event: Event, outcomes: Iterable[EventOutcome]) -> None:
         received_at=now, outcome=outcome.outcome.value, trigger=outcome.trigger,
         run_id=outcome.run_id, reason=redactor.text(outcome.reason)) for outcome in outcomes]
     host.store.events.record(records)
-    for record in records:
-        log.info("event received", event_name=record.name, event_id=record.event_id,
-                 source=record.source, outcome=record.outcome, trigger=record.trigger,
-                 run_id=record.run_id, reason=record.reason)
+    for row in records:
+        log.info("event received", event_name=row.name, event_id=row.event_id,
+                 source=row.source, outcome=row.outcome, trigger=row.trigger,
+                 run_id=row.run_id, reason=row.reason)
 
 
 def _is_json(value: Any) -> bool:
