@@ -34,13 +34,14 @@ def seen(ctx: StepContext) -> dict[str, Any]:
                 context.messages()) if ctx.services else None}
 
 
-def chat_workflow(host: Any, name: str, max_tokens: int | None = None) -> Workflow:
+def chat_workflow(host: Any, name: str, max_tokens: int | None = None,
+                  queue: str | None = None) -> Workflow:
     """A chat whose step reads the context, then appends the message and an answer."""
     chat = Workflow(name, inputs=["conversation_id", "message"], app=host,
                     memory=Memory(key="conversation_id", window=10, max_tokens=max_tokens,
                                   summarize_with="summarizer"))
 
-    @chat.task(model="chat")
+    @chat.task(model="chat", queue=queue)
     def answer(message: str, ctx: StepContext) -> dict[str, Any]:
         view = seen(ctx)
         ctx.memory.append(user=message, assistant=f"re {message}")
