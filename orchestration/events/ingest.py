@@ -59,6 +59,10 @@ def ingest(host: Host, name: str, payload: Any, *, event_id: str | None = None,
     errors propagate after recording what was already done.
     """
     event = check_event(name, payload, event_id, source)
+    size, limit = len(dumps(payload).encode()), host.settings.max_input_bytes
+    if size > limit:
+        raise InvalidInput(f"event {event.name!r}: the payload is {size} bytes of JSON, over "
+                           f"the limit of {limit} (ORCH_MAX_INPUT_BYTES)")
     host.store.ensure_schema()
     listening = triggers_of(host, event.name)
     matching = [trigger for trigger in listening if trigger.matches(event.payload)]

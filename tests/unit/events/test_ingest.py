@@ -186,6 +186,16 @@ def test_a_bad_event_is_refused_before_anything_is_recorded(
     assert host.store.events.count() == before
 
 
+def test_a_payload_over_the_input_limit_is_refused(host: Orchestrator,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(host.settings, "max_input_bytes", 50)
+    before = host.store.events.count()
+    with pytest.raises(InvalidInput, match=r"the payload is 6\d bytes of JSON, over the "
+                                           r"limit of 50 \(ORCH_MAX_INPUT_BYTES\)"):
+        ingest(host, "ticket.created", {"ticket": {"description": "x" * 40}})
+    assert host.store.events.count() == before
+
+
 def test_runs_started_by_events_finish(host: Orchestrator) -> None:
     [started] = ingest(host, "ticket.merged", {"ticket_id": "fin", "text": "done"},
                        event_id="e-8")
