@@ -263,8 +263,12 @@ class LLMClient:
         return limits
 
     def _admit(self, name: str, config: ModelConfig) -> None:
+        deadline = self._ctx.deadline
+        action = self._action(ErrorKind.RATE_LIMITED)
+        if action is not None and action.action is not Action.RETRY:
+            deadline = time.monotonic()  # a full limit is acted on at once, not waited for
         for scope, limit in self._limits(name, config):
-            self._services.limiter.acquire(scope, limit, deadline=self._ctx.deadline)
+            self._services.limiter.acquire(scope, limit, deadline=deadline)
 
     def _call_timeout(self, name: str, config: ModelConfig) -> float:
         policy = config.timeout_policy()

@@ -33,6 +33,7 @@ models:
   tripped-backup: {provider: fake}
   alone: {provider: fake, retries: 2, breaker: {fail_max: 1000}}
   slow: {provider: fake, retries: 2, timeout: 0.2, breaker: {fail_max: 1000}}
+  metered: {provider: fake, fallbacks: [backup], rate_limit: {requests: 1, window: 4}}
 default_model: primary
 """
 ROUTE = {"model_unavailable": "route_to_fallback"}
@@ -62,6 +63,8 @@ def declare(orch: Orchestrator) -> SimpleNamespace:
         retry=flow("calls_retry", on_error={"timeout": "retry(3)"}),
         throttled=flow("calls_429", on_error={"rate_limited": "retry(0)"}),
         throttled_route=flow("calls_429_route", on_error={"rate_limited": "route_to_fallback"}),
+        metered=flow("calls_metered", timeout=30,
+                     on_error={"rate_limited": "route_to_fallback"}),
         skip=flow("calls_skip", retries=3, on_error={"model_unavailable": "skip"}),
         fail=flow("calls_fail", retries=3, fallback={"model": "x", "text": "unused"},
                   on_error={"model_unavailable": "fail"}),
@@ -184,6 +187,20 @@ def test_rate_limited_route_to_fallback(llm: SimpleNamespace) -> None:
     assert calls(llm, "primary") == 1
     assert time.monotonic() - started < 4  # no Retry-After wait on the throttled model
     assert result.steps["ask"].policies == ["rate_limited: route_to_fallback"]
+
+
+def test_a_full_shared_limit_routes_to_the_fallback_without_waiting(
+        llm: SimpleNamespace) -> None:
+    first = llm.metered.run(model="metered", timeout=20)
+    assert first.outputs["ask"]["model"] == "metered"
+    started = time.monotonic()
+    second = llm.metered.run(model="metered", timeout=20)  # 1 request per 4 s: full
+    assert second.outputs["ask"]["model"] == "backup"
+    assert time.monotonic() - started < 2  # not waiting for the limit to admit it
+    assert (calls(llm, "metered"), calls(llm, "backup")) == (1, 1)
+    call = second.steps["ask"].attempt_log[0]["calls"][0]
+    assert (call["model"], call["ok"], call["error_kind"], call["policy"]) == (
+        "metered", False, "rate_limited", "rate_limited: route_to_fallback")
 
 
 def test_skip_stops_at_the_first_503_and_dependents_receive_none(llm: SimpleNamespace) -> None:
