@@ -107,8 +107,12 @@ def reject(host: Host, name: object, payload: Any, *, reason: str,
            event_id: object = None, source: str = "emit") -> EventOutcome:
     """Record an event that could not even be read (a malformed stream entry, say)."""
     host.store.ensure_schema()
+    if not _is_json(payload):
+        payload = repr(payload)[:2000]
+    elif len(dumps(payload).encode()) > host.settings.max_input_bytes:
+        payload = f"(not stored: {len(dumps(payload).encode())} bytes of JSON)"
     event = Event(name=str(name)[:MAX_NAME] if name is not None else "?",
-                  payload=payload if _is_json(payload) else repr(payload)[:2000],
+                  payload=payload,
                   event_id=str(event_id)[:MAX_NAME] if event_id else new_event_id(),
                   source=source[:MAX_SOURCE])
     outcome = EventOutcome(None, Outcome.REJECTED, reason=reason, event_id=event.event_id)

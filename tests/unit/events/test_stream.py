@@ -88,6 +88,18 @@ def test_a_malformed_entry_is_recorded_rejected_and_acknowledged(
                for r in rows)
 
 
+def test_an_oversized_entry_is_rejected_without_storing_it(
+        host: Orchestrator, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(host.settings, "max_input_bytes", 100)
+    acks = AckLog()
+    big = json.dumps({"n": 1, "pad": "x" * 200})
+    [outcome] = _consumer(host, acks).handle("9-0", {"name": "item.added", "payload": big})
+    assert outcome.outcome is Outcome.REJECTED and "ORCH_MAX_INPUT_BYTES" in (outcome.reason or "")
+    assert acks.acked == ["9-0"]
+    [row] = host.store.events.recent(event_id="9-0")
+    assert isinstance(row.record.payload, str) and "not stored" in row.record.payload
+
+
 def test_a_payload_missing_a_path_is_rejected_and_acknowledged(host: Orchestrator) -> None:
     acks = AckLog()
     [outcome] = _consumer(host, acks).handle("7-0", {"name": "item.added", "payload": "{}"})
