@@ -32,6 +32,7 @@ from sqlalchemy import Engine, create_engine
 
 from orchestration import ConfigurationError
 from orchestration.retrieval import (
+    Document,
     FactStore,
     GraphStore,
     Retriever,
@@ -201,12 +202,11 @@ def graph_store() -> Retriever:
     return custom.graph if custom else REGISTRY.graph()
 
 
-def document_texts(doc_ids: list[str]) -> dict[str, str]:
-    """Full texts of indexed documents by id ({} with your own stores: hits carry text)."""
+def documents(doc_ids: list[str]) -> dict[str, Document]:
+    """Indexed documents by id, to show in full ({} with your own stores: hits carry text)."""
     if REGISTRY.custom():
         return {}
-    return {doc_id: document.text for doc_id, document in REGISTRY.vector().documents(doc_ids)
-            .items()}
+    return REGISTRY.vector().documents(doc_ids)
 
 
 def stores(results_engine: Engine | None = None) -> Stores:

@@ -27,7 +27,8 @@ from typing import Any, Final
 from orchestration import Memory, StepContext, Workflow
 from orchestration.retrieval import Hit, hits_from, reciprocal_rank_fusion
 from orchestration.retrieval.text import terms
-from tasks.rag.stores import document_texts, fact_store, graph_store, vector_store
+from tasks.rag.stores import documents as indexed
+from tasks.rag.stores import fact_store, graph_store, vector_store
 
 __all__ = ["ANSWER_MODEL", "CANDIDATES", "RETRIEVE_QUEUE", "TOP_K", "answer", "best_sentence",
            "fuse", "rag", "search_facts", "search_graph", "search_vectors"]
@@ -92,9 +93,11 @@ def fuse(search_vectors: list[dict[str, Any]] | None, search_facts: list[dict[st
           on_error={"timeout": "route_to_fallback", "model_unavailable": "route_to_fallback"})
 def answer(question: str, fuse: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
     """The LLM's answer from the fused documents and the conversation so far."""
-    texts = document_texts([hit["doc_id"] for hit in fuse["documents"]])
+    full = indexed([hit["doc_id"] for hit in fuse["documents"]])
     documents = [Hit(doc_id=hit.doc_id, score=hit.score, source=hit.source, rank=hit.rank,
-                     text=texts.get(hit.doc_id, hit.text), title=hit.title, ranks=hit.ranks)
+                     text=full[hit.doc_id].text if hit.doc_id in full else hit.text,
+                     title=full[hit.doc_id].title if hit.doc_id in full else hit.title,
+                     ranks=hit.ranks)
                  for hit in hits_from(fuse["documents"])]
     listing = "\n".join(f"[{hit.doc_id}] {hit.title}: {_document_text(hit)}"
                         for hit in documents) or "(no documents found)"

@@ -89,6 +89,22 @@ def test_rag_answers_on_workers_with_facts_in_postgresql(example_workers: Any) -
 @pytest.mark.redis
 @pytest.mark.postgres
 @pytest.mark.workers
+def test_a_conversation_is_remembered_across_runs_on_workers(example_workers: Any) -> None:
+    first = rag.run(conversation_id="it-memory", question="Which team owns billing-api?",
+                    timeout=RUN_TIMEOUT_S)
+    second = rag.run(conversation_id="it-memory", question="Who leads it?",
+                     timeout=RUN_TIMEOUT_S)
+
+    assert first.status is RunStatus.SUCCEEDED and second.status is RunStatus.SUCCEEDED
+    assert first.outputs["answer"]["history_messages"] == 0
+    assert second.outputs["answer"]["history_messages"] == 2
+    turns = default_orchestrator().store.memory.turns("it-memory")["rag_chat"]
+    assert [t.content for t in turns[::2]] == ["Which team owns billing-api?", "Who leads it?"]
+
+
+@pytest.mark.redis
+@pytest.mark.postgres
+@pytest.mark.workers
 def test_the_agent_verifies_only_when_the_state_requires_it(example_workers: Any) -> None:
     standard = agent.submit(user_id="u-100", message="Thanks! Which export formats exist?")
     held = agent.submit(user_id="u-104", message="Which export formats exist?")
