@@ -152,7 +152,13 @@ class Router(_Declared):
         if route.is_step:
             return {"value": key, "selected": route.target}
         inputs = {name: values[name] for name in self.child_inputs.get(route.target, ())}
-        return ctx.run_child(self.find(route.target), **inputs)
+        workflow = self.find(route.target)
+        if workflow is None:
+            raise NonRetryableError(
+                f"routing step {self.__name__!r}: workflow {route.target!r} (for the value "
+                f"{key!r}) is not known in this process; workers must import its module "
+                "(ORCH_IMPORTS) or load its pipeline (ORCH_PIPELINES)")
+        return ctx.run_child(workflow, **inputs)
 
 
 def route_key(value: Any) -> str:

@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 
 from orchestration.core import choices
-from orchestration.errors import ErrorKind
+from orchestration.errors import ErrorKind, NonRetryableError
 from orchestration.llm.providers.local import LABEL, LocalProvider
 from orchestration.pipelines import SCHEMA_FILE, schema
+from orchestration.pipelines.steps import Route, Router
 from orchestration.pipelines.template import TemplateSyntaxError, parse
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -126,3 +127,24 @@ def test_the_schema_ships_in_the_package() -> None:
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert "pipelines/*.json" in config["tool"]["setuptools"]["package-data"]["orchestration"]
     assert SCHEMA_FILE.parent.name == "pipelines" and json.loads(SCHEMA_FILE.read_text())
+
+
+# -- routing --------------------------------------------------------------------------
+
+
+def test_a_router_names_a_workflow_this_process_does_not_know() -> None:
+    router = Router("route", table={"x": Route("gone", is_step=False)}, default=None,
+                    route_on="kind", reads=["kind"], find=lambda name: None, child_inputs={})
+    with pytest.raises(NonRetryableError, match=r"workflow 'gone' .*not known in this process"):
+        router(ctx=object(), kind="x")
+
+
+def test_a_router_keys_values_as_text_and_json() -> None:
+    router = Router("route", table={"1": Route("a", True), "true": Route("b", True),
+                                    "billing": Route("c", True)},
+                    default=None, route_on="x.kind", reads=["x"], find=lambda name: None,
+                    child_inputs={})
+    assert router.route(1)[1].target == "a"
+    assert router.route(True)[1].target == "b"
+    assert router.route(" billing\n")[1].target == "c"
+    assert router(ctx=object(), x={"kind": "billing"}) == {"value": "billing", "selected": "c"}
