@@ -93,8 +93,18 @@ class CallSite(Protocol):
         """Record one model call and its cost on the step."""
 
 
-def _messages(prompt: str | Messages) -> Messages:
-    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+class History(Protocol):
+    """Earlier turns to send before a prompt (``ctx.memory.context()`` is one)."""
+
+    def messages(self) -> Messages:
+        """The turns as chat messages."""
+
+
+def _messages(prompt: str | Messages, history: History | Messages | None = None) -> Messages:
+    asked = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    if history is None:
+        return asked
+    return [*(history if isinstance(history, list) else history.messages()), *asked]
 
 
 class LLMClient:
@@ -105,9 +115,12 @@ class LLMClient:
         self._services = services
 
     def complete(self, prompt: str | Messages, *, model: str | None = None,
-                 **params: Any) -> Completion:
-        """Ask a model (falling back along the catalogue's chain); returns its completion."""
-        messages = _messages(prompt)
+                 history: History | Messages | None = None, **params: Any) -> Completion:
+        """Ask a model (falling back along the catalogue's chain); returns its completion.
+
+        ``history`` (e.g. ``ctx.memory.context()``) is sent before the prompt.
+        """
+        messages = _messages(prompt, history)
         catalogue = self._services.catalogue
         name = model or self._ctx.model or catalogue.default_model
         if name is None:

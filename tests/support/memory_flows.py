@@ -81,4 +81,14 @@ def declare(host: Any, prefix: str = "mem") -> SimpleNamespace:
         ctx.memory.append(user=message, assistant="noted")
         return "ok"
 
-    return SimpleNamespace(chat=chat, tight=tight, flaky=flaky, secret=secret)
+    ask = Workflow(f"{prefix}_ask", inputs=["conversation_id", "message"], app=host,
+                   memory=Memory(key="conversation_id", window=4))
+
+    @ask.task(model="chat")
+    def reply(message: str, ctx: StepContext) -> str:
+        """The contract's example: the model answers with the conversation's history."""
+        text = ctx.llm.complete(message, history=ctx.memory.context()).text
+        ctx.memory.append(user=message, assistant=text)
+        return text
+
+    return SimpleNamespace(chat=chat, tight=tight, flaky=flaky, secret=secret, ask=ask)

@@ -85,6 +85,17 @@ def test_summariser_down_keeps_turns_and_fits_then_catches_up(flows: SimpleNames
     assert len(stored(flows, "down")) == 26
 
 
+def test_the_model_is_asked_with_the_conversation_as_history(flows: SimpleNamespace) -> None:
+    first = flows.ask.run(conversation_id="history", message="I am Ada", timeout=20)
+    flows.ask.run(conversation_id="history", message="Who am I?", timeout=20)
+    sent = flows.server.stats()["chat"]["last_request"]["messages"]
+    assert sent == [{"role": "user", "content": "I am Ada"},
+                    {"role": "assistant", "content": first.outputs["reply"]},
+                    {"role": "user", "content": "Who am I?"}]
+    call = flows.orch.store.get_run(first.run_id).steps["reply"].attempt_log[0]["calls"][0]
+    assert 0 < call["context_utilisation"] < 0.01  # a few tokens of a 4096-token window
+
+
 def test_a_failed_or_retried_attempt_leaves_no_turn(flows: SimpleNamespace) -> None:
     run = flows.flaky.run(conversation_id="retry", message="hello", fail=2, timeout=20)
     assert run.status is RunStatus.SUCCEEDED
