@@ -7,12 +7,17 @@ processes would. Runs go to a queue no worker serves, so they stay ``pending`` (
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -23,9 +28,13 @@ from orchestration.core.status import RunStatus
 from orchestration.events.beat import Beat, TickOutcome, tick_key
 from orchestration.events.outcomes import Outcome
 from orchestration.store.repository import Store
+from tests.integration.support.workflows.schedules import SCHEDULE
+from tests.integration.support.workflows.schedules import WORKFLOW as SCHEDULE_WORKFLOW
+from tests.support.polling import wait_until
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
+ROOT = Path(__file__).resolve().parents[2]
 QUEUE = "it.beat.unserved"  # no worker: a started run stays pending until finished here
 START = datetime(2026, 1, 5, 9, 0, 30, tzinfo=UTC)  # half a minute before the first tick
 MINUTE = timedelta(minutes=1)
@@ -256,3 +265,45 @@ def test_a_new_schedule_does_not_fire_its_past(scheduled: Make) -> None:
     assert beat.tick() == []
     schedule.clock.to_tick(6)
     assert [o.outcome for o in beat.tick()] == [Outcome.STARTED]
+
+
+def test_two_beat_processes_start_one_run_per_tick(tmp_path: Path,
+                                                   request: pytest.FixtureRequest) -> None:
+    """Two real ``orchestrate beat`` processes on a one-second schedule, real clock."""
+    env = {**os.environ, "ORCH_IMPORTS": "tests.integration.support.workflows.schedules",
+           "PYTHONPATH": str(ROOT), "ORCH_LOG_JSON": "true"}
+    command = [sys.executable, "-c", "from orchestration.cli import main; main()", "beat",
+               "--poll", "0.5"]
+    logs = [tmp_path / f"beat-{n}.log" for n in (1, 2)]
+    processes = []
+    for log in logs:
+        with log.open("wb") as out:
+            processes.append(subprocess.Popen(command, env=env, stdout=out,
+                                              stderr=subprocess.STDOUT, cwd=ROOT))
+    reader = Orchestrator(Settings())
+    request.addfinalizer(reader.shutdown)
+    store = reader.store
+
+    def ticks_fired_by_both() -> int:
+        recent = store.events.recent(name=SCHEDULE, limit=1000)
+        return sum(1 for row in recent if row.record.outcome == "duplicate")
+
+    try:
+        wait_until(lambda: ticks_fired_by_both() >= 3, timeout=90,
+                   what="both beats to handle three ticks")
+    finally:
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+        codes = [process.wait(timeout=30) for process in processes]
+    assert codes == [0, 0], [log.read_text()[-2000:] for log in logs]
+    rows: dict[str, list[tuple[str, str | None]]] = {}
+    for row in store.events.recent(name=SCHEDULE, limit=1000):
+        rows.setdefault(row.record.event_id, []).append((row.record.outcome,
+                                                         row.record.run_id))
+    runs = store.list_runs(workflow=SCHEDULE_WORKFLOW, limit=1000)
+    assert len(runs) == len(rows)  # one run per tick...
+    for key, outcomes in rows.items():  # ...and each tick decided once, seen at most twice
+        started = [run_id for outcome, run_id in outcomes if outcome == "started"]
+        assert len(started) == 1 and store.find_by_idempotency_key(key) == started[0], key
+        assert sorted(o for o, _ in outcomes) in (["started"], ["duplicate", "started"]), key
+        assert {run_id for _, run_id in outcomes} == {started[0]}, key
