@@ -7,6 +7,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from orchestration.app import Orchestrator
+from orchestration.core.settings import Settings
+from orchestration.errors import InvalidInput, SubmitFailed
+from orchestration.serve.app import create_app
 from tests.unit.serve.support import TOKEN, Client, served
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -102,3 +106,23 @@ def test_healthz(tmp_path: Path) -> None:
     app, _ = served(tmp_path, serve_token=TOKEN)
     response = Client(app).get("/healthz")
     assert response.status_code == 200 and response.json() == {"status": "ok"}
+
+
+def _failing(error: Exception) -> Any:
+    def ingest(host: Any, name: str, payload: Any, **_: Any) -> Any:
+        raise error
+    return ingest
+
+
+def test_a_broker_that_refuses_the_run_is_503_and_a_refused_event_400(tmp_path: Path) -> None:
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 's.db'}", deployment="",
+                        imports=[], serve_token=TOKEN)
+    orchestrator = Orchestrator(settings)
+    down = create_app(orchestrator, settings, ingest=_failing(
+        SubmitFailed("workflow 'w': the broker did not take run r (ConnectionError)")))
+    refused = create_app(orchestrator, settings, ingest=_failing(
+        InvalidInput("event 'a': the payload must be JSON")))
+    answer = Client(down).post("/events/a", json={}, headers=AUTH)
+    assert answer.status_code == 503 and "broker did not take" in answer.json()["error"]
+    answer = Client(refused).post("/events/a", json={}, headers=AUTH)
+    assert answer.status_code == 400 and "must be JSON" in answer.json()["error"]
