@@ -4,9 +4,10 @@
 fitted to a token budget: ``min(Memory.max_tokens, the step's model's context window -
 reserve)``. When turns have left the window since the last summary, they are folded
 into a new summary first (the last summary + the evicted turns -> ``summarize_with``,
-through ``ctx.llm``: breakers, fallbacks, budgets and cost apply, on this step). If that
-call fails, nothing is lost: the turns stay, the context still fits (the oldest turns are
-left out, the newest cut if need be), and a later call summarises them.
+through ``ctx.llm``: breakers, fallbacks, budgets and cost apply, on this step; a
+backlog larger than the summariser's context window is folded in over several calls). If
+that call fails, nothing is lost: the turns stay, the context still fits (the oldest turns
+are left out, the newest cut if need be), and a later call summarises them.
 
 ``append(...)`` buffers turns on this attempt; they are written with the step's outcome
 (see :mod:`orchestration.store.memory`), so a failed attempt leaves nothing and a
@@ -38,6 +39,7 @@ log = structlog.get_logger("orchestration.execute.memory")
 
 DEFAULT_CONTEXT_WINDOW = 8192  # tokens, for a model the catalogue does not know
 DEFAULT_RESERVE = 1024  # tokens context() leaves for the prompt and the answer
+SUMMARIZE_SHARE = 0.75  # of the summariser's context window a summarising prompt may fill
 SUMMARY_PREFIX = "Summary of the earlier conversation: "
 CHAT_ROLES = frozenset({"system", "user", "assistant"})
 MAX_ROLE_LENGTH = 32
@@ -184,6 +186,7 @@ class ConversationMemory:
                           for role, content, tokens in self._pending.turns]
         evicted = [turn for turn in turns[:max(0, len(turns) - memory.window)] if turn.seq]
         if evicted and memory.summarize_with:
+            evicted = self._what_fits(summary, evicted, memory.summarize_with)
             summarised = self._summarise(summary, evicted, counter)
             if summarised is not None:
                 summary, turns = summarised, turns[len(evicted):]
@@ -211,6 +214,21 @@ class ConversationMemory:
         new = Summary(evicted[-1].seq, stored, counter.count(stored), self._host.run_id)
         self._pending.summary = new
         return new
+
+    def _what_fits(self, summary: Summary | None, evicted: list[Turn],
+                   model: str) -> list[Turn]:
+        """The oldest evicted turns whose summarising prompt fits the summariser's context
+        window (the rest wait for the next call); at least one."""
+        counter = self._counter(model)
+        room = int(self._context_window(model) * SUMMARIZE_SHARE)
+        room -= counter.count(SUMMARIZE_PROMPT) + counter.count(summary.content if summary
+                                                                else "")
+        taken = 0
+        for index, turn in enumerate(evicted):
+            taken += counter.count(f"{turn.role}: {turn.content}\n")
+            if taken > room:
+                return evicted[:max(1, index)]
+        return evicted
 
     # -- the model catalogue -----------------------------------------------------------
 

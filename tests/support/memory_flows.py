@@ -14,6 +14,8 @@ models:
   chat: {provider: fake, context_window: 4096, tokens: "chars/4"}
   summarizer: {provider: fake, retries: 0, context_window: 100000,
                breaker: {fail_max: 1000, reset_timeout: 1}}
+  small-summarizer: {provider: fake, retries: 0, context_window: 600,
+                     breaker: {fail_max: 1000, reset_timeout: 1}}
 default_model: chat
 """
 KEY_ENV = "TEST_FAKE_LLM_KEY"
@@ -35,11 +37,12 @@ def seen(ctx: StepContext) -> dict[str, Any]:
 
 
 def chat_workflow(host: Any, name: str, max_tokens: int | None = None,
-                  queue: str | None = None) -> Workflow:
+                  queue: str | None = None, summarizer: str = "summarizer",
+                  window: int = 10) -> Workflow:
     """A chat whose step reads the context, then appends the message and an answer."""
     chat = Workflow(name, inputs=["conversation_id", "message"], app=host,
-                    memory=Memory(key="conversation_id", window=10, max_tokens=max_tokens,
-                                  summarize_with="summarizer"))
+                    memory=Memory(key="conversation_id", window=window, max_tokens=max_tokens,
+                                  summarize_with=summarizer))
 
     @chat.task(model="chat", queue=queue)
     def answer(message: str, ctx: StepContext) -> dict[str, Any]:
@@ -54,6 +57,7 @@ def declare(host: Any, prefix: str = "mem") -> SimpleNamespace:
     """The memory test workflows on ``host``."""
     chat = chat_workflow(host, f"{prefix}_chat")
     tight = chat_workflow(host, f"{prefix}_tight", max_tokens=400)
+    narrow = chat_workflow(host, f"{prefix}_narrow", summarizer="small-summarizer", window=2)
 
     flaky = Workflow(f"{prefix}_flaky", inputs=["conversation_id", "message", "fail"],
                      app=host, memory=Memory(key="conversation_id", window=4))
@@ -91,4 +95,4 @@ def declare(host: Any, prefix: str = "mem") -> SimpleNamespace:
         ctx.memory.append(user=message, assistant=text)
         return text
 
-    return SimpleNamespace(chat=chat, tight=tight, flaky=flaky, secret=secret, ask=ask)
+    return SimpleNamespace(chat=chat, tight=tight, narrow=narrow, flaky=flaky, secret=secret, ask=ask)

@@ -85,6 +85,21 @@ def test_summariser_down_keeps_turns_and_fits_then_catches_up(flows: SimpleNames
     assert len(stored(flows, "down")) == 26
 
 
+def test_a_backlog_is_summarised_in_parts_that_fit_the_summariser(
+        flows: SimpleNamespace) -> None:
+    flows.server.configure("small-summarizer", error_status=503, error_rate=1.0)
+    for i in range(1, 6):  # 10 turns of ~100 tokens; none summarised
+        flows.narrow.run(conversation_id="backlog", message=marker(i) + " w" * 200, timeout=20)
+    flows.server.configure("small-summarizer")
+    first = flows.narrow.run(conversation_id="backlog", message="a", timeout=20)
+    second = flows.narrow.run(conversation_id="backlog", message="b", timeout=20)
+    # 8 turns left the window; a 600-token summariser takes a few at a time.
+    assert 0 < first.outputs["answer"]["upto"] < 8
+    assert first.outputs["answer"]["upto"] < second.outputs["answer"]["upto"] <= 10
+    prompt = flows.server.stats()["small-summarizer"]["last_request"]["messages"][0]["content"]
+    assert len(prompt) / 4 < 600
+
+
 def test_the_model_is_asked_with_the_conversation_as_history(flows: SimpleNamespace) -> None:
     first = flows.ask.run(conversation_id="history", message="I am Ada", timeout=20)
     flows.ask.run(conversation_id="history", message="Who am I?", timeout=20)
