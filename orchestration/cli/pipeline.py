@@ -16,6 +16,7 @@ from orchestration.core.envelope import dumps
 from orchestration.core.status import RunStatus
 from orchestration.errors import OrchestrationError, PipelineError, Problem
 from orchestration.pipelines import check_pipeline, load_pipeline, plan_of, schema
+from orchestration.pipelines.plan import UNKNOWN_TARGET
 from orchestration.pipelines.steps import Router
 
 FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
@@ -26,10 +27,14 @@ def pipeline() -> None:
     """Pipeline files: workflows declared in JSON or YAML."""
 
 
-def _orchestrator() -> Orchestrator:
-    # The Python workflows a file may route to, but not the pipeline folder: the file
-    # checked may be one of its own, broken.
-    return orchestrator_for_cli(load_workflows=True, pipelines=False)
+def _orchestrator(file: Path) -> Orchestrator:
+    """The default orchestrator; ORCH_IMPORTS imported only if FILE routes to a workflow
+    it does not find among pipelines (importing them can take seconds). The pipeline
+    folder is not loaded: the file checked may be one of its own, broken."""
+    orchestrator = orchestrator_for_cli()
+    if any(UNKNOWN_TARGET in p.message for p in check_pipeline(file, orchestrator=orchestrator)):
+        orchestrator = orchestrator_for_cli(load_workflows=True, pipelines=False)
+    return orchestrator
 
 
 @pipeline.command()
@@ -40,9 +45,9 @@ def validate(file: Path) -> None:
     Each line is FILE:LINE: /json/pointer: problem (the line when known). Exit code 1
     when there is any problem.
     """
-    problems = check_pipeline(file, orchestrator=_orchestrator())
+    problems = check_pipeline(file, orchestrator=_orchestrator(file))
     if not problems:
-        workflow = plan_of(file, orchestrator=_orchestrator())
+        workflow = plan_of(file, orchestrator=_orchestrator(file))
         compiled = workflow.validate()
         console.print(Text(f"{file}: ok: pipeline {workflow.name!r}, {len(compiled.steps)} "
                            f"step(s), version {compiled.version}", style="green"))
@@ -62,7 +67,7 @@ def _line(file: Path, problem: Problem) -> str:
 def graph(file: Path) -> None:
     """FILE's steps as Mermaid text: the DAG, the canvas plan, and where routing leads."""
     try:
-        workflow = plan_of(file, orchestrator=_orchestrator())
+        workflow = plan_of(file, orchestrator=_orchestrator(file))
     except PipelineError as exc:
         raise click.ClickException(str(exc)) from exc
     lines = [mermaid(workflow.validate())]
@@ -89,7 +94,7 @@ def run(file: Path, inputs: tuple[str, ...], timeout: float) -> None:
     with a broker, workers must load the same file (ORCH_PIPELINES). Exit code 1 when
     the run does not succeed.
     """
-    orchestrator = _orchestrator()
+    orchestrator = _orchestrator(file)
     values = dict(_pair(item) for item in inputs)
     try:
         workflow = load_pipeline(file, orchestrator=orchestrator)

@@ -25,6 +25,7 @@ KINDS = ("model", "call", "routing")
 MODEL_ONLY = ("system_prompt", "prompt", "output_schema", "choices", "json_attempts")
 ROUTING_ONLY = ("route_on", "default")
 MAP_ONLY = ("min_success", "chunk_size", "concurrency")
+UNKNOWN_TARGET = "no known workflow or pipeline"  # how a problem says a target is unknown
 PASSED_AS_IS = ("retries", "timeout", "critical", "queue", "max_cost", "cache",
                 "min_success", "chunk_size", "concurrency")
 
@@ -299,7 +300,7 @@ class Planner:
         workflow = self.find(target)
         if workflow is None:
             self.problem(where, f"target {target!r} is no step of this pipeline (steps: "
-                         f"{', '.join(self.steps)}) and no known workflow or pipeline")
+                         f"{', '.join(self.steps)}) and {UNKNOWN_TARGET}")
             return None
         try:
             compiled = workflow.validate()

@@ -83,3 +83,15 @@ def test_run_refuses_inputs_that_are_not_key_value(tmp_path: Path) -> None:
                        str(SHIPPED / "general_response.yaml"), "--input", "text")
     assert done.returncode == 2
     assert "'text' is not KEY=VALUE" in done.stderr
+
+
+def test_validate_imports_the_workflow_modules_a_file_routes_to(tmp_path: Path) -> None:
+    routed = tmp_path / "to_python.yaml"
+    routed.write_text("pipeline: p_cli_to_python\n"
+                      "inputs: [ticket_id, text, kind]\n"
+                      "steps:\n"
+                      "  route:\n"
+                      "    route_on: kind\n"
+                      "    routing: {support: support_ticket}\n")
+    done = orchestrate(tmp_path, "pipeline", "validate", str(routed))
+    assert done.returncode == 0, done.stdout + done.stderr  # found in ORCH_IMPORTS
