@@ -24,7 +24,7 @@ log = structlog.get_logger("orchestration.submit.retention")
 
 def memory_keys(host: Host) -> dict[str, str]:
     """The memory key input of each workflow this process knows that declares memory."""
-    return {name: workflow.memory.key for name, workflow in host.workflows.items()
+    return {name: workflow.memory.key for name, workflow in list(host.workflows.items())
             if workflow.memory is not None}
 
 
@@ -42,7 +42,7 @@ def prune_memory(host: Host, now: datetime | None = None) -> int:
     """Delete turns and summaries past their workflow's retention; how many rows."""
     now = now or utcnow()
     pruned = 0
-    for name, workflow in host.workflows.items():
+    for name, workflow in list(host.workflows.items()):
         retention = workflow.memory.retention if workflow.memory is not None else None
         if retention is not None:
             pruned += host.store.memory.prune(name, now - timedelta(seconds=retention))
