@@ -42,7 +42,8 @@ def deployment(server: FakeLLMServer, tmp_path_factory: pytest.TempPathFactory
 
     models.write_text(json.dumps({
         "providers": {"fake": {"kind": "openai", "base_url": server.url, "api_key_env": KEY_ENV}},
-        "models": {"fake-json": model(), "fake-echo": model(), "fake-choice": model()},
+        "models": {"fake-json": model(), "fake-echo": model(), "fake-choice": model(),
+                   "fake-down": {"provider": "fake", "retries": 2, "fallbacks": ["fake-echo"]}},
         "default_model": "fake-echo"}))
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(KEY_ENV, "sk-test")
@@ -189,3 +190,26 @@ def test_steps_are_celery_tasks_named_after_the_pipeline(deployment: Deployment)
     tasks = deployment.orchestrator.celery.tasks
     assert "pl_routes_to_steps.handle_a" in tasks
     assert "pl_structured.parse_ticket" in tasks
+
+
+# -- maps and per-error policies ---------------------------------------------------------
+
+
+def test_a_model_step_and_a_code_step_map_over_lists(deployment: Deployment) -> None:
+    result = run(deployment, "pl_mapped", items=["a b", "c"])
+
+    assert result.status is RunStatus.SUCCEEDED, result.error
+    assert result.outputs["text"] == ["[fake-echo] echo: Item: a b",
+                                      "[fake-echo] echo: Item: c"]
+    assert result.outputs["words"] == [5, 4]
+
+
+def test_errors_route_an_unavailable_model_to_its_fallback_after_one_call(
+        deployment: Deployment) -> None:
+    server = deployment.server
+    server.configure("fake-down", error_rate=1.0, error_status=503)
+    result = run(deployment, "pl_unavailable", text="hello")
+
+    assert result.status is RunStatus.SUCCEEDED, result.error
+    assert result.outputs["ask"] == "[fake-echo] echo: hello"
+    assert server.stats()["fake-down"]["requests"] == 1  # no retry on the failing model
