@@ -151,8 +151,10 @@ class Workflow:
         """Declare a step: ``@wf.task`` or ``@wf.task(retries=3, timeout=30, ...)``.
 
         Options: ``name``, ``output``, ``depends_on``, ``retries``, ``backoff``, ``timeout``,
-        ``fallback``, ``critical``, ``queue``, ``model``, ``max_cost``. Unknown options and
-        bad values raise :class:`WorkflowDefinitionError` here.
+        ``fallback``, ``critical``, ``queue``, ``model``, ``max_cost``, ``on_error``
+        (per-error-kind actions, e.g. ``{"timeout": "retry(3)"}``: see
+        :mod:`orchestration.define.on_error`). Unknown options and bad values raise
+        :class:`WorkflowDefinitionError` here.
         """
         def decorate(function: Callable[..., Any]) -> Step:
             spec = build_spec(self.name, function, options)
