@@ -70,10 +70,13 @@ def read(path: Path) -> Source:
 
 def _parse_json(source: Source) -> None:
     try:
-        source.data = json.loads(source.text)
+        source.data = json.loads(source.text, parse_constant=_not_json)
     except json.JSONDecodeError as exc:
         source.problems.append(Problem("", f"not valid JSON: {exc.msg} (column {exc.colno})",
                                        exc.lineno))
+        return
+    except ValueError as exc:  # NaN / Infinity: Python reads them, JSON has no such value
+        source.problems.append(Problem("", f"not valid JSON: {exc}"))
         return
     try:  # lines only: the JSON parser's data is the file's meaning
         node = yaml.compose(source.text, Loader=yaml.SafeLoader)
@@ -81,6 +84,10 @@ def _parse_json(source: Source) -> None:
         return
     if node is not None:
         _walk(source, node, "", data_keys=True)
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not a JSON value")
 
 
 def _parse_yaml(source: Source) -> None:
@@ -126,9 +133,16 @@ def _walk(source: Source, node: yaml.Node, at: str, *, data_keys: bool) -> None:
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
             _walk(source, item, f"{at}/{index}", data_keys=data_keys)
+    elif not data_keys and (node.tag in _NOT_JSON or (
+            node.tag == "tag:yaml.org,2002:float" and "n" in node.value.lower())):
+        source.problems.append(Problem(
+            at, f"{node.value!r} is read as {node.tag.rsplit(':', 1)[-1]}, which is not "
+            "JSON; quote it", node.start_mark.line + 1))
 
 
 _KEYS = yaml.constructor.SafeConstructor()
+_NOT_JSON = frozenset({"tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:binary",
+                       "tag:yaml.org,2002:set"})
 
 
 def _plain(value: Any) -> Any:
@@ -137,7 +151,11 @@ def _plain(value: Any) -> Any:
         return {_key(key): _plain(item) for key, item in value.items()}
     if isinstance(value, list):
         return [_plain(item) for item in value]
-    return value
+    if value is None or isinstance(value, str | bool | int):
+        return value
+    if isinstance(value, float):
+        return value if value == value and abs(value) != float("inf") else str(value)
+    return str(value)  # a date or bytes (reported above): text, so nothing else breaks
 
 
 def _key(key: Any) -> str:
