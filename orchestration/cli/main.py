@@ -27,6 +27,7 @@ from orchestration.core.clock import as_utc
 from orchestration.core.results import RunResult, StepRecord, cancel_run
 from orchestration.core.status import RunStatus, StepStatus
 from orchestration.errors import OrchestrationError
+from orchestration.execute.attempts import POLICY_ESCALATE
 from orchestration.observe.exporter import flower_command, serve_metrics
 from orchestration.observe.queries import known_queues, queue_depths, workflow_stats
 from orchestration.store.engine import upgrade
@@ -125,7 +126,8 @@ def _step_line(step: StepRecord, origin: datetime | None) -> Tree:
         if attempt.get("error"):
             line.append(f" {_last_line(attempt['error'])}", style="red")
         node.add(line)
-    if step.error and step.status is StepStatus.WAITING:
+    if step.error and step.status is StepStatus.WAITING \
+            and step.error.startswith(POLICY_ESCALATE):
         # an escalated step: why it waits (first line), and what a person does about it
         node.add(Text(f"{step.error.strip().splitlines()[0]} -- approve with: orchestrate "
                       "approve RUN_ID --data JSON (becomes its output)", style="yellow"))
