@@ -54,8 +54,17 @@ def declare(orch: Orchestrator) -> SimpleNamespace:
 
         return wf
 
+    as_json = Workflow("calls_json", app=orch)
+
+    @as_json.task(retries=3, backoff=0.01, fallback={"category": "general"},
+                  on_error={"invalid_output": "route_to_fallback"})
+    def parse(model: str, ctx: StepContext) -> Any:
+        return ctx.llm.complete_json("Ticket as JSON", model=model, attempts=2,
+                                     schema={"type": "object", "required": ["category"]})
+
     return SimpleNamespace(
         orch=orch,
+        as_json=as_json,
         plain=flow("calls_plain", retries=1),
         route=flow("calls_route", retries=3, on_error=ROUTE),
         route_or_value=flow("calls_route_value", retries=3, on_error=ROUTE,
@@ -245,6 +254,18 @@ def test_escalate_then_approve_gives_the_output_and_show_prints_the_error(
     assert result.status is RunStatus.SUCCEEDED
     assert result.outputs["ask"] == {"model": "person", "text": "billing"}
     assert calls(llm, "primary") == 1
+
+
+def test_unparseable_json_is_invalid_output_and_takes_the_fallback_at_once(
+        llm: SimpleNamespace) -> None:
+    llm.server.configure("backup", reply="I would rather not answer in JSON.")
+    result = llm.as_json.run(model="backup", timeout=20)
+    step = result.steps["parse"]
+    assert (step.status, step.output, step.attempts) == (StepStatus.FALLBACK,
+                                                        {"category": "general"}, 1)
+    assert calls(llm, "backup") == 2  # complete_json's own 2 calls; the step not retried
+    assert step.attempt_log[0]["error_kind"] == "invalid_output"
+    assert step.policies == ["invalid_output: route_to_fallback"]
 
 
 def test_an_entry_for_another_kind_leaves_503_handling_as_it_was(llm: SimpleNamespace) -> None:
