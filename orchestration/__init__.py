@@ -33,6 +33,7 @@ from orchestration.errors import (
     ProviderError,
     RateLimited,
     ResultsDatabaseUnavailable,
+    RetrievalError,
     RunNotFound,
     SchemaNotCurrent,
     StepAborted,
@@ -88,6 +89,7 @@ __all__ = [
     "NotResumable",
     "NoWaitingInput",
     "ResultsDatabaseUnavailable",
+    "RetrievalError",
     "WaitTimeout",
     # errors: what a step attempt fails with (recorded on the step)
     "StepError",
