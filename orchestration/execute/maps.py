@@ -7,11 +7,22 @@ says otherwise) and ``orchestration.map_collect`` as the body. A 10,000-element 
 element runs under the step's own policies (retries, timeout, fallback); every attempt
 is recorded with its element's index. ``critical=False`` puts None in failed slots;
 ``min_success=`` (a count or a fraction) makes the map a quorum.
+
+The collector's message carries every chunk's return value. A chunk returns its
+elements' results in it only while they fit its share of the inline output limit
+(``ORCH_INLINE_OUTPUT_LIMIT``, 16 KiB, divided by the number of chunks): a map whose
+output fits that limit would travel inline anyway. Bigger results are parked in the
+results DB (``map_chunks``) and the chunk returns a summary (counts, first errors,
+attempts, cost); the collector reads the parked rows in one query and drops them once
+the map step is recorded. Results that redaction would change are never parked (the
+results DB never holds secrets, and a stored copy would not be what the step produced):
+they stay in the message.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import datetime
@@ -20,7 +31,8 @@ from typing import Any
 from celery import chord
 from celery.canvas import Signature
 
-from orchestration.core.envelope import INPUT_SOURCE, OUTPUT_SOURCE, Envelope
+from orchestration.core.envelope import INPUT_SOURCE, OUTPUT_SOURCE, Envelope, dumps
+from orchestration.core.redaction import changed_by_redaction
 from orchestration.core.status import StepStatus
 from orchestration.define.step import BoundStep
 from orchestration.errors import StepSignal
@@ -30,6 +42,7 @@ from orchestration.store.repository import AttemptRecord, StepOutcome, Store
 
 MAP_COLLECT_TASK = "orchestration.map_collect"
 DEFAULT_CHUNKS = 64
+PARKED = "parked"  # in a chunk's summary: its results are in the results DB
 
 
 def chunk_ranges(total: int, chunk_size: int | None) -> list[tuple[int, int]]:
@@ -59,18 +72,24 @@ def map_canvas(step: BoundStep, envelope: Envelope, items: list[Any], *, finaliz
     }, queue=step.queue)
     if not items:
         return collect.clone(args=([],))
+    ranges = chunk_ranges(len(items), spec.chunk_size)
     header = [
         celery.signature(spec.task_name, args=(chunk_message,), kwargs={
-            "run_id": envelope.run_id, "chunk": {"start": start, "items": items[start:end]},
+            "run_id": envelope.run_id,
+            "chunk": {"start": start, "items": items[start:end], "of": len(ranges)},
         }, queue=step.queue)
-        for start, end in chunk_ranges(len(items), spec.chunk_size)
+        for start, end in ranges
     ]
     return chord(header, collect)
 
 
 def run_chunk(step: BoundStep, message: Any, chunk: dict[str, Any], store: Store,
               delivery: Delivery) -> dict[str, Any]:
-    """Run one chunk's elements; record their attempts; return their results for collect."""
+    """Run one chunk's elements; record their attempts; return their results for collect.
+
+    Results bigger than the chunk's share of the inline limit are parked in the results
+    DB and the collector gets a summary (see the module docstring).
+    """
 
     envelope = Envelope.from_message(message)
     spec = step.spec
@@ -114,19 +133,92 @@ def run_chunk(step: BoundStep, message: Any, chunk: dict[str, Any], store: Store
     if redactor is not None:
         records = [replace(record, error=redactor.text(record.error)) for record in records]
     store.record_attempts(envelope.run_id, spec.name, records, worker=delivery.worker)
-    return {"start": chunk["start"], "results": results, "ok": ok, "errors": errors[:5],
-            "attempts": len(records), "cost": cost}
+    part = {"start": chunk["start"], "errors": errors[:5], "attempts": len(records),
+            "cost": cost}
+    if parks(results, chunk, delivery) and store.map_chunks.put(
+            envelope.run_id, spec.name, chunk["start"], results, ok):
+        return {**part, "count": len(results), "succeeded": sum(ok), PARKED: True}
+    return {**part, "results": results, "ok": ok}
+
+
+def parks(results: list[Any], chunk: dict[str, Any], delivery: Delivery) -> bool:
+    """True when a chunk's results go to the results DB rather than into its message.
+
+    They must exceed the chunk's share of the inline limit, be storable JSON, and be left
+    unchanged by redaction. A chunk message without ``of`` (sent before chunks could park
+    their results) keeps them inline, as its collector expects.
+    """
+    chunks = chunk.get("of")
+    if not chunks:
+        return False
+    try:
+        if len(dumps(results).encode()) <= delivery.inline_limit // chunks:
+            return False
+    except (TypeError, ValueError):  # not storable as JSON: the message's encoder decides
+        return False
+    redactor = delivery.redactor
+    return redactor is None or not changed_by_redaction({"r": results},
+                                                        {"r": redactor(results)})
+
+
+def collect(step: BoundStep, parts: list[dict[str, Any]], total: int, run_id: str,
+            store: Store) -> StepOutcome:
+    """The map step's outcome from its chunks' return values, parked results read back.
+
+    Parked results are read in one query. Missing ones mean a duplicate delivery of the
+    collector (the first recorded the map and dropped them): the recorded outcome is
+    returned, which recording leaves as it is. If the map is not recorded, it fails
+    rather than report None for elements that succeeded.
+    """
+    parked = [part["start"] for part in parts if part.get(PARKED)]
+    if not parked:
+        return collect_outcome(step, parts, total)
+    stored = store.map_chunks.load(run_id, step.spec.name, parked)
+    whole: list[dict[str, Any]] = []
+    missing: list[int] = []
+    for part in parts:
+        found = stored.get(part["start"]) if part.get(PARKED) else None
+        if found is not None and len(found.results) == part["count"]:
+            part = {**part, "results": found.results, "ok": found.ok}
+        elif part.get(PARKED):
+            missing.append(part["start"])
+        whole.append(part)
+    if not missing:
+        return collect_outcome(step, whole, total)
+    status, output, error = store.step_state(run_id, step.spec.name)
+    if status.is_terminal:
+        return StepOutcome(status, output=output, error=error)
+    return StepOutcome(StepStatus.FAILED, error_type="MapResultsLost", error=(
+        f"map {step.spec.where}: the results of the chunks starting at "
+        f"{_listing(missing)} are not in the results DB"))
+
+
+def drop_parked(step: BoundStep, parts: list[dict[str, Any]], run_id: str,
+                store: Store) -> None:
+    """Delete a collected map's parked results (after its step was recorded)."""
+    if any(part.get(PARKED) for part in parts):
+        store.map_chunks.drop(run_id, step.spec.name)
+
+
+def _listing(starts: Iterable[int]) -> str:
+    shown = sorted(starts)
+    return ", ".join(map(str, shown[:5])) + (f" (+{len(shown) - 5} more)"
+                                               if len(shown) > 5 else "")
 
 
 def collect_outcome(step: BoundStep, parts: list[dict[str, Any]], total: int) -> StepOutcome:
-    """The map step's outcome from its chunks' results."""
+    """The map step's outcome from its chunks' results (``results`` and ``ok`` in each).
+
+    A chunk's return value counts once, even if two deliveries of it reached the join.
+    """
     spec = step.spec
     output: list[Any] = [None] * total
     succeeded = attempts = 0
     cost = 0.0
     errors: list[str] = []
-    for part in sorted(parts, key=lambda p: p["start"]):
-        start = part["start"]
+    by_start = {part["start"]: part for part in parts}
+    for start in sorted(by_start):
+        part = by_start[start]
         output[start:start + len(part["results"])] = part["results"]
         succeeded += sum(part["ok"])
         attempts += part["attempts"]

@@ -15,7 +15,7 @@ from orchestration.core.envelope import Envelope
 from orchestration.core.status import RunStatus, StepStatus
 from orchestration.define.children import CHILD_DONE_TASK
 from orchestration.execute.attempts import fallback_value
-from orchestration.execute.maps import MAP_COLLECT_TASK, collect_outcome
+from orchestration.execute.maps import MAP_COLLECT_TASK, collect, drop_parked
 from orchestration.execute.runtime import StartChild, finalize_run, record_and_pass, resolve
 from orchestration.store.repository import StepOutcome
 from orchestration.submit.waits import expire_due_waits
@@ -50,14 +50,21 @@ def finalize(task: Any, message: Any, run_id: str | None = None) -> str:
 def map_collect(task: Any, parts: list[dict[str, Any]], *, message: dict[str, Any],
                 run_id: str, step: str, total: int, finalize: bool,
                 claimed_at: str | None) -> dict[str, Any]:
-    """Join a map's chunks: record the map step and pass its envelope on."""
+    """Join a map's chunks: record the map step and pass its envelope on.
+
+    Results the chunks parked in the results DB are read back, and dropped once the
+    step is recorded (also by a duplicate delivery of this message, which passes the
+    recorded outcome on).
+    """
     orchestrator: WorkerHost = task.orchestrator
     bound = orchestrator.bound_step(step)
-    outcome = collect_outcome(bound, parts, total)
-    return record_and_pass(bound, Envelope.from_message(message), outcome,
-                           orchestrator.store, orchestrator.delivery(task),
-                           claimed_at=datetime.fromisoformat(claimed_at) if claimed_at
-                           else None, finalize=finalize)
+    outcome = collect(bound, parts, total, run_id, orchestrator.store)
+    passed = record_and_pass(bound, Envelope.from_message(message), outcome,
+                             orchestrator.store, orchestrator.delivery(task),
+                             claimed_at=datetime.fromisoformat(claimed_at) if claimed_at
+                             else None, finalize=finalize)
+    drop_parked(bound, parts, run_id, orchestrator.store)
+    return passed
 
 
 def child_done(task: Any, child_message: Any, *, parent: dict[str, Any], run_id: str,

@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import func, select
 
-from orchestration import RunStatus, StepStatus
+from orchestration import RunStatus, StepStatus, default_orchestrator
 from orchestration.execute.maps import DEFAULT_CHUNKS, MAP_COLLECT_TASK, chunk_ranges
+from orchestration.store.map_chunks import chunks
 from tests.integration.support.helpers import statuses, wait_until
 from tests.integration.support.workflows import dynamic as dyn
 from tests.support.workers import Worker, Workers
@@ -20,6 +22,9 @@ from tests.support.workers import Worker, Workers
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.workers]
 
 MAX_CHUNK_MESSAGE_BYTES = 100_000
+# The collector's message: a summary per chunk once results are parked in the results DB
+# (10,000 small results: ~104 KB inline, ~6.4 KB parked; inline grows with the results).
+MAX_COLLECTOR_MESSAGE_BYTES = 16_384
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +40,13 @@ def map_workers(workers: Workers, worker_logs: Path) -> Iterator[list[Worker]]:
         yield started
     finally:
         pool.stop_all()
+
+
+def parked_chunks(run_id: str) -> int:
+    """Rows of map_chunks a run still has."""
+    with default_orchestrator().store.reader.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(chunks).where(
+            chunks.c.run_id == run_id)).scalar() or 0)
 
 
 def _by_index(attempt_log: list[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]:
@@ -177,6 +189,9 @@ def test_large_map_is_chunked_and_ordered(map_workers: list[Worker]) -> None:
     collectors = [entry for entry in log if entry["task"] == MAP_COLLECT_TASK]
     assert len(step_messages) == 1  # the submit: the map step's own message
     assert len(collectors) == 1
+    assert collectors[0]["body_bytes"] < MAX_COLLECTOR_MESSAGE_BYTES, \
+        f"the collector's message was {collectors[0]['body_bytes']} bytes"
+    assert parked_chunks(result.run_id) == 0  # dropped once the map was recorded
     assert sorted((c["chunk_start"], c["chunk_start"] + c["chunk_items"]) for c in chunks) \
         == planned, "the chunks published are not the planned ranges"
     biggest = max(c["body_bytes"] for c in chunks)

@@ -256,3 +256,36 @@ def test_list_runs_filters(store: Store, workflow: str) -> None:
                                       since=since)
     assert [r.run_id for r in succeeded_since] == [ids[2]]
     assert succeeded_since[0].finished_at is not None
+
+
+def test_racing_deliveries_of_one_map_chunk_leave_one_row(store: Store, workflow: str) -> None:
+    run_id = new_run(store, workflow)
+    assert store.claim_step(run_id, "extract", worker="w0", task_id="t0").proceed
+
+    written = race(RACERS, lambda i: store.map_chunks.put(run_id, "extract", 0, [i, i],
+                                                          [True, True]))
+
+    assert written == [True] * RACERS  # every delivery wrote (none failed on the key)
+    rows = store.map_chunks.load(run_id, "extract", [0])
+    assert list(rows) == [0]
+    assert rows[0].results[0] in range(RACERS) and rows[0].ok == [True, True]
+    assert store.map_chunks.drop(run_id, "extract") == 1
+
+
+def test_map_chunks_racing_their_collector_leave_nothing_behind(store: Store,
+                                                                workflow: str) -> None:
+    run_id = new_run(store, workflow)
+    assert store.claim_step(run_id, "extract", worker="w0", task_id="t0").proceed
+
+    def deliver(index: int) -> bool:
+        if index == RACERS - 1:  # the collector: record the map, then drop its chunks
+            assert store.record_step(run_id, "extract", StepOutcome(StepStatus.SUCCEEDED))
+            store.map_chunks.drop(run_id, "extract")
+            return False
+        return store.map_chunks.put(run_id, "extract", index, [index], [True])
+
+    race(RACERS, deliver)
+
+    # A chunk written before the record was dropped with the map; one after was refused.
+    assert store.map_chunks.load(run_id, "extract", range(RACERS)) == {}
+    assert not store.map_chunks.put(run_id, "extract", 0, [0], [True])
