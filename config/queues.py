@@ -27,5 +27,9 @@ QUEUES = (
     QueueSpec("model.gpt-4o-mini", "threads", 32, "LLM calls (I/O-bound: many in flight)"),
     QueueSpec("model.claude-4-haiku", "threads", 32,
               "the declared support pipeline's classifier (tasks/pipelines; I/O-bound)"),
+    QueueSpec("model.gpt-4o", "threads", 32, "the RAG answer model (tasks/rag; I/O-bound)"),
+    QueueSpec("rag.retrieve", "threads", 8,
+              "RAG searches and fusion: embedded stores (sqlite-vec, SQL, networkx), "
+              "I/O-bound once the stores are remote"),
     QueueSpec("default", "prefork", 2, "business rules and run finalisation"),
 )

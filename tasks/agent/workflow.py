@@ -32,7 +32,7 @@ from tasks.agent import signals
 __all__ = ["AGENT_QUEUE", "agent", "analyze_sentiment", "extract_intent", "load_state",
            "needs_verification", "respond", "verify_identity"]
 
-AGENT_QUEUE: Final = "agent"
+AGENT_QUEUE: Final = "default"  # light business logic; the reply goes to its model's queue
 MODEL: Final = "gpt-4o-mini"
 
 PROMPT: Final = (

@@ -190,3 +190,20 @@ def test_the_answer_reads_and_extends_the_conversation(built: Stores,
         ("assistant", first.outputs["answer"]["answer"]),
         ("user", "Who leads that team?"),
         ("assistant", second.outputs["answer"]["answer"])]
+
+
+def test_workers_import_the_examples_and_serve_their_queues() -> None:
+    from config import WORKFLOW_MODULES
+    from config.queues import QUEUES
+    from tasks.agent.workflow import agent
+
+    assert {"tasks.rag.workflow", "tasks.agent.workflow"} <= set(WORKFLOW_MODULES)
+    queues = {bound.queue for workflow in (rag, agent)
+              for bound in workflow.validate().steps.values()}
+    assert queues == {"rag.retrieve", "model.gpt-4o", "default", "model.gpt-4o-mini"}
+    root = Path(__file__).resolve().parents[3]
+    procfile = (root / "Procfile").read_text()
+    compose = (root / "docker-compose.yml").read_text()
+    for queue in queues:
+        assert queue in {spec.name for spec in QUEUES}
+        assert f"-Q {queue} " in procfile and f"-Q {queue} " in compose
