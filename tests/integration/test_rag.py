@@ -21,6 +21,7 @@ import pytest
 from sqlalchemy import inspect, text
 
 from orchestration import RunStatus, StepStatus, default_orchestrator
+from orchestration.retrieval import FactStore
 from tasks.agent.workflow import agent
 from tasks.rag.corpus import load_questions
 from tasks.rag.workflow import rag
@@ -84,6 +85,12 @@ def test_rag_answers_on_workers_with_facts_in_postgresql(example_workers: Any) -
         facts = connection.execute(text("SELECT count(*) FROM rag_facts")).scalar_one()
         versions = connection.execute(text("SELECT count(*) FROM rag_facts_meta")).scalar_one()
     assert facts > 200 and versions == 1
+    # On PostgreSQL too, a question or a lookup is data, never SQL.
+    store = FactStore(engine, table="rag_facts")
+    assert store.lookup("billing-api' OR '1'='1") == []
+    found = store.search("billing api'; DROP TABLE rag_facts; -- who owns it?")
+    assert found[0].doc_id == "svc-billing-api"
+    assert store.count() == facts
 
 
 @pytest.mark.redis
