@@ -95,4 +95,5 @@ def declare(host: Any, prefix: str = "mem") -> SimpleNamespace:
         ctx.memory.append(user=message, assistant=text)
         return text
 
-    return SimpleNamespace(chat=chat, tight=tight, narrow=narrow, flaky=flaky, secret=secret, ask=ask)
+    return SimpleNamespace(chat=chat, tight=tight, narrow=narrow, flaky=flaky, secret=secret,
+                           ask=ask)
