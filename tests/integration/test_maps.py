@@ -198,3 +198,22 @@ def test_large_map_is_chunked_and_ordered(map_workers: list[Worker]) -> None:
     assert biggest < MAX_CHUNK_MESSAGE_BYTES, f"a chunk message was {biggest} bytes"
     # The chunks were published by a worker's pool process, not by this process.
     assert all(c["pid"] != step_messages[0]["pid"] for c in chunks)
+
+
+def test_a_chunk_redelivered_after_parking_overwrites_and_counts_once(
+    map_workers: list[Worker],
+) -> None:
+    items = list(range(1_280))  # 64 chunks of 20: each parks ~660 bytes of results
+    result = dyn.KILLED_MAP.submit(items=items).wait(timeout=90)
+
+    assert result.status is RunStatus.SUCCEEDED, (result.error, statuses(result))
+    step = result.steps[dyn.KILLED_MAP_STEP]
+    assert step.output == [dyn.killed_label(item) for item in items]
+    # Chunk 0 parked its results twice: its first process died right after parking them.
+    assert dyn.killed_chunk_parks(result.run_id) == 2
+    # Its elements ran twice and the attempts of both deliveries are in the log, but the
+    # map counts each chunk once.
+    assert step.attempts == len(items)
+    ran = Counter(row["map_index"] for row in step.attempt_log)
+    assert {index for index, count in ran.items() if count == 2} == set(range(20))
+    assert parked_chunks(result.run_id) == 0

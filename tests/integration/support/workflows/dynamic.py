@@ -26,12 +26,14 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 from celery.signals import before_task_publish, task_postrun
 
 from orchestration import Backoff, NonRetryableError, StepContext, Workflow
 from orchestration.execute.maps import MAP_COLLECT_TASK
+from orchestration.store.map_chunks import MapChunks
 from tests.integration.support.workflows.common import QUEUE, _redis
 
 MAP_QUEUE = "it.dyn.map"  # served only by the map tests' two workers
@@ -193,6 +195,47 @@ BIG_MAP_STEP = "noop"
 @BIG_MAP.task(name=BIG_MAP_STEP, map="items")
 def noop(items: int) -> int:
     return items
+
+
+# -- a map whose chunk's worker process dies after parking its results --------------------
+
+KILLED_MAP = Workflow("it_dyn_map_killed", queue=MAP_QUEUE, inputs=["items"])
+KILLED_MAP_STEP = "killed_labelled"
+KILLED_CHUNK_START = 0  # the chunk whose first delivery's process dies
+
+
+def killed_label(item: int) -> str:
+    """An element's result: ~33 bytes of JSON, so a chunk of 20 parks its results."""
+    return f"element-{item:05d}-of-a-killed-map"
+
+
+@KILLED_MAP.task(name=KILLED_MAP_STEP, map="items")
+def killed_labelled(items: int) -> str:
+    return killed_label(items)
+
+
+def killed_chunk_parks(run_id: str) -> int:
+    """How many times the killed chunk parked its results (the first process then died)."""
+    return _get_int(f"it:dyn:killed:{run_id}")
+
+
+def _die_after_parking(put: Callable[..., bool]) -> Callable[..., bool]:
+    """``MapChunks.put``, except that the first delivery of chunk 0 of ``KILLED_MAP``
+    dies right after its results are committed: before its message is acknowledged or
+    its return value stored, so the broker delivers it again."""
+
+    def put_then_die(self: MapChunks, run_id: str, step: str, start: int,
+                     *args: Any, **kwargs: Any) -> bool:
+        written = put(self, run_id, step, start, *args, **kwargs)
+        if step == KILLED_MAP_STEP and start == KILLED_CHUNK_START \
+                and _incr(f"it:dyn:killed:{run_id}") == 1:
+            os._exit(1)
+        return written
+
+    return put_then_die
+
+
+MapChunks.put = _die_after_parking(MapChunks.put)  # type: ignore[method-assign]
 
 
 @before_task_publish.connect(weak=False)
