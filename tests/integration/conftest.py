@@ -44,12 +44,12 @@ def _lease_redis_db() -> str:
         url = f"redis://127.0.0.1:6379/{db}"
         try:
             client = redis.Redis.from_url(url, socket_connect_timeout=1)
-            if client.set(LEASE_KEY, str(os.getpid()), nx=True, ex=LEASE_SECONDS):
+            if services.take_lease(client, LEASE_KEY, LEASE_SECONDS):
                 return url
         except redis.RedisError:
             return "redis://127.0.0.1:6379/15"  # the service check reports it
     raise RuntimeError("every integration Redis DB (15, 11, 10, 9, 8) is leased by a "
-                       f"running session; delete {LEASE_KEY} if none is running")
+                       f"live session; delete {LEASE_KEY} if none is running")
 
 
 REDIS_URL = os.environ.get("ORCH_TEST_REDIS_URL") or _lease_redis_db()

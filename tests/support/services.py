@@ -8,6 +8,7 @@ tails of live workers' logs attached to a failed test's report.
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, NoReturn
@@ -43,6 +44,46 @@ def redis_or_skip(url: str, suite: str, *, socket_timeout: float) -> redis.Redis
     return client
 
 
+_TAKE_OVER = "if redis.call('get', KEYS[1]) == ARGV[1] then " \
+             "return redis.call('set', KEYS[1], ARGV[2], 'EX', ARGV[3]) else return nil end"
+
+
+def lease_holder() -> str:
+    """What a lease holds: this host and process (a dead holder's lease can be taken over)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def take_lease(client: redis.Redis, key: str, seconds: int) -> bool:
+    """Take the lease ``key`` unless a live process holds it (a dead holder's is taken over).
+
+    A session killed without its teardown leaves its lease behind for ``seconds``; a holder
+    on this host whose process is gone no longer blocks the next session.
+    """
+    me = lease_holder()
+    if client.set(key, me, nx=True, ex=seconds):
+        return True
+    raw = client.get(key)
+    if raw is None:
+        return bool(client.set(key, me, nx=True, ex=seconds))
+    holder = raw.decode()
+    if holder == me:
+        return True
+    host, _, pid = holder.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit() or _alive(int(pid)):
+        return False
+    return bool(client.eval(_TAKE_OVER, 1, key, holder, me, seconds))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 @contextmanager
 def leased_redis(url: str, suite: str, *, lease_key: str, lease_seconds: int,
                  socket_timeout: float) -> Iterator[redis.Redis]:
@@ -53,15 +94,13 @@ def leased_redis(url: str, suite: str, *, lease_key: str, lease_seconds: int,
     across the first flush; the last flush releases it. Another holder fails the test.
     """
     client = redis_or_skip(url, suite, socket_timeout=socket_timeout)
-    me = str(os.getpid())
-    if not client.set(lease_key, me, nx=True, ex=lease_seconds):
-        holder = client.get(lease_key)
-        if holder is not None and holder.decode() != me:
-            client.close()
-            pytest.fail(f"{url} is leased by another {suite} session (pid {holder.decode()}); "
-                        f"delete {lease_key} there if none is running", pytrace=False)
+    if not take_lease(client, lease_key, lease_seconds):
+        holder = client.get(lease_key) or b"?"
+        client.close()
+        pytest.fail(f"{url} is leased by another live {suite} session ({holder.decode()}); "
+                    f"delete {lease_key} there if none is running", pytrace=False)
     client.flushdb()
-    client.set(lease_key, me, ex=lease_seconds)
+    client.set(lease_key, lease_holder(), ex=lease_seconds)
     try:
         yield client
     finally:
