@@ -155,7 +155,7 @@ class Catalogue(BaseModel):
         def visit(model: str) -> None:
             if model not in chain:
                 chain.append(model)
-                for fallback in self.models[model].fallbacks:
+                for fallback in self.model(model).fallbacks:
                     visit(fallback)
 
         visit(name)

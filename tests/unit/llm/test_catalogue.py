@@ -193,3 +193,20 @@ def test_priced_model_records_cost_on_step_and_run(priced_flows: SimpleNamespace
     assert step.cost_usd == pytest.approx(first["cost"] + second["cost"])
     assert result.cost_usd == pytest.approx(step.cost_usd)
     assert step.model == "small"
+
+
+def test_a_step_asking_for_an_unknown_model_fails_naming_it(tmp_path: Path) -> None:
+    # Not a bare KeyError from the fallback chain: the step's error names the model and
+    # the catalogue's models.
+    with embedded_orchestrator(tmp_path) as orch:
+        wf = Workflow("llm_unknown_model", app=orch)
+
+        @wf.task
+        def ask(text: str, ctx: StepContext) -> str:
+            return ctx.llm.complete(text, model="gpt-9").text
+
+        result = wf.run(text="hello", timeout=30)
+    assert result.status is RunStatus.FAILED
+    step = result.steps["ask"]
+    assert step.error_type == "orchestration.errors.ConfigurationError"
+    assert "'gpt-9' is not in the catalogue" in (step.error or "")
