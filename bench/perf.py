@@ -85,6 +85,7 @@ from bench.overhead import (  # noqa: E402 - needs the sys.path fix
     REDIS_URL,
     WAIT_POLL,
     RunFailed,
+    _dispose_default_store,
     _revision,
     child_env,
     flush_bench_db,
@@ -1259,10 +1260,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         watch.stop()
-        import orchestration.app
-
-        if orchestration.app._default is not None:
-            orchestration.app._default.reset_store()
+        _dispose_default_store()
         for cleanup in cleanups:
             with suppress(Exception):
                 cleanup()
