@@ -216,8 +216,10 @@ def test_stats_error_rate_per_model_matches_the_failures_injected(
     assert toss.fallbacks == failures
 
     rows = stats_rows(orchestrate("stats", "obs_models", "--since", "all").stdout)
-    assert rows["coin"] == [str(STATS_RUNS), str(failures),
-                            f"{100 * failures / STATS_RUNS:.1f}%"]
+    # attempts, failed, error rate, then the calls' context-window use (p50, max)
+    assert rows["coin"][:3] == [str(STATS_RUNS), str(failures),
+                                f"{100 * failures / STATS_RUNS:.1f}%"]
+    assert all(cell.endswith("%") for cell in rows["coin"][3:5]), rows["coin"]
     assert rows["toss"][5] == f"{100 * failures / STATS_RUNS:.1f}"  # fallback %
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from orchestration import Workflow
 
-EVENT = "it.ticket.created"
+EVENT = "it.webhook.ticket.created"  # only this module listens (the events tests share the session)
 WORKFLOW = "it_webhook_ticket"
 
 ticket = Workflow(WORKFLOW, inputs=["ticket_id", "text"])
