@@ -208,6 +208,46 @@ def make_schedule(name: object, *, cron: object, workflow: object,
                     inputs=values, overlap=overlap)  # type: ignore[arg-type]
 
 
+def check_mapped(workflow: str, what: str, name: str, mapped: set[str],
+                 declared: frozenset[str] | None, reserved: frozenset[str]) -> None:
+    """Inputs a trigger or schedule gives must be declared ones (when declared)."""
+    taken = sorted(mapped & reserved)
+    if taken:
+        raise WorkflowDefinitionError(f"workflow {workflow!r}, {what} {name!r}: "
+                                      f"{taken[0]!r} is reserved, not an input")
+    if declared is not None:
+        unknown = sorted(mapped - declared)
+        if unknown:
+            raise WorkflowDefinitionError(
+                f"workflow {workflow!r}, {what} {name!r}: maps unknown input(s) "
+                f"{', '.join(unknown)} (declared: {', '.join(sorted(declared)) or 'none'})")
+
+
+def check_starters(workflow: str, triggers: tuple[Trigger, ...], schedules: tuple[Schedule, ...],
+                   inputs: frozenset[str], required: frozenset[str]) -> None:
+    """Each trigger and schedule gives only inputs the workflow takes, and all it needs."""
+    starters: list[tuple[str, str, set[str]]] = [
+        ("trigger", t.name, set(t.inputs) | set(t.constants)) for t in triggers]
+    starters += [("schedule", s.name, set(s.inputs)) for s in schedules]
+    for what, name, mapped in starters:
+        where = f"workflow {workflow!r}, {what} {name!r}"
+        unknown = sorted(mapped - inputs)
+        if unknown:
+            raise WorkflowDefinitionError(
+                f"{where}: maps {', '.join(unknown)}, which the workflow does not take "
+                f"(its inputs: {', '.join(sorted(inputs)) or 'none'})")
+        missing = sorted(required - mapped)
+        if missing:
+            raise WorkflowDefinitionError(
+                f"{where}: gives no value for required input(s) {', '.join(missing)}")
+
+
+def default_name(workflow: str, verb: str, event: str) -> str:
+    """``<workflow>_<verb>_<event>`` made an identifier (dots and dashes become ``_``)."""
+    text = re.sub(r"\W", "_", "_".join(part for part in (workflow, verb, event) if part))
+    return text if not text[0].isdigit() else f"w_{text}"
+
+
 def _check_json(value: Any, where: str) -> None:
     try:
         dumps(value)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import re
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -23,7 +22,15 @@ from orchestration.define.host import default_host
 from orchestration.define.memory import Memory, as_memory
 from orchestration.define.policies import check_plain_function
 from orchestration.define.step import CTX_PARAM, BoundStep, Step, StepSpec, build_spec
-from orchestration.define.triggers import Schedule, Trigger, make_schedule, make_trigger
+from orchestration.define.triggers import (
+    Schedule,
+    Trigger,
+    check_mapped,
+    check_starters,
+    default_name,
+    make_schedule,
+    make_trigger,
+)
 from orchestration.errors import InvalidInput, WorkflowDefinitionError
 from orchestration.store.repository import Store
 
@@ -194,11 +201,13 @@ class Workflow:
         among the deployment's triggers and schedules. Mapped inputs are checked against
         the workflow's inputs by :meth:`validate`.
         """
-        trigger_name = name if name is not None else _default_name(self.name, "on", event)
+        trigger_name = name if name is not None else default_name(self.name, "on", event)
         trigger = make_trigger(trigger_name, event=event, workflow=self.name, inputs=inputs,
                                filter=filter, dedupe=dedupe,
                                where=f"workflow {self.name!r}, trigger {trigger_name!r}")
-        self._check_mapped(trigger.name, "trigger", set(trigger.inputs) | set(trigger.constants))
+        given = set(trigger.inputs) | set(trigger.constants)
+        check_mapped(self.name, "trigger", trigger.name, given, self.declared_inputs,
+                     RESERVED_INPUTS)
         with self._lock:
             _check_unique_name(self, trigger.name, "trigger")
             self._triggers += (trigger,)
@@ -216,12 +225,13 @@ class Workflow:
         schedule_name = name
         if schedule_name is None:
             count = len(self._schedules) + 1
-            schedule_name = f"{_default_name(self.name, 'schedule', '')}" + (
+            schedule_name = f"{default_name(self.name, 'schedule', '')}" + (
                 f"_{count}" if count > 1 else "")
         scheduled = make_schedule(schedule_name, cron=cron, workflow=self.name,
                                   inputs=inputs, overlap=overlap,
                                   where=f"workflow {self.name!r}, schedule {schedule_name!r}")
-        self._check_mapped(scheduled.name, "schedule", set(scheduled.inputs))
+        check_mapped(self.name, "schedule", scheduled.name, set(scheduled.inputs),
+                     self.declared_inputs, RESERVED_INPUTS)
         with self._lock:
             _check_unique_name(self, scheduled.name, "schedule")
             self._schedules += (scheduled,)
@@ -237,20 +247,6 @@ class Workflow:
     def schedules(self) -> tuple[Schedule, ...]:
         """The cron schedules that start runs of this workflow, in declaration order."""
         return self._schedules
-
-    def _check_mapped(self, name: str, what: str, mapped: set[str]) -> None:
-        """Inputs a trigger or schedule gives must be declared ones (when declared)."""
-        reserved = sorted(mapped & RESERVED_INPUTS)
-        if reserved:
-            raise WorkflowDefinitionError(f"workflow {self.name!r}, {what} {name!r}: "
-                                          f"{reserved[0]!r} is reserved, not an input")
-        if self.declared_inputs is not None:
-            unknown = sorted(mapped - self.declared_inputs)
-            if unknown:
-                raise WorkflowDefinitionError(
-                    f"workflow {self.name!r}, {what} {name!r}: maps unknown input(s) "
-                    f"{', '.join(unknown)} (declared: "
-                    f"{', '.join(sorted(self.declared_inputs)) or 'none'})")
 
     @property
     def redactor(self) -> Redactor:
@@ -406,36 +402,12 @@ def _compile(workflow: Workflow) -> CompiledWorkflow:
         )
         for spec in specs.values()
     }
-    _check_starters(workflow, frozenset(inputs), frozenset(required))
+    check_starters(workflow.name, workflow.triggers, workflow.schedules, frozenset(inputs),
+                   frozenset(required))
     return CompiledWorkflow(
         version=_version(workflow, deps), steps=steps, inputs=frozenset(inputs),
         required_inputs=frozenset(required), decomposition=decompose(deps),
     )
-
-
-def _check_starters(workflow: Workflow, inputs: frozenset[str],
-                    required: frozenset[str]) -> None:
-    """Each trigger and schedule gives only inputs the workflow takes, and all it needs."""
-    starters: list[tuple[str, str, set[str]]] = [
-        ("trigger", t.name, set(t.inputs) | set(t.constants)) for t in workflow.triggers]
-    starters += [("schedule", s.name, set(s.inputs)) for s in workflow.schedules]
-    for what, name, mapped in starters:
-        where = f"workflow {workflow.name!r}, {what} {name!r}"
-        unknown = sorted(mapped - inputs)
-        if unknown:
-            raise WorkflowDefinitionError(
-                f"{where}: maps {', '.join(unknown)}, which the workflow does not take "
-                f"(its inputs: {', '.join(sorted(inputs)) or 'none'})")
-        missing = sorted(required - mapped)
-        if missing:
-            raise WorkflowDefinitionError(
-                f"{where}: gives no value for required input(s) {', '.join(missing)}")
-
-
-def _default_name(workflow: str, verb: str, event: str) -> str:
-    """``<workflow>_<verb>_<event>`` made an identifier (dots and dashes become ``_``)."""
-    text = re.sub(r"\W", "_", "_".join(part for part in (workflow, verb, event) if part))
-    return text if not text[0].isdigit() else f"w_{text}"
 
 
 def _check_unique_name(workflow: Workflow, name: str, what: str) -> None:
