@@ -10,7 +10,7 @@ import click
 from rich.table import Table
 from rich.text import Text
 
-from orchestration.cli.common import console, orchestrator_for_cli
+from orchestration.cli.common import console, orchestrator_for_cli, settle_embedded
 from orchestration.core.settings import Settings
 from orchestration.errors import OrchestrationError
 from orchestration.events.ingest import ingest
@@ -67,7 +67,9 @@ def events(name: str | None, outcome: str | None, event_id: str | None, limit: i
 @click.option("--payload", default="{}", show_default=True, help="the payload, as JSON")
 @click.option("--event-id", default=None,
               help="the event's id (deduplicates deliveries); generated if not given")
-def emit(name: str, payload: str, event_id: str | None) -> None:
+@click.option("--timeout", default=300.0, show_default=True,
+              help="on the embedded default, how long to stay while the started runs go on")
+def emit(name: str, payload: str, event_id: str | None, timeout: float) -> None:
     """Emit event NAME: every trigger listening starts its run (at most once per id)."""
     try:
         value = json.loads(payload)
@@ -80,6 +82,8 @@ def emit(name: str, payload: str, event_id: str | None) -> None:
         raise click.ClickException(str(exc)) from exc
     for outcome in outcomes:
         click.echo(describe(name, outcome))
+    settle_embedded(orchestrator, [o.run_id for o in outcomes
+                                   if o.outcome is Outcome.STARTED and o.run_id], timeout)
 
 
 def describe(name: str, outcome: EventOutcome) -> str:

@@ -16,7 +16,12 @@ from rich.text import Text
 from rich.tree import Tree
 
 from orchestration.cli.beat import beat
-from orchestration.cli.common import STATUS_STYLE, console, orchestrator_for_cli
+from orchestration.cli.common import (
+    STATUS_STYLE,
+    console,
+    orchestrator_for_cli,
+    settle_embedded,
+)
 from orchestration.cli.errors import OperatorGroup
 from orchestration.cli.events import consume, emit, events
 from orchestration.cli.graph import graph
@@ -213,7 +218,9 @@ def reconcile(idle: float | None) -> None:
 @click.argument("workflow")
 @click.option("--inputs", default="{}", show_default=True, help="the inputs, as a JSON object")
 @click.option("--idempotency-key", default=None)
-def submit(workflow: str, inputs: str, idempotency_key: str | None) -> None:
+@click.option("--timeout", default=300.0, show_default=True,
+              help="on the embedded default, how long to stay while the run goes on")
+def submit(workflow: str, inputs: str, idempotency_key: str | None, timeout: float) -> None:
     """Start a run of WORKFLOW; prints its id."""
     orchestrator = orchestrator_for_cli(load_workflows=True)
     found = orchestrator.workflows.get(workflow)
@@ -231,6 +238,7 @@ def submit(workflow: str, inputs: str, idempotency_key: str | None) -> None:
     except OrchestrationError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(handle.run_id)
+    settle_embedded(orchestrator, [handle.run_id], timeout)
 
 
 @main.command()
