@@ -159,6 +159,19 @@ class GateFailed(StepError):
         self.reason = reason
 
 
+class LowConfidence(GateFailed):
+    """A step on a model route reported a confidence below the route's ``min_confidence``.
+
+    A gate on confidence: ``on_error`` treats it as ``gate_failed``; the route escalates
+    on it when its ``escalate_on`` names ``low_confidence``.
+    """
+
+    def __init__(self, confidence: float, minimum: float) -> None:
+        super().__init__(f"confidence {confidence:g} is below the route's min_confidence "
+                         f"{minimum:g}")
+        self.confidence = confidence
+
+
 class InvalidModelOutput(StepError):
     """A model's answer did not parse or validate as the JSON asked for (retryable)."""
 

@@ -49,6 +49,7 @@ from orchestration.errors import (
 )
 from orchestration.execute.context import StepContext
 from orchestration.execute.memory import MemoryBinding
+from orchestration.execute.routes import Tiers
 from orchestration.execute.timeouts import call_with_timeout
 from orchestration.store.repository import AttemptRecord, StepOutcome, Store
 
@@ -148,6 +149,18 @@ class _Attempts:
         self.contexts: list[StepContext] = []
         self.number = call.previous_attempts
         self.params: dict[str, Any] = dict(call.initial_params or {})
+        self.tiers = Tiers.of(call.step.spec.model, call.delivery.services)
+
+    def routed(self) -> Any:
+        """Attempts climbing the step's model route (see execute/routes.py); one without."""
+        while True:
+            try:
+                return self.once()
+            except Exception as exc:
+                escalated = self.tiers.escalate(exc)
+                if escalated is None:
+                    raise
+                self.records[-1].policy = escalated
 
     def once(self) -> Any:
         """One attempt: the step's function under its timeout, output checks and gate."""
@@ -156,7 +169,8 @@ class _Attempts:
         self.number += 1
         timeout = _timeout(step, delivery)
         ctx = StepContext(run_id=call.run_id, workflow=spec.workflow, step=spec.name,
-                          attempt=self.number, model=spec.model, params=dict(self.params),
+                          attempt=self.number, model=self.tiers.model,
+                          params=dict(self.params),
                           deadline=None if timeout is None else time.monotonic() + timeout,
                           max_cost=spec.max_cost, run_budget=step.run_budget,
                           spent_before=call.spent_before + sum(c.cost_usd
@@ -188,6 +202,7 @@ class _Attempts:
                 gate = PASSED if reason is None else f"failed: {reason}"
                 if reason is not None:
                     raise GateFailed(reason)
+            self.tiers.check_confidence(ctx, value)
         except StepSignal:
             raise
         except BaseException as exc:
@@ -226,7 +241,7 @@ def run_attempts(call: StepCall) -> StepOutcome:
     )
     records = attempts.records
     try:
-        output = first_then_retry(attempts.once, retrying, retryable)
+        output = first_then_retry(attempts.routed, retrying, retryable)
     except ReturnedSignal as signal:
         cost, model = _spend(attempts.contexts)
         signal.outcome = StepOutcome(StepStatus.RUNNING, attempts=records, cost_usd=cost,

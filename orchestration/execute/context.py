@@ -53,6 +53,7 @@ class StepContext:
     _llm: LLMClient | None = None
     memory_binding: MemoryBinding | None = None  # the workflow's memory, for this run
     _memory: ConversationMemory | None = None
+    reported_confidence: float | None = None  # set by ctx.confidence(), read by routes
 
     @property
     def llm(self) -> LLMClient:
@@ -115,6 +116,17 @@ class StepContext:
         if self.deadline is None:
             return None
         return max(0.0, self.deadline - time.monotonic())
+
+    def confidence(self, value: float) -> None:
+        """Report how sure this attempt's answer is (0..1), for a step on a model route.
+
+        Below the route's ``min_confidence`` the attempt escalates to the next tier. A
+        step may instead return a dict with a numeric ``confidence`` key; this call wins.
+        """
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+            raise ConfigurationError(f"step {self.step!r}: ctx.confidence() takes a number "
+                                     f"in 0..1, got {value!r}")
+        self.reported_confidence = float(value)
 
     def record_cost(self, usd: float, *, model: str | None = None) -> None:
         """Add spend (in USD) to this step; it is summed on the run."""

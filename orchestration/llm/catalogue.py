@@ -1,8 +1,9 @@
-"""The model catalogue (YAML): providers, models, prices and fallbacks, checked on load."""
+"""The model catalogue (YAML): providers, models, prices, fallbacks and routes, checked on load."""
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -112,13 +113,43 @@ class ModelConfig(BaseModel):
                 + completion_tokens * self.output_cost_per_1k) / 1000
 
 
+Escalation = Literal["gate_failed", "invalid_output", "low_confidence"]
+_ROUTE_NAME = re.compile(r"[^\s,\x00-\x1f\x7f]{1,200}")  # a name `celery -Q model.<name>` takes
+
+
+class RouteConfig(BaseModel):
+    """A cost-aware route: models tried cheapest first, the next one when an answer fails.
+
+    A step with ``model="<route>"`` runs on ``tiers[0]``; an attempt that fails for a
+    reason in ``escalate_on`` runs again at once on the next tier (see
+    :mod:`orchestration.execute.routes`). ``min_confidence``: the confidence (0..1) a step
+    reports below which ``low_confidence`` escalates.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    tiers: list[str] = Field(min_length=1)
+    escalate_on: list[Escalation] = ["gate_failed", "invalid_output", "low_confidence"]
+    min_confidence: float | None = Field(default=None, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _check_confidence(self) -> RouteConfig:
+        if "low_confidence" in self.escalate_on and self.min_confidence is None:
+            raise ValueError("escalate_on names low_confidence but min_confidence is not set "
+                             "(a number in 0..1)")
+        if len(set(self.tiers)) != len(self.tiers):
+            raise ValueError(f"tiers name a model twice: {self.tiers}")
+        return self
+
+
 class Catalogue(BaseModel):
-    """Providers and models; unknown names and fallback cycles are rejected on load."""
+    """Providers, models and routes; unknown names and fallback cycles are rejected on load."""
 
     model_config = ConfigDict(extra="forbid")
 
     providers: dict[str, ProviderConfig]
     models: dict[str, ModelConfig]
+    routes: dict[str, RouteConfig] = {}
     default_model: str | None = None
 
     @model_validator(mode="after")
@@ -133,7 +164,34 @@ class Catalogue(BaseModel):
             raise ValueError(f"default_model {self.default_model!r} is not a model")
         for name in self.models:
             self._check_cycle(name)
+        for name, route in self.routes.items():
+            self._check_route(name, route)
         return self
+
+    def _check_route(self, name: str, route: RouteConfig) -> None:
+        if not _ROUTE_NAME.fullmatch(name) or name.startswith("amq."):
+            raise ValueError(f"route {name!r}: not a usable queue name (model.{name}): no "
+                             "spaces, commas or control characters, at most 200 characters")
+        if name in self.models:
+            raise ValueError(f"route {name!r} has the name of a model: a step's model= "
+                             "would be ambiguous")
+        previous: tuple[str, float] | None = None
+        for tier in route.tiers:
+            if tier in self.routes:
+                raise ValueError(f"route {name!r}: tier {tier!r} is a route; tiers are models")
+            if tier not in self.models:
+                raise ValueError(f"route {name!r}: tier {tier!r} is not a model "
+                                 f"(known: {', '.join(sorted(self.models))})")
+            price = self.models[tier].input_cost_per_1k + self.models[tier].output_cost_per_1k
+            if previous is not None and price < previous[1]:
+                raise ValueError(
+                    f"route {name!r}: tier {tier!r} (${price:g} per 1k in+out) is cheaper than "
+                    f"{previous[0]!r} before it (${previous[1]:g}); tiers go cheapest first")
+            previous = (tier, price)
+
+    def route(self, name: str | None) -> RouteConfig | None:
+        """The route called ``name``, or None when it is a model (or None)."""
+        return self.routes.get(name) if name is not None else None
 
     def _check_cycle(self, start: str) -> None:
         path: list[str] = []
@@ -166,6 +224,11 @@ class Catalogue(BaseModel):
         try:
             return self.models[name]
         except KeyError:
+            if name in self.routes:
+                raise ConfigurationError(
+                    f"{name!r} is a route, not a model: name it as a step's model= (the step "
+                    f"escalates along its tiers {self.routes[name].tiers}), or call one of "
+                    "those models") from None
             raise ConfigurationError(f"model {name!r} is not in the catalogue "
                                      f"(known: {', '.join(sorted(self.models))})") from None
 
