@@ -14,7 +14,7 @@ from orchestration.core.results import CallRecord
 from orchestration.define.children import ChildRun, child_request
 from orchestration.define.on_error import ErrorPolicy
 from orchestration.define.workflow import Workflow
-from orchestration.errors import ConfigurationError, InputTimeout, WaitForInput
+from orchestration.errors import BudgetExceeded, ConfigurationError, InputTimeout, WaitForInput
 from orchestration.execute.memory import ConversationMemory, MemoryBinding
 from orchestration.llm.client import LLMClient
 from orchestration.llm.resilience import Resilience
@@ -129,13 +129,31 @@ class StepContext:
         self.reported_confidence = float(value)
 
     def record_cost(self, usd: float, *, model: str | None = None) -> None:
-        """Add spend (in USD) to this step; it is summed on the run."""
-        self.cost_usd += float(usd)
-        if model:
-            self.models_used.append(model)
+        """Add spend (in USD) to this step; it is summed on the run and capped like calls.
+
+        The report that takes the step past its ``max_cost``, or the run past its
+        ``budget``, raises :class:`BudgetExceeded` (kind ``budget_exceeded``, so the
+        step's ``on_error`` and fallback apply); the spend stays recorded either way.
+        """
+        self._add_cost(usd, model)
+        spent = self.spent_before + self.cost_usd
+        if self.max_cost is not None and spent > self.max_cost:
+            raise BudgetExceeded(f"step {self.step!r} reported ${spent:.6f}, past its "
+                                 f"max_cost ${self.max_cost:.6f}")
+        if self.run_budget is not None:
+            run_spent = self.run_cost() + self.cost_usd
+            if run_spent > self.run_budget:
+                raise BudgetExceeded(f"run {self.run_id} reported ${run_spent:.6f}, past its "
+                                     f"budget ${self.run_budget:.6f}")
 
     def record_call(self, call: CallRecord) -> None:
         """Record one model call (its cost is added to this step)."""
         self.calls.append(call)
-        self.record_cost(call.cost_usd, model=call.model if call.ok else None)
+        # ctx.llm checks the budgets itself, around the call (see llm/client.py).
+        self._add_cost(call.cost_usd, call.model if call.ok else None)
         metrics.record_call(call.model, call.ok, call.breaker, call.context_utilisation)
+
+    def _add_cost(self, usd: float, model: str | None) -> None:
+        self.cost_usd += float(usd)
+        if model:
+            self.models_used.append(model)
