@@ -153,14 +153,15 @@ class Orchestrator:
     # -- submitting (orchestration/submit/submission.py) -------------------------------
 
     def submit(self, workflow: Workflow, inputs: dict[str, Any], *,
-               idempotency_key: str | None = None) -> RunHandle:
+               idempotency_key: str | None = None, priority: int | None = None) -> RunHandle:
         """Validate, write and enqueue one run of ``workflow``."""
-        return submission.submit(self, workflow, inputs, idempotency_key=idempotency_key)
+        return submission.submit(self, workflow, inputs, idempotency_key=idempotency_key,
+                                 priority=priority)
 
     def submit_many(self, workflow: Workflow, batch: Iterable[Mapping[str, Any]], *,
-                    defer: bool = False) -> list[RunHandle]:
+                    defer: bool = False, priority: int | None = None) -> list[RunHandle]:
         """Validate, write and enqueue many runs of ``workflow``."""
-        return submission.submit_many(self, workflow, batch, defer=defer)
+        return submission.submit_many(self, workflow, batch, defer=defer, priority=priority)
 
     def dispatch(self, workflow: Workflow, run_id: str, inputs: dict[str, Any], *,
                  stored: Any = None) -> None:

@@ -9,11 +9,12 @@ routed to the queue of a last step (a queue that is known to have workers).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 from celery import chain, group
-from celery.canvas import Signature
+from celery.canvas import Signature, _chord
 
 from orchestration.define.graph import Node, Parallel, Plan, Series, plan_nodes
 from orchestration.define.step import BoundStep
@@ -22,23 +23,51 @@ FINALIZE_TASK = "orchestration.finalize"
 
 
 def build_canvas(plan: Plan, steps: Mapping[str, BoundStep], message: dict[str, Any],
-                 run_id: str, celery: Any) -> Signature:
-    """The canvas of one run: every step once, in the plan's order, then finalisation."""
+                 run_id: str, celery: Any, *, priority: int | None = None) -> Signature:
+    """The canvas of one run: every step once, in the plan's order, then finalisation.
+
+    ``priority``: the broker's ``priority`` property for every message of the run (see
+    :mod:`orchestration.core.priority`); Celery keeps a signature's options through
+    chains and chord callbacks, and the worker's own publishes inherit it.
+    """
+    options: dict[str, Any] = {} if priority is None else {"priority": priority}
+    sign = partial(celery.signature, **options)
     last = plan_nodes(plan)[-1]
     ends_in_step = isinstance(plan, Node) or (
         isinstance(plan, Series) and isinstance(plan.parts[-1], Node)
     )
-    canvas = _build(plan, steps, message, run_id, celery, first=True,
+    canvas = _build(plan, steps, message, run_id, sign, first=True,
                     finalizer=last if ends_in_step else None, keep_result=False)
     if ends_in_step:
         return canvas
-    finalize = celery.signature(FINALIZE_TASK, args=(), kwargs={"run_id": run_id},
-                             queue=steps[last].queue, ignore_result=True)
+    finalize = sign(FINALIZE_TASK, args=(), kwargs={"run_id": run_id},
+                    queue=steps[last].queue, ignore_result=True)
     return chain(canvas, finalize)
 
 
+def with_priority(signature: Any, priority: int) -> Any:
+    """``signature`` with every message in it (chains, groups, chord bodies) at ``priority``.
+
+    For canvases a worker builds mid-run (a map's chunks, a child run, the rest of a
+    fused chain): Celery fills a task's default priority in before it would inherit the
+    current message's, so the run's priority is set explicitly.
+    """
+    if isinstance(signature, list | tuple):
+        for part in signature:
+            with_priority(part, priority)
+        return signature
+    if isinstance(signature, _chord):
+        with_priority(signature.tasks, priority)
+        with_priority(signature.body, priority)
+    elif isinstance(signature, chain | group):
+        with_priority(signature.tasks, priority)
+    signature.options["priority"] = priority
+    return signature
+
+
 def _build(plan: Plan, steps: Mapping[str, BoundStep], message: dict[str, Any], run_id: str,
-           celery: Any, *, first: bool, finalizer: str | None, keep_result: bool) -> Signature:
+           sign: Callable[..., Signature], *, first: bool, finalizer: str | None,
+           keep_result: bool) -> Signature:
     # Only results a chord collects are read back from the result backend: a chain hands
     # its result to the next message directly. Not storing the others saves a backend
     # write per step and the client's result subscription on submit.
@@ -48,23 +77,23 @@ def _build(plan: Plan, steps: Mapping[str, BoundStep], message: dict[str, Any], 
         if plan.name == finalizer:
             kwargs["finalize"] = True
         args = (message,) if first else ()
-        return celery.signature(step.spec.task_name, args=args, kwargs=kwargs, queue=step.queue,
-                             ignore_result=not keep_result)
+        return sign(step.spec.task_name, args=args, kwargs=kwargs, queue=step.queue,
+                    ignore_result=not keep_result)
     if isinstance(plan, Series):
         runs = _fusible_runs(plan.parts, steps)
         last = len(runs) - 1
         parts = [
-            _fused(run, steps, message, run_id, celery, first=first and index == 0,
+            _fused(run, steps, message, run_id, sign, first=first and index == 0,
                    finalizer=finalizer, keep_result=keep_result and index == last)
             if isinstance(run, list) else
-            _build(run, steps, message, run_id, celery, first=first and index == 0,
+            _build(run, steps, message, run_id, sign, first=first and index == 0,
                    finalizer=finalizer, keep_result=keep_result and index == last)
             for index, run in enumerate(runs)
         ]
         return parts[0] if len(parts) == 1 else chain(*parts)
     if isinstance(plan, Parallel):
         # A group is always a chord header here (the plan ends with a step or finalize).
-        return group(*[_build(part, steps, message, run_id, celery, first=first, finalizer=None,
+        return group(*[_build(part, steps, message, run_id, sign, first=first, finalizer=None,
                               keep_result=True)
                        for part in plan.parts])
     raise TypeError(f"not a plan: {plan!r}")
@@ -96,14 +125,14 @@ def _fusible_runs(parts: tuple[Plan, ...],
 
 
 def _fused(names: list[str], steps: Mapping[str, BoundStep], message: dict[str, Any],
-           run_id: str, celery: Any, *, first: bool, finalizer: str | None,
+           run_id: str, sign: Callable[..., Signature], *, first: bool, finalizer: str | None,
            keep_result: bool) -> Signature:
     if len(names) == 1:
-        return _build(Node(names[0]), steps, message, run_id, celery, first=first,
+        return _build(Node(names[0]), steps, message, run_id, sign, first=first,
                       finalizer=finalizer, keep_result=keep_result)
     head = steps[names[0]]
     kwargs: dict[str, Any] = {"run_id": run_id, "fused": names}
     if finalizer in names:
         kwargs["finalize"] = True
-    return celery.signature(head.spec.task_name, args=(message,) if first else (), kwargs=kwargs,
-                         queue=head.queue, ignore_result=not keep_result)
+    return sign(head.spec.task_name, args=(message,) if first else (), kwargs=kwargs,
+                queue=head.queue, ignore_result=not keep_result)

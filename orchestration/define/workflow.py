@@ -21,7 +21,14 @@ from orchestration.define.graph import Decomposition, decompose, find_cycle
 from orchestration.define.host import default_host
 from orchestration.define.memory import Memory, as_memory
 from orchestration.define.policies import check_plain_function
-from orchestration.define.step import CTX_PARAM, BoundStep, Step, StepSpec, build_spec
+from orchestration.define.step import (
+    CTX_PARAM,
+    BoundStep,
+    Step,
+    StepSpec,
+    build_spec,
+    gathered_outputs,
+)
 from orchestration.define.triggers import (
     Schedule,
     Trigger,
@@ -31,6 +38,7 @@ from orchestration.define.triggers import (
     make_schedule,
     make_trigger,
 )
+from orchestration.define.vocabulary import check_workflow_options
 from orchestration.errors import InvalidInput, WorkflowDefinitionError
 from orchestration.store.repository import Store
 
@@ -76,11 +84,11 @@ class Host(Protocol):
         """Have workers send the canvases of written runs."""
 
     def submit(self, workflow: Workflow, inputs: dict[str, Any], *,
-               idempotency_key: str | None = None) -> RunHandle:
+               idempotency_key: str | None = None, priority: int | None = None) -> RunHandle:
         """Validate, write and enqueue one run."""
 
     def submit_many(self, workflow: Workflow, batch: Iterable[Mapping[str, Any]], *,
-                    defer: bool = False) -> list[RunHandle]:
+                    defer: bool = False, priority: int | None = None) -> list[RunHandle]:
         """Validate, write and enqueue many runs."""
 
     def dispatch(self, workflow: Workflow, run_id: str, inputs: dict[str, Any], *,
@@ -110,8 +118,10 @@ class Workflow:
                  inputs: list[str] | None = None, budget: float | None = None,
                  redact: Callable[[Any], Any] | None = None,
                  orchestrator: Host | None = None, app: Host | None = None,
-                 memory: Memory | None = None) -> None:
+                 memory: Memory | None = None, **unknown: Any) -> None:
         workflow_name(name)
+        check_workflow_options(name, unknown, ("queue", "inputs", "budget", "redact",
+                                               "orchestrator", "memory"))
         if queue is not None:
             queue_name(queue, "queue", f"workflow {name!r}")
         # ``app`` is the old name of ``orchestrator`` (kept working); "app" alone now
@@ -280,24 +290,30 @@ class Workflow:
 
     # -- running -----------------------------------------------------------------------
 
-    def submit(self, *, idempotency_key: str | None = None, **inputs: Any) -> RunHandle:
+    def submit(self, *, idempotency_key: str | None = None, priority: int | None = None,
+               **inputs: Any) -> RunHandle:
         """Validate the inputs, write the run row and enqueue the run; returns a handle.
 
         With an ``idempotency_key`` that already started a run, that run's handle is
-        returned and nothing is enqueued. Raises :class:`InvalidInput` (nothing written).
+        returned and nothing is enqueued. ``priority``: 0 (normal, the default) to 9 (the
+        most urgent); every message of the run carries it, so it overtakes waiting runs
+        of lower priority on Redis and RabbitMQ (the embedded default ignores it).
+        Raises :class:`InvalidInput` (nothing written).
         """
-        return self.orchestrator.submit(self, inputs, idempotency_key=idempotency_key)
+        return self.orchestrator.submit(self, inputs, idempotency_key=idempotency_key,
+                                        priority=priority)
 
     def submit_many(self, batch: Iterable[Mapping[str, Any]], *,
-                    defer: bool = False) -> list[RunHandle]:
+                    defer: bool = False, priority: int | None = None) -> list[RunHandle]:
         """Submit many runs: one transaction for all their rows, then their messages.
 
         Every input set is checked first (InvalidInput names the offending position and
         nothing is written). ``defer=True`` publishes one ``orchestration.dispatch_runs``
         message per 500 runs and lets a worker build and send their canvases (the runs
         are durable, and ``pending``, until then). No idempotency keys in bulk.
+        ``priority`` as for :meth:`submit`, for every run of the batch (not with ``defer``).
         """
-        return self.orchestrator.submit_many(self, batch, defer=defer)
+        return self.orchestrator.submit_many(self, batch, defer=defer, priority=priority)
 
     def run(self, *, timeout: float | None = 60.0, **inputs: Any) -> RunResult:
         """Submit and wait: the finished run (whatever its status)."""
@@ -377,7 +393,8 @@ def _compile(workflow: Workflow) -> CompiledWorkflow:
     required: set[str] = set()
     when_sources: dict[str, dict[str, str]] = {}
     for spec in specs.values():
-        upstream, sources[spec.name] = _bind_params(workflow, spec, spec.params, by_output,
+        params = tuple(param for param in spec.params if param != spec.gather)
+        upstream, sources[spec.name] = _bind_params(workflow, spec, params, by_output,
                                                     inputs, required)
         # A when= predicate binds like the step: what it reads, the step depends on.
         when_upstream, when_sources[spec.name] = _bind_params(
@@ -399,6 +416,7 @@ def _compile(workflow: Workflow) -> CompiledWorkflow:
             requires=frozenset(specs[up].output for up in deps[spec.name]),
             upstream=frozenset(deps[spec.name]), run_budget=workflow.budget,
             when_sources=when_sources[spec.name], memory=workflow.memory,
+            gathered=gathered_outputs(spec, specs, by_output, {*inputs, *by_output}),
         )
         for spec in specs.values()
     }
@@ -489,6 +507,7 @@ def _version(workflow: Workflow, deps: dict[str, list[str]]) -> str:
          getattr(spec.fn, "__qualname__", ""), code_hash(spec.fn))
         # Only when set, so that the versions of workflows without it do not change.
         + ((str(spec.on_error),) if spec.on_error is not None else ())
+        + ((f"gather={spec.gather}",) if spec.gather is not None else ())
         for spec in workflow._specs.values()
     ]
     return hashlib.sha256(repr(shape).encode()).hexdigest()[:16]

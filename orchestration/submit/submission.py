@@ -15,6 +15,7 @@ import structlog
 from orchestration.compile.canvas import build_canvas
 from orchestration.core.envelope import Envelope
 from orchestration.core.names import MAX_NAME
+from orchestration.core.priority import DEFAULT, check_priority, message_priority
 from orchestration.core.redaction import changed_by_redaction
 from orchestration.core.results import RunHandle
 from orchestration.define.children import child_idempotency_key
@@ -27,16 +28,17 @@ log = structlog.get_logger("orchestration.submit.submission")
 
 
 def submit(host: Host, workflow: Workflow, inputs: dict[str, Any], *,
-           idempotency_key: str | None = None) -> RunHandle:
+           idempotency_key: str | None = None, priority: int | None = None) -> RunHandle:
     """Validate the inputs, write the run row and enqueue the run; returns a handle."""
     compiled = workflow.validate()
     encoded = workflow.check_inputs(compiled, inputs)
     check_idempotency_key(workflow.name, idempotency_key)
+    priority = check_priority(priority, f"workflow {workflow.name!r}")
     store = host.store
     run_id = str(uuid.uuid4())
     stored = workflow.redactor(encoded)
     # Built before the row is written: whatever fails here leaves nothing behind.
-    signature = canvas(host, workflow, run_id, encoded, stored=stored)
+    signature = canvas(host, workflow, run_id, encoded, stored=stored, priority=priority)
     stored_id = store.create_run(run_id, workflow.name, compiled.version, stored,
                                  planned(compiled), idempotency_key=idempotency_key,
                                  redacted=sorted(changed_by_redaction(encoded, stored)))
@@ -47,9 +49,14 @@ def submit(host: Host, workflow: Workflow, inputs: dict[str, Any], *,
 
 
 def submit_many(host: Host, workflow: Workflow, batch: Iterable[Mapping[str, Any]], *,
-                defer: bool = False) -> list[RunHandle]:
+                defer: bool = False, priority: int | None = None) -> list[RunHandle]:
     """Submit many runs: one transaction for all their rows, then their messages."""
     compiled = workflow.validate()
+    priority = check_priority(priority, f"workflow {workflow.name!r}")
+    if defer and priority != DEFAULT:
+        raise InvalidInput(f"workflow {workflow.name!r}: submit_many(defer=True) sends the "
+                           "runs' messages from a worker, which does not know their "
+                           f"priority; leave defer=False to submit with priority={priority}")
     runs: list[tuple[str, dict[str, Any]]] = []
     for position, inputs in enumerate(batch):
         try:
@@ -78,8 +85,8 @@ def submit_many(host: Host, workflow: Workflow, batch: Iterable[Mapping[str, Any
             host.before_dispatch(compiled)
             with host.celery.producer_or_acquire() as producer:
                 for run_id, inputs in direct:
-                    canvas(host, workflow, run_id, inputs, stored=stored[run_id]).apply_async(
-                        producer=producer)
+                    canvas(host, workflow, run_id, inputs, stored=stored[run_id],
+                           priority=priority).apply_async(producer=producer)
 
     _send(host, workflow, [run_id for run_id, _ in runs], send)
     return [RunHandle(run_id, store) for run_id, _ in runs]
@@ -92,11 +99,14 @@ def dispatch(host: Host, workflow: Workflow, run_id: str, inputs: dict[str, Any]
 
 
 def canvas(host: Host, workflow: Workflow, run_id: str, inputs: dict[str, Any], *,
-           stored: Any = None) -> Any:
+           stored: Any = None, priority: int | None = None) -> Any:
     """The Celery canvas of one run (not sent).
 
     ``stored``: the run's inputs as stored (redacted; computed here if not given).
     A large input whose stored copy differs travels inline, never by reference.
+    ``priority``: the run's (core/priority.py); without one, a canvas built while a
+    worker runs a task (a child run, a map) keeps that task's message priority, and
+    any other is a normal run's.
     """
     compiled = workflow.validate()
     host.before_dispatch(compiled)
@@ -104,7 +114,19 @@ def canvas(host: Host, workflow: Workflow, run_id: str, inputs: dict[str, Any], 
         run_id, inputs, host.settings.inline_output_limit,
         stored=(lambda: stored) if stored is not None else (lambda: workflow.redactor(inputs)))
     return build_canvas(compiled.decomposition.plan, compiled.steps,
-                        envelope.to_message(), run_id, host.celery)
+                        envelope.to_message(), run_id, host.celery,
+                        priority=_broker_priority(host, priority))
+
+
+def _broker_priority(host: Host, priority: int | None) -> int:
+    """The ``priority`` property of a run's messages on the host's broker."""
+    if priority is None:
+        current = host.celery.current_worker_task
+        inherited = current.request.delivery_info.get("priority") if current else None
+        if isinstance(inherited, int):
+            return inherited
+        priority = DEFAULT
+    return message_priority(priority, host.settings.broker_url)
 
 
 def create_child(host: Host, workflow: Workflow, parent_run: str, parent_step: str,

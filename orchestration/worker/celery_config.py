@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from orchestration.core.priority import DEFAULT, HIGHEST, message_priority
 from orchestration.core.settings import Settings
 
 #: Celery's Redis result backend without run data in task keys. A string: Celery imports it.
@@ -84,7 +85,20 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_extended": False,
         # Redis re-delivers unacknowledged messages after this long: it must exceed the
         # longest step including retries, or a slow step would run twice concurrently.
-        "broker_transport_options": {"visibility_timeout": settings.visibility_timeout},
+        # kombu's Redis transport emulates priorities with one list per step, popped in
+        # ascending order: ten steps give each run priority its own list
+        # (``queue``, ``queue:1`` ... ``queue:9``; see core/priority.py).
+        "broker_transport_options": {"visibility_timeout": settings.visibility_timeout,
+                                     "priority_steps": list(range(HIGHEST + 1)),
+                                     "sep": ":"},
+        # Run priorities (core/priority.py): RabbitMQ queues are declared with
+        # x-max-priority (a queue declared earlier without it must be deleted once:
+        # RabbitMQ refuses to re-declare it); every message a step publishes (the next
+        # step of a chain, map chunks, a child run) keeps its run's priority; a message
+        # sent without one is a normal run's.
+        "task_queue_max_priority": HIGHEST,
+        "task_inherit_parent_priority": True,
+        "task_default_priority": message_priority(DEFAULT, settings.broker_url),
         "result_backend_transport_options": {
             "visibility_timeout": settings.visibility_timeout,
             # A client (submit) gives up reconnecting within seconds; workers get the

@@ -14,6 +14,7 @@ import structlog
 from celery import chain
 from celery.exceptions import Ignore, Reject
 
+from orchestration.compile.canvas import with_priority
 from orchestration.core.envelope import Envelope, is_envelope
 from orchestration.define.step import BoundStep, StepSpec
 from orchestration.define.workflow import Workflow
@@ -114,7 +115,8 @@ def _replacement(task: Any, signal: StartMap | StartChild, names: list[str], cur
     if rest:
         replacement = chain(replacement, _rest_of(orchestrator, workflow, rest, run_id,
                                                   finalize))
-    return replacement
+    priority = (task.request.delivery_info or {}).get("priority")
+    return with_priority(replacement, priority) if isinstance(priority, int) else replacement
 
 
 def _step_context(run_id: str | None, bound: BoundStep, task: Any) -> Any:
