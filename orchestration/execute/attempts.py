@@ -49,7 +49,7 @@ from orchestration.errors import (
 )
 from orchestration.execute.context import StepContext
 from orchestration.execute.memory import MemoryBinding
-from orchestration.execute.routes import Tiers
+from orchestration.execute.routes import TIER_PARAM, Tiers
 from orchestration.execute.timeouts import call_with_timeout
 from orchestration.store.repository import AttemptRecord, StepOutcome, Store
 
@@ -149,7 +149,9 @@ class _Attempts:
         self.contexts: list[StepContext] = []
         self.number = call.previous_attempts
         self.params: dict[str, Any] = dict(call.initial_params or {})
-        self.tiers = Tiers.of(call.step.spec.model, call.delivery.services)
+        # A retry handed back to the broker goes on from the tier it reached.
+        self.tiers = Tiers.of(call.step.spec.model, call.delivery.services,
+                              self.params.pop(TIER_PARAM, 0))
 
     def routed(self) -> Any:
         """Attempts climbing the step's model route (see execute/routes.py); one without."""
@@ -252,7 +254,8 @@ def run_attempts(call: StepCall) -> StepOutcome:
         raise RescheduleWithOutcome(signal.delay, StepOutcome(
             StepStatus.RETRYING, error=records[-1].error if records else None,
             error_type=records[-1].error_type if records else None,
-            attempts=records, cost_usd=cost, model=model), attempts.params) from None
+            attempts=records, cost_usd=cost, model=model),
+            attempts.tiers.carried(attempts.params)) from None
     except Exception as exc:
         action = policy_action(call.step, exc)
         if action is not None and action.action in _DECIDES:

@@ -16,7 +16,9 @@ Climbing a tier is an attempt of its own in the trace (its model, cost, and the 
 ``escalated on <reason>: route <r> <tier> -> <next>``) and does not use one of the step's
 ``retries``: a route of N tiers gives up to N attempts plus ``retries``. Any other failure,
 and an escalation reason on the last tier, is an ordinary failed attempt: retries run on
-the tier reached, then ``on_error``/the fallback apply as for any step.
+the tier reached (also a retry handed back to the broker: the tier rides in its params),
+then ``on_error``/the fallback apply as for any step. A new delivery of the step (a
+crashed worker's, a resumed run's) starts again from the cheapest tier.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ from typing import TYPE_CHECKING, Any
 from orchestration.errors import GateFailed, InvalidModelOutput, LowConfidence
 from orchestration.llm.catalogue import RouteConfig
 
+#: Where the tier reached rides in a retry's params through the broker (never in ctx.params).
+TIER_PARAM = "orchestration.route_tier"
+
 if TYPE_CHECKING:
     from orchestration.execute.context import StepContext
     from orchestration.llm.resilience import Resilience
@@ -34,16 +39,23 @@ if TYPE_CHECKING:
 class Tiers:
     """The tiers of one step call's route as its attempts climb them (or a plain model)."""
 
-    def __init__(self, name: str | None, route: RouteConfig | None) -> None:
+    def __init__(self, name: str | None, route: RouteConfig | None, index: int = 0) -> None:
         self.name = name
         self.route = route
-        self.index = 0
+        top = len(route.tiers) - 1 if route is not None else 0
+        self.index = max(0, min(index, top)) if isinstance(index, int) else 0
 
     @classmethod
-    def of(cls, model: str | None, services: Resilience | None) -> Tiers:
-        """The step's ``model=`` as a route when the catalogue names it so."""
+    def of(cls, model: str | None, services: Resilience | None, index: int = 0) -> Tiers:
+        """The step's ``model=`` as a route when the catalogue names it so, at tier ``index``."""
         route = services.catalogue.route(model) if services is not None else None
-        return cls(model, route)
+        return cls(model, route, index)
+
+    def carried(self, params: dict[str, Any]) -> dict[str, Any]:
+        """A retry's params for the broker, with the tier reached (to go on from it)."""
+        if self.route is None or self.index == 0:
+            return params
+        return {**params, TIER_PARAM: self.index}
 
     @property
     def model(self) -> str | None:

@@ -67,6 +67,15 @@ def declare(orch: Orchestrator) -> SimpleNamespace:
     def attempt(text: str, ctx: StepContext) -> Any:
         return ctx.llm.complete(text).text
 
+    later = Workflow("route_rescheduled", app=orch)
+
+    # a 2.1 s backoff is past the 2 s inline limit: the retry goes back through the broker
+    @later.task(model="gate-only", retries=1, backoff=2.1,
+                gate=lambda out: out.startswith("good"))
+    def handed_back(text: str, ctx: StepContext) -> Any:
+        assert "orchestration.route_tier" not in ctx.params
+        return ctx.llm.complete(text).text
+
     unsure = Workflow("route_no_confidence_escalation", app=orch)
 
     @unsure.task(model="gate-only")
@@ -75,7 +84,7 @@ def declare(orch: Orchestrator) -> SimpleNamespace:
         return ctx.llm.complete(text).text
 
     return SimpleNamespace(gated=gated, parsed=parsed, sure=sure, told=told, retried=retried,
-                           unsure=unsure, orch=orch)
+                           unsure=unsure, later=later, orch=orch)
 
 
 @pytest.fixture(scope="module")
@@ -179,6 +188,14 @@ def test_escalations_are_apart_from_retries(env: SimpleNamespace) -> None:
     step = env.retried.run(text="hi", timeout=20).steps["attempt"]
     assert step.status is StepStatus.FAILED
     # two tiers, then the one retry on the last tier reached
+    assert [a["model"] for a in step.attempt_log] == ["small", "big", "big"]
+
+
+def test_a_retry_through_the_broker_goes_on_from_the_tier_reached(
+        env: SimpleNamespace) -> None:
+    replies(env, small="bad", big="bad")
+    step = env.later.run(text="hi", timeout=30).steps["handed_back"]
+    assert step.status is StepStatus.FAILED
     assert [a["model"] for a in step.attempt_log] == ["small", "big", "big"]
 
 
