@@ -295,15 +295,23 @@ def _more(file: _File, scratch: _Scratch) -> list[Problem]:
     (a part it rejected is not looked at twice)."""
     if file.source.data is None:
         return []
-    models = getattr(scratch.catalogue, "models", None)
     try:
         found = Planner(file.source, lambda name: scratch.workflows.get(name),
-                        models if isinstance(models, Mapping) else None).run().problems
+                        _model_names(scratch.catalogue)).run().problems
     except Exception:  # a shape the planner cannot read: the schema problems say why
         return []
     broken = [p.pointer for p in file.problems]
     return [p for p in found if not any(p.pointer == b or p.pointer.startswith(b + "/")
                                         for b in broken)]
+
+
+def _model_names(catalogue: Any) -> Mapping[str, Any] | None:
+    """What a model step may name: the catalogue's models and routes (None: unchecked)."""
+    models = getattr(catalogue, "models", None)
+    if not isinstance(models, Mapping):
+        return None
+    routes = getattr(catalogue, "routes", None)
+    return {**models, **routes} if isinstance(routes, Mapping) else models
 
 
 def _in(file: _File, problem: Problem, wanted: list[_File]) -> Problem:
@@ -317,10 +325,8 @@ def _declare(file: _File, host: Any, find: Any,
              plan: Plan | None = None) -> tuple[Plan, Workflow | None]:
     """Plan (unless given) and declare one pipeline on ``host``; problems in the plan."""
     source = file.source
-    catalogue = getattr(host, "catalogue", None)
-    models = getattr(catalogue, "models", None)
     if plan is None:
-        plan = Planner(source, find, models if isinstance(models, Mapping) else None).run()
+        plan = Planner(source, find, _model_names(getattr(host, "catalogue", None))).run()
         if plan.problems:
             return plan, None
     else:
