@@ -71,7 +71,10 @@ def _messages_in(server: OwnRedis, queues: tuple[str, ...] = QUEUES) -> dict[str
     """What the broker holds right now: queued per queue, and unacknowledged."""
     client = redis.Redis(port=server.port, socket_timeout=5)
     try:
-        held = {queue: int(client.llen(queue)) for queue in queues}
+        # One list per run priority (core/priority.py): ``queue``, ``queue:1`` ... ``:9``.
+        held = {queue: sum(int(client.llen(name)) for name in
+                           (queue, *(f"{queue}:{level}" for level in range(1, 10))))
+                for queue in queues}
         held["unacked"] = int(client.hlen("unacked"))
         return held
     finally:

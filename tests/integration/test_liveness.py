@@ -211,22 +211,31 @@ def test_cancelled_runs_step_is_not_run_again_after_its_worker_died(
 STALE_S = 12 * 3600.0  # only runs this test moved a day back are stale
 
 
+def _lists(queue: str) -> list[str]:
+    """The Redis lists of a queue: one per run priority (core/priority.py)."""
+    return [queue, *(f"{queue}:{level}" for level in range(1, 10))]
+
+
+def _waiting(client: Any, queue: str) -> int:
+    return sum(int(client.llen(name)) for name in _lists(queue))
+
+
 def test_a_backlog_that_no_live_worker_consumes_is_no_progress(redis_service: Any) -> None:
     store = default_orchestrator().store
     run_id = backlog.submit(ticket="B").run_id
     consumer = WorkerInfo("backlog-consumer", "backlog@test", "test", 1, [BACKLOG_QUEUE])
     try:
-        wait_until(lambda: redis_service.llen(BACKLOG_QUEUE) == 1, timeout=20,
+        wait_until(lambda: _waiting(redis_service, BACKLOG_QUEUE) == 1, timeout=20,
                    what="the run's message on the unserved queue")
         backdate_run(run_id)
         # Messages wait on the queue, but no live worker consumes it: they never drain.
         assert run_id in reconcile(idle_seconds=STALE_S).redispatched
-        wait_until(lambda: redis_service.llen(BACKLOG_QUEUE) == 2, timeout=20,
+        wait_until(lambda: _waiting(redis_service, BACKLOG_QUEUE) == 2, timeout=20,
                    what="the re-dispatched message")
         # Once a live worker consumes the queue, the backlog may be the run's turn coming.
         store.workers.beat(consumer, utcnow())
         assert run_id not in reconcile(idle_seconds=STALE_S).redispatched
     finally:
         store.workers.stopped(consumer.instance, utcnow())
-        redis_service.delete(BACKLOG_QUEUE)
+        redis_service.delete(*_lists(BACKLOG_QUEUE))
         cancel(run_id)
