@@ -76,6 +76,13 @@ def declare(orch: Orchestrator) -> SimpleNamespace:
         assert "orchestration.route_tier" not in ctx.params
         return ctx.llm.complete(text).text
 
+    skipping = Workflow("route_on_error", app=orch)
+
+    @skipping.task(model="tiered", gate=lambda out: out.startswith("good"),
+                   on_error={"gate_failed": "skip"})
+    def skippable(text: str, ctx: StepContext) -> Any:
+        return ctx.llm.complete(text).text
+
     unsure = Workflow("route_no_confidence_escalation", app=orch)
 
     @unsure.task(model="gate-only")
@@ -84,7 +91,7 @@ def declare(orch: Orchestrator) -> SimpleNamespace:
         return ctx.llm.complete(text).text
 
     return SimpleNamespace(gated=gated, parsed=parsed, sure=sure, told=told, retried=retried,
-                           unsure=unsure, later=later, orch=orch)
+                           unsure=unsure, later=later, skipping=skipping, orch=orch)
 
 
 @pytest.fixture(scope="module")
@@ -197,6 +204,16 @@ def test_a_retry_through_the_broker_goes_on_from_the_tier_reached(
     step = env.later.run(text="hi", timeout=30).steps["handed_back"]
     assert step.status is StepStatus.FAILED
     assert [a["model"] for a in step.attempt_log] == ["small", "big", "big"]
+
+
+def test_the_route_climbs_before_on_error_acts(env: SimpleNamespace) -> None:
+    replies(env, small="bad", mid="good", big="good")
+    step = env.skipping.run(text="hi", timeout=20).steps["skippable"]
+    assert (step.status, step.output, step.model) == (StepStatus.SUCCEEDED, "good", "mid")
+    replies(env, mid="bad", big="bad")
+    step = env.skipping.run(text="hi", timeout=20).steps["skippable"]
+    assert step.status is StepStatus.SKIPPED
+    assert [a["model"] for a in step.attempt_log] == ["small", "mid", "big"]
 
 
 def test_a_route_escalates_only_on_its_reasons(env: SimpleNamespace) -> None:
