@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +23,7 @@ from orchestration.define.policies import (
     as_timeout,
     check_plain_function,
 )
+from orchestration.define.vocabulary import STEP_SPELLINGS, spelled_here
 from orchestration.errors import WorkflowDefinitionError
 
 CTX_PARAM = "ctx"
@@ -32,7 +33,7 @@ STEP_OPTIONS = frozenset(
     {
         "name", "output", "depends_on", "retries", "backoff", "timeout", "fallback",
         "critical", "queue", "model", "max_cost", "gate", "on_retry", "map", "min_success",
-        "chunk_size", "when", "cache", "concurrency", "on_error",
+        "chunk_size", "when", "cache", "concurrency", "on_error", "gather",
     }
 )
 
@@ -67,6 +68,8 @@ class StepSpec:
     when_params: tuple[str, ...] = ()
     cache: float | bool = False  # True: cache forever; seconds: time to live
     on_error: ErrorPolicy | None = None  # per-error-kind actions (see define/on_error.py)
+    # The parameter that receives {depends_on name: output} of every depends_on entry.
+    gather: str | None = None
 
     def required_successes(self, total: int) -> int:
         """How many elements of a map of ``total`` must succeed (all, unless min_success)."""
@@ -165,9 +168,10 @@ def build_spec(workflow: str, fn: Callable[..., Any], options: dict[str, Any]) -
     where = f"step {workflow}.{name!s}"
     unknown = sorted(set(options) - STEP_OPTIONS)
     if unknown:
-        raise WorkflowDefinitionError(
-            f"{where}: unknown option {unknown[0]!r}{_suggest(unknown[0], sorted(STEP_OPTIONS))}"
-        )
+        # Another framework's spelling is answered with ours, not a near-miss guess.
+        answer = spelled_here(unknown[0], STEP_SPELLINGS) or (
+            f"unknown option {unknown[0]!r}{_suggest(unknown[0], sorted(STEP_OPTIONS))}")
+        raise WorkflowDefinitionError(f"{where}: {answer}")
     check_plain_function(fn, "the step function", where)
     params, optional, wants_ctx = _signature(fn, where)
     _check_number(options, "retries", where, integer=True)
@@ -188,6 +192,7 @@ def build_spec(workflow: str, fn: Callable[..., Any], options: dict[str, Any]) -
         wants_ctx=wants_ctx,
         output=output,
         depends_on=_depends_names(options.get("depends_on"), where),
+        gather=_gather_option(options, params, where),
         retries=int(options.get("retries") or 0),
         backoff=as_backoff(options.get("backoff"), where),
         timeout=as_timeout(options.get("timeout"), where),
@@ -204,6 +209,43 @@ def build_spec(workflow: str, fn: Callable[..., Any], options: dict[str, Any]) -
         **_map_options(options, params, where),
         **_when_option(options, where),
     )
+
+
+def _gather_option(options: dict[str, Any], params: tuple[str, ...], where: str) -> str | None:
+    """``gather`` names the parameter that receives every ``depends_on`` output by name."""
+    gather = options.get("gather")
+    if gather is None:
+        return None
+    if not isinstance(gather, str) or gather not in params:
+        raise WorkflowDefinitionError(
+            f"{where}: gather={gather!r} must name a parameter of the function (it receives "
+            f"{{name: output}} of every depends_on entry); parameters: "
+            f"{', '.join(params) or 'none'}")
+    if not _depends_names(options.get("depends_on"), where):
+        raise WorkflowDefinitionError(
+            f"{where}: gather={gather!r} collects the outputs of depends_on, and depends_on "
+            "is empty; name the steps whose outputs it receives")
+    if gather == options.get("map"):
+        raise WorkflowDefinitionError(
+            f"{where}: parameter {gather!r} cannot be both map= and gather=")
+    return gather
+
+
+def gathered_outputs(spec: StepSpec, steps: Mapping[str, StepSpec],
+                     by_output: Mapping[str, StepSpec], taken: Collection[str]) -> dict[str, str]:
+    """With ``gather=``: each ``depends_on`` name -> the output it stands for.
+
+    ``taken`` holds the workflow's inputs and outputs: the gathered parameter must not
+    also be one of them (it would be bound twice, by name and by ``gather``).
+    """
+    if spec.gather is None:
+        return {}
+    if spec.gather in taken:
+        raise WorkflowDefinitionError(
+            f"{spec.where}: parameter {spec.gather!r} receives the depends_on outputs "
+            f"(gather={spec.gather!r}) and is also a step output or workflow input of that "
+            "name; rename the parameter")
+    return {dep: (steps.get(dep) or by_output[dep]).output for dep in spec.depends_on}
 
 
 def _cache_option(options: dict[str, Any], where: str) -> float | bool:
@@ -369,3 +411,5 @@ class BoundStep:
     run_budget: float | None = None  # the workflow's budget (USD) per run
     when_sources: dict[str, str] = field(default_factory=dict)
     memory: Memory | None = None  # the workflow's conversation memory (ctx.memory)
+    # With gather=: each depends_on name -> the output it stands for (its key in the mapping).
+    gathered: dict[str, str] = field(default_factory=dict)

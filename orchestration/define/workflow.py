@@ -21,7 +21,14 @@ from orchestration.define.graph import Decomposition, decompose, find_cycle
 from orchestration.define.host import default_host
 from orchestration.define.memory import Memory, as_memory
 from orchestration.define.policies import check_plain_function
-from orchestration.define.step import CTX_PARAM, BoundStep, Step, StepSpec, build_spec
+from orchestration.define.step import (
+    CTX_PARAM,
+    BoundStep,
+    Step,
+    StepSpec,
+    build_spec,
+    gathered_outputs,
+)
 from orchestration.define.triggers import (
     Schedule,
     Trigger,
@@ -31,6 +38,7 @@ from orchestration.define.triggers import (
     make_schedule,
     make_trigger,
 )
+from orchestration.define.vocabulary import check_workflow_options
 from orchestration.errors import InvalidInput, WorkflowDefinitionError
 from orchestration.store.repository import Store
 
@@ -110,8 +118,10 @@ class Workflow:
                  inputs: list[str] | None = None, budget: float | None = None,
                  redact: Callable[[Any], Any] | None = None,
                  orchestrator: Host | None = None, app: Host | None = None,
-                 memory: Memory | None = None) -> None:
+                 memory: Memory | None = None, **unknown: Any) -> None:
         workflow_name(name)
+        check_workflow_options(name, unknown, ("queue", "inputs", "budget", "redact",
+                                               "orchestrator", "memory"))
         if queue is not None:
             queue_name(queue, "queue", f"workflow {name!r}")
         # ``app`` is the old name of ``orchestrator`` (kept working); "app" alone now
@@ -383,7 +393,8 @@ def _compile(workflow: Workflow) -> CompiledWorkflow:
     required: set[str] = set()
     when_sources: dict[str, dict[str, str]] = {}
     for spec in specs.values():
-        upstream, sources[spec.name] = _bind_params(workflow, spec, spec.params, by_output,
+        params = tuple(param for param in spec.params if param != spec.gather)
+        upstream, sources[spec.name] = _bind_params(workflow, spec, params, by_output,
                                                     inputs, required)
         # A when= predicate binds like the step: what it reads, the step depends on.
         when_upstream, when_sources[spec.name] = _bind_params(
@@ -405,6 +416,7 @@ def _compile(workflow: Workflow) -> CompiledWorkflow:
             requires=frozenset(specs[up].output for up in deps[spec.name]),
             upstream=frozenset(deps[spec.name]), run_budget=workflow.budget,
             when_sources=when_sources[spec.name], memory=workflow.memory,
+            gathered=gathered_outputs(spec, specs, by_output, {*inputs, *by_output}),
         )
         for spec in specs.values()
     }
@@ -495,6 +507,7 @@ def _version(workflow: Workflow, deps: dict[str, list[str]]) -> str:
          getattr(spec.fn, "__qualname__", ""), code_hash(spec.fn))
         # Only when set, so that the versions of workflows without it do not change.
         + ((str(spec.on_error),) if spec.on_error is not None else ())
+        + ((f"gather={spec.gather}",) if spec.gather is not None else ())
         for spec in workflow._specs.values()
     ]
     return hashlib.sha256(repr(shape).encode()).hexdigest()[:16]

@@ -37,7 +37,7 @@ from orchestration.core.status import StepStatus
 from orchestration.define.step import BoundStep
 from orchestration.errors import StepSignal
 from orchestration.execute.attempts import Delivery, StepCall, describe, run_attempts
-from orchestration.execute.runtime import resolve
+from orchestration.execute.runtime import arguments
 from orchestration.store.repository import AttemptRecord, StepOutcome, Store
 
 MAP_COLLECT_TASK = "orchestration.map_collect"
@@ -93,8 +93,7 @@ def run_chunk(step: BoundStep, message: Any, chunk: dict[str, Any], store: Store
 
     envelope = Envelope.from_message(message)
     spec = step.spec
-    sources = {param: name for param, name in step.sources.items() if param != spec.map}
-    kwargs = resolve(sources, spec.optional_params, envelope, store, spec.where)
+    kwargs = arguments(step, envelope, store, without=spec.map)
     results: list[Any] = []
     ok: list[bool] = []
     errors: list[str] = []

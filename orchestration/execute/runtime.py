@@ -61,7 +61,7 @@ from orchestration.execute.memory import bind_memory
 from orchestration.store.engine import is_unavailable
 from orchestration.store.repository import Claim, RunFinish, StepOutcome, Store
 
-__all__ = ["Delivery", "StartChild", "StartMap", "finalize_run", "run_step"]
+__all__ = ["Delivery", "StartChild", "StartMap", "arguments", "finalize_run", "run_step"]
 
 log = structlog.get_logger("orchestration.execute.runtime")
 NOT_SELECTED = "not selected"
@@ -134,7 +134,7 @@ def _run(step: BoundStep, envelope: Envelope, store: Store, delivery: Delivery, 
          finalize: bool, params: dict[str, Any] | None) -> StepOutcome:
     spec = step.spec
     try:
-        kwargs = resolve(step.sources, spec.optional_params, envelope, store, spec.where)
+        kwargs = arguments(step, envelope, store)
         if spec.when is not None:
             condition = resolve(step.when_sources, frozenset(), envelope, store, spec.where)
             if not spec.when(**condition):
@@ -340,6 +340,22 @@ def apply_outcome(step: BoundStep, envelope: Envelope, status: StepStatus, outpu
         envelope.blocked.add(spec.output)
         if status is StepStatus.FAILED:
             envelope.failed.add(spec.name)
+
+
+def arguments(step: BoundStep, envelope: Envelope, store: Store, *,
+              without: str | None = None) -> dict[str, Any]:
+    """The step's arguments by parameter name (``without``: one left out, a map's list).
+
+    A ``gather=`` parameter receives ``{depends_on name: output}``; a dependency lost
+    without failing the run (non-critical failure, on_error skip, not selected) is None
+    there, as it would be as a parameter of its own.
+    """
+    spec = step.spec
+    sources = {param: name for param, name in step.sources.items() if param != without}
+    kwargs = resolve(sources, spec.optional_params, envelope, store, spec.where)
+    if spec.gather is not None:
+        kwargs[spec.gather] = resolve(step.gathered, frozenset(), envelope, store, spec.where)
+    return kwargs
 
 
 def resolve(sources: dict[str, str], optional: frozenset[str], envelope: Envelope,

@@ -87,7 +87,8 @@ def redacted_upstream(orchestrator: Host, run_id: str, compiled: CompiledWorkflo
         bound = compiled.steps.get(name)
         if bound is None or not to_run(status):
             continue
-        for source in (*bound.sources.values(), *bound.when_sources.values()):
+        for source in (*bound.sources.values(), *bound.when_sources.values(),
+                       *bound.gathered.values()):
             upstream = producer.get(source)
             if upstream in statuses and statuses[upstream].produced_output:
                 read.add(upstream)

@@ -16,7 +16,12 @@ from orchestration.core.status import RunStatus, StepStatus
 from orchestration.define.children import CHILD_DONE_TASK
 from orchestration.execute.attempts import fallback_value
 from orchestration.execute.maps import MAP_COLLECT_TASK, collect, drop_parked
-from orchestration.execute.runtime import StartChild, finalize_run, record_and_pass, resolve
+from orchestration.execute.runtime import (
+    StartChild,
+    arguments,
+    finalize_run,
+    record_and_pass,
+)
 from orchestration.store.repository import StepOutcome
 from orchestration.submit.waits import expire_due_waits
 from orchestration.worker.host import WorkerHost
@@ -116,8 +121,7 @@ def _child_failed(bound: BoundStep, envelope: Envelope, orchestrator: WorkerHost
     message = f"child run {child_run} ended {status}: {error or ''}".strip()
     fallback = bound.spec.fallback
     if fallback is not None:
-        kwargs = resolve(bound.sources, bound.spec.optional_params, envelope,
-                         orchestrator.store, bound.spec.where)
+        kwargs = arguments(bound, envelope, orchestrator.store)
         value, failed = fallback_value(bound, kwargs)
         if failed is not None:
             return StepOutcome(StepStatus.FAILED, error=f"{message}\nfallback failed: {failed}",
