@@ -65,7 +65,7 @@ MODEL_TIMEOUT_S: Final = 5.0
 MODEL_RETRIES: Final = 1
 MODEL_BACKOFF_S: Final = 0.05
 
-# Step name -> (model key, output name). The aggregate's parameters must match the outputs.
+# Step name -> (model key, output name). The aggregate gathers them all by step name.
 MODEL_STEPS: Final[Mapping[str, tuple[str, str]]] = {
     f"model_{key}": (key, f"vote_{key}") for key in MODEL_KEYS
 }
@@ -142,17 +142,14 @@ def _model_step(key: str, step_name: str, fail: bool) -> Callable[..., Vote]:
 
 
 def _aggregate_step(quorum: int) -> Callable[..., dict[str, Any]]:
-    def aggregate(vote_logreg: Vote | None, vote_tree: Vote | None, vote_forest: Vote | None,
-                  vote_boosting: Vote | None, vote_bayes: Vote | None, vote_knn: Vote | None,
-                  vote_isolation: Vote | None) -> dict[str, Any]:
-        """The fraud verdict from whichever models answered (None: that model failed)."""
-        return aggregate_votes({
-            "model_logreg": vote_logreg, "model_tree": vote_tree, "model_forest": vote_forest,
-            "model_boosting": vote_boosting, "model_bayes": vote_bayes, "model_knn": vote_knn,
-            "model_isolation": vote_isolation,
-        }, quorum=quorum)
+    def aggregate_models(results: dict[str, Vote | None]) -> dict[str, Any]:
+        """The fraud verdict from whichever models answered (None: that model failed).
 
-    return aggregate
+        ``results`` is ``{model step: vote}`` of every model step (``gather="results"``).
+        """
+        return aggregate_votes(results, quorum=quorum)
+
+    return aggregate_models
 
 
 def build_workflow(app: Orchestrator | None = None, *, name: str = "fraud_voting",
@@ -170,20 +167,23 @@ def build_workflow(app: Orchestrator | None = None, *, name: str = "fraud_voting
         raise ValueError(f"unknown model step(s) {', '.join(unknown)}; "
                          f"known: {', '.join(MODEL_STEPS)}")
     workflow = Workflow(name, inputs=["transaction"], queue=QUEUE, app=app)
-    for step_name, (key, output) in MODEL_STEPS.items():
+    models = [
         workflow.task(name=step_name, output=output, critical=False, timeout=MODEL_TIMEOUT_S,
                       retries=MODEL_RETRIES, backoff=MODEL_BACKOFF_S, queue=QUEUE)(
             _model_step(key, step_name, step_name in fail_models))
+        for step_name, (key, output) in MODEL_STEPS.items()
+    ]
     # A business rule over the votes: cheap, so it runs with the other rules on `default`.
-    workflow.task(name="aggregate", queue="default", fallback=_no_verdict)(
-        _aggregate_step(quorum))
+    # gather="results": every model's vote arrives as one mapping, keyed by step name.
+    workflow.task(name="aggregate", queue="default", fallback=_no_verdict, depends_on=models,
+                  gather="results")(_aggregate_step(quorum))
     return workflow
 
 
-def _no_verdict(**votes: Vote | None) -> dict[str, Any]:
+def _no_verdict(results: dict[str, Vote | None]) -> dict[str, Any]:
     """If aggregation itself breaks (a malformed vote), a person reviews the transaction."""
     return {"fraud_probability": None, "decision": "review",
-            "models_answered": sum(v is not None for v in votes.values()), "degraded": True,
+            "models_answered": sum(v is not None for v in results.values()), "degraded": True,
             "method": "aggregate_failed", "missing": []}
 
 
