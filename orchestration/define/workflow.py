@@ -170,7 +170,8 @@ class Workflow:
         Options: ``name``, ``output``, ``depends_on``, ``retries``, ``backoff``, ``timeout``,
         ``fallback``, ``critical``, ``queue``, ``model``, ``max_cost``, ``on_error``
         (per-error-kind actions, e.g. ``{"timeout": "retry(3)"}``: see
-        :mod:`orchestration.define.on_error`). Unknown options and bad values raise
+        :mod:`orchestration.define.on_error`), ``gather`` (the parameter that receives
+        ``{name: output}`` of every ``depends_on`` entry). Unknown options and bad values raise
         :class:`WorkflowDefinitionError` here.
         """
         def decorate(function: Callable[..., Any]) -> Step:
