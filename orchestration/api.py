@@ -64,7 +64,7 @@ def list_runs(*, workflow: str | None = None, status: RunStatus | None = None,
 
 
 def emit(name: str, payload: Any = None, event_id: str | None = None, *,
-         orchestrator: Orchestrator | None = None,
+         priority: int | None = None, orchestrator: Orchestrator | None = None,
          app: Orchestrator | None = None) -> list[EventOutcome]:
     """Deliver event ``name`` to the triggers listening to it; one outcome per trigger.
 
@@ -72,12 +72,13 @@ def emit(name: str, payload: Any = None, event_id: str | None = None, *,
     trigger names a ``dedupe`` path), however often the event is emitted; an event no
     trigger matches is recorded ``unmatched``; a payload missing a mapped path is recorded
     ``rejected`` with the path. Without ``event_id`` an id is generated (so only a
-    ``dedupe`` path can tell two emits apart). Raises :class:`InvalidInput` for a bad
-    name, id or payload (nothing recorded) and :class:`SubmitFailed` if the broker
+    ``dedupe`` path can tell two emits apart). ``priority`` (0..9, 9 the most urgent)
+    overrides the triggers' own. Raises :class:`InvalidInput` for a bad
+    name, id, payload or priority (nothing recorded) and :class:`SubmitFailed` if the broker
     refused a run (emitting again is safe).
     """
     return ingest(_chosen(orchestrator, app), name, payload, event_id=event_id,
-                  source="emit")
+                  source="emit", priority=priority)
 
 
 def _chosen(orchestrator: Orchestrator | None, app: Orchestrator | None) -> Orchestrator:

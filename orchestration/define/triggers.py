@@ -25,7 +25,8 @@ from croniter import croniter
 
 from orchestration.core.envelope import dumps
 from orchestration.core.names import identifier, workflow_name
-from orchestration.errors import WorkflowDefinitionError
+from orchestration.core.priority import DEFAULT, check_priority
+from orchestration.errors import InvalidInput, WorkflowDefinitionError
 
 Overlap = Literal["skip", "allow", "queue"]
 OVERLAP_POLICIES: tuple[str, ...] = ("skip", "allow", "queue")
@@ -108,7 +109,7 @@ class Trigger:
     each must equal (all must, else the event does not match this trigger); ``dedupe`` is
     the payload path of the key that makes two deliveries one event (None: the event id).
     One key starts at most one run of this trigger, whatever the source and however many
-    times it is delivered.
+    times it is delivered. ``priority``: the runs' (0 normal .. 9 most urgent).
     """
 
     name: str
@@ -118,6 +119,7 @@ class Trigger:
     constants: Mapping[str, Any] = field(default_factory=dict)
     filter: Mapping[PayloadPath, Any] = field(default_factory=dict)
     dedupe: PayloadPath | None = None
+    priority: int = DEFAULT
 
     def matches(self, payload: Any) -> bool:
         """True when every ``filter`` path holds its value (a missing path: no match)."""
@@ -164,7 +166,8 @@ class Schedule:
 def make_trigger(name: object, *, event: object, workflow: object,
                  inputs: Mapping[str, Any] | None = None,
                  filter: Mapping[str, Any] | None = None,
-                 dedupe: object = None, where: str | None = None) -> Trigger:
+                 dedupe: object = None, priority: object = None,
+                 where: str | None = None) -> Trigger:
     """A checked :class:`Trigger`; values of ``inputs`` starting with ``$`` are paths."""
     where = where or f"trigger {name!r}"
     trigger_name = identifier(name, "trigger name", where)
@@ -181,11 +184,16 @@ def make_trigger(name: object, *, event: object, workflow: object,
     for path, expected in (filter or {}).items():
         _check_json(expected, f"{where}, filter {path!r}")
         conditions[parse_path(path, f"{where}, filter")] = expected
+    try:
+        level = check_priority(priority, where)
+    except InvalidInput as exc:
+        raise WorkflowDefinitionError(str(exc)) from None
     return Trigger(
         name=trigger_name, event=event_name(event, f"{where}, event"),
         workflow=workflow_name(workflow), inputs=paths, constants=constants,
         filter=conditions,
-        dedupe=None if dedupe is None else parse_path(dedupe, f"{where}, dedupe"))
+        dedupe=None if dedupe is None else parse_path(dedupe, f"{where}, dedupe"),
+        priority=level)
 
 
 def make_schedule(name: object, *, cron: object, workflow: object,

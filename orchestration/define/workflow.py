@@ -202,19 +202,20 @@ class Workflow:
 
     def on_event(self, event: str, *, inputs: Mapping[str, Any] | None = None,
                  filter: Mapping[str, Any] | None = None, dedupe: str | None = None,
-                 name: str | None = None) -> Trigger:
+                 name: str | None = None, priority: int | None = None) -> Trigger:
         """Start a run of this workflow when event ``event`` is received.
 
         ``inputs`` maps run inputs to payload paths (``{"text": "$.ticket.description"}``)
         or to constants; ``filter`` maps payload paths to the value each must equal;
         ``dedupe`` is the payload path of the key that makes two deliveries one event
         (default: the event id). ``name`` (default ``<workflow>_on_<event>``) is unique
-        among the deployment's triggers and schedules. Mapped inputs are checked against
-        the workflow's inputs by :meth:`validate`.
+        among the deployment's triggers and schedules; ``priority`` is its runs' (as for
+        :meth:`submit`). Mapped inputs are checked against the workflow's inputs by
+        :meth:`validate`.
         """
         trigger_name = name if name is not None else default_name(self.name, "on", event)
         trigger = make_trigger(trigger_name, event=event, workflow=self.name, inputs=inputs,
-                               filter=filter, dedupe=dedupe,
+                               filter=filter, dedupe=dedupe, priority=priority,
                                where=f"workflow {self.name!r}, trigger {trigger_name!r}")
         given = set(trigger.inputs) | set(trigger.constants)
         check_mapped(self.name, "trigger", trigger.name, given, self.declared_inputs,

@@ -27,6 +27,7 @@ import structlog
 from orchestration.core.clock import utcnow
 from orchestration.core.envelope import dumps
 from orchestration.core.names import MAX_NAME
+from orchestration.core.priority import check_priority
 from orchestration.core.redaction import Redactor
 from orchestration.define.triggers import PathNotFound, Trigger, event_name
 from orchestration.define.workflow import Host
@@ -50,15 +51,18 @@ class Event:
 
 
 def ingest(host: Host, name: str, payload: Any, *, event_id: str | None = None,
-           source: str = "emit") -> list[EventOutcome]:
+           source: str = "emit", priority: int | None = None) -> list[EventOutcome]:
     """Start the runs of every trigger listening to ``name``; one outcome per trigger.
 
     ``event_id`` identifies the event across deliveries (without one, an id is generated
-    and the event can only be deduplicated by a trigger's ``dedupe`` path). Raises
+    and the event can only be deduplicated by a trigger's ``dedupe`` path). ``priority``
+    overrides the triggers' own for the runs this event starts. Raises
     :class:`InvalidInput` for a bad name, id or payload (nothing recorded); infrastructure
     errors propagate after recording what was already done.
     """
     event = check_event(name, payload, event_id, source)
+    if priority is not None:
+        check_priority(priority, f"event {event.name!r}")
     size, limit = len(dumps(payload).encode()), host.settings.max_input_bytes
     if size > limit:
         raise InvalidInput(f"event {event.name!r}: the payload is {size} bytes of JSON, over "
@@ -76,13 +80,14 @@ def ingest(host: Host, name: str, payload: Any, *, event_id: str | None = None,
     outcomes = []
     try:
         for trigger in matching:
-            outcomes.append(start(host, trigger, event))
+            outcomes.append(start(host, trigger, event, priority))
     finally:
         record(host, event, outcomes)
     return outcomes
 
 
-def start(host: Host, trigger: Trigger, event: Event) -> EventOutcome:
+def start(host: Host, trigger: Trigger, event: Event,
+          priority: int | None = None) -> EventOutcome:
     """Start ``trigger``'s run for ``event`` once per dedupe key; its outcome (not recorded)."""
     workflow = host.workflows.get(trigger.workflow)
     if workflow is None:
@@ -96,7 +101,8 @@ def start(host: Host, trigger: Trigger, event: Event) -> EventOutcome:
     except PathNotFound as exc:
         return _rejected(trigger, event, f"{exc} (the dedupe key)")
     try:
-        handle = host.submit(workflow, inputs, idempotency_key=key)
+        handle = host.submit(workflow, inputs, idempotency_key=key,
+                             priority=trigger.priority if priority is None else priority)
     except (InvalidInput, WorkflowDefinitionError) as exc:
         return _rejected(trigger, event, str(exc))
     outcome = Outcome.DUPLICATE if handle.existing else Outcome.STARTED

@@ -376,7 +376,8 @@ def _starters(workflow: Workflow, doc: dict[str, Any], source: Source, plan: Pla
         at = pointer("triggers", name)
         try:
             workflow.on_event(raw["event"], inputs=raw.get("inputs"), filter=raw.get("filter"),
-                              dedupe=raw.get("dedupe"), name=name)
+                              dedupe=raw.get("dedupe"), name=name,
+                              priority=raw.get("priority"))
         except OrchestrationError as exc:
             plan.problems.append(source.problem(at, str(exc)))
         action = raw.get("action")

@@ -8,6 +8,7 @@ delivery, but publishes the property like the others).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,10 +18,19 @@ from celery import signals
 from celery.canvas import Signature, _chain, _chord, group
 from sqlalchemy import text
 
-from orchestration import InvalidInput, StepContext, Workflow
+from orchestration import (
+    InvalidInput,
+    PipelineError,
+    StepContext,
+    Workflow,
+    WorkflowDefinitionError,
+    emit,
+    load_pipeline,
+)
 from orchestration.app import Orchestrator
 from orchestration.core.priority import check_priority, message_priority
 from orchestration.core.settings import Settings
+from orchestration.define.triggers import make_trigger
 from orchestration.submit.submission import canvas as run_canvas
 from orchestration.testing import embedded_orchestrator
 from orchestration.worker.celery_config import celery_config
@@ -183,3 +193,57 @@ def test_maps_and_child_runs_inherit_the_run_priority(
                              if name.startswith(("prio_", "orchestration.map"))]
         assert len(workflow_messages) > 4  # the chunks, the collect, the steps, the child
         assert {pri for _, pri in workflow_messages} == {7}, workflow_messages
+
+
+# -- triggers, emit and pipeline files ---------------------------------------------------------
+
+
+def test_a_trigger_priority_is_checked_when_declared(tmp_path: Path) -> None:
+    assert make_trigger("t", event="e", workflow="w").priority == 0
+    assert make_trigger("t", event="e", workflow="w", priority=6).priority == 6
+    with pytest.raises(WorkflowDefinitionError, match=r"trigger 't': priority must be an int"):
+        make_trigger("t", event="e", workflow="w", priority=10)
+
+
+def test_triggers_start_runs_at_their_priority_and_emit_overrides_it(
+        tmp_path: Path, priorities: list[tuple[str, Any, Any]]) -> None:
+    with embedded_orchestrator(tmp_path) as app:
+        wf = Workflow("prio_events", inputs=["n"], app=app)
+
+        @wf.task
+        def echo(n: int) -> int:
+            return n
+
+        wf.on_event("prio.created", inputs={"n": "$.n"}, priority=8)
+
+        def run_priority(n: int) -> Any:
+            return [pri for name, kwargs, pri in priorities
+                    if name == "prio_events.echo" and kwargs.get("run_id") == run_of[n]]
+
+        run_of: dict[int, str] = {}
+        for n, given in ((1, None), (2, 3)):
+            [outcome] = emit("prio.created", {"n": n}, event_id=f"e-{n}", priority=given,
+                             orchestrator=app)
+            assert outcome.run_id is not None
+            run_of[n] = outcome.run_id
+        assert run_priority(1) == [8]
+        assert run_priority(2) == [3]
+        with pytest.raises(InvalidInput, match=r"event 'prio.created': priority must be"):
+            emit("prio.created", {"n": 3}, event_id="e-3", priority=11, orchestrator=app)
+        assert len(app.store.list_runs(workflow="prio_events", limit=10)) == 2
+
+
+def test_a_pipeline_trigger_has_a_priority(tmp_path: Path) -> None:
+    def document(priority: object) -> Path:
+        path = tmp_path / f"p{priority}.json"
+        path.write_text(json.dumps({
+            "pipeline": f"prio_pipeline_{priority}", "inputs": ["text"],
+            "steps": {"answer": {"model": "gpt-4o-mini", "prompt": "{{ text }}"}},
+            "triggers": {"urgent": {"event": "prio.file", "inputs": {"text": "$.text"},
+                                    "priority": priority}}}))
+        return path
+
+    with embedded_orchestrator(tmp_path) as app:
+        assert load_pipeline(document(7), orchestrator=app).triggers[0].priority == 7
+        with pytest.raises(PipelineError, match=r"priority"):
+            load_pipeline(document(12), orchestrator=app)
