@@ -55,6 +55,8 @@ class RunRow(Base):
     created_at: Mapped[datetime] = mapped_column(Timestamp, index=True)
     started_at: Mapped[datetime | None] = mapped_column(Timestamp)
     finished_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    # 0 (normal) .. 9 (most urgent): a re-dispatch sends the run at it again.
+    priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class StepRow(Base):

@@ -221,6 +221,7 @@ class Store(StoreReads):
         idempotency_key: str | None = None,
         parent_run_id: str | None = None,
         redacted: Sequence[str] = (),
+        priority: int = 0,
     ) -> str:
         """Write the run row and its pending step rows; returns the run id.
 
@@ -238,6 +239,7 @@ class Store(StoreReads):
                         "status": RunStatus.PENDING.value, "inputs": inputs,
                         "idempotency_key": idempotency_key, "parent_run_id": parent_run_id,
                         "cost_usd": 0.0, "created_at": now, "redacted_inputs": list(redacted),
+                        "priority": priority,
                     }],
                 )
                 conn.execute(
@@ -261,7 +263,8 @@ class Store(StoreReads):
     def create_runs(self, workflow: str, version: str,
                     runs: Sequence[tuple[str, dict[str, Any]]],
                     steps: Sequence[PlannedStep],
-                    redacted: Mapping[str, Sequence[str]] | None = None) -> None:
+                    redacted: Mapping[str, Sequence[str]] | None = None,
+                    priority: int = 0) -> None:
         """Write many runs of one workflow (and their step rows) in one transaction.
 
         ``redacted``: by run id, inputs whose stored copy redaction changed.
@@ -273,13 +276,20 @@ class Store(StoreReads):
             conn.execute(insert(RunRow), [{
                 "id": run_id, "workflow": workflow, "workflow_version": version,
                 "status": RunStatus.PENDING.value, "inputs": inputs, "cost_usd": 0.0,
-                "created_at": now, "redacted_inputs": list(changed.get(run_id, ()))}
+                "created_at": now, "redacted_inputs": list(changed.get(run_id, ())),
+                "priority": priority}
                 for run_id, inputs in runs])
             conn.execute(insert(StepRow), [{
                 "run_id": run_id, "name": step.name, "output_name": step.output_name,
                 "status": StepStatus.PENDING.value, "queue": step.queue, "model": step.model,
                 "critical": step.critical, "attempts": 0, "deliveries": 0, "cost_usd": 0.0,
             } for run_id, _ in runs for step in steps])
+
+    def priority_of(self, run_id: str) -> int:
+        """The priority run ``run_id`` was submitted with (0 if there is no such run)."""
+        with self._reader.connect() as conn:
+            found = conn.execute(select(RunRow.priority).where(RunRow.id == run_id)).scalar()
+            return int(found or 0)
 
     def inputs_of(self, run_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """Inputs of several runs by id."""

@@ -41,7 +41,8 @@ def submit(host: Host, workflow: Workflow, inputs: dict[str, Any], *,
     signature = canvas(host, workflow, run_id, encoded, stored=stored, priority=priority)
     stored_id = store.create_run(run_id, workflow.name, compiled.version, stored,
                                  planned(compiled), idempotency_key=idempotency_key,
-                                 redacted=sorted(changed_by_redaction(encoded, stored)))
+                                 redacted=sorted(changed_by_redaction(encoded, stored)),
+                                 priority=priority)
     if stored_id != run_id:
         return RunHandle(stored_id, store, existing=True)
     _send(host, workflow, [run_id], signature.apply_async)
@@ -70,7 +71,7 @@ def submit_many(host: Host, workflow: Workflow, batch: Iterable[Mapping[str, Any
     changed = {run_id: sorted(changed_by_redaction(inputs, stored[run_id]))
                for run_id, inputs in runs}
     store.create_runs(workflow.name, compiled.version, list(stored.items()),
-                      planned(compiled), redacted=changed)
+                      planned(compiled), redacted=changed, priority=priority)
     # A deferred run's canvas is built from its stored inputs: only runs whose stored
     # copy is exact can be deferred; the others are sent from here.
     direct = [(run_id, inputs) for run_id, inputs in runs
@@ -94,8 +95,12 @@ def submit_many(host: Host, workflow: Workflow, batch: Iterable[Mapping[str, Any
 
 def dispatch(host: Host, workflow: Workflow, run_id: str, inputs: dict[str, Any], *,
              stored: Any = None) -> None:
-    """Enqueue the run's canvas (steps already terminal in the DB will not re-run)."""
-    canvas(host, workflow, run_id, inputs, stored=stored).apply_async()
+    """Enqueue the run's canvas (steps already terminal in the DB will not re-run).
+
+    At the run's own priority (as stored when it was submitted).
+    """
+    canvas(host, workflow, run_id, inputs, stored=stored,
+           priority=host.store.priority_of(run_id)).apply_async()
 
 
 def canvas(host: Host, workflow: Workflow, run_id: str, inputs: dict[str, Any], *,

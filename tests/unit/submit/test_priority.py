@@ -247,3 +247,27 @@ def test_a_pipeline_trigger_has_a_priority(tmp_path: Path) -> None:
         assert load_pipeline(document(7), orchestrator=app).triggers[0].priority == 7
         with pytest.raises(PipelineError, match=r"priority"):
             load_pipeline(document(12), orchestrator=app)
+
+
+def test_a_run_sent_again_keeps_its_priority(
+        tmp_path: Path, priorities: list[tuple[str, Any, Any]]) -> None:
+    """The reconciler, resume and the dead-worker sweep send a run with dispatch()."""
+    with embedded_orchestrator(tmp_path) as app:
+        wf = Workflow("prio_again", inputs=["x"], app=app)
+
+        @wf.task
+        def once(x: int) -> int:
+            return x
+
+        urgent = wf.submit(x=1, priority=6)
+        [batched] = wf.submit_many([{"x": 2}], priority=4)
+        for handle in (urgent, batched):
+            handle.wait(timeout=30)
+        assert app.store.priority_of(urgent.run_id) == 6
+        assert app.store.priority_of(batched.run_id) == 4
+        priorities.clear()
+        app.dispatch(wf, urgent.run_id, {"x": 1})
+        app.dispatch(wf, batched.run_id, {"x": 2})
+        sent = {kwargs.get("run_id"): pri for name, kwargs, pri in priorities
+                if name == "prio_again.once"}
+        assert sent == {urgent.run_id: 6, batched.run_id: 4}
