@@ -136,14 +136,20 @@ def _broker_priority(host: Host, priority: int | None) -> int:
 
 def create_child(host: Host, workflow: Workflow, parent_run: str, parent_step: str,
                  inputs: dict[str, Any]) -> str:
-    """Write a child run of ``parent_run`` (once per parent step); returns its id."""
+    """Write a child run of ``parent_run`` (once per parent step); returns its id.
+
+    The child has its parent's priority (read from the message the parent step runs in).
+    """
     compiled = workflow.validate()
     stored = workflow.redactor(inputs)
+    sent = _broker_priority(host, None)
     return host.store.create_run(
         str(uuid.uuid4()), workflow.name, compiled.version, stored, planned(compiled),
         parent_run_id=parent_run,
         idempotency_key=child_idempotency_key(parent_run, parent_step),
-        redacted=sorted(changed_by_redaction(inputs, stored)))
+        redacted=sorted(changed_by_redaction(inputs, stored)),
+        # The mapping is its own inverse (9 - p, or p): the run's priority from the message's.
+        priority=message_priority(sent, host.settings.broker_url))
 
 
 def planned(compiled: CompiledWorkflow) -> list[PlannedStep]:

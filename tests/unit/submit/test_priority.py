@@ -185,6 +185,8 @@ def test_maps_and_child_runs_inherit_the_run_priority(
         urgent = parent.submit(items=[1, 2, 3], priority=7)
         result = urgent.wait(timeout=30)
         assert result.outputs["spawn"] == {"double": 28}
+        [child_run] = app.store.list_runs(workflow="prio_child", limit=5)
+        assert app.store.priority_of(child_run.run_id) == 7  # sent again at it, too
         wait_until(lambda: any(name.startswith("prio_child.") for name, _, _ in priorities),
                    timeout=10, what="the child run's message")
         names = {name for name, _, _ in priorities}
