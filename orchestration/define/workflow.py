@@ -11,18 +11,17 @@ from typing import Any, Protocol, overload
 
 import structlog
 
-from orchestration.core.envelope import check_json, dumps
-from orchestration.core.names import identifier, queue_name, workflow_name
+from orchestration.core.names import queue_name, workflow_name
 from orchestration.core.redaction import Redactor
 from orchestration.core.results import RunHandle, RunResult
 from orchestration.core.settings import Settings
 from orchestration.define.fingerprint import code_hash, stable
 from orchestration.define.graph import Decomposition, decompose, find_cycle
 from orchestration.define.host import default_host
+from orchestration.define.inputs import RESERVED_INPUTS, check_run_inputs, declared_inputs
 from orchestration.define.memory import Memory, as_memory
 from orchestration.define.policies import check_plain_function
 from orchestration.define.step import (
-    CTX_PARAM,
     BoundStep,
     Step,
     StepSpec,
@@ -39,10 +38,9 @@ from orchestration.define.triggers import (
     make_trigger,
 )
 from orchestration.define.vocabulary import check_workflow_options
-from orchestration.errors import InvalidInput, WorkflowDefinitionError
+from orchestration.errors import WorkflowDefinitionError
 from orchestration.store.repository import Store
 
-RESERVED_INPUTS = frozenset({"idempotency_key", CTX_PARAM})
 log = structlog.get_logger("orchestration.define.workflow")
 
 
@@ -139,7 +137,7 @@ class Workflow:
         if redact is not None:
             check_plain_function(redact, "its redact hook", f"workflow {name!r}")
         self.redact = redact
-        self.declared_inputs = _declared_inputs(name, inputs)
+        self.declared_inputs = declared_inputs(name, inputs)
         self.memory = as_memory(memory, name)
         if self.memory is not None:
             self.memory.check_declared(name, self.declared_inputs)
@@ -336,35 +334,9 @@ class Workflow:
 
     def check_inputs(self, compiled: CompiledWorkflow, inputs: dict[str, Any]) -> dict[str, Any]:
         """The inputs, checked (required present, declared, JSON); InvalidInput if not."""
-        for key in inputs:
-            if not isinstance(key, str):
-                raise InvalidInput(f"workflow {self.name!r}: input names are strings, "
-                                   f"got {key!r}")
-        reserved = sorted(set(inputs) & RESERVED_INPUTS)
-        if reserved:
-            raise InvalidInput(f"workflow {self.name!r}: {reserved[0]!r} is reserved, not an "
-                               "input (idempotency_key is an argument of submit())")
-        missing = sorted(compiled.required_inputs - set(inputs))
-        if missing:
-            raise InvalidInput(f"workflow {self.name!r}: missing input(s) {', '.join(missing)}")
-        if self.declared_inputs is not None:
-            unknown = sorted(set(inputs) - self.declared_inputs)
-            if unknown:
-                raise InvalidInput(f"workflow {self.name!r}: unknown input(s) {', '.join(unknown)}"
-                                   f" (declared: {', '.join(sorted(self.declared_inputs))})")
-        limit = self.orchestrator.settings.max_input_bytes
-        for key, value in inputs.items():
-            try:
-                check_json(value)
-                size = len(dumps(value).encode())
-            except (TypeError, ValueError) as exc:
-                raise InvalidInput(
-                    f"workflow {self.name!r}: input {key!r} is not JSON-serialisable "
-                    f"({type(value).__name__}): {exc}"
-                ) from None
-            if size > limit:
-                raise InvalidInput(f"workflow {self.name!r}: input {key!r} is {size} bytes of "
-                                   f"JSON, over the limit of {limit} (ORCH_MAX_INPUT_BYTES)")
+        check_run_inputs(self.name, inputs, required=compiled.required_inputs,
+                         declared=self.declared_inputs,
+                         limit=self.orchestrator.settings.max_input_bytes)
         if self.memory is not None:
             self.memory.conversation(self.name, inputs)
         return dict(inputs)
@@ -373,22 +345,12 @@ class Workflow:
         return f"<Workflow {self.name} ({len(self._specs)} steps)>"
 
 
-def _declared_inputs(name: str, inputs: object) -> frozenset[str] | None:
-    if inputs is None:
-        return None
-    # A bare string would be taken letter by letter: inputs="text" declares t, e, x.
-    if isinstance(inputs, str) or not isinstance(inputs, list | tuple | set | frozenset):
-        raise WorkflowDefinitionError(f"workflow {name!r}: inputs must be a list of names, "
-                                      f"got {inputs!r}")
-    return frozenset(identifier(item, "input name", f"workflow {name!r}") for item in inputs)
-
-
 def _compile(workflow: Workflow) -> CompiledWorkflow:
     specs = workflow._specs
     if not specs:
         raise WorkflowDefinitionError(f"workflow {workflow.name!r} has no steps")
     by_output = {spec.output: spec for spec in specs.values()}
-    _check_declared_inputs(workflow, by_output)
+    _checkdeclared_inputs(workflow, by_output)
     deps: dict[str, list[str]] = {}
     sources: dict[str, dict[str, str]] = {}
     inputs: set[str] = set(workflow.declared_inputs or ())
@@ -440,7 +402,7 @@ def _check_unique_name(workflow: Workflow, name: str, what: str) -> None:
                     f"{kind} of workflow {other.name!r}; pass name= to tell them apart")
 
 
-def _check_declared_inputs(workflow: Workflow, by_output: Mapping[str, StepSpec]) -> None:
+def _checkdeclared_inputs(workflow: Workflow, by_output: Mapping[str, StepSpec]) -> None:
     declared = workflow.declared_inputs
     if declared is None:
         return
