@@ -30,6 +30,8 @@ STEP_SPELLINGS: Final[Mapping[str, str]] = {
                    "run's list element by element)"),
     "max_parallel": (f"a fleet-wide limit of a step's executions is {NOT_BUILT} "
                      "(concurrency= runs a map step's elements at once in one task)"),
+    "concurrency_key": (f"partitioning a fleet-wide limit per key (tenant) is {NOT_BUILT} "
+                        "(concurrency= runs a map step's elements at once in one task)"),
     "upstream": f"{_HERE} gather (gather='results': every depends_on output as one mapping)",
 }
 

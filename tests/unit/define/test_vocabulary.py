@@ -156,6 +156,17 @@ def test_batch_size_says_batching_is_not_built_rather_than_chunk_size(
     assert "chunk_size" not in str(raised.value)
 
 
+@pytest.mark.skipif("concurrency_key" in STEP_OPTIONS, reason="concurrency keys have landed")
+def test_concurrency_key_is_not_mistaken_for_the_map_option(
+        orchestrator: Orchestrator) -> None:
+    wf = Workflow("keyed", app=orchestrator)
+    with pytest.raises(WorkflowDefinitionError,
+                       match="unknown option 'concurrency_key': partitioning a fleet-wide "
+                             "limit per key") as raised:
+        _declare(wf, concurrency_key="tenant_id")
+    assert "did you mean" not in str(raised.value)
+
+
 def test_a_typo_is_still_suggested(orchestrator: Orchestrator) -> None:
     wf = Workflow("typo2", app=orchestrator)
     with pytest.raises(WorkflowDefinitionError, match=r"did you mean 'timeout'\?"):
