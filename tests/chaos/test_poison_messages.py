@@ -30,6 +30,7 @@ from sqlalchemy import Engine
 from tests.chaos.harness import chaos_env, log, replace_dead, run_cli, submit
 from tests.chaos.verdict import analyse, dump_evidence, install_audit, terminal_count, wait_for
 from tests.chaos.workflows import POISON_QUEUE, STEPS, queues
+from tests.support.services import queue_lists
 from tests.support.workers import Workers
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(300)]
@@ -77,7 +78,8 @@ def publish_poison(broker_url: str) -> dict[str, str]:
 def _still_held(client: redis.Redis, ids: dict[str, str]) -> list[str]:
     """Poison messages still queued or unacknowledged in the broker."""
     held = []
-    raw = [item for queue in QUEUES for item in client.lrange(queue, 0, -1)]
+    raw = [item for queue in QUEUES for name in queue_lists(queue)
+           for item in client.lrange(name, 0, -1)]
     raw += list(client.hvals("unacked"))
     for item in raw:
         text = item.decode(errors="replace")

@@ -39,6 +39,7 @@ from tests.integration.support.helpers import statuses, wait_until
 from tests.integration.support.workflows import durability as dw
 from tests.integration.support.workflows.common import calls, counter_key
 from tests.support.processes import ROOT, child_env, orchestrate
+from tests.support.services import waiting_messages
 from tests.support.workers import Worker, Workers
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.workers]
@@ -418,7 +419,7 @@ def test_malformed_step_message_is_rejected_and_the_worker_stays_up(
     wait_until(rejected, timeout=20, what="the worker to reject the malformed message")
     _assert_serves(own_worker, "after-malformed")
     # Rejected for good: not re-queued, not delivered again.
-    assert redis_service.llen(dw.OWN_QUEUE) == 0
+    assert waiting_messages(redis_service, dw.OWN_QUEUE) == 0
     log = worker.log_path.read_text(errors="replace")
     assert sum(bad.id in line and "malformed step message rejected" in line
                for line in log.splitlines()) == 1

@@ -37,6 +37,7 @@ from tests.integration.support.helpers import backdate_run, statuses, wait_until
 from tests.integration.support.workflows import exact_delivery as sw
 from tests.integration.support.workflows.common import calls
 from tests.support.processes import child_env, orchestrate
+from tests.support.services import waiting_messages
 from tests.support.workers import Workers
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres]
@@ -123,7 +124,7 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 def _lose_messages(client: redis.Redis, queue: str, expected: int) -> None:
     """Wait for ``expected`` messages on ``queue``, then drop them (a broker that lost them)."""
-    wait_until(lambda: int(client.llen(queue)) == expected, timeout=20,
+    wait_until(lambda: waiting_messages(client, queue) == expected, timeout=20,
                what=f"{expected} message(s) on {queue}")
     with default_orchestrator().celery.connection_for_write() as conn:
         assert conn.default_channel.queue_purge(queue) == expected
@@ -300,7 +301,7 @@ def test_reconciler_fails_a_run_with_nested_secrets_naming_them_and_resume_compl
     run = get_run(run_id)
     assert run.status is RunStatus.FAILED and run.error_type == "Unrecoverable", run.error
     assert "creds (at creds.password)" in (run.error or "") and "note" in (run.error or "")
-    assert int(redis_service.llen(sw.LOST_QUEUE)) == 0
+    assert waiting_messages(redis_service, sw.LOST_QUEUE) == 0
     assert calls(run_id, "use_creds") == 0
 
     # Given again, the run completes with what was submitted.

@@ -40,6 +40,7 @@ from tests.integration.support.workflows.liveness import (
     started_key,
 )
 from tests.support.own_postgres import OwnPostgres, own_postgres
+from tests.support.services import queue_lists, waiting_messages
 from tests.support.workers import Worker, Workers
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.workers]
@@ -211,13 +212,8 @@ def test_cancelled_runs_step_is_not_run_again_after_its_worker_died(
 STALE_S = 12 * 3600.0  # only runs this test moved a day back are stale
 
 
-def _lists(queue: str) -> list[str]:
-    """The Redis lists of a queue: one per run priority (core/priority.py)."""
-    return [queue, *(f"{queue}:{level}" for level in range(1, 10))]
-
-
 def _waiting(client: Any, queue: str) -> int:
-    return sum(int(client.llen(name)) for name in _lists(queue))
+    return waiting_messages(client, queue)
 
 
 def test_a_backlog_that_no_live_worker_consumes_is_no_progress(redis_service: Any) -> None:
@@ -237,5 +233,5 @@ def test_a_backlog_that_no_live_worker_consumes_is_no_progress(redis_service: An
         assert run_id not in reconcile(idle_seconds=STALE_S).redispatched
     finally:
         store.workers.stopped(consumer.instance, utcnow())
-        redis_service.delete(*_lists(BACKLOG_QUEUE))
+        redis_service.delete(*queue_lists(BACKLOG_QUEUE))
         cancel(run_id)

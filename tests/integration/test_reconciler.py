@@ -31,6 +31,7 @@ from tests.integration.support.helpers import statuses, wait_for_step, wait_unti
 from tests.integration.support.workflows import reconcile as rw
 from tests.integration.support.workflows.common import calls
 from tests.support.processes import ROOT
+from tests.support.services import waiting_messages
 from tests.support.workers import Workers
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.workers]
@@ -42,7 +43,7 @@ BEAT_INTERVAL_S = 60.0  # config/celery.py: a pass every minute
 
 
 def _queued(client: redis.Redis, queue: str) -> int:
-    return int(client.llen(queue))
+    return waiting_messages(client, queue)
 
 
 def _lose_messages(client: redis.Redis, queue: str, expected: int) -> None:

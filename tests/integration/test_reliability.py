@@ -35,6 +35,7 @@ from tests.integration.support.workflows.reliability import (
     FLOWS,
     REL_QUEUES,
 )
+from tests.support.services import waiting_messages
 from tests.support.workers import Worker, Workers
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.workers]
@@ -109,7 +110,7 @@ def test_malformed_messages_are_rejected_and_the_worker_serves_on(
     rejected = _rejections(worker)
     assert {task_id: rejected.get(task_id) for task_id in sent} == dict.fromkeys(sent, 1)
     assert rejected.get("None", 0) >= 2  # the two without an id
-    assert redis_service.llen(queue) == 0  # rejected for good, not re-queued
+    assert waiting_messages(redis_service, queue) == 0  # rejected for good, not re-queued
     log = worker.log_path.read_text(errors="replace")
     assert "Unrecoverable error" not in log
     assert "Trying to re-establish the connection" not in log

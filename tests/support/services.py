@@ -172,3 +172,14 @@ def delete_keys(pattern: str, url: str = UNIT_REDIS_URL) -> None:
         pass
     finally:
         client.close()
+
+
+def queue_lists(queue: str) -> list[str]:
+    """The Redis lists holding one queue's messages: one per priority level (kombu's
+    ``priority_steps``; see orchestration/core/priority.py). A normal run's are in ``:9``."""
+    return [queue, *(f"{queue}:{level}" for level in range(1, 10))]
+
+
+def waiting_messages(client: redis.Redis, queue: str) -> int:
+    """Messages waiting in ``queue`` on the Redis broker, every priority level counted."""
+    return sum(int(client.llen(name)) for name in queue_lists(queue))
