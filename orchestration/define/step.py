@@ -23,6 +23,7 @@ from orchestration.define.policies import (
     as_timeout,
     check_plain_function,
 )
+from orchestration.define.throughput import Limit, as_limit, batch_options
 from orchestration.define.vocabulary import STEP_SPELLINGS, spelled_here
 from orchestration.errors import WorkflowDefinitionError
 
@@ -34,6 +35,7 @@ STEP_OPTIONS = frozenset(
         "name", "output", "depends_on", "retries", "backoff", "timeout", "fallback",
         "critical", "queue", "model", "max_cost", "gate", "on_retry", "map", "min_success",
         "chunk_size", "when", "cache", "concurrency", "on_error", "gather",
+        "max_parallel", "concurrency_key", "batch_size", "batch_wait",
     }
 )
 
@@ -70,6 +72,9 @@ class StepSpec:
     on_error: ErrorPolicy | None = None  # per-error-kind actions (see define/on_error.py)
     # The parameter that receives {depends_on name: output} of every depends_on entry.
     gather: str | None = None
+    limit: Limit | None = None  # max_parallel/concurrency_key: executions at once, fleet-wide
+    batch_size: int | None = None  # elements from different runs per call (lists in, list out)
+    batch_wait: float = 0.0  # seconds a partly filled batch waits for more elements
 
     def required_successes(self, total: int) -> int:
         """How many elements of a map of ``total`` must succeed (all, unless min_success)."""
@@ -206,6 +211,8 @@ def build_spec(workflow: str, fn: Callable[..., Any], options: dict[str, Any]) -
         cache=_cache_option(options, where),
         on_error=as_on_error(options.get("on_error"), where,
                              is_map=options.get("map") is not None),
+        limit=as_limit(options.get("max_parallel"), options.get("concurrency_key"), where),
+        **batch_options(options, where),
         **_map_options(options, params, where),
         **_when_option(options, where),
     )

@@ -26,18 +26,10 @@ STEP_SPELLINGS: Final[Mapping[str, str]] = {
     "cost_tracker": (f"{_HERE} max_cost (a USD cap per step); a step reports its own spend "
                      "with ctx.record_cost(usd), which counts toward max_cost and the run's "
                      "budget"),
-    "batch_size": (f"batching calls across runs is {NOT_BUILT} (a map step, map=, runs one "
-                   "run's list element by element)"),
-    "max_parallel": (f"a fleet-wide limit of a step's executions is {NOT_BUILT} "
-                     "(concurrency= runs a map step's elements at once in one task)"),
-    "concurrency_key": (f"partitioning a fleet-wide limit per key (tenant) is {NOT_BUILT} "
-                        "(concurrency= runs a map step's elements at once in one task)"),
     "upstream": f"{_HERE} gather (gather='results': every depends_on output as one mapping)",
 }
 
 WORKFLOW_SPELLINGS: Final[Mapping[str, str]] = {
-    "max_parallel": (f"a fleet-wide limit of a workflow's runs is {NOT_BUILT}; today each "
-                     "worker's --concurrency bounds what it runs at once"),
     "cost_tracker": (f"{_HERE} budget (a USD cap per run); steps take max_cost, and a step "
                      "reports its own spend with ctx.record_cost(usd)"),
     "timeout_seconds": f"{_HERE} timeout, an option of each step (@wf.task(timeout=30))",

@@ -28,6 +28,7 @@ from orchestration.define.step import (
     build_spec,
     gathered_outputs,
 )
+from orchestration.define.throughput import as_limit, check_step_key
 from orchestration.define.triggers import (
     Schedule,
     Trigger,
@@ -116,10 +117,12 @@ class Workflow:
                  inputs: list[str] | None = None, budget: float | None = None,
                  redact: Callable[[Any], Any] | None = None,
                  orchestrator: Host | None = None, app: Host | None = None,
-                 memory: Memory | None = None, **unknown: Any) -> None:
+                 memory: Memory | None = None, max_parallel: int | None = None,
+                 concurrency_key: str | None = None, **unknown: Any) -> None:
         workflow_name(name)
         check_workflow_options(name, unknown, ("queue", "inputs", "budget", "redact",
-                                               "orchestrator", "memory"))
+                                               "orchestrator", "memory", "max_parallel",
+                                               "concurrency_key"))
         if queue is not None:
             queue_name(queue, "queue", f"workflow {name!r}")
         # ``app`` is the old name of ``orchestrator`` (kept working); "app" alone now
@@ -139,6 +142,13 @@ class Workflow:
         self.redact = redact
         self.declared_inputs = declared_inputs(name, inputs)
         self.memory = as_memory(memory, name)
+        # Runs executing at once, fleet-wide (per value of the concurrency_key input).
+        self.limit = as_limit(max_parallel, concurrency_key, f"workflow {name!r}")
+        if self.limit is not None and self.limit.key is not None and \
+                self.declared_inputs is not None and self.limit.key not in self.declared_inputs:
+            raise WorkflowDefinitionError(
+                f"workflow {name!r}: concurrency_key={self.limit.key!r} must be one of its "
+                f"inputs ({', '.join(self.declared_inputs)})")
         if self.memory is not None:
             self.memory.check_declared(name, self.declared_inputs)
         self.orchestrator = host
@@ -369,6 +379,11 @@ def _compile(workflow: Workflow) -> CompiledWorkflow:
         deps[spec.name] = list(dict.fromkeys(upstream))
     if workflow.memory is not None:  # every run names its conversation
         required.add(workflow.memory.key)
+    if workflow.limit is not None and workflow.limit.key is not None:
+        required.add(workflow.limit.key)  # every run names its partition of the limit
+        inputs.add(workflow.limit.key)
+    for spec in specs.values():
+        check_step_key(spec.limit, spec.params, inputs, spec.where)
     cycle = find_cycle(deps)
     if cycle:
         raise WorkflowDefinitionError(

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import pytest
 
 from orchestration import Workflow, WorkflowDefinitionError
 from orchestration.app import Orchestrator
-from orchestration.define.step import STEP_OPTIONS
 
 
 def _declare(wf: Workflow, **options: Any) -> None:
@@ -145,28 +143,6 @@ def test_other_spellings_name_the_equivalent(orchestrator: Orchestrator, option:
         _declare(wf, **{option: 1})
 
 
-@pytest.mark.skipif("batch_size" in STEP_OPTIONS, reason="batching has landed")
-def test_batch_size_says_batching_is_not_built_rather_than_chunk_size(
-        orchestrator: Orchestrator) -> None:
-    wf = Workflow("batched", app=orchestrator)
-    with pytest.raises(WorkflowDefinitionError,
-                       match="unknown option 'batch_size': batching calls across runs is "
-                             "not built yet") as raised:
-        _declare(wf, batch_size=10)
-    assert "chunk_size" not in str(raised.value)
-
-
-@pytest.mark.skipif("concurrency_key" in STEP_OPTIONS, reason="concurrency keys have landed")
-def test_concurrency_key_is_not_mistaken_for_the_map_option(
-        orchestrator: Orchestrator) -> None:
-    wf = Workflow("keyed", app=orchestrator)
-    with pytest.raises(WorkflowDefinitionError,
-                       match="unknown option 'concurrency_key': partitioning a fleet-wide "
-                             "limit per key") as raised:
-        _declare(wf, concurrency_key="tenant_id")
-    assert "did you mean" not in str(raised.value)
-
-
 def test_a_typo_is_still_suggested(orchestrator: Orchestrator) -> None:
     wf = Workflow("typo2", app=orchestrator)
     with pytest.raises(WorkflowDefinitionError, match=r"did you mean 'timeout'\?"):
@@ -178,16 +154,6 @@ def test_workflow_cost_tracker_names_budget(orchestrator: Orchestrator) -> None:
                        match=r"workflow 'w': unknown option 'cost_tracker': this project "
                              r"spells it budget .*max_cost.*ctx\.record_cost"):
         Workflow("w", app=orchestrator, cost_tracker=object())
-
-
-@pytest.mark.skipif("max_parallel" in inspect.signature(Workflow).parameters,
-                    reason="max_parallel has landed")
-def test_workflow_max_parallel_says_what_exists(orchestrator: Orchestrator) -> None:
-    with pytest.raises(WorkflowDefinitionError,
-                       match="unknown option 'max_parallel': a fleet-wide limit of a "
-                             "workflow's runs is not built yet; today each worker's "
-                             "--concurrency"):
-        Workflow("w", app=orchestrator, max_parallel=50)
 
 
 def test_workflow_unknown_options_are_definition_errors(orchestrator: Orchestrator) -> None:
