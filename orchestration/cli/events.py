@@ -67,9 +67,13 @@ def events(name: str | None, outcome: str | None, event_id: str | None, limit: i
 @click.option("--payload", default="{}", show_default=True, help="the payload, as JSON")
 @click.option("--event-id", default=None,
               help="the event's id (deduplicates deliveries); generated if not given")
+@click.option("--priority", type=int, default=None,
+              help="the started runs' priority, 0 (normal) to 9 (the most urgent); "
+                   "default: each trigger's own")
 @click.option("--timeout", default=300.0, show_default=True,
               help="on the embedded default, how long to stay while the started runs go on")
-def emit(name: str, payload: str, event_id: str | None, timeout: float) -> None:
+def emit(name: str, payload: str, event_id: str | None, priority: int | None,
+         timeout: float) -> None:
     """Emit event NAME: every trigger listening starts its run (at most once per id)."""
     try:
         value = json.loads(payload)
@@ -77,7 +81,8 @@ def emit(name: str, payload: str, event_id: str | None, timeout: float) -> None:
         raise click.BadParameter(f"not JSON: {exc}", param_hint="--payload") from exc
     orchestrator = orchestrator_for_cli(load_workflows=True)
     try:
-        outcomes = ingest(orchestrator, name, value, event_id=event_id, source="emit")
+        outcomes = ingest(orchestrator, name, value, event_id=event_id, source="emit",
+                          priority=priority)
     except OrchestrationError as exc:
         raise click.ClickException(str(exc)) from exc
     for outcome in outcomes:

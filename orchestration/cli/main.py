@@ -218,9 +218,12 @@ def reconcile(idle: float | None) -> None:
 @click.argument("workflow")
 @click.option("--inputs", default="{}", show_default=True, help="the inputs, as a JSON object")
 @click.option("--idempotency-key", default=None)
+@click.option("--priority", type=int, default=None,
+              help="0 (normal, the default) to 9 (the most urgent)")
 @click.option("--timeout", default=300.0, show_default=True,
               help="on the embedded default, how long to stay while the run goes on")
-def submit(workflow: str, inputs: str, idempotency_key: str | None, timeout: float) -> None:
+def submit(workflow: str, inputs: str, idempotency_key: str | None, priority: int | None,
+           timeout: float) -> None:
     """Start a run of WORKFLOW; prints its id."""
     orchestrator = orchestrator_for_cli(load_workflows=True)
     found = orchestrator.workflows.get(workflow)
@@ -233,8 +236,12 @@ def submit(workflow: str, inputs: str, idempotency_key: str | None, timeout: flo
         raise click.BadParameter(f"not JSON: {exc}", param_hint="--inputs") from exc
     if not isinstance(values, dict):
         raise click.BadParameter("must be a JSON object", param_hint="--inputs")
+    for option in ("priority", "idempotency_key"):
+        if option in values:
+            raise click.BadParameter(f"{option!r} is an option of the run, not an input: use "
+                                     f"--{option.replace('_', '-')}", param_hint="--inputs")
     try:
-        handle = found.submit(idempotency_key=idempotency_key, **values)
+        handle = found.submit(idempotency_key=idempotency_key, priority=priority, **values)
     except OrchestrationError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(handle.run_id)

@@ -153,7 +153,7 @@ class Schedule:
     ``overlap`` says what a tick does while the previous run of this schedule is still
     going: ``skip`` it (recorded), ``allow`` another run, or ``queue`` it until the
     previous one finishes. Each tick starts at most one run, however many beat
-    processes run.
+    processes run. ``priority``: the runs' (0 normal .. 9 most urgent).
     """
 
     name: str
@@ -161,6 +161,7 @@ class Schedule:
     workflow: str
     inputs: Mapping[str, Any] = field(default_factory=dict)
     overlap: Overlap = "skip"
+    priority: int = DEFAULT
 
 
 def make_trigger(name: object, *, event: object, workflow: object,
@@ -184,10 +185,7 @@ def make_trigger(name: object, *, event: object, workflow: object,
     for path, expected in (filter or {}).items():
         _check_json(expected, f"{where}, filter {path!r}")
         conditions[parse_path(path, f"{where}, filter")] = expected
-    try:
-        level = check_priority(priority, where)
-    except InvalidInput as exc:
-        raise WorkflowDefinitionError(str(exc)) from None
+    level = _priority(priority, where)
     return Trigger(
         name=trigger_name, event=event_name(event, f"{where}, event"),
         workflow=workflow_name(workflow), inputs=paths, constants=constants,
@@ -198,7 +196,7 @@ def make_trigger(name: object, *, event: object, workflow: object,
 
 def make_schedule(name: object, *, cron: object, workflow: object,
                   inputs: Mapping[str, Any] | None = None, overlap: object = "skip",
-                  where: str | None = None) -> Schedule:
+                  priority: object = None, where: str | None = None) -> Schedule:
     """A checked :class:`Schedule` (the cron expression is parsed by croniter)."""
     where = where or f"schedule {name!r}"
     schedule_name = identifier(name, "schedule name", where)
@@ -213,7 +211,16 @@ def make_schedule(name: object, *, cron: object, workflow: object,
         identifier(input_name, "input name", f"{where}, inputs")
         _check_json(value, f"{where}, inputs.{input_name}")
     return Schedule(name=schedule_name, cron=cron, workflow=workflow_name(workflow),
-                    inputs=values, overlap=overlap)  # type: ignore[arg-type]
+                    inputs=values, overlap=overlap,  # type: ignore[arg-type]
+                    priority=_priority(priority, where))
+
+
+def _priority(value: object, where: str) -> int:
+    """A declared priority: checked as a run's, a definition error when bad."""
+    try:
+        return check_priority(value, where)
+    except InvalidInput as exc:
+        raise WorkflowDefinitionError(str(exc)) from None
 
 
 def check_mapped(workflow: str, what: str, name: str, mapped: set[str],

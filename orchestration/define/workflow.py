@@ -235,12 +235,14 @@ class Workflow:
         return trigger
 
     def schedule(self, cron: str, *, inputs: Mapping[str, Any] | None = None,
-                 overlap: str = "skip", name: str | None = None) -> Schedule:
+                 overlap: str = "skip", name: str | None = None,
+                 priority: int | None = None) -> Schedule:
         """Start a run of this workflow on a cron expression (UTC) with ``inputs``.
 
         ``overlap`` (``skip`` / ``allow`` / ``queue``) says what a tick does while this
         schedule's previous run is still going. ``name`` (default ``<workflow>_schedule``,
-        then ``_2``, ...) is unique among the deployment's triggers and schedules.
+        then ``_2``, ...) is unique among the deployment's triggers and schedules;
+        ``priority`` is its runs' (as for :meth:`submit`).
         """
         schedule_name = name
         if schedule_name is None:
@@ -248,7 +250,7 @@ class Workflow:
             schedule_name = f"{default_name(self.name, 'schedule', '')}" + (
                 f"_{count}" if count > 1 else "")
         scheduled = make_schedule(schedule_name, cron=cron, workflow=self.name,
-                                  inputs=inputs, overlap=overlap,
+                                  inputs=inputs, overlap=overlap, priority=priority,
                                   where=f"workflow {self.name!r}, schedule {schedule_name!r}")
         check_mapped(self.name, "schedule", scheduled.name, set(scheduled.inputs),
                      self.declared_inputs, RESERVED_INPUTS)

@@ -196,7 +196,8 @@ class Beat:
                                                                                    key):
                 return []
             tick = datetime.fromisoformat(key[len(f"{KEY_PREFIX}{schedule.name}:"):])
-            handle = self.host.submit(workflow, dict(schedule.inputs), idempotency_key=key)
+            handle = self.host.submit(workflow, dict(schedule.inputs), idempotency_key=key,
+                                      priority=schedule.priority)
             rows.mark_started(engine, key, handle.run_id)
         log.info("schedule tick", schedule=schedule.name, tick=tick.isoformat(),
                  outcome="started", run_id=handle.run_id, queued=True)
@@ -205,7 +206,8 @@ class Beat:
     def _start(self, schedule: Schedule, workflow: Workflow, tick: datetime, now: datetime,
                key: str) -> TickOutcome:
         try:
-            handle = self.host.submit(workflow, dict(schedule.inputs), idempotency_key=key)
+            handle = self.host.submit(workflow, dict(schedule.inputs), idempotency_key=key,
+                                      priority=schedule.priority)
         except (InvalidInput, WorkflowDefinitionError) as exc:
             return self._record(schedule, tick, now, Outcome.REJECTED, None, str(exc))
         outcome = Outcome.DUPLICATE if handle.existing else Outcome.STARTED

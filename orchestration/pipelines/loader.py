@@ -388,7 +388,8 @@ def _starters(workflow: Workflow, doc: dict[str, Any], source: Source, plan: Pla
     for name, raw in (doc.get("schedules") or {}).items():
         try:
             workflow.schedule(raw["cron"], inputs=raw.get("inputs"),
-                              overlap=raw.get("overlap", "skip"), name=name)
+                              overlap=raw.get("overlap", "skip"), name=name,
+                              priority=raw.get("priority"))
         except OrchestrationError as exc:
             plan.problems.append(source.problem(pointer("schedules", name), str(exc)))
 
