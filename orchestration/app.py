@@ -32,12 +32,14 @@ from orchestration.errors import (
     WaitForInput,
     WorkflowDefinitionError,
 )
+from orchestration.execute.permits import LocalPermits, Permits, RedisPermits, Renewer
 from orchestration.execute.runtime import Delivery
 from orchestration.llm.catalogue import load_catalogue
 from orchestration.llm.resilience import Resilience
 from orchestration.pipelines import load_pipelines
 from orchestration.store.repository import StepOutcome, Store
 from orchestration.store.workers import Released, WorkerInfo
+from orchestration.submit import permits as permit_waits
 from orchestration.submit import submission
 from orchestration.submit.durability import Reconciled, reconcile, redispatch, resume
 from orchestration.submit.waits import approve
@@ -78,6 +80,8 @@ class Orchestrator:
         self.workflows: dict[str, Workflow] = {}
         self._store: Store | None = None
         self._resilience: Resilience | None = None
+        self._permits: Permits | None = None
+        self._renewer: Renewer | None = None
         # Loaded now so a bad catalogue fails at start-up, not at the first model call.
         self.catalogue = load_catalogue(self.settings.models_file)
         self._embedded: EmbeddedWorker | None = None
@@ -116,6 +120,36 @@ class Orchestrator:
                                                   self.settings.shared_redis_url)
                 resilience = self._resilience
         return resilience
+
+    @property
+    def permits(self) -> Permits:
+        """max_parallel permits: in the shared Redis, or this process's memory (embedded)."""
+        permits = self._permits
+        if permits is None:
+            client = self.resilience.redis
+            if client is None and not self.settings.embedded:
+                raise ConfigurationError(
+                    "max_parallel needs permits shared by every worker: set ORCH_REDIS_URL "
+                    "(or use a Redis broker); without it each process would count alone")
+            with self._lock:
+                if self._permits is None:
+                    lease = self.settings.permit_lease
+                    self._permits = (RedisPermits(client, lease) if client is not None
+                                     else LocalPermits(lease))
+                permits = self._permits
+        return permits
+
+    @property
+    def renewer(self) -> Renewer:
+        """Renews the permits this process's running steps hold."""
+        renewer = self._renewer
+        if renewer is None:
+            permits = self.permits
+            with self._lock:
+                if self._renewer is None:
+                    self._renewer = Renewer(permits)
+                renewer = self._renewer
+        return renewer
 
     def reset_store(self, *, forked: bool = False) -> None:
         """Drop pooled DB connections; in a forked child, without closing the parent's."""
@@ -259,7 +293,7 @@ class Orchestrator:
                     interval=self.settings.heartbeat_interval,
                     dead_after=self.settings.worker_dead_after,
                     workflows=lambda: list(self.workflows), queues=queues,
-                    redispatch=self._redispatch_released)
+                    redispatch=self._redispatch_released, wake=self._wake_permit_waiters)
                 created = True
         if created:  # outside the lock: the first beat opens the store, which takes it
             heartbeat.start()
@@ -271,6 +305,13 @@ class Orchestrator:
             heartbeat, self.heartbeat = self.heartbeat, None
         if heartbeat is not None:
             heartbeat.stop()
+
+    def _wake_permit_waiters(self) -> None:
+        if self._permits is not None or any(
+                workflow.limit is not None or any(step.limit is not None
+                                                  for step in workflow.steps.values())
+                for workflow in self.workflows.values()):
+            permit_waits.sweep(self)
 
     def _redispatch_released(self, run: Released) -> None:
         redispatch(self, run.run_id, run.workflow, run.version, run.inputs,

@@ -100,8 +100,14 @@ def _build(plan: Plan, steps: Mapping[str, BoundStep], message: dict[str, Any], 
 
 
 def fusible(step: BoundStep) -> bool:
-    """A step that can share a message with its neighbours (a map replaces its message)."""
-    return step.spec.map is None
+    """A step that can share a message with its neighbours.
+
+    A map replaces its message; a step with its own max_parallel may wait for a permit
+    (parked with its message), and a batched step waits for its batch: each keeps a
+    message of its own.
+    """
+    spec = step.spec
+    return spec.map is None and spec.limit is None and spec.batch_size is None
 
 
 def _fusible_runs(parts: tuple[Plan, ...],

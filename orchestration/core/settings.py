@@ -100,6 +100,11 @@ class Settings(BaseSettings):
         description="Seconds without progress before the reconciler re-dispatches a run; "
         "must exceed the longest step.",
     )
+    permit_lease: float = Field(
+        default=30.0, gt=0,
+        description="Seconds a max_parallel permit outlives its holder's last renewal: a "
+        "worker killed while holding permits frees them within this time.",
+    )
     heartbeat_interval: float = Field(
         default=5.0, gt=0,
         description="Seconds between a worker's heartbeats in the results DB (each beat also "

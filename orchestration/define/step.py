@@ -23,7 +23,7 @@ from orchestration.define.policies import (
     as_timeout,
     check_plain_function,
 )
-from orchestration.define.throughput import Limit, as_limit, batch_options
+from orchestration.define.throughput import Limit, batch_options, step_limit
 from orchestration.define.vocabulary import STEP_SPELLINGS, spelled_here
 from orchestration.errors import WorkflowDefinitionError
 
@@ -211,7 +211,7 @@ def build_spec(workflow: str, fn: Callable[..., Any], options: dict[str, Any]) -
         cache=_cache_option(options, where),
         on_error=as_on_error(options.get("on_error"), where,
                              is_map=options.get("map") is not None),
-        limit=as_limit(options.get("max_parallel"), options.get("concurrency_key"), where),
+        limit=step_limit(options, where),
         **batch_options(options, where),
         **_map_options(options, params, where),
         **_when_option(options, where),

@@ -61,6 +61,17 @@ def as_limit(max_parallel: Any, concurrency_key: Any, where: str) -> Limit | Non
     return Limit(limit, identifier(concurrency_key, "concurrency_key", where))
 
 
+def step_limit(options: Mapping[str, Any], where: str) -> Limit | None:
+    """A step's ``max_parallel``/``concurrency_key`` (a map step's elements use concurrency=)."""
+    limit = as_limit(options.get("max_parallel"), options.get("concurrency_key"), where)
+    if limit is not None and options.get("map") is not None:
+        raise WorkflowDefinitionError(
+            f"{where}: max_parallel applies to a step's executions, and a map step's "
+            "elements run in chunks: bound them with concurrency= (elements at once per "
+            "chunk) and chunk_size=, or put max_parallel on the workflow")
+    return limit
+
+
 def check_step_key(limit: Limit | None, params: Collection[str], inputs: Collection[str],
                    where: str) -> None:
     """A step's ``concurrency_key`` names one of its parameters or a workflow input."""

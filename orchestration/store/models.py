@@ -257,3 +257,26 @@ class MemorySummaryRow(Base):
     tokens: Mapped[int] = mapped_column(Integer)
     run_id: Mapped[str | None] = mapped_column(String(36))
     created_at: Mapped[datetime] = mapped_column(Timestamp)
+
+
+class PermitWaitRow(Base):
+    """A run (or one of its steps) waiting for a ``max_parallel`` permit, in no queue.
+
+    ``resume`` is the step's message to send again when it gets its permit; None for a
+    run that has not started (its canvas is built from the run row). ``woken_at`` is set
+    while a waker sends it; a row woken long ago whose waker died is woken again.
+    """
+
+    __tablename__ = "permit_waits"
+    __table_args__ = (Index("ix_permit_waits_next", "scope", "woken_at", "priority", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    scope: Mapped[str] = mapped_column(String(300))
+    max_parallel: Mapped[int] = mapped_column(Integer)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    step_name: Mapped[str | None] = mapped_column(String(200))
+    holder: Mapped[str] = mapped_column(String(300))
+    resume: Mapped[Any | None] = mapped_column(JSONType)
+    priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+    woken_at: Mapped[datetime | None] = mapped_column(Timestamp)

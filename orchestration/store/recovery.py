@@ -6,13 +6,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, delete, func, insert, select, update
+from sqlalchemy import Engine, delete, exists, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from orchestration.core.clock import as_utc
 from orchestration.core.status import RunStatus, StepStatus
 from orchestration.errors import NotResumable, RunNotFound
-from orchestration.store.models import CacheRow, RunRow, StepRow
+from orchestration.store.models import CacheRow, PermitWaitRow, RunRow, StepRow
 
 RESUMABLE = (RunStatus.FAILED.value, RunStatus.CANCELLED.value)
 RERUN_STEPS = (StepStatus.FAILED.value, StepStatus.SKIPPED.value, StepStatus.CANCELLED.value)
@@ -135,7 +135,9 @@ class Recovery:
                         RunRow.created_at, progress.c.last)
                  .join(progress, progress.c.run_id == RunRow.id, isouter=True)
                  .where(RunRow.status.in_([RunStatus.PENDING.value, RunStatus.RUNNING.value]),
-                        RunRow.created_at < idle_since))
+                        RunRow.created_at < idle_since,
+                        # Waiting for a max_parallel permit is waiting its turn, not lost.
+                        ~exists().where(PermitWaitRow.run_id == RunRow.id)))
         with self._reader.connect() as conn:
             rows = conn.execute(query).all()
         stale = []

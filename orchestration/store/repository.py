@@ -30,6 +30,7 @@ from orchestration.store.events import Events
 from orchestration.store.map_chunks import MapChunks
 from orchestration.store.memory import MemoryStore, MemoryWrite, write_memory
 from orchestration.store.models import RunRow, StepRow, WaitRow
+from orchestration.store.permit_waits import PermitWaits
 from orchestration.store.reads import StoreReads
 from orchestration.store.recovery import Recovery
 from orchestration.store.waits import CANCELLED as CANCELLED_WAIT
@@ -165,6 +166,11 @@ class Store(StoreReads):
     def memory(self) -> MemoryStore:
         """Conversation memory: turns, summaries, erasure, retention."""
         return MemoryStore(self._writer, self._reader)
+
+    @property
+    def permit_waits(self) -> PermitWaits:
+        """Runs and steps waiting for a max_parallel permit."""
+        return PermitWaits(self._writer, self._reader)
 
     @property
     def waits(self) -> Waits:

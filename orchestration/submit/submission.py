@@ -23,6 +23,7 @@ from orchestration.define.workflow import CompiledWorkflow, Host, Workflow
 from orchestration.errors import InvalidInput, SubmitFailed
 from orchestration.store.discard import discard_unstarted
 from orchestration.store.repository import PlannedStep
+from orchestration.submit.permits import as_permit_host, park_runs, take_permits
 
 log = structlog.get_logger("orchestration.submit.submission")
 
@@ -37,15 +38,27 @@ def submit(host: Host, workflow: Workflow, inputs: dict[str, Any], *,
     store = host.store
     run_id = str(uuid.uuid4())
     stored = workflow.redactor(encoded)
+    redacted = sorted(changed_by_redaction(encoded, stored))
+    limited = workflow.limit is not None and not redacted
+    if limited:
+        as_permit_host(host).permits  # noqa: B018  (no shared permits: raise before writing)
     # Built before the row is written: whatever fails here leaves nothing behind.
     signature = canvas(host, workflow, run_id, encoded, stored=stored, priority=priority)
     stored_id = store.create_run(run_id, workflow.name, compiled.version, stored,
                                  planned(compiled), idempotency_key=idempotency_key,
-                                 redacted=sorted(changed_by_redaction(encoded, stored)),
-                                 priority=priority)
+                                 redacted=redacted, priority=priority)
     if stored_id != run_id:
         return RunHandle(stored_id, store, existing=True)
-    _send(host, workflow, [run_id], signature.apply_async)
+
+    def send() -> None:
+        # A limited run without a permit waits in the results DB, in no queue. (A run
+        # with redacted inputs cannot be rebuilt from its row: its first step waits.)
+        if limited and not take_permits(host, workflow, [run_id], {run_id: encoded}):
+            park_runs(host, workflow, [run_id], {run_id: encoded}, priority)
+            return
+        signature.apply_async()
+
+    _send(host, workflow, [run_id], send)
     return RunHandle(run_id, store)
 
 
@@ -70,16 +83,26 @@ def submit_many(host: Host, workflow: Workflow, batch: Iterable[Mapping[str, Any
     stored = {run_id: workflow.redactor(inputs) for run_id, inputs in runs}
     changed = {run_id: sorted(changed_by_redaction(inputs, stored[run_id]))
                for run_id, inputs in runs}
+    if workflow.limit is not None:
+        as_permit_host(host).permits  # noqa: B018  (no shared permits: raise before writing)
     store.create_runs(workflow.name, compiled.version, list(stored.items()),
                       planned(compiled), redacted=changed, priority=priority)
-    # A deferred run's canvas is built from its stored inputs: only runs whose stored
-    # copy is exact can be deferred; the others are sent from here.
-    direct = [(run_id, inputs) for run_id, inputs in runs
-              if not defer or changed[run_id]]
 
     def send() -> None:
-        if defer and len(direct) < len(runs):
-            sent = {run_id for run_id, _ in direct}
+        # Limited runs without a permit wait in the results DB (see submit).
+        exact = {run_id: inputs for run_id, inputs in runs
+                 if workflow.limit is not None and not changed[run_id]}
+        admitted = take_permits(host, workflow, list(exact), exact)
+        parked = [run_id for run_id in exact if run_id not in admitted]
+        if parked:
+            park_runs(host, workflow, parked, exact, priority)
+        # A deferred run's canvas is built from its stored inputs: only runs whose stored
+        # copy is exact can be deferred; the others are sent from here.
+        waiting = set(parked)
+        direct = [(run_id, inputs) for run_id, inputs in runs
+                  if run_id not in waiting and (not defer or changed[run_id])]
+        if defer and len(direct) + len(waiting) < len(runs):
+            sent = {run_id for run_id, _ in direct} | waiting
             host.defer_dispatch(workflow, [run_id for run_id, _ in runs
                                            if run_id not in sent])
         if direct:

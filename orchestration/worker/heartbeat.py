@@ -37,8 +37,10 @@ class Heartbeat:
     def __init__(self, store: Callable[[], Store], worker: WorkerInfo, *, interval: float,
                  dead_after: float, workflows: Callable[[], Iterable[str]],
                  redispatch: Callable[[Released], None],
-                 queues: Callable[[], Iterable[str]] | None = None) -> None:
+                 queues: Callable[[], Iterable[str]] | None = None,
+                 wake: Callable[[], object] | None = None) -> None:
         self._store = store
+        self._wake = wake  # wakes max_parallel waiters whose permits lapsed
         self.worker = worker
         self._queues = queues
         self.interval = interval
@@ -81,6 +83,8 @@ class Heartbeat:
                 self.worker = replace(self.worker, queues=sorted(self._queues()))
             store.workers.beat(self.worker, now)
             self._reachable()
+            if self._wake is not None:
+                self._wake()
             if not self._may_sweep():
                 return []
             released = store.workers.release_dead(

@@ -8,6 +8,7 @@ through ``execute/`` and turns the control-flow signals into Celery's moves.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any
 
 import structlog
@@ -29,6 +30,7 @@ from orchestration.execute.runtime import StartChild, StartMap, run_step
 from orchestration.store.engine import is_unavailable
 from orchestration.worker.engine_tasks import child_canvas
 from orchestration.worker.host import WorkerHost
+from orchestration.worker.limits import is_limited, permits_for
 
 log = structlog.get_logger("orchestration.app")
 HAND_BACK_MAX_DELAY = 30.0  # seconds: the longest countdown of a step handed back
@@ -51,16 +53,26 @@ def execute_step(task: Any, message: Any, run_id: str | None = None,
                  fused: list[str] | None = None,
                  released: dict[str, int] | None = None) -> Any:
     """Run one delivery of a step (or of fused steps, or one map chunk)."""
-    orchestrator: WorkerHost = task.orchestrator
     workflow: Workflow = task.workflow
     steps = workflow.validate().steps
-    store, delivery = orchestrator.store, orchestrator.delivery(task)
     if not is_envelope(message):
         # Never crash the worker on a bad message: record it and drop it.
         log.error("malformed step message rejected", task=task.name,
                   task_id=task.request.id, message_type=type(message).__name__)
         raise Reject("malformed step message", requeue=False)
     names = fused or [task.step_name]
+    current = names[0]
+    first = steps[current]
+    with (permits_for(task, workflow, first, message, finalize and chunk is None)
+          if is_limited(workflow, first) else nullcontext()):
+        return _execute(task, message, steps, names, run_id, finalize, chunk, params, released)
+
+
+def _execute(task: Any, message: Any, steps: dict[str, BoundStep], names: list[str],
+             run_id: str | None, finalize: bool, chunk: dict[str, Any] | None,
+             params: dict[str, Any] | None, released: dict[str, int] | None) -> Any:
+    orchestrator: WorkerHost = task.orchestrator
+    store, delivery = orchestrator.store, orchestrator.delivery(task)
     current = names[0]
     try:
         if chunk is not None:

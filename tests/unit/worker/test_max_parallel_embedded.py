@@ -1,0 +1,126 @@
+"""max_parallel on the embedded default: runs and steps beyond the limit wait, then run.
+
+The steps count themselves (a lock-guarded counter): never more than the limit execute
+at once, every run finishes, and a waiting run is ``pending`` with a permit wait on
+record (``orchestrate show`` says so) until it gets its permit.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from orchestration import RunStatus, Workflow
+from orchestration.app import Orchestrator
+from orchestration.testing import embedded_orchestrator
+from tests.support.polling import wait_until
+
+
+class Gauge:
+    """How many are inside at once, and the most ever seen, per key."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.now: dict[str, int] = {}
+        self.most: dict[str, int] = {}
+        self.release = threading.Event()
+
+    def enter(self, key: str) -> None:
+        with self.lock:
+            self.now[key] = self.now.get(key, 0) + 1
+            self.most[key] = max(self.most.get(key, 0), self.now[key])
+
+    def leave(self, key: str) -> None:
+        with self.lock:
+            self.now[key] -= 1
+
+
+RUNS, STEPS = Gauge(), Gauge()
+
+
+@pytest.fixture(scope="module")
+def flows(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
+    with embedded_orchestrator(Path(tmp_path_factory.mktemp("permits")),
+                               embedded_concurrency=8) as orch:
+        yield _declare(orch)
+
+
+def _declare(orch: Orchestrator) -> SimpleNamespace:
+    ns = SimpleNamespace(orch=orch,
+                         runs=Workflow("limited_runs", app=orch, max_parallel=2),
+                         keyed=Workflow("limited_keyed", app=orch, max_parallel=1,
+                                        concurrency_key="tenant"),
+                         steps=Workflow("limited_steps", app=orch))
+
+    @ns.runs.task
+    def start(n: int) -> int:
+        RUNS.enter("runs")
+        time.sleep(0.05)
+        return n
+
+    @ns.runs.task(depends_on=start)
+    def finish(start: int) -> int:
+        time.sleep(0.05)
+        RUNS.leave("runs")
+        return start
+
+    @ns.keyed.task
+    def held(tenant: str, n: int) -> int:
+        RUNS.enter(tenant)
+        RUNS.release.wait(30)
+        RUNS.leave(tenant)
+        return n
+
+    @ns.steps.task
+    def free(n: int) -> int:
+        return n
+
+    @ns.steps.task(depends_on=free, max_parallel=3)
+    def narrow(free: int) -> int:
+        STEPS.enter("narrow")
+        time.sleep(0.05)
+        STEPS.leave("narrow")
+        return free
+
+    return ns
+
+
+def test_a_workflow_limit_bounds_runs_executing_at_once(flows: SimpleNamespace) -> None:
+    handles = [flows.runs.submit(n=n) for n in range(12)]
+    results = [handle.wait(timeout=60) for handle in handles]
+    assert [r.status for r in results] == [RunStatus.SUCCEEDED] * 12
+    assert [r.outputs["finish"] for r in results] == list(range(12))
+    assert RUNS.most["runs"] == 2
+
+
+def test_a_step_limit_bounds_its_executions(flows: SimpleNamespace) -> None:
+    results = [h.wait(timeout=60) for h in flows.steps.submit_many([{"n": n}
+                                                                     for n in range(15)])]
+    assert all(r.status == RunStatus.SUCCEEDED for r in results)
+    assert STEPS.most["narrow"] == 3
+
+
+def test_a_key_partitions_the_limit_and_a_waiting_run_is_pending(
+        flows: SimpleNamespace) -> None:
+    store = flows.orch.store
+    first = flows.keyed.submit(tenant="a", n=1)
+    second = flows.keyed.submit(tenant="a", n=2)
+    other = flows.keyed.submit(tenant="b", n=3)
+    try:
+        # Tenant b is not held up by tenant a's permit; a's second run waits, pending.
+        wait_until(lambda: RUNS.now.get("a") == 1 and RUNS.now.get("b") == 1, timeout=30,
+                   what="both tenants running")
+        assert store.run_status(second.run_id) == RunStatus.PENDING
+        [(scope, step, ahead)] = store.permit_waits.of_run(second.run_id)
+        assert (scope, step, ahead) == ("wf:limited_keyed:a", None, 0)
+    finally:
+        RUNS.release.set()
+    assert [h.wait(timeout=60).status for h in (first, second, other)] == \
+        [RunStatus.SUCCEEDED] * 3
+    assert RUNS.most["a"] == 1
+    assert store.permit_waits.of_run(second.run_id) == []
