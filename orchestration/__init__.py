@@ -15,6 +15,7 @@ from orchestration.define.policies import Backoff
 from orchestration.define.step import Step
 from orchestration.define.workflow import Workflow
 from orchestration.errors import (
+    BatchOutputMismatch,
     BreakerOpen,
     BudgetExceeded,
     ConfigurationError,
@@ -98,6 +99,7 @@ __all__ = [
     "StepAborted",
     "NonRetryableError",
     "OutputNotSerializable",
+    "BatchOutputMismatch",
     "InputTimeout",
     "GateFailed",
     "LowConfidence",

@@ -45,6 +45,7 @@ from orchestration.submit.durability import Reconciled, reconcile, redispatch, r
 from orchestration.submit.waits import approve
 from orchestration.worker import redis_transport, step_task
 from orchestration.worker import signals as worker_signals
+from orchestration.worker.batching import register_batch_tasks, sweep_batches
 from orchestration.worker.celery_config import celery_config, worker_overrides
 from orchestration.worker.embedded import EmbeddedWorker
 from orchestration.worker.engine_tasks import (
@@ -94,6 +95,7 @@ class Orchestrator:
         self.heartbeat: Heartbeat | None = None
         self.started_at = utcnow()
         register_engine_tasks(self)
+        register_batch_tasks(self)
 
     # -- wiring ------------------------------------------------------------------------
 
@@ -293,7 +295,8 @@ class Orchestrator:
                     interval=self.settings.heartbeat_interval,
                     dead_after=self.settings.worker_dead_after,
                     workflows=lambda: list(self.workflows), queues=queues,
-                    redispatch=self._redispatch_released, wake=self._wake_permit_waiters)
+                    redispatch=self._redispatch_released, wake=self._wake_permit_waiters,
+                    batches=lambda: sweep_batches(self))
                 created = True
         if created:  # outside the lock: the first beat opens the store, which takes it
             heartbeat.start()

@@ -147,6 +147,14 @@ class OutputNotSerializable(NonRetryableError):
     """A step returned a value that cannot be encoded as JSON."""
 
 
+class BatchOutputMismatch(NonRetryableError):
+    """A batched step (``batch_size=``) did not return a list with one output per element.
+
+    Not retried (the same batch gets the same answer): a batch of several elements is
+    split in halves, and an element alone follows its step's fallback and ``on_error``.
+    """
+
+
 class InputTimeout(NonRetryableError):
     """A person did not deliver the input a step waited for in time (its fallback applies)."""
 

@@ -57,6 +57,7 @@ from orchestration.execute.attempts import (
     describe,
     run_attempts,
 )
+from orchestration.execute.batching import JoinBatch
 from orchestration.execute.memory import bind_memory
 from orchestration.store.engine import is_unavailable
 from orchestration.store.repository import Claim, RunFinish, StepOutcome, Store
@@ -200,6 +201,8 @@ def _call(step: BoundStep, envelope: Envelope, store: Store, delivery: Delivery,
         wait = store.waits.lookup(envelope.run_id, name, ESCALATION_INPUT)
         if wait is not None and wait.status == "delivered":  # a person answered for it
             return StepOutcome(StepStatus.SUCCEEDED, output=wait.data)
+    if step.spec.batch_size is not None:  # called with other runs' elements (batching.py)
+        raise JoinBatch(envelope.run_id, kwargs, claim.attempts, claim.claimed_at)
     try:
         return run_attempts(StepCall(step, kwargs, envelope.run_id, store, delivery,
                                      previous_attempts=claim.attempts,

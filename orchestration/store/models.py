@@ -280,3 +280,33 @@ class PermitWaitRow(Base):
     priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(Timestamp)
     woken_at: Mapped[datetime | None] = mapped_column(Timestamp)
+
+
+class BatchElementRow(Base):
+    """One run's element of a batched step (``batch_size=``), buffered until its batch runs.
+
+    ``waiting``: buffered; ``taken``: in the batch ``batch_id`` that ``holder`` runs until
+    ``lease_until`` (a dead holder's or an expired lease's batch is taken again);
+    ``done``: the step is recorded and ``resume`` (the run's parked message) is being sent.
+    """
+
+    __tablename__ = "batch_elements"
+    __table_args__ = (
+        UniqueConstraint("run_id", "step_name", name="uq_batch_elements_run_step"),
+        Index("ix_batch_elements_next", "step", "status", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    step: Mapped[str] = mapped_column(String(300))  # the task name, <workflow>.<step>
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    step_name: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16))
+    kwargs: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    resume: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    prior_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    claimed_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    batch_id: Mapped[str | None] = mapped_column(String(32))
+    holder: Mapped[str | None] = mapped_column(String(300))
+    taken_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    lease_until: Mapped[datetime | None] = mapped_column(Timestamp)
+    created_at: Mapped[datetime] = mapped_column(Timestamp)

@@ -38,8 +38,10 @@ class Heartbeat:
                  dead_after: float, workflows: Callable[[], Iterable[str]],
                  redispatch: Callable[[Released], None],
                  queues: Callable[[], Iterable[str]] | None = None,
-                 wake: Callable[[], object] | None = None) -> None:
+                 wake: Callable[[], object] | None = None,
+                 batches: Callable[[], object] | None = None) -> None:
         self._store = store
+        self._batches = batches  # flushes overdue or orphaned batches (worker/batching.py)
         self._wake = wake  # wakes max_parallel waiters whose permits lapsed
         self.worker = worker
         self._queues = queues
@@ -85,6 +87,8 @@ class Heartbeat:
             self._reachable()
             if self._wake is not None:
                 self._wake()
+            if self._batches is not None:
+                self._batches()
             if not self._may_sweep():
                 return []
             released = store.workers.release_dead(

@@ -25,9 +25,11 @@ from orchestration.errors import (
     ResultsDatabaseUnavailable,
     WaitForInput,
 )
+from orchestration.execute.batching import JoinBatch
 from orchestration.execute.maps import map_canvas, run_chunk
 from orchestration.execute.runtime import StartChild, StartMap, run_step
 from orchestration.store.engine import is_unavailable
+from orchestration.worker.batching import join_batch
 from orchestration.worker.engine_tasks import child_canvas
 from orchestration.worker.host import WorkerHost
 from orchestration.worker.limits import is_limited, permits_for
@@ -94,6 +96,10 @@ def _execute(task: Any, message: Any, steps: dict[str, BoundStep], names: list[s
         # The worker holding the step continues the run: this message stops here.
         log.info("step held by a live worker under another message; delivery dropped",
                  step=signal.step, task_id=task.request.id)
+        raise Ignore() from None
+    except JoinBatch as signal:
+        # Buffered with its run's message: called later with other runs' elements.
+        join_batch(orchestrator, task, steps[current], signal)
         raise Ignore() from None
     except WaitForInput as signal:
         # The stored message is this whole (fused) one: on resume, steps before
