@@ -26,9 +26,14 @@ text says so.
 
 from __future__ import annotations
 
+import contextvars
 import json
 import re
+import threading
 import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
+from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
 import jsonschema
@@ -113,6 +118,11 @@ class LLMClient:
     def __init__(self, ctx: CallSite, services: Resilience) -> None:
         self._ctx = ctx
         self._services = services
+        self._lock = threading.Lock()  # complete_many records calls from several threads
+
+    def _record(self, call: CallRecord) -> None:
+        with self._lock:
+            self._ctx.record_call(call)
 
     def complete(self, prompt: str | Messages, *, model: str | None = None,
                  history: History | Messages | None = None, **params: Any) -> Completion:
@@ -158,6 +168,33 @@ class LLMClient:
         error.policy = last[1] if last else None
         raise error
 
+    def complete_many(self, prompts: Sequence[str | Messages], *, model: str | None = None,
+                      concurrency: int = 8, **params: Any) -> list[Completion]:
+        """Ask a model once per prompt, up to ``concurrency`` calls at once (a batch step).
+
+        Each call is a :meth:`complete`: the same breakers, retries, fallback models,
+        rate limits, budget checks and cost recording. The completions come back in the
+        prompts' order; if any call fails, the first failure (in that order) is raised
+        once every call has ended, so a batched step fails as a whole and is split.
+        """
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise ConfigurationError(f"complete_many: concurrency must be a whole number "
+                                     f">= 1, got {concurrency!r}")
+        items = list(prompts)
+        if not items:
+            return []
+        with ThreadPoolExecutor(max_workers=min(concurrency, len(items)),
+                                thread_name_prefix="complete-many") as pool:
+            futures = [pool.submit(contextvars.copy_context().run,
+                                   partial(self.complete, prompt, model=model, **params))
+                       for prompt in items]
+            wait(futures)
+        for future in futures:
+            error = future.exception()
+            if error is not None:
+                raise error
+        return [future.result() for future in futures]
+
     def complete_json(self, prompt: str | Messages, *, schema: type[BaseModel] | dict[str, Any],
                       model: str | None = None, attempts: int = 3, **params: Any) -> Any:
         """Ask for JSON; parse it (also inside markdown fences or prose) and validate it.
@@ -198,7 +235,7 @@ class LLMClient:
                 action = self._action(exc.kind)
                 if action is not None:
                     exc.policy = describe_policy(exc.kind, action)
-                self._ctx.record_call(CallRecord(
+                self._record(CallRecord(
                     model=name, ok=False, latency_ms=(time.perf_counter() - started) * 1000,
                     error_kind=exc.kind, policy=exc.policy,
                     breaker=breaker.state_name, error=str(exc),
@@ -242,7 +279,7 @@ class LLMClient:
     def _rerouted(self, name: str, exc: RateLimited) -> str:
         """Trace a model the limiter kept us from calling, as the policy routed past it."""
         policy = describe_policy(ErrorKind.RATE_LIMITED, ErrorAction(Action.ROUTE_TO_FALLBACK))
-        self._ctx.record_call(CallRecord(model=name, ok=False, latency_ms=0.0, error=str(exc),
+        self._record(CallRecord(model=name, ok=False, latency_ms=0.0, error=str(exc),
                                          error_kind=ErrorKind.RATE_LIMITED, policy=policy))
         return policy
 
@@ -251,7 +288,7 @@ class LLMClient:
                    utilisation: float) -> Completion:
         latency = (time.perf_counter() - started) * 1000
         cost = config.cost(usage.prompt_tokens, usage.completion_tokens)
-        self._ctx.record_call(CallRecord(
+        self._record(CallRecord(
             model=name, ok=True, latency_ms=latency, prompt_tokens=usage.prompt_tokens,
             completion_tokens=usage.completion_tokens, cost_usd=cost, breaker=breaker,
             context_utilisation=utilisation))
@@ -310,7 +347,7 @@ class LLMClient:
     def _local_answer(self, name: str, messages: Messages, params: dict[str, Any]) -> Completion:
         text, usage = LocalProvider().complete(messages, model=name, timeout=None, **params)
         answered = f"local ({name} not configured)"
-        self._ctx.record_call(CallRecord(
+        self._record(CallRecord(
             model=answered, ok=True, latency_ms=0.0, prompt_tokens=usage.prompt_tokens,
             completion_tokens=usage.completion_tokens, context_utilisation=_utilisation(
                 usage.prompt_tokens, self._services.catalogue.model(name))))
