@@ -12,6 +12,7 @@ from pathlib import Path
 WORKFLOW_MODULES = [
     "tasks.support.workflow",
     "tasks.support.routing",
+    "tasks.support.intents",
     "tasks.fraud.workflow",
     "tasks.content.workflow",
     "tasks.rag.workflow",

@@ -19,6 +19,7 @@ from orchestration.define.fingerprint import code_hash, stable
 from orchestration.define.graph import Decomposition, decompose, find_cycle
 from orchestration.define.host import default_host
 from orchestration.define.inputs import RESERVED_INPUTS, check_run_inputs, declared_inputs
+from orchestration.define.intents import Router, declare_router
 from orchestration.define.memory import Memory, as_memory
 from orchestration.define.policies import check_plain_function
 from orchestration.define.step import (
@@ -188,6 +189,10 @@ class Workflow:
             return Step(spec)
 
         return decorate(fn) if fn is not None else decorate
+
+    def router(self, name: str, **options: Any) -> Router:
+        """A semantic routing step: see :func:`orchestration.define.intents.declare_router`."""
+        return declare_router(self, name, options)
 
     def _add(self, spec: StepSpec) -> None:
         with self._lock:

@@ -448,6 +448,8 @@ def _trace_policy(record: AttemptRecord, ctx: StepContext, exc: BaseException | 
         acted = [call for call in ctx.calls if call.policy]
         if acted:
             record.error_kind, record.policy = acted[-1].error_kind, acted[-1].policy
+        elif ctx.trace_note is not None:  # what the step decided (a router's route)
+            record.policy = ctx.trace_note
         return
     record.error_kind = error_kind(exc)
     if isinstance(exc, ProviderError) and exc.policy:

@@ -15,6 +15,7 @@ from orchestration.define.children import ChildRun, child_request
 from orchestration.define.on_error import ErrorPolicy
 from orchestration.define.workflow import Workflow
 from orchestration.errors import BudgetExceeded, ConfigurationError, InputTimeout, WaitForInput
+from orchestration.execute.intents import IntentModels, intent_models
 from orchestration.execute.memory import ConversationMemory, MemoryBinding
 from orchestration.llm.client import LLMClient
 from orchestration.llm.resilience import Resilience
@@ -54,6 +55,7 @@ class StepContext:
     memory_binding: MemoryBinding | None = None  # the workflow's memory, for this run
     _memory: ConversationMemory | None = None
     reported_confidence: float | None = None  # set by ctx.confidence(), read by routes
+    trace_note: str | None = None  # set by ctx.note(): the attempt's policy in the trace
 
     @property
     def llm(self) -> LLMClient:
@@ -80,6 +82,15 @@ class StepContext:
     def memory_write(self) -> MemoryWrite | None:
         """What this attempt appended (recorded with the step's outcome), or None."""
         return self._memory.pending() if self._memory is not None else None
+
+    @property
+    def intents(self) -> IntentModels:
+        """The semantic routers' classifiers, trained once per process (``wf.router``)."""
+        return intent_models()
+
+    def note(self, text: str) -> None:
+        """Say what this attempt decided, for the trace (the attempt's ``policy``)."""
+        self.trace_note = str(text)[:500]
 
     @property
     def log(self) -> Any:

@@ -11,13 +11,14 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
-from sklearn.decomposition import TruncatedSVD
-from sklearn.feature_extraction.text import TfidfVectorizer
 
 from orchestration.errors import RetrievalError
+
+if TYPE_CHECKING:
+    from sklearn.feature_extraction.text import TfidfVectorizer
 
 SETTINGS_FILE: Final = "embedder.json"
 ARRAYS_FILE: Final = "embedder.npz"
@@ -25,6 +26,10 @@ FORMAT: Final = 1
 
 
 def _vectorizer(vocabulary: dict[str, int] | None = None) -> TfidfVectorizer:
+    # Imported when first fitted or loaded: importing this module (the engine's semantic
+    # routers do) costs no scikit-learn import until an embedder is needed.
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
     # Word unigrams and bigrams, English stopwords out, sublinear term frequency: the
     # usual LSA recipe for short documents.
     return TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, stop_words="english",
@@ -57,6 +62,8 @@ class LsaEmbedder:
         rank = min(dimensions, matrix.shape[0] - 1, matrix.shape[1] - 1)
         if rank < 1:
             raise RetrievalError("the texts have too few distinct terms to embed")
+        from sklearn.decomposition import TruncatedSVD
+
         svd = TruncatedSVD(n_components=rank, algorithm="arpack", random_state=seed)
         svd.fit(matrix)
         return cls(vectorizer, svd.components_)
