@@ -92,8 +92,12 @@ def show(run_id: str, as_json: bool) -> None:
         run = orchestrator.store.get_run(run_id)
     except OrchestrationError as exc:
         raise click.ClickException(str(exc)) from exc
+    permit_waits = orchestrator.store.permit_waits.of_run(run_id)
     if as_json:
-        click.echo(json.dumps(_run_json(run), indent=2, default=str))
+        shown = _run_json(run)
+        shown["permit_waits"] = [{"scope": scope, "step": step, "ahead": ahead}
+                                 for scope, step, ahead in permit_waits]
+        click.echo(json.dumps(shown, indent=2, default=str))
         return
     duration = f"{run.duration_s:.3f} s" if run.duration_s is not None else "not finished"
     # Text, not markup: workflow names, errors and worker names are data and may hold
@@ -103,6 +107,10 @@ def show(run_id: str, as_json: bool) -> None:
                               f" ({duration}, ${run.cost_usd:.4f})"))
     if run.error:
         tree.add(Text(run.error, style="red"))
+    for scope, step, ahead in permit_waits:
+        what = f"step {step}" if step else "the run"
+        tree.add(Text(f"queued: {what} waits for a max_parallel permit of {scope} "
+                      f"({ahead} ahead of it)", style="yellow"))
     origin = run.created_at
     for step in run.steps.values():
         tree.add(_step_line(step, origin))

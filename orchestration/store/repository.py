@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Engine, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from orchestration.core.clock import as_utc, utcnow
@@ -29,7 +29,7 @@ from orchestration.store.engine import create_engines, schema_is_current, upgrad
 from orchestration.store.events import Events
 from orchestration.store.map_chunks import MapChunks
 from orchestration.store.memory import MemoryStore, MemoryWrite, write_memory
-from orchestration.store.models import RunRow, StepRow, WaitRow
+from orchestration.store.models import PermitWaitRow, RunRow, StepRow, WaitRow
 from orchestration.store.permit_waits import PermitWaits
 from orchestration.store.reads import StoreReads
 from orchestration.store.recovery import Recovery
@@ -436,6 +436,7 @@ class Store(StoreReads):
             conn.execute(update(WaitRow).where(WaitRow.run_id == run_id,
                                                WaitRow.status == WAITING)
                          .values(status=CANCELLED_WAIT, resolved_at=now))
+            conn.execute(delete(PermitWaitRow).where(PermitWaitRow.run_id == run_id))
             children = conn.execute(select(RunRow.id).where(
                 RunRow.parent_run_id == run_id, RunRow.status.not_in(_TERMINAL_RUN))).all()
         return [row.id for row in children]

@@ -16,7 +16,9 @@ from typing import Any, Protocol, cast
 import structlog
 
 from orchestration.core.clock import utcnow
+from orchestration.core.status import TERMINAL_RUN_STATUSES
 from orchestration.define.workflow import Host, Workflow
+from orchestration.errors import RunNotFound
 from orchestration.execute.permits import Permits, Renewer, scope
 from orchestration.store.permit_waits import PermitWait
 
@@ -93,6 +95,9 @@ def wake(host: Host, scope_: str, limit: int) -> int:
         return 0
     store, sent = host.store, 0
     for wait in store.permit_waits.take(scope_, free, utcnow()):
+        if _ended(host, wait.run_id):
+            store.permit_waits.done(wait.id)  # ended meanwhile (cancelled): nothing to send
+            continue
         if not permits.take(scope_, wait.holder, limit):
             store.permit_waits.put_back(wait.id)
             break
@@ -105,6 +110,13 @@ def wake(host: Host, scope_: str, limit: int) -> int:
         store.permit_waits.done(wait.id)
         sent += 1
     return sent
+
+
+def _ended(host: Host, run_id: str) -> bool:
+    try:
+        return host.store.run_status(run_id) in TERMINAL_RUN_STATUSES
+    except RunNotFound:  # deleted (retention): nothing to send
+        return True
 
 
 def _send(host: Host, wait: PermitWait) -> None:

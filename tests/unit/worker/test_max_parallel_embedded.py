@@ -7,6 +7,7 @@ record (``orchestrate show`` says so) until it gets its permit.
 
 from __future__ import annotations
 
+import importlib
 import threading
 import time
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from click.testing import CliRunner
 
 from orchestration import RunStatus, Workflow
 from orchestration.app import Orchestrator
@@ -118,6 +120,15 @@ def test_a_key_partitions_the_limit_and_a_waiting_run_is_pending(
         assert store.run_status(second.run_id) == RunStatus.PENDING
         [(scope, step, ahead)] = store.permit_waits.of_run(second.run_id)
         assert (scope, step, ahead) == ("wf:limited_keyed:a", None, 0)
+        # orchestrate show says why it waits.
+        cli = importlib.import_module("orchestration.cli.main")
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(cli, "orchestrator_for_cli", lambda: flows.orch)
+            shown = CliRunner().invoke(cli.main, ["show", second.run_id],
+                                       env={"COLUMNS": "250"})
+        assert "pending" in shown.output.splitlines()[0], shown.output
+        assert ("queued: the run waits for a max_parallel permit of wf:limited_keyed:a "
+                "(0 ahead of it)") in shown.output
     finally:
         RUNS.release.set()
     assert [h.wait(timeout=60).status for h in (first, second, other)] == \
