@@ -17,11 +17,12 @@ from typing import Any
 from orchestration.define.policies import Backoff
 from orchestration.errors import Problem
 from orchestration.pipelines import steps as declared
+from orchestration.pipelines.intents import intent_router
 from orchestration.pipelines.schema import check_json_schema
 from orchestration.pipelines.source import Source, pointer
 from orchestration.pipelines.template import Placeholder, Template, TemplateSyntaxError, parse
 
-KINDS = ("model", "call", "routing")
+KINDS = ("model", "call", "routing", "intents")
 MODEL_ONLY = ("system_prompt", "prompt", "output_schema", "choices", "json_attempts")
 ROUTING_ONLY = ("route_on", "default")
 MAP_ONLY = ("min_success", "chunk_size", "concurrency")
@@ -128,7 +129,7 @@ class Planner:
         kinds = [k for k in KINDS if k in step.raw]
         if not kinds:
             self.problem(step.at, "a step needs one of 'model' (a model step), 'call' (a code "
-                         "step) or 'routing' (a routing step)")
+                         "step), 'routing' (a routing step) or 'intents' (an intent step)")
         elif len(kinds) > 1:
             self.problem(step.at + "/" + kinds[1], f"a step is one kind: it has both "
                          f"{kinds[0]!r} and {kinds[1]!r}")
@@ -321,8 +322,8 @@ class Planner:
 
     def _build(self, step: _Step) -> StepPlan | None:
         before = len(self.plan.problems)
-        fn = {"model": self._model, "call": self._call, "routing": self._router}.get(
-            step.kind or "", lambda _: None)(step)
+        fn = {"model": self._model, "call": self._call, "routing": self._router,
+              "intents": self._intents}.get(step.kind or "", lambda _: None)(step)
         options = self._options(step)
         if fn is None or len(self.plan.problems) > before:
             return None
@@ -390,6 +391,14 @@ class Planner:
 
     def _router(self, step: _Step) -> Callable[..., Any] | None:
         return self.routers.get(step.name)
+
+    def _intents(self, step: _Step) -> Callable[..., Any] | None:
+        raw, at = step.raw.get("intents"), step.at + "/intents"
+        if not isinstance(raw, dict):
+            return None
+        if isinstance(raw.get("text"), str):
+            self._readable(step, raw["text"], at + "/text", "the intent step's text")
+        return intent_router(step.name, raw, at, self.source.path.parent, self.problem)
 
     def _options(self, step: _Step) -> dict[str, Any]:
         raw = step.raw
