@@ -6,6 +6,7 @@ import click
 
 from orchestration.cli.common import orchestrator_for_cli
 from orchestration.define.graph import Node, Parallel, Series
+from orchestration.define.intents import RouterStep
 from orchestration.define.step import BoundStep
 from orchestration.define.workflow import CompiledWorkflow
 from orchestration.observe.queries import graph_dot
@@ -47,6 +48,9 @@ def _node(name: str, bound: BoundStep) -> str:
     spec = bound.spec
     names = getattr(getattr(spec.fn, "__code__", None), "co_names", ())
     tags = []
+    if isinstance(spec.fn, RouterStep):  # a semantic router: its labels; routes= starts one
+        tags.append(f"routes by intent: {' / '.join(spec.fn.spec.labels)}")
+        names = ("run_child",) if spec.fn.spec.routes is not None else ()
     if spec.map:
         quorum = f", min {spec.min_success}" if spec.min_success is not None else ""
         tags.append(f"map over {spec.map}{quorum}")
