@@ -95,8 +95,8 @@ def show(run_id: str, as_json: bool) -> None:
     permit_waits = orchestrator.store.permit_waits.of_run(run_id)
     if as_json:
         shown = _run_json(run)
-        shown["permit_waits"] = [{"scope": scope, "step": step, "ahead": ahead}
-                                 for scope, step, ahead in permit_waits]
+        shown["permit_waits"] = [{"scope": scope, "step": waiting, "ahead": ahead}
+                                 for scope, waiting, ahead in permit_waits]
         click.echo(json.dumps(shown, indent=2, default=str))
         return
     duration = f"{run.duration_s:.3f} s" if run.duration_s is not None else "not finished"
@@ -107,8 +107,8 @@ def show(run_id: str, as_json: bool) -> None:
                               f" ({duration}, ${run.cost_usd:.4f})"))
     if run.error:
         tree.add(Text(run.error, style="red"))
-    for scope, step, ahead in permit_waits:
-        what = f"step {step}" if step else "the run"
+    for scope, waiting, ahead in permit_waits:
+        what = f"step {waiting}" if waiting else "the run"
         tree.add(Text(f"queued: {what} waits for a max_parallel permit of {scope} "
                       f"({ahead} ahead of it)", style="yellow"))
     origin = run.created_at

@@ -58,11 +58,13 @@ return 0
 """
 
 _FREE = """
+if ARGV[2] == '1' and redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 return tonumber(ARGV[1]) - redis.call('ZCARD', KEYS[1])
 """
+WAITING_HINT_S: Final = 60  # seconds a scope is known to have waiters after the last sign
 
 
 def scope(kind: str, name: str, key_value: Any = None, *, keyed: bool = False) -> str:
@@ -90,8 +92,15 @@ class Permits(Protocol):
     def release(self, scope: str, holder: str) -> None:
         """Give the permit back (nothing when not held)."""
 
-    def free(self, scope: str, limit: int) -> int:
-        """How many permits of ``scope`` are free now (expired leases dropped)."""
+    def free(self, scope: str, limit: int, *, if_waiting: bool = False) -> int:
+        """How many permits of ``scope`` are free now (expired leases dropped).
+
+        With ``if_waiting``: 0 unless :meth:`waiting` marked the scope in the last
+        ``WAITING_HINT_S`` seconds (a release then costs no results-DB read).
+        """
+
+    def waiting(self, scope: str) -> None:
+        """Mark ``scope`` as having waiters (parked, or seen by a waker)."""
 
     def holders(self, scope: str) -> list[str]:
         """Who holds a live permit of ``scope`` now."""
@@ -118,8 +127,12 @@ class RedisPermits:
     def release(self, scope: str, holder: str) -> None:
         self.client.zrem(PREFIX + scope, holder)
 
-    def free(self, scope: str, limit: int) -> int:
-        return int(self._free(keys=[PREFIX + scope], args=[limit]))
+    def free(self, scope: str, limit: int, *, if_waiting: bool = False) -> int:
+        return int(self._free(keys=[PREFIX + scope, PREFIX + scope + ":waiting"],
+                              args=[limit, "1" if if_waiting else "0"]))
+
+    def waiting(self, scope: str) -> None:
+        self.client.set(PREFIX + scope + ":waiting", 1, ex=WAITING_HINT_S)
 
     def holders(self, scope: str) -> list[str]:
         now_s, now_us = self.client.time()
@@ -135,6 +148,7 @@ class LocalPermits:
         self.lease = lease
         self._lock = threading.Lock()
         self._held: dict[str, dict[str, float]] = {}
+        self._waiting: dict[str, float] = {}
 
     def _live(self, scope: str) -> dict[str, float]:
         now = time.monotonic()
@@ -163,9 +177,15 @@ class LocalPermits:
         with self._lock:
             self._held.get(scope, {}).pop(holder, None)
 
-    def free(self, scope: str, limit: int) -> int:
+    def free(self, scope: str, limit: int, *, if_waiting: bool = False) -> int:
         with self._lock:
+            if if_waiting and self._waiting.get(scope, 0.0) < time.monotonic():
+                return 0
             return limit - len(self._live(scope))
+
+    def waiting(self, scope: str) -> None:
+        with self._lock:
+            self._waiting[scope] = time.monotonic() + WAITING_HINT_S
 
     def holders(self, scope: str) -> list[str]:
         with self._lock:

@@ -71,30 +71,40 @@ def park_runs(host: Host, workflow: Workflow, run_ids: list[str],
     waits = [PermitWait(0, run_scope(workflow, inputs[run_id]), limit.max_parallel, run_id,
                         None, run_id, None, priority) for run_id in run_ids]
     host.store.permit_waits.park_many(waits, utcnow())
+    permits = as_permit_host(host).permits
     for scope_ in {wait.scope for wait in waits}:  # a permit may have freed meanwhile
+        permits.waiting(scope_)
         wake(host, scope_, limit.max_parallel)
 
 
 def park_step(host: Host, wait: PermitWait) -> None:
     """Record a step message waiting for a permit, then wake if one freed meanwhile."""
     host.store.permit_waits.park(wait, utcnow())
+    as_permit_host(host).permits.waiting(wait.scope)
     wake(host, wait.scope, wait.max_parallel)
 
 
 def release(host: Host, scope_: str, holder: str, limit: int) -> None:
     """Give a permit back and wake the next waiters of its scope."""
     as_permit_host(host).permits.release(scope_, holder)
-    wake(host, scope_, limit)
+    wake(host, scope_, limit, sure=False)
 
 
-def wake(host: Host, scope_: str, limit: int) -> int:
-    """Send as many waiters of ``scope_`` as there are free permits; how many were sent."""
+def wake(host: Host, scope_: str, limit: int, *, sure: bool = True) -> int:
+    """Send as many waiters of ``scope_`` as there are free permits; how many were sent.
+
+    Not ``sure`` (a release): the results DB is read only when the scope was marked as
+    having waiters lately; the heartbeat's sweep reads it regardless.
+    """
     permits = as_permit_host(host).permits
-    free = permits.free(scope_, limit)
+    free = permits.free(scope_, limit, if_waiting=not sure)
     if free <= 0:
         return 0
     store, sent = host.store, 0
-    for wait in store.permit_waits.take(scope_, free, utcnow()):
+    taken = store.permit_waits.take(scope_, free, utcnow())
+    if taken:
+        permits.waiting(scope_)  # more may wait behind them: releases keep looking
+    for wait in taken:
         if _ended(host, wait.run_id):
             store.permit_waits.done(wait.id)  # ended meanwhile (cancelled): nothing to send
             continue

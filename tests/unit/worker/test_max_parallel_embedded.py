@@ -43,6 +43,8 @@ class Gauge:
 
 
 RUNS, STEPS = Gauge(), Gauge()
+ORDER: list[str] = []
+GATE = threading.Event()
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +59,15 @@ def _declare(orch: Orchestrator) -> SimpleNamespace:
                          runs=Workflow("limited_runs", app=orch, max_parallel=2),
                          keyed=Workflow("limited_keyed", app=orch, max_parallel=1,
                                         concurrency_key="tenant"),
-                         steps=Workflow("limited_steps", app=orch))
+                         steps=Workflow("limited_steps", app=orch),
+                         ordered=Workflow("limited_ordered", app=orch, max_parallel=1))
+
+    @ns.ordered.task
+    def in_order(tag: str) -> str:
+        ORDER.append(tag)
+        if tag == "first":
+            GATE.wait(30)
+        return tag
 
     @ns.runs.task
     def start(n: int) -> int:
@@ -135,3 +145,14 @@ def test_a_key_partitions_the_limit_and_a_waiting_run_is_pending(
         [RunStatus.SUCCEEDED] * 3
     assert RUNS.most["a"] == 1
     assert store.permit_waits.of_run(second.run_id) == []
+
+
+def test_waiting_runs_get_permits_in_priority_order(flows: SimpleNamespace) -> None:
+    first = flows.ordered.submit(tag="first")
+    wait_until(lambda: ORDER == ["first"], timeout=30, what="the first run holding the permit")
+    normal = [flows.ordered.submit(tag=f"normal-{n}") for n in range(3)]
+    urgent = flows.ordered.submit(tag="urgent", priority=9)
+    GATE.set()
+    for handle in (first, *normal, urgent):
+        assert handle.wait(timeout=60).status is RunStatus.SUCCEEDED
+    assert ORDER == ["first", "urgent", "normal-0", "normal-1", "normal-2"]
