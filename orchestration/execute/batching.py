@@ -99,8 +99,8 @@ def _group(batch: _Batch, elements: list[Element]) -> None:
         outcome = signal.outcome
     succeeded = outcome.status is StepStatus.SUCCEEDED
     label = f"batch of {count}" if succeeded else f"batch of {count}: split in halves"
-    for element in elements:
-        batch.shares[element.id].extend(_share(record, count, label)
+    for index, element in enumerate(elements):
+        batch.shares[element.id].extend(_share(record, index, count, label)
                                         for record in outcome.attempts)
     if succeeded:
         for element, output in zip(elements, outcome.output, strict=True):
@@ -136,12 +136,18 @@ def _own(batch: _Batch, element: Element, outcome: StepOutcome) -> StepOutcome:
     return replace(outcome, attempts=records, cost_usd=sum(r.cost_usd for r in records))
 
 
-def _share(record: AttemptRecord, count: int, label: str) -> AttemptRecord:
-    """One element's share of a batch call's attempt: its cost and tokens divided."""
+def _share(record: AttemptRecord, index: int, count: int, label: str) -> AttemptRecord:
+    """Element ``index``'s share of a batch call's attempt: its cost and tokens divided
+    (the tokens that do not divide evenly go one each to the first elements)."""
     return replace(record, cost_usd=record.cost_usd / count,
-                   tokens_in=record.tokens_in // count, tokens_out=record.tokens_out // count,
+                   tokens_in=_part(record.tokens_in, index, count),
+                   tokens_out=_part(record.tokens_out, index, count),
                    policy=f"{record.policy}; {label}" if record.policy else label,
                    calls=[dict(call) for call in record.calls] if record.calls else None)
+
+
+def _part(total: int, index: int, count: int) -> int:
+    return total // count + (1 if index < total % count else 0)
 
 
 def _as_batch(step: BoundStep, count: int) -> BoundStep:
