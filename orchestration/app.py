@@ -58,8 +58,9 @@ from orchestration.worker.heartbeat import Heartbeat
 from orchestration.worker.inprocess import private_memory_transport
 
 if TYPE_CHECKING:
+    from orchestration.define.compiling import CompiledWorkflow
     from orchestration.define.step import BoundStep, StepSpec
-    from orchestration.define.workflow import CompiledWorkflow, Workflow
+    from orchestration.define.workflow import Workflow
 
 log = structlog.get_logger("orchestration.app")
 

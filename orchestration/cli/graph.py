@@ -5,10 +5,10 @@ from __future__ import annotations
 import click
 
 from orchestration.cli.common import orchestrator_for_cli
+from orchestration.define.compiling import CompiledWorkflow
 from orchestration.define.graph import Node, Parallel, Series
 from orchestration.define.intents import RouterStep
 from orchestration.define.step import BoundStep
-from orchestration.define.workflow import CompiledWorkflow
 from orchestration.observe.queries import graph_dot
 
 

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
 import math
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any, Protocol, overload
 
 import structlog
@@ -15,26 +13,22 @@ from orchestration.core.names import queue_name, workflow_name
 from orchestration.core.redaction import Redactor
 from orchestration.core.results import RunHandle, RunResult
 from orchestration.core.settings import Settings
-from orchestration.define.fingerprint import code_hash, stable
-from orchestration.define.graph import Decomposition, decompose, find_cycle
+from orchestration.define.compiling import CompiledWorkflow, compile_workflow
 from orchestration.define.host import default_host
 from orchestration.define.inputs import RESERVED_INPUTS, check_run_inputs, declared_inputs
 from orchestration.define.intents import Router, declare_router
 from orchestration.define.memory import Memory, as_memory
 from orchestration.define.policies import check_plain_function
 from orchestration.define.step import (
-    BoundStep,
     Step,
     StepSpec,
     build_spec,
-    gathered_outputs,
 )
-from orchestration.define.throughput import as_limit, check_step_key
+from orchestration.define.throughput import as_limit
 from orchestration.define.triggers import (
     Schedule,
     Trigger,
     check_mapped,
-    check_starters,
     default_name,
     make_schedule,
     make_trigger,
@@ -44,17 +38,6 @@ from orchestration.errors import WorkflowDefinitionError
 from orchestration.store.repository import Store
 
 log = structlog.get_logger("orchestration.define.workflow")
-
-
-@dataclass(frozen=True)
-class CompiledWorkflow:
-    """A validated workflow: bound steps, required inputs, and its decomposition."""
-
-    version: str
-    steps: dict[str, BoundStep]
-    inputs: frozenset[str]
-    required_inputs: frozenset[str]
-    decomposition: Decomposition
 
 
 class Host(Protocol):
@@ -302,7 +285,7 @@ class Workflow:
             return compiled
         with self._lock:
             if self._compiled is None:
-                self._compiled = _compile(self)
+                self._compiled = compile_workflow(self)
             return self._compiled
 
     # -- running -----------------------------------------------------------------------
@@ -362,58 +345,6 @@ class Workflow:
         return f"<Workflow {self.name} ({len(self._specs)} steps)>"
 
 
-def _compile(workflow: Workflow) -> CompiledWorkflow:
-    specs = workflow._specs
-    if not specs:
-        raise WorkflowDefinitionError(f"workflow {workflow.name!r} has no steps")
-    by_output = {spec.output: spec for spec in specs.values()}
-    _checkdeclared_inputs(workflow, by_output)
-    deps: dict[str, list[str]] = {}
-    sources: dict[str, dict[str, str]] = {}
-    inputs: set[str] = set(workflow.declared_inputs or ())
-    required: set[str] = set()
-    when_sources: dict[str, dict[str, str]] = {}
-    for spec in specs.values():
-        params = tuple(param for param in spec.params if param != spec.gather)
-        upstream, sources[spec.name] = _bind_params(workflow, spec, params, by_output,
-                                                    inputs, required)
-        # A when= predicate binds like the step: what it reads, the step depends on.
-        when_upstream, when_sources[spec.name] = _bind_params(
-            workflow, spec, spec.when_params, by_output, inputs, required)
-        upstream += when_upstream + _resolve_depends(workflow, spec, by_output)
-        if spec.name in upstream:
-            raise WorkflowDefinitionError(f"{spec.where} depends on itself")
-        deps[spec.name] = list(dict.fromkeys(upstream))
-    if workflow.memory is not None:  # every run names its conversation
-        required.add(workflow.memory.key)
-    if workflow.limit is not None and workflow.limit.key is not None:
-        required.add(workflow.limit.key)  # every run names its partition of the limit
-        inputs.add(workflow.limit.key)
-    for spec in specs.values():
-        check_step_key(spec.limit, spec.params, inputs, spec.where)
-    cycle = find_cycle(deps)
-    if cycle:
-        raise WorkflowDefinitionError(
-            f"workflow {workflow.name!r} has a cycle: {' -> '.join(cycle)}"
-        )
-    steps = {
-        spec.name: BoundStep(
-            spec=spec, queue=workflow.queue_of(spec), sources=sources[spec.name],
-            requires=frozenset(specs[up].output for up in deps[spec.name]),
-            upstream=frozenset(deps[spec.name]), run_budget=workflow.budget,
-            when_sources=when_sources[spec.name], memory=workflow.memory,
-            gathered=gathered_outputs(spec, specs, by_output, {*inputs, *by_output}),
-        )
-        for spec in specs.values()
-    }
-    check_starters(workflow.name, workflow.triggers, workflow.schedules, frozenset(inputs),
-                   frozenset(required))
-    return CompiledWorkflow(
-        version=_version(workflow, deps), steps=steps, inputs=frozenset(inputs),
-        required_inputs=frozenset(required), decomposition=decompose(deps),
-    )
-
-
 def _check_unique_name(workflow: Workflow, name: str, what: str) -> None:
     """Trigger and schedule names are one namespace per deployment (events name them)."""
     for other in [*workflow.orchestrator.workflows.values(), workflow]:
@@ -422,78 +353,3 @@ def _check_unique_name(workflow: Workflow, name: str, what: str) -> None:
                 raise WorkflowDefinitionError(
                     f"workflow {workflow.name!r}: {what} name {name!r} is taken by a "
                     f"{kind} of workflow {other.name!r}; pass name= to tell them apart")
-
-
-def _checkdeclared_inputs(workflow: Workflow, by_output: Mapping[str, StepSpec]) -> None:
-    declared = workflow.declared_inputs
-    if declared is None:
-        return
-    clash = sorted(declared & set(by_output))
-    if clash:
-        raise WorkflowDefinitionError(
-            f"workflow {workflow.name!r}: {clash[0]!r} is both an input and a step output"
-        )
-    reserved = sorted(declared & RESERVED_INPUTS)
-    if reserved:
-        raise WorkflowDefinitionError(f"workflow {workflow.name!r}: {reserved[0]!r} is reserved")
-
-
-def _bind_params(workflow: Workflow, spec: StepSpec, params: tuple[str, ...],
-                 by_output: Mapping[str, StepSpec], inputs: set[str],
-                 required: set[str]) -> tuple[list[str], dict[str, str]]:
-    """Bind each parameter to a step output or a workflow input; returns (upstream, sources)."""
-    specs = workflow._specs
-    declared = workflow.declared_inputs
-    upstream: list[str] = []
-    sources: dict[str, str] = {}
-    for param in params:
-        if param in by_output:
-            upstream.append(by_output[param].name)
-        elif param in specs and specs[param].output != param:
-            raise WorkflowDefinitionError(
-                f"{spec.where}: parameter {param!r} names step {param!r}, whose output is "
-                f"called {specs[param].output!r}; rename the parameter"
-            )
-        elif param in RESERVED_INPUTS:
-            raise WorkflowDefinitionError(f"{spec.where}: parameter name {param!r} is reserved")
-        elif declared is not None and param not in declared:
-            if param in spec.optional_params:
-                continue
-            raise WorkflowDefinitionError(
-                f"{spec.where}: parameter {param!r} is provided by no step output and no "
-                "workflow input"
-            )
-        else:
-            inputs.add(param)
-            if param not in spec.optional_params:
-                required.add(param)
-        sources[param] = param
-    return upstream, sources
-
-
-def _resolve_depends(workflow: Workflow, spec: StepSpec,
-                     by_output: Mapping[str, StepSpec]) -> list[str]:
-    names = []
-    for dep in spec.depends_on:
-        target = workflow._specs.get(dep) or by_output.get(dep)
-        if target is None:
-            raise WorkflowDefinitionError(
-                f"{spec.where}: depends_on names {dep!r}, which is no step or output of "
-                f"workflow {workflow.name!r}"
-            )
-        names.append(target.name)
-    return names
-
-
-def _version(workflow: Workflow, deps: dict[str, list[str]]) -> str:
-    shape = [
-        (spec.name, spec.output, sorted(deps[spec.name]), spec.params, spec.retries,
-         spec.critical, workflow.queue_of(spec), spec.model, spec.map, spec.min_success,
-         stable(spec.timeout), stable(spec.fallback), spec.max_cost,
-         getattr(spec.fn, "__qualname__", ""), code_hash(spec.fn))
-        # Only when set, so that the versions of workflows without it do not change.
-        + ((str(spec.on_error),) if spec.on_error is not None else ())
-        + ((f"gather={spec.gather}",) if spec.gather is not None else ())
-        for spec in workflow._specs.values()
-    ]
-    return hashlib.sha256(repr(shape).encode()).hexdigest()[:16]

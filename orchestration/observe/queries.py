@@ -13,7 +13,7 @@ from orchestration.define.workflow import Host
 from orchestration.store.models import AttemptRow, RunRow
 
 if TYPE_CHECKING:
-    from orchestration.define.workflow import CompiledWorkflow
+    from orchestration.define.compiling import CompiledWorkflow
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,9 @@ from typing import Any
 
 from orchestration.core.envelope import dumps
 from orchestration.core.settings import Settings
+from orchestration.define.compiling import CompiledWorkflow
 from orchestration.define.host import default_host
-from orchestration.define.workflow import CompiledWorkflow, Host, Workflow
+from orchestration.define.workflow import Host, Workflow
 from orchestration.errors import OrchestrationError, PipelineError, Problem
 from orchestration.pipelines.plan import Plan, Planner
 from orchestration.pipelines.schema import schema_problems

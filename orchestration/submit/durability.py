@@ -33,7 +33,8 @@ from orchestration.submit.retention import prune_memory
 from orchestration.submit.waits import expire_due_waits
 
 if TYPE_CHECKING:
-    from orchestration.define.workflow import CompiledWorkflow, Workflow
+    from orchestration.define.compiling import CompiledWorkflow
+from orchestration.define.workflow import Workflow
 
 log = structlog.get_logger("orchestration.submit.durability")
 

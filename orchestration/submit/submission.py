@@ -19,7 +19,8 @@ from orchestration.core.priority import DEFAULT, check_priority, message_priorit
 from orchestration.core.redaction import changed_by_redaction
 from orchestration.core.results import RunHandle
 from orchestration.define.children import child_idempotency_key
-from orchestration.define.workflow import CompiledWorkflow, Host, Workflow
+from orchestration.define.compiling import CompiledWorkflow
+from orchestration.define.workflow import Host, Workflow
 from orchestration.errors import InvalidInput, SubmitFailed
 from orchestration.store.discard import discard_unstarted
 from orchestration.store.repository import PlannedStep
