@@ -38,6 +38,7 @@ from orchestration.llm.catalogue import load_catalogue
 from orchestration.llm.resilience import Resilience
 from orchestration.pipelines import load_pipelines
 from orchestration.store.repository import StepOutcome, Store
+from orchestration.store.run_stream import RedisRunStream, RunStream, SQLRunStream
 from orchestration.store.workers import Released, WorkerInfo
 from orchestration.submit import permits as permit_waits
 from orchestration.submit import submission
@@ -109,8 +110,24 @@ class Orchestrator:
                 if self._store is None:
                     self._store = Store(self.settings.database_url)
                     self._store.ensure_schema()
+                    # Runs' streams: in the shared Redis if any, else in the results DB.
+                    self._store.run_stream = self._redis_stream() \
+                        if self.settings.shared_redis_url else SQLRunStream(
+                            self._store.engine, self._store.reader,
+                            maxlen=self.settings.stream_maxlen)
                 store = self._store
         return store
+
+    @property
+    def run_stream(self) -> RunStream:
+        """Runs' live event streams: Redis Streams with a shared Redis, else the results DB."""
+        return self.store.run_stream
+
+    def _redis_stream(self) -> RunStream:
+        redis_client = self.resilience.redis
+        assert redis_client is not None  # a shared Redis is configured
+        return RedisRunStream(redis_client, maxlen=self.settings.stream_maxlen,
+                              ttl=self.settings.stream_ttl)
 
     @property
     def resilience(self) -> Resilience:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from orchestration.core.clock import utcnow
 from orchestration.core.status import RunStatus, StepStatus
-from orchestration.errors import WaitTimeout
+from orchestration.core.stream_events import RUN_FINISHED, StreamEvent, as_event, event
+from orchestration.errors import ConfigurationError, WaitTimeout
 
 FLAT_POLL_SECONDS = 0.1
 
@@ -195,5 +199,93 @@ class RunHandle:
             if time.monotonic() - started > FLAT_POLL_SECONDS:
                 interval = min(interval * 1.2, max_poll)
 
+    def stream(self, after: str | None = None, *, timeout: float | None = None,
+               poll: float = 1.0) -> Iterator[StreamEvent]:
+        """The run's events as they happen, from its durable stream (docs/live.md).
+
+        Each :class:`StreamEvent` has ``.offset``, ``.type`` and ``.data``; the iterator
+        ends after ``run_finished``. Pass the last offset seen as ``after`` to resume
+        after it (nothing lost, nothing repeated); a finished run's stream replays.
+        Raises :class:`~orchestration.errors.WaitTimeout` if the run has not finished
+        within ``timeout`` seconds. ``poll``: the longest wait of one read.
+        """
+        cursor = _Cursor(self, after, timeout)
+        while True:
+            events, done = cursor.next(cursor.read(cursor.block(poll)))
+            yield from events
+            if done:
+                return
+
+    async def astream(self, after: str | None = None, *, timeout: float | None = None,
+                      poll: float = 1.0) -> AsyncIterator[StreamEvent]:
+        """:meth:`stream` as an async iterator (blocking reads run in a thread)."""
+        cursor = _Cursor(self, after, timeout)
+        while True:
+            batch = await asyncio.to_thread(cursor.read, cursor.block(poll))
+            events, done = await asyncio.to_thread(cursor.next, batch)
+            for item in events:
+                yield item
+            if done:
+                return
+
     def __repr__(self) -> str:
         return f"<RunHandle {self.run_id}>"
+
+
+CLOSE_GRACE_S = 2.0  # a run finished this long ago whose stream is still open gets closed
+
+
+class _Cursor:
+    """Where a reader of a run's stream is: the last offset, the deadline, the end."""
+
+    def __init__(self, handle: RunHandle, after: str | None, timeout: float | None) -> None:
+        self.handle = handle
+        self.after = after
+        self.timeout = timeout
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        source = getattr(handle._store, "run_stream", None)
+        if source is None:
+            raise ConfigurationError(f"run {handle.run_id}: this handle's store has no run "
+                                     "stream (handles from an Orchestrator have one)")
+        self.source = source
+
+    def block(self, poll: float) -> float:
+        if self.deadline is None:
+            return poll
+        return max(0.0, min(poll, self.deadline - time.monotonic()))
+
+    def read(self, block: float) -> list[tuple[str, dict[str, Any]]]:
+        batch: list[tuple[str, dict[str, Any]]] = self.source.read(
+            self.handle.run_id, self.after, block=block)
+        return batch
+
+    def next(self, batch: list[tuple[str, dict[str, Any]]]) -> tuple[list[StreamEvent], bool]:
+        """The events of a read, and whether the stream ended (or raise WaitTimeout)."""
+        events: list[StreamEvent] = []
+        for offset, data in batch:
+            self.after = offset
+            events.append(as_event(offset, data))
+            if events[-1].type == RUN_FINISHED:
+                return events, True
+        if events:
+            return events, False
+        self._close_if_finished()
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            raise WaitTimeout(f"run {self.handle.run_id} did not finish within "
+                              f"{self.timeout} s; stream again with after={self.after!r}")
+        return events, False
+
+    def _close_if_finished(self) -> None:
+        """A run that ended long enough ago without ``run_finished`` (cancelled, failed by
+        the reconciler, or streamed with ORCH_STREAM=off) gets it now, once."""
+        store = self.handle._store
+        if not store.run_status(self.handle.run_id).is_terminal:
+            return
+        run = store.get_run(self.handle.run_id)
+        finished = run.finished_at
+        if finished is not None and (utcnow() - finished).total_seconds() < CLOSE_GRACE_S:
+            return  # its last step may still be writing its last events
+        append_once = getattr(self.source, "append_once", None)
+        if append_once is not None:
+            append_once(run.run_id, event(RUN_FINISHED, run.run_id, status=run.status.value,
+                                          error=run.error, cost_usd=run.cost_usd))

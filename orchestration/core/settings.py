@@ -147,6 +147,34 @@ class Settings(BaseSettings):
         default=1_048_576, gt=0,
         description="`orchestrate serve`: largest accepted webhook body (bytes); 413 beyond.",
     )
+    stream: bool = Field(
+        default=True,
+        description="Write each run's live event stream (handle.stream(): step events, "
+        "partial outputs, LLM tokens). ORCH_STREAM=off writes none.",
+    )
+    stream_maxlen: int = Field(
+        default=10_000, ge=1,
+        description="Events kept per run stream (approximately; the oldest go first).",
+    )
+    stream_ttl: float = Field(
+        default=7 * 24 * 3600.0, gt=0,
+        description="Seconds a run's stream is kept after its last event.",
+    )
+    otel_endpoint: str | None = Field(
+        default=None,
+        description="OpenTelemetry: export traces over OTLP/HTTP to this base URL "
+        "(spans go to <url>/v1/traces). Unset: OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT, else "
+        "tracing is off (no SDK set up).",
+    )
+    otel_file: Path | None = Field(
+        default=None,
+        description="OpenTelemetry: also write finished spans as JSON lines to this file "
+        "(debugging, tests); turns tracing on by itself.",
+    )
+    otel_service_name: str = Field(
+        default="orchestration",
+        description="OpenTelemetry service.name of the spans (OTEL_SERVICE_NAME wins).",
+    )
     log_level: str = Field(default="INFO", description="Engine log level.")
     log_json: bool | None = Field(
         default=None, description="JSON log lines (default: unless stderr is a terminal)."

@@ -310,3 +310,24 @@ class BatchElementRow(Base):
     taken_at: Mapped[datetime | None] = mapped_column(Timestamp)
     lease_until: Mapped[datetime | None] = mapped_column(Timestamp)
     created_at: Mapped[datetime] = mapped_column(Timestamp)
+
+
+class RunEventRow(Base):
+    """One event of a run's live stream on the embedded default (store/run_stream.py).
+
+    ``body`` is the event as JSON text; ``once`` is set (to the type) for an event written
+    at most once per run (``run_finished``): the unique constraint keeps it single.
+    """
+
+    __tablename__ = "run_events"
+    __table_args__ = (
+        UniqueConstraint("run_id", "once", name="uq_run_events_once"),
+        Index("ix_run_events_run_id_id", "run_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    type: Mapped[str] = mapped_column(String(64))
+    once: Mapped[str | None] = mapped_column(String(64))
+    body: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, index=True)

@@ -33,6 +33,7 @@ from orchestration.store.models import PermitWaitRow, RunRow, StepRow, WaitRow
 from orchestration.store.permit_waits import PermitWaits
 from orchestration.store.reads import StoreReads
 from orchestration.store.recovery import Recovery
+from orchestration.store.run_stream import RunStream, SQLRunStream
 from orchestration.store.waits import CANCELLED as CANCELLED_WAIT
 from orchestration.store.waits import WAITING, Waits
 from orchestration.store.workers import Workers
@@ -138,6 +139,9 @@ class Store(StoreReads):
     def __init__(self, url: str, *, migrate: bool = True) -> None:
         self.url = url
         self._writer, self._reader = create_engines(url)
+        # Runs' live event streams: this DB's run_events, unless the Orchestrator sets a
+        # Redis one (store/run_stream.py); RunHandle.stream reads through it.
+        self.run_stream: RunStream = SQLRunStream(self._writer, self._reader)
         self._migrate = migrate
         self._schema_checked = False
         self._lock = threading.Lock()
