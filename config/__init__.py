@@ -17,6 +17,7 @@ WORKFLOW_MODULES = [
     "tasks.content.workflow",
     "tasks.rag.workflow",
     "tasks.agent.workflow",
+    "tasks.recruitment.workflow",
 ]
 
 #: The model catalogue: providers, prices, fallbacks (``ORCH_MODELS_FILE`` overrides it).

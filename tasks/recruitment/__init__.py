@@ -1,0 +1,1 @@
+"""Recruitment: resumes parsed, candidates scored in batches of ten, routed to review."""
