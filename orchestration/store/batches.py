@@ -141,6 +141,14 @@ class Batches:
                 _B.batch_id == batch_id, _B.holder == holder, _B.status == TAKEN,
             ).values(lease_until=now + timedelta(seconds=lease))).rowcount)
 
+    def release(self, batch_id: str, *, holder: str) -> int:
+        """Give a held batch's elements back to the buffer (its call broke off)."""
+        with self._engine.begin() as conn:
+            return int(conn.execute(update(_B).where(
+                _B.batch_id == batch_id, _B.holder == holder, _B.status == TAKEN,
+            ).values(status=WAITING, batch_id=None, holder=None, taken_at=None,
+                     lease_until=None)).rowcount)
+
     def done(self, ids: Iterable[int], *, now: datetime, lease: float) -> None:
         """The elements' steps are recorded: mark them ``done`` and the runs running again.
 

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from datetime import timedelta
 from typing import Any
 
@@ -114,6 +115,14 @@ def flush_step(host: Host, bound: BoundStep, delivery: Delivery, *, timed: bool 
         except LeaseLost:
             log.warning("batch taken over by another worker (lease ran out)",
                         step=spec.task_name, batch=taken.batch_id)
+        except Exception:
+            # Not the step failing (run_batch records that): the engine or the results DB.
+            # The elements go back to the buffer at once rather than after the lease.
+            log.exception("batch call broke off; its elements go back to the buffer",
+                          step=spec.task_name, batch=taken.batch_id)
+            with contextlib.suppress(Exception):  # the DB down too: the lease covers it
+                buffer.release(taken.batch_id, holder=holder)
+            raise
     after = buffer.next_due(spec.task_name, spec.batch_wait, utcnow())
     if after is not None and (ran or (timed and after > 0)):
         send_flush(host, bound, countdown=after or MIN_COUNTDOWN)

@@ -142,3 +142,17 @@ def test_due_steps_and_next_due(store: Store, buffer: Batches) -> None:
     assert buffer.due_steps({STEP: 10}, now=now, alive_since=now) == []
     assert buffer.due_steps({STEP: 10}, now=now + timedelta(seconds=11),
                             alive_since=now) == [STEP]
+
+
+def test_a_batch_whose_call_broke_off_goes_back_to_the_buffer(store: Store,
+                                                              buffer: Batches) -> None:
+    now = utcnow()
+    for value in range(3):
+        joined(store, buffer, value, now)
+    taken = take(buffer, now)
+    assert taken is not None
+    assert buffer.release(taken.batch_id, holder="other") == 0  # only its holder
+    assert buffer.release(taken.batch_id, holder="h1") == 3
+    again = take(buffer, now, holder="h2")
+    assert again is not None and [e.id for e in again.elements] == [
+        e.id for e in taken.elements]

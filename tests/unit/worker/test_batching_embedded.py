@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from orchestration import RunStatus, StepStatus, Workflow
+from orchestration import RunStatus, StepStatus, Workflow, cancel
 from orchestration.app import Orchestrator
 from orchestration.store.models import AttemptRow
 from orchestration.testing import embedded_orchestrator
@@ -44,7 +44,9 @@ def _declare(orch: Orchestrator) -> SimpleNamespace:
                          full=Workflow("batch_full", inputs=["n"], app=orch),
                          timed=Workflow("batch_timed", inputs=["n"], app=orch),
                          held=Workflow("batch_held", inputs=["n"], app=orch),
-                         poison=Workflow("batch_poison", inputs=["n"], app=orch))
+                         poison=Workflow("batch_poison", inputs=["n"], app=orch),
+                         escalating=Workflow("batch_escalating", inputs=["n"], app=orch),
+                         cancelled=Workflow("batch_cancelled", inputs=["n"], app=orch))
 
     @ns.full.task(batch_size=5, batch_wait=3600)
     def double(n: list[int], ctx: Any) -> list[int]:
@@ -72,6 +74,18 @@ def _declare(orch: Orchestrator) -> SimpleNamespace:
         if 13 in n:
             raise ValueError("13 is poisoned")
         return [x + 100 for x in n]
+
+    @ns.escalating.task(batch_size=3, batch_wait=3600, on_error={"error": "escalate"})
+    def judged(n: list[int]) -> list[str]:
+        called("judged", n)
+        if 0 in n:
+            raise ValueError("nobody can judge 0")
+        return [f"judged {x}" for x in n]
+
+    @ns.cancelled.task(batch_size=2, batch_wait=0.3)
+    def never(n: list[int]) -> list[int]:
+        called("never", n)
+        return n
 
     return ns
 
@@ -134,3 +148,34 @@ def test_a_poisoned_element_fails_only_its_own_run(flows: SimpleNamespace) -> No
         else:
             assert step.status is StepStatus.SUCCEEDED, n
             assert result.outputs["fragile"] == n + 100
+
+
+def test_an_element_alone_escalates_to_a_person_whose_answer_is_its_output(
+        flows: SimpleNamespace) -> None:
+    handles = flows.escalating.submit_many([{"n": n} for n in (0, 1, 2)])
+    assert handles[1].wait(timeout=30).outputs == {"judged": "judged 1"}
+    assert handles[2].wait(timeout=30).outputs == {"judged": "judged 2"}
+    wait_until(lambda: flows.orch.store.get_run(handles[0].run_id).status
+               is RunStatus.WAITING and flows.orch.store.get_run(handles[0].run_id)
+               .steps["judged"].error, timeout=20, what="the poisoned element escalated")
+    assert flows.orch.approve(handles[0].run_id, "judged by hand") == 1
+    result = handles[0].wait(timeout=30)
+    assert result.status is RunStatus.SUCCEEDED
+    assert result.outputs == {"judged": "judged by hand"}
+    # The person answered for the element: no other call.
+    assert [0] in CALLS["judged"] and sum(call == [0] for call in CALLS["judged"]) == 1
+
+
+def test_a_run_cancelled_while_its_element_waits_is_not_called(
+        flows: SimpleNamespace) -> None:
+    handle = flows.cancelled.submit(n=7)
+    wait_until(lambda: flows.orch.store.get_run(handle.run_id).status is RunStatus.WAITING,
+               timeout=20, what="the element buffered")
+    cancel(handle.run_id, orchestrator=flows.orch)
+    result = handle.wait(timeout=30)
+    assert result.status is RunStatus.CANCELLED
+    # Its batch is due after 0.3 s: the element is taken, found cancelled, and only sent
+    # on; its step ends cancelled with its run.
+    wait_until(lambda: flows.orch.store.get_run(handle.run_id).steps["never"].status
+               is StepStatus.CANCELLED, timeout=20, what="the step cancelled")
+    assert "never" not in CALLS
