@@ -99,7 +99,10 @@ def _execute(task: Any, message: Any, steps: dict[str, BoundStep], names: list[s
         raise Ignore() from None
     except JoinBatch as signal:
         # Buffered with its run's message: called later with other runs' elements.
-        join_batch(orchestrator, task, steps[current], signal)
+        try:
+            join_batch(orchestrator, task, steps[current], signal)
+        except Exception as exc:  # the results DB down: handed back, not dropped
+            raise _engine_error(orchestrator, task, message, current, exc) from None
         raise Ignore() from None
     except WaitForInput as signal:
         # The stored message is this whole (fused) one: on resume, steps before

@@ -16,9 +16,11 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 
 from orchestration import RunStatus, StepStatus, Workflow, cancel
 from orchestration.app import Orchestrator
+from orchestration.store.batches import Batches
 from orchestration.store.models import AttemptRow
 from orchestration.testing import embedded_orchestrator
 from tests.support.polling import wait_until
@@ -179,3 +181,20 @@ def test_a_run_cancelled_while_its_element_waits_is_not_called(
     wait_until(lambda: flows.orch.store.get_run(handle.run_id).steps["never"].status
                is StepStatus.CANCELLED, timeout=20, what="the step cancelled")
     assert "never" not in CALLS
+
+
+def test_an_element_the_results_db_could_not_buffer_is_handed_back_not_dropped(
+        flows: SimpleNamespace, monkeypatch: pytest.MonkeyPatch) -> None:
+    original = Batches.join
+    failures = [OperationalError("INSERT INTO batch_elements", {}, Exception("db is down"))]
+
+    def flaky_join(self: Batches, *args: Any, **kwargs: Any) -> int:
+        if failures:
+            raise failures.pop()
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Batches, "join", flaky_join)
+    first, second = flows.held.submit(n=10), flows.held.submit(n=20)
+    assert first.wait(timeout=30).outputs == {"pair": -10}
+    assert second.wait(timeout=30).outputs == {"pair": -20}
+    assert failures == []
