@@ -36,6 +36,7 @@ from orchestration.execute.permits import LocalPermits, Permits, RedisPermits, R
 from orchestration.execute.runtime import Delivery
 from orchestration.llm.catalogue import load_catalogue
 from orchestration.llm.resilience import Resilience
+from orchestration.observe import tracing
 from orchestration.pipelines import load_pipelines
 from orchestration.store.repository import StepOutcome, Store
 from orchestration.store.run_stream import RedisRunStream, RunStream, SQLRunStream
@@ -98,6 +99,7 @@ class Orchestrator:
         self.started_at = utcnow()
         register_engine_tasks(self)
         register_batch_tasks(self)
+        tracing.configure(self.settings)  # OpenTelemetry, only when configured
 
     # -- wiring ------------------------------------------------------------------------
 

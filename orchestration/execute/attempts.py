@@ -51,6 +51,7 @@ from orchestration.execute.context import StepContext
 from orchestration.execute.memory import MemoryBinding
 from orchestration.execute.routes import TIER_PARAM, Tiers
 from orchestration.execute.timeouts import call_with_timeout
+from orchestration.observe import tracing
 from orchestration.store.repository import AttemptRecord, StepOutcome, Store
 
 if TYPE_CHECKING:
@@ -181,6 +182,7 @@ class _Attempts:
                           services=delivery.services, map_index=call.map_index,
                           store=call.store, on_error=spec.on_error)
         ctx.memory_binding = call.memory
+        ctx.span = tracing.start_attempt(ctx, queue=step.queue, redactor=delivery.redactor)
         self.contexts.append(ctx)
         call_kwargs = dict(call.kwargs, ctx=ctx) if spec.wants_ctx else call.kwargs
         started = utcnow()
@@ -205,7 +207,8 @@ class _Attempts:
                 if reason is not None:
                     raise GateFailed(reason)
             self.tiers.check_confidence(ctx, value)
-        except StepSignal:
+        except StepSignal as signal:
+            tracing.end_attempt(ctx.span, None, signal)
             raise
         except BaseException as exc:
             self.records.append(_record(self.number, "failed", started, ctx, exc, gate,
@@ -434,6 +437,7 @@ def _record(number: int, status: str, started: datetime, ctx: StepContext,
                                  "context_utilisation": c.context_utilisation}
                                 for c in ctx.calls] or None)
     _trace_policy(record, ctx, exc)
+    tracing.end_attempt(ctx.span, record, exc)
     return record
 
 

@@ -19,6 +19,7 @@ from orchestration.execute.intents import IntentModels, intent_models
 from orchestration.execute.memory import ConversationMemory, MemoryBinding
 from orchestration.llm.client import LLMClient
 from orchestration.llm.resilience import Resilience
+from orchestration.observe.tracing import AttemptSpan
 from orchestration.store.memory import MemoryWrite
 from orchestration.store.repository import Store
 
@@ -56,6 +57,7 @@ class StepContext:
     _memory: ConversationMemory | None = None
     reported_confidence: float | None = None  # set by ctx.confidence(), read by routes
     trace_note: str | None = None  # set by ctx.note(): the attempt's policy in the trace
+    span: AttemptSpan | None = None  # this attempt's OpenTelemetry span (None: tracing off)
 
     @property
     def llm(self) -> LLMClient:
@@ -163,6 +165,15 @@ class StepContext:
         # ctx.llm checks the budgets itself, around the call (see llm/client.py).
         self._add_cost(call.cost_usd, call.model if call.ok else None)
         metrics.record_call(call.model, call.ok, call.breaker, call.context_utilisation)
+        if self.span is not None:
+            self.span.model_call(call, self._system_of(call.model))
+
+    def _system_of(self, model: str) -> str:
+        """The provider kind of a model, for its call's span (``gen_ai.system``)."""
+        catalogue = self.services.catalogue if self.services is not None else None
+        if catalogue is None or model not in catalogue.models:
+            return "local"  # the local answer of an unconfigured chain
+        return catalogue.providers[catalogue.model(model).provider].kind
 
     def _add_cost(self, usd: float, model: str | None) -> None:
         self.cost_usd += float(usd)

@@ -6,6 +6,7 @@ The submission contract (README, "Submitting runs"): when a submit raises
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -22,6 +23,7 @@ from orchestration.define.children import child_idempotency_key
 from orchestration.define.compiling import CompiledWorkflow
 from orchestration.define.workflow import Host, Workflow
 from orchestration.errors import InvalidInput, SubmitFailed
+from orchestration.observe import tracing
 from orchestration.store.discard import discard_unstarted
 from orchestration.store.repository import PlannedStep
 from orchestration.submit.permits import as_permit_host, park_runs, take_permits
@@ -193,10 +195,12 @@ def check_idempotency_key(workflow: str, key: object) -> None:
 
 def _send(host: Host, workflow: Workflow, run_ids: list[str], send: Callable[[], Any]) -> None:
     """Publish written runs; if that fails, remove them so that none runs later."""
+    started = time.time_ns()
     try:
         send()
     except Exception as exc:
         raise _unwind(host, workflow, run_ids, exc) from exc
+    tracing.runs_submitted(workflow.name, run_ids, started)  # each run's root span
 
 
 def _unwind(host: Host, workflow: Workflow, run_ids: list[str], cause: Exception) -> SubmitFailed:

@@ -24,6 +24,8 @@ from celery.app.task import Task
 from celery.events.dispatcher import EventDispatcher
 from celery.worker.request import Request
 
+from orchestration.observe import tracing
+
 # Plain values that help an operator and carry no run data.
 _SHOWN = ("run_id", "step", "fused", "finalize", "total", "workflow", "count")
 _ENVELOPE_REPR = re.compile(r"\{'run': '([0-9a-zA-Z-]{1,64})'")
@@ -72,11 +74,13 @@ class StepAMQP(AMQP):  # type: ignore[misc]  # Celery is untyped
     def as_task_v2(self, task_id: str, name: str, args: Any = None, kwargs: Any = None,
                    *rest: Any, argsrepr: str | None = None, kwargsrepr: str | None = None,
                    **options: Any) -> Any:
-        return super().as_task_v2(
+        message = super().as_task_v2(
             task_id, name, args, kwargs, *rest,
             argsrepr=args_summary(args) if argsrepr is None else argsrepr,
             kwargsrepr=kwargs_summary(kwargs) if kwargsrepr is None else kwargsrepr,
             **options)
+        tracing.inject(message.headers, args, kwargs)  # the run's traceparent, when tracing
+        return message
 
 
 def result_summary(result: Any) -> str:

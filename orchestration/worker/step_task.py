@@ -28,6 +28,7 @@ from orchestration.errors import (
 from orchestration.execute.batching import JoinBatch
 from orchestration.execute.maps import map_canvas, run_chunk
 from orchestration.execute.runtime import StartChild, StartMap, run_step
+from orchestration.observe import tracing
 from orchestration.store.engine import is_unavailable
 from orchestration.worker.batching import join_batch
 from orchestration.worker.engine_tasks import child_canvas
@@ -66,7 +67,7 @@ def execute_step(task: Any, message: Any, run_id: str | None = None,
     current = names[0]
     first = steps[current]
     with (permits_for(task, workflow, first, message, finalize and chunk is None)
-          if is_limited(workflow, first) else nullcontext()):
+          if is_limited(workflow, first) else nullcontext()), tracing.received(task.request):
         return _execute(task, message, steps, names, run_id, finalize, chunk, params, released)
 
 
