@@ -26,12 +26,14 @@ from orchestration.core.redaction import Redactor
 from orchestration.core.results import RunHandle
 from orchestration.core.settings import Settings
 from orchestration.core.status import RunStatus, StepStatus
+from orchestration.core.stream_events import WAITING_FOR_INPUT, event
 from orchestration.define.host import current_default, default_host, install_default
 from orchestration.errors import (
     ConfigurationError,
     WaitForInput,
     WorkflowDefinitionError,
 )
+from orchestration.execute.live import run_finished, safe_append
 from orchestration.execute.permits import LocalPermits, Permits, RedisPermits, Renewer
 from orchestration.execute.runtime import Delivery
 from orchestration.llm.catalogue import load_catalogue
@@ -242,7 +244,8 @@ class Orchestrator:
                         services=self.resilience, max_crashes=self.settings.max_crashes,
                         redactor=self._redactor_of(task.name), holder=self.instance_id,
                         db_hold=self.settings.db_outage_hold,
-                        dead_after=self.settings.worker_dead_after)
+                        dead_after=self.settings.worker_dead_after,
+                        stream=self.run_stream if self.settings.stream else None)
 
     def _redactor_of(self, task_name: str) -> Redactor:
         workflow = self.workflows.get(task_name.partition(".")[0])
@@ -266,6 +269,9 @@ class Orchestrator:
         if signal.timeout:
             self.celery.signature(EXPIRE_WAITS_TASK, queue=bound.queue).apply_async(
                 countdown=signal.timeout)
+        if self.settings.stream:
+            safe_append(self.run_stream, run_id, [event(
+                WAITING_FOR_INPUT, run_id, step=bound.spec.name, name=signal.name)])
 
     def resume(self, run_id: str, inputs: dict[str, Any] | None = None) -> RunHandle:
         """Continue a failed or cancelled run from its last good steps; its handle (same id)."""
@@ -298,6 +304,9 @@ class Orchestrator:
             StepStatus.FAILED, error=error, error_type=type(exc).__qualname__))
         self.store.finish_run(run_id, RunStatus.FAILED, error=error,
                               error_type=type(exc).__qualname__)
+        if self.settings.stream:
+            run_finished(self.run_stream, run_id, RunStatus.FAILED.value,
+                         self.redactor.text(error), self.store.run_cost(run_id))
 
     # -- worker liveness ---------------------------------------------------------------
 

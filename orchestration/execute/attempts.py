@@ -48,6 +48,7 @@ from orchestration.errors import (
     error_kind,
 )
 from orchestration.execute.context import StepContext
+from orchestration.execute.live import Live
 from orchestration.execute.memory import MemoryBinding
 from orchestration.execute.routes import TIER_PARAM, Tiers
 from orchestration.execute.timeouts import call_with_timeout
@@ -57,6 +58,7 @@ from orchestration.store.repository import AttemptRecord, StepOutcome, Store
 if TYPE_CHECKING:
     from orchestration.core.redaction import Redactor
     from orchestration.llm.resilience import Resilience
+    from orchestration.store.run_stream import RunStream
 
 log = structlog.get_logger("orchestration.execute.attempts")
 _ERROR_LIMIT = 4000
@@ -78,6 +80,7 @@ class Delivery:
     holder: str | None = None  # the worker process instance (see store/workers.py)
     dead_after: float = 0.0  # a holder that beat within this many seconds is live (0: none)
     db_hold: float = 0.0  # seconds to keep retrying a record while the results DB is down
+    stream: RunStream | None = None  # the run's live stream (None: ORCH_STREAM=off)
 
 
 class ReturnedSignal(StepSignal):
@@ -183,6 +186,10 @@ class _Attempts:
                           store=call.store, on_error=spec.on_error)
         ctx.memory_binding = call.memory
         ctx.span = tracing.start_attempt(ctx, queue=step.queue, redactor=delivery.redactor)
+        ctx.live = _live(call, self.number)
+        if ctx.live is not None and call.map_index is None:
+            ctx.live.started(worker=delivery.worker, queue=step.queue,
+                             model=self.tiers.model)
         self.contexts.append(ctx)
         call_kwargs = dict(call.kwargs, ctx=ctx) if spec.wants_ctx else call.kwargs
         started = utcnow()
@@ -211,12 +218,14 @@ class _Attempts:
             tracing.end_attempt(ctx.span, None, signal)
             raise
         except BaseException as exc:
+            _ended(ctx, failed=True)
             self.records.append(_record(self.number, "failed", started, ctx, exc, gate,
                                         call.map_index))
             self.params = _on_retry(step, self.number, exc, self.params)
             if isinstance(exc, Exception):
                 raise
             raise as_failure(exc) from exc
+        _ended(ctx, failed=False)
         self.records.append(_record(self.number, "succeeded", started, ctx, None, gate,
                                     call.map_index))
         if isinstance(spec.timeout, AdaptiveTimeout) and delivery.services is not None:
@@ -481,3 +490,17 @@ def _log_retry(task_name: str, run_id: str,
                     attempt=previous_attempts + state.attempt_number, error=repr(error),
                     wait_s=round(state.upcoming_sleep, 3))
     return before_sleep
+
+
+def _live(call: StepCall, attempt: int) -> Live | None:
+    """The attempt's writer to its run's stream (None: streaming off)."""
+    stream = call.delivery.stream
+    if stream is None:
+        return None
+    return Live(stream, call.run_id, call.step.spec.name, attempt, call.delivery.redactor)
+
+
+def _ended(ctx: StepContext, *, failed: bool) -> None:
+    """Write the attempt's held tokens; a failed attempt's are superseded."""
+    if ctx.live is not None:
+        ctx.live.ended(failed)

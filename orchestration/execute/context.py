@@ -16,6 +16,7 @@ from orchestration.define.on_error import ErrorPolicy
 from orchestration.define.workflow import Workflow
 from orchestration.errors import BudgetExceeded, ConfigurationError, InputTimeout, WaitForInput
 from orchestration.execute.intents import IntentModels, intent_models
+from orchestration.execute.live import Live
 from orchestration.execute.memory import ConversationMemory, MemoryBinding
 from orchestration.llm.client import LLMClient
 from orchestration.llm.resilience import Resilience
@@ -57,6 +58,7 @@ class StepContext:
     _memory: ConversationMemory | None = None
     reported_confidence: float | None = None  # set by ctx.confidence(), read by routes
     trace_note: str | None = None  # set by ctx.note(): the attempt's policy in the trace
+    live: Live | None = None  # the run's live stream (None: streaming off)
     span: AttemptSpan | None = None  # this attempt's OpenTelemetry span (None: tracing off)
 
     @property
@@ -89,6 +91,29 @@ class StepContext:
     def intents(self) -> IntentModels:
         """The semantic routers' classifiers, trained once per process (``wf.router``)."""
         return intent_models()
+
+    def emit(self, event_type: str, **fields: Any) -> None:
+        """Append an event of this step to the run's stream (``handle.stream()``).
+
+        Fields are redacted like stored outputs; a no-op with ``ORCH_STREAM=off``.
+        """
+        if self.live is not None:
+            self.live.emit(event_type, attempt=self.attempt, **fields)
+
+    def partial(self, value: Any) -> None:
+        """Show a partial result before the step finishes (``partial_output``)."""
+        if self.live is not None:
+            self.live.partial(value)
+
+    def on_token(self, text: str) -> None:
+        """The token sink of ``ctx.llm.stream``: one ``token`` event per chunk."""
+        if self.live is not None:
+            self.live.token(text)
+
+    def flush_tokens(self) -> None:
+        """Write tokens held back (``ctx.llm.stream`` calls it when a stream ends)."""
+        if self.live is not None:
+            self.live.flush()
 
     def note(self, text: str) -> None:
         """Say what this attempt decided, for the trace (the attempt's ``policy``)."""

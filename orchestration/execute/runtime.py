@@ -58,9 +58,11 @@ from orchestration.execute.attempts import (
     run_attempts,
 )
 from orchestration.execute.batching import JoinBatch
+from orchestration.execute.live import record_step_finished, run_finished
 from orchestration.execute.memory import bind_memory
 from orchestration.store.engine import is_unavailable
 from orchestration.store.repository import Claim, RunFinish, StepOutcome, Store
+from orchestration.store.run_stream import RunStream
 
 __all__ = ["Delivery", "StartChild", "StartMap", "arguments", "finalize_run", "run_step"]
 
@@ -127,7 +129,7 @@ def run_step(step: BoundStep, message: Any, store: Store, delivery: Delivery,
             raise HeldElsewhere(spec.name)
         apply_outcome(step, envelope, claim.status, claim.output, delivery, claim.error)
     if finalize:
-        finalize_run(envelope, store)
+        finalize_run(envelope, store, delivery.stream)
     return envelope.to_message()
 
 
@@ -255,12 +257,18 @@ def record_and_pass(step: BoundStep, envelope: Envelope, outcome: StepOutcome, s
         status, output, error = store.step_state(envelope.run_id, step.spec.name)
         apply_outcome(step, envelope, status, output, delivery, error)
         if finalize:
-            finalize_run(envelope, store)
+            finalize_run(envelope, store, delivery.stream)
         return envelope.to_message()
     latency = (utcnow() - claimed_at).total_seconds() if claimed_at else None
     metrics.record_step(step.spec.workflow, step.spec.name, outcome.model or step.spec.model,
                         outcome.status.value, len(outcome.attempts) + outcome.extra_attempts,
                         latency, outcome.cost_usd)
+    if delivery.stream is not None:
+        record_step_finished(delivery.stream, envelope.run_id, step.spec.name, stored, latency)
+        if finish is not None:
+            run_finished(delivery.stream, envelope.run_id, finish.status.value,
+                         delivery.redactor.text(finish.error) if delivery.redactor
+                         else finish.error, store.run_cost(envelope.run_id))
     if finish is not None:
         _log_finished(trial, finish)
     return trial.to_message()
@@ -308,11 +316,16 @@ def run_finish(envelope: Envelope) -> RunFinish:
     return RunFinish(RunStatus.SUCCEEDED)
 
 
-def finalize_run(envelope: Envelope, store: Store) -> RunStatus:
-    """Write the run's terminal status from what its last envelope says."""
+def finalize_run(envelope: Envelope, store: Store,
+                 stream: RunStream | None = None) -> RunStatus:
+    """Write the run's terminal status from what its last envelope says (and close its
+    live ``stream``, if given)."""
     finish = run_finish(envelope)
     store.finish_run(envelope.run_id, finish.status, error=finish.error,
                      error_type=finish.error_type)
+    if stream is not None:
+        run_finished(stream, envelope.run_id, finish.status.value, finish.error,
+                     store.run_cost(envelope.run_id))
     _log_finished(envelope, finish)
     return finish.status
 

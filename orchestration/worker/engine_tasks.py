@@ -49,7 +49,8 @@ def register_engine_tasks(host: WorkerHost) -> None:
 def finalize(task: Any, message: Any, run_id: str | None = None) -> str:
     """End the run: its status from its steps' outcomes."""
     orchestrator: WorkerHost = task.orchestrator
-    return finalize_run(Envelope.from_message(message), orchestrator.store).value
+    return finalize_run(Envelope.from_message(message), orchestrator.store,
+                        orchestrator.delivery(task).stream).value
 
 
 def map_collect(task: Any, parts: list[dict[str, Any]], *, message: dict[str, Any],
