@@ -175,21 +175,6 @@ class Settings(BaseSettings):
         default="orchestration",
         description="OpenTelemetry service.name of the spans (OTEL_SERVICE_NAME wins).",
     )
-    otel_endpoint: str | None = Field(
-        default=None,
-        description="OpenTelemetry: export traces over OTLP/HTTP to this base URL "
-        "(spans go to <url>/v1/traces). Unset: OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT, else "
-        "tracing is off (no SDK set up).",
-    )
-    otel_file: Path | None = Field(
-        default=None,
-        description="OpenTelemetry: also write finished spans as JSON lines to this file "
-        "(debugging, tests); turns tracing on by itself.",
-    )
-    otel_service_name: str = Field(
-        default="orchestration",
-        description="OpenTelemetry service.name of the spans (OTEL_SERVICE_NAME wins).",
-    )
     log_level: str = Field(default="INFO", description="Engine log level.")
     log_json: bool | None = Field(
         default=None, description="JSON log lines (default: unless stderr is a terminal)."
