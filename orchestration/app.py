@@ -110,6 +110,8 @@ class Orchestrator:
         """The results store (opened, and migrated if needed, on first use)."""
         store = self._store
         if store is None:
+            if self.settings.shared_redis_url:
+                self.resilience  # noqa: B018 - built first: it takes self._lock too
             with self._lock:
                 if self._store is None:
                     self._store = Store(self.settings.database_url)
