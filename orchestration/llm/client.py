@@ -31,10 +31,10 @@ import json
 import re
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from functools import partial
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import jsonschema
 from pydantic import BaseModel, ValidationError
@@ -63,10 +63,12 @@ from orchestration.errors import (
 from orchestration.llm.catalogue import ModelConfig
 from orchestration.llm.providers.base import Completion, Messages, Provider, Usage
 from orchestration.llm.providers.local import LocalProvider
+from orchestration.llm.streaming import TextStream, stream_answer
 
 if TYPE_CHECKING:
     from orchestration.llm.resilience import Resilience
 
+T = TypeVar("T")
 CALL_BACKOFF = Backoff(initial=0.2, maximum=5.0, multiplier=2.0, jitter=0.1)
 _FENCE = re.compile(r"```(?:json|JSON)?\s*\n?(.*?)```", re.S)
 
@@ -168,6 +170,26 @@ class LLMClient:
         error.policy = last[1] if last else None
         raise error
 
+    def stream(self, prompt: str | Messages, *, model: str | None = None,
+               history: History | Messages | None = None,
+               first_token_timeout: float | None = None, timeout: float | None = None,
+               **params: Any) -> TextStream:
+        """Ask a model and get its answer chunk by chunk (``for chunk in ctx.llm.stream(...)``).
+
+        Breakers, rate limits, budgets, cost and fallback models as :meth:`complete`;
+        retries and fallbacks only until the first chunk (see ``llm/streaming.py``).
+        ``first_token_timeout`` (default: the model's timeout) bounds the wait for the
+        first chunk and any stall after it; ``timeout`` the whole call (default: the
+        step's time left). Each chunk reaches the run's stream (``token`` events) as it
+        arrives; ``.completion`` (text, model, usage, cost) is set once it ended.
+        """
+        catalogue = self._services.catalogue
+        name = model or self._ctx.model or catalogue.default_model
+        if name is None:
+            raise ConfigurationError("no model named and the catalogue has no default_model")
+        return TextStream(stream_answer(self, _messages(prompt, history), name,
+                                        first_token_timeout, timeout, params))
+
     def complete_many(self, prompts: Sequence[str | Messages], *, model: str | None = None,
                       concurrency: int = 8, **params: Any) -> list[Completion]:
         """Ask a model once per prompt, up to ``concurrency`` calls at once (a batch step).
@@ -232,20 +254,18 @@ class LLMClient:
                 text, usage = breaker.call(provider.complete, messages, model=name,
                                            timeout=timeout, **params)
             except ProviderError as exc:
-                action = self._action(exc.kind)
-                if action is not None:
-                    exc.policy = describe_policy(exc.kind, action)
-                self._record(CallRecord(
-                    model=name, ok=False, latency_ms=(time.perf_counter() - started) * 1000,
-                    error_kind=exc.kind, policy=exc.policy,
-                    breaker=breaker.state_name, error=str(exc),
-                    context_utilisation=_utilisation(counter.count_messages(messages), config)))
+                self._failed(name, config, exc, started, breaker.state_name,
+                             counter.count_messages(messages))
                 raise
             counter.observe(estimated, usage.prompt_tokens)
             prompt = usage.prompt_tokens or counter.count_messages(messages)
             return self._succeeded(name, config, provider, text, usage, started,
                                    breaker.state_name, _utilisation(prompt, config))
 
+        return self._with_retries(config, once)
+
+    def _with_retries(self, config: ModelConfig, once: Callable[[], T]) -> T:
+        """``once`` retried on transient errors under the model's and the step's policies."""
         policy = self._ctx.on_error
         if policy is None:  # the defaults, exactly
             return first_then_retry(once, lambda: Retrying(
@@ -266,6 +286,20 @@ class LLMClient:
             retry=retry_if_exception(retryable),
             reraise=True,
         ), retryable)
+
+    def _failed(self, name: str, config: ModelConfig, exc: ProviderError, started: float,
+                breaker: str, prompt_tokens: int, *, completion_tokens: int = 0,
+                cost_usd: float = 0.0) -> None:
+        """Trace a failed call (the on_error policy that acts on it named on the error)."""
+        action = self._action(exc.kind)
+        if action is not None:
+            exc.policy = describe_policy(exc.kind, action)
+        self._record(CallRecord(
+            model=name, ok=False, latency_ms=(time.perf_counter() - started) * 1000,
+            error_kind=exc.kind, policy=exc.policy, breaker=breaker, error=str(exc),
+            prompt_tokens=prompt_tokens if completion_tokens else 0,
+            completion_tokens=completion_tokens, cost_usd=cost_usd,
+            context_utilisation=_utilisation(prompt_tokens, config)))
 
     def _action(self, kind: ErrorKind) -> ErrorAction | None:
         """The step's on_error action for a failed call of ``kind`` (None: the defaults)."""

@@ -16,6 +16,9 @@ Endpoints:
 - ``POST /v1/chat/completions`` (OpenAI-shaped) and ``POST /v1/messages`` (Anthropic-shaped;
   like the real API it answers 400 without ``anthropic-version``, without ``max_tokens``, or
   with a role other than user/assistant in ``messages``).
+- ``"stream": true`` in either API's request: the answer as server-sent events, word by
+  word, with streaming faults (a stall before the first token, delays between chunks, a
+  disconnect mid-stream): see tests/fakes/llm_stream.py.
 - ``PUT /control/models/<model>`` with a JSON object of :class:`Behaviour` fields replaces
   that model's behaviour (unlisted fields take their defaults; unknown fields are a 400);
   ``DELETE /control/models/<model>`` resets one model, ``DELETE /control/models`` all;
@@ -53,6 +56,8 @@ from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import quote, unquote
 
+from tests.fakes.llm_stream import anthropic_events, openai_events, send_stream
+
 if TYPE_CHECKING:
     import httpx
 
@@ -88,6 +93,10 @@ class Behaviour:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     seed: int = 0
+    # Streaming answers ("stream": true; tests/fakes/llm_stream.py)
+    first_token_delay_ms: float = 0.0
+    chunk_delay_ms: float = 0.0
+    disconnect_after: int | None = None
 
     @classmethod
     def from_json(cls, data: Any) -> Behaviour:
@@ -122,6 +131,10 @@ class Behaviour:
             if getattr(self, name) is not None:
                 _integer(name, getattr(self, name), 0)
         _integer("seed", self.seed, -(2**63), 2**63)
+        _number("first_token_delay_ms", self.first_token_delay_ms, 0)
+        _number("chunk_delay_ms", self.chunk_delay_ms, 0)
+        if self.disconnect_after is not None:
+            _integer("disconnect_after", self.disconnect_after, 0)
 
 
 def _number(name: str, value: Any, low: float, high: float = float("inf")) -> None:
@@ -167,12 +180,15 @@ class _ModelStats:
     without_auth: int = 0
     endpoints: Counter[str] = field(default_factory=Counter)
     last_request: Any = None
+    streams: int = 0
+    chunks_sent: list[float] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
         return {"requests": self.requests, "statuses": dict(self.statuses), "hung": self.hung,
                 "timestamps": list(self.timestamps), "with_auth": self.with_auth,
                 "without_auth": self.without_auth, "endpoints": dict(self.endpoints),
-                "last_request": self.last_request}
+                "last_request": self.last_request, "streams": self.streams,
+                "chunks_sent": list(self.chunks_sent)}
 
 
 @dataclass(frozen=True)
@@ -211,6 +227,15 @@ class _State:
     def reset_stats(self) -> None:
         with self._lock:
             self._stats.clear()
+
+    def sent(self, model: str, at: float) -> None:
+        """A streamed text event of ``model`` went out at ``at``."""
+        with self._lock:
+            self._stats.setdefault(model, _ModelStats()).chunks_sent.append(at)
+
+    def streamed(self, model: str) -> None:
+        with self._lock:
+            self._stats.setdefault(model, _ModelStats()).streams += 1
 
     def admit(self, model: str, endpoint: str, body: Any, *, auth: bool,
               status: int | None = None) -> _Plan:
@@ -395,11 +420,26 @@ class _Handler(BaseHTTPRequestHandler):
             _words(messages, body.get("system") if anthropic else None)
         completion_tokens = behaviour.completion_tokens \
             if behaviour.completion_tokens is not None else len(text.split())
+        if body.get("stream") is True:
+            self._stream(anthropic, body, model, text, prompt_tokens, completion_tokens,
+                         behaviour)
+            return
         if anthropic:
             payload = _anthropic_message(model, text, prompt_tokens, completion_tokens)
         else:
             payload = _openai_completion(model, text, prompt_tokens, completion_tokens)
         self._send_json(200, payload)
+
+    def _stream(self, anthropic: bool, body: dict[str, Any], model: str, text: str,
+                prompt: int, completion: int, behaviour: Behaviour) -> None:
+        state = self._server.state
+        state.streamed(model)
+        options = body.get("stream_options")
+        events = anthropic_events(model, text, prompt, completion) if anthropic else \
+            openai_events(model, text, prompt, completion, isinstance(options, dict)
+                          and options.get("include_usage") is True)
+        send_stream(self, events, behaviour, self._server.stopping.wait,
+                    lambda at: state.sent(model, at))
 
     def _hang(self) -> None:
         deadline = time.monotonic() + self._server.hang_limit_s

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -11,6 +13,7 @@ from orchestration.errors import ProviderError
 from orchestration.llm.providers.base import HTTPProvider, Messages, Usage
 from orchestration.llm.providers.http import HTTPClient, HTTPResponse
 from orchestration.llm.providers.retry_after import retry_after_for
+from orchestration.llm.providers.sse import Chunk, broke_off
 
 API_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 1024
@@ -64,6 +67,41 @@ class AnthropicProvider(HTTPProvider):
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
             raise ProviderError(f"{self.name}: malformed response from {model}") from exc
         return text, tokens
+
+    def stream(self, messages: Messages, *, model: str, first_token_timeout: float,
+               **params: Any) -> Iterator[Chunk]:
+        """A streamed message (``stream: true``): text from ``content_block_delta``
+        events, input tokens from ``message_start``, output tokens from ``message_delta``,
+        the end at ``message_stop``; an ``error`` event is a retryable ProviderError."""
+        body = {**self._body(messages, model, params), "stream": True}
+        prompt: int | None = None
+        for name, data in self._streaming.events(self._url, body, self._headers, model=model,
+                                                 first_token_timeout=first_token_timeout):
+            try:
+                payload = json.loads(data)
+                kind = name or payload.get("type")
+                if kind == "content_block_delta":
+                    text = (payload.get("delta") or {}).get("text")
+                    if text:
+                        yield Chunk(str(text))
+                elif kind == "message_start":
+                    usage = (payload.get("message") or {}).get("usage") or {}
+                    prompt = int(usage.get("input_tokens", 0))
+                elif kind == "message_delta":
+                    usage = payload.get("usage") or {}
+                    yield Chunk(prompt_tokens=prompt,
+                                completion_tokens=int(usage.get("output_tokens", 0)))
+                elif kind == "message_stop":
+                    return
+                elif kind == "error":
+                    error = (payload.get("error") or {}).get("type")
+                    kind_text = error if isinstance(error, str) and _ERROR_TYPE.fullmatch(
+                        error) else "error"
+                    raise ProviderError(f"{self.name}: {kind_text} mid-stream from {model}")
+            except (ValueError, AttributeError, TypeError) as exc:
+                raise ProviderError(f"{self.name}: malformed stream event from {model}") \
+                    from exc
+        raise broke_off(self.name, model)
 
     def _body(self, messages: Messages, model: str, params: dict[str, Any]) -> dict[str, Any]:
         system: list[str] = []

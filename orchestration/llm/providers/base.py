@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,7 @@ from orchestration.llm.providers.http import (
     TransportTimeout,
     client_for,
 )
+from orchestration.llm.providers.sse import Chunk, StreamingHTTP
 
 Messages = list[dict[str, str]]
 
@@ -54,6 +56,19 @@ class Provider(ABC):
                  **params: Any) -> tuple[str, Usage]:
         """Send ``messages`` to ``model``; return the text and token usage."""
 
+    def stream(self, messages: Messages, *, model: str, first_token_timeout: float,
+               **params: Any) -> Iterator[Chunk]:
+        """The answer in chunks as it is generated, then (if reported) its usage.
+
+        This default answers whole (one chunk, then the usage): providers without a
+        streaming API still stream, in one piece.
+        """
+        text, usage = self.complete(messages, model=model, timeout=first_token_timeout,
+                                    **params)
+        yield Chunk(text)
+        yield Chunk(prompt_tokens=usage.prompt_tokens,
+                    completion_tokens=usage.completion_tokens)
+
 
 class HTTPProvider(Provider):
     """A provider speaking JSON over HTTP: its client, and transport failures as
@@ -71,11 +86,15 @@ class HTTPProvider(Provider):
         self.name = name
         self._client = client_for(base_url, client)
         self._owns_client = client is None
+        # Streamed calls go through httpx (server-sent events read as they arrive).
+        self._streaming = StreamingHTTP(name, client if isinstance(client, httpx.Client)
+                                        else None)
 
     def close(self) -> None:
         """Close the HTTP connections this provider opened."""
         if self._owns_client:
             self._client.close()
+        self._streaming.close()
 
     def _post(self, url: str, body: Any, headers: dict[str, str], *, model: str,
               timeout: float | None) -> HTTPResponse:

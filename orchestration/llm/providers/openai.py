@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -10,6 +12,7 @@ from orchestration.errors import ProviderError
 from orchestration.llm.providers.base import HTTPProvider, Messages, Usage
 from orchestration.llm.providers.http import HTTPClient
 from orchestration.llm.providers.retry_after import retry_after_for
+from orchestration.llm.providers.sse import Chunk, broke_off
 
 
 class OpenAIProvider(HTTPProvider):
@@ -39,3 +42,28 @@ class OpenAIProvider(HTTPProvider):
             raise ProviderError(f"{self.name}: malformed response from {model}") from exc
         return str(text), Usage(int(usage.get("prompt_tokens", 0)),
                                 int(usage.get("completion_tokens", 0)))
+
+    def stream(self, messages: Messages, *, model: str, first_token_timeout: float,
+               **params: Any) -> Iterator[Chunk]:
+        """A streamed chat completion (``stream: true``): ``data: {...}`` chunks whose
+        ``choices[0].delta.content`` is text, the usage in the last chunk
+        (``stream_options.include_usage``), then ``data: [DONE]``."""
+        body = {"model": model, "messages": messages, **params, "stream": True,
+                "stream_options": {"include_usage": True}}
+        for _, data in self._streaming.events(self._url, body, self._headers, model=model,
+                                              first_token_timeout=first_token_timeout):
+            if data.strip() == "[DONE]":
+                return
+            try:
+                payload = json.loads(data)
+                choices = payload.get("choices") or []
+                text = (choices[0].get("delta") or {}).get("content") if choices else None
+                usage = payload.get("usage")
+            except (ValueError, AttributeError, TypeError) as exc:
+                raise ProviderError(f"{self.name}: malformed stream chunk from {model}") from exc
+            if text:
+                yield Chunk(str(text))
+            if isinstance(usage, dict):
+                yield Chunk(prompt_tokens=int(usage.get("prompt_tokens", 0)),
+                            completion_tokens=int(usage.get("completion_tokens", 0)))
+        raise broke_off(self.name, model)
