@@ -120,7 +120,7 @@ class Orchestrator:
                     self._store.run_stream = self._redis_stream() \
                         if self.settings.shared_redis_url else SQLRunStream(
                             self._store.engine, self._store.reader,
-                            maxlen=self.settings.stream_maxlen)
+                            maxlen=self.settings.stream_maxlen, ttl=self.settings.stream_ttl)
                 store = self._store
         return store
 

@@ -9,8 +9,8 @@ as ``after`` to get exactly the events after it (nothing lost, nothing repeated)
 - :class:`SQLRunStream` (the embedded default): table ``run_events``; offsets are row ids.
   A blocking read polls (every few ms at first, then up to every 50 ms). Rows go with
   their run (foreign key, ``ON DELETE CASCADE``); a run past ``maxlen`` events drops
-  its oldest, checked every :data:`TRIM_EVERY` appends; :meth:`SQLRunStream.prune`
-  deletes events older than the TTL.
+  its oldest, checked every :data:`TRIM_EVERY` appends, when events older than the TTL
+  are deleted too (also :meth:`SQLRunStream.prune`).
 
 ``append_once`` writes an event at most once per run and type (``run_finished``), so a
 stream is closed exactly once whoever closes it (the last step, or a reader that found
@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 import redis
@@ -62,6 +62,9 @@ class RunStream(Protocol):
 
     def delete(self, run_id: str) -> None:
         """Remove a run's stream (retention)."""
+
+    def delete_many(self, run_ids: Sequence[str]) -> None:
+        """Remove runs' streams (retention)."""
 
 
 def _dumps(event: dict[str, Any]) -> str:
@@ -130,8 +133,14 @@ class RedisRunStream:
         return out
 
     def delete(self, run_id: str) -> None:
-        key = stream_key(run_id)
-        self._redis.delete(key, f"{key}:run_finished")
+        self.delete_many([run_id])
+
+    def delete_many(self, run_ids: Sequence[str]) -> None:
+        """Remove runs' streams (retention), 500 keys per round trip."""
+        keys = [name for run_id in run_ids
+                for name in (stream_key(run_id), f"{stream_key(run_id)}:run_finished")]
+        for start in range(0, len(keys), 1000):
+            self._redis.delete(*keys[start:start + 1000])
 
 
 def _text(value: Any) -> str:
@@ -141,10 +150,12 @@ def _text(value: Any) -> str:
 class SQLRunStream:
     """Runs' streams in the results DB's ``run_events`` table."""
 
-    def __init__(self, writer: Engine, reader: Engine, *, maxlen: int = DEFAULT_MAXLEN) -> None:
+    def __init__(self, writer: Engine, reader: Engine, *, maxlen: int = DEFAULT_MAXLEN,
+                 ttl: float = DEFAULT_TTL) -> None:
         self._writer = writer
         self._reader = reader
         self.maxlen = maxlen
+        self.ttl = ttl
 
     def append(self, run_id: str, event: dict[str, Any]) -> str:
         return self.append_many(run_id, [event])[0]
@@ -159,6 +170,8 @@ class SQLRunStream:
                 created_at=now))) for item in events]
             if any(offset % TRIM_EVERY == 0 for offset in ids):
                 self._trim(conn, run_id)
+                conn.execute(delete(RunEventRow).where(  # every run's events past the TTL
+                    RunEventRow.created_at < now - timedelta(seconds=self.ttl)))
         return [str(offset) for offset in ids]
 
     def append_once(self, run_id: str, event: dict[str, Any]) -> str | None:
@@ -190,8 +203,15 @@ class SQLRunStream:
             interval = min(interval * 1.5, _POLL_MAX)
 
     def delete(self, run_id: str) -> None:
+        self.delete_many([run_id])
+
+    def delete_many(self, run_ids: Sequence[str]) -> None:
+        """Remove runs' streams (their rows also go with the runs' rows: cascade)."""
+        ids = list(run_ids)
         with self._writer.begin() as conn:
-            conn.execute(delete(RunEventRow).where(RunEventRow.run_id == run_id))
+            for start in range(0, len(ids), 500):
+                conn.execute(delete(RunEventRow).where(
+                    RunEventRow.run_id.in_(ids[start:start + 500])))
 
     def prune(self, before: datetime) -> int:
         """Delete events written before ``before`` (the stream TTL); how many."""

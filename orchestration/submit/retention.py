@@ -33,9 +33,21 @@ def forget(host: Host, conversation: str, *, workflow: str | None = None) -> For
     memory = host.store.memory
     runs = memory.runs_of(conversation, memory_keys(host), workflow)
     forgotten = memory.forget(conversation, runs=runs, workflow=workflow)
+    drop_streams(host, runs)
     log.info("conversation forgotten", turns=forgotten.turns, summaries=forgotten.summaries,
              runs=forgotten.runs, events=forgotten.events, workflow=workflow)
     return forgotten
+
+
+def drop_streams(host: Host, run_ids: list[str]) -> None:
+    """Remove deleted runs' live streams (Redis keys; SQL rows go with the runs)."""
+    if not run_ids:
+        return
+    try:
+        host.store.run_stream.delete_many(run_ids)
+    except Exception as exc:  # the streams expire by their TTL anyway
+        log.warning("run streams not deleted; they expire with their TTL",
+                    runs=len(run_ids), error=f"{type(exc).__name__}: {exc}")
 
 
 def prune_memory(host: Host, now: datetime | None = None) -> int:

@@ -20,9 +20,9 @@ from orchestration.core.results import RunHandle
 from orchestration.core.status import RunStatus
 from orchestration.core.stream_events import RUN_FINISHED, event
 from orchestration.errors import WaitTimeout
-from orchestration.store.models import RunRow
+from orchestration.store.models import RunEventRow, RunRow
 from orchestration.store.repository import PlannedStep, Store
-from orchestration.store.run_stream import SQLRunStream
+from orchestration.store.run_stream import TRIM_EVERY, SQLRunStream
 
 STEPS = [PlannedStep("a", "a", "default", None, True)]
 
@@ -159,3 +159,24 @@ def test_astream_yields_the_same_events(store: Store) -> None:
         return out
 
     assert asyncio.run(collect()) == ["a", "b", RUN_FINISHED]
+
+
+def test_a_deleted_runs_events_go_with_it(store: Store) -> None:
+    run, kept = new_run(store), new_run(store)
+    for run_id in (run, kept):
+        store.run_stream.append(run_id, event("token", run_id))
+    store.memory.forget("no-conversation", runs=[run])  # retention deletes the run rows
+    assert store.run_stream.read(run) == [] and len(store.run_stream.read(kept)) == 1
+    store.run_stream.delete_many([kept])
+    assert store.run_stream.read(kept) == []
+
+
+def test_events_past_the_ttl_go_when_a_run_is_trimmed(store: Store) -> None:
+    run = new_run(store)
+    stream = SQLRunStream(store.engine, store.reader, ttl=3600)
+    stream.append(run, event("token", run, index=-1))
+    with store.engine.begin() as conn:
+        conn.execute(update(RunEventRow).values(created_at=utcnow() - timedelta(hours=2)))
+    while int(stream.append(run, event("token", run))) % TRIM_EVERY:
+        pass
+    assert all(data.get("index") != -1 for _, data in stream.read(run))
