@@ -157,6 +157,11 @@ class ModelBreaker(pybreaker.CircuitBreaker):
         of it (see the module doc)."""
         return self._look()
 
+    def snapshot(self) -> tuple[str, int, datetime | None]:
+        """``(state, failures counted, opened at)`` as stored now (for the dashboard)."""
+        storage = self._state_storage
+        return str(storage.state), int(storage.counter), storage.opened_at
+
     def _look(self) -> str:
         """The state a call goes by: a recent healthy reading, else a fresh one."""
         if not self._shared:

@@ -25,9 +25,16 @@ def test_loopback_without_auth_is_allowed_unauthenticated(host: str) -> None:
 
 
 @pytest.mark.parametrize("credential", ["serve_token", "webhook_secret"])
-def test_beyond_loopback_with_either_credential_is_allowed(credential: str) -> None:
+def test_beyond_loopback_either_credential_is_enough_for_the_webhooks(credential: str) -> None:
     settings = Settings(deployment="", **{credential: "c"})
-    assert check_exposure("0.0.0.0", settings) is True
+    assert check_exposure("0.0.0.0", settings, dashboard=False) is True
+
+
+def test_beyond_loopback_the_dashboard_needs_the_token() -> None:
+    assert check_exposure("0.0.0.0", Settings(deployment="", serve_token="c")) is True
+    with pytest.raises(ConfigurationError, match=r"refusing to serve the dashboard on 0\.0\.0\.0 "
+                                                 r"without ORCH_SERVE_TOKEN.*--no-dashboard"):
+        check_exposure("0.0.0.0", Settings(deployment="", webhook_secret="c"))
 
 
 def test_the_command_refuses_0_0_0_0_with_a_clear_error(
@@ -41,3 +48,29 @@ def test_the_command_refuses_0_0_0_0_with_a_clear_error(
     assert result.exit_code != 0
     assert "refusing to serve on 0.0.0.0 without authentication" in result.output
     assert served == []
+
+
+def test_the_command_refuses_the_dashboard_with_only_a_webhook_secret(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ORCH_SERVE_TOKEN", raising=False)
+    monkeypatch.setenv("ORCH_WEBHOOK_SECRET", "a-secret-of-the-senders")
+    served: list[tuple[str, int, bool]] = []
+    monkeypatch.setattr(cli_serve, "run_server",
+                        lambda orchestrator, host, port, dashboard=True:
+                        served.append((host, port, dashboard)))
+    monkeypatch.setattr(cli_serve, "orchestrator_for_cli", lambda **_: _Stub())
+    refused = CliRunner().invoke(main, ["serve", "--host", "0.0.0.0"])
+    assert refused.exit_code != 0
+    assert "without ORCH_SERVE_TOKEN" in refused.output
+    assert "a-secret-of-the-senders" not in refused.output
+    webhooks_only = CliRunner().invoke(main, ["serve", "--host", "0.0.0.0", "--no-dashboard"])
+    assert webhooks_only.exit_code == 0, webhooks_only.output
+    assert served == [("0.0.0.0", 8080, False)]
+
+
+class _Stub:
+    """An orchestrator as far as the command looks at it: its settings."""
+
+    @property
+    def settings(self) -> Settings:
+        return Settings(deployment="")
