@@ -35,6 +35,7 @@ from orchestration.errors import OrchestrationError
 from orchestration.execute.attempts import POLICY_ESCALATE
 from orchestration.observe.exporter import flower_command, serve_metrics
 from orchestration.observe.queries import known_queues, queue_depths, workflow_stats
+from orchestration.store.batches import Batches
 from orchestration.store.engine import upgrade
 
 
@@ -93,10 +94,13 @@ def show(run_id: str, as_json: bool) -> None:
     except OrchestrationError as exc:
         raise click.ClickException(str(exc)) from exc
     permit_waits = orchestrator.store.permit_waits.of_run(run_id)
+    batched = Batches(orchestrator.store.engine, orchestrator.store.reader).of_run(run_id)
     if as_json:
         shown = _run_json(run)
         shown["permit_waits"] = [{"scope": scope, "step": waiting, "ahead": ahead}
                                  for scope, waiting, ahead in permit_waits]
+        shown["batch_elements"] = [{"step": step, "status": status, "buffered": buffered}
+                                   for step, status, buffered in batched]
         click.echo(json.dumps(shown, indent=2, default=str))
         return
     duration = f"{run.duration_s:.3f} s" if run.duration_s is not None else "not finished"
@@ -111,6 +115,11 @@ def show(run_id: str, as_json: bool) -> None:
         what = f"step {waiting}" if waiting else "the run"
         tree.add(Text(f"queued: {what} waits for a max_parallel permit of {scope} "
                       f"({ahead} ahead of it)", style="yellow"))
+    for step_name, status, buffered in batched:
+        tree.add(Text(f"batched: step {step_name} " + (
+            f"waits for its batch ({buffered} element(s) buffered)" if status == "waiting"
+            else "is in a batch call now" if status == "taken"
+            else "was called in a batch; its run goes on"), style="yellow"))
     origin = run.created_at
     for step in run.steps.values():
         tree.add(_step_line(step, origin))

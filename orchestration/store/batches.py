@@ -215,6 +215,16 @@ class Batches:
             return None
         return max(0.0, (created + timedelta(seconds=wait) - now).total_seconds())
 
+    def of_run(self, run_id: str) -> list[tuple[str, str, int]]:
+        """(step name, status, elements of that step waiting) of the run's elements."""
+        with self._reader.connect() as conn:
+            rows = conn.execute(select(_B.step_name, _B.step, _B.status)
+                                .where(_B.run_id == run_id).order_by(_B.id)).all()
+            return [(row.step_name, row.status, int(conn.execute(
+                select(func.count()).select_from(_B).where(
+                    _B.step == row.step, _B.status == WAITING)).scalar_one()))
+                for row in rows]
+
     def counts(self, step: str) -> dict[str, int]:
         """Elements of ``step`` by status (for operators and tests)."""
         with self._reader.connect() as conn:
