@@ -22,6 +22,7 @@ from orchestration.cli.common import (
     orchestrator_for_cli,
     settle_embedded,
 )
+from orchestration.cli.db import db
 from orchestration.cli.errors import OperatorGroup
 from orchestration.cli.events import consume, emit, events
 from orchestration.cli.graph import graph
@@ -36,26 +37,12 @@ from orchestration.execute.attempts import POLICY_ESCALATE
 from orchestration.observe.exporter import flower_command, serve_metrics
 from orchestration.observe.queries import known_queues, queue_depths, workflow_stats
 from orchestration.store.batches import Batches
-from orchestration.store.engine import upgrade
 
 
 @click.group(cls=OperatorGroup)
 @click.option("--debug", is_flag=True, help="show the traceback of an error")
 def main(debug: bool) -> None:
     """Inspect and operate workflow runs."""
-
-
-@main.group()
-def db() -> None:
-    """Results database commands."""
-
-
-@db.command("upgrade")
-def db_upgrade() -> None:
-    """Apply pending schema migrations (workers also do this on first use)."""
-    orchestrator = orchestrator_for_cli()
-    upgrade(orchestrator.store.engine)
-    console.print(Text(f"schema is current: {orchestrator.store.engine.url.render_as_string()}"))
 
 
 @main.command()
@@ -383,6 +370,7 @@ def _time(value: datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S") if value else "-"
 
 
+main.add_command(db)
 main.add_command(graph)
 main.add_command(memory)
 main.add_command(pipeline)

@@ -10,6 +10,7 @@ Series (all prefixed ``orchestration_``):
 - ``context_window_utilisation{model}``: histogram of each call's prompt tokens over
   the model's context window;
 - ``run_cost_usd_total{workflow}``: spend, retries included;
+- ``pruned_rows_total{table}``: rows deleted by retention;
 - ``queue_depth{queue}``: messages waiting, read from the broker at scrape time by
   ``orchestrate metrics``.
 
@@ -46,6 +47,9 @@ CONTEXT_UTILISATION = Histogram(
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0, 1.5),
 )
 RUN_COST = Counter("orchestration_run_cost_usd_total", "Model spend in USD.", ["workflow"])
+PRUNED_ROWS = Counter("orchestration_pruned_rows_total",
+                      "Rows deleted by retention (orchestrate db prune, the reconciler).",
+                      ["table"])
 QUEUE_DEPTH = Gauge("orchestration_queue_depth", "Messages waiting per queue.", ["queue"],
                     multiprocess_mode="liveall")
 

@@ -17,6 +17,8 @@ from kombu.transport import TRANSPORT_ALIASES
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from orchestration.core.durations import parse_duration
+
 EMBEDDED_BROKER = "memory://"
 EMBEDDED_BACKEND = "orchestration.worker.inprocess:InProcessBackend"
 
@@ -123,6 +125,13 @@ class Settings(BaseSettings):
     )
     max_input_bytes: int = Field(
         default=1_000_000, gt=0, description="Largest accepted run input (bytes of JSON)."
+    )
+    retention: Annotated[float | None, NoDecode] = Field(
+        default=None,
+        description="How long finished runs are kept (30d, 12h, 90m, seconds; off: forever, "
+        "the default). The reconciler's passes and `orchestrate db prune` delete runs that "
+        "ended longer ago, with everything recorded about them; a workflow's own "
+        "retention= overrides it.",
     )
     redact_fields: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
@@ -240,6 +249,14 @@ class Settings(BaseSettings):
             raise ValueError(f"ORCH_RESULT_BACKEND {value!r}: unknown result backend "
                              f"{_scheme(value)!r} (use redis:// or rediss://)")
         return value
+
+    @field_validator("retention", mode="before")
+    @classmethod
+    def _retention(cls, value: object) -> float | None:
+        try:
+            return parse_duration(value, "ORCH_RETENTION")
+        except ValueError as exc:
+            raise ValueError(str(exc)) from None
 
     @field_validator("redis_url")
     @classmethod

@@ -9,6 +9,7 @@ from typing import Any, Protocol, overload
 
 import structlog
 
+from orchestration.core.durations import parse_duration
 from orchestration.core.names import queue_name, workflow_name
 from orchestration.core.redaction import Redactor
 from orchestration.core.results import RunHandle, RunResult
@@ -95,6 +96,8 @@ class Workflow:
     workflow's inputs, making any parameter that nothing provides a definition error.
     ``memory`` (a :class:`~orchestration.define.memory.Memory`) keeps a conversation's
     turns across runs, keyed by one of the inputs (``ctx.memory`` in steps).
+    ``retention`` (``"30d"``, seconds, or ``"off"``: forever) is how long its finished
+    runs are kept, instead of ``ORCH_RETENTION``.
     """
 
     def __init__(self, name: str, *, queue: str | None = None,
@@ -102,11 +105,12 @@ class Workflow:
                  redact: Callable[[Any], Any] | None = None,
                  orchestrator: Host | None = None, app: Host | None = None,
                  memory: Memory | None = None, max_parallel: int | None = None,
-                 concurrency_key: str | None = None, **unknown: Any) -> None:
+                 concurrency_key: str | None = None, retention: float | str | None = None,
+                 **unknown: Any) -> None:
         workflow_name(name)
         check_workflow_options(name, unknown, ("queue", "inputs", "budget", "redact",
                                                "orchestrator", "memory", "max_parallel",
-                                               "concurrency_key"))
+                                               "concurrency_key", "retention"))
         if queue is not None:
             queue_name(queue, "queue", f"workflow {name!r}")
         # ``app`` is the old name of ``orchestrator`` (kept working); "app" alone now
@@ -126,6 +130,13 @@ class Workflow:
         self.redact = redact
         self.declared_inputs = declared_inputs(name, inputs)
         self.memory = as_memory(memory, name)
+        # Seconds its finished runs are kept: None, the deployment's ORCH_RETENTION;
+        # "off" (inf), forever.
+        try:
+            kept = parse_duration(retention, "retention")
+        except ValueError as exc:
+            raise WorkflowDefinitionError(f"workflow {name!r}: {exc}") from None
+        self.retention = None if retention is None else (math.inf if kept is None else kept)
         # Runs executing at once, fleet-wide (per value of the concurrency_key input).
         self.limit = as_limit(max_parallel, concurrency_key, f"workflow {name!r}")
         if self.limit is not None and self.limit.key is not None and \

@@ -54,7 +54,8 @@ class RunRow(Base):
     cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
     created_at: Mapped[datetime] = mapped_column(Timestamp, index=True)
     started_at: Mapped[datetime | None] = mapped_column(Timestamp)
-    finished_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    # Indexed for retention: the runs that ended longest ago, in order, batch by batch.
+    finished_at: Mapped[datetime | None] = mapped_column(Timestamp, index=True)
     # 0 (normal) .. 9 (most urgent): a re-dispatch sends the run at it again.
     priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 

@@ -31,6 +31,7 @@ from orchestration.store.map_chunks import MapChunks
 from orchestration.store.memory import MemoryStore, MemoryWrite, write_memory
 from orchestration.store.models import PermitWaitRow, RunRow, StepRow, WaitRow
 from orchestration.store.permit_waits import PermitWaits
+from orchestration.store.pruning import Pruning
 from orchestration.store.reads import StoreReads
 from orchestration.store.recovery import Recovery
 from orchestration.store.run_stream import RunStream, SQLRunStream
@@ -170,6 +171,11 @@ class Store(StoreReads):
     def memory(self) -> MemoryStore:
         """Conversation memory: turns, summaries, erasure, retention."""
         return MemoryStore(self._writer, self._reader)
+
+    @property
+    def pruning(self) -> Pruning:
+        """Retention: finished runs and their rows, deleted in batches."""
+        return Pruning(self._writer, self._reader)
 
     @property
     def permit_waits(self) -> PermitWaits:

@@ -29,14 +29,15 @@ from orchestration.define.workflow import Host
 from orchestration.errors import InvalidInput, NotResumable
 from orchestration.observe.queries import queue_depths
 from orchestration.store.recovery import RERUN_STEPS, RESUMABLE
-from orchestration.submit.retention import prune_memory
+from orchestration.submit.retention import prune_memory, prune_runs
 from orchestration.submit.waits import expire_due_waits
 
 if TYPE_CHECKING:
     from orchestration.define.compiling import CompiledWorkflow
-from orchestration.define.workflow import Workflow
+    from orchestration.define.workflow import Workflow
 
 log = structlog.get_logger("orchestration.submit.durability")
+PRUNE_BATCHES_PER_PASS = 20  # up to 10,000 runs deleted per reconciler pass
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class Reconciled:
     failed: list[str]
     waits_expired: int
     memory_pruned: int = 0  # memory rows past their workflow's retention, deleted
+    runs_pruned: int = 0  # finished runs past their retention, deleted (with their rows)
 
 
 def redacted_inputs(inputs: dict[str, Any], recorded: Iterable[str] | None = None) -> list[str]:
@@ -225,7 +227,19 @@ def reconcile(orchestrator: Host, *, idle_seconds: float | None = None) -> Recon
         else:
             failed.append(run_id)
     return Reconciled(redispatched, failed, expire_due_waits(orchestrator),
-                      prune_memory(orchestrator))
+                      prune_memory(orchestrator), _prune_runs(orchestrator))
+
+
+def _prune_runs(orchestrator: Host) -> int:
+    """A bounded share of retention per pass (a backlog is worked off over passes)."""
+    if orchestrator.settings.retention is None and not any(
+            workflow.retention is not None for workflow in orchestrator.workflows.values()):
+        return 0
+    try:
+        return len(prune_runs(orchestrator, max_batches=PRUNE_BATCHES_PER_PASS).runs)
+    except Exception as exc:  # retention waits for the next pass; reconciling does not
+        log.warning("pruning finished runs failed; next pass tries again", error=repr(exc))
+        return 0
 
 
 def redispatch(orchestrator: Host, run_id: str, name: str, version: str,
