@@ -205,6 +205,21 @@ def test_step_messages_carry_the_runs_traceparent(
     assert steps and all(h["traceparent"] == tracing.traceparent(handle.run_id) for h in steps)
 
 
+def test_a_worker_parents_attempts_on_the_messages_header(
+        env: SimpleNamespace, spans: InMemorySpanExporter,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # A header naming another parent than the derived one: the worker follows the header.
+    def header(run_id: str) -> str:
+        return f"00-{tracing.trace_id_of(run_id):032x}-{0xabcdef:016x}-01"
+
+    monkeypatch.setattr(tracing, "traceparent", header)
+    result = env.wf.run(text="x", timeout=30)
+    assert result.status is RunStatus.SUCCEEDED
+    attempts = named(of_run(spans, result.run_id), "step traced.")
+    assert len(attempts) == 2
+    assert all(s.parent is not None and s.parent.span_id == 0xabcdef for s in attempts)
+
+
 def test_inject_finds_the_run_of_any_message_shape(spans: InMemorySpanExporter) -> None:
     headers: dict[str, Any] = {}
     tracing.inject(headers, ({"run": "r-1"},), {})
