@@ -69,10 +69,10 @@ class Pruning:
         return where
 
     def candidates(self, before: datetime, *, workflows: Collection[str] | None = None,
-                   exclude: Collection[str] = (), limit: int = BATCH) -> list[str]:
-        """Up to ``limit`` runs that ended before ``before``, oldest first."""
+                   exclude: Collection[str] = (), limit: int | None = None) -> list[str]:
+        """Up to ``limit`` (``BATCH``) runs that ended before ``before``, oldest first."""
         query = (select(RunRow.id).where(*self._ended_before(before, workflows, exclude))
-                 .order_by(RunRow.finished_at).limit(limit))
+                 .order_by(RunRow.finished_at).limit(limit or BATCH))
         with self._reader.connect() as conn:
             return [row[0] for row in conn.execute(query)]
 
