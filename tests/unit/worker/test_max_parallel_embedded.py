@@ -37,6 +37,12 @@ class Gauge:
             self.now[key] = self.now.get(key, 0) + 1
             self.most[key] = max(self.most.get(key, 0), self.now[key])
 
+    def fill(self, key: str, count: int, within: float = 2.0) -> None:
+        """Wait (briefly) until ``count`` are inside: the limit is reached, whatever the load."""
+        deadline = time.monotonic() + within
+        while self.now.get(key, 0) < count and time.monotonic() < deadline:
+            time.sleep(0.01)
+
     def leave(self, key: str) -> None:
         with self.lock:
             self.now[key] -= 1
@@ -72,7 +78,7 @@ def _declare(orch: Orchestrator) -> SimpleNamespace:
     @ns.runs.task
     def start(n: int) -> int:
         RUNS.enter("runs")
-        time.sleep(0.05)
+        RUNS.fill("runs", 2)
         return n
 
     @ns.runs.task(depends_on=start)
@@ -95,7 +101,7 @@ def _declare(orch: Orchestrator) -> SimpleNamespace:
     @ns.steps.task(depends_on=free, max_parallel=3)
     def narrow(free: int) -> int:
         STEPS.enter("narrow")
-        time.sleep(0.05)
+        STEPS.fill("narrow", 3)
         STEPS.leave("narrow")
         return free
 
