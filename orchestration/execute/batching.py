@@ -93,8 +93,11 @@ def _group(batch: _Batch, elements: list[Element]) -> None:
     names = list(dict.fromkeys(name for element in elements for name in element.kwargs))
     kwargs = {name: [element.kwargs.get(name) for element in elements] for name in names}
     try:
+        # No live stream for a call of several runs' elements (it would go to the first
+        # run's): each run's stream gets its step_finished when its outcome is recorded.
         outcome = run_attempts(StepCall(_as_batch(batch.step, count), kwargs,
-                                        elements[0].run_id, batch.store, batch.delivery))
+                                        elements[0].run_id, batch.store,
+                                        replace(batch.delivery, stream=None)))
     except EscalateWithOutcome as signal:  # escalating is for an element alone
         outcome = signal.outcome
     succeeded = outcome.status is StepStatus.SUCCEEDED

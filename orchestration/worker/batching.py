@@ -29,6 +29,7 @@ from orchestration.define.step import BoundStep
 from orchestration.define.workflow import Host
 from orchestration.execute.attempts import Delivery
 from orchestration.execute.batching import JoinBatch, run_batch
+from orchestration.execute.live import record_step_finished
 from orchestration.execute.runtime import redacted
 from orchestration.store.batches import Batches, Taken
 from orchestration.worker.engine_tasks import resume_signature
@@ -159,6 +160,9 @@ def run_taken(host: Host, bound: BoundStep, taken: Taken, delivery: Delivery,
             metrics.record_step(spec.workflow, spec.name, outcome.model or spec.model,
                                 outcome.status.value, len(outcome.attempts), latency,
                                 outcome.cost_usd)
+            if delivery.stream is not None:
+                record_step_finished(delivery.stream, element.run_id, element.step_name,
+                                     outcome, latency)
         sent.append(element)
     buffer.done([element.id for element in sent], now=utcnow(), lease=SENDING_LEASE)
     buffer.forget([element.id for element in parked])

@@ -198,3 +198,14 @@ def test_an_element_the_results_db_could_not_buffer_is_handed_back_not_dropped(
     assert first.wait(timeout=30).outputs == {"pair": -10}
     assert second.wait(timeout=30).outputs == {"pair": -20}
     assert failures == []
+
+
+def test_each_run_s_stream_says_its_batched_step_finished(flows: SimpleNamespace) -> None:
+    handles = [flows.held.submit(n=n) for n in (30, 40)]
+    for handle in handles:
+        handle.wait(timeout=30)
+        events = [(e.type, e.data.get("step")) for e in handle.stream(timeout=30)]
+        assert ("step_finished", "pair") in events, events
+        assert events[-1][0] == "run_finished"
+        finished = next(e for e in handle.stream(timeout=30) if e.type == "step_finished")
+        assert finished.data["status"] == "succeeded"
