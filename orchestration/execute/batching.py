@@ -27,7 +27,13 @@ from typing import Any
 
 from orchestration.core.status import StepStatus
 from orchestration.define.step import BoundStep
-from orchestration.errors import BatchOutputMismatch, GateFailed, StepSignal
+from orchestration.errors import (
+    BatchOutputMismatch,
+    GateFailed,
+    NonRetryableError,
+    StepSignal,
+    WaitForInput,
+)
 from orchestration.execute.attempts import (
     Delivery,
     EscalateWithOutcome,
@@ -164,7 +170,7 @@ def _as_batch(step: BoundStep, count: int) -> BoundStep:
     fn, gate = spec.fn, spec.gate
 
     def call(**kwargs: Any) -> list[Any]:
-        outputs = _checked(spec.where, fn(**kwargs), count)
+        outputs = _checked(spec.where, _called(spec.where, fn, kwargs), count)
         if gate is not None:
             for index, output in enumerate(outputs):
                 reason = gate.verdict(output)
@@ -188,9 +194,18 @@ def _as_one(step: BoundStep) -> BoundStep:
         lists = {name: [value] for name, value in kwargs.items()}
         if spec.wants_ctx:
             lists["ctx"] = ctx
-        return _checked(spec.where, fn(**lists), 1)[0]
+        return _checked(spec.where, _called(spec.where, fn, lists), 1)[0]
 
     return replace(step, spec=replace(spec, fn=call))
+
+
+def _called(where: str, fn: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
+    try:
+        return fn(**kwargs)
+    except WaitForInput:
+        # A person's answer is per run; a batch call serves several runs at once.
+        raise NonRetryableError(f"{where} is batched (batch_size=): ctx.wait_for_input is "
+                                "not available in a batched step") from None
 
 
 def _checked(where: str, outputs: Any, count: int) -> list[Any]:

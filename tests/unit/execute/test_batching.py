@@ -15,7 +15,7 @@ from orchestration.define.step import BoundStep
 from orchestration.execute.attempts import Delivery
 from orchestration.execute.batching import run_batch
 from orchestration.store.batches import Element
-from orchestration.store.repository import Store
+from orchestration.store.repository import PlannedStep, Store
 
 CALLS: list[list[Any]] = []
 
@@ -143,3 +143,19 @@ def test_a_transient_failure_is_retried_as_a_batch_not_split(store: Store) -> No
     assert CALLS == [[1, 2, 3], [1, 2, 3]]
     assert [results[i].outcome.output for i in (1, 2, 3)] == [2, 4, 6]
     assert [a.status for a in results[1].outcome.attempts] == ["failed", "succeeded"]
+
+
+@wf.task(batch_size=10)
+def asks(skill: list[Any], ctx: Any) -> list[Any]:
+    ctx.wait_for_input("approval")
+    return list(skill)
+
+
+def test_waiting_for_a_person_in_a_batched_step_is_a_clear_failure(store: Store) -> None:
+    store.create_run("run-0", "batching_unit", "v1", {"skill": 1},
+                     [PlannedStep("asks", "asks", "q", None, True)])
+    results = run_batch(bound("asks"), elements([1, 2]), store, DELIVERY)
+    for result in results.values():
+        assert result.outcome.status is StepStatus.FAILED
+        assert "ctx.wait_for_input is not available in a batched step" in (
+            result.outcome.error or "")
