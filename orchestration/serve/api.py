@@ -103,7 +103,7 @@ def routes(context: ServeContext, access: Access) -> list[BaseRoute]:
         Route("/api/runs/{run_id}", api.run, methods=["GET"]),
         Route("/api/runs/{run_id}/{action}", api.act, methods=["POST"]),
         Route("/api/workflows", api.workflows, methods=["GET"]),
-        Route("/api/workflows/{name}", api.workflow, methods=["GET"]),
+        Route("/api/workflows/{name:path}", api.workflow, methods=["GET"]),
         Route("/api/breakers", api.breakers, methods=["GET"]),
         Route("/api/queues", api.queues, methods=["GET"]),
         Route("/openapi.json", api.schema, methods=["GET"]),

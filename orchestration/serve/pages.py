@@ -173,7 +173,7 @@ def routes(context: ServeContext, access: Access) -> list[BaseRoute]:
         Route("/runs/{run_id}/events", pages.events, methods=["GET"]),
         Route("/runs/{run_id}/{action}", pages.act, methods=["POST"]),
         Route("/workflows", pages.workflows, methods=["GET"]),
-        Route("/workflows/{name}", pages.workflow, methods=["GET"]),
+        Route("/workflows/{name:path}", pages.workflow, methods=["GET"]),
         Route("/models", pages.models, methods=["GET"]),
         Route("/queues", pages.queues, methods=["GET"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),

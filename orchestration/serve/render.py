@@ -10,7 +10,7 @@ import json
 from datetime import datetime
 from html import escape
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from orchestration.core.status import RunStatus
 from orchestration.serve.svg import dag_svg
@@ -23,6 +23,11 @@ NAV = (("/runs", "Runs"), ("/workflows", "Workflows"), ("/models", "Models & bre
 def e(value: Any) -> str:
     """Escaped text of any value (None as a dash)."""
     return DASH if value is None else escape(str(value))
+
+
+def u(value: Any) -> str:
+    """A path segment: percent-encoded, then escaped for the attribute."""
+    return escape(quote(str(value), safe=""))
 
 
 def when(value: Any) -> str:
@@ -110,8 +115,8 @@ def runs_body(view: dict[str, Any]) -> str:
             'placeholder="ISO time"></label><button type="submit">filter</button></form>')
     rows = "".join(
         f'<tr data-run="{e(run["run_id"])}" data-status="{e(run["status"])}">'
-        f'<td><a href="/runs/{e(run["run_id"])}">{e(run["run_id"])}</a></td>'
-        f'<td><a href="/workflows/{e(run["workflow"])}">{e(run["workflow"])}</a></td>'
+        f'<td><a href="/runs/{u(run["run_id"])}">{e(run["run_id"])}</a></td>'
+        f'<td><a href="/workflows/{u(run["workflow"])}">{e(run["workflow"])}</a></td>'
         f'<td>{badge(run["status"])}</td><td>{when(run["created_at"])}</td>'
         f'<td class="num">{_seconds(run["duration_s"])}</td>'
         f'<td class="num">{usd(run["cost_usd"])}</td>'
@@ -138,7 +143,7 @@ def _pager(view: dict[str, Any]) -> str:
 
 def workflows_body(names: list[str]) -> str:
     """Every workflow known here or seen in the results DB."""
-    items = "".join(f'<li><a href="/workflows/{e(name)}">{e(name)}</a> · '
+    items = "".join(f'<li><a href="/workflows/{u(name)}">{e(name)}</a> · '
                     f'<a href="/runs?{e(urlencode({"workflow": name}))}">runs</a></li>'
                     for name in names)
     return f'<h1>Workflows</h1><ul class="workflows">{items or "<li>none yet</li>"}</ul>'
@@ -148,7 +153,7 @@ def workflow_body(view: dict[str, Any]) -> str:
     """p50/p95 per step, error rate per model, cost per run, fallback rate; the graph."""
     name = view["workflow"]
     by_status = ", ".join(f"{n} {s}" for s, n in sorted(view["runs_by_status"].items()))
-    windows = " ".join(f'<a href="/workflows/{e(name)}?since={w}"'
+    windows = " ".join(f'<a href="/workflows/{u(name)}?since={w}"'
                        f'{_active(w == view["since"])}>{w}</a>'
                        for w in ("1h", "24h", "7d", "30d", "all"))
     summary = (f'<dl class="figures"><dt>runs</dt><dd id="wf-runs">{view["runs"]}'
@@ -186,7 +191,7 @@ def models_body(view: dict[str, Any]) -> str:
     rows = []
     for m in view["models"]:
         failures = "".join(
-            f'<li>{when(f["at"])} <a href="/runs/{e(f["run_id"])}">{e(f["step"])}</a> '
+            f'<li>{when(f["at"])} <a href="/runs/{u(f["run_id"])}">{e(f["step"])}</a> '
             f'{e(f["error_kind"] or "")} <span class="err">{e(_first_line(f["error"]))}'
             "</span></li>" for f in m["recent_failures"])
         problem = f'<div class="err">{e(m["problem"])}</div>' if m.get("problem") else ""

@@ -10,7 +10,7 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
-from orchestration.serve.render import DASH, badge, e, ms, pretty, usd, when
+from orchestration.serve.render import DASH, badge, e, ms, pretty, u, usd, when
 from orchestration.serve.svg import dag_svg, timeline_svg
 
 RESUMABLE = ("failed", "cancelled")
@@ -42,13 +42,13 @@ def live_fragment(view: dict[str, Any], csrf: str) -> str:
 
 
 def _summary(view: dict[str, Any]) -> str:
-    parent = (f'<dt>parent run</dt><dd><a href="/runs/{e(view["parent_run_id"])}">'
+    parent = (f'<dt>parent run</dt><dd><a href="/runs/{u(view["parent_run_id"])}">'
               f'{e(view["parent_run_id"])}</a></dd>' if view.get("parent_run_id") else "")
     error = (f'<dt>error</dt><dd class="err" id="run-error">{e(view["error"])}</dd>'
              if view.get("error") else "")
     took = DASH if view["duration_s"] is None else f'{view["duration_s"]:.3f} s'
     return ('<dl class="figures">'
-            f'<dt>workflow</dt><dd><a href="/workflows/{e(view["workflow"])}">'
+            f'<dt>workflow</dt><dd><a href="/workflows/{u(view["workflow"])}">'
             f'{e(view["workflow"])}</a></dd>'
             f'<dt>status</dt><dd id="run-status">{badge(view["status"])}</dd>'
             f'<dt>created</dt><dd>{when(view["created_at"])}</dd>'
