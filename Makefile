@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: install demo test unit integration chaos lint typecheck bench worker flower clean
+.PHONY: install demo test unit integration chaos browser lint typecheck bench worker flower clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,9 @@ integration: $(STAMP)
 
 chaos: $(STAMP)  ## kill workers and the broker under load (~3 min; Redis, redis-server, PostgreSQL)
 	$(BIN)/pytest tests/chaos -q -s
+
+browser: $(STAMP)  ## the dashboard in Debian's chromium (apt-get install -y chromium); skips without it, fails in CI
+	$(BIN)/pytest tests/browser -q
 
 lint: $(STAMP)  ## ruff, then the import-linter contracts (pyproject.toml: the floors)
 	$(BIN)/ruff check orchestration tasks config tests bench
