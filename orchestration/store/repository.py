@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Engine, delete, insert, select, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from orchestration.core.clock import as_utc, utcnow
@@ -372,36 +373,20 @@ class Store(StoreReads):
         does ``outcome.memory`` (the turns the step appended to its conversation).
         """
         now = utcnow()
-        terminal = outcome.status.is_terminal
-        last = outcome.attempts[-1] if outcome.attempts else None
-        params = {
-            "b_gate": last.gate if last else None,
-            "b_tokens_in": sum(a.tokens_in for a in outcome.attempts),
-            "b_tokens_out": sum(a.tokens_out for a in outcome.attempts),
-            "b_run": run_id, "b_name": name, "b_status": outcome.status.value,
-            "b_error": outcome.error, "b_error_type": outcome.error_type,
-            "b_attempts": len(outcome.attempts) + outcome.extra_attempts,
-            "b_cache_hit": outcome.cache_hit,
-            "b_cost": outcome.cost_usd,
-            "b_model": outcome.model,
-            "b_output": outcome.output if terminal else None,
-            "b_finished": now if terminal else None,
-            "b_latency": (now - claimed_at).total_seconds() * 1000
-            if terminal and claimed_at is not None else None,
-        }
         with self._writer.begin() as conn:
-            if not conn.execute(sql.RECORD_STEP, params).rowcount:
-                return False
-            if outcome.attempts:
-                conn.execute(sql.INSERT_ATTEMPTS, [_attempt_row(run_id, name, a, worker)
-                                                   for a in outcome.attempts])
-            if outcome.cost_usd:
-                conn.execute(sql.ADD_RUN_COST, {"b_run": run_id, "b_cost": outcome.cost_usd})
-            if outcome.memory:
-                write_memory(conn, outcome.memory, run_id=run_id, step=name, now=now)
-            if finish is not None:
-                conn.execute(sql.FINISH_RUN, finish.params(run_id, now))
-        return True
+            return _record(conn, run_id, name, outcome, worker=worker, claimed_at=claimed_at,
+                           finish=finish, now=now)
+
+    def record_steps(self, records: Sequence[tuple[str, str, StepOutcome, datetime | None]],
+                     *, worker: str | None = None) -> list[bool]:
+        """Record several runs' steps (run id, step, outcome, claimed at) in one transaction,
+        as :meth:`record_step` does each (a batched step's runs); False where a step was
+        already terminal."""
+        now = utcnow()
+        with self._writer.begin() as conn:
+            return [_record(conn, run_id, name, outcome, worker=worker, claimed_at=claimed_at,
+                            finish=None, now=now)
+                    for run_id, name, outcome, claimed_at in records]
 
     def record_attempts(self, run_id: str, name: str, attempts: list[AttemptRecord],
                         *, worker: str | None = None) -> None:
@@ -458,6 +443,41 @@ class Store(StoreReads):
         with self._writer.begin() as conn:
             result = conn.execute(sql.FINISH_RUN, finish.params(run_id, utcnow()))
         return bool(result.rowcount)
+
+
+def _record(conn: Connection, run_id: str, name: str, outcome: StepOutcome, *,
+            worker: str | None, claimed_at: datetime | None, finish: RunFinish | None,
+            now: datetime) -> bool:
+    """Record one step's outcome in ``conn``'s transaction; False if it was terminal."""
+    terminal = outcome.status.is_terminal
+    last = outcome.attempts[-1] if outcome.attempts else None
+    params = {
+        "b_gate": last.gate if last else None,
+        "b_tokens_in": sum(a.tokens_in for a in outcome.attempts),
+        "b_tokens_out": sum(a.tokens_out for a in outcome.attempts),
+        "b_run": run_id, "b_name": name, "b_status": outcome.status.value,
+        "b_error": outcome.error, "b_error_type": outcome.error_type,
+        "b_attempts": len(outcome.attempts) + outcome.extra_attempts,
+        "b_cache_hit": outcome.cache_hit,
+        "b_cost": outcome.cost_usd,
+        "b_model": outcome.model,
+        "b_output": outcome.output if terminal else None,
+        "b_finished": now if terminal else None,
+        "b_latency": (now - claimed_at).total_seconds() * 1000
+        if terminal and claimed_at is not None else None,
+    }
+    if not conn.execute(sql.RECORD_STEP, params).rowcount:
+        return False
+    if outcome.attempts:
+        conn.execute(sql.INSERT_ATTEMPTS, [_attempt_row(run_id, name, a, worker)
+                                           for a in outcome.attempts])
+    if outcome.cost_usd:
+        conn.execute(sql.ADD_RUN_COST, {"b_run": run_id, "b_cost": outcome.cost_usd})
+    if outcome.memory:
+        write_memory(conn, outcome.memory, run_id=run_id, step=name, now=now)
+    if finish is not None:
+        conn.execute(sql.FINISH_RUN, finish.params(run_id, now))
+    return True
 
 
 def _attempt_row(run_id: str, name: str, attempt: AttemptRecord,

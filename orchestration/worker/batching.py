@@ -142,6 +142,7 @@ def run_taken(host: Host, bound: BoundStep, taken: Taken, delivery: Delivery,
 
     results = run_batch(bound, taken.elements, store, delivery, renew=renew)
     sent, parked = list(taken.settled), []
+    recording = []
     for element in taken.elements:
         result = results[element.id]
         outcome = redacted(result.outcome, delivery)
@@ -151,12 +152,17 @@ def run_taken(host: Host, bound: BoundStep, taken: Taken, delivery: Delivery,
             store.waits.park(element.run_id, element.step_name, ESCALATION_INPUT,
                              deadline=None, resume=element.resume, now=utcnow())
             parked.append(element)
-            continue
-        recorded = store.record_step(element.run_id, element.step_name, outcome,
-                                     worker=delivery.worker, claimed_at=element.claimed_at)
-        if recorded:
-            latency = (utcnow() - element.claimed_at).total_seconds() \
-                if element.claimed_at else None
+        else:
+            recording.append((element, outcome))
+    # Every run's step in one transaction (each recorded at most once, as ever).
+    recorded = store.record_steps([(element.run_id, element.step_name, outcome,
+                                    element.claimed_at) for element, outcome in recording],
+                                  worker=delivery.worker)
+    now = utcnow()
+    for (element, outcome), fresh in zip(recording, recorded, strict=True):
+        if fresh:
+            latency = (now - element.claimed_at).total_seconds() if element.claimed_at \
+                else None
             metrics.record_step(spec.workflow, spec.name, outcome.model or spec.model,
                                 outcome.status.value, len(outcome.attempts), latency,
                                 outcome.cost_usd)

@@ -156,3 +156,17 @@ def test_a_batch_whose_call_broke_off_goes_back_to_the_buffer(store: Store,
     again = take(buffer, now, holder="h2")
     assert again is not None and [e.id for e in again.elements] == [
         e.id for e in taken.elements]
+
+
+def test_a_batch_s_steps_are_recorded_in_one_call_each_at_most_once(store: Store,
+                                                                    buffer: Batches) -> None:
+    now = utcnow()
+    runs = [joined(store, buffer, value, now)[0] for value in range(3)]
+    assert store.record_step(runs[1], "score", StepOutcome(StepStatus.SUCCEEDED, output=-1))
+    recorded = store.record_steps(
+        [(run_id, "score", StepOutcome(StepStatus.SUCCEEDED, output=n, cost_usd=0.5), now)
+         for n, run_id in enumerate(runs)], worker="w")
+    assert recorded == [True, False, True]
+    outputs = [store.get_run(run_id).steps["score"].output for run_id in runs]
+    assert outputs == [0, -1, 2]
+    assert [store.get_run(run_id).cost_usd for run_id in runs] == [0.5, 0.0, 0.5]
