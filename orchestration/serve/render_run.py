@@ -26,7 +26,7 @@ def run_body(view: dict[str, Any], csrf: str) -> str:
             f'data-fragment="/runs/{e(run_id)}/live" data-events="/runs/{e(run_id)}/events">'
             f'{live_fragment(view, csrf)}</div>'
             '<section><h2>Live events</h2><p class="hint" id="stream-state">'
-            'connecting…</p><ol class="events" id="events"></ol></section>')
+            'connecting…</p><ul class="events" id="events"></ul></section>')
 
 
 def live_fragment(view: dict[str, Any], csrf: str) -> str:

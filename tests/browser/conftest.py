@@ -57,8 +57,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``orchestrate serve`` on a free loopback port with a token; its base URL."""
     directory = tmp_path_factory.mktemp("dashboard")
     port = free_port()
+    # No provider key: the catalogue's models are answered offline by the local provider.
     env = {key: value for key, value in os.environ.items()
-           if not key.startswith("ORCH_")}
+           if not key.startswith("ORCH_") and not key.endswith("_API_KEY")}
     env.update({"ORCH_BROKER_URL": "memory://",
                 "ORCH_DATABASE_URL": f"sqlite:///{directory / 'runs.db'}",
                 "ORCH_IMPORTS": "tests.browser.workflows", "ORCH_SERVE_TOKEN": TOKEN,

@@ -3,8 +3,9 @@
 ``orchestrate serve`` runs them on its embedded worker; the tests start runs through the
 served webhook (``POST /events/<name>``) and watch them in a real browser.
 
-- ``dash_ticket``: classify and score in parallel (score fails its first attempt and is
-  retried), enrich fails and its fallback answers, draft joins them;
+- ``dash_ticket``: classify, score and enrich in parallel (score fails its first attempt
+  and is retried, enrich fails and its fallback answers), draft joins them with a model
+  call;
 - ``dash_review``: prepare, then review waits for a person (approved from the run page),
   then publish;
 - ``dash_broken``: parse fails critically, so summarise is skipped.
@@ -42,10 +43,12 @@ def enrich(ticket_id: int) -> dict[str, Any]:
     raise RuntimeError(f"no CRM record for ticket {ticket_id}")
 
 
-@ticket.task(depends_on=[classify, score, enrich])
-def draft(classify: str, score: int, enrich: dict[str, Any]) -> str:
-    """The reply."""
-    return f"[{classify}/{score}] we are on it ({len(enrich['tags'])} tags)"
+@ticket.task(depends_on=[classify, score, enrich], model="gpt-4o-mini")
+def draft(text: str, classify: str, score: int, enrich: dict[str, Any], ctx: Any) -> str:
+    """The reply: a model call (no API key in the served process: the local provider
+    answers offline, priced as gpt-4o-mini), so the page shows model, tokens and cost."""
+    reply = ctx.llm.complete(f"Write a first response to this {classify} ticket: {text}")
+    return f"[{classify}/{score}, {len(enrich['tags'])} tags] {reply.text[:80]}"
 
 
 ticket.on_event(TICKET_EVENT, inputs={"ticket_id": "$.id", "text": "$.text"},

@@ -81,6 +81,10 @@
       return;
     }
     if (event.type === "tokens_superseded") tokens.delete(event.step);
+    if (event.type === "partial_output" && event.step) {
+      tokens.set(event.step, "partial output: " + JSON.stringify(event.value));
+      showTokens();
+    }
     note(event);
     if (event.type === "run_finished") {
       if (source) { source.close(); source = null; }
