@@ -114,6 +114,18 @@ def test_approving_a_waiting_run_from_its_page_and_seeing_it_finish_live(
         "approved": True, "by": "browser test"}
 
 
+def test_cancelling_a_waiting_run_from_its_page(server: str, page: Any) -> None:
+    run_id = start(server, REVIEW_EVENT, {"text": "not this one"})
+    wait_status(server, run_id, "waiting")
+    page.goto(f"{server}/runs/{run_id}")
+    page.click("#cancel")
+    page.wait_for_url(f"{server}/runs/{run_id}")
+    page.wait_for_selector('#live[data-status="cancelled"]')
+    assert "cancelled" in page.inner_text("#run-status")
+    assert page.locator("#approve").count() == 0  # nothing left to approve
+    assert run_json(server, run_id)["status"] == "cancelled"
+
+
 def test_the_workflow_page_shows_its_figures(server: str, page: Any) -> None:
     start(server, TICKET_EVENT, {"id": 8, "text": "Invoice is wrong"})
     run_id = start(server, TICKET_EVENT, {"id": 9, "text": "Password reset loops"})

@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from orchestration.core.status import RunStatus
 from orchestration.serve.session import CSRF_COOKIE
@@ -172,3 +173,30 @@ def test_unknown_runs_and_actions_are_404(tmp_path: Path) -> None:
     run_id = write_run(orchestrator, "flow")
     assert client.post(f"/api/runs/{run_id}/delete", headers=bearer(),
                        json={}).status_code == 404
+
+
+def test_each_action_is_an_audit_log_line_without_the_data_or_a_credential(
+        tmp_path: Path) -> None:
+    app, orchestrator = dashboard(tmp_path, serve_token=TOKEN)
+    running = write_run(orchestrator, "flow", status="running", steps={"a": "running"})
+    done = write_run(orchestrator, "flow")
+    client = Client(app)
+    with capture_logs() as logs:
+        client.post(f"/api/runs/{running}/cancel", headers=bearer(), json={})
+        client.post(f"/api/runs/{done}/approve", headers=bearer(),
+                    json={"data": {"card": "4111 1111 1111 1111"}, "name": "review"})
+    audit = [(e["action"], e["run_id"], e["by"], e["outcome"]) for e in logs
+             if e.get("event") == "dashboard action"]
+    assert audit == [("cancel", running, "bearer", "done"),
+                     ("approve", done, "bearer", "refused")]
+    assert "4111" not in str(logs) and TOKEN not in str(logs)
+
+
+def test_resuming_a_run_of_a_workflow_this_server_does_not_know_is_a_conflict(
+        tmp_path: Path) -> None:
+    app, orchestrator = dashboard(tmp_path, serve_token=TOKEN)
+    run_id = write_run(orchestrator, "not_imported_here", status="failed",
+                       steps={"a": "failed"}, error="bad")
+    answer = Client(app).post(f"/api/runs/{run_id}/resume", headers=bearer(), json={})
+    assert answer.status_code == 409
+    assert "not_imported_here" in answer.json()["error"]
