@@ -55,6 +55,7 @@ def chromium_path() -> str:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``orchestrate serve`` on a free loopback port with a token; its base URL."""
+    chromium_path()  # no server for tests that will skip
     directory = tmp_path_factory.mktemp("dashboard")
     port = free_port()
     # No provider key: the catalogue's models are answered offline by the local provider.
