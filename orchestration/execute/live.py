@@ -2,16 +2,27 @@
 
 A :class:`Live` is one step attempt's writer: ``ctx.emit``, ``ctx.partial`` and the
 token sink that ``ctx.llm.stream`` calls go through it. Values are redacted with the
-workflow's redactor before they are written (as the results DB stores them). Tokens are
-written in small batches: a chunk goes out at once when the last write is more than
-:data:`TOKEN_FLUSH_S` old, else with the next one (or when the call ends), so a fast
-provider costs one write per few milliseconds, not one per chunk. A stream that cannot
-be written (Redis down) never fails the step: the event is dropped and logged.
+workflow's redactor before they are written (as the results DB stores them).
+
+Writes cost the step almost nothing: events go to a :class:`StreamWriter`, one thread
+per process and stream, which writes whatever has queued up in one round trip (one
+transaction, or one Redis pipeline) as soon as it is free (events nobody waits for
+linger :data:`LINGER_S` for company), so a token reaches the stream within a few
+milliseconds and a fast provider's chunks, or a short step's start and end, share
+writes. Ordering: a step's ``step_finished`` (and ``run_finished``, ``waiting_for_input``) is written
+*synchronously*, after everything queued before it in this process, so every event of
+a step is stored before the step's outcome is passed on: a dependent's events come after
+it, and ``run_finished`` is the last event of its run. A stream that cannot be written
+(Redis down) never fails the step: the events are dropped and logged.
 """
 
 from __future__ import annotations
 
+import os
+import threading
 import time
+import weakref
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -33,21 +44,131 @@ if TYPE_CHECKING:
     from orchestration.store.run_stream import RunStream
 
 log = structlog.get_logger("orchestration.execute.live")
-TOKEN_FLUSH_S = 0.005
 ERROR_CHARS = 300
+SYNC_WAIT_S = 10.0  # the longest a step waits for its step_finished to be written
+IDLE_EXIT_S = 5.0  # a writer thread with nothing to write for this long ends
+LINGER_S = 0.003  # events nobody waits for wait this long for others to share their write
+
+
+class _Item:
+    __slots__ = ("done", "event", "once", "run_id")
+
+    def __init__(self, run_id: str, data: dict[str, Any], once: bool = False,
+                 done: threading.Event | None = None) -> None:
+        self.run_id, self.event, self.once, self.done = run_id, data, once, done
+
+
+class StreamWriter:
+    """Writes one stream's events from a thread of its own (see the module doc)."""
+
+    def __init__(self, stream: RunStream) -> None:
+        self._stream = weakref.ref(stream)  # the writer never keeps a store alive
+        self._pid = os.getpid()
+        self._cond = threading.Condition()
+        self._queue: list[_Item] = []
+        self._thread: threading.Thread | None = None
+
+    def put(self, run_id: str, data: dict[str, Any]) -> None:
+        """Queue an event; written as soon as the writer is free."""
+        self._enqueue([_Item(run_id, data)])
+
+    def write(self, run_id: str, events: Sequence[dict[str, Any]], *,
+              once: Sequence[dict[str, Any]] = ()) -> None:
+        """Write events (then ``once`` ones, see ``append_once``) after everything queued
+        before them; return when they are stored (or after :data:`SYNC_WAIT_S`)."""
+        done = threading.Event()
+        items = [_Item(run_id, data) for data in events]
+        items += [_Item(run_id, data, once=True) for data in once]
+        items[-1].done = done
+        self._enqueue(items)
+        if not done.wait(SYNC_WAIT_S):
+            log.warning("run stream write still pending; step goes on", run_id=run_id)
+
+    def _enqueue(self, items: list[_Item]) -> None:
+        if self._pid != os.getpid():  # a forked child: the parent's thread is not here
+            self._pid, self._cond, self._queue, self._thread = (
+                os.getpid(), threading.Condition(), [], None)
+        with self._cond:
+            self._queue.extend(items)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="run-stream-writer",
+                                                daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                if not self._queue:
+                    self._cond.wait(IDLE_EXIT_S)
+                if not self._queue:  # idle: the thread ends; the next event starts one
+                    self._thread = None
+                    return
+                # Nobody waits for these yet: let a few more join the same write.
+                deadline = time.monotonic() + LINGER_S
+                while not any(item.done is not None for item in self._queue):
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._cond.wait(left)
+                batch, self._queue = self._queue, []
+            try:
+                self._write(batch)
+            finally:
+                for item in batch:
+                    if item.done is not None:
+                        item.done.set()
+
+    def _write(self, batch: list[_Item]) -> None:
+        stream = self._stream()
+        if stream is None:
+            return  # its store is gone
+        pending: list[tuple[str, dict[str, Any]]] = []
+        once: list[tuple[str, dict[str, Any]]] = []
+        for item in batch:  # one write per run of events ending with once-events
+            if once and not item.once:
+                _append(stream, pending, once)
+                pending, once = [], []
+            (once if item.once else pending).append((item.run_id, item.event))
+        _append(stream, pending, once)
+
+
+def _append(stream: RunStream, items: list[tuple[str, dict[str, Any]]],
+            once: list[tuple[str, dict[str, Any]]]) -> None:
+    if items or once:
+        try:
+            stream.append_all(items, once)
+        except Exception as exc:  # the stream is a view: a step never fails for it
+            _dropped(len(items) + len(once), exc)
+
+
+def _dropped(count: int, exc: Exception) -> None:
+    log.warning("run stream not written; events dropped", events=count,
+                error=f"{type(exc).__name__}: {exc}")
+
+
+_WRITERS: weakref.WeakKeyDictionary[Any, StreamWriter] = weakref.WeakKeyDictionary()
+_WRITERS_LOCK = threading.Lock()
+
+
+def writer_for(stream: RunStream) -> StreamWriter:
+    """The process's writer of ``stream`` (made on first use)."""
+    writer = _WRITERS.get(stream)
+    if writer is None:
+        with _WRITERS_LOCK:
+            writer = _WRITERS.get(stream)
+            if writer is None:
+                writer = _WRITERS[stream] = StreamWriter(stream)
+    return writer
 
 
 def safe_append(stream: RunStream, run_id: str, events: list[dict[str, Any]],
                 *, once: bool = False) -> None:
-    """Append events, logging (never raising) if the stream cannot be written."""
-    try:
-        if once:
-            stream.append_once(run_id, events[0])
-        else:
-            stream.append_many(run_id, events)
-    except Exception as exc:  # the stream is a view: a step never fails for it
-        log.warning("run stream not written; events dropped", run_id=run_id,
-                    events=len(events), error=f"{type(exc).__name__}: {exc}")
+    """Write events now, after everything this process queued for the stream."""
+    if once:
+        writer_for(stream).write(run_id, [], once=events)
+    else:
+        writer_for(stream).write(run_id, events)
 
 
 class Live:
@@ -55,37 +176,27 @@ class Live:
 
     def __init__(self, stream: RunStream, run_id: str, step: str, attempt: int,
                  redactor: Redactor | None) -> None:
-        self.stream = stream
+        self.writer = writer_for(stream)
         self.run_id, self.step, self.attempt = run_id, step, attempt
         self.redactor = redactor
         self.tokens = 0  # token events of this attempt
-        self._pending: list[dict[str, Any]] = []
-        self._flushed = 0.0
 
     def emit(self, event_type: str, **fields: Any) -> None:
-        """Write one event of this step (fields redacted)."""
-        self.flush()
+        """Queue one event of this step (fields redacted)."""
         clean = self.redactor(fields) if self.redactor is not None else fields
-        safe_append(self.stream, self.run_id, [event(event_type, self.run_id, step=self.step,
-                                                     **clean)])
+        self.writer.put(self.run_id, event(event_type, self.run_id, step=self.step, **clean))
 
     def token(self, text: str) -> None:
         """A text chunk of a streamed model answer (``token`` event)."""
         if self.redactor is not None:
             redacted = self.redactor(text)
             text = redacted if isinstance(redacted, str) else text
-        self._pending.append(event(TOKEN, self.run_id, step=self.step, attempt=self.attempt,
-                                   index=self.tokens, text=text))
+        self.writer.put(self.run_id, event(TOKEN, self.run_id, step=self.step,
+                                           attempt=self.attempt, index=self.tokens, text=text))
         self.tokens += 1
-        if time.monotonic() - self._flushed >= TOKEN_FLUSH_S:
-            self.flush()
 
     def flush(self) -> None:
-        """Write the tokens held back."""
-        if self._pending:
-            pending, self._pending = self._pending, []
-            safe_append(self.stream, self.run_id, pending)
-            self._flushed = time.monotonic()
+        """Nothing to do: the writer writes queued events as soon as it can."""
 
     def started(self, *, worker: str | None, queue: str | None, model: str | None) -> None:
         """``step_started`` for this attempt."""
@@ -96,26 +207,38 @@ class Live:
         self.emit(PARTIAL_OUTPUT, attempt=self.attempt, value=value)
 
     def ended(self, failed: bool) -> None:
-        """The attempt ended: its held tokens are written; a failed one's are void."""
-        self.flush()
+        """The attempt ended: a failed one's tokens are void (``tokens_superseded``)."""
         if failed and self.tokens:
-            safe_append(self.stream, self.run_id, [event(
-                TOKENS_SUPERSEDED, self.run_id, step=self.step, attempt=self.attempt)])
+            self.writer.put(self.run_id, event(TOKENS_SUPERSEDED, self.run_id, step=self.step,
+                                               attempt=self.attempt))
+
+
+def step_finished(run_id: str, step: str, outcome: StepOutcome,
+                  latency_s: float | None) -> dict[str, Any]:
+    """The ``step_finished`` event of a recorded (already redacted) outcome."""
+    error = (outcome.error or "").strip().splitlines()
+    return event(STEP_FINISHED, run_id, step=step, status=outcome.status.value,
+                 latency_ms=None if latency_s is None else round(latency_s * 1000, 2),
+                 cost_usd=outcome.cost_usd, output_summary=summary(outcome.output),
+                 error=error[-1][:ERROR_CHARS] if error else None)
+
+
+def run_finished_event(run_id: str, status: str, error: str | None,
+                       cost_usd: float) -> dict[str, Any]:
+    """The ``run_finished`` event."""
+    return event(RUN_FINISHED, run_id, status=status, error=error, cost_usd=cost_usd)
 
 
 def record_step_finished(stream: RunStream, run_id: str, step: str, outcome: StepOutcome,
-                         latency_s: float | None) -> None:
-    """Write ``step_finished`` for a recorded (already redacted) outcome."""
-    error = (outcome.error or "").strip().splitlines()
-    safe_append(stream, run_id, [event(
-        STEP_FINISHED, run_id, step=step, status=outcome.status.value,
-        latency_ms=None if latency_s is None else round(latency_s * 1000, 2),
-        cost_usd=outcome.cost_usd, output_summary=summary(outcome.output),
-        error=error[-1][:ERROR_CHARS] if error else None)])
+                         latency_s: float | None,
+                         finished: dict[str, Any] | None = None) -> None:
+    """Write ``step_finished`` (and the run's ``run_finished``, if it ended) now."""
+    writer_for(stream).write(run_id, [step_finished(run_id, step, outcome, latency_s)],
+                             once=[finished] if finished is not None else [])
 
 
 def run_finished(stream: RunStream, run_id: str, status: str, error: str | None,
                  cost_usd: float) -> None:
     """Close a run's stream with ``run_finished`` (once, whoever closes it)."""
-    safe_append(stream, run_id, [event(RUN_FINISHED, run_id, status=status, error=error,
-                                       cost_usd=cost_usd)], once=True)
+    writer_for(stream).write(run_id, [], once=[run_finished_event(run_id, status, error,
+                                                                  cost_usd)])

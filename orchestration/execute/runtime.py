@@ -58,7 +58,7 @@ from orchestration.execute.attempts import (
     run_attempts,
 )
 from orchestration.execute.batching import JoinBatch
-from orchestration.execute.live import record_step_finished, run_finished
+from orchestration.execute.live import record_step_finished, run_finished, run_finished_event
 from orchestration.execute.memory import bind_memory
 from orchestration.store.engine import is_unavailable
 from orchestration.store.repository import Claim, RunFinish, StepOutcome, Store
@@ -264,11 +264,10 @@ def record_and_pass(step: BoundStep, envelope: Envelope, outcome: StepOutcome, s
                         outcome.status.value, len(outcome.attempts) + outcome.extra_attempts,
                         latency, outcome.cost_usd)
     if delivery.stream is not None:
-        record_step_finished(delivery.stream, envelope.run_id, step.spec.name, stored, latency)
-        if finish is not None:
-            run_finished(delivery.stream, envelope.run_id, finish.status.value,
-                         delivery.redactor.text(finish.error) if delivery.redactor
-                         else finish.error, store.run_cost(envelope.run_id))
+        record_step_finished(delivery.stream, envelope.run_id, step.spec.name, stored, latency,
+                             None if finish is None else run_finished_event(
+                                 envelope.run_id, finish.status.value, finish.error,
+                                 store.run_cost(envelope.run_id)))
     if finish is not None:
         _log_finished(trial, finish)
     return trial.to_message()

@@ -9,8 +9,8 @@ as ``after`` to get exactly the events after it (nothing lost, nothing repeated)
 - :class:`SQLRunStream` (the embedded default): table ``run_events``; offsets are row ids.
   A blocking read polls (every few ms at first, then up to every 50 ms). Rows go with
   their run (foreign key, ``ON DELETE CASCADE``); a run past ``maxlen`` events drops
-  its oldest, checked every :data:`TRIM_EVERY` appends, when events older than the TTL
-  are deleted too (also :meth:`SQLRunStream.prune`).
+  its oldest, checked about every :data:`TRIM_EVERY` appends, when events older than
+  the TTL are deleted too (also :meth:`SQLRunStream.prune`).
 
 ``append_once`` writes an event at most once per run and type (``run_finished``), so a
 stream is closed exactly once whoever closes it (the last step, or a reader that found
@@ -20,6 +20,7 @@ the run finished without it).
 from __future__ import annotations
 
 import json
+import random
 import time
 from collections.abc import Sequence
 from datetime import datetime, timedelta
@@ -27,6 +28,7 @@ from typing import Any, Protocol
 
 import redis
 from sqlalchemy import Engine, delete, insert, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from orchestration.core.clock import utcnow
@@ -51,6 +53,11 @@ class RunStream(Protocol):
 
     def append_many(self, run_id: str, events: Sequence[dict[str, Any]]) -> list[str]:
         """Append events in order, in one round trip; their offsets."""
+
+    def append_all(self, items: Sequence[tuple[str, dict[str, Any]]],
+                   once: Sequence[tuple[str, dict[str, Any]]] = ()) -> None:
+        """Append ``(run_id, event)`` pairs of any runs, in order, then ``once`` ones (as
+        :meth:`append_once`), in one round trip."""
 
     def append_once(self, run_id: str, event: dict[str, Any]) -> str | None:
         """Append an event unless one of its type was appended once already (None then)."""
@@ -111,6 +118,22 @@ class RedisRunStream:
         replies = pipe.execute()
         return [_text(offset) for offset in replies[:-1]]
 
+    def append_all(self, items: Sequence[tuple[str, dict[str, Any]]],
+                   once: Sequence[tuple[str, dict[str, Any]]] = ()) -> None:
+        if not items and not once:
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        for run_id, item in items:
+            pipe.xadd(stream_key(run_id), {"e": _dumps(item)}, maxlen=self.maxlen,
+                      approximate=True)
+        for run_id in {run_id for run_id, _ in items}:
+            pipe.expire(stream_key(run_id), self.ttl)
+        for run_id, item in once:
+            key = stream_key(run_id)
+            self._once(keys=[key, f"{key}:{item['type']}"],
+                       args=[_dumps(item), self.maxlen, self.ttl], client=pipe)
+        pipe.execute()
+
     def append_once(self, run_id: str, event: dict[str, Any]) -> str | None:
         key = stream_key(run_id)
         offset = self._once(keys=[key, f"{key}:{event['type']}"],
@@ -161,18 +184,61 @@ class SQLRunStream:
         return self.append_many(run_id, [event])[0]
 
     def append_many(self, run_id: str, events: Sequence[dict[str, Any]]) -> list[str]:
-        if not events:
+        return [str(offset) for offset in self._insert([(run_id, item) for item in events])]
+
+    def append_all(self, items: Sequence[tuple[str, dict[str, Any]]],
+                   once: Sequence[tuple[str, dict[str, Any]]] = ()) -> None:
+        if not items and not once:
+            return
+        now = utcnow()
+        with self._writer.begin() as conn:
+            if items:  # one statement for them all (executemany): no ids needed here
+                conn.execute(insert(RunEventRow), [
+                    {"run_id": run_id, "type": str(item.get("type", "")),
+                     "body": _dumps(item), "once": None, "created_at": now}
+                    for run_id, item in items])
+                if random.random() < len(items) / TRIM_EVERY:  # as often as by row ids
+                    for run_id in {run_id for run_id, _ in items}:
+                        self._trim(conn, run_id)
+                    self._expire(conn, now)
+            self._write_once(conn, once, now)
+
+    def _insert(self, items: Sequence[tuple[str, dict[str, Any]]],
+                once: Sequence[tuple[str, dict[str, Any]]] = ()) -> list[int]:
+        """Insert events in order in one transaction (``once`` ones unless present);
+        the row ids of ``items``."""
+        if not items and not once:
             return []
         now = utcnow()
         with self._writer.begin() as conn:
             ids = [_inserted(conn.execute(insert(RunEventRow).values(
                 run_id=run_id, type=str(item.get("type", "")), body=_dumps(item),
-                created_at=now))) for item in events]
-            if any(offset % TRIM_EVERY == 0 for offset in ids):
-                self._trim(conn, run_id)
-                conn.execute(delete(RunEventRow).where(  # every run's events past the TTL
-                    RunEventRow.created_at < now - timedelta(seconds=self.ttl)))
-        return [str(offset) for offset in ids]
+                created_at=now))) for run_id, item in items]
+            for (run_id, _), offset in zip(items, ids, strict=True):
+                if offset % TRIM_EVERY == 0:
+                    self._trim(conn, run_id)
+                    self._expire(conn, now)
+            self._write_once(conn, once, now)
+        return ids
+
+    def _write_once(self, conn: Any, once: Sequence[tuple[str, dict[str, Any]]],
+                    now: datetime) -> None:
+        for run_id, item in once:
+            kind = str(item["type"])
+            conn.execute(self._insert_once().values(
+                run_id=run_id, type=kind, once=kind, body=_dumps(item),
+                created_at=now).on_conflict_do_nothing())
+
+    def _expire(self, conn: Any, now: datetime) -> None:
+        """Delete every run's events past the TTL."""
+        conn.execute(delete(RunEventRow).where(
+            RunEventRow.created_at < now - timedelta(seconds=self.ttl)))
+
+    def _insert_once(self) -> Any:
+        """An INSERT that can skip a conflicting row, in this database's dialect."""
+        if self._writer.dialect.name == "postgresql":
+            return postgresql.insert(RunEventRow)
+        return sqlite.insert(RunEventRow)
 
     def append_once(self, run_id: str, event: dict[str, Any]) -> str | None:
         kind = str(event["type"])
