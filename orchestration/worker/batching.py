@@ -16,6 +16,8 @@
 from __future__ import annotations
 
 import contextlib
+import threading
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -23,7 +25,6 @@ import structlog
 
 from orchestration.core import metrics
 from orchestration.core.clock import utcnow
-from orchestration.define.adaptive import AdaptiveTimeout
 from orchestration.define.on_error import ESCALATION_INPUT
 from orchestration.define.step import BoundStep
 from orchestration.define.workflow import Host
@@ -37,9 +38,8 @@ from orchestration.worker.host import WorkerHost
 
 log = structlog.get_logger("orchestration.worker.batching")
 BATCH_FLUSH_TASK = "orchestration.batch_flush"
-LEASE_FLOOR = 60.0  # seconds a taken batch is leased beyond its calls' timeouts
+DEFAULT_LEASE = 30.0  # seconds a taken batch is leased without a liveness window
 SENDING_LEASE = 60.0  # seconds before a recorded element's message is sent again
-UNTIMED_CALL = 300.0  # seconds a batch call without a timeout is assumed to take at most
 MIN_COUNTDOWN = 0.05
 
 
@@ -101,7 +101,7 @@ def flush_step(host: Host, bound: BoundStep, delivery: Delivery, *, timed: bool 
     """
     spec = bound.spec
     assert spec.batch_size is not None
-    buffer, lease = batches(host), lease_of(bound)
+    buffer, lease = batches(host), lease_of(delivery)
     holder = delivery.holder or "unknown"
     ran = 0
     while True:
@@ -140,7 +140,8 @@ def run_taken(host: Host, bound: BoundStep, taken: Taken, delivery: Delivery,
         if not buffer.renew(taken.batch_id, holder=holder, now=utcnow(), lease=lease):
             raise LeaseLost(taken.batch_id)
 
-    results = run_batch(bound, taken.elements, store, delivery, renew=renew)
+    with renewing(buffer, taken.batch_id, holder, lease):
+        results = run_batch(bound, taken.elements, store, delivery, renew=renew)
     sent, parked = list(taken.settled), []
     recording = []
     for element in taken.elements:
@@ -212,14 +213,32 @@ def sweep_batches(host: Host) -> None:
         send_on(host, unsent)
 
 
-def lease_of(bound: BoundStep) -> float:
-    """How long a taken batch is leased: one batch call's attempts and backoffs, and more."""
-    spec = bound.spec
-    policy = spec.timeout
-    if isinstance(policy, AdaptiveTimeout):
-        seconds: float | None = policy.ceiling
-    else:
-        seconds = policy.seconds() if policy is not None else None
-    per_call = seconds if seconds is not None else UNTIMED_CALL
-    return LEASE_FLOOR + per_call * (spec.retries + 1) * 2 + spec.retries * \
-        spec.backoff.maximum
+def lease_of(delivery: Delivery) -> float:
+    """How long a taken batch is leased: the worker liveness window (renewed meanwhile)."""
+    return delivery.dead_after if delivery.dead_after > 0 else DEFAULT_LEASE
+
+
+@contextlib.contextmanager
+def renewing(buffer: Batches, batch_id: str, holder: str, lease: float) -> Iterator[None]:
+    """Renew a held batch's lease every quarter lease while the block runs.
+
+    A holder that stops renewing (its process killed, be it a pool child whose main
+    process lives on) loses the batch once the lease lapses; another worker takes it.
+    """
+    stop = threading.Event()
+
+    def keep() -> None:
+        while not stop.wait(lease / 4):
+            try:
+                if not buffer.renew(batch_id, holder=holder, now=utcnow(), lease=lease):
+                    return
+            except Exception as exc:  # the DB down: the next beat tries again
+                log.warning("could not renew a batch's lease", batch=batch_id,
+                            error=f"{type(exc).__name__}: {exc}".splitlines()[0])
+
+    thread = threading.Thread(target=keep, name="orchestration-batch-lease", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()

@@ -32,6 +32,7 @@ from tests.integration.support.workflows.batching import (
     calls_key,
     elements_key,
     hold_key,
+    pid_key,
 )
 from tests.integration.support.workflows.common import _redis
 from tests.support.workers import Worker, Workers
@@ -131,6 +132,28 @@ def test_a_worker_killed_mid_batch_call_loses_no_element_and_records_none_twice(
     assert _calls(tag) == 2  # the killed call, then the call taken again
     assert int(_redis().get(after_key(tag)) or 0) == 10  # every run went on once
     assert _buffered("waiting") == _buffered("taken") == _buffered("done") == 0
+
+
+def test_a_pool_process_killed_mid_batch_call_loses_no_element(batch_workers: Workers) -> None:
+    tag = uuid.uuid4().hex
+    _redis().set(hold_key(tag), 1, ex=300)
+    worker = batch_workers.start("batching-child", [BATCH_QUEUE], concurrency=2)
+    handles = SCORED.submit_many([{"tag": tag, "n": n} for n in range(10)])
+    wait_until(lambda: _calls(tag) == 1, timeout=60, what="the batch call to start")
+    child = int(_redis().get(pid_key(tag)) or 0)
+    assert child and child != worker.process.pid
+    # Only the pool process making the call dies (as the OOM killer would pick it): the
+    # main process lives on and keeps beating, so the batch comes back when its lease,
+    # no longer renewed, lapses (ORCH_WORKER_DEAD_AFTER, 4 s here).
+    os.kill(child, signal.SIGKILL)
+    _redis().delete(hold_key(tag))
+    results = [handle.wait(timeout=90) for handle in handles]
+    for n, result in enumerate(results):
+        assert result.status is RunStatus.SUCCEEDED, (result.error, statuses(result))
+        assert result.outputs == {"score": 2 * n, "after": 2 * n + 1}
+        assert len(_attempt_workers(result.run_id, "score")) == 1  # recorded once
+    assert _calls(tag) == 2
+    assert worker.alive
 
 
 def test_a_poisoned_element_falls_back_alone_and_its_neighbours_succeed(

@@ -10,6 +10,7 @@ The queues are served only by the workers a test starts.
 from __future__ import annotations
 
 import json
+import os
 import time
 
 from orchestration import Workflow
@@ -33,6 +34,10 @@ def hold_key(tag: str) -> str:
     return f"it:batching:{tag}:hold"
 
 
+def pid_key(tag: str) -> str:
+    return f"it:batching:{tag}:pid"
+
+
 def after_key(tag: str) -> str:
     return f"it:batching:{tag}:after"
 
@@ -44,6 +49,7 @@ def _called(tag: list[str], n: list[int]) -> None:
     client.rpush(elements_key(key), json.dumps(n))
     client.expire(calls_key(key), 3600)
     client.expire(elements_key(key), 3600)
+    client.set(pid_key(key), os.getpid(), ex=3600)  # the process making this call
     deadline = time.monotonic() + 60
     while client.exists(hold_key(key)) and time.monotonic() < deadline:
         time.sleep(0.05)
