@@ -79,10 +79,12 @@ class PermitWaits:
         with self._engine.begin() as conn:
             conn.execute(delete(PermitWaitRow).where(PermitWaitRow.id == wait_id))
 
-    def put_back(self, wait_id: int) -> None:
-        """The waiter could not take its permit after all: it waits again, in its place."""
+    def put_back(self, wait_ids: list[int]) -> None:
+        """Waiters that could not take a permit after all: they wait again, in their place."""
+        if not wait_ids:
+            return
         with self._engine.begin() as conn:
-            conn.execute(update(PermitWaitRow).where(PermitWaitRow.id == wait_id)
+            conn.execute(update(PermitWaitRow).where(PermitWaitRow.id.in_(wait_ids))
                          .values(woken_at=None))
 
     def scopes(self, now: datetime, stale_after: float) -> list[tuple[str, int]]:

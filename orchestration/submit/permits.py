@@ -104,18 +104,20 @@ def wake(host: Host, scope_: str, limit: int, *, sure: bool = True) -> int:
     taken = store.permit_waits.take(scope_, free, utcnow())
     if taken:
         permits.waiting(scope_)  # more may wait behind them: releases keep looking
-    for wait in taken:
+    for index, wait in enumerate(taken):
         if _ended(host, wait.run_id):
             store.permit_waits.done(wait.id)  # ended meanwhile (cancelled): nothing to send
             continue
         if not permits.take(scope_, wait.holder, limit):
-            store.permit_waits.put_back(wait.id)
+            # Another process's waker (or a delivery) took the permit first: every waiter
+            # not sent yet waits again, in its place, for the next release.
+            store.permit_waits.put_back([w.id for w in taken[index:]])
             break
         try:
             _send(host, wait)
         except Exception:
             permits.release(scope_, wait.holder)
-            store.permit_waits.put_back(wait.id)
+            store.permit_waits.put_back([w.id for w in taken[index:]])
             raise
         store.permit_waits.done(wait.id)
         sent += 1
