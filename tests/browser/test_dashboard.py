@@ -106,6 +106,9 @@ def test_approving_a_waiting_run_from_its_page_and_seeing_it_finish_live(
     watcher.wait_for_selector('svg.dag g.node[data-step="publish"][data-status="succeeded"]')
     assert node_status(watcher, "approval") == "succeeded"
     watcher.wait_for_selector("#events li.type-run_finished")
+    # The model's tokens reached this tab through the stream while publish ran.
+    streamed = watcher.locator('.tokens.filled[data-step="publish"]')
+    assert streamed.count() == 1 and (streamed.text_content() or "").strip()
     watcher.click("#step-publish summary")
     assert "published: Refund approved for order 1842" in watcher.inner_text("#step-publish")
     run = run_json(server, run_id)

@@ -6,8 +6,8 @@ served webhook (``POST /events/<name>``) and watch them in a real browser.
 - ``dash_ticket``: classify, score and enrich in parallel (score fails its first attempt
   and is retried, enrich fails and its fallback answers), draft joins them with a model
   call;
-- ``dash_review``: prepare, then review waits for a person (approved from the run page),
-  then publish;
+- ``dash_review``: prepare, then approval waits for a person (approved from the run
+  page), then publish streams a note from a model;
 - ``dash_broken``: parse fails critically, so summarise is skipped.
 """
 
@@ -70,11 +70,13 @@ def approval(prepare: str, ctx: Any) -> dict[str, Any]:
     return {"draft": prepare, "decision": decision}
 
 
-@review.task(depends_on=approval)
-def publish(approval: dict[str, Any]) -> str:
-    """Published when approved."""
+@review.task(depends_on=approval, model="gpt-4o-mini")
+def publish(approval: dict[str, Any], ctx: Any) -> str:
+    """Published when approved, with a note streamed from a model (its tokens reach the
+    run's stream, and the run page, as they arrive)."""
     approved = isinstance(approval["decision"], dict) and approval["decision"].get("approved")
-    return ("published: " if approved else "rejected: ") + approval["draft"]
+    note = "".join(ctx.llm.stream(f"One line announcing: {approval['draft']}"))
+    return ("published: " if approved else "rejected: ") + approval["draft"] + f" ({note[:60]})"
 
 
 review.on_event(REVIEW_EVENT, inputs={"text": "$.text"}, name="dash_review_hook")

@@ -27,8 +27,6 @@
 
   async function refresh() {
     pending = null;
-    const open = new Set(Array.from(live.querySelectorAll("details[open]"), (d) => d.id));
-    const typing = document.activeElement && live.contains(document.activeElement);
     let response;
     try {
       response = await fetch(live.dataset.fragment, {
@@ -40,7 +38,12 @@
     }
     if (!response.ok) { say("refresh failed: HTTP " + response.status); return; }
     const html = await response.text();
+    // Read what the reader has open (and whether they type) only now, just before the
+    // swap: a click while the fragment was on its way is kept.
+    const typing = document.activeElement && live.contains(document.activeElement) &&
+      ["TEXTAREA", "INPUT"].includes(document.activeElement.tagName);
     if (typing) return; // never replace a form someone is filling in
+    const open = new Set(Array.from(live.querySelectorAll("details[open]"), (d) => d.id));
     live.innerHTML = html;
     const status = response.headers.get("X-Run-Status");
     if (status) {
