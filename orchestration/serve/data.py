@@ -157,9 +157,9 @@ def graph_view(orchestrator: Orchestrator, workflow: str,
     recorded steps alone, when this process does not know the workflow) are appended."""
     nodes: list[dict[str, Any]] = []
     edges: list[list[str]] = []
-    found = orchestrator.workflows.get(workflow)
-    if found is not None:
-        for name, bound in found.validate().steps.items():
+    compiled = _compiled(orchestrator, workflow)
+    if compiled is not None:
+        for name, bound in compiled.steps.items():
             nodes.append({"name": name, "queue": bound.queue, "kind": _kind(bound)})
             edges.extend([up, name] for up in sorted(bound.upstream))
     known = {node["name"] for node in nodes}
@@ -170,7 +170,7 @@ def graph_view(orchestrator: Orchestrator, workflow: str,
         record = run.steps.get(node["name"]) if run is not None else None
         node["status"] = record.status.value if record is not None else (
             StepStatus.PENDING.value if run is not None else "declared")
-    return {"nodes": nodes, "edges": edges, "known": found is not None}
+    return {"nodes": nodes, "edges": edges, "known": compiled is not None}
 
 
 def _kind(bound: Any) -> str:
@@ -185,11 +185,23 @@ def _kind(bound: Any) -> str:
     return "branch" if spec.when is not None else "step"
 
 
-def _sources(orchestrator: Orchestrator, workflow: str) -> dict[str, dict[str, str]]:
+def _compiled(orchestrator: Orchestrator, workflow: str) -> Any:
+    """The workflow's compiled graph; None when this process does not know it (or it does
+    not compile: the recorded steps are shown then, without edges)."""
     found = orchestrator.workflows.get(workflow)
     if found is None:
+        return None
+    try:
+        return found.validate()
+    except Exception:
+        return None
+
+
+def _sources(orchestrator: Orchestrator, workflow: str) -> dict[str, dict[str, str]]:
+    compiled = _compiled(orchestrator, workflow)
+    if compiled is None:
         return {}
-    return {name: dict(bound.sources) for name, bound in found.validate().steps.items()}
+    return {name: dict(bound.sources) for name, bound in compiled.steps.items()}
 
 
 def workflow_view(orchestrator: Orchestrator, workflow: str, since: str | None

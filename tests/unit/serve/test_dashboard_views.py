@@ -199,3 +199,19 @@ def test_the_layout_puts_each_step_right_of_its_dependencies_without_overlap() -
         for x2, y2 in boxes[i + 1:]:
             assert abs(x1 - x2) >= NODE_W or abs(y1 - y2) >= NODE_H
     assert layout(names, edges) == spots  # deterministic
+
+
+class _Broken:
+    """A registered workflow whose graph no longer compiles."""
+
+    def validate(self) -> None:
+        raise ValueError("dependency cycle: a -> a")
+
+
+def test_a_workflow_that_does_not_compile_shows_its_recorded_steps(tmp_path: Path) -> None:
+    app, orchestrator = dashboard(tmp_path, **TOKEN)
+    orchestrator.workflows["broken"] = _Broken()  # type: ignore[assignment]
+    run_id = write_run(orchestrator, "broken", steps={"a": "succeeded"})
+    run = Client(app).get(f"/api/runs/{run_id}", headers=bearer()).json()
+    assert run["graph"] == {"nodes": [{"name": "a", "queue": "default", "kind": "step",
+                                       "status": "succeeded"}], "edges": [], "known": False}
