@@ -8,6 +8,9 @@ from typing import Any
 
 import yaml
 
+from orchestration.core.settings import Settings
+from orchestration.serve.server import check_exposure
+
 ROOT = Path(__file__).resolve().parents[3]
 
 
@@ -28,6 +31,11 @@ def test_compose_serves_with_the_secret_from_the_environment_never_a_literal() -
     assert serve["command"].startswith("orchestrate serve --host 0.0.0.0")
     secret = serve["environment"]["ORCH_WEBHOOK_SECRET"]
     assert re.fullmatch(r"\$\{ORCH_WEBHOOK_SECRET:\?[^}]+\}", secret), secret
+    # The dashboard it serves beyond loopback needs the token: compose requires it too.
+    token = serve["environment"]["ORCH_SERVE_TOKEN"]
+    assert re.fullmatch(r"\$\{ORCH_SERVE_TOKEN:\?[^}]+\}", token), token
+    assert "--no-dashboard" not in serve["command"]
+    check_exposure("0.0.0.0", Settings(deployment="", serve_token="t", webhook_secret="s"))
     assert services["schedules"]["command"] == "orchestrate beat"
     for name, service in services.items():
         environment = service.get("environment") or {}
