@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
 
 import pytest
 
@@ -58,7 +56,14 @@ def declare(orch: Orchestrator) -> SimpleNamespace:
             raise RuntimeError("dropped mid-answer")
         return "ok"
 
-    return SimpleNamespace(dag=dag, flaky=flaky)
+    gated = Workflow("live_gated", app=orch)
+
+    @gated.task
+    def review(ctx: StepContext) -> str:
+        verdict = ctx.wait_for_input("verdict")
+        return f"verdict: {verdict['ok']}"
+
+    return SimpleNamespace(dag=dag, flaky=flaky, gated=gated)
 
 
 @pytest.fixture(scope="module")
@@ -128,22 +133,17 @@ def test_a_retried_attempts_tokens_are_superseded_and_redacted(live: SimpleNames
     assert types.index("tokens_superseded") < types.index("step_started", 1 + types.index(
         "step_started"))  # before the retry starts
     assert [e["attempt"] for e in events if e.type == "step_started"] == [1, 2]
-
-
-def test_streaming_off_writes_nothing(tmp_path: Path) -> None:
-    with embedded_orchestrator(tmp_path, redis_url=None, stream=False) as orch:
-        wf = Workflow("live_off", app=orch)
-
-        @wf.task
-        def only(ctx: StepContext) -> str:
-            ctx.partial("hidden")
-            ctx.on_token("hidden")
-            return "done"
-
-        handle = wf.submit()
-        handle.wait(timeout=30)
-        assert orch.run_stream.read(handle.run_id) == []
-
-
-def summary_of(events: list[StreamEvent]) -> list[tuple[Any, ...]]:
-    return [(e.type, e.step) for e in events]
+def test_a_waiting_run_says_so_and_its_stream_goes_on_after_approval(
+        live: SimpleNamespace) -> None:
+    handle = live.gated.submit()
+    stream = handle.stream(timeout=30)
+    seen = []
+    for item in stream:
+        seen.append(item)
+        if item.type == "waiting_for_input":
+            break
+    assert (seen[-1].step, seen[-1]["name"]) == ("review", "verdict")
+    live.orch.approve(handle.run_id, {"ok": True})
+    rest = list(handle.stream(after=seen[-1].offset, timeout=30))
+    assert [e.type for e in rest][-2:] == ["step_finished", "run_finished"]
+    assert rest[-2]["output_summary"] == "verdict: True"
