@@ -25,7 +25,6 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -130,6 +129,21 @@ def report(label: str, measure: Callable[[], tuple[float, float]],
           f" ms  ({len(gaps)} tokens)")
 
 
+def measure(server: FakeLLMServer, label: str, url: str | None,
+            args: argparse.Namespace) -> None:
+    client = redis.Redis.from_url(url) if url else None
+    if client is not None:
+        client.flushdb()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            directory = Path(tmp)
+            report(label, lambda: cost(server, directory, args.runs, args.rounds, url),
+                   lambda: latency(server, directory, args.latency_runs, args.chunk_ms, url))
+    finally:
+        if client is not None:
+            client.flushdb()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--runs", type=int, default=60, help="runs per mode per round")
@@ -146,21 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         backends.append(("Redis Streams", REDIS_URL))
     with FakeLLMServer() as server:
         for label, url in backends:
-            client = redis.Redis.from_url(url) if url else None
-            if client is not None:
-                client.flushdb()
-            try:
-                with tempfile.TemporaryDirectory() as tmp:
-                    directory = Path(tmp)
-                    results: dict[str, Any] = {}
-                    report(label,
-                           lambda: results.setdefault("cost", cost(
-                               server, directory, args.runs, args.rounds, url)),
-                           lambda: latency(server, directory, args.latency_runs,
-                                           args.chunk_ms, url))
-            finally:
-                if client is not None:
-                    client.flushdb()
+            measure(server, label, url, args)
     return 0
 
 

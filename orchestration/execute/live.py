@@ -9,11 +9,12 @@ per process and stream, which writes whatever has queued up in one round trip (o
 transaction, or one Redis pipeline) as soon as it is free (events nobody waits for
 linger :data:`LINGER_S` for company), so a token reaches the stream within a few
 milliseconds and a fast provider's chunks, or a short step's start and end, share
-writes. Ordering: a step's ``step_finished`` (and ``run_finished``, ``waiting_for_input``) is written
-*synchronously*, after everything queued before it in this process, so every event of
-a step is stored before the step's outcome is passed on: a dependent's events come after
-it, and ``run_finished`` is the last event of its run. A stream that cannot be written
-(Redis down) never fails the step: the events are dropped and logged.
+writes. Ordering: a step's ``step_finished`` (and ``run_finished``,
+``waiting_for_input``) is written *synchronously*, after everything queued before it in
+this process, so every event of a step is stored before the step's outcome is passed on:
+a dependent's events come after it, and ``run_finished`` is the last event of its run.
+A stream that cannot be written (Redis down) never fails the step: the events are
+dropped and logged.
 """
 
 from __future__ import annotations
