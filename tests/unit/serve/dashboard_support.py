@@ -28,9 +28,12 @@ TOKEN = "dash-t0ken-for-tests"
 
 
 def dashboard(tmp_path: Path, **settings: Any) -> tuple[Starlette, Orchestrator]:
-    """The served app over a throw-away SQLite DB (no worker, no workflow imported)."""
-    chosen = Settings(database_url=f"sqlite:///{tmp_path / 'dash.db'}", deployment="",
-                      imports=[], **settings)
+    """The served app over a throw-away SQLite DB (no worker, no workflow imported), on
+    the embedded broker whatever ``ORCH_*`` the session set (an integration run's Redis)."""
+    values: dict[str, Any] = {"database_url": f"sqlite:///{tmp_path / 'dash.db'}",
+                              "deployment": "", "imports": [], "broker_url": "memory://",
+                              "result_backend": None, "redis_url": None}
+    chosen = Settings(**{**values, **settings})
     orchestrator = Orchestrator(chosen)
     return create_app(orchestrator, chosen), orchestrator
 
