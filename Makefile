@@ -14,8 +14,8 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-demo: $(STAMP)  ## the support-ticket workflow over 500 sample tickets, embedded default
-	ORCH_LOG_LEVEL=$${ORCH_LOG_LEVEL:-WARNING} $(BIN)/python -m tasks.demo --tickets 500
+demo: $(STAMP)  ## the support-ticket workflow over 500 sample tickets under injected faults, embedded default
+	ORCH_LOG_LEVEL=$${ORCH_LOG_LEVEL:-ERROR} $(BIN)/python -m tasks.demo --tickets 500
 
 test: $(STAMP)  ## every test: unit, then integration (needs Redis and PostgreSQL on loopback)
 	$(BIN)/pytest tests/unit -q

@@ -2,7 +2,8 @@
 
 Classification and urgency are local scikit-learn models (trained at first use on the
 shipped labelled tickets); routing is a business rule; the reply is drafted by an LLM
-through ``ctx.llm`` (with no provider configured, a clearly labelled local fallback).
+through ``ctx.llm`` (with no provider configured, a clearly labelled local fallback; when
+every model of its chain fails on every attempt, a labelled canned reply).
 Each model has its own queue, so a slow LLM cannot starve the classifiers.
 """
 
@@ -20,6 +21,7 @@ TEAMS = {
     "general": "support_tier_1",
 }
 ESCALATIONS = "escalations"
+FALLBACK_LABEL = "[fallback reply: no model answered]"
 
 REPLY_PROMPT = (
     "You are a customer-support agent. Write a short, friendly first response to this "
@@ -48,7 +50,16 @@ def route_to_team(classify_ticket: str, urgency: str) -> str:
     return TEAMS[classify_ticket]
 
 
-@support.task(critical=False, model="gpt-4o-mini", retries=2, timeout=60)
+def fallback_reply(route_to_team: str, **_: object) -> str | None:
+    """The reply when no model answered on any attempt: labelled, and promising a person."""
+    if route_to_team == ESCALATIONS:
+        return None
+    return (f"{FALLBACK_LABEL} Thanks for contacting us. Your ticket is with the "
+            f"{route_to_team} team, and a member of the team will reply shortly.")
+
+
+@support.task(critical=False, model="gpt-4o-mini", retries=2, timeout=60,
+              fallback=fallback_reply)
 def generate_response(text: str, route_to_team: str, ctx: StepContext) -> str | None:
     """A first reply drafted by an LLM; None for escalations, which people answer."""
     if route_to_team == ESCALATIONS:
