@@ -72,7 +72,8 @@ def lines(figures: Figures, workflow: str) -> list[str]:
         out.append("breakers: none opened")
     p50, p95 = figures.run_latency(50), figures.run_latency(95)
     out.append(f"cost: ${figures.cost_per_run:.6f} per run, ${figures.cost_total:.4f} in all; "
-               f"run latency p50 {_s(p50)}, p95 {_s(p95)}")
+               f"run latency (submitted to finished, queueing included) p50 {_s(p50)}, "
+               f"p95 {_s(p95)}")
     return out
 
 
