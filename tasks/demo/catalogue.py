@@ -2,7 +2,7 @@
 reply's models served by the demo's simulated provider (:mod:`tasks.demo.faults`).
 
 - ``gpt-4o-mini`` (the reply's model): an adaptive timeout (2 x its recent p99, between
-  0.25 s and 1.5 s), 2 retries per call, a breaker that opens after 5 consecutive provider
+  0.5 s and 2 s), 2 retries per call, a breaker that opens after 5 consecutive provider
   failures and probes again after 0.5 s; falls back to ``claude-4-haiku``.
 - ``claude-4-haiku``: a 2 s timeout, 1 retry per call, no further fallback model: when it
   fails too, the step's own retries and then its ``fallback=`` answer.
@@ -29,7 +29,7 @@ DEMO_MODELS: dict[str, dict[str, Any]] = {
     PRIMARY: {
         "provider": PROVIDER,
         "fallbacks": [FALLBACK],
-        "timeout": {"factor": 2.0, "floor": 0.25, "ceiling": 1.5},  # adaptive
+        "timeout": {"factor": 2.0, "floor": 0.5, "ceiling": 2.0},  # adaptive
         "retries": 2,
         "breaker": {"fail_max": 5, "reset_timeout": 0.5},
     },

@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import sys
 import threading
 import time
 from collections import Counter
@@ -55,7 +56,7 @@ class FaultSchedule:
     error_rate: Mapping[str, float] = field(default_factory=lambda: {
         "gpt-4o-mini": 0.05, "claude-4-haiku": 0.04})
     slow_rate: Mapping[str, float] = field(default_factory=lambda: {"gpt-4o-mini": 0.04})
-    slow_s: float = 2.5
+    slow_s: float = 3.0
     outage_model: str | None = "gpt-4o-mini"
     outage_start: float = 0.30
     outage_end: float = 0.42
@@ -130,8 +131,7 @@ class SimulatedProvider:
         self._seen: Counter[tuple[str, str]] = Counter()
         self._lock = threading.Lock()
         self.stats: dict[str, Counter[str]] = {}
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
-        self._server.daemon_threads = True
+        self._server = _Server(("127.0.0.1", 0), _handler(self))
         self._thread = threading.Thread(target=self._server.serve_forever,
                                         name="demo-provider", daemon=True)
 
@@ -187,6 +187,15 @@ class SimulatedProvider:
                             "model": model, "usage": usage,
                             "choices": [{"index": 0, "finish_reason": "stop",
                                          "message": {"role": "assistant", "content": reply}}]}
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Quiet about clients that went away (a timed-out call closes its connection)."""
+        if not isinstance(sys.exc_info()[1], OSError):
+            super().handle_error(request, client_address)
 
 
 def _handler(provider: SimulatedProvider) -> type[BaseHTTPRequestHandler]:

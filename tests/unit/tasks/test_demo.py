@@ -147,9 +147,10 @@ def test_the_demo_under_faults_retries_falls_back_and_its_breaker_opens_and_reco
     assert figures.fallback_models > 0
     assert figures.step_fallbacks == {"generate_response": 3}  # the three rejected tickets
     assert figures.models[PRIMARY].timeouts > 0 and figures.models[PRIMARY].refused > 0
-    # Once 20 latencies are known the adaptive timeout is 2 x p99, at its 0.25 s floor here,
-    # far below the 1.5 s ceiling that applies before: a slow answer is cut early.
-    assert min(figures.models[PRIMARY].timeout_after_ms) < 1000
+    # Once 20 latencies are known the adaptive timeout is 2 x p99 (its 0.5 s floor unless the
+    # machine is very busy), below the 2 s ceiling that applies before: slow answers are cut
+    # early.
+    assert min(figures.models[PRIMARY].timeout_after_ms) < 1500
     assert figures.openings(PRIMARY) and figures.recoveries(PRIMARY)
     assert figures.openings(PRIMARY)[0].at < figures.recoveries(PRIMARY)[-1].at
     assert figures.cost_total > 0
@@ -163,10 +164,13 @@ def test_the_calm_demo_has_nothing_to_handle(tmp_path: Path) -> None:
     done, figures = _demo(tmp_path, "--tickets", "12", "--no-faults")
     assert done.returncode == 0, done.stdout + done.stderr
     assert figures.by_status == {"succeeded": 12}
-    assert figures.call_retries == 0 and not figures.step_retries and not figures.step_fallbacks
-    assert figures.fallback_models == 0 and figures.timeouts == 0 and not figures.events
-    assert figures.models[PRIMARY].ok == figures.models[PRIMARY].requests > 0
-    assert "breakers: none opened" in done.stdout
+    # Nothing injected: no 5xx or 4xx, no step fallback. (A timeout is possible on a machine
+    # busy enough to hold a 20-70 ms answer past the 0.5 s floor, so none is asserted.)
+    calls = figures.models[PRIMARY]
+    assert calls.ok > 0 and calls.unavailable == calls.rejected == 0
+    assert FALLBACK not in figures.models or figures.models[FALLBACK].unavailable == 0
+    assert not figures.step_fallbacks
+    assert "faults: none" in done.stdout
 
 
 def test_the_demo_refuses_a_ticket_count_below_one() -> None:
