@@ -91,6 +91,9 @@ class Batches:
             conn.execute(update(RunRow).where(
                 RunRow.id == run_id, RunRow.status == RunStatus.RUNNING.value,
             ).values(status=RunStatus.WAITING.value))
+        # Counted after the commit: of joins committing at once (each unseen by the others'
+        # transactions), the last to count sees them all, so a full batch is never missed.
+        with self._reader.connect() as conn:
             return int(conn.execute(select(func.count()).select_from(_B).where(
                 _B.step == step, _B.status == WAITING)).scalar_one())
 
