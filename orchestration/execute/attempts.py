@@ -18,7 +18,6 @@ attempt records its error kind, and the policy that acted on it.
 from __future__ import annotations
 
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -34,12 +33,11 @@ from orchestration.core.envelope import dumps
 from orchestration.core.status import StepStatus
 from orchestration.define.adaptive import AdaptiveTimeout
 from orchestration.define.gates import PASSED
-from orchestration.define.on_error import Action, ErrorAction, describe_policy
+from orchestration.define.on_error import describe_policy
 from orchestration.define.policies import first_then_retry
 from orchestration.define.step import BoundStep
 from orchestration.errors import (
     GateFailed,
-    NonRetryableError,
     OutputNotSerializable,
     ProviderError,
     Reschedule,
@@ -48,6 +46,18 @@ from orchestration.errors import (
     error_kind,
 )
 from orchestration.execute.context import StepContext
+from orchestration.execute.failures import (
+    DECIDES,
+    POLICY_ESCALATE,
+    POLICY_SKIP,
+    EscalateWithOutcome,
+    StopAfterRetries,
+    describe,
+    policy_action,
+    policy_outcome,
+    retryable_default,
+    retryable_under,
+)
 from orchestration.execute.live import Live
 from orchestration.execute.memory import MemoryBinding
 from orchestration.execute.routes import TIER_PARAM, Tiers
@@ -60,10 +70,11 @@ if TYPE_CHECKING:
     from orchestration.llm.resilience import Resilience
     from orchestration.store.run_stream import RunStream
 
+__all__ = ["POLICY_ESCALATE", "POLICY_SKIP", "Delivery", "EscalateWithOutcome",
+           "RescheduleWithOutcome", "ReturnedSignal", "StepCall", "as_failure", "describe",
+           "fallback_value", "policy_action", "run_attempts"]
+
 log = structlog.get_logger("orchestration.execute.attempts")
-_ERROR_LIMIT = 4000
-POLICY_SKIP = "skipped by on_error"  # how a skip's reason starts (dependents receive None)
-POLICY_ESCALATE = "escalated by on_error"  # how an escalated step's error starts
 
 
 @dataclass(frozen=True)
@@ -96,29 +107,12 @@ class ReturnedSignal(StepSignal):
         self.outcome: StepOutcome | None = None
 
 
-class EscalateWithOutcome(StepSignal):
-    """An ``escalate`` policy acted: record ``outcome`` (the attempts, the error), then wait."""
-
-    def __init__(self, outcome: StepOutcome) -> None:
-        super().__init__(outcome.error)
-        self.outcome = outcome
-
-
 class RescheduleWithOutcome(Reschedule):
     """Reschedule carrying the attempts made so far, so they are recorded first."""
 
     def __init__(self, delay: float, outcome: StepOutcome, params: dict[str, Any]) -> None:
         super().__init__(delay, params)
         self.outcome = outcome
-
-
-def describe(exc: BaseException) -> tuple[str, str]:
-    """(the error with a short traceback, the exception's qualified type)."""
-    if isinstance(exc, StepAborted) and exc.__cause__ is not None:
-        exc = exc.__cause__  # what the step raised, not the engine's carrier
-    text = "".join(traceback.format_exception(exc, limit=-4))
-    kind = type(exc)
-    return text[-_ERROR_LIMIT:], f"{kind.__module__}.{kind.__qualname__}"
 
 
 @dataclass(frozen=True)
@@ -237,10 +231,10 @@ def run_attempts(call: StepCall) -> StepOutcome:
     """Run a step's function under its policies; the outcome to record."""
     spec, previous = call.step.spec, call.previous_attempts
     attempts = _Attempts(call)
-    retryable: Callable[[BaseException], bool] = _retryable
+    retryable: Callable[[BaseException], bool] = retryable_default
     stop: stop_base = stop_after_attempt(max(1, spec.retries + 1 - previous))
     if spec.on_error is not None:
-        retryable, stop = partial(_retryable_under, call.step), _StopAfterRetries(call.step,
+        retryable, stop = partial(retryable_under, call.step), StopAfterRetries(call.step,
                                                                                  previous)
     retrying = partial(
         Retrying,
@@ -270,8 +264,8 @@ def run_attempts(call: StepCall) -> StepOutcome:
             attempts.tiers.carried(attempts.params)) from None
     except Exception as exc:
         action = policy_action(call.step, exc)
-        if action is not None and action.action in _DECIDES:
-            return _policy_outcome(action, exc, records, *_spend(attempts.contexts))
+        if action is not None and action.action in DECIDES:
+            return policy_outcome(action, exc, records, *_spend(attempts.contexts))
         return _final_failure(call.step, call.kwargs, exc, records, *_spend(attempts.contexts))
     cost, model = _spend(attempts.contexts)
     # Only the attempt that succeeded appends to memory, with the step's outcome.
@@ -317,73 +311,6 @@ def fallback_value(step: BoundStep, kwargs: dict[str, Any]) -> tuple[Any, str | 
     except BaseException as exc:  # a fallback's SystemExit fails the step, not the worker
         return None, describe(exc)[0]
     return value, None
-
-
-def _retryable(exc: BaseException) -> bool:
-    return isinstance(exc, Exception) and not isinstance(exc, NonRetryableError)
-
-
-_DECIDES = frozenset({Action.FAIL, Action.SKIP, Action.ESCALATE})
-
-
-def policy_action(step: BoundStep, exc: BaseException) -> ErrorAction | None:
-    """The step's ``on_error`` action for a failure (None: the defaults apply).
-
-    A model call's failure that ``ctx.llm`` already retried under ``retry(n)`` is not
-    retried again by the step (the n retries were the call's).
-    """
-    if step.spec.on_error is None:
-        return None
-    action = step.spec.on_error.for_exception(exc)[1]
-    if action is not None and action.action is Action.RETRY \
-            and isinstance(exc, ProviderError) and exc.policy:
-        return ErrorAction(Action.RETRY, 0)
-    return action
-
-
-def _retryable_under(step: BoundStep, exc: BaseException) -> bool:
-    action = policy_action(step, exc)
-    if action is None:
-        return _retryable(exc)
-    return isinstance(exc, Exception) and action.action is Action.RETRY
-
-
-class _StopAfterRetries(stop_base):
-    """Stop after ``retries=``, or after ``n`` for a failure whose kind says ``retry(n)``."""
-
-    def __init__(self, step: BoundStep, previous: int) -> None:
-        self._step = step
-        self._previous = previous
-
-    def __call__(self, retry_state: RetryCallState) -> bool:
-        error = retry_state.outcome.exception() if retry_state.outcome is not None else None
-        action = policy_action(self._step, error) if error is not None else None
-        retries = action.retries if action is not None and action.action is Action.RETRY \
-            else self._step.spec.retries
-        return retry_state.attempt_number >= max(1, retries + 1 - self._previous)
-
-
-def _policy_outcome(action: ErrorAction, exc: BaseException, records: list[AttemptRecord],
-                    cost: float, model: str | None) -> StepOutcome:
-    """The outcome decided by ``fail``, ``skip`` or ``escalate`` (no fallback applies)."""
-    error, error_type = describe(exc)
-    policy = records[-1].policy if records and records[-1].policy else str(action)
-    if action.action is Action.SKIP:
-        return StepOutcome(StepStatus.SKIPPED, error=f"{POLICY_SKIP} ({policy}): "
-                           f"{_last_line(error)}", error_type=error_type, attempts=records,
-                           cost_usd=cost, model=model)
-    if action.action is Action.ESCALATE:
-        raise EscalateWithOutcome(StepOutcome(
-            StepStatus.RETRYING, error=f"{POLICY_ESCALATE} ({policy}): {_last_line(error)}"
-                                       f"\n{error}",
-            error_type=error_type, attempts=records, cost_usd=cost, model=model))
-    return StepOutcome(StepStatus.FAILED, error=error, error_type=error_type, attempts=records,
-                       cost_usd=cost, model=model)
-
-
-def _last_line(error: str) -> str:
-    lines = error.strip().splitlines()
-    return lines[-1] if lines else error
 
 
 def _timeout(step: BoundStep, delivery: Delivery) -> float | None:

@@ -28,7 +28,7 @@ import itertools
 import time
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from orchestration.core.results import CallRecord
 from orchestration.define.on_error import Action
@@ -39,11 +39,33 @@ from orchestration.llm.providers.sse import Chunk
 
 if TYPE_CHECKING:
     from orchestration.llm.breakers import ModelBreaker
-    from orchestration.llm.client import LLMClient
     from orchestration.llm.tokens import TokenCounter
 
+T = TypeVar("T")
 DEFAULT_TOTAL_S = 600.0  # a streamed call's whole time, when neither it nor the step says
 _STOP_HERE = frozenset({Action.SKIP, Action.FAIL, Action.ESCALATE})
+
+
+class StreamingClient(Protocol):
+    """What streaming uses of :class:`~orchestration.llm.client.LLMClient` (its internals:
+    one call's policies are the client's, whether the answer streams or not)."""
+
+    @property
+    def _services(self) -> Any: ...
+    @property
+    def _ctx(self) -> Any: ...
+    def _action(self, *args: Any, **kwargs: Any) -> Any: ...
+    def _admit(self, *args: Any, **kwargs: Any) -> Any: ...
+    def _call_timeout(self, *args: Any, **kwargs: Any) -> float: ...
+    def _check_budget(self, *args: Any, **kwargs: Any) -> Any: ...
+    def _failed(self, *args: Any, **kwargs: Any) -> Any: ...
+    def _local_answer(self, name: str, messages: Messages,
+                      params: dict[str, Any]) -> Completion: ...
+    def _record(self, *args: Any, **kwargs: Any) -> Any: ...
+    def _rerouted(self, *args: Any, **kwargs: Any) -> Any: ...
+    def _reroutes(self, *args: Any, **kwargs: Any) -> bool: ...
+    def _succeeded(self, *args: Any, **kwargs: Any) -> Completion: ...
+    def _with_retries(self, config: ModelConfig, once: Callable[[], T]) -> T: ...
 
 
 class TextStream:
@@ -94,7 +116,7 @@ class _Opened:
     prompt_estimate: int
 
 
-def stream_answer(client: LLMClient, messages: Messages, name: str,
+def stream_answer(client: StreamingClient, messages: Messages, name: str,
                   first_token_timeout: float | None, timeout: float | None,
                   params: dict[str, Any]) -> Generator[str, None, Completion]:
     """The chunks of one streamed answer (see the module doc); returns its Completion."""
@@ -150,7 +172,7 @@ def stream_answer(client: LLMClient, messages: Messages, name: str,
     raise error
 
 
-def _open(client: LLMClient, name: str, config: ModelConfig, provider: Provider,
+def _open(client: StreamingClient, name: str, config: ModelConfig, provider: Provider,
           messages: Messages, params: dict[str, Any], first_token_timeout: float | None,
           deadline: float) -> _Opened:
     """Send the request and wait for the first text chunk, under the model's retries."""
@@ -190,7 +212,7 @@ def _open(client: LLMClient, name: str, config: ModelConfig, provider: Provider,
     return client._with_retries(config, once)
 
 
-def _drain(client: LLMClient, opened: _Opened, sink: Callable[[str], None] | None,
+def _drain(client: StreamingClient, opened: _Opened, sink: Callable[[str], None] | None,
            flush: Callable[[], None] | None,
            deadline: float) -> Generator[str, None, Completion]:
     """Hand the chunks on as they come; the call's Completion (or its failure raised)."""
@@ -238,7 +260,7 @@ def _usage(opened: _Opened, reported: Chunk | None, text: str) -> Usage:
     return Usage(opened.prompt_estimate, opened.counter.count(text))
 
 
-def _record_partial(client: LLMClient, opened: _Opened, text: str) -> None:
+def _record_partial(client: StreamingClient, opened: _Opened, text: str) -> None:
     completion = opened.counter.count(text)
     client._record(CallRecord(
         model=opened.name, ok=True, latency_ms=(time.perf_counter() - opened.started) * 1000,
