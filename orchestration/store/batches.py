@@ -20,6 +20,7 @@ from typing import Any
 
 from sqlalchemy import Engine, and_, delete, exists, func, insert, or_, select, update
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
 
 from orchestration.core.clock import as_utc
 from orchestration.core.status import CLAIMABLE_STEP_STATUSES, RunStatus, StepStatus
@@ -73,6 +74,21 @@ class Batches:
         holds it while it waits). A second delivery of the same element only refreshes
         the message to send while it still waits.
         """
+        try:
+            self._join(step, run_id, step_name, kwargs, resume, prior_attempts, claimed_at,
+                       now)
+        except IntegrityError:  # the same element joined at the same moment: it is in
+            self._join(step, run_id, step_name, kwargs, resume, prior_attempts, claimed_at,
+                       now)
+        # Counted after the commit: of joins committing at once (each unseen by the others'
+        # transactions), the last to count sees them all, so a full batch is never missed.
+        with self._reader.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(_B).where(
+                _B.step == step, _B.status == WAITING)).scalar_one())
+
+    def _join(self, step: str, run_id: str, step_name: str, kwargs: dict[str, Any],
+              resume: dict[str, Any], prior_attempts: int, claimed_at: datetime | None,
+              now: datetime) -> None:
         with self._engine.begin() as conn:
             existing = conn.execute(select(_B.id, _B.status).where(
                 _B.run_id == run_id, _B.step_name == step_name)).first()
@@ -91,11 +107,6 @@ class Batches:
             conn.execute(update(RunRow).where(
                 RunRow.id == run_id, RunRow.status == RunStatus.RUNNING.value,
             ).values(status=RunStatus.WAITING.value))
-        # Counted after the commit: of joins committing at once (each unseen by the others'
-        # transactions), the last to count sees them all, so a full batch is never missed.
-        with self._reader.connect() as conn:
-            return int(conn.execute(select(func.count()).select_from(_B).where(
-                _B.step == step, _B.status == WAITING)).scalar_one())
 
     def take(self, step: str, *, size: int, wait: float, now: datetime, holder: str,
              lease: float, alive_since: datetime) -> Taken | None:

@@ -76,3 +76,30 @@ def test_two_takers_never_share_an_element(store: Store) -> None:
     ids = [i for batch in taken for i in batch]
     assert len(ids) == len(set(ids))
     assert all(len(batch) in (0, SIZE) for batch in taken)  # never a partial batch
+
+
+def test_the_same_element_joining_twice_at_once_is_buffered_once(store: Store) -> None:
+    buffer = Batches(store.engine, store.reader)
+    for _ in range(10):
+        step = f"twice_{uuid.uuid4().hex[:8]}.score"
+        run_id = store.create_run(str(uuid.uuid4()), "twice", "v1", {}, STEPS)
+        barrier = threading.Barrier(2)
+        errors: list[BaseException] = []
+
+        def join(step: str = step, run_id: str = run_id,
+                 barrier: threading.Barrier = barrier,
+                 errors: list[BaseException] = errors) -> None:
+            barrier.wait()
+            try:
+                buffer.join(step, run_id, "score", kwargs={}, resume={}, prior_attempts=0,
+                            claimed_at=None, now=utcnow())
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=join) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []
+        assert buffer.counts(step) == {"waiting": 1}
