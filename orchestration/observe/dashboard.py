@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from orchestration.core.clock import as_utc
 from orchestration.core.results import RunSummary
@@ -74,8 +74,19 @@ def workflow_names(host: Host) -> list[str]:
     store = host.store
     store.ensure_schema()
     with store.reader.connect() as conn:
-        seen = {name for (name,) in conn.execute(select(RunRow.workflow).distinct())}
+        seen = {name for (name,) in conn.execute(_distinct_workflows()) if name is not None}
     return sorted(seen | set(host.workflows))
+
+
+def _distinct_workflows() -> Any:
+    """Each workflow name once, by hopping the (workflow, created_at) index from one name to
+    the next (a loose index scan): ``SELECT DISTINCT`` read every run (107 ms at 1M runs;
+    this reads one index entry per workflow, bench/scale_db.py)."""
+    first = select(func.min(RunRow.workflow).label("name")).cte("names", recursive=True)
+    following = select(func.min(RunRow.workflow)).where(
+        RunRow.workflow > first.c.name).scalar_subquery()
+    names = first.union_all(select(following).where(first.c.name.is_not(None)))
+    return select(names.c.name)
 
 
 def failed_calls(host: Host, *, since: datetime, per_model: int = 5,
