@@ -38,13 +38,15 @@ def approve(run_id: str, data: Any = None, *, name: str | None = None,
 
 def resume(run_id: str, *, inputs: dict[str, Any] | None = None,
            orchestrator: Orchestrator | None = None,
-           app: Orchestrator | None = None) -> RunHandle:
+           app: Orchestrator | None = None, upgrade: bool = False) -> RunHandle:
     """Continue a failed or cancelled run: only its failed, skipped and cancelled steps run.
 
     ``inputs`` replace stored ones; secret inputs were stored redacted and must be given.
+    A run of another workflow version than this process's is refused, unless
+    ``upgrade=True`` moves it to this version (same steps only; docs/upgrades.md).
     Returns the run's handle (same run id), as ``submit`` does: ``resume(id).wait()``.
     """
-    return _chosen(orchestrator, app).resume(run_id, inputs)
+    return _chosen(orchestrator, app).resume(run_id, inputs, upgrade=upgrade)
 
 
 def reconcile(*, idle_seconds: float | None = None,

@@ -47,7 +47,7 @@ from orchestration.submit import permits as permit_waits
 from orchestration.submit import submission
 from orchestration.submit.durability import Reconciled, reconcile, redispatch, resume
 from orchestration.submit.waits import approve
-from orchestration.worker import redis_transport, step_task
+from orchestration.worker import redis_transport, step_task, versions
 from orchestration.worker import signals as worker_signals
 from orchestration.worker.batching import register_batch_tasks, sweep_batches
 from orchestration.worker.celery_config import celery_config, worker_overrides
@@ -275,9 +275,13 @@ class Orchestrator:
             safe_append(self.run_stream, run_id, [event(
                 WAITING_FOR_INPUT, run_id, step=bound.spec.name, name=signal.name)])
 
-    def resume(self, run_id: str, inputs: dict[str, Any] | None = None) -> RunHandle:
-        """Continue a failed or cancelled run from its last good steps; its handle (same id)."""
-        return RunHandle(resume(self, run_id, inputs), self.store)
+    def resume(self, run_id: str, inputs: dict[str, Any] | None = None, *,
+               upgrade: bool = False) -> RunHandle:
+        """Continue a failed or cancelled run from its last good steps; its handle (same id).
+
+        ``upgrade``: a run of another version moves to this process's (same steps only).
+        """
+        return RunHandle(resume(self, run_id, inputs, upgrade=upgrade), self.store)
 
     def reconcile(self, idle_seconds: float | None = None) -> Reconciled:
         """Re-dispatch runs that made no progress; expire overdue human waits."""
@@ -327,7 +331,10 @@ class Orchestrator:
                     dead_after=self.settings.worker_dead_after,
                     workflows=lambda: list(self.workflows), queues=queues,
                     redispatch=self._redispatch_released, wake=self._wake_permit_waiters,
-                    batches=lambda: sweep_batches(self))
+                    batches=lambda: sweep_batches(self),
+                    versions=lambda: {name: [version] for name, version
+                                      in versions.carried(self.workflows.values()).items()},
+                    parked=lambda queues: versions.sweep(self, queues))
                 created = True
         if created:  # outside the lock: the first beat opens the store, which takes it
             heartbeat.start()

@@ -37,6 +37,7 @@ from orchestration.execute.attempts import POLICY_ESCALATE
 from orchestration.observe.exporter import flower_command, serve_metrics
 from orchestration.observe.queries import known_queues, queue_depths, workflow_stats
 from orchestration.store.batches import Batches
+from orchestration.worker.versions import waiting_reason
 
 
 @click.group(cls=OperatorGroup)
@@ -82,8 +83,10 @@ def show(run_id: str, as_json: bool) -> None:
         raise click.ClickException(str(exc)) from exc
     permit_waits = orchestrator.store.permit_waits.of_run(run_id)
     batched = Batches(orchestrator.store.engine, orchestrator.store.reader).of_run(run_id)
+    versioned = waiting_reason(orchestrator.store, run_id)
     if as_json:
         shown = _run_json(run)
+        shown["version_waits"] = versioned
         shown["permit_waits"] = [{"scope": scope, "step": waiting, "ahead": ahead}
                                  for scope, waiting, ahead in permit_waits]
         shown["batch_elements"] = [{"step": step, "status": status, "buffered": buffered}
@@ -102,6 +105,8 @@ def show(run_id: str, as_json: bool) -> None:
         what = f"step {waiting}" if waiting else "the run"
         tree.add(Text(f"queued: {what} waits for a max_parallel permit of {scope} "
                       f"({ahead} ahead of it)", style="yellow"))
+    for reason in versioned:
+        tree.add(Text(f"version: {reason}", style="yellow"))
     for step_name, status, buffered in batched:
         tree.add(Text(f"batched: step {step_name} " + (
             f"waits for its batch ({buffered} element(s) buffered)" if status == "waiting"
@@ -191,17 +196,21 @@ def approve(run_id: str, data: str, name: str | None) -> None:
 @click.argument("run_id")
 @click.option("--inputs", default=None, help="inputs to give again (JSON object), e.g. "
               "secrets, which are never stored")
-def resume(run_id: str, inputs: str | None) -> None:
+@click.option("--upgrade", is_flag=True, help="a run started on another workflow version: "
+              "run its remaining steps on this version (same steps only)")
+def resume(run_id: str, inputs: str | None, upgrade: bool) -> None:
     """Continue a failed or cancelled run: only failed, skipped and cancelled steps run."""
     try:
         values = json.loads(inputs) if inputs else None
     except ValueError as exc:
         raise click.BadParameter(f"not JSON: {exc}", param_hint="--inputs") from exc
     try:
-        orchestrator_for_cli(load_workflows=True).resume(run_id, values)
+        orchestrator = orchestrator_for_cli(load_workflows=True)
+        handle = orchestrator.resume(run_id, values, upgrade=upgrade)
+        state = orchestrator.store.recovery.run_state(handle.run_id)
     except OrchestrationError as exc:
         raise click.ClickException(str(exc)) from exc
-    console.print(f"resumed run {run_id}")
+    console.print(Text(f"resumed run {run_id} on {state.workflow}@{state.version}"))
 
 
 @main.command()

@@ -23,15 +23,18 @@ FINALIZE_TASK = "orchestration.finalize"
 
 
 def build_canvas(plan: Plan, steps: Mapping[str, BoundStep], message: dict[str, Any],
-                 run_id: str, celery: Any, *, priority: int | None = None) -> Signature:
+                 run_id: str, celery: Any, *, priority: int | None = None,
+                 version: str | None = None) -> Signature:
     """The canvas of one run: every step once, in the plan's order, then finalisation.
 
     ``priority``: the broker's ``priority`` property for every message of the run (see
     :mod:`orchestration.core.priority`); Celery keeps a signature's options through
     chains and chord callbacks, and the worker's own publishes inherit it.
+    ``version``: the run's workflow version, in every step message's kwargs (a worker
+    carrying another version parks the message: worker/versions.py).
     """
     options: dict[str, Any] = {} if priority is None else {"priority": priority}
-    sign = partial(celery.signature, **options)
+    sign = partial(_sign, celery, version, options)
     last = plan_nodes(plan)[-1]
     ends_in_step = isinstance(plan, Node) or (
         isinstance(plan, Series) and isinstance(plan.parts[-1], Node)
@@ -43,6 +46,14 @@ def build_canvas(plan: Plan, steps: Mapping[str, BoundStep], message: dict[str, 
     finalize = sign(FINALIZE_TASK, args=(), kwargs={"run_id": run_id},
                     queue=steps[last].queue, ignore_result=True)
     return chain(canvas, finalize)
+
+
+def _sign(celery: Any, version: str | None, options: dict[str, Any], name: str,
+          **fields: Any) -> Signature:
+    """A signature; a step's (not finalize's) names the run's workflow version."""
+    if version is not None and name != FINALIZE_TASK:
+        fields["kwargs"] = {**fields.get("kwargs", {}), "version": version}
+    return celery.signature(name, **fields, **options)
 
 
 def with_priority(signature: Any, priority: int) -> Any:

@@ -117,6 +117,12 @@ class Settings(BaseSettings):
         description="A worker whose last heartbeat is older than this many seconds is dead: "
         "the steps it held are re-dispatched (and count as a crash of each step).",
     )
+    version_grace: float = Field(
+        default=3600.0, gt=0,
+        description="Seconds a step message of a run waits for a live worker carrying its "
+        "workflow version (parked in the results DB, shown by `orchestrate show`) before "
+        "the run is failed saying so (docs/upgrades.md).",
+    )
     db_outage_hold: float = Field(
         default=60.0, ge=0,
         description="Seconds a worker keeps retrying to record a finished step while the "

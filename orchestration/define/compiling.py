@@ -42,6 +42,7 @@ class Declared(Protocol):
     declared_inputs: frozenset[str] | None
     memory: Memory | None
     limit: Limit | None
+    version_label: str | None  # Workflow(version=...): code changes keep the version
 
     @property
     def steps(self) -> Mapping[str, StepSpec]:
@@ -174,14 +175,23 @@ def _resolve_depends(workflow: Declared, spec: StepSpec,
 
 
 def _version(workflow: Declared, deps: dict[str, list[str]]) -> str:
+    """A hash of the steps' shape and code; with ``version=`` declared, ``<label>-<shape>``.
+
+    A declared label says that code changes are compatible: they keep the version, so
+    runs in flight continue on workers with the new code. The shape (steps, outputs,
+    parameters, dependencies, queues, policies) still changes it (docs/upgrades.md).
+    """
+    label = workflow.version_label
     shape = [
         (spec.name, spec.output, sorted(deps[spec.name]), spec.params, spec.retries,
          spec.critical, workflow.queue_of(spec), spec.model, spec.map, spec.min_success,
-         stable(spec.timeout), stable(spec.fallback), spec.max_cost,
-         getattr(spec.fn, "__qualname__", ""), code_hash(spec.fn))
+         stable(spec.timeout, code=label is None), stable(spec.fallback, code=label is None),
+         spec.max_cost)
+        + ((getattr(spec.fn, "__qualname__", ""), code_hash(spec.fn)) if label is None else ())
         # Only when set, so that the versions of workflows without it do not change.
         + ((str(spec.on_error),) if spec.on_error is not None else ())
         + ((f"gather={spec.gather}",) if spec.gather is not None else ())
         for spec in workflow.steps.values()
     ]
-    return hashlib.sha256(repr(shape).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(repr(shape).encode()).hexdigest()
+    return digest[:16] if label is None else f"{label}-{digest[:8]}"

@@ -18,13 +18,17 @@ def code_hash(fn: Callable[..., Any]) -> str:
     return hashlib.sha256(_code_fingerprint(code).encode()).hexdigest()[:12] if code else ""
 
 
-def stable(policy: object) -> str:
-    """A description of a policy that is the same in every process (no addresses)."""
+def stable(policy: object, *, code: bool = True) -> str:
+    """A description of a policy that is the same in every process (no addresses).
+
+    ``code=False``: a callable policy by name only, not by its code.
+    """
     if policy is None:
         return ""
     target = getattr(policy, "_target", None) or getattr(policy, "compute", None)
     if callable(target):
-        return f"{type(policy).__name__}:{getattr(target, '__qualname__', '')}:{code_hash(target)}"
+        described = f"{type(policy).__name__}:{getattr(target, '__qualname__', '')}"
+        return f"{described}:{code_hash(target)}" if code else described
     return repr(policy)
 
 

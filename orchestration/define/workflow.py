@@ -34,6 +34,7 @@ from orchestration.define.triggers import (
     make_schedule,
     make_trigger,
 )
+from orchestration.define.versions import version_label
 from orchestration.define.vocabulary import check_workflow_options
 from orchestration.errors import WorkflowDefinitionError
 from orchestration.store.repository import Store
@@ -97,7 +98,9 @@ class Workflow:
     ``memory`` (a :class:`~orchestration.define.memory.Memory`) keeps a conversation's
     turns across runs, keyed by one of the inputs (``ctx.memory`` in steps).
     ``retention`` (``"30d"``, seconds, or ``"off"``: forever) is how long its finished
-    runs are kept, instead of ``ORCH_RETENTION``.
+    runs are kept, instead of ``ORCH_RETENTION``. ``version`` (e.g. ``"2"``) declares
+    that code changes are compatible: only a change of shape makes a new version
+    (docs/upgrades.md); without it any change of a step's code does.
     """
 
     def __init__(self, name: str, *, queue: str | None = None,
@@ -106,11 +109,11 @@ class Workflow:
                  orchestrator: Host | None = None, app: Host | None = None,
                  memory: Memory | None = None, max_parallel: int | None = None,
                  concurrency_key: str | None = None, retention: float | str | None = None,
-                 **unknown: Any) -> None:
+                 version: str | None = None, **unknown: Any) -> None:
         workflow_name(name)
         check_workflow_options(name, unknown, ("queue", "inputs", "budget", "redact",
                                                "orchestrator", "memory", "max_parallel",
-                                               "concurrency_key", "retention"))
+                                               "concurrency_key", "retention", "version"))
         if queue is not None:
             queue_name(queue, "queue", f"workflow {name!r}")
         # ``app`` is the old name of ``orchestrator`` (kept working); "app" alone now
@@ -121,6 +124,7 @@ class Workflow:
             raise WorkflowDefinitionError(f"workflow {name!r}: budget must be a finite USD "
                                           f"amount >= 0, got {budget!r}")
         self.name = name
+        self.version_label = version_label(name, version)
         self.queue = queue
         self.budget = float(budget) if budget is not None else None
         if redact is not None and not callable(redact):

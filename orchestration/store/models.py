@@ -172,6 +172,8 @@ class WorkerRow(Base):
     host: Mapped[str] = mapped_column(String(200))
     pid: Mapped[int] = mapped_column(Integer)
     queues: Mapped[Any] = mapped_column(JSONType)  # the queues it consumes
+    # The workflow versions it carries: {workflow: [version, ...]} (store/versions.py).
+    workflows: Mapped[Any | None] = mapped_column(JSONType)
     started_at: Mapped[datetime] = mapped_column(Timestamp)
     beat_at: Mapped[datetime] = mapped_column(Timestamp, index=True)
     stopped_at: Mapped[datetime | None] = mapped_column(Timestamp)
@@ -331,4 +333,26 @@ class RunEventRow(Base):
     type: Mapped[str] = mapped_column(String(64))
     once: Mapped[str | None] = mapped_column(String(64))
     body: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, index=True)
+
+
+class VersionWaitRow(Base):
+    """A step message of a run whose workflow version the worker that got it does not carry.
+
+    Parked here instead of run with another version's code (store/versions.py): a worker
+    carrying ``version`` sends ``message`` on to a queue of that version; past the grace
+    period (ORCH_VERSION_GRACE) with no such worker, the run is failed saying so.
+    """
+
+    __tablename__ = "version_waits"
+    __table_args__ = (Index("ix_version_waits_version", "workflow", "version", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    workflow: Mapped[str] = mapped_column(String(200))
+    version: Mapped[str] = mapped_column(String(32))
+    step_name: Mapped[str] = mapped_column(String(200))
+    queue: Mapped[str] = mapped_column(String(300))  # the step's queue
+    message: Mapped[Any] = mapped_column(JSONType)  # the signature to send again
+    parked_by: Mapped[str] = mapped_column(String(300))  # the worker and its version
     created_at: Mapped[datetime] = mapped_column(Timestamp, index=True)

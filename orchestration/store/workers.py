@@ -10,8 +10,8 @@ killing its worker ends as a poison step. A step held by a live worker is never 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -33,6 +33,8 @@ class WorkerInfo:
     host: str
     pid: int
     queues: Sequence[str]
+    # The versions of each workflow it carries (store/versions.py reads them).
+    workflows: Mapping[str, Sequence[str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -58,12 +60,13 @@ class Workers:
         with self._engine.begin() as conn:
             updated = conn.execute(update(WorkerRow).where(WorkerRow.id == worker.instance)
                                    .values(beat_at=now, queues=list(worker.queues),
-                                           stopped_at=None)).rowcount
+                                           workflows=_carried(worker), stopped_at=None)
+                                   ).rowcount
             if not updated:
                 conn.execute(insert(WorkerRow), [{
                     "id": worker.instance, "name": worker.name, "host": worker.host,
                     "pid": worker.pid, "queues": list(worker.queues), "started_at": now,
-                    "beat_at": now}])
+                    "beat_at": now, "workflows": _carried(worker)}])
 
     def stopped(self, instance: str, now: datetime) -> None:
         """Record a clean shutdown: the instance holds nothing any more."""
@@ -154,3 +157,7 @@ class Workers:
                                        RunRow.inputs).where(RunRow.id.in_(list(by_run)))).all()
         return [Released(row.id, row.workflow, row.workflow_version, dict(row.inputs or {}),
                          sorted(by_run[row.id])) for row in runs]
+
+
+def _carried(worker: WorkerInfo) -> dict[str, list[str]]:
+    return {name: list(versions) for name, versions in worker.workflows.items()}

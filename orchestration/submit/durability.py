@@ -29,6 +29,7 @@ from orchestration.define.workflow import Host
 from orchestration.errors import InvalidInput, NotResumable
 from orchestration.observe.queries import queue_depths
 from orchestration.store.recovery import RERUN_STEPS, RESUMABLE
+from orchestration.store.versions import VersionWait, VersionWaits, set_run_version
 from orchestration.submit.retention import prune_memory, prune_runs
 from orchestration.submit.waits import expire_due_waits
 
@@ -101,12 +102,13 @@ def redacted_upstream(orchestrator: Host, run_id: str, compiled: CompiledWorkflo
     return sorted(name for name, output in outputs.items() if redacted_paths(output, name))
 
 
-def check_resume(orchestrator: Host, run_id: str,
-                 inputs: Any = None) -> tuple[Workflow, dict[str, Any]]:
+def check_resume(orchestrator: Host, run_id: str, inputs: Any = None, *,
+                 upgrade: bool = False) -> tuple[Workflow, dict[str, Any]]:
     """Everything resume needs, checked before anything changes: (workflow, inputs).
 
     Raises InvalidInput (bad or missing inputs), RunNotFound, or NotResumable (run not
-    failed/cancelled, workflow not defined here or changed), naming the culprit.
+    failed/cancelled, workflow not defined here, or of another version without
+    ``upgrade``, or with other steps), naming the culprit.
     """
     given = _given_inputs(run_id, inputs)
     state = orchestrator.store.recovery.run_state(run_id)
@@ -119,9 +121,7 @@ def check_resume(orchestrator: Host, run_id: str,
                            f"does not define (import its module or set ORCH_IMPORTS)")
     compiled = workflow.validate()
     if compiled.version != state.version:
-        raise NotResumable(f"run {run_id}: workflow {state.workflow!r} changed since the run "
-                           f"started (version {state.version}, now {compiled.version}); "
-                           "submit a new run")
+        check_upgrade(orchestrator, run_id, state.workflow, state.version, compiled, upgrade)
     unknown = sorted(set(given) - compiled.inputs)
     if unknown:
         raise InvalidInput(f"run {run_id}: unknown input(s) {', '.join(map(repr, unknown))} "
@@ -181,19 +181,55 @@ def _given_inputs(run_id: str, inputs: Any) -> dict[str, Any]:
     return dict(inputs)
 
 
-def resume(orchestrator: Host, run_id: str, inputs: dict[str, Any] | None = None) -> str:
+def check_upgrade(orchestrator: Host, run_id: str, name: str, started: str,
+                  compiled: CompiledWorkflow, upgrade: bool) -> None:
+    """Refuse to resume a run of another version, unless ``upgrade`` and the steps match.
+
+    Resuming on this process's version runs the remaining steps with its code: only
+    with ``upgrade`` (``orchestrate resume --upgrade``), and only when the steps are the
+    same ones (code, signatures and policies may differ). Steps added, removed or
+    renamed: refused whatever the flag (the recorded steps would not fit the plan).
+    """
+    recorded = set(orchestrator.store.recovery.step_statuses(run_id))
+    added, removed = sorted(set(compiled.steps) - recorded), sorted(recorded - set(compiled.steps))
+    which = (f"run {run_id} started on {name}@{started}; this process carries "
+             f"{name}@{compiled.version}")
+    if added or removed:
+        change = "; ".join(part for part in (
+            f"step(s) added: {', '.join(added)}" if added else "",
+            f"step(s) removed or renamed: {', '.join(removed)}" if removed else "") if part)
+        raise NotResumable(f"{which} ({change}); its recorded steps do not fit this version: "
+                           f"resume it from a process carrying {name}@{started}, or submit "
+                           "a new run")
+    if not upgrade:
+        raise NotResumable(f"{which} (same steps; code, signatures or policies changed): "
+                           f"resume it from a process carrying {name}@{started}, or pass "
+                           f"upgrade=True (orchestrate resume --upgrade) to run its remaining "
+                           f"steps on {name}@{compiled.version}")
+
+
+def resume(orchestrator: Host, run_id: str, inputs: dict[str, Any] | None = None, *,
+           upgrade: bool = False) -> str:
     """Continue a failed or cancelled run from its last good steps; returns the run id.
 
     ``inputs`` replace stored ones: secrets were stored redacted (wholly, nested, or in
     part of a string), so a run that had any needs them given again, or resume refuses.
-    Everything is checked first: on any error nothing changes and nothing is enqueued.
+    The run continues on the version it started with; a process of another version
+    refuses unless ``upgrade`` (see :func:`check_upgrade`), which moves the run to this
+    process's version. Everything is checked first: on any error nothing changes and
+    nothing is enqueued.
     """
-    workflow, merged = check_resume(orchestrator, run_id, inputs)
+    workflow, merged = check_resume(orchestrator, run_id, inputs, upgrade=upgrade)
+    store = orchestrator.store
+    started, version = store.recovery.run_state(run_id).version, workflow.validate().version
     stored = workflow.redactor(merged)
-    orchestrator.store.recovery.reset_for_resume(
-        run_id, stored, sorted(changed_by_redaction(merged, stored)))
+    if started != version:
+        set_run_version(store.engine, run_id, version)
+    store.recovery.reset_for_resume(run_id, stored, sorted(changed_by_redaction(merged, stored)))
     workflow.dispatch(run_id, merged, stored=stored)
-    log.info("run resumed", run_id=run_id, workflow=workflow.name)
+    log.info("run resumed", run_id=run_id, workflow=workflow.name,
+             version=f"{workflow.name}@{version}",
+             **({"started_on": f"{workflow.name}@{started}"} if started != version else {}))
     return run_id
 
 
@@ -217,6 +253,8 @@ def reconcile(orchestrator: Host, *, idle_seconds: float | None = None) -> Recon
         if workflow is not None and backlogged.setdefault(
                 name, _has_backlog(orchestrator, workflow, alive_since)):
             continue
+        if VersionWaits(store.engine, store.reader).has_run(run_id):
+            continue  # waits visibly for a worker of its version (ORCH_VERSION_GRACE ends it)
         if not store.workers.release_run(run_id, alive_since):
             log.info("stalled run left alone: a live worker holds one of its steps",
                      run_id=run_id, workflow=name)
@@ -257,12 +295,22 @@ def redispatch(orchestrator: Host, run_id: str, name: str, version: str,
                          error=f"{why} and cannot be re-dispatched: {lost}")
         return False
     workflow = orchestrator.workflows.get(name)
-    if workflow is None or workflow.validate().version != version:
-        reason = ("is not defined in this process" if workflow is None
-                  else "changed since the run started")
+    if workflow is None:
         store.finish_run(run_id, RunStatus.FAILED, error_type="Unrecoverable",
-                         error=f"{why} and its workflow {name!r} {reason}; not re-dispatched")
+                         error=f"{why} and its workflow {name!r} is not defined in this "
+                         "process; not re-dispatched")
         return False
+    if workflow.validate().version != version:
+        # Re-dispatched by a worker carrying its version (worker/versions.py), or failed
+        # after ORCH_VERSION_GRACE saying which version it waited for.
+        waits = VersionWaits(store.engine, store.reader)
+        if not waits.has_run(run_id):
+            waits.park(VersionWait(run_id, name, version, "", "", {"redispatch": why},
+                                   f"{orchestrator.celery.main} ({name}@"
+                                   f"{workflow.validate().version})"), utcnow())
+        log.warning("run of another version left for a worker carrying it", run_id=run_id,
+                    version=f"{name}@{version}", reason=why)
+        return True
     log.warning("re-dispatching a run", run_id=run_id, workflow=name, reason=why)
     workflow.dispatch(run_id, inputs)
     return True

@@ -146,7 +146,7 @@ def canvas(host: Host, workflow: Workflow, run_id: str, inputs: dict[str, Any], 
         stored=(lambda: stored) if stored is not None else (lambda: workflow.redactor(inputs)))
     return build_canvas(compiled.decomposition.plan, compiled.steps,
                         envelope.to_message(), run_id, host.celery,
-                        priority=_broker_priority(host, priority))
+                        priority=_broker_priority(host, priority), version=compiled.version)
 
 
 def _broker_priority(host: Host, priority: int | None) -> int:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import timedelta
 
@@ -39,8 +39,12 @@ class Heartbeat:
                  redispatch: Callable[[Released], None],
                  queues: Callable[[], Iterable[str]] | None = None,
                  wake: Callable[[], object] | None = None,
-                 batches: Callable[[], object] | None = None) -> None:
+                 batches: Callable[[], object] | None = None,
+                 versions: Callable[[], Mapping[str, Sequence[str]]] | None = None,
+                 parked: Callable[[Collection[str]], object] | None = None) -> None:
         self._store = store
+        self._versions = versions  # the workflow versions it carries, advertised
+        self._parked = parked  # sends on or fails steps parked for a version (versions.py)
         self._batches = batches  # flushes overdue or orphaned batches (worker/batching.py)
         self._wake = wake  # wakes max_parallel waiters whose permits lapsed
         self.worker = worker
@@ -83,12 +87,16 @@ class Heartbeat:
             now = utcnow()
             if self._queues is not None:  # a worker may start consuming more queues
                 self.worker = replace(self.worker, queues=sorted(self._queues()))
+            if self._versions is not None:
+                self.worker = replace(self.worker, workflows=self._versions())
             store.workers.beat(self.worker, now)
             self._reachable()
             if self._wake is not None:
                 self._wake()
             if self._batches is not None:
                 self._batches()
+            if self._parked is not None:
+                self._parked(self.worker.queues)
             if not self._may_sweep():
                 return []
             released = store.workers.release_dead(

@@ -24,6 +24,8 @@ from celery.exceptions import InvalidTaskError
 from celery.utils.log import get_logger
 from celery.worker.consumer import Consumer
 
+from orchestration.worker.versions import park_unknown
+
 log = structlog.get_logger("orchestration.worker.messages")
 _celery_log = get_logger(__name__)
 
@@ -117,6 +119,20 @@ class GuardedConsumer(Consumer):  # type: ignore[misc]  # celery is untyped
             return handle(message)
 
         return on_task_received
+
+    def on_unknown_task(self, body: Any, message: Any, exc: Exception) -> None:
+        """A step this worker's workflow version lacks is parked for its run's version."""
+        try:
+            parked = park_unknown(self.app, message)
+        except Exception:  # e.g. the results DB down: back to the queue, not dropped
+            log.exception("could not park a step unknown to this worker's version",
+                          task=_printable((message.headers or {}).get("task")))
+            message.reject_log_error(_celery_log, self.connection_errors, requeue=True)
+            return
+        if parked:
+            message.ack()
+            return
+        super().on_unknown_task(body, message, exc)
 
     def reject_malformed(self, message: Any, problem: str) -> None:
         """Log a malformed message (never its body: it may hold secrets) and reject it."""

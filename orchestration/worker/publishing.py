@@ -27,7 +27,7 @@ from celery.worker.request import Request
 from orchestration.observe import tracing
 
 # Plain values that help an operator and carry no run data.
-_SHOWN = ("run_id", "step", "fused", "finalize", "total", "workflow", "count")
+_SHOWN = ("run_id", "step", "fused", "finalize", "total", "workflow", "count", "version")
 _ENVELOPE_REPR = re.compile(r"\{'run': '([0-9a-zA-Z-]{1,64})'")
 
 

@@ -20,9 +20,11 @@ from orchestration.core import metrics
 from orchestration.core.logs import CeleryLogFilter, configure_celery_logger
 from orchestration.core.redaction import Redactor
 from orchestration.core.settings import Settings
+from orchestration.define.workflow import Workflow
 from orchestration.observe import tracing
 from orchestration.store.engine import is_unavailable
 from orchestration.store.repository import Store
+from orchestration.worker.versions import version_queues
 
 log = structlog.get_logger("orchestration.app")
 
@@ -33,6 +35,7 @@ class WorkerProcess(Protocol):
     settings: Settings
     redactor: Redactor
     hostname: str
+    workflows: dict[str, Workflow]
 
     @property
     def celery(self) -> Any:
@@ -142,6 +145,11 @@ def _on_worker_ready(sender: Any = None, **_: Any) -> None:
         return
     task_consumer = getattr(sender, "task_consumer", None)
     queues = sorted(queue.name for queue in getattr(task_consumer, "queues", None) or ())
+    # Messages of runs of this worker's versions, parked by workers of other versions
+    # and sent on by its heartbeat (worker/versions.py).
+    for name in version_queues(orchestrator.workflows.values(), queues):
+        sender.add_task_queue(name)
+        queues.append(name)
     orchestrator.start_heartbeat(str(getattr(sender, "hostname", orchestrator.hostname)),
                                  lambda: queues)
     if orchestrator.settings.metrics_port:

@@ -30,6 +30,7 @@ from orchestration.execute.maps import map_canvas, run_chunk
 from orchestration.execute.runtime import StartChild, StartMap, run_step
 from orchestration.observe import tracing
 from orchestration.store.engine import is_unavailable
+from orchestration.worker import versions
 from orchestration.worker.batching import join_batch
 from orchestration.worker.engine_tasks import child_canvas
 from orchestration.worker.host import WorkerHost
@@ -54,15 +55,27 @@ def execute_step(task: Any, message: Any, run_id: str | None = None,
                  finalize: bool = False, chunk: dict[str, Any] | None = None,
                  params: dict[str, Any] | None = None,
                  fused: list[str] | None = None,
-                 released: dict[str, int] | None = None) -> Any:
-    """Run one delivery of a step (or of fused steps, or one map chunk)."""
+                 released: dict[str, int] | None = None, version: str | None = None) -> Any:
+    """Run one delivery of a step (or of fused steps, or one map chunk).
+
+    ``version``: the run's workflow version; a worker carrying another one parks the
+    message for a worker of that version (worker/versions.py) and runs nothing.
+    """
     workflow: Workflow = task.workflow
-    steps = workflow.validate().steps
+    compiled = workflow.validate()
+    steps = compiled.steps
     if not is_envelope(message):
         # Never crash the worker on a bad message: record it and drop it.
         log.error("malformed step message rejected", task=task.name,
                   task_id=task.request.id, message_type=type(message).__name__)
         raise Reject("malformed step message", requeue=False)
+    if version is not None and version != compiled.version:
+        try:
+            versions.park(task.orchestrator, task, workflow, version, message)
+        except Exception as exc:  # the results DB down: handed back, never run here
+            raise _engine_error(task.orchestrator, task, message, task.step_name,
+                                exc) from None
+        raise Ignore()
     names = fused or [task.step_name]
     current = names[0]
     first = steps[current]
@@ -199,7 +212,8 @@ def _rest_of(orchestrator: WorkerHost, workflow: Workflow, names: list[str],
              run_id: str | None, finalize: bool) -> Any:
     """The signature of fused steps left after one replaced its message (map, child)."""
     head = workflow.validate().steps[names[0]]
-    kwargs: dict[str, Any] = {"run_id": run_id, "finalize": finalize}
+    kwargs: dict[str, Any] = {"run_id": run_id, "finalize": finalize,
+                              "version": workflow.validate().version}
     if len(names) > 1:
         kwargs["fused"] = names
     return orchestrator.celery.signature(head.spec.task_name, args=(), kwargs=kwargs,

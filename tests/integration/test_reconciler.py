@@ -26,6 +26,7 @@ import orchestration
 from orchestration import RunStatus, StepStatus, default_orchestrator, get_run
 from orchestration.core.settings import Settings
 from orchestration.store.models import RunRow, StepRow
+from orchestration.store.versions import VersionWaits
 from orchestration.worker.engine_tasks import RECONCILE_TASK
 from tests.integration.support.helpers import statuses, wait_for_step, wait_until
 from tests.integration.support.workflows import reconcile as rw
@@ -122,9 +123,11 @@ def test_stale_run_of_a_workflow_not_defined_here_is_failed(
     assert (again.redispatched, again.failed) == ([], [])
 
 
-def test_stale_run_whose_workflow_changed_is_failed(
+def test_stale_run_of_another_version_waits_for_a_worker_carrying_it(
     workers: Workers, redis_service: redis.Redis,
 ) -> None:
+    """Not re-dispatched with this version's steps, not failed: left, visibly, for a
+    worker of its version (docs/upgrades.md); ORCH_VERSION_GRACE fails it if none comes."""
     run_id = _strand(redis_service, rw.stranded, ticket=uuid.uuid4().hex)
     current = rw.stranded.validate().version
     older = "0" * len(current)
@@ -133,9 +136,14 @@ def test_stale_run_whose_workflow_changed_is_failed(
 
     done = orchestration.reconcile(idle_seconds=STALE_S)
 
-    assert (done.redispatched, done.failed) == ([], [run_id])
-    error = _assert_failed_unrecoverable(run_id, redis_service, rw.stranded.name)
-    assert "changed since the run started" in error
+    assert (done.redispatched, done.failed) == ([run_id], [])
+    store = default_orchestrator().store
+    [wait] = VersionWaits(store.engine, store.reader).of_run(run_id)
+    assert (wait.workflow, wait.version, wait.step) == (rw.stranded.name, older, "")
+    assert get_run(run_id).status in (RunStatus.PENDING, RunStatus.RUNNING)
+    # It waits: a second pass leaves it alone.
+    again = orchestration.reconcile(idle_seconds=STALE_S)
+    assert run_id not in again.redispatched + again.failed
 
 
 def test_stale_run_with_inputs_stored_redacted_is_failed_naming_them(
