@@ -16,15 +16,18 @@ support-ticket shape (4 steps in a chain, with the shipped workflow's step polic
 - ``chaos_fatal_prefork`` / ``chaos_fatal_threads`` / ``chaos_exit_threads``: ``blow``
   (returns, raises ``BaseException`` / ``SystemExit`` / ``KeyboardInterrupt``, or calls
   ``os._exit``, as its ``kind`` input says) then ``after``;
-- ``chaos_repro``: two steps, the first one slow (``repro_duplicates.py``).
+- ``chaos_repro``: two steps, the first one slow (``repro_duplicates.py``);
+- ``chaos_hosts``: the hop layout on ``chaos.hosts.*``, 0.3-0.6 s per step (workers on
+  several "hosts", network namespaces: ``test_hosts.py``).
 
 Instrumentation, all in the *counter* Redis (``ORCH_CHAOS_COUNTER_URL``; never the
 broker of scenario 2, which is killed and restarted empty):
 
 - ``chaos:exec:<run>:<step>``: INCR once per execution of the step function (a claim
   that proceeded), so the test can count re-executions;
-- ``chaos:executions``: one JSON line per execution (run, step, start time, pid), so a
-  re-execution can be matched with an outage it was in flight during;
+- ``chaos:executions``: one JSON line per execution (run, step, start time, pid, and
+  the worker's ``ORCH_CHAOS_HOST`` if set), so a re-execution can be matched with an
+  outage it was in flight during, or with the host that ran it;
 - ``chaos:deliveries``: one JSON line per task delivery (Celery's ``task_prerun``) with
   the task and root ids, ``redelivered``, pid, node and time;
 - ``chaos:published``: one JSON line per message sent (``after_task_publish``) with its
@@ -60,6 +63,7 @@ BROKER_QUEUE = "chaos.broker"
 THREADS_QUEUE = "chaos.threads"
 DB_QUEUE = "chaos.db"
 POISON_QUEUE = "chaos.poison"
+HOSTS_QUEUE = "chaos.hosts"
 STEPS = ("classify_ticket", "extract_urgency", "route_to_team", "generate_response")
 # The shipped ticket workflow's per-model queues, under a prefix of the test's own.
 HOP_QUEUES = ("classifier", "urgency", "default", "llm")
@@ -98,7 +102,7 @@ def _work(ctx: StepContext, upstream: str, low: float, high: float) -> str:
     busy = json.dumps({"run": ctx.run_id, "step": ctx.step, "t": time.time()})
     # busy: this pool process now runs this step (a fused message runs several in turn).
     started = json.dumps({"run": ctx.run_id, "step": ctx.step, "t": time.time(),
-                          "pid": os.getpid()})
+                          "pid": os.getpid(), "host": os.environ.get("ORCH_CHAOS_HOST")})
     client.pipeline(transaction=False).incr(key).expire(key, KEY_TTL_S).set(
         _busy_key(), busy, ex=KEY_TTL_S).rpush(EXECUTIONS_KEY, started).execute()
     time.sleep(random.uniform(low, high))  # the "model call"
@@ -149,6 +153,8 @@ chaos_threads = _ticket_workflow("chaos_threads", THREADS_QUEUE, 0.8, 1.6, hops=
 chaos_db = _ticket_workflow("chaos_db", DB_QUEUE, 0.2, 0.4, hops=True)
 # Poison messages sit on these queues next to real runs.
 chaos_poison = _ticket_workflow("chaos_poison", POISON_QUEUE, 0.05, 0.15, hops=True)
+# Workers on several hosts (network namespaces): a host partitioned or lost mid-batch.
+chaos_hosts = _ticket_workflow("chaos_hosts", HOSTS_QUEUE, 0.3, 0.6, hops=True)
 
 
 # -- steps that end their process or raise past Exception (test_fatal_steps.py) -------------
@@ -194,7 +200,7 @@ chaos_exit_threads = _fatal_workflow("chaos_exit_threads", EXIT_THREADS_QUEUE)
 
 WORKFLOWS = {wf.name: wf for wf in (chaos_kills, chaos_kills_hops, chaos_broker, chaos_threads,
                                     chaos_db, chaos_poison, chaos_fatal_prefork,
-                                    chaos_fatal_threads, chaos_exit_threads)}
+                                    chaos_fatal_threads, chaos_exit_threads, chaos_hosts)}
 
 
 # -- delivery instrumentation (runs in the worker processes) --------------------------------

@@ -37,8 +37,13 @@ def _bin(name: str) -> str:
 class OwnPostgres:
     """One throw-away cluster: ``start()``, ``stop()`` (immediate), ``url``."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, listen: tuple[str, ...] = ("127.0.0.1",),
+                 trust: str | None = None) -> None:
+        """``listen``: addresses to listen on (loopback first); ``trust``: a network (CIDR)
+        whose clients are trusted too, e.g. the namespaces of a multi-host test."""
         self.root = root
+        self.listen = listen
+        self.trust = trust
         self.data = root / "data"
         self.log = root / "server.log"
         self.port = free_port()
@@ -48,7 +53,11 @@ class OwnPostgres:
     @property
     def url(self) -> str:
         """SQLAlchemy URL of the cluster's ``postgres`` database."""
-        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+        return self.url_at("127.0.0.1")
+
+    def url_at(self, host: str) -> str:
+        """SQLAlchemy URL of the cluster's ``postgres`` database, reached at ``host``."""
+        return f"postgresql+psycopg://postgres@{host}:{self.port}/postgres"
 
     def _run(self, *command: str) -> None:
         kwargs: dict[str, object] = {}
@@ -63,6 +72,9 @@ class OwnPostgres:
             os.chown(self.root, account.pw_uid, account.pw_gid)
         self._run(_bin("initdb"), "-D", str(self.data), "-U", "postgres", "-A", "trust",
                   "--no-sync")
+        if self.trust is not None:
+            with open(self.data / "pg_hba.conf", "a") as hba:
+                hba.write(f"host all all {self.trust} trust\n")
 
     def start(self) -> None:
         """Start the server and wait until it accepts connections.
@@ -72,7 +84,7 @@ class OwnPostgres:
         """
         self._run(_bin("pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-w",
                   "-t", str(int(START_TIMEOUT_S)), "-o",
-                  f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 "
+                  f"-p {self.port} -k {self.root} -c listen_addresses={','.join(self.listen)} "
                   "-c fsync=off -c max_connections=300", "start")
 
     def stop(self) -> None:
@@ -95,7 +107,8 @@ class OwnPostgres:
 
 
 @contextlib.contextmanager
-def own_postgres() -> Iterator[OwnPostgres]:
+def own_postgres(listen: tuple[str, ...] = ("127.0.0.1",),
+                 trust: str | None = None) -> Iterator[OwnPostgres]:
     """A started cluster of the test's own, stopped and removed at the end."""
     try:
         _bin("initdb")
@@ -106,7 +119,7 @@ def own_postgres() -> Iterator[OwnPostgres]:
         pytest.skip(str(exc))
     root = Path(tempfile.mkdtemp(prefix="orch-own-pg-"))
     os.chmod(root, 0o755)
-    server = OwnPostgres(root)
+    server = OwnPostgres(root, listen, trust)
     server.start()
     deadline = time.monotonic() + START_TIMEOUT_S
     while not server.accepts():

@@ -34,18 +34,24 @@ def redis_server_or_skip() -> str:
 
 
 class OwnRedis:
-    """One server on ``port`` (a free one by default): ``start()``, ``kill()``, ``stop()``."""
+    """One server on ``port`` (a free one by default): ``start()``, ``kill()``, ``stop()``.
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    ``bind``: the addresses it listens on (loopback by default; a multi-host test adds the
+    address its network namespaces reach, see ``netns.py``). ``url`` names the first.
+    """
+
+    def __init__(self, workdir: Path, port: int | None = None,
+                 bind: tuple[str, ...] = ("127.0.0.1",)) -> None:
         self.workdir = workdir
         self.port = free_port() if port is None else port
+        self.bind = bind
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
     @property
     def url(self) -> str:
         """URL of the server's DB 0."""
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://{self.bind[0]}:{self.port}/0"
 
     def start(self) -> None:
         """Start the server (each start logs to a file of its own); return once it answers."""
@@ -54,10 +60,12 @@ class OwnRedis:
         logfile = self.workdir / f"redis-{self.starts}.log"
         with open(logfile, "ab") as out:
             self.process = subprocess.Popen(
-                [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                [binary, "--port", str(self.port), "--bind", *self.bind, "--save", "",
+                 # No password on a throw-away server: clients of other addresses too.
+                 "--protected-mode", "no" if self.bind != ("127.0.0.1",) else "yes",
                  "--appendonly", "no", "--daemonize", "no", "--dir", str(self.workdir)],
                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
+        client = redis.Redis(host=self.bind[0], port=self.port, socket_connect_timeout=0.5)
         deadline = time.monotonic() + START_TIMEOUT_S
         try:
             while True:

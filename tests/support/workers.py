@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,15 +74,19 @@ class Workers:
         self.started: list[Worker] = []
 
     def start(self, label: str, queues: Iterable[str], *, pool: str = "prefork",
-              concurrency: int = 2, wait: bool = True) -> Worker:
-        """Start ``celery -A orchestration worker -Q <queues> -P <pool> -c <n> -n <label>@host``."""
+              concurrency: int = 2, wait: bool = True, prefix: Sequence[str] = ()) -> Worker:
+        """Start ``celery -A orchestration worker -Q <queues> -P <pool> -c <n> -n <label>@host``.
+
+        ``prefix`` goes before the command, e.g. ``ip netns exec <ns>`` (which execs it:
+        the process is still the worker's main process).
+        """
         if pool not in POOLS:
             raise ValueError(f"unknown pool {pool!r}")
         queues = tuple(queues)
         nodename = f"{label}@{socket.gethostname()}"
         log_path = self.log_dir / f"{label}.log"
         command = [
-            sys.executable, "-m", "celery", "-A", "orchestration", "worker",
+            *prefix, sys.executable, "-m", "celery", "-A", "orchestration", "worker",
             "-Q", ",".join(queues), "-P", pool, "-c", str(concurrency), "-n", nodename,
             "-l", "INFO", "--without-gossip", "--without-mingle", "--without-heartbeat",
         ]
