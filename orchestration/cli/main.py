@@ -37,7 +37,7 @@ from orchestration.execute.attempts import POLICY_ESCALATE
 from orchestration.observe.exporter import flower_command, serve_metrics
 from orchestration.observe.queries import known_queues, queue_depths, workflow_stats
 from orchestration.store.batches import Batches
-from orchestration.worker.versions import waiting_reason
+from orchestration.worker.versions import version_summary, waiting_reason
 
 
 @click.group(cls=OperatorGroup)
@@ -321,6 +321,9 @@ def workers() -> None:
         table.add_row(Text(f"{name} ({host})"), instance[:12], str(pid), state,
                       f"{age:.0f} s ago", Text(", ".join(queues)))
     console.print(table)
+    for line in version_summary(orchestrator.store, now - timedelta(
+            seconds=settings.worker_dead_after)):
+        console.print(Text(line))
 
 
 @main.command()

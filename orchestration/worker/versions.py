@@ -16,7 +16,7 @@ for (docs/upgrades.md).
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -218,3 +218,14 @@ def waiting_reason(store: Store, run_id: str) -> list[str]:
             f"worker carrying {wait.workflow}@{wait.version} (parked by {wait.parked_by} "
             f"at {wait.created_at:%Y-%m-%d %H:%M:%S} UTC)"
             for wait in version_waits(store).of_run(run_id)]
+
+
+def version_summary(store: Store, alive_since: datetime) -> list[str]:
+    """What ``orchestrate workers`` says of versions: carried by live workers, and waiting."""
+    waits = version_waits(store)
+    lines = [f"carried: {name}@{version}" for name, versions in
+             sorted(waits.carriers(alive_since).items()) for version in sorted(versions)]
+    lines += [f"waiting: {count} step message(s) of {name}@{version} since "
+              f"{oldest:%Y-%m-%d %H:%M:%S} UTC (no worker of this version took them yet)"
+              for name, version, count, oldest in waits.waiting()]
+    return lines

@@ -18,6 +18,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -207,9 +208,17 @@ def test_a_stalled_run_of_this_version_parked_elsewhere_is_redispatched_here(
     assert result.status is RunStatus.SUCCEEDED
 
 
-def test_workers_advertise_the_versions_they_carry(flows: SimpleNamespace) -> None:
-    from datetime import timedelta
-
+def test_workers_advertise_the_versions_they_carry(
+        flows: SimpleNamespace, monkeypatch: pytest.MonkeyPatch) -> None:
+    current = flows.skew.validate().version
     carriers = wait_until(lambda: version_waits(flows.orch.store).carriers(
         utcnow() - timedelta(seconds=5)).get("skew"), timeout=10, what="a heartbeat")
-    assert carriers == {flows.skew.validate().version}
+    assert carriers == {current}
+    run_id = _old_run(flows, "elsewhere1", send=False)
+    version_waits(flows.orch.store).park(VersionWait(
+        run_id, "skew", "elsewhere1", "first", "default", {}, "test"), utcnow())
+    cli = importlib.import_module("orchestration.cli.main")
+    monkeypatch.setattr(cli, "orchestrator_for_cli", lambda **_: flows.orch)
+    shown = CliRunner().invoke(cli.main, ["workers"], env={"COLUMNS": "250"}).output
+    assert f"carried: skew@{current}" in shown, shown
+    assert "waiting: 1 step message(s) of skew@elsewhere1" in shown, shown
