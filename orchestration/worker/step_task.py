@@ -142,11 +142,12 @@ def _replacement(task: Any, signal: StartMap | StartChild, names: list[str], cur
     rest = names[names.index(current) + 1:]
     replacement = (child_canvas(orchestrator, steps[current], signal)
                    if isinstance(signal, StartChild) else
-                   map_canvas(steps[current], signal.envelope, signal.items,
-                              finalize=signal.finalize,
-                              claimed_at=orchestrator.store.get_step_started(
-                                  signal.envelope.run_id, current),
-                              celery=orchestrator.celery))
+                   versions.stamp(map_canvas(steps[current], signal.envelope, signal.items,
+                                             finalize=signal.finalize,
+                                             claimed_at=orchestrator.store.get_step_started(
+                                                 signal.envelope.run_id, current),
+                                             celery=orchestrator.celery),
+                                  workflow.name, workflow.validate().version))
     if rest:
         replacement = chain(replacement, _rest_of(orchestrator, workflow, rest, run_id,
                                                   finalize))

@@ -74,6 +74,24 @@ def version_queues(workflows: Iterable[Workflow], consumed: Collection[str]) -> 
     return sorted(names)
 
 
+def stamp(signature: Any, workflow: str, version: str) -> Any:
+    """``signature`` with every step message of ``workflow`` in it naming ``version``.
+
+    For canvases a worker builds mid-run (a map's chunks): they run the run's steps too.
+    """
+    parts = signature if isinstance(signature, list | tuple) else getattr(
+        signature, "tasks", None)
+    if parts is not None:
+        for part in parts:
+            stamp(part, workflow, version)
+        body = getattr(signature, "body", None)
+        if body is not None:
+            stamp(body, workflow, version)
+    elif str(getattr(signature, "task", "")).startswith(f"{workflow}."):
+        signature.kwargs["version"] = version
+    return signature
+
+
 def park(host: Host, task: Any, workflow: Workflow, version: str, message: Any) -> None:
     """Park a step message of a run of ``version`` this worker does not carry."""
     request = task.request

@@ -65,7 +65,17 @@ def flows(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]
             _called("second")
             return first + "!"
 
-        yield SimpleNamespace(orch=orch, skew=skew)
+        mapped = Workflow("skewmap", inputs=["items"], orchestrator=orch)
+
+        @mapped.task(map="items", chunk_size=2)
+        def double(items: int) -> int:
+            return items * 2
+
+        @mapped.task
+        def total(double: list[int]) -> int:
+            return sum(double)
+
+        yield SimpleNamespace(orch=orch, skew=skew, mapped=mapped)
 
 
 def _with_version(signature: Any, version: str) -> Any:
@@ -222,3 +232,15 @@ def test_workers_advertise_the_versions_they_carry(
     shown = CliRunner().invoke(cli.main, ["workers"], env={"COLUMNS": "250"}).output
     assert f"carried: skew@{current}" in shown, shown
     assert "waiting: 1 step message(s) of skew@elsewhere1" in shown, shown
+
+
+def test_a_maps_chunks_carry_the_runs_version(
+        flows: SimpleNamespace, published: list[tuple[str, Any]]) -> None:
+    """Chunk messages are built by the worker mid-run: they name the version too."""
+    result = flows.mapped.submit(items=[1, 2, 3, 4, 5]).wait(timeout=30)
+    assert result.status is RunStatus.SUCCEEDED, result.error
+    assert result.outputs["total"] == 30
+    steps = [(name, body[1]) for name, body in published if name.startswith("skewmap.")]
+    chunks = [kwargs for _, kwargs in steps if "chunk" in kwargs]
+    assert len(chunks) == 3
+    assert {kwargs.get("version") for _, kwargs in steps} == {flows.mapped.validate().version}
