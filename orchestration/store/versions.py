@@ -66,9 +66,22 @@ class VersionWaits:
                      or_(VersionWaitRow.queue.in_(list(queues)), VersionWaitRow.queue == ""))
         return self._take(where, limit)
 
-    def expired(self, before: datetime, limit: int = 100) -> list[VersionWait]:
-        """Delete and return messages parked before ``before`` (their grace is over)."""
-        return self._take(VersionWaitRow.created_at < before, limit)
+    def any_expired(self, before: datetime) -> bool:
+        """True when some message was parked before ``before``."""
+        with self._reader.connect() as conn:
+            return conn.execute(select(VersionWaitRow.id).where(
+                VersionWaitRow.created_at < before).limit(1)).first() is not None
+
+    def expired(self, before: datetime, carried: Mapping[str, Collection[str]],
+                limit: int = 100) -> list[VersionWait]:
+        """Delete and return messages parked before ``before`` (their grace is over)
+        whose version is not in ``carried`` (a live carrier will take those)."""
+        where = VersionWaitRow.created_at < before
+        pairs = [(name, version) for name, versions in carried.items() for version in versions]
+        if pairs:
+            where = and_(where, tuple_(VersionWaitRow.workflow,
+                                       VersionWaitRow.version).not_in(pairs))
+        return self._take(where, limit)
 
     def _take(self, where: Any, limit: int) -> list[VersionWait]:
         with self._engine.begin() as conn:

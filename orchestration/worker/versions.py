@@ -203,14 +203,13 @@ def send(host: Host, message: Mapping[str, Any], queue: str) -> None:
 def _fail_expired(host: Host, waits: VersionWaits) -> int:
     grace = host.settings.version_grace
     now = utcnow()
-    alive_since = now - timedelta(seconds=host.settings.worker_dead_after)
-    carriers = waits.carriers(alive_since)
+    before = now - timedelta(seconds=grace)
+    if not waits.any_expired(before):  # the common case: one indexed query per beat
+        return 0
+    # A version a live worker carries is not failed: that worker takes its messages.
+    carriers = waits.carriers(now - timedelta(seconds=host.settings.worker_dead_after))
     failed = 0
-    for wait in waits.expired(now - timedelta(seconds=grace)):
-        if wait.version in carriers.get(wait.workflow, set()):
-            # A live carrier will take it at its next beat: its grace is not over.
-            waits.park(wait, wait.created_at or now)
-            continue
+    for wait in waits.expired(before, carriers):
         others = sorted(carriers.get(wait.workflow, set()))
         error = (f"waited {grace:g} s (ORCH_VERSION_GRACE) for a worker carrying "
                  f"{wait.workflow}@{wait.version}, the version the run started with; live "

@@ -33,10 +33,11 @@ from orchestration.core.clock import utcnow
 from orchestration.core.envelope import Envelope
 from orchestration.errors import NotResumable
 from orchestration.store.versions import VersionWait
+from orchestration.store.workers import WorkerInfo
 from orchestration.submit.durability import reconcile, redispatch
 from orchestration.submit.submission import planned
 from orchestration.testing import embedded_orchestrator
-from orchestration.worker.versions import version_waits
+from orchestration.worker.versions import sweep, version_waits
 from tests.support.polling import wait_until
 
 OLD = "0ldversion"
@@ -244,3 +245,24 @@ def test_a_maps_chunks_carry_the_runs_version(
     chunks = [kwargs for _, kwargs in steps if "chunk" in kwargs]
     assert len(chunks) == 3
     assert {kwargs.get("version") for _, kwargs in steps} == {flows.mapped.validate().version}
+
+
+def test_the_grace_does_not_end_while_a_worker_carrying_the_version_lives(
+        flows: SimpleNamespace, monkeypatch: pytest.MonkeyPatch) -> None:
+    orch: Orchestrator = flows.orch
+    run_id = _old_run(flows, "carried2", send=False)
+    version_waits(orch.store).park(VersionWait(
+        run_id, "skew", "carried2", "first", "elsewhere.queue", {}, "test"),
+        utcnow() - timedelta(hours=2))
+    carrier = WorkerInfo("carrier-of-2", "old@host", "host", 1, ["elsewhere.queue"],
+                         {"skew": ["carried2"]})
+    orch.store.workers.beat(carrier, utcnow())
+    monkeypatch.setattr(orch.settings, "version_grace", 60.0)
+    sweep(orch, [])  # what any worker's heartbeat does
+    assert [w.version for w in version_waits(orch.store).of_run(run_id)] == ["carried2"]
+    assert orch.store.get_run(run_id).status is RunStatus.PENDING
+    orch.store.workers.stopped(carrier.instance, utcnow())  # the old deployment is gone
+    sweep(orch, [])
+    run = orch.store.get_run(run_id)
+    assert run.status is RunStatus.FAILED
+    assert "for a worker carrying skew@carried2" in (run.error or "")
