@@ -172,7 +172,7 @@ def test_a_step_this_version_lacks_is_parked_for_the_runs_version(
 
 
 def test_resume_of_an_old_run_names_the_versions_and_needs_upgrade(
-        flows: SimpleNamespace) -> None:
+        flows: SimpleNamespace, monkeypatch: pytest.MonkeyPatch) -> None:
     orch: Orchestrator = flows.orch
     current = flows.skew.validate().version
     run_id = _old_run(flows, send=False)
@@ -181,8 +181,18 @@ def test_resume_of_an_old_run_names_the_versions_and_needs_upgrade(
         orch.resume(run_id)
     assert f"started on skew@{OLD}; this process carries skew@{current}" in str(refused.value)
     assert "--upgrade" in str(refused.value)
-    handle = orch.resume(run_id, upgrade=True)
-    assert handle.wait(timeout=15).status is RunStatus.SUCCEEDED
+    assert orch.store.recovery.run_state(run_id).version == OLD  # nothing changed
+    cli = importlib.import_module("orchestration.cli.main")
+    monkeypatch.setattr(cli, "orchestrator_for_cli", lambda **_: orch)
+    refused_cli = CliRunner().invoke(cli.main, ["resume", run_id], env={"COLUMNS": "250"})
+    assert refused_cli.exit_code != 0 and "--upgrade" in refused_cli.output
+    done = CliRunner().invoke(cli.main, ["resume", run_id, "--upgrade"],
+                              env={"COLUMNS": "250"})
+    assert done.exit_code == 0, done.output
+    assert f"resumed run {run_id} on skew@{current}" in done.output
+    finished = wait_until(lambda: (lambda r: r if r.status.is_terminal else None)(
+        orch.store.get_run(run_id)), timeout=15, what="the resumed run finished")
+    assert finished.status is RunStatus.SUCCEEDED
     assert orch.store.recovery.run_state(run_id).version == current
 
 
