@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, and_, delete, exists, insert, select, update
+from sqlalchemy import Engine, and_, case, delete, exists, insert, select, update
 
 from orchestration.core.status import RunStatus, StepStatus
 from orchestration.store.models import RunRow, StepRow, WorkerRow
@@ -130,8 +130,11 @@ class Workers:
         """Before re-dispatching a stalled run: release its running steps.
 
         False (nothing changed) when a live worker still holds one of them: that step
-        is running, not lost. Otherwise each running step's crash count goes up (its
-        delivery never recorded anything) and the run may be re-dispatched.
+        is running, not lost. Otherwise each running step a (dead) delivery still holds
+        counts a crash (it never recorded anything) and the run may be re-dispatched. A
+        step released already (by the sweep, or an earlier pass whose message no worker
+        has taken yet) has no holder and counts nothing more: one crash per death, however
+        many passes find the run stalled.
         """
         live = exists().where(WorkerRow.id == StepRow.holder, WorkerRow.beat_at >= alive_since,
                               WorkerRow.stopped_at.is_(None))
@@ -143,7 +146,8 @@ class Workers:
                 return False
             conn.execute(update(StepRow).where(
                 StepRow.run_id == run_id, StepRow.status == StepStatus.RUNNING.value,
-            ).values(holder=None, celery_task_id=None, crashes=StepRow.crashes + 1))
+            ).values(holder=None, celery_task_id=None, crashes=StepRow.crashes + case(
+                (StepRow.holder.is_not(None), 1), else_=0)))
         return True
 
     def _released(self, steps: Sequence[Any]) -> list[Released]:
