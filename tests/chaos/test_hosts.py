@@ -162,14 +162,16 @@ def _wait_steps(found: Cluster, steps: int, deadline: float) -> None:
         time.sleep(0.2)
 
 
-def _sweeps(worker: Worker) -> list[float]:
-    """Wall times at which ``worker``'s heartbeat re-dispatched a dead worker's run."""
-    times = []
+def _sweeps(worker: Worker) -> list[tuple[float, str]]:
+    """(wall time, run id) of each run ``worker``'s heartbeat re-dispatched because a dead
+    worker held one of its steps."""
+    swept = []
     for line in worker.log_path.read_text(errors="replace").splitlines():
         if SWEPT in line:
-            stamp = json.loads(line)["timestamp"]
-            times.append(datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp())
-    return times
+            entry = json.loads(line)
+            stamp = datetime.fromisoformat(entry["timestamp"].replace("Z", "+00:00"))
+            swept.append((stamp.timestamp(), str(entry["run_id"])))
+    return swept
 
 
 def _counted(found: Cluster) -> tuple[int, int]:
@@ -221,7 +223,7 @@ def test_partitioned_host_rejoins(worker_pool: Workers) -> None:
         time.sleep(3)  # duplicates still in flight land before the verdict
         a_alive = worker_a.alive
         worker_b = next(w for w in worker_pool.started if w.label == "hosts-b")
-        swept = [round(t - cut, 1) for t in _sweeps(worker_b) if cut <= t <= healed]
+        swept = [round(t - cut, 1) for t, _ in _sweeps(worker_b) if cut <= t <= healed]
         a_log = worker_a.log_path.read_text(errors="replace")
         worker_pool.stop_all()
 
@@ -298,10 +300,16 @@ def test_lost_host_leaves_nothing_stuck(worker_pool: Workers) -> None:
                                      tick=_reconciling(found.env, LOST_RUNS, redispatches))
         time.sleep(3)
         worker_b = next(w for w in worker_pool.started if w.label == "hosts-b")
-        swept = [round(t - removed_at, 1) for t in _sweeps(worker_b) if t >= removed_at]
+        sweeps = [(t, run) for t, run in _sweeps(worker_b) if t >= removed_at]
+        swept = [round(t - removed_at, 1) for t, _ in sweeps]
         worker_pool.stop_all()
 
-        kill = Kill(removed_at, "main", "hosts-a", min(pids) if pids else 0, busy)
+        # The kill hit every run whose step A held: those its processes marked busy, and
+        # those a claim of A's held without a mark yet (claimed, body not started), which
+        # only host b's sweep names.
+        hit = busy + [{"run": run, "step": None} for _, run in sweeps
+                      if run not in {b["run"] for b in busy}]
+        kill = Kill(removed_at, "main", "hosts-a", min(pids) if pids else 0, hit)
         verdict = analyse(found.engine, found.counters, run_ids, kills=[kill],
                           redispatches=redispatches)
         executed, recorded = _counted(found)

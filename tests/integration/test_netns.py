@@ -20,6 +20,11 @@ def _connects(prefix: tuple[str, ...], address: str, port: int) -> bool:
     return done.returncode == 0
 
 
+def _mac(link: str) -> str:
+    shown = subprocess.run(["ip", "-o", "link", "show", link], capture_output=True, text=True)
+    return shown.stdout.split("link/ether ")[1].split()[0]
+
+
 def _leftovers() -> str:
     names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     return "\n".join(line for line in names.splitlines() if line.startswith(PREFIX))
@@ -40,6 +45,7 @@ def test_hosts_reach_the_bridge_and_a_cut_drops_them() -> None:
         assert _connects(a.prefix, net.gateway, port)
         assert a.cuts and a.cuts[0][1] is not None
 
+        gateway_mac = _mac(net.bridge)
         sleeper = subprocess.Popen([*b.prefix, "sleep", "300"])
         try:
             assert net.remove(b) >= 1
@@ -48,6 +54,10 @@ def test_hosts_reach_the_bridge_and_a_cut_drops_them() -> None:
             if sleeper.poll() is None:
                 sleeper.kill()
         assert b.namespace not in _leftovers()
+        # The bridge keeps its own MAC when a port goes: the other hosts' ARP entries for
+        # the gateway stay right (a bridge's default MAC is its lowest port's).
+        assert _mac(net.bridge) == gateway_mac and gateway_mac.startswith("02:6f:")
+        assert _connects(a.prefix, net.gateway, port)
         namespace = a.namespace
     assert namespace not in _leftovers()
     links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout

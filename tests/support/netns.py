@@ -170,7 +170,13 @@ class Network:
         self.gateway = str(self.subnet.network_address + 1)
         self.bridge = f"ob{self.tag}"
         self.hosts: list[Host] = []
-        _ip("link", "add", self.bridge, "type", "bridge")
+        # A MAC of its own: a bridge otherwise takes its ports' lowest one and changes it
+        # when that port goes (a host removed), and the other hosts' ARP entries for the
+        # gateway then point nowhere for a minute, a partition the test did not ask for.
+        pid = int(self.tag)
+        mac = f"02:6f:{pid >> 24 & 255:02x}:{pid >> 16 & 255:02x}:{pid >> 8 & 255:02x}:" \
+              f"{pid & 255:02x}"
+        _ip("link", "add", self.bridge, "address", mac, "type", "bridge")
         _ip("addr", "add", f"{self.gateway}/{self.subnet.prefixlen}", "dev", self.bridge)
         _ip("link", "set", self.bridge, "up")
 
