@@ -27,7 +27,7 @@ unit: $(STAMP)
 integration: $(STAMP)
 	$(BIN)/pytest tests/integration -q
 
-chaos: $(STAMP)  ## kill workers and the broker under load (~3 min; Redis, redis-server, PostgreSQL)
+chaos: $(STAMP)  ## kill workers and the broker under load, partition hosts (network namespaces, as root) (minutes; Redis, redis-server, PostgreSQL)
 	$(BIN)/pytest tests/chaos -q -s
 
 browser: $(STAMP)  ## the dashboard in Debian's chromium (apt-get install -y chromium); skips without it, fails in CI
