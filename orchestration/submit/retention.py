@@ -123,7 +123,7 @@ def prune_runs(host: Host, *, older_than: float | None = None, workflow: str | N
             if not ids:
                 break
             batch = pruning.delete(ids, cutoff.before)
-            _forget_streams(host, batch.runs)
+            drop_streams(host, batch.runs)
             total.add(batch)
             for table, rows in batch.rows.items():
                 metrics.PRUNED_ROWS.labels(table=table).inc(rows)
@@ -140,15 +140,3 @@ def prune_runs(host: Host, *, older_than: float | None = None, workflow: str | N
     if total.runs and not dry_run:
         log.info("runs past their retention deleted", runs=len(total.runs), rows=total.total)
     return total
-
-
-def _forget_streams(host: Host, run_ids: list[str]) -> None:
-    """Run streams go with their runs (on Redis; the results DB's rows went already)."""
-    if not run_ids:
-        return
-    stream = host.store.run_stream
-    try:
-        for run_id in run_ids:
-            stream.delete(run_id)
-    except Exception as exc:  # their TTL removes them anyway
-        log.warning("could not delete pruned runs' streams", error=repr(exc))
