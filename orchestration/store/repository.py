@@ -421,13 +421,15 @@ class Store(StoreReads):
             found = conn.execute(select(RunRow.status).where(RunRow.id == run_id)).scalar()
             if found is None:
                 raise RunNotFound(f"no run {run_id!r}")
-            conn.execute(sql.FINISH_RUN, RunFinish(RunStatus.CANCELLED, reason,
-                                                   "Cancelled").params(run_id, now))
+            # Step rows before the run row: the order a claim and a record take them
+            # (step, then run), so a cancel and a step starting at once cannot deadlock.
             conn.execute(update(StepRow).where(
                 StepRow.run_id == run_id,
                 StepRow.status.in_([StepStatus.PENDING.value, StepStatus.RETRYING.value,
                                     StepStatus.WAITING.value])
             ).values(status=StepStatus.CANCELLED.value, error=reason, finished_at=now))
+            conn.execute(sql.FINISH_RUN, RunFinish(RunStatus.CANCELLED, reason,
+                                                   "Cancelled").params(run_id, now))
             conn.execute(update(WaitRow).where(WaitRow.run_id == run_id,
                                                WaitRow.status == WAITING)
                          .values(status=CANCELLED_WAIT, resolved_at=now))
