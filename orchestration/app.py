@@ -20,6 +20,7 @@ import structlog
 from celery import Celery
 
 from orchestration.core.clock import utcnow
+from orchestration.core.completion import Completions, LocalCompletions
 from orchestration.core.envelope import Envelope
 from orchestration.core.logs import configure_logging
 from orchestration.core.redaction import Redactor
@@ -40,6 +41,7 @@ from orchestration.llm.catalogue import load_catalogue
 from orchestration.llm.resilience import Resilience
 from orchestration.observe import tracing
 from orchestration.pipelines import load_pipelines
+from orchestration.store.completion_redis import RedisCompletions
 from orchestration.store.repository import StepOutcome, Store
 from orchestration.store.run_stream import RedisRunStream, RunStream, SQLRunStream
 from orchestration.store.workers import Released, WorkerInfo
@@ -121,6 +123,7 @@ class Orchestrator:
                         if self.settings.shared_redis_url else SQLRunStream(
                             self._store.engine, self._store.reader,
                             maxlen=self.settings.stream_maxlen, ttl=self.settings.stream_ttl)
+                    self._store.completions = self._completions()
                 store = self._store
         return store
 
@@ -128,6 +131,14 @@ class Orchestrator:
     def run_stream(self) -> RunStream:
         """Runs' live event streams: Redis Streams with a shared Redis, else the results DB."""
         return self.store.run_stream
+
+    def _completions(self) -> Completions:
+        """Run completion notices: through the shared Redis, or within this process (the
+        embedded worker ends every run here; a separate worker without Redis: polling)."""
+        url = self.settings.shared_redis_url
+        if url:
+            return RedisCompletions(url, self.resilience.redis)
+        return LocalCompletions(complete=self.settings.embedded)
 
     def _redis_stream(self) -> RunStream:
         redis_client = self.resilience.redis
@@ -247,7 +258,8 @@ class Orchestrator:
                         redactor=self._redactor_of(task.name), holder=self.instance_id,
                         db_hold=self.settings.db_outage_hold,
                         dead_after=self.settings.worker_dead_after,
-                        stream=self.run_stream if self.settings.stream else None)
+                        stream=self.run_stream if self.settings.stream else None,
+                        async_threads=self.settings.async_threads)
 
     def _redactor_of(self, task_name: str) -> Redactor:
         workflow = self.workflows.get(task_name.partition(".")[0])
@@ -430,6 +442,8 @@ class Orchestrator:
         self.stop_heartbeat()
         if self._resilience is not None:
             self._resilience.close()
+        if self._store is not None:
+            self._store.completions.close()
         self.reset_store()
 
 

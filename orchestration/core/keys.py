@@ -23,3 +23,8 @@ def rate_window(scope: str, kind: str) -> str:
 def latencies(key: str) -> str:
     """Recent latencies (ms) of a step or model, newest first."""
     return f"{PREFIX}:latency:{key}"
+
+
+def run_done(run_id: str) -> str:
+    """Pub/sub channel on which a run's end is announced (the message: its status only)."""
+    return f"{PREFIX}:run-done:{run_id}"

@@ -10,11 +10,13 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from orchestration.core.clock import utcnow
+from orchestration.core.completion import Completions, Watch
 from orchestration.core.status import RunStatus, StepStatus
 from orchestration.core.stream_events import RUN_FINISHED, StreamEvent, as_event, event
 from orchestration.errors import ConfigurationError, WaitTimeout
 
 FLAT_POLL_SECONDS = 0.1
+SAFETY_NET_SECONDS = 0.5  # a waiter woken by notices still re-reads the status this often
 
 class RunStore(Protocol):
     """What a run handle reads and cancels through (the store floor's ``Store``)."""
@@ -178,11 +180,22 @@ class RunHandle:
              max_poll: float = 0.05) -> RunResult:
         """Block until the run is terminal and return it.
 
-        Polls the run's status (one indexed read) every ``poll`` seconds for the first
-        0.1 s, then less often, up to every ``max_poll`` seconds: a short run is seen
-        finished within a few ms, and a long one costs few reads. Raises
+        Woken by the run's completion notice (core/completion.py: in-process with the
+        embedded worker, Redis pub/sub with a shared Redis), re-reading the status every
+        :data:`SAFETY_NET_SECONDS` meanwhile in case a notice is lost. Where no notice can
+        come (a separate worker and no shared Redis, or Redis unreachable) it polls the
+        status (one indexed read) every ``poll`` seconds for the first 0.1 s, then less
+        often, up to every ``max_poll`` seconds. Raises
         :class:`~orchestration.errors.WaitTimeout` after ``timeout`` seconds; the run goes on.
         """
+        completions: Completions | None = getattr(self._store, "completions", None)
+        if completions is None:
+            return self._wait(None, timeout, poll, max_poll)
+        with completions.watch(self.run_id) as watch:  # before the first read: no lost wake-up
+            return self._wait(watch, timeout, poll, max_poll)
+
+    def _wait(self, watch: Watch | None, timeout: float | None, poll: float,
+              max_poll: float) -> RunResult:
         started = time.monotonic()
         deadline = None if timeout is None else started + timeout
         interval = poll
@@ -194,8 +207,13 @@ class RunHandle:
                     f"run {self.run_id} is still {self.status().value} after {timeout} s; "
                     f"inspect it with `orchestrate show {self.run_id}`"
                 )
-            time.sleep(interval if deadline is None
-                       else min(interval, max(0.0, deadline - time.monotonic())))
+            pause = SAFETY_NET_SECONDS if watch is not None and watch.live else interval
+            if deadline is not None:
+                pause = min(pause, max(0.0, deadline - time.monotonic()))
+            if watch is None:
+                time.sleep(pause)
+            else:
+                watch.wait(pause)
             if time.monotonic() - started > FLAT_POLL_SECONDS:
                 interval = min(interval * 1.2, max_poll)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,6 +33,28 @@ class StoreReads:
         if status is None:
             raise RunNotFound(f"no run {run_id!r} in {self._redacted_url()}")
         return RunStatus(status)
+
+    def priority_of(self, run_id: str) -> int:
+        """The priority run ``run_id`` was submitted with (0 if there is no such run)."""
+        with self._reader.connect() as conn:
+            found = conn.execute(select(RunRow.priority).where(RunRow.id == run_id)).scalar()
+            return int(found or 0)
+
+    def inputs_of(self, run_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Inputs of several runs by id."""
+        with self._reader.connect() as conn:
+            rows = conn.execute(select(RunRow.id, RunRow.inputs).where(RunRow.id.in_(run_ids)))
+            return {row.id: dict(row.inputs or {}) for row in rows}
+
+    def cancelled_among(self, run_ids: Sequence[str]) -> set[str]:
+        """The ids among ``run_ids`` of cancelled runs (one query by primary key)."""
+        if not run_ids:
+            return set()
+        with self._reader.connect() as conn:
+            rows = conn.execute(select(RunRow.id).where(
+                RunRow.id.in_(list(run_ids)),
+                RunRow.status == RunStatus.CANCELLED.value)).all()
+        return {row.id for row in rows}
 
     def find_by_idempotency_key(self, key: str) -> str | None:
         """The id of the run started with this idempotency key, if any."""

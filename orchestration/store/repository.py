@@ -18,6 +18,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from orchestration.core.clock import as_utc, utcnow
+from orchestration.core.completion import Completions, LocalCompletions
 from orchestration.core.status import (
     CLAIMABLE_STEP_STATUSES,
     TERMINAL_RUN_STATUSES,
@@ -144,6 +145,9 @@ class Store(StoreReads):
         # Runs' live event streams: this DB's run_events, unless the Orchestrator sets a
         # Redis one (store/run_stream.py); RunHandle.stream reads through it.
         self.run_stream: RunStream = SQLRunStream(self._writer, self._reader)
+        # Told, after the commit, of every run this store ends: wakes RunHandle.wait.
+        # This process only, unless the Orchestrator sets a live or a Redis one.
+        self.completions: Completions = LocalCompletions()
         self._migrate = migrate
         self._schema_checked = False
         self._lock = threading.Lock()
@@ -302,18 +306,6 @@ class Store(StoreReads):
                 "critical": step.critical, "attempts": 0, "deliveries": 0, "cost_usd": 0.0,
             } for run_id, _ in runs for step in steps])
 
-    def priority_of(self, run_id: str) -> int:
-        """The priority run ``run_id`` was submitted with (0 if there is no such run)."""
-        with self._reader.connect() as conn:
-            found = conn.execute(select(RunRow.priority).where(RunRow.id == run_id)).scalar()
-            return int(found or 0)
-
-    def inputs_of(self, run_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
-        """Inputs of several runs by id."""
-        with self._reader.connect() as conn:
-            rows = conn.execute(select(RunRow.id, RunRow.inputs).where(RunRow.id.in_(run_ids)))
-            return {row.id: dict(row.inputs or {}) for row in rows}
-
     def claim_step(
         self, run_id: str, name: str, *, worker: str | None, task_id: str | None,
         first: bool = True, holder: str | None = None, released: int | None = None,
@@ -374,8 +366,11 @@ class Store(StoreReads):
         """
         now = utcnow()
         with self._writer.begin() as conn:
-            return _record(conn, run_id, name, outcome, worker=worker, claimed_at=claimed_at,
-                           finish=finish, now=now)
+            recorded = _record(conn, run_id, name, outcome, worker=worker,
+                               claimed_at=claimed_at, finish=finish, now=now)
+        if recorded and finish is not None:
+            self.completions.notify(run_id, finish.status.value)
+        return recorded
 
     def record_steps(self, records: Sequence[tuple[str, str, StepOutcome, datetime | None]],
                      *, worker: str | None = None) -> list[bool]:
@@ -436,6 +431,7 @@ class Store(StoreReads):
             conn.execute(delete(PermitWaitRow).where(PermitWaitRow.run_id == run_id))
             children = conn.execute(select(RunRow.id).where(
                 RunRow.parent_run_id == run_id, RunRow.status.not_in(_TERMINAL_RUN))).all()
+        self.completions.notify(run_id, RunStatus.CANCELLED.value)
         return [row.id for row in children]
 
     def finish_run(self, run_id: str, status: RunStatus, *, error: str | None = None,
@@ -444,6 +440,8 @@ class Store(StoreReads):
         finish = RunFinish(status, error, error_type)
         with self._writer.begin() as conn:
             result = conn.execute(sql.FINISH_RUN, finish.params(run_id, utcnow()))
+        if result.rowcount:
+            self.completions.notify(run_id, status.value)
         return bool(result.rowcount)
 
 
