@@ -461,9 +461,38 @@ def isolated_postgres(url: str) -> tuple[str, Callable[[], None]]:
     return isolated.render_as_string(hide_password=False), drop
 
 
+BENCH_LOCK_ENV = "ORCH_BENCH_REDIS_LOCK_HELD"  # set in a holder's env: its children pass
+_bench_lock: Any = None
+
+
+def hold_bench_lock() -> None:
+    """Take (once per process, until it exits) the lock every bench flushing DB 14 holds.
+
+    Two benches on one Redis DB flush each other's queues: the other's runs then wait for
+    messages that no longer exist. A second bench waits here for the first to finish. A
+    child process of the holder (it inherits ``ORCH_BENCH_REDIS_LOCK_HELD``) passes.
+    """
+    global _bench_lock
+    if _bench_lock is not None or os.environ.get(BENCH_LOCK_ENV):
+        return
+    import fcntl
+
+    handle = open(  # noqa: SIM115 - held open until the process exits
+        Path(tempfile.gettempdir()) / "orchestration-bench-redis.lock", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print("waiting for another bench using the bench Redis DB to finish ...",
+              file=sys.stderr, flush=True)
+        fcntl.flock(handle, fcntl.LOCK_EX)
+    _bench_lock = handle
+    os.environ[BENCH_LOCK_ENV] = str(os.getpid())
+
+
 def flush_bench_db(url: str) -> None:
     import redis
 
+    hold_bench_lock()
     client = redis.Redis.from_url(url)
     try:
         client.flushdb()
