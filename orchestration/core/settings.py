@@ -72,6 +72,11 @@ class Settings(BaseSettings):
         description="Retry waits up to this many seconds sleep in the worker; longer waits "
         "hand the step back to the broker with a countdown and free the slot.",
     )
+    async_threads: int = Field(
+        default=64, ge=1,
+        description="Threads of each worker process's event loop executor, where async def "
+        "steps' ctx.llm.acomplete calls run: at most this many at once per process.",
+    )
     embedded_concurrency: int = Field(
         default=8, ge=1,
         description="Threads of each queue's pool in the in-process worker (every queue has "

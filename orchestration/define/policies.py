@@ -97,18 +97,34 @@ class CallableTimeout:
         return float(value)
 
 
-def check_plain_function(fn: Callable[..., Any], what: str, where: str) -> None:
-    """Refuse async and generator functions: calling one returns no value to store."""
+def is_async(fn: Callable[..., Any]) -> bool:
+    """True when calling ``fn`` returns a coroutine (``async def``, also a partial of one,
+    or an object whose ``__call__`` is ``async def``)."""
+    if inspect.iscoroutinefunction(fn):
+        return True
+    call = None if inspect.isroutine(fn) or inspect.isclass(fn) else type(fn).__call__
+    return call is not None and inspect.iscoroutinefunction(call)
+
+
+def check_plain_function(fn: Callable[..., Any], what: str, where: str, *,
+                         allow_async: bool = False) -> None:
+    """Refuse generator and async generator functions (calling one returns no value to
+    store), and ``async def`` unless ``allow_async`` (only a step's own function may be
+    async: hooks such as a fallback or a gate are called synchronously)."""
     # A callable object is checked by its __call__ too (an async __call__ is async).
     call = None if inspect.isroutine(fn) or inspect.isclass(fn) else type(fn).__call__
     for candidate in (fn, call):
         if candidate is None:
             continue
-        if inspect.iscoroutinefunction(candidate) or inspect.isasyncgenfunction(candidate):
+        if inspect.isasyncgenfunction(candidate):
             raise WorkflowDefinitionError(
-                f"{where}: {what} {_name(fn)} is async; async steps are not supported yet "
-                "(calling it returns a coroutine, not a value): use a plain def (call "
-                "asyncio.run(...) inside it if needed)")
+                f"{where}: {what} {_name(fn)} is an async generator (it yields); a step "
+                "returns one JSON value: return a list instead")
+        if inspect.iscoroutinefunction(candidate) and not allow_async:
+            raise WorkflowDefinitionError(
+                f"{where}: {what} {_name(fn)} is async; only the step function itself may "
+                f"be async def ({what} is called synchronously, and calling it returns a "
+                "coroutine, not a value): use a plain def")
         if inspect.isgeneratorfunction(candidate):
             raise WorkflowDefinitionError(
                 f"{where}: {what} {_name(fn)} is a generator (it yields); a step returns one "

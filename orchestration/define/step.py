@@ -22,6 +22,7 @@ from orchestration.define.policies import (
     as_backoff,
     as_timeout,
     check_plain_function,
+    is_async,
 )
 from orchestration.define.throughput import Limit, batch_options, step_limit
 from orchestration.define.vocabulary import STEP_SPELLINGS, spelled_here
@@ -75,6 +76,7 @@ class StepSpec:
     limit: Limit | None = None  # max_parallel/concurrency_key: executions at once, fleet-wide
     batch_size: int | None = None  # elements from different runs per call (lists in, list out)
     batch_wait: float = 0.0  # seconds a partly filled batch waits for more elements
+    is_async: bool = False  # async def: attempts run on the worker's event loop
 
     def required_successes(self, total: int) -> int:
         """How many elements of a map of ``total`` must succeed (all, unless min_success)."""
@@ -177,7 +179,7 @@ def build_spec(workflow: str, fn: Callable[..., Any], options: dict[str, Any]) -
         answer = spelled_here(unknown[0], STEP_SPELLINGS) or (
             f"unknown option {unknown[0]!r}{_suggest(unknown[0], sorted(STEP_OPTIONS))}")
         raise WorkflowDefinitionError(f"{where}: {answer}")
-    check_plain_function(fn, "the step function", where)
+    check_plain_function(fn, "the step function", where, allow_async=True)
     params, optional, wants_ctx = _signature(fn, where)
     _check_number(options, "retries", where, integer=True)
     _check_number(options, "max_cost", where, integer=False)
@@ -195,6 +197,7 @@ def build_spec(workflow: str, fn: Callable[..., Any], options: dict[str, Any]) -
         params=params,
         optional_params=optional,
         wants_ctx=wants_ctx,
+        is_async=is_async(fn),
         output=output,
         depends_on=_depends_names(options.get("depends_on"), where),
         gather=_gather_option(options, params, where),

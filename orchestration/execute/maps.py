@@ -21,11 +21,13 @@ they stay in the message.
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from celery import chord
@@ -36,7 +38,14 @@ from orchestration.core.redaction import changed_by_redaction
 from orchestration.core.status import StepStatus
 from orchestration.define.step import BoundStep
 from orchestration.errors import StepSignal
-from orchestration.execute.attempts import Delivery, StepCall, describe, run_attempts
+from orchestration.execute.attempts import (
+    Delivery,
+    StepCall,
+    describe,
+    run_attempts,
+    run_attempts_async,
+)
+from orchestration.execute.event_loop import run_on_loop
 from orchestration.execute.runtime import arguments
 from orchestration.store.repository import AttemptRecord, StepOutcome, Store
 
@@ -106,12 +115,15 @@ def run_chunk(step: BoundStep, message: Any, chunk: dict[str, Any], store: Store
             return run_attempts(StepCall(step, {**kwargs, spec.map or "": offset_item[1]},
                                          envelope.run_id, store, delivery, map_index=index))
         except StepSignal as signal:  # a child run or a human wait inside a map element
-            error, error_type = describe(signal)
-            return StepOutcome(StepStatus.FAILED, error=f"not supported in a map: {error}",
-                               error_type=error_type)
+            return _unsupported(signal)
 
     items = list(enumerate(chunk["items"]))
-    if spec.concurrency > 1 and len(items) > 1:
+    if spec.is_async:
+        # Every element a task on the worker's event loop: no thread per waiting element.
+        outcomes = run_on_loop(partial(_elements_async, step, kwargs, chunk["start"],
+                                       chunk["items"], envelope.run_id, store, delivery),
+                               delivery.async_threads)
+    elif spec.concurrency > 1 and len(items) > 1:
         # I/O-bound elements (model calls) wait together: one message, many calls.
         with ThreadPoolExecutor(max_workers=min(spec.concurrency, len(items)),
                                 thread_name_prefix=f"map-{spec.name}") as pool:
@@ -138,6 +150,35 @@ def run_chunk(step: BoundStep, message: Any, chunk: dict[str, Any], store: Store
             envelope.run_id, spec.name, chunk["start"], results, ok):
         return {**part, "count": len(results), "succeeded": sum(ok), PARKED: True}
     return {**part, "results": results, "ok": ok}
+
+
+async def _elements_async(step: BoundStep, kwargs: dict[str, Any], start: int,
+                          items: list[Any], run_id: str, store: Store,
+                          delivery: Delivery) -> list[StepOutcome]:
+    """An async map chunk's elements as tasks on the loop, ``concurrency`` at a time."""
+    param = step.spec.map or ""
+    limit = min(step.spec.concurrency, len(items))
+    gate = asyncio.Semaphore(limit) if limit < len(items) else None
+
+    async def element(index: int, item: Any) -> StepOutcome:
+        call = StepCall(step, {**kwargs, param: item}, run_id, store, delivery,
+                        map_index=index)
+        try:
+            if gate is None:
+                return await run_attempts_async(call)
+            async with gate:
+                return await run_attempts_async(call)
+        except StepSignal as signal:  # a child run or a human wait inside a map element
+            return _unsupported(signal)
+
+    return list(await asyncio.gather(*(element(start + offset, item)
+                                       for offset, item in enumerate(items))))
+
+
+def _unsupported(signal: StepSignal) -> StepOutcome:
+    error, error_type = describe(signal)
+    return StepOutcome(StepStatus.FAILED, error=f"not supported in a map: {error}",
+                       error_type=error_type)
 
 
 def parks(results: list[Any], chunk: dict[str, Any], delivery: Delivery) -> bool:

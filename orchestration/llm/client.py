@@ -60,6 +60,7 @@ from orchestration.errors import (
     RateLimited,
     StepTimeout,
 )
+from orchestration.llm.async_calls import AsyncCalls
 from orchestration.llm.catalogue import ModelConfig
 from orchestration.llm.providers.base import Completion, Messages, Provider, Usage
 from orchestration.llm.providers.local import LocalProvider
@@ -114,8 +115,9 @@ def _messages(prompt: str | Messages, history: History | Messages | None = None)
     return [*(history if isinstance(history, list) else history.messages()), *asked]
 
 
-class LLMClient:
-    """Model calls bound to one step attempt."""
+class LLMClient(AsyncCalls):
+    """Model calls bound to one step attempt (``acomplete``/``acomplete_json`` in an
+    ``async def`` step: see llm/async_calls.py)."""
 
     def __init__(self, ctx: CallSite, services: Resilience) -> None:
         self._ctx = ctx

@@ -111,11 +111,9 @@ DEFINITIONS: list[tuple[str, Callable[[Workflow], Any], str]] = [
     ("queue with space", step(queue="model fast"), "queue 'model fast' contains ' '"),
     ("queue amq.", step(queue="amq.steps"), "queue 'amq.steps'"),
     ("model with comma", step(model="gpt,4"), "model 'gpt,4'"),
-    ("async def", decorate(coroutine_step), "'coroutine_step' is async"),
-    ("async generator", decorate(async_generator_step), "'async_generator_step' is async"),
+    ("async generator", decorate(async_generator_step),
+     "'async_generator_step' is an async generator"),
     ("generator", decorate(generator_step), "'generator_step' is a generator"),
-    ("async __call__", decorate(AsyncCallable(), name="obj"), "is async"),
-    ("partial of async", decorate(functools.partial(coroutine_step), name="part"), "is async"),
     ("unbound method", decorate(Methods.classify), "first parameter is 'self'"),
     ("no __name__", decorate(functools.partial(plain)), "name the step with task(name=...)"),
     ("timeout nan", step(timeout=NAN), "timeout must be > 0 seconds, got nan"),
@@ -147,6 +145,7 @@ DEFINITIONS: list[tuple[str, Callable[[Workflow], Any], str]] = [
     ("when async", step(when=coroutine_step), "its when= predicate"),
     ("when method", step(when=Methods.classify), "first parameter is 'self'"),
     ("gate async", step(gate=coroutine_step), "its gate 'coroutine_step' is async"),
+    ("on_retry async", step(on_retry=AsyncCallable()), "on_retry"),
 ]
 
 BACKOFFS: list[tuple[str, dict[str, Any], str]] = [

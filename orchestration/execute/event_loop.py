@@ -1,0 +1,120 @@
+"""The worker process's event loop, where ``async def`` steps run.
+
+One asyncio loop per worker process, in a daemon thread, started on first use and
+started again in a forked child (a prefork pool's children inherit the parent's memory
+but not its threads: the loop is known by the pid that started it). An async step's
+attempt runs as a task on it while the pool thread that delivered the message waits for
+the result: a threads pool of ``-c 4`` can hold any number of async steps waiting at once
+(a map chunk's elements are tasks too, see execute/maps.py).
+
+The loop's default executor has ``ORCH_ASYNC_THREADS`` threads (64 unless set): what an
+async step hands to a thread runs there (``ctx.llm.acomplete`` makes its resilient call
+there), so at most that many such calls of one worker process are in flight at once.
+A blocking call made directly in a coroutine (``ctx.llm.complete``, ``time.sleep``)
+blocks the loop and every async step of the process with it.
+
+The loop also runs the :class:`~orchestration.execute.cancel_watch.CancelWatcher`, which
+cancels the attempts of runs cancelled while they were in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextvars
+import os
+import threading
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+from orchestration.errors import ConfigurationError
+from orchestration.execute.cancel_watch import CancelWatcher
+
+T = TypeVar("T")
+
+__all__ = ["WorkerLoop", "run_on_loop", "worker_loop"]
+
+
+class WorkerLoop:
+    """An event loop running in a daemon thread of this process, and its cancel watcher."""
+
+    def __init__(self, threads: int) -> None:
+        self.pid = os.getpid()
+        self.threads = threads
+        self.loop = asyncio.new_event_loop()
+        self.loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(
+            max_workers=threads, thread_name_prefix="orch-async"))
+        self.watcher = CancelWatcher(self.loop)
+        started = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(started,),
+                                       name="orch-event-loop", daemon=True)
+        self.thread.start()
+        started.wait()
+
+    def _run(self, started: threading.Event) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.call_soon(started.set)
+        self.loop.run_forever()
+
+    def submit(self, make: Callable[[], Coroutine[Any, Any, T]],
+               context: contextvars.Context | None = None) -> concurrent.futures.Future[T]:
+        """Start ``make()`` as a task on the loop (in ``context``: by default a copy of
+        the caller's, so structlog's bound fields follow); its result as a future."""
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        ctx = context if context is not None else contextvars.copy_context()
+
+        def start() -> None:
+            if not future.set_running_or_notify_cancel():
+                return
+            try:
+                task = self.loop.create_task(make(), context=ctx)
+            except BaseException as exc:  # e.g. make() itself failed
+                future.set_exception(exc)
+                return
+            task.add_done_callback(lambda done: _settle(future, done))
+
+        self.loop.call_soon_threadsafe(start)
+        return future
+
+
+def _settle(future: concurrent.futures.Future[T], task: asyncio.Task[T]) -> None:
+    if task.cancelled():
+        future.set_exception(concurrent.futures.CancelledError())
+        return
+    error = task.exception()
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(task.result())
+
+
+_lock = threading.Lock()
+_lock_pid = os.getpid()
+_current: WorkerLoop | None = None
+
+
+def worker_loop(threads: int = 64) -> WorkerLoop:
+    """This process's loop, started now if it is not running (or was a parent's)."""
+    global _current, _lock, _lock_pid
+    current = _current
+    pid = os.getpid()
+    if current is not None and current.pid == pid:
+        return current
+    if _lock_pid != pid:  # forked: the parent's lock may have been held at the fork
+        _lock, _lock_pid = threading.Lock(), pid
+    with _lock:
+        if _current is None or _current.pid != pid:
+            _current = WorkerLoop(threads)
+        return _current
+
+
+def run_on_loop(make: Callable[[], Coroutine[Any, Any, T]], threads: int = 64) -> T:
+    """Run ``make()`` on this process's loop; the calling thread waits for its result.
+
+    Never call it from the loop's own thread (it would wait for itself).
+    """
+    loop = worker_loop(threads)
+    if threading.current_thread() is loop.thread:
+        raise ConfigurationError("run_on_loop called on the event loop's own thread: await "
+                                 "the coroutine instead")
+    return loop.submit(make).result()
