@@ -5,6 +5,12 @@ kombu's ``memory://`` transport keeps its queues in class attributes, and Celery
 two orchestrators in a process would consume each other's messages, and a large batch
 could evict chord state before the chord's callback runs. Here each orchestrator gets
 its own queues and its own result store, expired by age rather than by count.
+
+kombu's virtual transports poll: a consumer that finds its queues empty sleeps
+``polling_interval`` and looks again, so every hop of a run (the message of the next
+step, a join's callback) waited for the next poll. Here a put, an ack or a reject (a
+prefetch slot freed) wakes the waiting consumers at once; the polling interval is only a
+backstop.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import defaultdict
+from queue import Empty
 from typing import Any
 
 from celery.backends.base import KeyValueStoreBackend
@@ -20,15 +27,73 @@ from kombu.transport import memory, virtual
 RESULTS_ATTRIBUTE = "_orchestration_inprocess_results"
 
 
+class Wakeup:
+    """Wakes the consumers of one in-process broker when a message may be deliverable."""
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self.generation = 0  # bumped by every notify
+        self.notified_waits = 0  # waits ended by a notify (not by their timeout)
+
+    def notify(self) -> None:
+        """A message was put, or a prefetch slot freed: every waiting consumer looks."""
+        with self._condition:
+            self.generation += 1
+            self._condition.notify_all()
+
+    def wait(self, seen: int, timeout: float) -> None:
+        """Block until a notify after generation ``seen``, or ``timeout`` seconds."""
+        with self._condition:
+            if self.generation == seen and self._condition.wait_for(
+                    lambda: self.generation != seen, timeout):
+                self.notified_waits += 1
+
+
 def private_memory_transport() -> type[memory.Transport]:
-    """A memory transport class whose queues and bindings no other app shares."""
+    """A memory transport class whose queues, bindings and wake-ups no other app shares."""
+    shared = Wakeup()
 
     class Channel(memory.Channel):
         queues: dict[str, Any] = {}
         events: defaultdict[str, set[Any]] = defaultdict(set)
 
+        def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
+            super()._put(queue, message, **kwargs)  # type: ignore[no-untyped-call]
+            shared.notify()
+
+        def _put_fanout(self, exchange: str, message: Any, routing_key: str | None = None,
+                        **kwargs: Any) -> None:
+            super()._put_fanout(exchange, message, routing_key,  # type: ignore[no-untyped-call]
+                                **kwargs)
+            shared.notify()
+
+        def basic_ack(self, delivery_tag: Any, multiple: bool = False) -> None:
+            super().basic_ack(delivery_tag, multiple)  # type: ignore[no-untyped-call]
+            shared.notify()
+
+        def basic_reject(self, delivery_tag: Any, requeue: bool = False) -> None:
+            super().basic_reject(delivery_tag, requeue)  # type: ignore[no-untyped-call]
+            shared.notify()
+
     class Transport(memory.Transport):
         global_state = virtual.BrokerState()  # type: ignore[no-untyped-call]
+        wakeup: Wakeup = shared
+
+        def drain_events(self, connection: Any,  # type: ignore[override]
+                         timeout: float | None = None) -> Any:
+            """kombu's loop, waiting for a wake-up (or the polling interval) between polls."""
+            began = time.monotonic()
+            backstop = self.polling_interval or 1.0
+            while True:
+                seen = shared.generation
+                try:
+                    self.cycle.get(self._deliver, timeout=timeout)  # type: ignore[union-attr]
+                    return
+                except Empty:
+                    left = None if timeout is None else timeout - (time.monotonic() - began)
+                    if left is not None and left <= 0:
+                        raise TimeoutError() from None
+                    shared.wait(seen, backstop if left is None else min(backstop, left))
 
     Transport.Channel = Channel
     return Transport
