@@ -36,7 +36,10 @@ Rows (targets from the issue; ratios engine / raw Celery):
   (target < 10%). Raw Celery alongside for reference.
 
 The embedded default (no broker; in-process worker, 8 threads) runs the same shapes in a
-subprocess, for reference (not targeted). ``--overhead-json`` folds in the linear and
+subprocess, for reference (not targeted), and one targeted row of its own: the
+stateful-agent shape (``perf_agent``: three parallel steps, a ``when=`` branch, a join)
+against a diamond (``perf_diamond``), both on the embedded default in that subprocess,
+runs alternating (target: agent <= 2.0x the diamond). ``--overhead-json`` folds in the linear and
 diamond latency rows of ``bench/overhead.py --dump`` so the summary covers every row.
 With ``--profile auto`` (the default, if py-spy is in the venv) each engine worker of a
 targeted row is sampled once more (py-spy ``--gil``, an extra, untimed pass) and the
@@ -125,6 +128,7 @@ FANOUT_MAX_POLL = 0.005
 DEADLINE = 180.0
 SPY_RATE = 250
 SPY_FANOUTS = 10  # fan-outs per profiled pass
+AGENT_SAMPLES, AGENT_BATCH = 10, 6  # embedded agent vs diamond: samples x runs per sample
 SECTIONS = ("dag", "calls", "submit", "embedded")  # dag: fan-out, throughput, worker memory
 
 
@@ -768,6 +772,11 @@ def child_embedded(args: argparse.Namespace) -> dict[str, Any]:
     try:
         for shape in ("map", "static"):  # warm-up: starts the in-process worker
             engine_fanout(shape)
+        for index in range(2 * AGENT_SAMPLES + 4):  # diamond, agent alternating
+            shape = ("agent_diamond", "agent")[index % 2]
+            wall = embedded_latency(pw.WORKFLOWS[shape.removeprefix("agent_")], index)
+            if index >= 4:  # the first two of each: warm-up
+                out[shape].append(wall)
         engine_throughput(reader, 50, 5_000_000)
         for index in range(args.fanouts):
             out["fanout"].append(engine_fanout("map"))
@@ -798,6 +807,23 @@ def child_embedded(args: argparse.Namespace) -> dict[str, Any]:
         reader.dispose()
         orchestrator.shutdown()
     return dict(out)
+
+
+def embedded_latency(flow: Any, x: int) -> float:
+    """Wall time of one run of ``perf_diamond`` or ``perf_agent`` (x < 0 takes the branch)."""
+    from orchestration import RunStatus
+
+    runs = AGENT_BATCH
+    began = time.perf_counter()
+    for i in range(runs):  # a few back to back, so a sample is not one poll's granularity
+        value = x * runs + i if flow.name == "perf_diamond" or i % 2 else -(x * runs + i)
+        result = flow.submit(x=value).wait(timeout=60, poll=WAIT_POLL, max_poll=FANOUT_MAX_POLL)
+        expected = 2 * value if flow.name == "perf_diamond" else 3 * value - min(value, 0)
+        output = result.outputs.get("d" if flow.name == "perf_diamond" else "respond")
+        if result.status is not RunStatus.SUCCEEDED or output != expected:
+            raise RunFailed(f"{flow.name} run {result.run_id}: {result.status.value}, "
+                            f"{output!r} (expected {expected}); {result.error}")
+    return (time.perf_counter() - began) / runs
 
 
 def run_child(kind: str, env: dict[str, str], tmp: Path, args: argparse.Namespace,
@@ -858,6 +884,8 @@ def measure_embedded(args: argparse.Namespace, env: dict[str, str], tmp: Path,
                "throughput": "throughput", "calls_map": "calls_map",
                "calls_runs": "calls_runs", "submit_single": "submit_single_sqlite",
                "submit_many": "submit_many_sqlite"}
+    series(results, "agent", "raw").values += data.get("agent_diamond", [])  # the baseline
+    series(results, "agent", "engine").values += data.get("agent", [])
     for key, row in mapping.items():
         series(results, row, "embedded").values += data.get(key, [])
         series(results, row, "embedded").in_flight += data.get(f"{key}_in_flight", [])
@@ -907,6 +935,7 @@ SPECS: dict[str, Spec] = {
     "memory_producer_many": Spec("producer RSS, 10,000 via submit_many", "%", "growth", 5.0,
                                  "< 5% growth"),
     "memory_worker": Spec("worker RSS, 10,000 steps", "%", "growth", 10.0, "< 10% growth"),
+    "agent": Spec("agent shape, embedded (raw: its diamond)", "ms", "latency", 2.0, "<= 2.0x"),
 }
 
 

@@ -6,6 +6,9 @@ default orchestrator, so ``ORCH_*`` (and ``ORCH_MODELS_FILE``: a catalogue with 
 
 - ``perf_linear``: four no-op steps on one queue (one fused message per run): throughput
   and memory rows.
+- ``perf_diamond`` and ``perf_agent``: the embedded default's diamond a -> (b, c) -> d
+  and the stateful-agent shape (``tasks/agent/workflow.py`` with no-op steps: three
+  parallel steps, a ``when=`` branch, a join taking the branch's output or None).
 - ``perf_fanout``: a map of no-op elements (``map="items"``, default chunking) and a join
   summing them: the engine's way to fan out.
 - ``perf_fanout_static``: the same fan-out written as 100 declared branch steps and a join
@@ -64,6 +67,60 @@ def s3(s2: int) -> int:
 @perf_linear.task
 def s4(s3: int) -> int:
     return s3
+
+
+# -- diamond, and the stateful agent's shape (embedded rows) ---------------------------------
+
+perf_diamond = Workflow("perf_diamond", queue=QUEUE, inputs=["x"])
+
+
+@perf_diamond.task(name="a")
+def d_a(x: int) -> int:
+    return x
+
+
+@perf_diamond.task(name="b")
+def d_b(a: int) -> int:
+    return a
+
+
+@perf_diamond.task(name="c")
+def d_c(a: int) -> int:
+    return a
+
+
+@perf_diamond.task(name="d")
+def d_d(b: int, c: int) -> int:
+    return b + c
+
+
+perf_agent = Workflow("perf_agent", queue=QUEUE, inputs=["x"])
+
+
+@perf_agent.task
+def load_state(x: int) -> int:
+    return x
+
+
+@perf_agent.task
+def extract_intent(x: int) -> int:
+    return x
+
+
+@perf_agent.task
+def analyze_sentiment(x: int) -> int:
+    return x
+
+
+@perf_agent.task(when=lambda load_state: load_state < 0)  # taken for x < 0
+def verify_identity(load_state: int, extract_intent: int) -> int:
+    return -load_state
+
+
+@perf_agent.task
+def respond(load_state: int, extract_intent: int, analyze_sentiment: int,
+            verify_identity: int | None = None) -> int:
+    return load_state + extract_intent + analyze_sentiment + (verify_identity or 0)
 
 
 # -- fan-out as a map, then a join ---------------------------------------------------------
@@ -180,7 +237,8 @@ def lean_one(prompt: str) -> str:
     return lean_call(prompt)
 
 
-WORKFLOWS = {"linear": perf_linear, "fanout": perf_fanout, "fanout_static": perf_fanout_static,
+WORKFLOWS = {"linear": perf_linear, "diamond": perf_diamond, "agent": perf_agent,
+             "fanout": perf_fanout, "fanout_static": perf_fanout_static,
              "llm_map": perf_llm_map, "llm_one": perf_llm_one, "http_map": perf_http_map,
              "http_one": perf_http_one, "lean_map": perf_lean_map,
              "lean_one": perf_lean_one}
