@@ -5,7 +5,7 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 BENCH_STAMP = $(VENV)/.installed-bench
 
-.PHONY: install demo test unit integration chaos browser lint typecheck bench worker flower clean
+.PHONY: install demo test unit integration chaos browser lint typecheck bench bench-scaling worker flower clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,9 @@ bench: $(BENCH_STAMP)  ## engine vs raw Celery, every target row, then vs DBOS (
 	@dump=$$(mktemp) && $(BIN)/python bench/overhead.py --dump $$dump && \
 		$(BIN)/python bench/perf.py --overhead-json $$dump; rc=$$?; rm -f $$dump; \
 		$(BIN)/python bench/dbos_peer.py || rc=$$?; exit $$rc
+
+bench-scaling: $(STAMP)  ## runs/s with 1, 2, 4 workers and per-run Redis/SQL/CPU costs (~10 min; redis-server, PostgreSQL; QUICK=1: a smoke run)
+	$(BIN)/python bench/scaling.py $(if $(QUICK),--quick)
 
 flower: $(STAMP)  ## Flower on 127.0.0.1:5555; basic auth from FLOWER_BASIC_AUTH=user:password
 	$(BIN)/orchestrate flower --address 127.0.0.1 --port 5555
