@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -20,11 +21,13 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 _PG_MIGRATION_LOCK = 7_242_019  # arbitrary app-wide advisory lock id
 CONNECT_TIMEOUT = 5  # seconds, PostgreSQL connections
+PING_IDLE_S = 1.0  # a pooled connection idle this long is checked before use
+T = TypeVar("T")
 
 
 def is_sqlite(url: str) -> bool:
@@ -51,8 +54,8 @@ def create_engines(url: str) -> tuple[Engine, Engine]:
         connect_args = ({} if "connect_timeout" in parsed.query
                         or parsed.get_backend_name() != "postgresql"
                         else {"connect_timeout": CONNECT_TIMEOUT})
-        engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10,
-                               connect_args=connect_args)
+        engine = create_engine(url, pool_size=5, max_overflow=10, connect_args=connect_args)
+        _ping_when_idle(engine)
         return engine, engine
     database = make_url(url).database
     if database and database != ":memory:":
@@ -60,6 +63,46 @@ def create_engines(url: str) -> tuple[Engine, Engine]:
     writer = _sqlite_engine(url, immediate=True)
     reader = _sqlite_engine(url, immediate=False)
     return writer, reader
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """Check a pooled connection at checkout only if it sat idle ``PING_IDLE_S`` or more.
+
+    ``pool_pre_ping`` checks every checkout: a round trip per transaction, a quarter of a
+    submit's on PostgreSQL. A connection used a moment ago is almost surely alive; one
+    that is not fails its first statement, which invalidates the pool (SQLAlchemy's
+    "optimistic" disconnect handling) and :func:`retry_disconnect` runs the work again.
+    """
+
+    @event.listens_for(engine, "checkin")
+    def _checked_in(_dbapi_connection: Any, record: Any) -> None:
+        record.info["used_at"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        used_at = record.info.get("used_at")
+        if used_at is None or time.monotonic() - used_at < PING_IDLE_S:
+            return
+        try:
+            alive = engine.dialect.do_ping(dbapi_connection)
+        except Exception as exc:  # any failure of the ping: a dead connection
+            raise DisconnectionError(f"stale pooled connection: {type(exc).__name__}") from exc
+        if not alive:
+            raise DisconnectionError("stale pooled connection")
+
+
+def retry_disconnect(work: Callable[[], T]) -> T:
+    """Run ``work``; run it once more if it failed because its connection was dead.
+
+    Only for work that is safe to repeat when the first try's commit is unknown (the
+    caller checks: e.g. a duplicate key means the first try committed).
+    """
+    try:
+        return work()
+    except DBAPIError as exc:
+        if not exc.connection_invalidated:
+            raise
+    return work()
 
 
 def _sqlite_engine(url: str, *, immediate: bool) -> Engine:

@@ -13,6 +13,7 @@ from orchestration.core.results import RunResult, RunSummary, StepRecord
 from orchestration.core.status import RunStatus, StepStatus
 from orchestration.errors import RunNotFound
 from orchestration.store import statements as sql
+from orchestration.store.engine import retry_disconnect
 from orchestration.store.models import AttemptRow, RunRow, StepRow
 
 
@@ -28,8 +29,13 @@ class StoreReads:
 
     def run_status(self, run_id: str) -> RunStatus:
         """The run's current status (one indexed read; what ``wait`` polls)."""
-        with self._reader.connect() as conn:
-            status = conn.execute(select(RunRow.status).where(RunRow.id == run_id)).scalar()
+
+        def read() -> str | None:
+            with self._reader.connect() as conn:
+                found = conn.execute(select(RunRow.status).where(RunRow.id == run_id)).scalar()
+            return None if found is None else str(found)
+
+        status = retry_disconnect(read)  # a read: safe to repeat
         if status is None:
             raise RunNotFound(f"no run {run_id!r} in {self._redacted_url()}")
         return RunStatus(status)
@@ -55,6 +61,11 @@ class StoreReads:
                 RunRow.id.in_(list(run_ids)),
                 RunRow.status == RunStatus.CANCELLED.value)).all()
         return {row.id for row in rows}
+
+    def run_exists(self, run_id: str) -> bool:
+        """True when a run with this id is stored."""
+        with self._reader.connect() as conn:
+            return conn.execute(select(RunRow.id).where(RunRow.id == run_id)).first() is not None
 
     def find_by_idempotency_key(self, key: str) -> str | None:
         """The id of the run started with this idempotency key, if any."""

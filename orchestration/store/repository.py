@@ -27,7 +27,12 @@ from orchestration.core.status import (
 )
 from orchestration.errors import RunNotFound, SchemaNotCurrent
 from orchestration.store import statements as sql
-from orchestration.store.engine import create_engines, schema_is_current, upgrade
+from orchestration.store.engine import (
+    create_engines,
+    retry_disconnect,
+    schema_is_current,
+    upgrade,
+)
 from orchestration.store.events import Events
 from orchestration.store.map_chunks import MapChunks
 from orchestration.store.memory import MemoryStore, MemoryWrite, write_memory
@@ -36,6 +41,7 @@ from orchestration.store.permit_waits import PermitWaits
 from orchestration.store.pruning import Pruning
 from orchestration.store.reads import StoreReads
 from orchestration.store.recovery import Recovery
+from orchestration.store.run_rows import insert_run
 from orchestration.store.run_stream import RunStream, SQLRunStream
 from orchestration.store.waits import CANCELLED as CANCELLED_WAIT
 from orchestration.store.waits import WAITING, Waits
@@ -250,32 +256,18 @@ class Store(StoreReads):
         run's id is returned. ``redacted``: inputs whose stored copy redaction changed.
         """
         self.ensure_schema()
-        now = utcnow()
+        row = {"id": run_id, "workflow": workflow, "workflow_version": version,
+               "status": RunStatus.PENDING.value, "inputs": inputs,
+               "idempotency_key": idempotency_key, "parent_run_id": parent_run_id,
+               "cost_usd": 0.0, "created_at": utcnow(), "redacted_inputs": list(redacted),
+               "priority": priority}
         try:
-            with self._writer.begin() as conn:
-                conn.execute(
-                    insert(RunRow),
-                    [{
-                        "id": run_id, "workflow": workflow, "workflow_version": version,
-                        "status": RunStatus.PENDING.value, "inputs": inputs,
-                        "idempotency_key": idempotency_key, "parent_run_id": parent_run_id,
-                        "cost_usd": 0.0, "created_at": now, "redacted_inputs": list(redacted),
-                        "priority": priority,
-                    }],
-                )
-                conn.execute(
-                    insert(StepRow),
-                    [{
-                        "run_id": run_id, "name": step.name, "output_name": step.output_name,
-                        "status": StepStatus.PENDING.value, "queue": step.queue,
-                        "model": step.model, "critical": step.critical, "attempts": 0,
-                        "deliveries": 0, "cost_usd": 0.0,
-                    } for step in steps],
-                )
+            retry_disconnect(lambda: insert_run(self._writer, row, steps))
         except IntegrityError:
-            if idempotency_key is None:
-                raise
-            existing = self.find_by_idempotency_key(idempotency_key)
+            if self.run_exists(run_id):  # written before a disconnect hid the commit
+                return run_id
+            existing = self.find_by_idempotency_key(idempotency_key) \
+                if idempotency_key is not None else None
             if existing is None:
                 raise
             return existing
