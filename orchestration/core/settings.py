@@ -77,6 +77,17 @@ class Settings(BaseSettings):
         description="Threads of each worker process's event loop executor, where async def "
         "steps' ctx.llm.acomplete calls run: at most this many at once per process.",
     )
+    pack_size: int = Field(
+        default=16, ge=1,
+        description="submit_many: runs whose whole run is one step message share a message, "
+        "this many at most (each still runs, retries and records on its own). 1: a "
+        "message per run.",
+    )
+    pack_concurrency: int = Field(
+        default=16, ge=1,
+        description="Runs of one shared message (see pack_size) a worker runs at once, a "
+        "thread each.",
+    )
     embedded_concurrency: int = Field(
         default=8, ge=1,
         description="Threads of each queue's pool in the in-process worker (every queue has "

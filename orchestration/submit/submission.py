@@ -13,7 +13,8 @@ from typing import Any
 
 import structlog
 
-from orchestration.compile.canvas import build_canvas
+from orchestration.compile.canvas import build_canvas, fusible
+from orchestration.compile.packing import pack, packable
 from orchestration.core.envelope import Envelope
 from orchestration.core.names import MAX_NAME
 from orchestration.core.priority import DEFAULT, check_priority, message_priority
@@ -110,13 +111,28 @@ def submit_many(host: Host, workflow: Workflow, batch: Iterable[Mapping[str, Any
                                            if run_id not in sent])
         if direct:
             host.before_dispatch(compiled)
-            with host.celery.producer_or_acquire() as producer:
-                for run_id, inputs in direct:
-                    canvas(host, workflow, run_id, inputs, stored=stored[run_id],
-                           priority=priority).apply_async(producer=producer)
+            send_runs(host, workflow, [canvas(host, workflow, run_id, inputs,
+                                              stored=stored[run_id], priority=priority)
+                                       for run_id, inputs in direct])
 
     _send(host, workflow, [run_id for run_id, _ in runs], send)
     return [RunHandle(run_id, store) for run_id, _ in runs]
+
+
+def send_runs(host: Host, workflow: Workflow, signatures: list[Any]) -> None:
+    """Send runs' canvases through one producer; runs that are one message each share
+    messages, ``ORCH_PACK_SIZE`` at most (compile/packing.py)."""
+    compiled = workflow.validate()
+    # Runs that wait for permits or batches keep a message each (their waits park a
+    # message); a map's runs too (its message is replaced).
+    packing = host.settings.pack_size > 1 and workflow.limit is None and all(
+        fusible(step) for step in compiled.steps.values())
+    single = [s for s in signatures if not (packing and packable(s))]
+    packs = pack([s for s in signatures if packing and packable(s)], host.settings.pack_size,
+                 host.celery) if packing else []
+    with host.celery.producer_or_acquire() as producer:
+        for signature in [*packs, *single]:
+            signature.apply_async(producer=producer)
 
 
 def dispatch(host: Host, workflow: Workflow, run_id: str, inputs: dict[str, Any], *,

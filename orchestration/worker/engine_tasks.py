@@ -23,6 +23,7 @@ from orchestration.execute.runtime import (
     record_and_pass,
 )
 from orchestration.store.repository import StepOutcome
+from orchestration.submit.submission import send_runs
 from orchestration.submit.waits import expire_due_waits
 from orchestration.worker.host import WorkerHost
 
@@ -102,9 +103,7 @@ def dispatch_runs(task: Any, workflow: str, run_ids: list[str]) -> int:
     orchestrator: WorkerHost = task.orchestrator
     flow = orchestrator.workflows[workflow]
     inputs = orchestrator.store.inputs_of(run_ids)
-    with orchestrator.celery.producer_or_acquire() as producer:
-        for run_id in run_ids:
-            flow.canvas(run_id, inputs[run_id]).apply_async(producer=producer)
+    send_runs(orchestrator, flow, [flow.canvas(run_id, inputs[run_id]) for run_id in run_ids])
     return len(run_ids)
 
 

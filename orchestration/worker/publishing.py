@@ -56,6 +56,8 @@ def kwargs_summary(kwargs: Any) -> str:
             items = value.get("items")
             shown[key] = {"start": value.get("start"),
                           "items": len(items) if isinstance(items, list) else "<ref>"}
+        elif key == "pack" and isinstance(value, list):  # several runs' envelopes
+            shown[key] = f"<{len(value)} runs>"
         else:
             shown[key] = "<omitted>"
     return repr(shown)

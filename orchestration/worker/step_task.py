@@ -35,6 +35,7 @@ from orchestration.worker.batching import join_batch
 from orchestration.worker.engine_tasks import child_canvas
 from orchestration.worker.host import WorkerHost
 from orchestration.worker.limits import is_limited, permits_for
+from orchestration.worker.packs import run_pack
 
 log = structlog.get_logger("orchestration.app")
 HAND_BACK_MAX_DELAY = 30.0  # seconds: the longest countdown of a step handed back
@@ -51,16 +52,23 @@ def register_step(host: WorkerHost, workflow: Workflow, spec: StepSpec) -> None:
     host.celery.conf.task_routes = routes
 
 
-def execute_step(task: Any, message: Any, run_id: str | None = None,
+def execute_step(task: Any, message: Any = None, run_id: str | None = None,
                  finalize: bool = False, chunk: dict[str, Any] | None = None,
                  params: dict[str, Any] | None = None,
                  fused: list[str] | None = None,
-                 released: dict[str, int] | None = None, version: str | None = None) -> Any:
+                 released: dict[str, int] | None = None, version: str | None = None,
+                 pack: list[Any] | None = None) -> Any:
     """Run one delivery of a step (or of fused steps, or one map chunk).
 
     ``version``: the run's workflow version; a worker carrying another one parks the
     message for a worker of that version (worker/versions.py) and runs nothing.
+    ``pack``: several runs' messages in one (compile/packing.py): each runs as its own.
     """
+    if pack is not None and message is None:
+        run_pack(task, execute_step, pack, {"finalize": finalize, "fused": fused,
+                                            "version": version},
+                 task.orchestrator.settings.pack_concurrency)
+        return None
     workflow: Workflow = task.workflow
     compiled = workflow.validate()
     steps = compiled.steps

@@ -65,7 +65,8 @@ os.environ.update({
     "ORCH_DATABASE_URL": DATABASE_URL,
     # What every worker imports: the test workflows and the shipped support workflow.
     "ORCH_IMPORTS": ",".join([*(f"{WORKFLOWS}.{name}" for name in (
-        "common", "dynamic", "durability", "reconcile", "liveness", "reliability")),
+        "common", "dynamic", "durability", "reconcile", "liveness", "reliability",
+        "packs")),
         "tasks.support.workflow"]),
     "ORCH_INLINE_RETRY_LIMIT": str(INLINE_RETRY_LIMIT_S),
 })

@@ -87,6 +87,9 @@ def test_summaries() -> None:
                            "message": {"out": SECRET}, "step": {"nested": SECRET}}) == (
         "{'chunk': {'start': 64, 'items': 3}, 'run_id': 'r', 'message': '<omitted>', "
         "'step': '<omitted>'}")
+    packed = [[{"run": f"r{i}", "out": {"key": SECRET}}, f"r{i}"] for i in range(3)]
+    assert kwargs_summary({"pack": packed, "finalize": True}) == (
+        "{'pack': '<3 runs>', 'finalize': True}")
 
 
 def test_a_succeeded_event_carries_a_summary_of_the_result(orch: Orchestrator) -> None:

@@ -1,0 +1,120 @@
+"""Running a pack: several runs' step messages delivered as one (compile/packing.py).
+
+Each run of a pack goes through the step task exactly as its own message would, under a
+stand-in for the task (:class:`OneOfPack`) whose request is that run's message: its own
+claim, attempts, record and outcome. What Celery would do to the message of one run is
+done to that run alone, by sending a message of its own: a broker retry (``Reschedule``,
+a hand-back while the results DB is down) sends the run's message again with the
+countdown; a replacement (a map, a child run) sends the replacement. A run parked for a
+person stores its own message. So one run failing, retrying or waiting never touches
+its neighbours, and the pack's message is acknowledged when every run in it is done or
+sent on. A worker that dies mid-pack has the message delivered again: the runs already
+recorded pass their outcomes on, the others are claimed again (the claim counts the
+crash), as for any message.
+
+The runs of a pack run concurrently (a thread each, up to ``ORCH_PACK_CONCURRENCY``): a
+pack of model calls waits for them together.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import structlog
+from celery.app.task import Context
+from celery.exceptions import Ignore, Reject, Retry
+
+from orchestration.core.envelope import is_envelope
+
+log = structlog.get_logger("orchestration.worker.packs")
+
+
+class OneOfPack:
+    """The step task as one run of a pack sees it: ``request`` is that run's message."""
+
+    def __init__(self, task: Any, index: int, message: Any, kwargs: dict[str, Any]) -> None:
+        self._task = task
+        request = dict(task.request.__dict__)
+        pack_id = task.request.id
+        request.update(args=(message,), kwargs=kwargs,
+                       id=None if pack_id is None else f"{pack_id}.{index}",
+                       retries=0, chain=None, chord=None, callbacks=None, errbacks=None,
+                       group=None)
+        self.request = Context(request)
+
+    def __getattr__(self, name: str) -> Any:  # orchestrator, workflow, step_name, name, app
+        return getattr(self._task, name)
+
+    def _own(self, kwargs: dict[str, Any] | None) -> Any:
+        """This run's message on its own (what a message of its own would have been)."""
+        return self._task.signature_from_request(self.request, kwargs=kwargs)
+
+    def retry(self, *args: Any, countdown: float | None = None,
+              kwargs: dict[str, Any] | None = None, throw: bool = True,
+              **options: Any) -> BaseException:
+        """Send this run's message again, alone (Celery would re-send the whole pack)."""
+        _send(lambda: self._own(kwargs).apply_async(countdown=countdown))
+        ignored: BaseException = Ignore()
+        if throw:
+            raise ignored
+        return ignored
+
+    def replace(self, signature: Any) -> None:
+        """Send what replaces this run's message (a map's chord, a child run)."""
+        _send(signature.apply_async)
+        raise Ignore()
+
+
+def _send(publish: Any) -> None:
+    """Publish; a broker that refuses has the whole pack returned to its queue (the
+    runs already done pass their recorded outcomes on when it comes back)."""
+    try:
+        publish()
+    except Exception as exc:
+        raise Reject(f"broker refused a run's message: {type(exc).__name__}: {exc}",
+                     requeue=True) from exc
+
+
+def run_pack(task: Any, execute: Any, pack: list[Any], kwargs: dict[str, Any],
+             concurrency: int) -> None:
+    """Run every run of a pack through ``execute`` (the step task's body), independently.
+
+    Raises ``Reject(requeue=True)`` when a run could be neither finished nor sent on
+    alone (results DB and broker both down): the pack comes back whole.
+    """
+    shared = {key: value for key, value in kwargs.items() if key != "pack"}
+    refused: list[str] = []
+
+    def one(index: int, item: Any) -> None:
+        message, run_id = (item if isinstance(item, list | tuple) and len(item) == 2
+                           else (None, None))
+        if not isinstance(run_id, str) or not is_envelope(message):
+            # Its neighbours go on; its run (if it has one) is re-sent by the reconciler.
+            log.error("malformed run in a pack dropped", task=task.name,
+                      task_id=task.request.id, index=index)
+            return
+        own = {**shared, "run_id": run_id}
+        stand_in = OneOfPack(task, index, message, own)
+        try:
+            execute(stand_in, message, **own)
+        except (Ignore, Retry):
+            pass  # done with, or sent on alone
+        except Reject as exc:  # neither run nor sent on: the pack is returned whole
+            log.warning("run of a pack could not be sent on; the pack goes back to its "
+                        "queue", run_id=run_id, error=str(exc))
+            refused.append(run_id)
+        except Exception:  # recorded on the run by the step task (its engine error)
+            log.exception("run of a pack failed in the engine", run_id=run_id)
+
+    items = list(enumerate(pack))
+    if concurrency <= 1 or len(items) <= 1:
+        for index, item in items:
+            one(index, item)
+    else:
+        with ThreadPoolExecutor(max_workers=min(concurrency, len(items)),
+                                thread_name_prefix="pack") as pool:
+            for future in [pool.submit(one, index, item) for index, item in items]:
+                future.result()
+    if refused:
+        raise Reject(f"{len(refused)} run(s) of the pack could not be sent on", requeue=True)
