@@ -86,10 +86,10 @@ def run_attempts(call: StepCall) -> StepOutcome:
     if call.step.spec.is_async:
         return run_on_loop(partial(run_attempts_async, call), call.delivery.async_threads)
     attempts = Attempts(call)
-    retryable, options = _retry_options(call)
     try:
-        output = first_then_retry(attempts.routed,
-                                  partial(Retrying, sleep=_sleeper(call), **options), retryable)
+        output = first_then_retry(
+            attempts.routed, lambda: Retrying(sleep=_sleeper(call), **_retry_options(call)),
+            _retryable(call))
     except (ReturnedSignal, Reschedule, Exception) as exc:
         return _failed(attempts, exc)
     return _succeeded(attempts, output)
@@ -102,15 +102,15 @@ async def run_attempts_async(call: StepCall) -> StepOutcome:
     outcome is then ``cancelled``, with the attempts made.
     """
     attempts = Attempts(call)
-    retryable, options = _retry_options(call)
     task: asyncio.Task[Any] | None = asyncio.current_task()
     watcher = worker_loop(call.delivery.async_threads).watcher
     if task is not None:
         watcher.track(call.store, call.run_id, task)
     try:
         output = await _first_then_retry_async(
-            attempts.routed_async, partial(AsyncRetrying, sleep=_async_sleeper(call), **options),
-            retryable)
+            attempts.routed_async,
+            lambda: AsyncRetrying(sleep=_async_sleeper(call), **_retry_options(call)),
+            _retryable(call))
     except asyncio.CancelledError:
         cost, model = _spend(attempts.contexts)
         return StepOutcome(StepStatus.CANCELLED, error=RUN_CANCELLED, error_type="CancelledError",
@@ -123,18 +123,24 @@ async def run_attempts_async(call: StepCall) -> StepOutcome:
     return _succeeded(attempts, output)
 
 
-def _retry_options(call: StepCall) -> tuple[Callable[[BaseException], bool], dict[str, Any]]:
-    """Which failures are retried, and tenacity's options (but ``sleep``) for a step call."""
+def _retryable(call: StepCall) -> Callable[[BaseException], bool]:
+    """Which failures of a step call are retried."""
+    if call.step.spec.on_error is not None:
+        return partial(retryable_under, call.step)
+    return retryable_default
+
+
+def _retry_options(call: StepCall) -> dict[str, Any]:
+    """Tenacity's options (but ``sleep``) for a step call; built only once an attempt
+    failed in a way worth retrying (most calls succeed first: see first_then_retry)."""
     spec, previous = call.step.spec, call.previous_attempts
-    retryable: Callable[[BaseException], bool] = retryable_default
     stop: stop_base = stop_after_attempt(max(1, spec.retries + 1 - previous))
     if spec.on_error is not None:
-        retryable, stop = partial(retryable_under, call.step), StopAfterRetries(call.step,
-                                                                                 previous)
-    return retryable, {
+        stop = StopAfterRetries(call.step, previous)
+    return {
         "stop": stop,
         "wait": lambda state: spec.backoff.delay(previous + state.attempt_number),
-        "retry": retry_if_exception(retryable),
+        "retry": retry_if_exception(_retryable(call)),
         "before_sleep": _log_retry(spec.task_name, call.run_id, previous),
         "reraise": True,
     }

@@ -45,12 +45,14 @@ from orchestration.execute.attempts import (
     run_attempts,
     run_attempts_async,
 )
-from orchestration.execute.event_loop import run_on_loop
+from orchestration.execute.event_loop import run_on_loop, worker_loop
 from orchestration.execute.runtime import arguments
 from orchestration.store.repository import AttemptRecord, StepOutcome, Store
 
 MAP_COLLECT_TASK = "orchestration.map_collect"
 DEFAULT_CHUNKS = 64
+HOLD_HEAP_FROM = 1_000  # async elements in a chunk: keep the heap out of GC passes meanwhile
+FREEZE_EVERY = 256  # ... freezing the new objects every this many elements started
 PARKED = "parked"  # in a chunk's summary: its results are in the results DB
 
 
@@ -142,7 +144,8 @@ def run_chunk(step: BoundStep, message: Any, chunk: dict[str, Any], store: Store
         cost += outcome.cost_usd
     redactor = delivery.redactor
     if redactor is not None:
-        records = [replace(record, error=redactor.text(record.error)) for record in records]
+        records = [record if record.error is None else
+                   replace(record, error=redactor.text(record.error)) for record in records]
     store.record_attempts(envelope.run_id, spec.name, records, worker=delivery.worker)
     part = {"start": chunk["start"], "errors": errors[:5], "attempts": len(records),
             "cost": cost}
@@ -159,8 +162,15 @@ async def _elements_async(step: BoundStep, kwargs: dict[str, Any], start: int,
     param = step.spec.map or ""
     limit = min(step.spec.concurrency, len(items))
     gate = asyncio.Semaphore(limit) if limit < len(items) else None
+    loop = worker_loop(delivery.async_threads)
+    big = len(items) >= HOLD_HEAP_FROM
+    started = 0
 
     async def element(index: int, item: Any) -> StepOutcome:
+        nonlocal started
+        started += 1
+        if big and started % FREEZE_EVERY == 0:
+            loop.freeze_new()
         call = StepCall(step, {**kwargs, param: item}, run_id, store, delivery,
                         map_index=index)
         try:
@@ -171,8 +181,14 @@ async def _elements_async(step: BoundStep, kwargs: dict[str, Any], start: int,
         except StepSignal as signal:  # a child run or a human wait inside a map element
             return _unsupported(signal)
 
-    return list(await asyncio.gather(*(element(start + offset, item)
-                                       for offset, item in enumerate(items))))
+    if big:
+        loop.hold_heap()
+    try:
+        return list(await asyncio.gather(*(element(start + offset, item)
+                                           for offset, item in enumerate(items))))
+    finally:
+        if big:
+            loop.release_heap()
 
 
 def _unsupported(signal: StepSignal) -> StepOutcome:

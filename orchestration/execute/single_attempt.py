@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from orchestration.store.repository import Store
     from orchestration.store.run_stream import RunStream
 
+_PLAIN = frozenset({bool, int})  # (a str may hold NUL; a float may be NaN)
 CANCELLED_ATTEMPT = "cancelled"  # an attempt's status when its run was cancelled under it
 
 
@@ -213,8 +214,8 @@ class Attempts:
                           params=dict(self.params),
                           deadline=None if timeout is None else time.monotonic() + timeout,
                           max_cost=spec.max_cost, run_budget=step.run_budget,
-                          spent_before=call.spent_before + sum(c.cost_usd
-                                                               for c in self.contexts),
+                          spent_before=call.spent_before + (sum(
+                              c.cost_usd for c in self.contexts) if self.contexts else 0.0),
                           run_cost=lambda: call.store.run_cost(call.run_id),
                           services=delivery.services, map_index=call.map_index,
                           store=call.store, on_error=spec.on_error)
@@ -309,6 +310,8 @@ def _timeout(step: BoundStep, delivery: Delivery) -> float | None:
 
 
 def _check_json(where: str, value: Any) -> None:
+    if value is None or type(value) in _PLAIN:  # JSON as they are: nothing to encode
+        return
     try:
         dumps(value)
     except (TypeError, ValueError) as exc:
