@@ -12,7 +12,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from sqlalchemy import Boolean, Engine, String, column, func, insert, literal, select, true
+from sqlalchemy import (
+    Boolean,
+    Engine,
+    String,
+    bindparam,
+    column,
+    func,
+    insert,
+    literal,
+    select,
+    true,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 
 from orchestration.core.status import StepStatus
@@ -39,12 +50,12 @@ class Planned(Protocol):
     def critical(self) -> bool: ...
 
 
-def _statement(row: dict[str, Any], steps: Sequence[Planned]) -> Any:
-    run_cte = insert(sql.runs).values(**row).returning(sql.runs.c.id).cte("new_run")
-    planned = func.jsonb_to_recordset(literal([
-        {"name": step.name, "output_name": step.output_name, "queue": step.queue,
-         "model": step.model, "critical": step.critical} for step in steps], JSONB),
-    ).table_valued(
+def _statement() -> Any:
+    """Built once (building it per call cost more Python than the round trip it saves)."""
+    run_cte = insert(sql.runs).values(
+        {name: bindparam(f"b_{name}") for name in _RUN_COLUMNS},
+    ).returning(sql.runs.c.id).cte("new_run")
+    planned = func.jsonb_to_recordset(bindparam("b_steps", type_=JSONB)).table_valued(
         column("name", String), column("output_name", String), column("queue", String),
         column("model", String), column("critical", Boolean),
     ).render_derived(name="planned", with_types=True)
@@ -55,6 +66,11 @@ def _statement(row: dict[str, Any], steps: Sequence[Planned]) -> Any:
     return insert(sql.steps).from_select(_STEP_COLUMNS, rows, include_defaults=False)
 
 
+_RUN_COLUMNS = ["id", "workflow", "workflow_version", "status", "inputs", "idempotency_key",
+                "parent_run_id", "cost_usd", "created_at", "redacted_inputs", "priority"]
+INSERT_RUN_AND_STEPS = _statement()
+
+
 def insert_run(engine: Engine, row: dict[str, Any], steps: Sequence[Planned]) -> None:
     """Write a run row and its pending step rows, atomically.
 
@@ -62,8 +78,12 @@ def insert_run(engine: Engine, row: dict[str, Any], steps: Sequence[Planned]) ->
     transaction would.
     """
     if engine.dialect.name == "postgresql" and steps:
+        params = {f"b_{name}": row.get(name) for name in _RUN_COLUMNS}
+        params["b_steps"] = [{"name": step.name, "output_name": step.output_name,
+                              "queue": step.queue, "model": step.model,
+                              "critical": step.critical} for step in steps]
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            conn.execute(_statement(row, steps))
+            conn.execute(INSERT_RUN_AND_STEPS, params)
         return
     with engine.begin() as conn:
         conn.execute(insert(sql.runs), [row])
