@@ -217,6 +217,9 @@ def fallback_value(step: BoundStep, kwargs: dict[str, Any]) -> tuple[Any, str | 
 
 def _spend(contexts: list[StepContext]) -> tuple[float, str | None]:
     """Total cost of a step's attempts, and the last model that answered."""
+    if len(contexts) == 1:  # most steps: one attempt
+        only = contexts[0]
+        return only.cost_usd, only.models_used[-1] if only.models_used else None
     cost = sum(ctx.cost_usd for ctx in contexts)
     model = next((m for ctx in reversed(contexts) for m in reversed(ctx.models_used)), None)
     return cost, model

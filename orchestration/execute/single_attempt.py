@@ -330,20 +330,19 @@ def _record(number: int, status: str, begun: Begun, exc: BaseException | None,
     else:
         error, error_type = describe(exc) if exc is not None else (None, None)
     calls = ctx.calls
-    breakers = [f"{call.model}:{call.breaker}" for call in calls
-                if call.breaker not in (None, "closed")]
     record = AttemptRecord(attempt=number, status=status, started_at=begun.started,
                            finished_at=utcnow(), error=error, error_type=error_type,
                            model=ctx.models_used[-1] if ctx.models_used else ctx.model,
-                           cost_usd=ctx.cost_usd, gate=begun.gate,
-                           tokens_in=sum(call.prompt_tokens for call in calls),
-                           tokens_out=sum(call.completion_tokens for call in calls),
-                           breaker=", ".join(breakers) or None, map_index=map_index,
-                           calls=[{"model": c.model, "ok": c.ok,
-                                   "latency_ms": round(c.latency_ms, 2),
-                                   "breaker": c.breaker, "error": (c.error or "")[:200] or None,
-                                   "context_utilisation": c.context_utilisation}
-                                  for c in calls] or None)
+                           cost_usd=ctx.cost_usd, gate=begun.gate, map_index=map_index)
+    if calls:  # most attempts of a map element make no model call: nothing to sum
+        breakers = [f"{call.model}:{call.breaker}" for call in calls
+                    if call.breaker not in (None, "closed")]
+        record.tokens_in = sum(call.prompt_tokens for call in calls)
+        record.tokens_out = sum(call.completion_tokens for call in calls)
+        record.breaker = ", ".join(breakers) or None
+        record.calls = [{"model": c.model, "ok": c.ok, "latency_ms": round(c.latency_ms, 2),
+                         "breaker": c.breaker, "error": (c.error or "")[:200] or None,
+                         "context_utilisation": c.context_utilisation} for c in calls]
     if status != CANCELLED_ATTEMPT:
         _trace_policy(record, ctx, exc)
     tracing.end_attempt(ctx.span, record, exc)
