@@ -132,8 +132,10 @@ def run_chunk(step: BoundStep, message: Any, chunk: dict[str, Any], store: Store
             outcomes = list(pool.map(element, items))
     else:
         outcomes = [element(item) for item in items]
+    cancelled = 0  # elements of an async map whose run was cancelled while they ran
     for offset, outcome in enumerate(outcomes):
         index = chunk["start"] + offset
+        cancelled += outcome.status is StepStatus.CANCELLED
         succeeded = outcome.status.produced_output
         results.append(outcome.output if succeeded else None)
         ok.append(succeeded)
@@ -148,7 +150,7 @@ def run_chunk(step: BoundStep, message: Any, chunk: dict[str, Any], store: Store
                    replace(record, error=redactor.text(record.error)) for record in records]
     store.record_attempts(envelope.run_id, spec.name, records, worker=delivery.worker)
     part = {"start": chunk["start"], "errors": errors[:5], "attempts": len(records),
-            "cost": cost}
+            "cost": cost, **({"cancelled": cancelled} if cancelled else {})}
     if parks(results, chunk, delivery) and store.map_chunks.put(
             envelope.run_id, spec.name, chunk["start"], results, ok):
         return {**part, "count": len(results), "succeeded": sum(ok), PARKED: True}
@@ -269,7 +271,7 @@ def collect_outcome(step: BoundStep, parts: list[dict[str, Any]], total: int) ->
     """
     spec = step.spec
     output: list[Any] = [None] * total
-    succeeded = attempts = 0
+    succeeded = attempts = cancelled = 0
     cost = 0.0
     errors: list[str] = []
     by_start = {part["start"]: part for part in parts}
@@ -280,6 +282,11 @@ def collect_outcome(step: BoundStep, parts: list[dict[str, Any]], total: int) ->
         attempts += part["attempts"]
         cost += part["cost"]
         errors.extend(part["errors"])
+        cancelled += part.get("cancelled", 0)
+    if cancelled:  # its run was cancelled: the step ends as the run's other steps do
+        return StepOutcome(StepStatus.CANCELLED, error_type="CancelledError", error=(
+            f"cancelled: its run was cancelled while the map ran ({cancelled} of {total} "
+            "elements cancelled in flight)"), cost_usd=cost, extra_attempts=attempts)
     failed = total - succeeded
     summary = (f"{failed} of {total} elements failed (first: {'; '.join(errors[:3])})"
                if failed else None)

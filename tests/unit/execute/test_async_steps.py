@@ -108,6 +108,18 @@ def declare_llm_cancel_map(orch: Orchestrator, ns: SimpleNamespace) -> None:
             raise
         return "finished"
 
+    ns.cancel_map = Workflow("async_cancel_map", inputs=["items"], app=orch)
+
+    @ns.cancel_map.task(map="items", chunk_size=50, concurrency=50)
+    async def wait_long(items: int) -> int:
+        seen.setdefault("map started", []).append(items)
+        try:
+            await asyncio.sleep(120)
+        except asyncio.CancelledError:
+            seen.setdefault("map cancelled", []).append(items)
+            raise
+        return items
+
     ns.map = Workflow("async_map", inputs=["items"], app=orch)
     counter = {"in_flight": 0, "max": 0}
     ns.counter = counter
@@ -213,6 +225,19 @@ def test_cancelling_a_run_cancels_its_in_flight_coroutine(flows: SimpleNamespace
     result = handle.result()
     assert result.status is RunStatus.CANCELLED
     assert result.steps["long_wait"].attempt_log[0]["status"] == "cancelled"
+
+
+def test_cancelling_a_run_cancels_its_async_map_elements(flows: SimpleNamespace) -> None:
+    handle = flows.cancel_map.submit(items=list(range(100)))  # two chunks of 50
+    poll(lambda: len(seen.get("map started", [])) == 100, "every element started")
+    handle.cancel()
+    poll(lambda: len(seen.get("map cancelled", [])) == 100, "every element saw CancelledError")
+    poll(lambda: handle.result().steps["wait_long"].status is StepStatus.CANCELLED,
+         "the map step recorded cancelled")
+    step = handle.result().steps["wait_long"]
+    assert step.error is not None and "100 of 100 elements cancelled" in step.error
+    assert step.attempts == 100
+    assert {a["status"] for a in step.attempt_log} == {"cancelled"}
 
 
 def test_an_async_map_runs_its_elements_concurrently(flows: SimpleNamespace) -> None:
