@@ -26,8 +26,6 @@ own. It changes two things of :mod:`kombu.transport.redis` (upstream celery/komb
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 import kombu.transport
@@ -75,25 +73,9 @@ class QoS(kombu_redis.QoS):
 
 
 class Channel(kombu_redis.Channel):
-    """A Redis channel that reports use after its connection closed as a connection error,
-    and keeps one client for its synchronous commands."""
+    """A Redis channel that reports use after its connection closed as a connection error."""
 
     QoS = QoS
-    _sync_client: Any = None
-
-    @contextlib.contextmanager
-    def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:
-        """kombu builds a new ``redis.Redis`` here for every publish (copying its ~170
-        response callbacks, about a quarter of a publish's client time); a client is only
-        a view of the pool, so this channel keeps one for as long as it keeps the pool."""
-        if client:
-            yield client
-            return
-        pool = self.pool
-        cached = self._sync_client
-        if cached is None or cached.connection_pool is not pool:
-            cached = self._sync_client = self._create_client()  # type: ignore[no-untyped-call]
-        yield cached
 
     def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
         transport = self.connection

@@ -107,31 +107,3 @@ def test_kombus_own_transport_fails_the_same_sequence(server: OwnRedis) -> None:
     channel._disconnect_pools()
     with pytest.raises(AttributeError, match="hostname"):
         messages[0].ack()
-
-
-def test_a_channel_keeps_one_client_for_its_publishes(server: OwnRedis,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    """kombu builds a ``redis.Redis`` per publish; ours builds one per pool, and a pool
-    rebuilt after the broker came back gets a client of its own."""
-    built: list[Any] = []
-    original = kombu_redis.Channel._create_client
-
-    def counted(self: Any, asynchronous: bool = False) -> Any:
-        client = original(self, asynchronous)
-        if not asynchronous:
-            built.append(client)
-        return client
-
-    monkeypatch.setattr(kombu_redis.Channel, "_create_client", counted)
-    connection = Connection(server.url, transport=TRANSPORT)
-    with connection.Producer() as producer:
-        for n in range(20):
-            producer.publish({"n": n}, routing_key=QUEUE.routing_key, declare=[QUEUE])
-        assert len(built) == 1
-        channel = producer.channel
-        channel._disconnect_pools()  # as when its connection is replaced
-        producer.publish({"n": 20}, routing_key=QUEUE.routing_key, declare=[QUEUE])
-    assert len(built) == 2
-    with connection.SimpleQueue(QUEUE.name) as queue:
-        assert queue.qsize() == 21
-    connection.release()
