@@ -21,7 +21,10 @@ a fresh worker, ``bench/overhead.py``'s helpers); phases alternate over ``--roun
 rotating order so machine noise hits all three. Besides the wall time, each sample splits
 into the submit call and the wait, and the engine's run duration in the DB (created ->
 finished); CPU per run covers every process of the variant (the in-process ones: the whole
-process; Celery: the caller plus the worker's session), not PostgreSQL's.
+process; Celery: the caller plus the worker's session), not PostgreSQL's. PostgreSQL's own
+counters for the fresh database (``pg_stat_database``, read before and after each phase
+once its processes have ended) give transactions (read-only ones included) and rows
+written per run, the phase's start-up shared out over its runs.
 Without ``dbos`` installed (``pip install -e '.[bench]'``) the row says so and is skipped.
 Redis DB 13 only: the bench waits until no other client uses it, flushes it at start and
 end. Exits 0 when every run returned its input.
@@ -177,6 +180,26 @@ def fresh_database(url: str) -> tuple[str, Callable[[], None]]:
     return make_url(url).set(database=name).render_as_string(hide_password=False), drop
 
 
+PG_COUNTERS = ("xact_commit", "xact_rollback", "tup_inserted", "tup_updated", "tup_deleted")
+
+
+def pg_counters(url: str) -> dict[str, int]:
+    """This database's transaction and row counters (pg_stat_database)."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    time.sleep(0.5)  # backends of processes that just ended flush their counters on exit
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            row = conn.execute(text(f"SELECT {', '.join(PG_COUNTERS)} FROM pg_stat_database "
+                                    "WHERE datname = :name"),
+                               {"name": make_url(url).database}).one()
+    finally:
+        engine.dispose()
+    return dict(zip(PG_COUNTERS, (int(value) for value in row), strict=True))
+
+
 def run_phase(variant: str, env: dict[str, str], tmp: Path, args: argparse.Namespace,
               round_: int) -> dict[str, Any]:
     out = tmp / f"{variant}-{round_}.json"
@@ -186,8 +209,8 @@ def run_phase(variant: str, env: dict[str, str], tmp: Path, args: argparse.Names
                                timeout=300, what=f"{variant} phase"))
 
 
-def measure(args: argparse.Namespace, envs: dict[str, dict[str, str]], tmp: Path
-            ) -> dict[str, dict[str, list[float]]]:
+def measure(args: argparse.Namespace, envs: dict[str, dict[str, str]], tmp: Path,
+            database: str) -> dict[str, dict[str, list[float]]]:
     from bench.workflows import QUEUE
     from orchestration import default_orchestrator
 
@@ -198,6 +221,7 @@ def measure(args: argparse.Namespace, envs: dict[str, dict[str, str]], tmp: Path
         for variant in args.variants[shift:] + args.variants[:shift]:
             print(f"round {number + 1}/{args.rounds}: {variant} ...", file=sys.stderr,
                   flush=True)
+            before = pg_counters(database)
             if variant == "celery":
                 with running_worker("dbos-peer", "orchestration", QUEUE, "prefork", 2,
                                     envs["celery"], tmp, ping) as worker:
@@ -208,7 +232,13 @@ def measure(args: argparse.Namespace, envs: dict[str, dict[str, str]], tmp: Path
                 data["worker_cpu"] = worker_cpu / (args.runs + args.warmup)
             else:
                 data = run_phase(variant, envs[variant], tmp, args, number)
-            target = results[variant]
+            after, target = pg_counters(database), results[variant]
+            runs = args.runs + args.warmup
+            target.setdefault("xacts", []).append(
+                (after["xact_commit"] + after["xact_rollback"] - before["xact_commit"]
+                 - before["xact_rollback"]) / runs)
+            target.setdefault("rows", []).append(
+                sum(after[key] - before[key] for key in PG_COUNTERS[2:]) / runs)
             for key in ("wall", "submit", "db"):
                 target.setdefault(key, []).extend(data[key])
             target.setdefault("cpu", []).append(data["cpu"] + data.get("worker_cpu", 0.0))
@@ -232,7 +262,8 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, list[float]]],
     print(f"  runs    : {args.runs} sequential per phase (+{args.warmup} warm-up), "
           f"{args.rounds} rounds, order rotating; a fresh process per phase")
     print(f"\n{'system':<40}{'wall ms, median (min-max)':>28}{'p95':>7}{'submit ms':>11}"
-          f"{'DB run ms':>11}{'CPU ms/run':>12}{'engine/DBOS':>13}  verdict")
+          f"{'DB run ms':>11}{'CPU ms/run':>12}{'PG xacts':>10}{'PG rows':>9}{'engine/DBOS':>13}"
+          "  verdict")
     dbos = results.get("dbos", {}).get("wall")
     summary: dict[str, Any] = {"info": info, "rows": {}}
     for variant in args.variants:
@@ -249,13 +280,16 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, list[float]]],
         db = f"{statistics.median(row['db']) * 1000:.1f}" if row.get("db") else "-"
         print(f"{LABEL[variant]:<40}{_ms(wall):>28}{percentile(wall, 95) * 1000:>7.1f}"
               f"{statistics.median(row['submit']) * 1000:>11.2f}{db:>11}"
-              f"{statistics.median(row['cpu']) * 1000:>12.1f}{ratio:>13}  {verdict}")
+              f"{statistics.median(row['cpu']) * 1000:>12.1f}"
+              f"{statistics.median(row['xacts']):>10.1f}{statistics.median(row['rows']):>9.1f}"
+              f"{ratio:>13}  {verdict}")
         summary["rows"][variant] = {"median": median, "min": min(wall), "max": max(wall),
                                     "ratio": ratio, "verdict": verdict}
     print(f"\nTarget: engine <= {TARGET:.1f}x DBOS (median wall). submit = the start/submit "
           "call alone; DB run = the engine's created -> finished; CPU = every process of the "
           "variant\n(in-process: the whole process; Celery: caller + worker), PostgreSQL's "
-          "own CPU not counted.")
+          "own CPU not counted; PG xacts / rows = transactions (read-only included) and rows "
+          "written\nper run in the fresh database (pg_stat_database).")
     return summary
 
 
@@ -323,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
         from orchestration import default_orchestrator
 
         default_orchestrator().store.ensure_schema()  # migrate once, before any phase
-        results = measure(args, envs, tmp)
+        results = measure(args, envs, tmp, database)
         summary = report(args, results, info)
         if args.json:
             args.json.write_text(json.dumps(summary))
