@@ -180,6 +180,10 @@ def build_spec(workflow: str, fn: Callable[..., Any], options: dict[str, Any]) -
             f"unknown option {unknown[0]!r}{_suggest(unknown[0], sorted(STEP_OPTIONS))}")
         raise WorkflowDefinitionError(f"{where}: {answer}")
     check_plain_function(fn, "the step function", where, allow_async=True)
+    if is_async(fn) and options.get("batch_size") is not None:
+        raise WorkflowDefinitionError(
+            f"{where}: batch_size= is not supported for an async def step (its batch call "
+            "runs the function synchronously); use a plain def, or map= with concurrency=")
     params, optional, wants_ctx = _signature(fn, where)
     _check_number(options, "retries", where, integer=True)
     _check_number(options, "max_cost", where, integer=False)

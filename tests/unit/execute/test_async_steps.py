@@ -260,6 +260,12 @@ def test_only_the_step_function_may_be_async(flows: SimpleNamespace) -> None:
                                                       r"step function itself may be async"):
         wf.task(fallback=fallback)(plain)
 
+    async def batched(texts: list[str]) -> list[str]:
+        return texts
+
+    with pytest.raises(WorkflowDefinitionError, match=r"async_refused\.batched.*batch_size"):
+        wf.task(batch_size=10)(batched)
+
     async def stream() -> Any:
         yield 1
 
