@@ -32,6 +32,8 @@ from orchestration.errors import ConfigurationError
 from orchestration.execute.cancel_watch import CancelWatcher
 
 T = TypeVar("T")
+HOLD_HEAP_FROM = 1_000  # map elements in flight on the loop: keep the heap out of GC passes
+FREEZE_EVERY = 256  # ... freezing the new objects every this many elements started
 
 __all__ = ["WorkerLoop", "run_on_loop", "worker_loop"]
 
@@ -46,39 +48,43 @@ class WorkerLoop:
         self.loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(
             max_workers=threads, thread_name_prefix="orch-async"))
         self.watcher = CancelWatcher(self.loop)
-        self._heap_holds = 0
+        self._elements = self._started = 0  # map elements in flight; started, ever
+        self._holding = False  # the heap is frozen out of GC passes
         started = threading.Event()
         self.thread = threading.Thread(target=self._run, args=(started,),
                                        name="orch-event-loop", daemon=True)
         self.thread.start()
         started.wait()
 
-    def hold_heap(self) -> None:
-        """Keep the heap that exists now out of the cyclic GC's passes until
-        :meth:`release_heap` (nested holds count; loop thread only).
+    def elements_waiting(self, count: int) -> None:
+        """``count`` map elements start on the loop (loop thread only).
 
-        Thousands of elements starting at once are thousands of young objects surviving
+        Thousands of elements waiting at once are thousands of young objects surviving
         each collection: CPython then runs full collections over the whole heap again
-        and again (measured: 10,000 waiting elements spent ~3 s in them). Frozen, the
-        worker's long-lived heap (modules, Celery, SQLAlchemy) is not walked by those
-        passes; objects that die meanwhile are still freed by reference counting, and
-        cyclic garbage among the frozen waits for the release.
+        and again (measured: 10,000 waiting elements spent ~3 s in them). From
+        ``HOLD_HEAP_FROM`` elements in flight (all chunks together) until none is, the
+        heap is frozen out of the cyclic GC's passes (``gc.freeze``), and so is what
+        was allocated since, every ``FREEZE_EVERY`` elements started (O(1) each).
+        Objects that die meanwhile are still freed by reference counting; cyclic
+        garbage among the frozen waits for the release.
         """
-        if self._heap_holds == 0:
-            gc.freeze()
-        self._heap_holds += 1
-
-    def freeze_new(self) -> None:
-        """While the heap is held, freeze what was allocated since (O(1)): call it every
-        few hundred elements started, so the objects of elements already waiting are
-        not walked by every later collection either."""
-        if self._heap_holds:
+        self._elements += count
+        if not self._holding and self._elements >= HOLD_HEAP_FROM:
+            self._holding = True
             gc.freeze()
 
-    def release_heap(self) -> None:
-        """End one :meth:`hold_heap`; the last one gives the heap back to the GC."""
-        self._heap_holds -= 1
-        if self._heap_holds == 0:
+    def element_started(self) -> None:
+        """One element began (loop thread only): freeze the new objects now and then."""
+        self._started += 1
+        if self._holding and self._started % FREEZE_EVERY == 0:
+            gc.freeze()
+
+    def elements_done(self, count: int) -> None:
+        """``count`` map elements ended (loop thread only); none left: the GC has the heap
+        back."""
+        self._elements -= count
+        if self._holding and self._elements <= 0:
+            self._holding = False
             gc.unfreeze()
 
     def _run(self, started: threading.Event) -> None:

@@ -51,8 +51,6 @@ from orchestration.store.repository import AttemptRecord, StepOutcome, Store
 
 MAP_COLLECT_TASK = "orchestration.map_collect"
 DEFAULT_CHUNKS = 64
-HOLD_HEAP_FROM = 1_000  # async elements in a chunk: keep the heap out of GC passes meanwhile
-FREEZE_EVERY = 256  # ... freezing the new objects every this many elements started
 PARKED = "parked"  # in a chunk's summary: its results are in the results DB
 
 
@@ -165,14 +163,9 @@ async def _elements_async(step: BoundStep, kwargs: dict[str, Any], start: int,
     limit = min(step.spec.concurrency, len(items))
     gate = asyncio.Semaphore(limit) if limit < len(items) else None
     loop = worker_loop(delivery.async_threads)
-    big = len(items) >= HOLD_HEAP_FROM
-    started = 0
 
     async def element(index: int, item: Any) -> StepOutcome:
-        nonlocal started
-        started += 1
-        if big and started % FREEZE_EVERY == 0:
-            loop.freeze_new()
+        loop.element_started()
         call = StepCall(step, {**kwargs, param: item}, run_id, store, delivery,
                         map_index=index)
         try:
@@ -183,14 +176,12 @@ async def _elements_async(step: BoundStep, kwargs: dict[str, Any], start: int,
         except StepSignal as signal:  # a child run or a human wait inside a map element
             return _unsupported(signal)
 
-    if big:
-        loop.hold_heap()
+    loop.elements_waiting(len(items))
     try:
         return list(await asyncio.gather(*(element(start + offset, item)
                                            for offset, item in enumerate(items))))
     finally:
-        if big:
-            loop.release_heap()
+        loop.elements_done(len(items))
 
 
 def _unsupported(signal: StepSignal) -> StepOutcome:
