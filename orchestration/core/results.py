@@ -199,8 +199,13 @@ class RunHandle:
         started = time.monotonic()
         deadline = None if timeout is None else started + timeout
         interval = poll
+        woken = False
         while True:
-            if self._store.run_status(self.run_id).is_terminal:
+            if woken:  # the run said it ended: read it once, not its status and then it
+                run = self._store.get_run(self.run_id)
+                if run.status.is_terminal:
+                    return run
+            elif self._store.run_status(self.run_id).is_terminal:
                 return self._store.get_run(self.run_id)
             if deadline is not None and time.monotonic() >= deadline:
                 raise WaitTimeout(
@@ -213,7 +218,7 @@ class RunHandle:
             if watch is None:
                 time.sleep(pause)
             else:
-                watch.wait(pause)
+                woken = watch.wait(pause)
             if time.monotonic() - started > FLAT_POLL_SECONDS:
                 interval = min(interval * 1.2, max_poll)
 
