@@ -50,7 +50,7 @@ bench: $(BENCH_STAMP)  ## engine vs raw Celery, every target row, then vs DBOS (
 		$(BIN)/python bench/perf.py --overhead-json $$dump; rc=$$?; rm -f $$dump; \
 		$(BIN)/python bench/dbos_peer.py || rc=$$?; exit $$rc
 
-bench-scaling: $(STAMP)  ## runs/s with 1, 2, 4 workers and per-run Redis/SQL/CPU costs (~10 min; redis-server, PostgreSQL; QUICK=1: a smoke run)
+bench-scaling: $(STAMP)  ## runs/s with 1, 2, 4 workers and per-run Redis/SQL/CPU costs (15-40 min; redis-server, PostgreSQL; QUICK=1: a 5-min smoke run)
 	$(BIN)/python bench/scaling.py $(if $(QUICK),--quick)
 
 flower: $(STAMP)  ## Flower on 127.0.0.1:5555; basic auth from FLOWER_BASIC_AUTH=user:password

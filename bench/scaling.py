@@ -1,6 +1,6 @@
 """Runs/s of 4-step workflows with 1, 2 and 4 worker processes, and what one run costs.
 
-    python bench/scaling.py [--runs 2000] [--samples 3] [--single-samples 1] [--single-runs 500]
+    python bench/scaling.py [--runs 2000] [--samples 2] [--single-samples 1] [--single-runs 500]
                             [--workers 1,2,4] [--databases postgresql,sqlite]
                             [--extras support,stream-off] [--quick] [--json FILE]
 
@@ -417,7 +417,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=2000, help="runs per batch")
-    parser.add_argument("--samples", type=int, default=3, help="timed submit_many batches")
+    parser.add_argument("--samples", type=int, default=2, help="timed submit_many batches")
     parser.add_argument("--single-samples", type=int, default=1,
                         help="timed batches of single submits")
     parser.add_argument("--single-runs", type=int, default=500,

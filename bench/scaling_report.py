@@ -147,7 +147,7 @@ def _per_run(results: list[dict[str, Any]]) -> None:
 
 def _top(counts: dict[str, float]) -> str:
     ordered = sorted(counts.items(), key=lambda kv: -kv[1])
-    return ", ".join(f"{name} {value:.2f}" for name, value in ordered if value >= 0.005)
+    return ", ".join(f"{name} {value:.3g}" for name, value in ordered if value >= 0.0001)
 
 
 def _commands(results: list[dict[str, Any]]) -> None:
