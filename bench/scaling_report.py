@@ -177,9 +177,10 @@ def _crosscheck(results: list[dict[str, Any]]) -> None:
     for label, config in rows:
         listener = sum(_sum(config[side], key) for side in ("workers_sql_total",
                                                               "client_sql_total")
-                       for key in ("commits", "pings"))
+                       for key in ("commits", "pings", "autocommits"))
         pg = _sum(config["pg_xact"], "commits")
-        print(f"  {label}, N={config['workers']}: listener {listener:.0f} commits + pre-pings, "
+        print(f"  {label}, N={config['workers']}: listener {listener:.0f} commits + pre-pings + "
+              f"autocommits, "
               f"pg_stat_database xact_commit {pg:.0f} ({pg / listener if listener else 0:.3f}x);"
               f" xact_rollback {_sum(config['pg_xact'], 'rollbacks'):.0f}")
     print()

@@ -9,6 +9,8 @@ environment it installs, on every ``Engine``:
 - ``commit`` / ``rollback`` (``ConnectionEvents``): transactions that ended either way
   through a ``Connection`` (not the pool's reset-on-return, which is a rollback PostgreSQL
   counts as ``xact_rollback`` but SQLAlchemy does not emit as a connection event);
+- ``autocommits``: statements run on an ``AUTOCOMMIT`` connection (each its own
+  transaction, which PostgreSQL counts in ``xact_commit`` with no ``commit`` event);
 - ``pings``: the pool's pre-ping of a connection at checkout (the store's PostgreSQL
   engine has ``pool_pre_ping``): ``SELECT 1`` in autocommit, sent by the dialect's
   ``do_ping`` outside ``before_cursor_execute``, so counted by wrapping ``do_ping``: a
@@ -39,7 +41,7 @@ _state: dict[str, Any] = {"pid": 0, "installed": False}
 
 def reset() -> None:
     _counts.clear()
-    _counts.update({"statements": 0, "commits": 0, "rollbacks": 0, "pings": 0,
+    _counts.update({"statements": 0, "commits": 0, "rollbacks": 0, "pings": 0, "autocommits": 0,
                     **{f"verb_{verb}": 0 for verb in (*VERBS, "other")}})
 
 
@@ -55,8 +57,10 @@ def verb(statement: str) -> str:
     return word if word in VERBS else "other"
 
 
-def _on_statement(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+def _on_statement(conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
     _counts["statements"] += 1
+    if conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
+        _counts["autocommits"] += 1  # its own transaction: no commit event, one xact_commit
     _counts[f"verb_{verb(statement)}"] += 1
 
 
