@@ -17,9 +17,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from tenacity import (
@@ -61,11 +61,12 @@ from orchestration.execute.batching import JoinBatch
 from orchestration.execute.live import record_step_finished, run_finished, run_finished_event
 from orchestration.execute.memory import bind_memory
 from orchestration.store.engine import is_unavailable
-from orchestration.store.repository import Claim, RunFinish, StepOutcome, Store
+from orchestration.store.repository import Claim, ClaimRequest, RunFinish, StepOutcome, Store
 from orchestration.store.run_stream import RunStream
 
 __all__ = ["Delivery", "StartChild", "StartMap", "arguments", "finalize_run", "run_step"]
 
+T = TypeVar("T")
 log = structlog.get_logger("orchestration.execute.runtime")
 NOT_SELECTED = "not selected"
 
@@ -86,14 +87,36 @@ class StartChild(StepSignal):
         self.envelope, self.child, self.finalize = envelope, child, finalize
 
 
+@dataclass
+class NextClaim:
+    """The step after this one in the same message (a fused chain): claimed in the
+    transaction that records this one (one commit fewer), unless its inputs say it will
+    be skipped. ``claim`` is what that claim answered (None: the next step claims itself).
+    """
+
+    step: BoundStep
+    released: int | None = None
+    claim: Claim | None = None
+
+
+def claim_request(delivery: Delivery, *, first: bool, released: int | None) -> ClaimRequest:
+    """Who claims a step in this delivery."""
+    return ClaimRequest(delivery.worker, delivery.task_id, first, delivery.holder, released,
+                        utcnow() - timedelta(seconds=delivery.dead_after)
+                        if delivery.dead_after > 0 else None)
+
+
 def run_step(step: BoundStep, message: Any, store: Store, delivery: Delivery,
              *, finalize: bool = False, params: dict[str, Any] | None = None,
-             released: int | None = None) -> dict[str, Any]:
+             released: int | None = None, claim: Claim | None = None,
+             then: NextClaim | None = None) -> dict[str, Any]:
     """Execute one delivery of a step and return the envelope for its dependents.
 
     With ``finalize`` (the run's last step) the run's terminal status is written in the
     same transaction as the step's outcome. ``released`` is the delivery number an
     earlier delivery of this message handed back (see ResultsDatabaseUnavailable).
+    ``claim``: this step's claim, made by the previous step's record (see
+    :class:`NextClaim`); ``then``: the next step of this message, to claim likewise.
     """
     envelope = Envelope.from_message(message)
     spec = step.spec
@@ -107,17 +130,19 @@ def run_step(step: BoundStep, message: Any, store: Store, delivery: Delivery,
                          "on was not selected")
         envelope.unselect(spec.output)
     else:
-        claim = store.claim_step(envelope.run_id, spec.name, worker=delivery.worker,
-                                 task_id=delivery.task_id, first=not envelope.started,
-                                 holder=delivery.holder, released=released,
-                                 alive_since=utcnow() - timedelta(seconds=delivery.dead_after)
-                                 if delivery.dead_after > 0 else None)
+        if claim is None:
+            request = claim_request(delivery, first=not envelope.started, released=released)
+            claim = store.claim_step(envelope.run_id, spec.name, worker=request.worker,
+                                     task_id=request.task_id, first=request.first,
+                                     holder=request.holder, released=request.released,
+                                     alive_since=request.alive_since)
         envelope.started = True
         if claim.proceed:
             try:
                 outcome = _run(step, envelope, store, delivery, claim, finalize, params)
                 return record_and_pass(step, envelope, outcome, store, delivery,
-                                       claimed_at=claim.claimed_at, finalize=finalize)
+                                       claimed_at=claim.claimed_at, finalize=finalize,
+                                       then=then)
             except Exception as exc:
                 if not is_unavailable(exc):
                     raise
@@ -236,7 +261,7 @@ def max_crashes(delivery: Delivery) -> int:
 
 def record_and_pass(step: BoundStep, envelope: Envelope, outcome: StepOutcome, store: Store,
                     delivery: Delivery, *, claimed_at: datetime | None = None,
-                    finalize: bool = False) -> dict[str, Any]:
+                    finalize: bool = False, then: NextClaim | None = None) -> dict[str, Any]:
     """Record a step's outcome (finishing the run if it is the last), pass the envelope on.
 
     If another delivery recorded the step first (a duplicate message), its recorded
@@ -249,10 +274,22 @@ def record_and_pass(step: BoundStep, envelope: Envelope, outcome: StepOutcome, s
                   keep_inline=stored.output is not outcome.output
                   and stored.output != outcome.output)
     finish = run_finish(trial) if finalize else None
-    recorded = _hold_while_unavailable(
-        lambda: store.record_step(envelope.run_id, step.spec.name, stored,
-                                  worker=delivery.worker, claimed_at=claimed_at, finish=finish),
-        delivery, run_id=envelope.run_id, step=step.spec.task_name)
+    if then is not None and finish is None and _claimable(then.step, trial):
+        request = claim_request(delivery, first=False, released=then.released)
+        # A retry after a commit whose answer was lost finds the step terminal (None):
+        # the next step then claims itself, and sees its claim as this message's own.
+        then.claim = _hold_while_unavailable(
+            lambda: store.record_then_claim(envelope.run_id, step.spec.name, stored,
+                                            worker=delivery.worker, claimed_at=claimed_at,
+                                            then=then.step.spec.name, request=request),
+            delivery, run_id=envelope.run_id, step=step.spec.task_name)
+        recorded = then.claim is not None
+    else:
+        recorded = _hold_while_unavailable(
+            lambda: store.record_step(envelope.run_id, step.spec.name, stored,
+                                      worker=delivery.worker, claimed_at=claimed_at,
+                                      finish=finish),
+            delivery, run_id=envelope.run_id, step=step.spec.task_name)
     if not recorded:
         status, output, error = store.step_state(envelope.run_id, step.spec.name)
         apply_outcome(step, envelope, status, output, delivery, error)
@@ -273,8 +310,15 @@ def record_and_pass(step: BoundStep, envelope: Envelope, outcome: StepOutcome, s
     return trial.to_message()
 
 
-def _hold_while_unavailable(record: Callable[[], bool], delivery: Delivery, *,
-                            run_id: str, step: str) -> bool:
+def _claimable(step: BoundStep, envelope: Envelope) -> bool:
+    """False when ``step`` will be skipped given ``envelope`` (as run_step decides)."""
+    if step.requires & envelope.blocked:
+        return False
+    return not (step.requires and step.requires <= envelope.unselected)
+
+
+def _hold_while_unavailable(record: Callable[[], T], delivery: Delivery, *,
+                            run_id: str, step: str) -> T:
     """Record a finished step, retrying for ``delivery.db_hold`` s while the DB is down.
 
     The step's work is done (perhaps a paid model call): keeping the slot a while to

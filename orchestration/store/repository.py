@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Engine, delete, insert, select, update
-from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
-from orchestration.core.clock import as_utc, utcnow
+from orchestration.core.clock import utcnow
 from orchestration.core.completion import Completions, LocalCompletions
 from orchestration.core.status import (
     CLAIMABLE_STEP_STATUSES,
@@ -35,20 +34,30 @@ from orchestration.store.engine import (
 )
 from orchestration.store.events import Events
 from orchestration.store.map_chunks import MapChunks
-from orchestration.store.memory import MemoryStore, MemoryWrite, write_memory
+from orchestration.store.memory import MemoryStore
 from orchestration.store.models import PermitWaitRow, RunRow, StepRow, WaitRow
+from orchestration.store.outcomes import (
+    AttemptRecord,
+    Claim,
+    ClaimRequest,
+    RunFinish,
+    StepOutcome,
+)
 from orchestration.store.permit_waits import PermitWaits
 from orchestration.store.pruning import Pruning
 from orchestration.store.reads import StoreReads
 from orchestration.store.recovery import Recovery
 from orchestration.store.run_rows import insert_run
 from orchestration.store.run_stream import RunStream, SQLRunStream
+from orchestration.store.step_writes import attempt_row, claim_in, record_in
 from orchestration.store.waits import CANCELLED as CANCELLED_WAIT
 from orchestration.store.waits import WAITING, Waits
 from orchestration.store.workers import Workers
 
+__all__ = ["AttemptRecord", "Claim", "ClaimRequest", "PlannedStep", "RunFinish", "StepOutcome",
+           "Store"]
+
 _CLAIMABLE = [status.value for status in CLAIMABLE_STEP_STATUSES]
-_NEVER = datetime.max.replace(tzinfo=UTC)  # no heartbeat is this recent: nobody is live
 _TERMINAL_RUN = [status.value for status in TERMINAL_RUN_STATUSES]
 
 
@@ -61,85 +70,6 @@ class PlannedStep:
     queue: str
     model: str | None
     critical: bool
-
-
-@dataclass(frozen=True)
-class Claim:
-    """The answer to "may this delivery run the step?".
-
-    ``proceed`` is False when the step already reached a terminal state (a duplicate
-    delivery, or a step completed before a resume); ``status``/``output`` then say how.
-    ``attempts`` counts attempts already made by earlier deliveries.
-    """
-
-    proceed: bool
-    status: StepStatus
-    attempts: int
-    output: Any = None
-    run_status: RunStatus = RunStatus.RUNNING
-    claimed_at: datetime | None = None
-    cost_usd: float = 0.0
-    error: str | None = None
-    crashes: int = 0
-    delivery: int = 0  # this delivery's number (the step's delivery count after the claim)
-    held_elsewhere: bool = False  # a live worker runs the step under another message
-
-
-@dataclass(frozen=True)
-class RunFinish:
-    """A run's terminal status, written by its last step or the finalize task."""
-
-    status: RunStatus
-    error: str | None = None
-    error_type: str | None = None
-
-    def params(self, run_id: str, now: datetime) -> dict[str, Any]:
-        """Bind parameters of the FINISH_RUN statement."""
-        return {"b_run": run_id, "b_status": self.status.value, "b_error": self.error,
-                "b_error_type": self.error_type, "b_now": now}
-
-
-@dataclass
-class AttemptRecord:
-    """One attempt's trace, written with the step's outcome."""
-
-    attempt: int
-    status: str
-    started_at: datetime
-    finished_at: datetime
-    error: str | None = None
-    error_type: str | None = None
-    model: str | None = None
-    cost_usd: float = 0.0
-    gate: str | None = None
-    tokens_in: int = 0
-    tokens_out: int = 0
-    breaker: str | None = None
-    map_index: int | None = None
-    calls: list[dict[str, Any]] | None = None
-    error_kind: str | None = None  # a failed attempt's ErrorKind (timeout, ...)
-    policy: str | None = None  # the on_error entry that acted, "model_unavailable: skip"
-
-    @property
-    def latency_ms(self) -> float:
-        """Wall time of the attempt in milliseconds."""
-        return (self.finished_at - self.started_at).total_seconds() * 1000
-
-
-@dataclass
-class StepOutcome:
-    """The terminal (or retrying) state of a step, recorded in one transaction."""
-
-    status: StepStatus
-    output: Any = None
-    error: str | None = None
-    error_type: str | None = None
-    attempts: list[AttemptRecord] = field(default_factory=list)
-    cost_usd: float = 0.0
-    model: str | None = None
-    extra_attempts: int = 0  # attempts already recorded elsewhere (map elements)
-    cache_hit: bool = False
-    memory: MemoryWrite | None = None  # conversation turns, written with the outcome
 
 
 class Store(StoreReads):
@@ -313,39 +243,9 @@ class Store(StoreReads):
         worker which beat since ``alive_since`` holds under another message is not
         claimed (``Claim.held_elsewhere``); without ``alive_since`` no holder counts as live.
         """
-        now = utcnow()
-        keys = {"b_run": run_id, "b_name": name}
+        request = ClaimRequest(worker, task_id, first, holder, released, alive_since)
         with self._writer.begin() as conn:
-            claimed = conn.execute(sql.CLAIM_STEP, {
-                **keys, "b_worker": worker, "b_task": task_id, "b_now": now,
-                "b_holder": holder, "b_released": -1 if released is None else released,
-                "b_alive_since": alive_since or _NEVER,
-            }).first()
-            run_status = conn.execute(sql.START_RUN, {"b_run": run_id, "b_now": now}
-                                      ).scalar() if first else None
-            if claimed is not None:
-                # Latency counts from the first delivery, across broker retries.
-                return Claim(True, StepStatus.RUNNING, int(claimed[0]),
-                             claimed_at=as_utc(claimed[1]) or now, cost_usd=float(claimed[2]),
-                             crashes=int(claimed[3]), delivery=int(claimed[4]))
-            row = conn.execute(sql.STEP_STATE, keys).first()
-            if run_status is None:
-                run_status = conn.execute(sql.RUN_STATUS, {"b_run": run_id}).scalar()
-            status = StepStatus(row.status) if row is not None else None
-            if run_status == RunStatus.CANCELLED.value and status in CLAIMABLE_STEP_STATUSES:
-                # A step re-delivered after its run was cancelled (e.g. its worker died
-                # mid-step): it does not run again; it ends cancelled with its run.
-                conn.execute(update(StepRow).where(
-                    StepRow.run_id == run_id, StepRow.name == name,
-                    StepRow.status.in_(_CLAIMABLE),
-                ).values(status=StepStatus.CANCELLED.value, finished_at=now,
-                         error="cancelled: its run was cancelled before this delivery"))
-                status = StepStatus.CANCELLED
-        if row is None or run_status is None or status is None:
-            raise RunNotFound(f"run {run_id} has no step {name!r}")
-        return Claim(False, status, int(row.attempts), row.output,
-                     RunStatus(run_status), error=row.error,
-                     held_elsewhere=status is StepStatus.RUNNING)
+            return claim_in(conn, run_id, name, request, utcnow())
 
     def record_step(self, run_id: str, name: str, outcome: StepOutcome,
                     *, worker: str | None = None, claimed_at: datetime | None = None,
@@ -358,11 +258,28 @@ class Store(StoreReads):
         """
         now = utcnow()
         with self._writer.begin() as conn:
-            recorded = _record(conn, run_id, name, outcome, worker=worker,
+            recorded = record_in(conn, run_id, name, outcome, worker=worker,
                                claimed_at=claimed_at, finish=finish, now=now)
         if recorded and finish is not None:
             self.completions.notify(run_id, finish.status.value)
         return recorded
+
+    def record_then_claim(self, run_id: str, name: str, outcome: StepOutcome, *,
+                          worker: str | None, claimed_at: datetime | None,
+                          then: str, request: ClaimRequest) -> Claim | None:
+        """Record a step's outcome and claim the step ``then`` in one transaction.
+
+        For the next step of the same message (a fused chain): what ``record_step`` and
+        ``claim_step`` write, with one commit. None when the step was already terminal
+        (nothing is written, nothing claimed: the caller goes on as after a False
+        ``record_step``).
+        """
+        now = utcnow()
+        with self._writer.begin() as conn:
+            if not record_in(conn, run_id, name, outcome, worker=worker,
+                             claimed_at=claimed_at, finish=None, now=now):
+                return None
+            return claim_in(conn, run_id, then, request, now)
 
     def record_steps(self, records: Sequence[tuple[str, str, StepOutcome, datetime | None]],
                      *, worker: str | None = None) -> list[bool]:
@@ -371,7 +288,7 @@ class Store(StoreReads):
         already terminal."""
         now = utcnow()
         with self._writer.begin() as conn:
-            return [_record(conn, run_id, name, outcome, worker=worker, claimed_at=claimed_at,
+            return [record_in(conn, run_id, name, outcome, worker=worker, claimed_at=claimed_at,
                             finish=None, now=now)
                     for run_id, name, outcome, claimed_at in records]
 
@@ -380,7 +297,7 @@ class Store(StoreReads):
         """Record attempts without changing the step (map elements, in one transaction)."""
         if attempts:
             with self._writer.begin() as conn:
-                conn.execute(sql.INSERT_ATTEMPTS, [_attempt_row(run_id, name, a, worker)
+                conn.execute(sql.INSERT_ATTEMPTS, [attempt_row(run_id, name, a, worker)
                                                    for a in attempts])
 
     def skip_steps(self, run_id: str, names: Iterable[str], reason: str) -> int:
@@ -435,52 +352,3 @@ class Store(StoreReads):
         if result.rowcount:
             self.completions.notify(run_id, status.value)
         return bool(result.rowcount)
-
-
-def _record(conn: Connection, run_id: str, name: str, outcome: StepOutcome, *,
-            worker: str | None, claimed_at: datetime | None, finish: RunFinish | None,
-            now: datetime) -> bool:
-    """Record one step's outcome in ``conn``'s transaction; False if it was terminal."""
-    terminal = outcome.status.is_terminal
-    last = outcome.attempts[-1] if outcome.attempts else None
-    params = {
-        "b_gate": last.gate if last else None,
-        "b_tokens_in": sum(a.tokens_in for a in outcome.attempts),
-        "b_tokens_out": sum(a.tokens_out for a in outcome.attempts),
-        "b_run": run_id, "b_name": name, "b_status": outcome.status.value,
-        "b_error": outcome.error, "b_error_type": outcome.error_type,
-        "b_attempts": len(outcome.attempts) + outcome.extra_attempts,
-        "b_cache_hit": outcome.cache_hit,
-        "b_cost": outcome.cost_usd,
-        "b_model": outcome.model,
-        "b_output": outcome.output if terminal else None,
-        "b_finished": now if terminal else None,
-        "b_latency": (now - claimed_at).total_seconds() * 1000
-        if terminal and claimed_at is not None else None,
-    }
-    if not conn.execute(sql.RECORD_STEP, params).rowcount:
-        return False
-    if outcome.attempts:
-        conn.execute(sql.INSERT_ATTEMPTS, [_attempt_row(run_id, name, a, worker)
-                                           for a in outcome.attempts])
-    if outcome.cost_usd:
-        conn.execute(sql.ADD_RUN_COST, {"b_run": run_id, "b_cost": outcome.cost_usd})
-    if outcome.memory:
-        write_memory(conn, outcome.memory, run_id=run_id, step=name, now=now)
-    if finish is not None:
-        conn.execute(sql.FINISH_RUN, finish.params(run_id, now))
-    return True
-
-
-def _attempt_row(run_id: str, name: str, attempt: AttemptRecord,
-                 worker: str | None) -> dict[str, Any]:
-    return {
-        "run_id": run_id, "step_name": name, "attempt": attempt.attempt,
-        "status": attempt.status, "error": attempt.error, "error_type": attempt.error_type,
-        "worker": worker, "model": attempt.model, "cost_usd": attempt.cost_usd,
-        "latency_ms": attempt.latency_ms, "started_at": attempt.started_at,
-        "finished_at": attempt.finished_at, "gate": attempt.gate,
-        "tokens_in": attempt.tokens_in, "tokens_out": attempt.tokens_out,
-        "breaker": attempt.breaker, "map_index": attempt.map_index, "calls": attempt.calls,
-        "error_kind": attempt.error_kind, "policy": attempt.policy,
-    }

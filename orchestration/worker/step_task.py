@@ -27,7 +27,7 @@ from orchestration.errors import (
 )
 from orchestration.execute.batching import JoinBatch
 from orchestration.execute.maps import map_canvas, run_chunk
-from orchestration.execute.runtime import StartChild, StartMap, run_step
+from orchestration.execute.runtime import NextClaim, StartChild, StartMap, run_step
 from orchestration.observe import tracing
 from orchestration.store.engine import is_unavailable
 from orchestration.worker import versions
@@ -102,14 +102,20 @@ def _execute(task: Any, message: Any, steps: dict[str, BoundStep], names: list[s
         if chunk is not None:
             with _step_context(run_id, steps[task.step_name], task):
                 return run_chunk(steps[task.step_name], message, chunk, store, delivery)
+        then: NextClaim | None = None
         for index, current in enumerate(names):
             bound = steps[current]
             last = index == len(names) - 1
+            claim = then.claim if then is not None else None
+            # The next fused step is claimed in the transaction recording this one.
+            then = None if last else NextClaim(steps[names[index + 1]],
+                                               (released or {}).get(names[index + 1]))
             with _step_context(run_id, bound, task):
                 message = run_step(bound, message, store, delivery,
                                    finalize=finalize and last,
                                    params=(params or {}).get(current),
-                                   released=(released or {}).get(current))
+                                   released=(released or {}).get(current),
+                                   claim=claim, then=then)
         return message
     except (StartMap, StartChild) as signal:
         raise task.replace(_replacement(task, signal, names, current, run_id,
