@@ -321,6 +321,8 @@ def measure_config(spec: dict[str, Any], count: int, reader: Any, reader_pid: in
         reader.dispose()
         wait_no_backends(admin, spec["pg_name"])
         out["pg_xact"] = costs.delta(costs.pg_xact(admin, spec["pg_name"]), pg_before)
+        out["runs_total"] = (spec["warmup"] + runs * (1 + spec["samples"])
+                             + spec["single_runs"] * spec["single_samples"])
         admin.dispose()
     return out
 

@@ -188,14 +188,17 @@ def pg_backends(admin: Any, database: str) -> list[int]:
 
 
 def pg_xact(admin: Any, database: str) -> dict[str, float]:
-    """``xact_commit`` and ``xact_rollback`` of ``database`` (a fresh snapshot)."""
+    """``xact_commit``, ``xact_rollback``, ``active_time`` (ms of statements executing, every
+    session's, ended ones included) and ``sessions`` of ``database`` (a fresh snapshot)."""
     from sqlalchemy import text
 
     with admin.connect() as conn:
         conn.execute(text("SELECT pg_stat_clear_snapshot()"))
-        row = conn.execute(text("SELECT xact_commit, xact_rollback FROM pg_stat_database "
-                                "WHERE datname = :db"), {"db": database}).one()
-    return {"commits": float(row[0]), "rollbacks": float(row[1])}
+        row = conn.execute(text("SELECT xact_commit, xact_rollback, active_time, sessions "
+                                "FROM pg_stat_database WHERE datname = :db"),
+                           {"db": database}).one()
+    return {"commits": float(row[0]), "rollbacks": float(row[1]),
+            "active_ms": float(row[2]), "sessions": float(row[3])}
 
 
 def support_models_cpu(tickets: int = 300) -> dict[str, float]:

@@ -183,6 +183,11 @@ def _crosscheck(results: list[dict[str, Any]]) -> None:
               f"autocommits, "
               f"pg_stat_database xact_commit {pg:.0f} ({pg / listener if listener else 0:.3f}x);"
               f" xact_rollback {_sum(config['pg_xact'], 'rollbacks'):.0f}")
+        runs = config.get("runs_total")
+        if runs and "active_ms" in config["pg_xact"]:
+            print(f"    active_time {config['pg_xact']['active_ms'] / runs:.2f} ms per run "
+                  f"over {runs} runs, {_sum(config['pg_xact'], 'sessions'):.0f} sessions "
+                  "(statement time of every session, ended ones too: CPU and waits)")
     print()
 
 
