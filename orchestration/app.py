@@ -137,14 +137,16 @@ class Orchestrator:
         embedded worker ends every run here; a separate worker without Redis: polling)."""
         url = self.settings.shared_redis_url
         if url:
-            return RedisCompletions(url, self.resilience.redis)
+            return RedisCompletions(url, self.resilience.redis,
+                                    timeout=self.settings.redis_timeout)
         return LocalCompletions(complete=self.settings.embedded)
 
     def _redis_stream(self) -> RunStream:
         redis_client = self.resilience.redis
         assert redis_client is not None  # a shared Redis is configured
         return RedisRunStream(redis_client, maxlen=self.settings.stream_maxlen,
-                              ttl=self.settings.stream_ttl)
+                              ttl=self.settings.stream_ttl,
+                              max_block=self.settings.redis_timeout / 2)
 
     @property
     def resilience(self) -> Resilience:
@@ -154,7 +156,8 @@ class Orchestrator:
             with self._lock:
                 if self._resilience is None:
                     self._resilience = Resilience(self.catalogue,
-                                                  self.settings.shared_redis_url)
+                                                  self.settings.shared_redis_url,
+                                                  self.settings.redis_timeout)
                 resilience = self._resilience
         return resilience
 

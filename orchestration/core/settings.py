@@ -45,6 +45,13 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(
         default=None, description="Redis for shared breaker state and rate limits."
     )
+    redis_timeout: float = Field(
+        default=10.0, gt=0,
+        description="Seconds a command to the shared Redis (breakers, limits, run streams, "
+        "completion notices, permits) may take to connect or to be answered: past it the "
+        "call fails and its caller goes on without it, so a hung Redis hangs nothing. "
+        "Blocking stream reads wait at most half of it per round trip.",
+    )
     models_file: Path | None = Field(default=None, description="Model catalogue (YAML).")
     deployment: str = Field(
         default="config",

@@ -22,17 +22,24 @@ from orchestration.llm.ratelimit import RateLimiter
 from orchestration.llm.tokens import TokenCounters
 
 REDIS_CONNECTIONS = 256
+REDIS_TIMEOUT = 10.0  # seconds; the default of ORCH_REDIS_TIMEOUT
 
 
 class Resilience:
     """The process's model-call machinery for one catalogue."""
 
-    def __init__(self, catalogue: Catalogue, redis_url: str | None) -> None:
+    def __init__(self, catalogue: Catalogue, redis_url: str | None,
+                 redis_timeout: float = REDIS_TIMEOUT) -> None:
         self.catalogue = catalogue
         # A blocking pool: past its size, threads wait for a connection instead of failing
         # (redis-py's default pool raises MaxConnectionsError beyond 100 in a worker).
+        # Every command is bounded (``ORCH_REDIS_TIMEOUT``): a hung server fails calls as a
+        # down one does instead of blocking a step, a run's finalisation or a waiter.
+        self.redis_timeout = redis_timeout
         self.redis = redis.Redis(connection_pool=redis.BlockingConnectionPool.from_url(
-            redis_url, max_connections=REDIS_CONNECTIONS, timeout=30)) if redis_url else None
+            redis_url, max_connections=REDIS_CONNECTIONS, timeout=30,
+            socket_timeout=redis_timeout, socket_connect_timeout=redis_timeout,
+        )) if redis_url else None
         self.breakers = Breakers(self.redis, {name: model.breaker.policy()
                                               for name, model in catalogue.models.items()})
         self.limiter = RateLimiter(self.redis)

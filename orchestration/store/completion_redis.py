@@ -39,10 +39,15 @@ _ERRORS = (redis.RedisError, OSError, ValueError)
 class RedisCompletions(LocalCompletions):
     """Notices through Redis pub/sub; this process's own notices also wake locally."""
 
-    def __init__(self, url: str, publisher: redis.Redis | None = None) -> None:
+    def __init__(self, url: str, publisher: redis.Redis | None = None, *,
+                 timeout: float = 10.0) -> None:
         super().__init__(complete=False)
         # RESP2: subscription messages are plain replies (RESP3 pushes them out of band).
-        self._pool = redis.ConnectionPool.from_url(url, socket_connect_timeout=1.0,
+        # ``timeout`` bounds every command (PUBLISH on this pool when no publisher is
+        # given): a hung Redis fails the notice, it does not hang a run's finalisation. The
+        # listener's idle wait is ``can_read(IDLE_READ)``, which sets its own timeout.
+        self._pool = redis.ConnectionPool.from_url(url, socket_connect_timeout=min(1.0, timeout),
+                                                   socket_timeout=timeout,
                                                    health_check_interval=0, protocol=2)
         self._publisher = publisher if publisher is not None else redis.Redis(
             connection_pool=self._pool)

@@ -98,10 +98,13 @@ class RedisRunStream:
     """Runs' streams in Redis (``client``: a redis-py client, bytes or str responses)."""
 
     def __init__(self, client: redis.Redis, *, maxlen: int = DEFAULT_MAXLEN,
-                 ttl: float = DEFAULT_TTL) -> None:
+                 ttl: float = DEFAULT_TTL, max_block: float | None = None) -> None:
         self._redis = client
         self.maxlen = maxlen
         self.ttl = max(1, int(ttl))
+        # The longest XREAD BLOCK: below the client's socket timeout, so a quiet stream
+        # returns no events (its readers loop) instead of failing the read.
+        self.max_block = max_block
         self._once = client.register_script(_APPEND_ONCE)
 
     def append(self, run_id: str, event: dict[str, Any]) -> str:
@@ -144,6 +147,8 @@ class RedisRunStream:
              block: float = 0) -> list[tuple[str, dict[str, Any]]]:
         key = stream_key(run_id)
         start = after or "0-0"
+        if self.max_block is not None:
+            block = min(block, self.max_block)
         wait = int(block * 1000) if block > 0 else None
         replies: Any = self._redis.xread({key: start}, count=READ_COUNT,
                                          block=wait if wait else None)
