@@ -14,6 +14,7 @@ from collections import deque
 from dataclasses import dataclass
 
 import redis
+import structlog
 
 from orchestration.core import keys
 from orchestration.core.stats import percentile
@@ -63,8 +64,11 @@ class Latencies:
             pipe = self._client.pipeline(transaction=False)
             pipe.lpush(name, f"{latency_ms:.3f}")
             pipe.ltrim(name, 0, window - 1)
-            pipe.execute()
-            return
+            try:
+                pipe.execute()
+                return
+            except redis.RedisError as exc:  # a step that succeeded never fails for this
+                _unshared(key, exc)
         with self._lock:
             self._local.setdefault(key, deque(maxlen=window)).append(latency_ms)
 
@@ -77,10 +81,25 @@ class Latencies:
         now = time.monotonic()
         if cached is not None and now - cached[0] < _CACHE_SECONDS:
             return cached[1]
-        values = [float(v) for v in self._client.lrange(keys.latencies(key), 0, window - 1)]
+        try:
+            raw = self._client.lrange(keys.latencies(key), 0, window - 1)
+        except redis.RedisError as exc:  # the last shared reading, else this process's
+            _unshared(key, exc)
+            if cached is not None:
+                return cached[1]
+            with self._lock:
+                return list(self._local.get(key, ()))[-window:]
+        values = [float(v) for v in raw]
         self._cache[key] = (now, values)
         return values
 
     def timeout(self, key: str, policy: AdaptiveTimeout) -> float:
         """The adaptive timeout of ``key`` now, in seconds."""
         return policy.compute(self.recent(key, policy.window))
+
+
+def _unshared(key: str, exc: redis.RedisError) -> None:
+    """Redis failed (down, or no answer within ORCH_REDIS_TIMEOUT): latencies of this
+    process stand in for the shared ones."""
+    structlog.get_logger("orchestration.define.adaptive").warning(
+        "latencies not shared: Redis failed", key=key, error=type(exc).__name__)

@@ -68,17 +68,31 @@ class _Probe:
         self._client = client
         self._ttl_ms = max(1, int(ttl * 1000))
         self._local = threading.Lock()
+        self._held = threading.local()  # .local: this thread probes under the local token
 
     def acquire(self) -> bool:
         if self._client is not None:
-            return bool(self._client.set(self._key, b"1", nx=True, px=self._ttl_ms))
+            try:
+                return bool(self._client.set(self._key, b"1", nx=True, px=self._ttl_ms))
+            except redis.RedisError:  # down or hung: probe under this process's token
+                _log.warning("RedisError: breaker probe token taken in this process")
+                if not self._local.acquire(blocking=False):
+                    return False
+                self._held.local = True
+                return True
         return self._local.acquire(blocking=False)
 
     def release(self) -> None:
+        if self._client is None or getattr(self._held, "local", False):
+            self._held.local = False
+            if self._local.locked():
+                self._local.release()
+            return
         if self._client is not None:
-            self._client.delete(self._key)
-        elif self._local.locked():
-            self._local.release()
+            try:
+                self._client.delete(self._key)
+            except redis.RedisError:  # the token expires with its TTL
+                _log.warning("RedisError: breaker probe token left to expire")
 
 
 class _RedisStorage(pybreaker.CircuitRedisStorage):
@@ -88,14 +102,29 @@ class _RedisStorage(pybreaker.CircuitRedisStorage):
     second less than its reset timeout (or not at all with a sub-second one).
     """
 
+    def _initialize_redis_state(self, state: str) -> None:
+        """Create the keys if missing; with Redis failing, the state getter does it later
+        (a breaker built while Redis is down or hung must not fail its step)."""
+        try:
+            super()._initialize_redis_state(state)
+        except redis.RedisError:
+            _log.exception("RedisError: breaker keys not initialised")
+
     @property
     def opened_at(self) -> datetime | None:
-        value = self._redis.get(self._namespace("opened_at"))
+        try:
+            value = self._redis.get(self._namespace("opened_at"))
+        except redis.RedisError:  # as pybreaker's: unknown, so the reset timeout elapsed
+            _log.exception("RedisError")
+            return None
         return datetime.fromtimestamp(float(value), UTC) if value else None
 
     @opened_at.setter
     def opened_at(self, now: datetime) -> None:
-        self._redis.set(self._namespace("opened_at"), f"{now.timestamp():.3f}")
+        try:
+            self._redis.set(self._namespace("opened_at"), f"{now.timestamp():.3f}")
+        except redis.RedisError:
+            _log.exception("RedisError")
 
     def reading(self) -> tuple[str, int]:
         """(state, failure count) in one round trip; closed and 0 if Redis fails, as

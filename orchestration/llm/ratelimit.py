@@ -18,9 +18,12 @@ from collections import deque
 from dataclasses import dataclass
 
 import redis
+import structlog
 
 from orchestration.core import keys
 from orchestration.errors import RateLimited
+
+log = structlog.get_logger("orchestration.llm.ratelimit")
 
 _ADMIT = """
 local t = redis.call('TIME')
@@ -103,9 +106,12 @@ class RateLimiter:
             return
         window_ms = int(limit.window * 1000)
         if self._client is not None:
-            self._tokens_record(keys=[keys.rate_window(scope, "tokens")],
-                                args=[window_ms, f"{uuid.uuid4().hex}:{tokens}"])
-            return
+            try:
+                self._tokens_record(keys=[keys.rate_window(scope, "tokens")],
+                                    args=[window_ms, f"{uuid.uuid4().hex}:{tokens}"])
+                return
+            except redis.RedisError as exc:
+                _unshared(scope, exc)
         with self._lock:
             self._local.setdefault(f"{scope}:tokens", deque()).append((time.monotonic(), tokens))
 
@@ -117,18 +123,24 @@ class RateLimiter:
         if limit.requests is None:
             return 0.0
         if self._client is not None:
-            waited_ms = self._admit(
-                keys=[keys.rate_window(scope, "requests")],
-                args=[int(limit.window * 1000), limit.requests, uuid.uuid4().hex])
-            return float(waited_ms) / 1000
+            try:
+                waited_ms = self._admit(
+                    keys=[keys.rate_window(scope, "requests")],
+                    args=[int(limit.window * 1000), limit.requests, uuid.uuid4().hex])
+                return float(waited_ms) / 1000
+            except redis.RedisError as exc:
+                _unshared(scope, exc)
         return self._local_admit(f"{scope}:requests", limit.window, limit.requests, weight=1)
 
     def _tokens_wait_needed(self, scope: str, limit: RateLimit) -> float:
         assert limit.tokens is not None
         if self._client is not None:
-            waited_ms = self._tokens_wait(keys=[keys.rate_window(scope, "tokens")],
-                                          args=[int(limit.window * 1000), limit.tokens])
-            return float(waited_ms) / 1000
+            try:
+                waited_ms = self._tokens_wait(keys=[keys.rate_window(scope, "tokens")],
+                                              args=[int(limit.window * 1000), limit.tokens])
+                return float(waited_ms) / 1000
+            except redis.RedisError as exc:
+                _unshared(scope, exc)
         with self._lock:
             log = self._trim(f"{scope}:tokens", limit.window)
             if sum(weight for _, weight in log) < limit.tokens:
@@ -149,6 +161,13 @@ class RateLimiter:
         while log and log[0][0] <= horizon:
             log.popleft()
         return log
+
+
+def _unshared(scope: str, exc: redis.RedisError) -> None:
+    """Redis failed (down, or no answer within ORCH_REDIS_TIMEOUT): this call is counted by
+    this process alone rather than failed."""
+    log.warning("rate limit not shared: Redis failed; counted in this process", scope=scope,
+                error=type(exc).__name__)
 
 
 def _describe(limit: RateLimit) -> str:
