@@ -91,9 +91,11 @@ class Settings(BaseSettings):
         "message per run.",
     )
     pack_concurrency: int = Field(
-        default=16, ge=1,
+        default=4, ge=1,
         description="Runs of one shared message (see pack_size) a worker runs at once, a "
-        "thread each.",
+        "thread each. Each holds a results-DB connection while it claims or records: "
+        "above the store's pool of 5 per process, connections are opened and closed per "
+        "run (costly on PostgreSQL).",
     )
     embedded_concurrency: int = Field(
         default=8, ge=1,
