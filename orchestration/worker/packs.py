@@ -12,12 +12,14 @@ sent on. A worker that dies mid-pack has the message delivered again: the runs a
 recorded pass their outcomes on, the others are claimed again (the claim counts the
 crash), as for any message.
 
-The runs of a pack run concurrently (a thread each, up to ``ORCH_PACK_CONCURRENCY``): a
-pack of model calls waits for them together.
+The runs of a pack run ``ORCH_PACK_CONCURRENCY`` at a time, on threads the process keeps
+between packs: a pack of model calls waits for them together.
 """
 
 from __future__ import annotations
 
+import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -76,6 +78,21 @@ def _send(publish: Any) -> None:
                      requeue=True) from exc
 
 
+PACK_THREADS = 256  # the process's pack threads, shared by every pack it runs
+_threads: tuple[int, ThreadPoolExecutor] | None = None
+_threads_lock = threading.Lock()
+
+
+def _pack_threads() -> ThreadPoolExecutor:
+    """This process's pack threads (started again in a forked child)."""
+    global _threads
+    with _threads_lock:
+        if _threads is None or _threads[0] != os.getpid():
+            _threads = (os.getpid(), ThreadPoolExecutor(max_workers=PACK_THREADS,
+                                                        thread_name_prefix="pack"))
+        return _threads[1]
+
+
 def run_pack(task: Any, execute: Any, pack: list[Any], kwargs: dict[str, Any],
              concurrency: int) -> None:
     """Run every run of a pack through ``execute`` (the step task's body), independently.
@@ -108,13 +125,19 @@ def run_pack(task: Any, execute: Any, pack: list[Any], kwargs: dict[str, Any],
             log.exception("run of a pack failed in the engine", run_id=run_id)
 
     items = list(enumerate(pack))
-    if concurrency <= 1 or len(items) <= 1:
-        for index, item in items:
+    # ``concurrency`` lanes, each running its runs in turn: the first in this thread, the
+    # others on the process's pack threads (kept between packs, so what a thread keeps,
+    # e.g. its keep-alive connection to a model provider, outlives one pack).
+    lanes = [items[start::max(1, min(concurrency, len(items)))]
+             for start in range(max(1, min(concurrency, len(items))))]
+
+    def run_lane(lane: list[tuple[int, Any]]) -> None:
+        for index, item in lane:
             one(index, item)
-    else:
-        with ThreadPoolExecutor(max_workers=min(concurrency, len(items)),
-                                thread_name_prefix="pack") as pool:
-            for future in [pool.submit(one, index, item) for index, item in items]:
-                future.result()
+
+    futures = [_pack_threads().submit(run_lane, lane) for lane in lanes[1:]]
+    run_lane(lanes[0])
+    for future in futures:
+        future.result()
     if refused:
         raise Reject(f"{len(refused)} run(s) of the pack could not be sent on", requeue=True)
