@@ -124,19 +124,23 @@ def run_pack(task: Any, execute: Any, pack: list[Any], kwargs: dict[str, Any],
         except Exception:  # recorded on the run by the step task (its engine error)
             log.exception("run of a pack failed in the engine", run_id=run_id)
 
-    items = list(enumerate(pack))
-    # ``concurrency`` lanes, each running its runs in turn: the first in this thread, the
-    # others on the process's pack threads (kept between packs, so what a thread keeps,
-    # e.g. its keep-alive connection to a model provider, outlives one pack).
-    lanes = [items[start::max(1, min(concurrency, len(items)))]
-             for start in range(max(1, min(concurrency, len(items))))]
+    # ``concurrency`` runners take the next run until none is left: one in this thread,
+    # the others on the process's pack threads (kept between packs, so what a thread
+    # keeps, e.g. its keep-alive connection to a model provider, outlives one pack).
+    queue = iter(list(enumerate(pack)))
+    taking = threading.Lock()
 
-    def run_lane(lane: list[tuple[int, Any]]) -> None:
-        for index, item in lane:
-            one(index, item)
+    def runner() -> None:
+        while True:
+            with taking:
+                item = next(queue, None)
+            if item is None:
+                return
+            one(*item)
 
-    futures = [_pack_threads().submit(run_lane, lane) for lane in lanes[1:]]
-    run_lane(lanes[0])
+    futures = [_pack_threads().submit(runner)
+               for _ in range(min(concurrency, len(pack)) - 1)]
+    runner()
     for future in futures:
         future.result()
     if refused:

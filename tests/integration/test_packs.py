@@ -48,7 +48,7 @@ def published() -> Iterator[list[tuple[str, Any]]]:
 @pytest.mark.parametrize("pool", ["threads", "prefork"])
 def test_a_pack_killed_mid_way_runs_each_run_exactly_as_its_own_message(
         pool: str, extra_workers: Workers, published: list[tuple[str, Any]]) -> None:
-    extra_workers.env = _env()
+    extra_workers.env = _env(ORCH_PACK_CONCURRENCY=str(RUNS))  # every run of the pack at once
     first = extra_workers.start(f"pack-a-{pool}", [PACKED_QUEUE], pool=pool, concurrency=2)
     handles = packed.submit_many([{"n": n} for n in range(1, RUNS + 1)])
     sent = [body for name, body in published if name == "it_packed.work"]
