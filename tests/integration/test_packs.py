@@ -11,11 +11,9 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from celery import signals
 
 from orchestration import RunStatus, StepStatus, get_run
 from orchestration.compile.packing import PACK
@@ -28,21 +26,6 @@ from tests.support.workers import Workers
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.workers]
 
 RUNS = 16
-
-
-@pytest.fixture
-def published() -> Iterator[list[tuple[str, Any]]]:
-    """``(task name, body)`` of every message this process publishes during the test."""
-    seen: list[tuple[str, Any]] = []
-
-    def record(sender: str | None = None, body: Any = None, **_: Any) -> None:
-        seen.append((str(sender), body))
-
-    signals.before_task_publish.connect(record, weak=False)
-    try:
-        yield seen
-    finally:
-        signals.before_task_publish.disconnect(record)
 
 
 @pytest.mark.parametrize("pool", ["threads", "prefork"])

@@ -12,32 +12,14 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from celery import signals
 
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # `tests.fakes` and `tests.support` are imported by name
     sys.path.insert(0, str(ROOT))
 
 from tests.fakes.llm_server import FakeLLMClient, FakeLLMServer  # noqa: E402
-
-
-@pytest.fixture
-def published() -> Iterator[list[tuple[str, Any]]]:
-    """``(task name, body)`` of every Celery message published while the test runs."""
-    seen: list[tuple[str, Any]] = []
-
-    def record(sender: str | None = None, body: Any = None, **_: Any) -> None:
-        seen.append((str(sender), body))
-
-    signals.before_task_publish.connect(record, weak=False)
-    try:
-        yield seen
-    finally:
-        signals.before_task_publish.disconnect(record)
-
 
 # -- the fake LLM server (tests/fakes), one per test module ---------------------------------
 
