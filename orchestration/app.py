@@ -42,6 +42,7 @@ from orchestration.llm.resilience import Resilience
 from orchestration.observe import tracing
 from orchestration.pipelines import load_pipelines
 from orchestration.store.completion_redis import RedisCompletions
+from orchestration.store.joins import JOIN_TTL, Joins, LocalJoins, RedisJoins
 from orchestration.store.repository import StepOutcome, Store
 from orchestration.store.run_stream import RedisRunStream, RunStream, SQLRunStream
 from orchestration.store.workers import Released, WorkerInfo
@@ -60,6 +61,7 @@ from orchestration.worker.engine_tasks import (
     register_engine_tasks,
     resume_signature,
 )
+from orchestration.worker.forks import register_fork_tasks
 from orchestration.worker.heartbeat import Heartbeat
 from orchestration.worker.inprocess import private_memory_transport
 
@@ -88,6 +90,7 @@ class Orchestrator:
         self.workflows: dict[str, Workflow] = {}
         self._store: Store | None = None
         self._resilience: Resilience | None = None
+        self._joins: tuple[Settings, Joins | None] | None = None
         self._permits: Permits | None = None
         self._renewer: Renewer | None = None
         # Loaded now so a bad catalogue fails at start-up, not at the first model call.
@@ -103,6 +106,7 @@ class Orchestrator:
         self.started_at = utcnow()
         register_engine_tasks(self)
         register_batch_tasks(self)
+        register_fork_tasks(self, step_task.execute_step)
         tracing.configure(self.settings)  # OpenTelemetry, only when configured
 
     # -- wiring ------------------------------------------------------------------------
@@ -147,6 +151,24 @@ class Orchestrator:
         return RedisRunStream(redis_client, maxlen=self.settings.stream_maxlen,
                               ttl=self.settings.stream_ttl,
                               max_block=self.settings.redis_timeout / 2)
+
+    @property
+    def joins(self) -> Joins | None:
+        """Where parallel branches join (store/joins.py): the shared Redis, this process
+        (embedded), or nowhere (parallel groups are chords)."""
+        joins = self._joins
+        if joins is None or joins[0] is not self.settings:
+            if self.settings.shared_redis_url:
+                client = self.resilience.redis
+                assert client is not None  # a shared Redis is configured
+                # Settled joins stay past a redelivery after a crash (Redis's visibility
+                # timeout), then go.
+                joins = (self.settings, RedisJoins(
+                    client, ttl=JOIN_TTL, settle=self.settings.visibility_timeout + 600))
+            else:
+                joins = (self.settings, LocalJoins() if self.settings.embedded else None)
+            self._joins = joins
+        return joins[1]
 
     @property
     def resilience(self) -> Resilience:
@@ -243,9 +265,10 @@ class Orchestrator:
         submission.dispatch(self, workflow, run_id, inputs, stored=stored)
 
     def canvas(self, workflow: Workflow, run_id: str, inputs: dict[str, Any], *,
-               stored: Any = None) -> Any:
+               stored: Any = None, followed: bool = False) -> Any:
         """The Celery canvas of one run of ``workflow`` (not sent)."""
-        return submission.canvas(self, workflow, run_id, inputs, stored=stored)
+        return submission.canvas(self, workflow, run_id, inputs, stored=stored,
+                                 followed=followed)
 
     def create_child(self, workflow: Workflow, parent_run: str, parent_step: str,
                      inputs: dict[str, Any]) -> str:

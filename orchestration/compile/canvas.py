@@ -5,6 +5,20 @@ by anything into a chord. The first signatures carry the run's first envelope; e
 later one receives its predecessor's result. The run is finalised by its last step
 when the plan ends in a single step, else by an extra ``orchestration.finalize`` task
 routed to the queue of a last step (a queue that is known to have workers).
+
+With ``joins`` (the deployment has a join state shared by its workers: store/joins.py),
+a parallel group at the run's top level whose branches are one message each is a
+*fork* instead of a chord. The message before it carries ``kwargs["fork"]``: the
+branches' signatures and the *body* (everything after the group, as one signature).
+Having run its steps, that message's worker sends the branches, each with
+``kwargs["join"]`` (the join's id, the branch's index, the size, the body), and runs a
+branch on its own queue itself, in the same delivery (worker/forks.py). Each branch
+arrives at the join when done; the one completing it continues with the body, running
+it in its own delivery when the body is on its queue. A diamond then costs two
+messages where a chord costs four and the chord's bookkeeping. A group that starts a
+run is sent as its branches, each with its join. Groups nested in a branch, branches
+of several messages, and groups after a step that keeps a message of its own (a map,
+a permit, a batch) stay chords.
 """
 
 from __future__ import annotations
@@ -12,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
+from uuid import uuid4
 
 from celery import chain, group
 from celery.canvas import Signature, _chord
@@ -20,11 +35,12 @@ from orchestration.define.graph import Node, Parallel, Plan, Series, plan_nodes
 from orchestration.define.step import BoundStep
 
 FINALIZE_TASK = "orchestration.finalize"
+FORK, JOIN = "fork", "join"
 
 
 def build_canvas(plan: Plan, steps: Mapping[str, BoundStep], message: dict[str, Any],
                  run_id: str, celery: Any, *, priority: int | None = None,
-                 version: str | None = None) -> Signature:
+                 version: str | None = None, joins: bool = False) -> Signature:
     """The canvas of one run: every step once, in the plan's order, then finalisation.
 
     ``priority``: the broker's ``priority`` property for every message of the run (see
@@ -32,6 +48,7 @@ def build_canvas(plan: Plan, steps: Mapping[str, BoundStep], message: dict[str, 
     chains and chord callbacks, and the worker's own publishes inherit it.
     ``version``: the run's workflow version, in every step message's kwargs (a worker
     carrying another version parks the message: worker/versions.py).
+    ``joins``: compile top-level parallel groups as forks (see the module).
     """
     options: dict[str, Any] = {} if priority is None else {"priority": priority}
     sign = partial(_sign, celery, version, options)
@@ -39,13 +56,14 @@ def build_canvas(plan: Plan, steps: Mapping[str, BoundStep], message: dict[str, 
     ends_in_step = isinstance(plan, Node) or (
         isinstance(plan, Series) and isinstance(plan.parts[-1], Node)
     )
-    canvas = _build(plan, steps, message, run_id, sign, first=True,
-                    finalizer=last if ends_in_step else None, keep_result=False)
-    if ends_in_step:
-        return canvas
-    finalize = sign(FINALIZE_TASK, args=(), kwargs={"run_id": run_id},
-                    queue=steps[last].queue, ignore_result=True)
-    return chain(canvas, finalize)
+    finalizer = last if ends_in_step else None
+    tail = None if ends_in_step else sign(FINALIZE_TASK, args=(), kwargs={"run_id": run_id},
+                                          queue=steps[last].queue, ignore_result=True)
+    if joins:
+        return _Forks(steps, message, run_id, sign, finalizer).top(plan, tail, first=True)
+    canvas = _build(plan, steps, message, run_id, sign, first=True, finalizer=finalizer,
+                    keep_result=False)
+    return canvas if tail is None else chain(canvas, tail)
 
 
 def _sign(celery: Any, version: str | None, options: dict[str, Any], name: str,
@@ -153,3 +171,74 @@ def _fused(names: list[str], steps: Mapping[str, BoundStep], message: dict[str, 
         kwargs["finalize"] = True
     return sign(head.spec.task_name, args=(message,) if first else (), kwargs=kwargs,
                 queue=head.queue, ignore_result=not keep_result)
+
+
+class _Forks:
+    """The top level of a run compiled with forks for its parallel groups (see module)."""
+
+    def __init__(self, steps: Mapping[str, BoundStep], message: dict[str, Any], run_id: str,
+                 sign: Callable[..., Signature], finalizer: str | None) -> None:
+        self.steps, self.message, self.run_id = steps, message, run_id
+        self.sign, self.finalizer = sign, finalizer
+
+    def build(self, plan: Plan, *, first: bool) -> Signature:
+        return _build(plan, self.steps, self.message, self.run_id, self.sign, first=first,
+                      finalizer=self.finalizer, keep_result=False)
+
+    def top(self, plan: Plan, tail: Signature | None, *, first: bool) -> Signature:
+        """``plan`` then ``tail``, its first forkable group a fork (the rest, recursively)."""
+        parts = plan.parts if isinstance(plan, Series) else (plan,)
+        for index, part in enumerate(parts):
+            if not (isinstance(part, Parallel) and self._forkable(part)):
+                continue
+            if index == 0 and not first:
+                continue  # a group right after a group (a chord's body): no message to fork
+            if index > 0 and not self._one_message_end(parts[index - 1]):
+                continue
+            rest = parts[index + 1:]
+            body = self.top(Series(tuple(rest)) if len(rest) > 1 else rest[0], tail, first=False) \
+                if rest else tail
+            assert body is not None  # a run ending in a group ends with its finalisation
+            branches = [self.build(branch, first=index == 0) for branch in part.parts]
+            fork_id = uuid4().hex
+            if index == 0:  # the run starts with the group: send the branches with their join
+                return group(*[with_join(branch, join_spec(fork_id, number, len(branches),
+                                                           body))
+                               for number, branch in enumerate(branches)])
+            head = parts[:index]
+            canvas = self.build(Series(tuple(head)) if len(head) > 1 else head[0], first=first)
+            last = canvas.tasks[-1] if isinstance(canvas, chain) else canvas
+            last["kwargs"][FORK] = {"id": fork_id, "branches": [dict(b) for b in branches],
+                                    "body": dict(body)}
+            return canvas
+        canvas = self.build(plan, first=first)
+        return canvas if tail is None else chain(canvas, tail)
+
+    def _forkable(self, part: Parallel) -> bool:
+        """Every branch is one message: a step, or steps fused on one queue."""
+        for branch in part.parts:
+            names = [branch] if isinstance(branch, Node) else list(
+                branch.parts if isinstance(branch, Series) else ())
+            if not names or not all(isinstance(n, Node) and fusible(self.steps[n.name])
+                                    for n in names):
+                return False
+            if len({self.steps[n.name].queue for n in names if isinstance(n, Node)}) != 1:
+                return False
+        return True
+
+    def _one_message_end(self, part: Plan) -> bool:
+        """``part`` ends in one message of fusible steps, which can carry the fork."""
+        return isinstance(part, Node) and fusible(self.steps[part.name])
+
+
+def join_spec(fork_id: str, index: int, size: int, body: Signature | dict[str, Any]
+              ) -> dict[str, Any]:
+    """What a branch's message carries to arrive at its join (see the module)."""
+    return {"id": fork_id, "index": index, "size": size, "body": dict(body)}
+
+
+def with_join(branch: Signature, join: dict[str, Any]) -> Signature:
+    """A copy of a branch's signature that arrives at ``join`` when done."""
+    joined = branch.clone()
+    joined["kwargs"] = {**joined.get("kwargs", {}), JOIN: join}
+    return joined

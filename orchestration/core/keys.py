@@ -28,3 +28,9 @@ def latencies(key: str) -> str:
 def run_done(run_id: str) -> str:
     """Pub/sub channel on which a run's end is announced (the message: its status only)."""
     return f"{PREFIX}:run-done:{run_id}"
+
+
+def join(join_id: str) -> str:
+    """The arrived branches of one parallel group (compile/canvas.py forks): a hash of
+    branch index -> that branch's envelope (JSON)."""
+    return f"{PREFIX}:join:{join_id}"

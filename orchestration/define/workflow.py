@@ -37,6 +37,7 @@ from orchestration.define.triggers import (
 from orchestration.define.versions import version_label
 from orchestration.define.vocabulary import check_workflow_options
 from orchestration.errors import WorkflowDefinitionError
+from orchestration.store.joins import Joins
 from orchestration.store.repository import Store
 
 log = structlog.get_logger("orchestration.define.workflow")
@@ -55,6 +56,10 @@ class Host(Protocol):
     @property
     def celery(self) -> Any:
         """The Celery application steps are registered on."""
+
+    @property
+    def joins(self) -> Joins | None:
+        """Where parallel branches join; None: parallel groups are chords."""
 
     def register(self, workflow: Workflow) -> None:
         """Make a workflow known to this deployment."""
@@ -81,7 +86,7 @@ class Host(Protocol):
         """Enqueue a written run's canvas."""
 
     def canvas(self, workflow: Workflow, run_id: str, inputs: dict[str, Any], *,
-               stored: Any = None) -> Any:
+               stored: Any = None, followed: bool = False) -> Any:
         """The Celery canvas of one run (not sent)."""
 
     def create_child(self, workflow: Workflow, parent_run: str, parent_step: str,
@@ -339,9 +344,10 @@ class Workflow:
         """Enqueue the run's canvas (steps already terminal in the DB will not re-run)."""
         self.orchestrator.dispatch(self, run_id, inputs, stored=stored)
 
-    def canvas(self, run_id: str, inputs: dict[str, Any], *, stored: Any = None) -> Any:
+    def canvas(self, run_id: str, inputs: dict[str, Any], *, stored: Any = None,
+               followed: bool = False) -> Any:
         """The Celery canvas of one run (not sent); see ``submit.submission.canvas``."""
-        return self.orchestrator.canvas(self, run_id, inputs, stored=stored)
+        return self.orchestrator.canvas(self, run_id, inputs, stored=stored, followed=followed)
 
     def create_child(self, parent_run: str, parent_step: str, inputs: dict[str, Any]) -> str:
         """Write a child run of ``parent_run`` (once per parent step); returns its id."""

@@ -146,7 +146,7 @@ def dispatch(host: Host, workflow: Workflow, run_id: str, inputs: dict[str, Any]
 
 
 def canvas(host: Host, workflow: Workflow, run_id: str, inputs: dict[str, Any], *,
-           stored: Any = None, priority: int | None = None) -> Any:
+           stored: Any = None, priority: int | None = None, followed: bool = False) -> Any:
     """The Celery canvas of one run (not sent).
 
     ``stored``: the run's inputs as stored (redacted; computed here if not given).
@@ -154,6 +154,9 @@ def canvas(host: Host, workflow: Workflow, run_id: str, inputs: dict[str, Any], 
     ``priority``: the run's (core/priority.py); without one, a canvas built while a
     worker runs a task (a child run, a map) keeps that task's message priority, and
     any other is a normal run's.
+    ``followed``: the caller chains a message after the run's last one (a child run's
+    parent continues there): its parallel groups are chords, since a fork's branches
+    end the run by themselves, not where the canvas ends (compile/canvas.py).
     """
     compiled = workflow.validate()
     host.before_dispatch(compiled)
@@ -162,7 +165,9 @@ def canvas(host: Host, workflow: Workflow, run_id: str, inputs: dict[str, Any], 
         stored=(lambda: stored) if stored is not None else (lambda: workflow.redactor(inputs)))
     return build_canvas(compiled.decomposition.plan, compiled.steps,
                         envelope.to_message(), run_id, host.celery,
-                        priority=_broker_priority(host, priority), version=compiled.version)
+                        priority=_broker_priority(host, priority), version=compiled.version,
+                        joins=host.joins is not None and workflow.limit is None
+                        and not followed)
 
 
 def _broker_priority(host: Host, priority: int | None) -> int:

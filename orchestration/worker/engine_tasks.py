@@ -141,7 +141,7 @@ def child_canvas(orchestrator: WorkerHost, bound: BoundStep, signal: StartChild)
         "parent": signal.envelope.to_message(), "run_id": parent_run,
         "step": bound.spec.task_name, "child_run": child_id, "finalize": signal.finalize,
     }, queue=bound.queue)
-    return chain(child.workflow.canvas(child_id, child.inputs), done)
+    return chain(child.workflow.canvas(child_id, child.inputs, followed=True), done)
 
 
 def resume_signature(task: Any) -> dict[str, Any]:

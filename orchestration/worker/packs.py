@@ -24,58 +24,19 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import structlog
-from celery.app.task import Context
 from celery.exceptions import Ignore, Reject, Retry
 
 from orchestration.core.envelope import is_envelope
+from orchestration.worker.standin import StandIn
 
 log = structlog.get_logger("orchestration.worker.packs")
 
 
-class OneOfPack:
+class OneOfPack(StandIn):
     """The step task as one run of a pack sees it: ``request`` is that run's message."""
 
     def __init__(self, task: Any, index: int, message: Any, kwargs: dict[str, Any]) -> None:
-        self._task = task
-        request = dict(task.request.__dict__)
-        pack_id = task.request.id
-        request.update(args=(message,), kwargs=kwargs,
-                       id=None if pack_id is None else f"{pack_id}.{index}",
-                       retries=0, chain=None, chord=None, callbacks=None, errbacks=None,
-                       group=None)
-        self.request = Context(request)
-
-    def __getattr__(self, name: str) -> Any:  # orchestrator, workflow, step_name, name, app
-        return getattr(self._task, name)
-
-    def _own(self, kwargs: dict[str, Any] | None) -> Any:
-        """This run's message on its own (what a message of its own would have been)."""
-        return self._task.signature_from_request(self.request, kwargs=kwargs)
-
-    def retry(self, *args: Any, countdown: float | None = None,
-              kwargs: dict[str, Any] | None = None, throw: bool = True,
-              **options: Any) -> BaseException:
-        """Send this run's message again, alone (Celery would re-send the whole pack)."""
-        _send(lambda: self._own(kwargs).apply_async(countdown=countdown))
-        ignored: BaseException = Ignore()
-        if throw:
-            raise ignored
-        return ignored
-
-    def replace(self, signature: Any) -> None:
-        """Send what replaces this run's message (a map's chord, a child run)."""
-        _send(signature.apply_async)
-        raise Ignore()
-
-
-def _send(publish: Any) -> None:
-    """Publish; a broker that refuses has the whole pack returned to its queue (the
-    runs already done pass their recorded outcomes on when it comes back)."""
-    try:
-        publish()
-    except Exception as exc:
-        raise Reject(f"broker refused a run's message: {type(exc).__name__}: {exc}",
-                     requeue=True) from exc
+        super().__init__(task, index, (message,), kwargs)
 
 
 PACK_THREADS = 256  # the process's pack threads, shared by every pack it runs

@@ -15,7 +15,7 @@ import structlog
 from celery import chain
 from celery.exceptions import Ignore, Reject
 
-from orchestration.compile.canvas import with_priority
+from orchestration.compile.canvas import FORK, JOIN, with_priority
 from orchestration.core.envelope import Envelope, is_envelope
 from orchestration.define.step import BoundStep, StepSpec
 from orchestration.define.workflow import Workflow
@@ -30,9 +30,11 @@ from orchestration.execute.maps import map_canvas, run_chunk
 from orchestration.execute.runtime import NextClaim, StartChild, StartMap, run_step
 from orchestration.observe import tracing
 from orchestration.store.engine import is_unavailable
+from orchestration.store.joins import JoinsUnavailable
 from orchestration.worker import versions
 from orchestration.worker.batching import join_batch
 from orchestration.worker.engine_tasks import child_canvas
+from orchestration.worker.forks import after_step, continuation
 from orchestration.worker.host import WorkerHost
 from orchestration.worker.limits import is_limited, permits_for
 from orchestration.worker.packs import run_pack
@@ -57,12 +59,14 @@ def execute_step(task: Any, message: Any = None, run_id: str | None = None,
                  params: dict[str, Any] | None = None,
                  fused: list[str] | None = None,
                  released: dict[str, int] | None = None, version: str | None = None,
-                 pack: list[Any] | None = None) -> Any:
+                 pack: list[Any] | None = None, fork: dict[str, Any] | None = None,
+                 join: dict[str, Any] | None = None) -> Any:
     """Run one delivery of a step (or of fused steps, or one map chunk).
 
     ``version``: the run's workflow version; a worker carrying another one parks the
     message for a worker of that version (worker/versions.py) and runs nothing.
     ``pack``: several runs' messages in one (compile/packing.py): each runs as its own.
+    ``fork``, ``join``: what follows the steps (parallel branches: worker/forks.py).
     """
     if pack is not None and message is None:
         run_pack(task, execute_step, pack, {"finalize": finalize, "fused": fused,
@@ -89,7 +93,14 @@ def execute_step(task: Any, message: Any = None, run_id: str | None = None,
     first = steps[current]
     with (permits_for(task, workflow, first, message, finalize and chunk is None)
           if is_limited(workflow, first) else nullcontext()), tracing.received(task.request):
-        return _execute(task, message, steps, names, run_id, finalize, chunk, params, released)
+        result = _execute(task, message, steps, names, run_id, finalize, chunk, params,
+                          released)
+    if fork is not None or join is not None:
+        try:
+            after_step(task, result, fork=fork, join=join, execute=execute_step)
+        except JoinsUnavailable as exc:
+            raise hand_back(task, exc, names[-1], None, what="join state") from None
+    return result
 
 
 def _execute(task: Any, message: Any, steps: dict[str, BoundStep], names: list[str],
@@ -162,9 +173,15 @@ def _replacement(task: Any, signal: StartMap | StartChild, names: list[str], cur
                                                  signal.envelope.run_id, current),
                                              celery=orchestrator.celery),
                                   workflow.name, workflow.validate().version))
+    carried = task.request.kwargs or {}
     if rest:
-        replacement = chain(replacement, _rest_of(orchestrator, workflow, rest, run_id,
-                                                  finalize))
+        after = _rest_of(orchestrator, workflow, rest, run_id, finalize)
+        after["kwargs"].update({key: carried[key] for key in (FORK, JOIN)
+                                if carried.get(key) is not None})
+        replacement = chain(replacement, after)
+    else:  # the fork or join this message carried follows the replacement
+        follow = continuation(orchestrator, carried, steps[current].queue)
+        replacement = replacement if follow is None else chain(replacement, follow)
     priority = (task.request.delivery_info or {}).get("priority")
     return with_priority(replacement, priority) if isinstance(priority, int) else replacement
 
@@ -190,8 +207,10 @@ def _engine_error(orchestrator: WorkerHost, task: Any, message: Any, step: str,
     return exc
 
 
-def hand_back(task: Any, error: BaseException, step: str, released: int | None) -> BaseException:
-    """Give a step whose results DB is unreachable back to the broker, never dropping it.
+def hand_back(task: Any, error: BaseException, step: str, released: int | None, *,
+              what: str = "results database") -> BaseException:
+    """Give a step whose results DB (or ``what``) is unreachable back to the broker, never
+    dropping it.
 
     The message is sent again with a countdown (doubling up to 30 s, for as long as the
     outage lasts) naming the delivery it released, so its next claim is not counted as
@@ -203,9 +222,8 @@ def hand_back(task: Any, error: BaseException, step: str, released: int | None) 
     args = task.request.args or ()
     run_id = (task.request.kwargs or {}).get("run_id") or (
         Envelope.from_message(args[0]).run_id if args and is_envelope(args[0]) else None)
-    log.warning("results database unreachable; step handed back to the broker",
-                run_id=run_id, step=step, task_id=task.request.id, retry_in_s=delay,
-                handbacks=handbacks,
+    log.warning(f"{what} unreachable; step handed back to the broker", run_id=run_id,
+                step=step, task_id=task.request.id, retry_in_s=delay, handbacks=handbacks,
                 error=f"{type(cause).__name__}: {cause}".splitlines()[0])
     kwargs = dict(task.request.kwargs or {})
     if released is not None:

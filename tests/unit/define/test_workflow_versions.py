@@ -151,6 +151,9 @@ def test_every_step_message_names_the_runs_version(tmp_path: Path) -> None:
                 walk(body)
             if not getattr(sig, "tasks", None) and isinstance(getattr(sig, "task", None), str):
                 seen.append((sig.task, sig.kwargs.get("version")))
+                fork = sig.kwargs.get("fork")  # a parallel group run as a fork
+                for part in [*fork["branches"], fork["body"]] if fork else ():
+                    walk(orch.celery.signature(part))
 
         walk(canvas)
         steps = [(task, v) for task, v in seen if task.startswith("fanout.")]

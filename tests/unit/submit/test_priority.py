@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from celery import signals
-from celery.canvas import Signature, _chain, _chord, group
+from celery.canvas import Signature, _chain, _chord, group, maybe_signature
 from sqlalchemy import text
 
 from orchestration import (
@@ -107,6 +107,9 @@ def signatures(sig: Any) -> Iterator[Signature]:
             yield from signatures(task)
     else:
         yield sig
+        fork = sig.kwargs.get("fork")  # a parallel group run as a fork: its branches, body
+        for part in [*fork["branches"], fork["body"]] if fork else ():
+            yield from signatures(maybe_signature(part))
 
 
 @pytest.mark.parametrize(("broker", "sent"), [(REDIS, 1), (AMQP, 8)])
