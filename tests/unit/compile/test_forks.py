@@ -27,7 +27,7 @@ from orchestration.app import Orchestrator
 from orchestration.compile.canvas import FINALIZE_TASK, FORK, JOIN, build_canvas
 from orchestration.core.envelope import Envelope
 from orchestration.core.redaction import REDACTED
-from orchestration.store.joins import LocalJoins
+from orchestration.store.joins import JoinsUnavailable, LocalJoins
 from orchestration.testing import embedded_orchestrator
 from tests.support.flows import Flows
 
@@ -453,3 +453,35 @@ def test_local_joins_complete_once_in_branch_order_keeping_each_branch_first_par
     assert len(joins) == 0  # forgotten once complete
     with pytest.raises(ValueError, match="branch 3 of a join of 3"):
         joins.arrive("k", 3, 3, "x")
+
+
+class FlakyJoins(LocalJoins):
+    """A join state that cannot be reached for its first ``failures`` arrivals."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures, self.refused = failures, 0
+
+    def arrive(self, join_id: str, index: int, size: int, part: Any) -> list[Any] | None:
+        if self.refused < self.failures:
+            self.refused += 1
+            raise JoinsUnavailable("join state down (test)")
+        return super().arrive(join_id, index, size, part)
+
+
+def test_an_arrival_while_the_join_state_is_down_is_handed_back_and_arrives_later(
+        flows: dict[str, SimpleNamespace], app: Orchestrator) -> None:
+    ns = flows["diamond"]
+    before = Counter(ns.calls.counts)
+    flaky = FlakyJoins(failures=1)
+    saved = app._joins
+    app._joins = (app.settings, flaky)
+    try:
+        result = ns.wf.run(x=10, timeout=30)
+    finally:
+        app._joins = saved
+    assert result.status is RunStatus.SUCCEEDED, result.error
+    assert result.outputs["d"] == [22, 33]
+    assert flaky.refused == 1
+    # Handed back and delivered again: its step passed its recorded outcome on.
+    assert ns.calls.counts - before == Counter({"a": 1, "b": 1, "c": 1, "d": 1})
