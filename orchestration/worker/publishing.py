@@ -58,6 +58,11 @@ def kwargs_summary(kwargs: Any) -> str:
                           "items": len(items) if isinstance(items, list) else "<ref>"}
         elif key == "pack" and isinstance(value, list):  # several runs' envelopes
             shown[key] = f"<{len(value)} runs>"
+        elif key == "fork" and isinstance(value, Mapping):  # the branches it sends
+            branches = value.get("branches")
+            shown[key] = f"<{len(branches) if isinstance(branches, list) else '?'} branches>"
+        elif key == "join" and isinstance(value, Mapping):  # where this branch arrives
+            shown[key] = f"<branch {value.get('index')} of {value.get('size')}>"
         else:
             shown[key] = "<omitted>"
     return repr(shown)

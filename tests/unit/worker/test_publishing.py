@@ -90,6 +90,10 @@ def test_summaries() -> None:
     packed = [[{"run": f"r{i}", "out": {"key": SECRET}}, f"r{i}"] for i in range(3)]
     assert kwargs_summary({"pack": packed, "finalize": True}) == (
         "{'pack': '<3 runs>', 'finalize': True}")
+    body = {"task": "wf.d", "args": [], "kwargs": {"run_id": "r"}, "options": {}}
+    assert kwargs_summary({"fork": {"id": "f", "branches": [body, body], "body": body},
+                           "join": {"id": "f", "index": 1, "size": 2, "body": body}}) == (
+        "{'fork': '<2 branches>', 'join': '<branch 1 of 2>'}")
 
 
 def test_a_succeeded_event_carries_a_summary_of_the_result(orch: Orchestrator) -> None:
