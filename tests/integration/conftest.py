@@ -66,7 +66,7 @@ os.environ.update({
     # What every worker imports: the test workflows and the shipped support workflow.
     "ORCH_IMPORTS": ",".join([*(f"{WORKFLOWS}.{name}" for name in (
         "common", "dynamic", "durability", "reconcile", "liveness", "reliability",
-        "packs")),
+        "packs", "forks")),
         "tasks.support.workflow"]),
     "ORCH_INLINE_RETRY_LIMIT": str(INLINE_RETRY_LIMIT_S),
 })
