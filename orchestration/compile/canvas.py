@@ -31,6 +31,7 @@ from uuid import uuid4
 from celery import chain, group
 from celery.canvas import Signature, _chord
 
+from orchestration.compile.packing import bundle
 from orchestration.define.graph import Node, Parallel, Plan, Series, plan_nodes
 from orchestration.define.step import BoundStep
 
@@ -40,7 +41,8 @@ FORK, JOIN = "fork", "join"
 
 def build_canvas(plan: Plan, steps: Mapping[str, BoundStep], message: dict[str, Any],
                  run_id: str, celery: Any, *, priority: int | None = None,
-                 version: str | None = None, joins: bool = False) -> Signature:
+                 version: str | None = None, joins: bool = False,
+                 bundle_size: int = 1) -> Signature:
     """The canvas of one run: every step once, in the plan's order, then finalisation.
 
     ``priority``: the broker's ``priority`` property for every message of the run (see
@@ -48,7 +50,9 @@ def build_canvas(plan: Plan, steps: Mapping[str, BoundStep], message: dict[str, 
     chains and chord callbacks, and the worker's own publishes inherit it.
     ``version``: the run's workflow version, in every step message's kwargs (a worker
     carrying another version parks the message: worker/versions.py).
-    ``joins``: compile top-level parallel groups as forks (see the module).
+    ``joins``: compile top-level parallel groups as forks (see the module);
+    ``bundle_size``: the branches of a group that starts the run, on one queue, go this
+    many to a message (compile/packing.py ``bundle``).
     """
     options: dict[str, Any] = {} if priority is None else {"priority": priority}
     sign = partial(_sign, celery, version, options)
@@ -60,7 +64,9 @@ def build_canvas(plan: Plan, steps: Mapping[str, BoundStep], message: dict[str, 
     tail = None if ends_in_step else sign(FINALIZE_TASK, args=(), kwargs={"run_id": run_id},
                                           queue=steps[last].queue, ignore_result=True)
     if joins:
-        return _Forks(steps, message, run_id, sign, finalizer).top(plan, tail, first=True)
+        return _Forks(steps, message, run_id, sign, finalizer,
+                      partial(bundle, size=bundle_size, celery=celery)).top(plan, tail,
+                                                                             first=True)
     canvas = _build(plan, steps, message, run_id, sign, first=True, finalizer=finalizer,
                     keep_result=False)
     return canvas if tail is None else chain(canvas, tail)
@@ -177,9 +183,10 @@ class _Forks:
     """The top level of a run compiled with forks for its parallel groups (see module)."""
 
     def __init__(self, steps: Mapping[str, BoundStep], message: dict[str, Any], run_id: str,
-                 sign: Callable[..., Signature], finalizer: str | None) -> None:
+                 sign: Callable[..., Signature], finalizer: str | None,
+                 bundled: Callable[[list[Signature]], list[Signature]]) -> None:
         self.steps, self.message, self.run_id = steps, message, run_id
-        self.sign, self.finalizer = sign, finalizer
+        self.sign, self.finalizer, self.bundled = sign, finalizer, bundled
 
     def build(self, plan: Plan, *, first: bool) -> Signature:
         return _build(plan, self.steps, self.message, self.run_id, self.sign, first=first,
@@ -202,9 +209,10 @@ class _Forks:
             branches = [self.build(branch, first=index == 0) for branch in part.parts]
             fork_id = uuid4().hex
             if index == 0:  # the run starts with the group: send the branches with their join
-                return group(*[with_join(branch, join_spec(fork_id, number, len(branches),
-                                                           body))
-                               for number, branch in enumerate(branches)])
+                sent = self.bundled([with_join(branch, join_spec(fork_id, number,
+                                                                 len(branches), body))
+                                     for number, branch in enumerate(branches)])
+                return sent[0] if len(sent) == 1 else group(*sent)
             head = parts[:index]
             canvas = self.build(Series(tuple(head)) if len(head) > 1 else head[0], first=first)
             last = canvas.tasks[-1] if isinstance(canvas, chain) else canvas

@@ -65,3 +65,37 @@ def pack(signatures: Iterable[Signature], size: int, celery: Any) -> list[Signat
             out.append(celery.signature(head.task, args=(), kwargs=kwargs,
                                         **dict(head.options)))
     return out
+
+
+BUNDLE_TASK = "orchestration.bundle"
+BUNDLE = "messages"
+
+
+def bundle(signatures: Iterable[Signature], size: int, celery: Any,
+           args: tuple[Any, ...] = ()) -> list[Signature]:
+    """Step messages of one run sent together: bundles of at most ``size`` per queue.
+
+    The branches of a fork (compile/canvas.py) are messages of different steps, each
+    run as its own by ``orchestration.bundle`` (worker/forks.py): a fan-out of 100
+    declared steps is 7 messages, not 100. ``args`` go before each message's own (the
+    envelope a fork hands its branches). A bundle of one is sent as the message itself.
+    """
+    groups: dict[tuple[Any, ...], list[Signature]] = {}
+    for signature in signatures:
+        key = (signature.options.get("queue"), signature.options.get("priority"))
+        groups.setdefault(key, []).append(signature)
+    out: list[Signature] = []
+    for (queue, priority), members in groups.items():
+        for start in range(0, len(members), max(1, size)):
+            chunk = members[start:start + max(1, size)]
+            if len(chunk) == 1:
+                out.append(chunk[0].clone(args=args) if args else chunk[0])
+                continue
+            options: dict[str, Any] = {"queue": queue, "ignore_result": True}
+            if priority is not None:
+                options["priority"] = priority
+            items = [[member.task, [*args, *(member.args or ())], dict(member.kwargs or {})]
+                     for member in chunk]
+            out.append(celery.signature(BUNDLE_TASK, args=(), kwargs={BUNDLE: items},
+                                        **options))
+    return out

@@ -167,7 +167,8 @@ def canvas(host: Host, workflow: Workflow, run_id: str, inputs: dict[str, Any], 
                         envelope.to_message(), run_id, host.celery,
                         priority=_broker_priority(host, priority), version=compiled.version,
                         joins=host.joins is not None and workflow.limit is None
-                        and not followed)
+                        and not followed,
+                        bundle_size=host.settings.pack_size)
 
 
 def _broker_priority(host: Host, priority: int | None) -> int:

@@ -32,10 +32,12 @@ from celery import Signature
 from celery.exceptions import Ignore, Reject, Retry
 
 from orchestration.compile.canvas import FORK, JOIN, fusible, join_spec, with_join
+from orchestration.compile.packing import BUNDLE_TASK, bundle
 from orchestration.store.joins import JoinsUnavailable
+from orchestration.worker.packs import run_each
 from orchestration.worker.standin import StandIn, send
 
-__all__ = ["CONTINUE_TASK", "after_step", "continuation", "register_fork_tasks"]
+__all__ = ["CONTINUE_TASK", "after_step", "continuation", "register_fork_tasks", "run_bundle"]
 
 log = structlog.get_logger("orchestration.worker.forks")
 CONTINUE_TASK = "orchestration.continue"
@@ -66,9 +68,10 @@ def _fork(task: Any, envelope: Any, fork: dict[str, Any], execute: Execute) -> N
     queue = _queue(task)
     here = next((index for index, branch in enumerate(branches)
                  if _runs_here(task, branch, queue)), None)
-    others = [branch for index, branch in enumerate(branches) if index != here]
+    others = bundle([branch for index, branch in enumerate(branches) if index != here],
+                    task.orchestrator.settings.pack_size, celery, args=(envelope,))
     if others:
-        send(lambda: _publish(celery, others, (envelope,)))
+        send(lambda: _publish(celery, others))
     if here is not None:
         _run_here(task, branches[here], (envelope,), f"b{here}", execute)
 
@@ -89,10 +92,10 @@ def _arrive(task: Any, envelope: Any, join: dict[str, Any], execute: Execute) ->
         send(lambda: body.apply_async((parts,)))
 
 
-def _publish(celery: Any, signatures: list[Signature], args: tuple[Any, ...]) -> None:
+def _publish(celery: Any, signatures: list[Signature]) -> None:
     with celery.producer_or_acquire() as producer:
         for signature in signatures:
-            signature.apply_async(args, producer=producer)
+            signature.apply_async(producer=producer)
 
 
 def _queue(task: Any) -> str | None:
@@ -163,8 +166,53 @@ def continuation(host: Any, kwargs: dict[str, Any], queue: str) -> Signature | N
     return signature
 
 
+def run_bundle(task: Any, messages: Any, execute: Execute, concurrency: int) -> None:
+    """Run every step message of a bundle (compile/packing.py) as its own, ``concurrency``
+    at a time, as a pack's runs are (worker/packs.py).
+
+    Raises ``Reject(requeue=True)`` when one could be neither run nor sent on alone: the
+    bundle comes back whole (what was recorded passes its outcome on).
+    """
+    celery = task.orchestrator.celery
+    refused: list[int] = []
+
+    def one(index: int, item: Any) -> None:
+        name, args, kwargs = item if isinstance(item, list | tuple) and len(item) == 3 \
+            else (None, None, None)
+        target = celery.tasks.get(name) if isinstance(name, str) else None
+        if getattr(target, "step_name", None) is None or not isinstance(args, list) \
+                or not isinstance(kwargs, dict):
+            # The others go on; the run this message was for is re-sent by the reconciler.
+            log.error("malformed message in a bundle dropped", task_id=task.request.id,
+                      index=index, step=name if isinstance(name, str) else None)
+            return
+        stand_in = StandIn(task, index, tuple(args), kwargs, target=target)
+        try:
+            execute(stand_in, *args, **kwargs)
+        except (Ignore, Retry):
+            pass  # done with, or sent on alone
+        except Reject as exc:
+            log.warning("message of a bundle could not be sent on; the bundle goes back to "
+                        "its queue", step=name, error=str(exc))
+            refused.append(index)
+        except Exception:  # recorded on its run by the step task (its engine error)
+            log.exception("message of a bundle failed in the engine", step=name)
+
+    run_each(messages if isinstance(messages, list) else [], one, concurrency)
+    if refused:
+        raise Reject(f"{len(refused)} message(s) of the bundle could not be sent on",
+                     requeue=True)
+
+
 def register_fork_tasks(host: Any, execute: Execute) -> None:
-    """Register ``orchestration.continue`` (see :func:`continuation`)."""
+    """Register ``orchestration.continue`` (see :func:`continuation`) and
+    ``orchestration.bundle`` (see :func:`run_bundle`)."""
+
+    def run_messages(task: Any, messages: Any = None) -> None:
+        run_bundle(task, messages, execute, host.settings.pack_concurrency)
+
+    host.celery.task(name=BUNDLE_TASK, bind=True, shared=False, acks_late=True,
+                     orchestrator=host)(run_messages)
 
     def continue_after(task: Any, envelope: Any, run_id: str | None = None,
                        fork: dict[str, Any] | None = None,

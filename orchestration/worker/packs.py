@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from celery.exceptions import Ignore, Reject, Retry
@@ -30,6 +31,7 @@ from orchestration.core.envelope import is_envelope
 from orchestration.worker.standin import StandIn
 
 log = structlog.get_logger("orchestration.worker.packs")
+T = TypeVar("T")
 
 
 class OneOfPack(StandIn):
@@ -85,10 +87,19 @@ def run_pack(task: Any, execute: Any, pack: list[Any], kwargs: dict[str, Any],
         except Exception:  # recorded on the run by the step task (its engine error)
             log.exception("run of a pack failed in the engine", run_id=run_id)
 
-    # ``concurrency`` runners take the next run until none is left: one in this thread,
-    # the others on the process's pack threads (kept between packs, so what a thread
-    # keeps, e.g. its keep-alive connection to a model provider, outlives one pack).
-    queue = iter(list(enumerate(pack)))
+    run_each(pack, one, concurrency)
+    if refused:
+        raise Reject(f"{len(refused)} run(s) of the pack could not be sent on", requeue=True)
+
+
+def run_each(items: list[T], one: Callable[[int, T], None], concurrency: int) -> None:
+    """``one(index, item)`` for every item, ``concurrency`` at a time.
+
+    ``concurrency`` runners take the next item until none is left: one in this thread,
+    the others on the process's pack threads (kept between packs, so what a thread
+    keeps, e.g. its keep-alive connection to a model provider, outlives one pack).
+    """
+    queue = iter(list(enumerate(items)))
     taking = threading.Lock()
 
     def runner() -> None:
@@ -100,9 +111,7 @@ def run_pack(task: Any, execute: Any, pack: list[Any], kwargs: dict[str, Any],
             one(*item)
 
     futures = [_pack_threads().submit(runner)
-               for _ in range(min(concurrency, len(pack)) - 1)]
+               for _ in range(min(concurrency, len(items)) - 1)]
     runner()
     for future in futures:
         future.result()
-    if refused:
-        raise Reject(f"{len(refused)} run(s) of the pack could not be sent on", requeue=True)

@@ -63,6 +63,8 @@ def kwargs_summary(kwargs: Any) -> str:
             shown[key] = f"<{len(branches) if isinstance(branches, list) else '?'} branches>"
         elif key == "join" and isinstance(value, Mapping):  # where this branch arrives
             shown[key] = f"<branch {value.get('index')} of {value.get('size')}>"
+        elif key == "messages" and isinstance(value, list):  # a bundle's step messages
+            shown[key] = f"<{len(value)} messages>"
         else:
             shown[key] = "<omitted>"
     return repr(shown)

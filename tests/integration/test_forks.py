@@ -36,6 +36,7 @@ import pytest
 
 from orchestration import RunStatus, StepStatus, get_run
 from orchestration.compile.canvas import FORK, JOIN
+from orchestration.compile.packing import BUNDLE, BUNDLE_TASK
 from orchestration.core.results import RunResult
 from tests.integration.support.helpers import wait_until
 from tests.integration.support.workflows.common import _redis, calls
@@ -125,8 +126,11 @@ def test_a_diamond_compiles_to_a_fork_on_the_first_message() -> None:
     assert [branch["task"] for branch in fork["branches"]] == [
         "it_fork_diamond.b", "it_fork_diamond.c"]
     assert fork["body"]["task"] == "it_fork_diamond.d"
-    started = roots.canvas("r-roots", {"n": 1})  # a run that starts with its group
-    joins = [task["kwargs"][JOIN] for task in started.tasks]
+    started = roots.canvas("r-roots", {"n": 1})  # a run that starts with its group:
+    assert started["task"] == BUNDLE_TASK  # its branches, on one queue, in one message
+    assert [item[0] for item in started["kwargs"][BUNDLE]] == [
+        "it_fork_roots.left", "it_fork_roots.right"]
+    joins = [kwargs[JOIN] for _, _, kwargs in started["kwargs"][BUNDLE]]
     assert [(j["index"], j["size"]) for j in joins] == [(0, 2), (1, 2)]
     assert len({j["id"] for j in joins}) == 1
     assert joins[0]["body"]["task"] == "it_fork_roots.both"
@@ -210,7 +214,7 @@ def test_a_run_that_starts_with_its_group_joins(pool: str, extra_workers: Worker
     assert run.outputs["both"] == 4 * 5
     assert {step: calls(run_id, step) for step in ("left", "right", "both")} == {
         "left": 1, "right": 1, "both": 1}
-    assert sorted(sent(run_id)) == ["left", "right"]  # the join ran "both" inline
+    assert sent(run_id) == ["bundle(left,right)"]  # the join ran "both" inline
 
 
 @pytest.mark.parametrize("pool", POOLS)

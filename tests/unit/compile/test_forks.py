@@ -20,18 +20,25 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from celery.app.task import Context
 from celery.canvas import Signature, _chain, _chord, group
+from celery.exceptions import Ignore, Reject
 
 from orchestration import RunStatus, StepContext, StepStatus, Workflow
 from orchestration.app import Orchestrator
 from orchestration.compile.canvas import FINALIZE_TASK, FORK, JOIN, build_canvas
+from orchestration.compile.packing import BUNDLE, BUNDLE_TASK
 from orchestration.core.envelope import Envelope
 from orchestration.core.redaction import REDACTED
 from orchestration.store.joins import JoinsUnavailable, LocalJoins
+from orchestration.submit.submission import planned
 from orchestration.testing import embedded_orchestrator
+from orchestration.worker.forks import run_bundle
 from tests.support.flows import Flows
+from tests.support.polling import wait_until
 
 Q1, Q2 = "forks.q1", "forks.q2"
+WIDE = 40  # branches of one group: 3 bundles of at most 16
 STAGES = 60  # forks in a row: deeper than the stack allows if each nested a delivery
 flow = Flows()
 
@@ -60,12 +67,12 @@ def flows(app: Orchestrator) -> dict[str, SimpleNamespace]:
     return flow.build(app)
 
 
-def compiled(wf: Workflow, *, joins: bool = True) -> Signature:
+def compiled(wf: Workflow, *, joins: bool = True, bundle_size: int = 1) -> Signature:
     plan = wf.validate()
     run_id = str(uuid.uuid4())
     message = Envelope.for_inputs(run_id, {"x": 1}, 10_000).to_message()
     return build_canvas(plan.decomposition.plan, plan.steps, message, run_id,
-                        wf.app.celery, joins=joins)
+                        wf.app.celery, joins=joins, bundle_size=bundle_size)
 
 
 def sent(published: list[tuple[str, Any]], run_id: str) -> list[str]:
@@ -73,7 +80,11 @@ def sent(published: list[tuple[str, Any]], run_id: str) -> list[str]:
     out = []
     for name, body in published:
         kwargs = body[1] if isinstance(body, list | tuple) and len(body) == 3 else {}
-        if isinstance(kwargs, dict) and kwargs.get("run_id") == run_id:
+        if not isinstance(kwargs, dict):
+            continue
+        bundled = kwargs.get(BUNDLE) or ()  # a bundle of step messages: its first one's run
+        if kwargs.get("run_id") == run_id or any(item[2].get("run_id") == run_id
+                                                  for item in bundled):
             out.append(name)
     return out
 
@@ -170,12 +181,18 @@ def test_a_group_that_starts_a_run_is_sent_as_its_branches_with_their_join(
     assert len({j["id"] for j in joins}) == 1
     assert all(j["body"]["task"] == "fk_roots.both" for j in joins)
     assert all(len(branch.args) == 1 for branch in canvas.tasks)  # the first envelope
+    # Sent together: one message of both step messages (a bundle).
+    bundled = compiled(ns.wf, bundle_size=16)
+    assert bundled.task == BUNDLE_TASK and bundled.options["queue"] == Q1
+    assert [(task, len(args), kwargs[JOIN]["index"])
+            for task, args, kwargs in bundled.kwargs[BUNDLE]] == [
+        ("fk_roots.left", 1, 0), ("fk_roots.right", 1, 1)]
 
     result = ns.wf.run(x=3, timeout=15)
     assert result.status is RunStatus.SUCCEEDED, result.error
     assert result.outputs["both"] == 20
     assert ns.calls.counts == Counter({"left": 1, "right": 1, "both": 1})
-    assert sorted(sent(published, result.run_id)) == ["fk_roots.left", "fk_roots.right"]
+    assert sent(published, result.run_id) == [BUNDLE_TASK]
 
 
 @flow
@@ -205,6 +222,51 @@ def test_a_group_that_ends_a_run_joins_into_its_finalisation(
     result = ns.wf.run(x=1, timeout=15)
     assert result.status is RunStatus.SUCCEEDED, result.error
     assert result.outputs == {"start": 1, "one": 2, "two": 3}
+
+
+@flow
+def wide(app: Orchestrator) -> SimpleNamespace:
+    ns = SimpleNamespace(calls=Calls(), wf=Workflow("fk_wide", queue=Q1, app=app))
+    names = [f"w{i:02d}" for i in range(WIDE)]
+    for name in names:
+        namespace: dict[str, Any] = {"calls": ns.calls}
+        exec(f"def {name}(x):\n    calls({name!r})\n    return x\n", namespace)
+        ns.wf.task(name=name)(namespace[name])
+    namespace = {"calls": ns.calls}
+    exec(f"def total({', '.join(names)}):\n    calls('total')\n"
+         f"    return sum(({', '.join(names)},))\n", namespace)
+    ns.wf.task(name="total")(namespace["total"])
+    return ns
+
+
+def test_a_wide_group_is_sent_as_bundles_and_each_step_runs_once(
+        flows: dict[str, SimpleNamespace], published: list[tuple[str, Any]]) -> None:
+    ns = flows["wide"]
+    result = ns.wf.run(x=2, timeout=30)
+    assert result.status is RunStatus.SUCCEEDED, result.error
+    assert result.outputs["total"] == 2 * WIDE
+    assert set(ns.calls.counts.values()) == {1} and len(ns.calls.counts) == WIDE + 1
+    # 40 branches, 16 to a bundle: 3 messages; the join's step ran in the last arrival's.
+    assert sent(published, result.run_id) == [BUNDLE_TASK] * 3
+
+
+def test_a_malformed_message_in_a_bundle_is_dropped_and_the_others_run(
+        flows: dict[str, SimpleNamespace], app: Orchestrator) -> None:
+    ns = flows["wide"]
+    before = Counter(ns.calls.counts)
+    run_id = str(uuid.uuid4())
+    canvas = ns.wf.canvas(run_id, {"x": 1})  # written and sent below, one bundle spoiled
+    bundles = list(canvas.tasks)
+    bundles[0].kwargs[BUNDLE][0] = ["no.such.task", [], {}]
+    ns.wf.app.store.create_run(run_id, ns.wf.name, ns.wf.validate().version, {"x": 1},
+                               planned(ns.wf.validate()))
+    for message in bundles:
+        message.apply_async()
+    wait_until(lambda: (ns.calls.counts - before).total() == WIDE - 1, timeout=30,
+               what="the other branches to run")
+    assert ns.calls.counts - before == Counter(
+        {f"w{i:02d}": 1 for i in range(1, WIDE)})  # w00's message was the spoiled one
+    app.store.cancel_run(run_id)  # its join waits for w00: nothing left running
 
 
 # -- shapes that stay chords -------------------------------------------------------------------
@@ -485,3 +547,29 @@ def test_an_arrival_while_the_join_state_is_down_is_handed_back_and_arrives_late
     assert flaky.refused == 1
     # Handed back and delivered again: its step passed its recorded outcome on.
     assert ns.calls.counts - before == Counter({"a": 1, "b": 1, "c": 1, "d": 1})
+
+
+def test_a_bundle_runs_each_message_alone_and_comes_back_whole_if_one_cannot_be_sent(
+        app: Orchestrator, flows: dict[str, SimpleNamespace]) -> None:
+    """``run_bundle`` with a stand-in step body: Ignore and errors stay with their own
+    message; a Reject (the broker refused what that message had to send) returns the
+    bundle to its queue once every other message has run."""
+    seen: list[tuple[str, Any]] = []
+
+    def execute(task: Any, *args: Any, **kwargs: Any) -> None:
+        seen.append((task.step_name, task.request.id))
+        outcome = kwargs.get("outcome")
+        if outcome == "ignore":
+            raise Ignore()
+        if outcome == "reject":
+            raise Reject("broker refused (test)", requeue=True)
+        if outcome == "error":
+            raise RuntimeError("engine error (test)")
+
+    outer = SimpleNamespace(orchestrator=app, request=Context({"id": "bundle-1"}))
+    items = [[f"fk_wide.w{i:02d}", [{"run": "r"}], {"run_id": "r", "outcome": outcome}]
+             for i, outcome in enumerate(["ok", "ignore", "reject", "error", "ok"])]
+    with pytest.raises(Reject) as refused:
+        run_bundle(outer, items, execute, concurrency=2)
+    assert refused.value.requeue
+    assert sorted(seen) == [(f"w{i:02d}", f"bundle-1.{i}") for i in range(5)]

@@ -26,6 +26,7 @@ from typing import Any
 from celery import signals
 
 from orchestration import StepContext, Workflow
+from orchestration.compile.packing import BUNDLE, BUNDLE_TASK
 from tests.integration.support.workflows.common import _redis
 from tests.integration.support.workflows.liveness import HANG_LIMIT_S, _started
 
@@ -46,10 +47,20 @@ def sent(run_id: str) -> list[str]:
 
 @signals.before_task_publish.connect(weak=False)
 def _record_sent(sender: str | None = None, body: Any = None, **_: Any) -> None:
-    """List a message of these workflows under its run (test process and workers alike)."""
+    """List a message of these workflows under its run (test process and workers alike);
+    a bundle (several step messages in one) as ``bundle(<steps>)``."""
+    kwargs = body[1] if isinstance(body, list | tuple) else (body or {}).get("kwargs", {})
+    if sender == BUNDLE_TASK:
+        items = [item for item in (kwargs or {}).get(BUNDLE) or ()
+                 if str(item[0]).startswith(f"{PREFIX}_")]
+        if items:
+            run_id = items[0][2].get("run_id")
+            steps = ",".join(str(item[0]).rsplit(".", 1)[-1] for item in items)
+            _redis().rpush(sent_key(run_id), f"bundle({steps})")
+            _redis().expire(sent_key(run_id), 3600)
+        return
     if not sender or not sender.startswith(f"{PREFIX}_"):
         return
-    kwargs = body[1] if isinstance(body, list | tuple) else (body or {}).get("kwargs", {})
     run_id = (kwargs or {}).get("run_id")
     if not run_id:
         return
