@@ -94,6 +94,8 @@ def test_summaries() -> None:
     assert kwargs_summary({"fork": {"id": "f", "branches": [body, body], "body": body},
                            "join": {"id": "f", "index": 1, "size": 2, "body": body}}) == (
         "{'fork': '<2 branches>', 'join': '<branch 1 of 2>'}")
+    assert kwargs_summary({"messages": [["wf.b", [{"out": SECRET}], {}]] * 3}) == (
+        "{'messages': '<3 messages>'}")
 
 
 def test_a_succeeded_event_carries_a_summary_of_the_result(orch: Orchestrator) -> None:
