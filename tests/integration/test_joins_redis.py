@@ -8,6 +8,7 @@ join.
 
 from __future__ import annotations
 
+import os
 import uuid
 
 import pytest
@@ -15,14 +16,15 @@ import redis
 
 from orchestration.core.keys import join as join_key
 from orchestration.store.joins import JoinsUnavailable, RedisJoins
-from tests.integration.conftest import REDIS_URL
 
 pytestmark = [pytest.mark.redis]
 
 
 @pytest.fixture
 def client() -> redis.Redis:
-    return redis.Redis.from_url(REDIS_URL, decode_responses=True)
+    # The session's Redis DB (tests/integration/conftest.py sets it; importing the
+    # conftest as a module would run it again, with a session of its own).
+    return redis.Redis.from_url(os.environ["ORCH_REDIS_URL"], decode_responses=True)
 
 
 def test_a_join_completes_with_every_branch_in_order_and_tells_each_later_arrival(
