@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from typing import Any, Protocol
 
 import redis
@@ -52,21 +53,40 @@ class Joins(Protocol):
 
 
 class LocalJoins:
-    """Joins of this process's branches (the embedded default)."""
+    """Joins of this process's branches (the embedded default).
 
-    def __init__(self) -> None:
+    A join some branch never reaches (its run failed in the engine, or was re-sent by
+    the reconciler with a join of its own) is dropped ``ttl`` seconds after it opened,
+    as Redis expires one.
+    """
+
+    def __init__(self, ttl: float = JOIN_TTL) -> None:
         self._lock = threading.Lock()
         self._open: dict[str, dict[int, Any]] = {}
+        self._opened: dict[str, float] = {}  # join id -> when its first branch arrived
+        self._ttl = ttl
 
     def arrive(self, join_id: str, index: int, size: int, part: Any) -> list[Any] | None:
         _check(index, size)
+        now = time.monotonic()
         with self._lock:
-            parts = self._open.setdefault(join_id, {})
+            parts = self._open.get(join_id)
+            if parts is None:
+                self._expire(now)
+                parts = self._open[join_id] = {}
+                self._opened[join_id] = now
             parts.setdefault(index, part)
             if len(parts) < size:
                 return None
-            del self._open[join_id]
+            del self._open[join_id], self._opened[join_id]
         return [parts[i] for i in range(size)]
+
+    def _expire(self, now: float) -> None:
+        """Drop joins open longer than the TTL (oldest first; insertion-ordered)."""
+        for join_id, opened in list(self._opened.items()):
+            if now - opened < self._ttl:
+                return
+            del self._open[join_id], self._opened[join_id]
 
     def __len__(self) -> int:
         """Joins waiting for a branch (for tests)."""

@@ -517,6 +517,14 @@ def test_local_joins_complete_once_in_branch_order_keeping_each_branch_first_par
         joins.arrive("k", 3, 3, "x")
 
 
+def test_a_local_join_no_branch_completes_is_dropped_after_its_ttl() -> None:
+    joins = LocalJoins(ttl=0.05)
+    assert joins.arrive("stuck", 0, 2, "a") is None  # its other branch never comes
+    assert len(joins) == 1
+    wait_until(lambda: joins.arrive(uuid.uuid4().hex, 0, 2, "b") is None
+               and "stuck" not in joins._open, timeout=5, what="the stale join to go")
+
+
 class FlakyJoins(LocalJoins):
     """A join state that cannot be reached for its first ``failures`` arrivals."""
 
