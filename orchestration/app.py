@@ -42,7 +42,7 @@ from orchestration.llm.resilience import Resilience
 from orchestration.observe import tracing
 from orchestration.pipelines import load_pipelines
 from orchestration.store.completion_redis import RedisCompletions
-from orchestration.store.joins import JOIN_TTL, Joins, LocalJoins, RedisJoins
+from orchestration.store.joins import Joins, joins_for
 from orchestration.store.repository import StepOutcome, Store
 from orchestration.store.run_stream import RedisRunStream, RunStream, SQLRunStream
 from orchestration.store.workers import Released, WorkerInfo
@@ -154,21 +154,11 @@ class Orchestrator:
 
     @property
     def joins(self) -> Joins | None:
-        """Where parallel branches join (store/joins.py): the shared Redis, this process
-        (embedded), or nowhere (parallel groups are chords)."""
-        joins = self._joins
-        if joins is None or joins[0] is not self.settings:
-            if self.settings.shared_redis_url:
-                client = self.resilience.redis
-                assert client is not None  # a shared Redis is configured
-                # Settled joins stay past a redelivery after a crash (Redis's visibility
-                # timeout), then go.
-                joins = (self.settings, RedisJoins(
-                    client, ttl=JOIN_TTL, settle=self.settings.visibility_timeout + 600))
-            else:
-                joins = (self.settings, LocalJoins() if self.settings.embedded else None)
-            self._joins = joins
-        return joins[1]
+        """Where parallel branches join (store/joins.py); None: groups are chords."""
+        if self._joins is None or self._joins[0] is not self.settings:
+            client = self.resilience.redis if self.settings.shared_redis_url else None
+            self._joins = (self.settings, joins_for(self.settings, client))
+        return self._joins[1]
 
     @property
     def resilience(self) -> Resilience:

@@ -33,8 +33,9 @@ from typing import Any, Protocol
 import redis
 
 from orchestration.core.keys import join as join_key
+from orchestration.core.settings import Settings
 
-__all__ = ["JOIN_TTL", "Joins", "JoinsUnavailable", "LocalJoins", "RedisJoins"]
+__all__ = ["JOIN_TTL", "Joins", "JoinsUnavailable", "LocalJoins", "RedisJoins", "joins_for"]
 
 #: How long an incomplete join lives after its last arrival: as long as a chord's parts
 #: (Celery's ``result_expires``, worker/celery_config.py).
@@ -126,6 +127,16 @@ class RedisJoins:
             return None
         parts = {int(reply[i]): reply[i + 1] for i in range(0, len(reply), 2)}
         return [json.loads(parts[i]) for i in range(size)]
+
+
+def joins_for(settings: Settings, client: redis.Redis | None) -> Joins | None:
+    """A deployment's join state: in its shared Redis (``client``), in this process on
+    the embedded default, else none (parallel groups are chords)."""
+    if client is not None:
+        # A complete join stays past a redelivery after a crash (Redis re-delivers after
+        # its visibility timeout), then goes.
+        return RedisJoins(client, ttl=JOIN_TTL, settle=settings.visibility_timeout + 600)
+    return LocalJoins() if settings.embedded else None
 
 
 def _check(index: int, size: int) -> None:
