@@ -37,7 +37,6 @@ import importlib.util
 import json
 import os
 import platform
-import shutil
 import statistics
 import sys
 import tempfile
@@ -340,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from importlib.metadata import version
 
-    from bench.maps import other_clients, wait_for_free_db
+    from bench.maps import finish_bench, wait_for_free_db
 
     info["dbos"] = version("dbos")
     wait_for_free_db(REDIS_URL, args.wait_for_db)
@@ -375,12 +374,7 @@ def main(argv: list[str] | None = None) -> int:
                 cleanup()
             except Exception as exc:  # report, and go on with the others
                 print(f"cleanup failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        if not other_clients(REDIS_URL):
-            flush_bench_db(REDIS_URL)
-        if args.keep_logs:
-            print(f"logs kept in {tmp}", file=sys.stderr)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        finish_bench(REDIS_URL, tmp, args.keep_logs)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import signal
 import statistics
 import sys
@@ -52,7 +51,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.maps import FlushWatch, other_clients, wait_for_free_db  # noqa: E402
+from bench.maps import FlushWatch, finish_bench, wait_for_free_db  # noqa: E402
 from bench.overhead import (  # noqa: E402 - needs the sys.path fix
     FORBIDDEN_REDIS_DB,
     WAIT_POLL,
@@ -345,16 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         watch.stop()
         _dispose_default_store()
-        others = other_clients(REDIS_URL)
-        if others:
-            print(f"not flushing {REDIS_URL}: {others} other client(s) connected",
-                  file=sys.stderr)
-        else:
-            flush_bench_db(REDIS_URL)
-        if args.keep_logs:
-            print(f"logs kept in {tmp}", file=sys.stderr)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        finish_bench(REDIS_URL, tmp, args.keep_logs)
 
 
 if __name__ == "__main__":

@@ -374,6 +374,20 @@ def _own_ports() -> set[int]:
     return ports
 
 
+def finish_bench(url: str, tmp: str | Path, keep_logs: bool) -> None:
+    """A bench's end: flush its Redis DB unless another client uses it (a bench started
+    meanwhile, which a flush would break), then keep or remove its logs."""
+    others = other_clients(url)
+    if others:
+        print(f"not flushing {url}: {others} other client(s) connected", file=sys.stderr)
+    else:
+        flush_bench_db(url)
+    if keep_logs:
+        print(f"logs kept in {tmp}", file=sys.stderr)
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def other_clients(url: str) -> int:
     """Clients of the bench's Redis DB that are not this process (e.g. another bench)."""
     import redis
@@ -498,16 +512,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         watch.stop()
         _dispose_default_store()
-        others = other_clients(REDIS_URL)
-        if others:  # a bench started meanwhile: flushing now would break it
-            print(f"not flushing {REDIS_URL}: {others} other client(s) connected "
-                  "(another bench started meanwhile)", file=sys.stderr)
-        else:
-            flush_bench_db(REDIS_URL)
-        if args.keep_logs:
-            print(f"logs kept in {tmp}", file=sys.stderr)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        finish_bench(REDIS_URL, tmp, args.keep_logs)
 
 
 if __name__ == "__main__":

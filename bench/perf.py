@@ -71,7 +71,6 @@ import json
 import os
 import platform
 import pstats
-import shutil
 import signal
 import statistics
 import subprocess
@@ -90,7 +89,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.fake_llm_call import FAKE_URL_ENV, KEY_ENV, http_call  # noqa: E402
-from bench.maps import FlushWatch, other_clients, wait_for_free_db  # noqa: E402
+from bench.maps import FlushWatch, finish_bench, wait_for_free_db  # noqa: E402
 from bench.overhead import (  # noqa: E402 - needs the sys.path fix
     FORBIDDEN_REDIS_DB,
     PYTHON,
@@ -1413,14 +1412,7 @@ def main(argv: list[str] | None = None) -> int:
         for cleanup in cleanups:
             with suppress(Exception):
                 cleanup()
-        if other_clients(REDIS_URL):
-            print(f"not flushing {REDIS_URL}: other clients connected", file=sys.stderr)
-        else:
-            flush_bench_db(REDIS_URL)
-        if args.keep_logs:
-            print(f"logs kept in {tmp}", file=sys.stderr)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        finish_bench(REDIS_URL, tmp, args.keep_logs)
 
 
 if __name__ == "__main__":
