@@ -175,6 +175,7 @@ def run_bundle(task: Any, messages: Any, execute: Execute, concurrency: int) -> 
     """
     celery = task.orchestrator.celery
     refused: list[int] = []
+    delivery = task.request  # read here: on the runners' threads it is empty
 
     def one(index: int, item: Any) -> None:
         name, args, kwargs = item if isinstance(item, list | tuple) and len(item) == 3 \
@@ -186,7 +187,7 @@ def run_bundle(task: Any, messages: Any, execute: Execute, concurrency: int) -> 
             log.error("malformed message in a bundle dropped", task_id=task.request.id,
                       index=index, step=name if isinstance(name, str) else None)
             return
-        stand_in = StandIn(task, index, tuple(args), kwargs, target=target)
+        stand_in = StandIn(task, index, tuple(args), kwargs, target=target, outer=delivery)
         try:
             execute(stand_in, *args, **kwargs)
         except (Ignore, Retry):

@@ -37,8 +37,9 @@ T = TypeVar("T")
 class OneOfPack(StandIn):
     """The step task as one run of a pack sees it: ``request`` is that run's message."""
 
-    def __init__(self, task: Any, index: int, message: Any, kwargs: dict[str, Any]) -> None:
-        super().__init__(task, index, (message,), kwargs)
+    def __init__(self, task: Any, index: int, message: Any, kwargs: dict[str, Any],
+                 outer: Any = None) -> None:
+        super().__init__(task, index, (message,), kwargs, outer=outer)
 
 
 PACK_THREADS = 256  # the process's pack threads, shared by every pack it runs
@@ -63,6 +64,7 @@ def run_pack(task: Any, execute: Any, pack: list[Any], kwargs: dict[str, Any],
     Raises ``Reject(requeue=True)`` when a run could be neither finished nor sent on
     alone (results DB and broker both down): the pack comes back whole.
     """
+    delivery = task.request  # read here: on the runners' threads it is empty
     shared = {key: value for key, value in kwargs.items() if key != "pack"}
     refused: list[str] = []
 
@@ -75,7 +77,7 @@ def run_pack(task: Any, execute: Any, pack: list[Any], kwargs: dict[str, Any],
                       task_id=task.request.id, index=index)
             return
         own = {**shared, "run_id": run_id}
-        stand_in = OneOfPack(task, index, message, own)
+        stand_in = OneOfPack(task, index, message, own, outer=delivery)
         try:
             execute(stand_in, message, **own)
         except (Ignore, Retry):

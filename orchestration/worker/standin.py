@@ -25,15 +25,18 @@ class StandIn:
     ``suffix`` names it within the delivery: its task id is ``<delivery's id>.<suffix>``,
     the same when the delivery comes again (its claims are then this message's own).
     ``target``: the task the message is for, when not the delivering one's (a branch).
+    ``outer``: the delivery's request, when the stand-in is made on another thread than
+    the delivery's (Celery keeps ``task.request`` per thread: elsewhere it is empty).
     """
 
     def __init__(self, task: Any, suffix: str | int, args: tuple[Any, ...],
-                 kwargs: dict[str, Any], target: Any = None) -> None:
+                 kwargs: dict[str, Any], target: Any = None, outer: Any = None) -> None:
         self._task = target if target is not None else task
-        request = dict(task.request.__dict__)
-        outer = task.request.id
+        delivery = outer if outer is not None else task.request
+        request = dict(delivery.__dict__)
+        outer_id = delivery.id
         request.update(args=args, kwargs=kwargs,
-                       id=None if outer is None else f"{outer}.{suffix}",
+                       id=None if outer_id is None else f"{outer_id}.{suffix}",
                        retries=0, chain=None, chord=None, callbacks=None, errbacks=None,
                        group=None)
         self.request = Context(request)

@@ -248,6 +248,9 @@ def test_a_wide_group_is_sent_as_bundles_and_each_step_runs_once(
     assert set(ns.calls.counts.values()) == {1} and len(ns.calls.counts) == WIDE + 1
     # 40 branches, 16 to a bundle: 3 messages; the join's step ran in the last arrival's.
     assert sent(published, result.run_id) == [BUNDLE_TASK] * 3
+    # Each branch ran under its bundle's delivery, on whichever runner thread took it.
+    assert {step.worker for step in result.steps.values()} == {result.steps["total"].worker}
+    assert result.steps["total"].worker is not None
 
 
 def test_a_malformed_message_in_a_bundle_is_dropped_and_the_others_run(

@@ -68,6 +68,9 @@ def test_submit_many_shares_messages_and_every_run_records_its_own_outcome(
                 assert steps["first"].attempts == (2 if n % 7 == 0 else 1)
         # every attempt ran exactly once
         assert all(count == 1 for count in calls.values()), calls
+        # Each run was claimed under its pack's delivery, whichever runner thread took it.
+        workers = {r.steps["first"].worker for r in results.values()}
+        assert len(workers) == 1 and None not in workers, workers
 
 
 def test_a_malformed_run_in_a_pack_does_not_stop_its_neighbours(
