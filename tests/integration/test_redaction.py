@@ -108,20 +108,26 @@ def test_secrets_and_pii_never_reach_the_results_db(
 
 
 def test_worker_log_never_contains_secrets(worker: Worker) -> None:
-    def last_step_lines() -> int:
-        return sum("obs_redact.contact[" in line and "succeeded" in line
+    def lines(state: str) -> int:
+        """Celery's lines for this workflow's deliveries: one per step message, or one for
+        a bundle of them; the last step may run in the delivery completing its join."""
+        return sum(("Task obs_redact." in line or "Task orchestration.bundle[" in line)
+                   and state in line
                    for line in worker.log_path.read_text(errors="replace").splitlines())
 
-    before = last_step_lines()
+    received, succeeded = lines("received"), lines("succeeded")
     run = ow.redact.run(credentials=credentials(), timeout=RUN_TIMEOUT_S)
     assert run.status is RunStatus.SUCCEEDED, run.error
 
-    # The worker logs the run's last step only after recording it: wait for that line
-    # (Celery's line no longer carries the return value, so not the run id either).
-    def logged_last_step() -> bool:
-        return last_step_lines() > before
+    # Every delivery of the run was received before it ended; each logs its end only
+    # after recording its steps: wait for as many ends as deliveries (Celery's line no
+    # longer carries the return value, so not the run id either).
+    def logged_every_delivery() -> bool:
+        started = lines("received") - received
+        return started > 0 and lines("succeeded") - succeeded >= started
 
-    wait_until(logged_last_step, timeout=10, what="the worker to log the run's last step")
+    wait_until(logged_every_delivery, timeout=10,
+               what="the worker to log the end of the run's deliveries")
     log = worker.log_path.read_text(errors="replace")
     assert REDACTED in log
     assert not leaks(log, ow.SECRETS), (
