@@ -29,13 +29,13 @@ from typing import Any
 
 import structlog
 from celery import Signature
-from celery.exceptions import Ignore, Reject, Retry
+from celery.exceptions import Reject
 
 from orchestration.compile.canvas import FORK, JOIN, fusible, join_spec, with_join
 from orchestration.compile.packing import BUNDLE_TASK, bundle
 from orchestration.store.joins import JoinsUnavailable
 from orchestration.worker.packs import run_each
-from orchestration.worker.standin import StandIn, send
+from orchestration.worker.standin import StandIn, run_alone, send
 
 __all__ = ["CONTINUE_TASK", "after_step", "continuation", "register_fork_tasks", "run_bundle"]
 
@@ -133,22 +133,11 @@ def _run_here(task: Any, signature: Signature, args: tuple[Any, ...], suffix: st
     _local.pending = pending = deque([stand_in])
     try:
         while pending:
-            _run(pending.popleft(), execute)
+            stand_in = pending.popleft()
+            if not run_alone(stand_in, execute):  # the whole delivery goes back
+                raise Reject(f"{stand_in.name} could not be sent on", requeue=True)
     finally:
         _local.pending = None
-
-
-def _run(stand_in: StandIn, execute: Execute) -> None:
-    request = stand_in.request
-    try:
-        execute(stand_in, *request.args, **request.kwargs)
-    except (Ignore, Retry):
-        pass  # done with, or sent on alone
-    except Reject:
-        raise  # neither run nor sent: the whole delivery goes back to its queue
-    except Exception:  # recorded on its run by the step task (its engine error)
-        log.exception("a branch run in its fork's delivery failed in the engine",
-                      task=stand_in.name, task_id=request.id)
 
 
 def continuation(host: Any, kwargs: dict[str, Any], queue: str) -> Signature | None:
@@ -187,17 +176,9 @@ def run_bundle(task: Any, messages: Any, execute: Execute, concurrency: int) -> 
             log.error("malformed message in a bundle dropped", task_id=task.request.id,
                       index=index, step=name if isinstance(name, str) else None)
             return
-        stand_in = StandIn(task, index, tuple(args), kwargs, target=target, outer=delivery)
-        try:
-            execute(stand_in, *args, **kwargs)
-        except (Ignore, Retry):
-            pass  # done with, or sent on alone
-        except Reject as exc:
-            log.warning("message of a bundle could not be sent on; the bundle goes back to "
-                        "its queue", step=name, error=str(exc))
-            refused.append(index)
-        except Exception:  # recorded on its run by the step task (its engine error)
-            log.exception("message of a bundle failed in the engine", step=name)
+        if not run_alone(StandIn(task, index, tuple(args), kwargs, target=target,
+                                 outer=delivery), execute):
+            refused.append(index)  # neither run nor sent on: the bundle is returned whole
 
     run_each(messages if isinstance(messages, list) else [], one, concurrency)
     if refused:

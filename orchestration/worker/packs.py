@@ -25,10 +25,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import structlog
-from celery.exceptions import Ignore, Reject, Retry
+from celery.exceptions import Reject
 
 from orchestration.core.envelope import is_envelope
-from orchestration.worker.standin import StandIn
+from orchestration.worker.standin import StandIn, run_alone
 
 log = structlog.get_logger("orchestration.worker.packs")
 T = TypeVar("T")
@@ -77,17 +77,8 @@ def run_pack(task: Any, execute: Any, pack: list[Any], kwargs: dict[str, Any],
                       task_id=task.request.id, index=index)
             return
         own = {**shared, "run_id": run_id}
-        stand_in = OneOfPack(task, index, message, own, outer=delivery)
-        try:
-            execute(stand_in, message, **own)
-        except (Ignore, Retry):
-            pass  # done with, or sent on alone
-        except Reject as exc:  # neither run nor sent on: the pack is returned whole
-            log.warning("run of a pack could not be sent on; the pack goes back to its "
-                        "queue", run_id=run_id, error=str(exc))
-            refused.append(run_id)
-        except Exception:  # recorded on the run by the step task (its engine error)
-            log.exception("run of a pack failed in the engine", run_id=run_id)
+        if not run_alone(OneOfPack(task, index, message, own, outer=delivery), execute):
+            refused.append(run_id)  # neither run nor sent on: the pack is returned whole
 
     run_each(pack, one, concurrency)
     if refused:

@@ -15,8 +15,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import structlog
 from celery.app.task import Context
-from celery.exceptions import Ignore, Reject
+from celery.exceptions import Ignore, Reject, Retry
+
+log = structlog.get_logger("orchestration.worker.standin")
 
 
 class StandIn:
@@ -72,3 +75,26 @@ def send(publish: Any) -> None:
     except Exception as exc:
         raise Reject(f"broker refused a message: {type(exc).__name__}: {exc}",
                      requeue=True) from exc
+
+
+def run_alone(stand_in: StandIn, execute: Any) -> bool:
+    """Run a stand-in's message through the step task's body, as its own delivery would.
+
+    False when it could be neither run nor sent on (the broker refused what it had to
+    send): the caller returns its whole delivery to the queue. An engine error is
+    recorded on its run by the step task, and logged here; the others go on.
+    """
+    request = stand_in.request
+    try:
+        execute(stand_in, *request.args, **request.kwargs)
+    except (Ignore, Retry):
+        pass  # done with, or sent on alone
+    except Reject as exc:
+        log.warning("a message run inside another delivery could not be sent on; that "
+                    "delivery goes back to its queue", task=stand_in.name,
+                    task_id=request.id, error=str(exc))
+        return False
+    except Exception:
+        log.exception("a message run inside another delivery failed in the engine",
+                      task=stand_in.name, task_id=request.id)
+    return True
