@@ -6,21 +6,27 @@ name; the demo's catalogue (:mod:`tasks.demo.catalogue`) points its models at it
 call goes through the engine's real HTTP provider, timeouts and breakers. Answers are
 labelled ``[demo: simulated <model>]``: nothing here is a real model.
 
-Which request fails is decided by :class:`FaultSchedule`, deterministically: by the seed,
-the model, the ticket the prompt is about (its position in the batch) and how many times
-that ticket already asked that model. So the same batch meets the same faults whatever
-order the worker threads call in:
+Which request fails is decided by :class:`FaultSchedule`. Rejections, errors and latencies
+are decided by the seed, the model, the ticket the prompt is about (its position in the
+batch) and how many times that ticket already asked that model, so the same batch meets
+them whatever order the worker threads call in. An outage and a slow answer belong to the
+provider, not to a ticket: they follow the model's own count of requests served and the
+provider's clock, so they land mid-batch however the runs interleave and a ticket retried
+later does not meet them again:
 
 - **rejected tickets**: the tickets at ``reject_at`` (fractions of the batch) get HTTP 400
   (a content filter) from every model on every call: not retried and not counted by
   breakers (a 4xx shows the provider is up), the fallback model is refused too, the
   step's retries all fail and its ``fallback=`` answers;
-- **outage**: ``outage_model`` answers 503 to every ticket between ``outage_start`` and
-  ``outage_end`` (fractions of the batch): its breaker opens, calls go to the fallback
-  model, probes fail until the outage ends, then a probe succeeds and the breaker closes;
+- **outage**: ``outage_model`` answers 503 to every request for ``outage_s`` seconds from
+  its request number ``outage_start`` x the batch: its breaker opens, calls go to the
+  fallback model, probes fail until the outage ends, then a probe succeeds and the
+  breaker closes;
 - **errors**: a share of calls (``error_rate`` per model) gets a 500, 502 or 503;
-- **slow calls**: a share (``slow_rate`` per model) answers only after ``slow_s`` seconds,
-  longer than the model's timeout (adaptive in the demo catalogue): a timeout.
+- **slow calls**: every ``slow_every``-th request to a model (per model), from the
+  ``2 x slow_every``-th on, answers only after ``slow_s`` seconds, longer than the model's
+  timeout (adaptive in the demo catalogue, which by then knows its recent latencies): a
+  timeout.
 
 Stdlib only; ``FaultSchedule.calm()`` injects nothing (``--no-faults``).
 """
@@ -55,49 +61,57 @@ class FaultSchedule:
     default_latency: tuple[float, float] = (0.02, 0.05)
     error_rate: Mapping[str, float] = field(default_factory=lambda: {
         "gpt-4o-mini": 0.05, "claude-4-haiku": 0.04})
-    slow_rate: Mapping[str, float] = field(default_factory=lambda: {"gpt-4o-mini": 0.04})
+    #: Every n-th request to the model answers slowly (from the 2n-th on).
+    slow_every: Mapping[str, int] = field(default_factory=lambda: {"gpt-4o-mini": 20})
     slow_s: float = 3.0
     outage_model: str | None = "gpt-4o-mini"
-    outage_start: float = 0.30
-    outage_end: float = 0.42
+    #: The outage begins with the model's request number ``outage_start`` x the batch size.
+    outage_start: float = 0.40
+    outage_s: float = 0.8
     reject_at: tuple[float, ...] = (0.1, 0.7, 0.9)
 
     @classmethod
     def calm(cls) -> FaultSchedule:
         """No faults at all: every call answers after its normal latency."""
-        return cls(error_rate={}, slow_rate={}, outage_model=None, reject_at=())
+        return cls(error_rate={}, slow_every={}, outage_model=None, reject_at=())
 
     @property
     def injects(self) -> bool:
         """True when any fault is scheduled."""
-        return bool(any(self.error_rate.values()) or any(self.slow_rate.values())
+        return bool(any(self.error_rate.values()) or any(self.slow_every.values())
                     or self.outage_model or self.reject_at)
 
     def rejected(self, total: int) -> set[int]:
         """The positions (of ``total``) of the tickets every model rejects."""
         return {int(fraction * total) for fraction in self.reject_at} if total > 0 else set()
 
-    def in_outage(self, model: str, position: int | None, total: int) -> bool:
-        """True when ``model`` is down for the ticket at ``position`` of ``total``."""
-        if model != self.outage_model or position is None or total <= 0:
-            return False
-        return self.outage_start <= position / total < self.outage_end
+    def outage_begins(self, model: str, total: int) -> int | None:
+        """The number (from 1) of ``model``'s request that begins its outage, if it has one."""
+        if model != self.outage_model or total <= 0:
+            return None
+        return max(1, int(self.outage_start * total))
+
+    def slow(self, model: str, served: int) -> bool:
+        """True when ``model``'s ``served``-th request (from 1) is one that answers slowly."""
+        every = self.slow_every.get(model, 0)
+        return every > 0 and served >= 2 * every and served % every == 0
 
     def decide(self, model: str, prompt_key: str, position: int | None, total: int,
-               nth: int) -> tuple[int, float]:
-        """(HTTP status, seconds before answering) for the ``nth`` (from 1) request of
-        this prompt to ``model``."""
+               nth: int, *, served: int = 0, down: bool = False) -> tuple[int, float]:
+        """(HTTP status, seconds before answering) for the ``nth`` (from 1) request of this
+        prompt to ``model``, the model's ``served``-th request; ``down`` while its outage
+        lasts."""
         low, high = self.latency.get(model, self.default_latency)
         draw = _uniform(self.seed, model, prompt_key, nth)
         latency = low + (high - low) * _uniform(self.seed, "latency", model, prompt_key, nth)
         if position is not None and position in self.rejected(total):
             return 400, latency
-        if self.in_outage(model, position, total):
+        if down:
             return 503, latency
         errors = self.error_rate.get(model, 0.0)
         if draw < errors:
             return (500, 502, 503)[int(draw / errors * 3) % 3], latency
-        if draw < errors + self.slow_rate.get(model, 0.0):
+        if self.slow(model, served):
             return 200, self.slow_s
         return 200, latency
 
@@ -129,6 +143,8 @@ class SimulatedProvider:
             self._positions.setdefault(text, position)
         self._total = len(tickets)
         self._seen: Counter[tuple[str, str]] = Counter()
+        self._served: Counter[str] = Counter()
+        self._outage_began: float | None = None
         self._lock = threading.Lock()
         self.stats: dict[str, Counter[str]] = {}
         self._server = _Server(("127.0.0.1", 0), _handler(self))
@@ -165,8 +181,12 @@ class SimulatedProvider:
         with self._lock:
             self._seen[(model, key)] += 1
             nth = self._seen[(model, key)]
+            self._served[model] += 1
+            served = self._served[model]
+            down = self._down(model, served)
         position = self._positions.get(text)
-        status, delay = self.schedule.decide(model, key, position, self._total, nth)
+        status, delay = self.schedule.decide(model, key, position, self._total, nth,
+                                             served=served, down=down)
         with self._lock:
             counts = self.stats.setdefault(model, Counter())
             counts[str(status)] += 1
@@ -187,6 +207,15 @@ class SimulatedProvider:
                             "model": model, "usage": usage,
                             "choices": [{"index": 0, "finish_reason": "stop",
                                          "message": {"role": "assistant", "content": reply}}]}
+
+
+    def _down(self, model: str, served: int) -> bool:
+        """Whether ``model``'s outage lasts at its ``served``-th request (under the lock)."""
+        if served == self.schedule.outage_begins(model, self._total):
+            self._outage_began = time.monotonic()
+        began = self._outage_began
+        return (model == self.schedule.outage_model and began is not None
+                and time.monotonic() - began < self.schedule.outage_s)
 
 
 class _Server(ThreadingHTTPServer):

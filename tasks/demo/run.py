@@ -6,8 +6,8 @@ it runs on the embedded default: an in-process worker and SQLite under ./var/.
 The reply step's models (gpt-4o-mini, falling back to claude-4-haiku) are served by a
 simulated provider on 127.0.0.1 that injects a seeded schedule of faults
 (:mod:`tasks.demo.faults`): 5xx errors, slow answers that trip gpt-4o-mini's adaptive
-timeout, a few tickets every model rejects (HTTP 400), and a gpt-4o-mini outage over part of the
-batch that opens its breaker, which recovers when the outage ends. ``--no-faults`` runs
+timeout, a few tickets every model rejects (HTTP 400), and a gpt-4o-mini outage mid-batch
+that opens its breaker, which recovers when the outage ends. ``--no-faults`` runs
 the same batch with none. The summary is read back from the results database.
 """
 
@@ -111,14 +111,14 @@ def _run(console: Console, orchestrator: Orchestrator, support: Workflow,
 def _describe(schedule: FaultSchedule, total: int) -> str:
     if not schedule.injects:
         return "faults: none (--no-faults): every model call answers"
-    start = int(schedule.outage_start * total)
-    end = int(schedule.outage_end * total)
     rejected = ", ".join(str(i) for i in sorted(schedule.rejected(total)))
     rates = ", ".join(f"{m} {r:.0%} 5xx" for m, r in schedule.error_rate.items())
-    slow = ", ".join(f"{m} {r:.0%} answer after {schedule.slow_s:g} s"
-                     for m, r in schedule.slow_rate.items())
-    return (f"faults (seed {schedule.seed}, simulated provider): {rates}; {slow}; "
-            f"{schedule.outage_model} down for tickets {start}-{end}; "
+    slow = ", ".join(f"{m} every {n}th request from the {2 * n}th answers after "
+                     f"{schedule.slow_s:g} s" for m, n in schedule.slow_every.items())
+    model = schedule.outage_model
+    outage = "" if model is None else (f"{model} down for {schedule.outage_s:g} s from its "
+                                       f"request {schedule.outage_begins(model, total)}; ")
+    return (f"faults (seed {schedule.seed}, simulated provider): {rates}; {slow}; {outage}"
             f"tickets {rejected} rejected (HTTP 400) by every model")
 
 
