@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import datetime
 from functools import partial
@@ -36,6 +35,7 @@ from celery.canvas import Signature
 from orchestration.core.envelope import INPUT_SOURCE, OUTPUT_SOURCE, Envelope, dumps
 from orchestration.core.redaction import changed_by_redaction
 from orchestration.core.status import StepStatus
+from orchestration.core.threads import run_bounded
 from orchestration.define.step import BoundStep
 from orchestration.errors import StepSignal
 from orchestration.execute.attempts import (
@@ -124,10 +124,10 @@ def run_chunk(step: BoundStep, message: Any, chunk: dict[str, Any], store: Store
                                        chunk["items"], envelope.run_id, store, delivery),
                                delivery.async_threads)
     elif spec.concurrency > 1 and len(items) > 1:
-        # I/O-bound elements (model calls) wait together: one message, many calls.
-        with ThreadPoolExecutor(max_workers=min(spec.concurrency, len(items)),
-                                thread_name_prefix=f"map-{spec.name}") as pool:
-            outcomes = list(pool.map(element, items))
+        # I/O-bound elements (model calls) wait together: one message, many calls, on
+        # threads the process keeps (with their connections) from one chunk to the next.
+        outcomes = run_bounded(element, items, min(spec.concurrency, len(items)),
+                               pool="map")
     else:
         outcomes = [element(item) for item in items]
     cancelled = 0  # elements of an async map whose run was cancelled while they ran

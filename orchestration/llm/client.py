@@ -26,14 +26,11 @@ text says so.
 
 from __future__ import annotations
 
-import contextvars
 import json
 import re
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor, wait
-from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import jsonschema
@@ -48,6 +45,7 @@ from tenacity import (
 from tenacity.stop import stop_base
 
 from orchestration.core.results import CallRecord
+from orchestration.core.threads import run_bounded
 from orchestration.define.on_error import Action, ErrorAction, ErrorPolicy, describe_policy
 from orchestration.define.policies import Backoff, first_then_retry
 from orchestration.errors import (
@@ -207,17 +205,10 @@ class LLMClient(AsyncCalls):
         items = list(prompts)
         if not items:
             return []
-        with ThreadPoolExecutor(max_workers=min(concurrency, len(items)),
-                                thread_name_prefix="complete-many") as pool:
-            futures = [pool.submit(contextvars.copy_context().run,
-                                   partial(self.complete, prompt, model=model, **params))
-                       for prompt in items]
-            wait(futures)
-        for future in futures:
-            error = future.exception()
-            if error is not None:
-                raise error
-        return [future.result() for future in futures]
+        # Kept threads: each keeps its provider connection for the next batch.
+        return run_bounded(lambda prompt: self.complete(prompt, model=model, **params),
+                           items, min(concurrency, len(items)), pool="complete-many",
+                           inherit=True)
 
     def complete_json(self, prompt: str | Messages, *, schema: type[BaseModel] | dict[str, Any],
                       model: str | None = None, attempts: int = 3, **params: Any) -> Any:

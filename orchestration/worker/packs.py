@@ -18,16 +18,15 @@ between packs: a pack of model calls waits for them together.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import structlog
 from celery.exceptions import Reject
 
 from orchestration.core.envelope import is_envelope
+from orchestration.core.threads import kept_pool
 from orchestration.worker.standin import StandIn, run_alone
 
 log = structlog.get_logger("orchestration.worker.packs")
@@ -43,18 +42,6 @@ class OneOfPack(StandIn):
 
 
 PACK_THREADS = 256  # the process's pack threads, shared by every pack it runs
-_threads: tuple[int, ThreadPoolExecutor] | None = None
-_threads_lock = threading.Lock()
-
-
-def _pack_threads() -> ThreadPoolExecutor:
-    """This process's pack threads (started again in a forked child)."""
-    global _threads
-    with _threads_lock:
-        if _threads is None or _threads[0] != os.getpid():
-            _threads = (os.getpid(), ThreadPoolExecutor(max_workers=PACK_THREADS,
-                                                        thread_name_prefix="pack"))
-        return _threads[1]
 
 
 def run_pack(task: Any, execute: Any, pack: list[Any], kwargs: dict[str, Any],
@@ -103,7 +90,7 @@ def run_each(items: list[T], one: Callable[[int, T], None], concurrency: int) ->
                 return
             one(*item)
 
-    futures = [_pack_threads().submit(runner)
+    futures = [kept_pool("pack", PACK_THREADS).submit(runner)
                for _ in range(min(concurrency, len(items)) - 1)]
     runner()
     for future in futures:

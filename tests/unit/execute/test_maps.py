@@ -8,6 +8,8 @@ collector's edge cases on a store of its own.
 from __future__ import annotations
 
 import json
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -59,6 +61,22 @@ def small_map(app: Orchestrator) -> SimpleNamespace:
     @ns.wf.task(map="items")
     def doubled(items: int) -> int:
         return items * 2
+
+    return ns
+
+
+@flow
+def pooled_map(app: Orchestrator) -> SimpleNamespace:
+    ns = SimpleNamespace(local=threading.local(), opened=[],
+                         wf=Workflow("unit_pooled_map", inputs=["items"], app=app))
+
+    @ns.wf.task(map="items", chunk_size=20, concurrency=4)
+    def connected(items: int) -> int:
+        if not hasattr(ns.local, "connection"):  # what a model provider keeps per thread
+            ns.local.connection = items
+            ns.opened.append(items)
+        time.sleep(0.002)
+        return items
 
     return ns
 
@@ -143,6 +161,17 @@ def test_a_small_map_keeps_its_results_in_the_message(
     assert result.outputs["doubled"] == [2, 4, 6]
     assert [part["results"] for part in collector_parts(published)] == [[2], [4], [6]]
     assert chunk_writes == []
+
+
+def test_a_concurrent_maps_elements_run_on_threads_kept_from_one_run_to_the_next(
+        flows: dict[str, SimpleNamespace]) -> None:
+    pooled = flows["pooled_map"]
+    for _ in range(3):
+        result = pooled.wf.run(items=list(range(40)), timeout=30)
+        assert result.status is RunStatus.SUCCEEDED, result.error
+        assert result.outputs["connected"] == list(range(40))
+    # 2 chunks of 20, 4 threads each: a pool per chunk would open 8 connections per run.
+    assert 1 <= len(pooled.opened) <= 8
 
 
 # -- the collector on its own ----------------------------------------------------------------

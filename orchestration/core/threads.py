@@ -1,0 +1,80 @@
+"""Kept threads for I/O-bound fan-out inside one delivery (map elements, ``complete_many``).
+
+A map chunk used to start a pool of ``concurrency`` threads for its elements and stop it
+at the end: every chunk paid for starting its threads, and every element's first model call
+opened a new HTTP connection (the providers keep one keep-alive connection per thread).
+:func:`run_bounded` runs the elements on threads the process keeps (one pool per name and
+per process: a forked child starts its own), at most ``width`` at a time for one caller.
+
+Each element runs in a context of its own: an empty :mod:`contextvars` context, as on a new
+thread, or a copy of the caller's (``inherit=True``), so a context variable one element sets
+(a log binding, say) is never seen by the next one the thread runs. Thread-locals are kept
+on purpose: they are what holds a thread's connection.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
+from typing import TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+#: Threads each named pool may grow to; threads start only when needed and then stay.
+POOL_THREADS = 1024
+
+_pools: dict[str, tuple[int, ThreadPoolExecutor]] = {}
+_lock = threading.Lock()
+
+
+def kept_pool(name: str, size: int = POOL_THREADS) -> ThreadPoolExecutor:
+    """This process's pool called ``name`` (started again in a forked child)."""
+    with _lock:
+        held = _pools.get(name)
+        if held is None or held[0] != os.getpid():
+            held = (os.getpid(), ThreadPoolExecutor(max_workers=size, thread_name_prefix=name))
+            _pools[name] = held
+        return held[1]
+
+
+def run_bounded(fn: Callable[[T], R], items: Sequence[T], width: int, *,
+                pool: str = "fan-out", inherit: bool = False) -> list[R]:
+    """``[fn(item) for item in items]``, at most ``width`` at a time on kept threads.
+
+    Every item runs even when one raises; then the first exception in the items' order
+    is raised, as ``ThreadPoolExecutor.map`` inside a ``with`` block would. ``inherit``:
+    each item runs in a copy of the caller's context (else in an empty one).
+
+    A pool's threads never wait for the same pool: give nested fan-outs their own name.
+    """
+    if width < 1:
+        raise ValueError(f"run_bounded: width must be at least 1, got {width}")
+    count = len(items)
+    results: list[R | None] = [None] * count
+    errors: list[BaseException | None] = [None] * count
+    contexts = [contextvars.copy_context() if inherit else contextvars.Context()
+                for _ in range(count)]
+    taken = iter(range(count))
+    taking = threading.Lock()
+
+    def runner() -> None:
+        while True:
+            with taking:
+                index = next(taken, None)
+            if index is None:
+                return
+            try:
+                results[index] = contexts[index].run(fn, items[index])
+            except BaseException as exc:
+                errors[index] = exc
+
+    executor = kept_pool(pool)
+    wait([executor.submit(runner) for _ in range(min(width, count))])
+    for error in errors:
+        if error is not None:
+            raise error
+    return results  # type: ignore[return-value]  # every slot filled when nothing raised
