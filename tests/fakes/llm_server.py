@@ -285,6 +285,10 @@ class _HTTPServer(ThreadingHTTPServer):
         with self._connections_lock:
             self._connections.discard(connection)
 
+    def open_connections(self) -> int:
+        with self._connections_lock:
+            return len(self._connections)
+
     def drop_connections(self) -> None:
         # Keep-alive handlers block in readline() until the peer closes; shutting their
         # sockets down is what lets stop() leave no thread behind serving a dead server.
@@ -653,6 +657,10 @@ class FakeLLMServer:
     def stats(self) -> dict[str, dict[str, Any]]:
         """Per-model stats, the same JSON as ``GET /control/stats``."""
         return self._running().state.stats()
+
+    def open_connections(self) -> int:
+        """Client connections open now (in-process only: how many a client keeps)."""
+        return self._running().open_connections()
 
     def _running(self) -> _HTTPServer:
         if self._httpd is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Iterator
+from concurrent.futures import wait as wait_futures
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -15,7 +16,7 @@ from pydantic import BaseModel
 from orchestration import RunStatus, StepContext, StepStatus, StepTimeout, Workflow
 from orchestration.app import Orchestrator
 from orchestration.errors import ProviderError
-from orchestration.execute.timeouts import call_with_timeout
+from orchestration.execute.timeouts import abandoned, call_with_timeout
 from orchestration.llm.client import extract_json
 from orchestration.testing import embedded_orchestrator
 from tests.fakes.llm_server import FakeLLMServer
@@ -44,6 +45,7 @@ models:
   budgeted: {provider: fake, input_cost_per_1k: 1.0}
   budgeted-next: {provider: fake, input_cost_per_1k: 1.0}
   hanging: {provider: fake, retries: 2}
+  timed: {provider: fake}
   ghost: {provider: keyless, fallbacks: [stand-in]}
   stand-in: {provider: fake}
 default_model: happy
@@ -100,13 +102,18 @@ def declare(orch: Orchestrator) -> SimpleNamespace:
         return ctx.llm.complete(f"second after {first}", model="budgeted-next").text
 
     bounded = Workflow("llm_bounded", app=orch)
+    timed = Workflow("llm_timed", app=orch)
+
+    @timed.task(timeout=5)
+    def ask_in_time(ctx: StepContext) -> str:
+        return ctx.llm.complete("quick?", model="timed").text
 
     @bounded.task(timeout=0.5)
     def wait_for_model(ctx: StepContext) -> str:
         return ctx.llm.complete("are you there?", model="hanging").text
 
     return SimpleNamespace(ask=ask, json=as_json, capped=capped, budget=budget,
-                           bounded=bounded, orch=orch)
+                           bounded=bounded, timed=timed, orch=orch)
 
 
 @pytest.fixture(scope="module")
@@ -274,9 +281,21 @@ def test_step_timeout_bounds_a_hanging_call(llm: SimpleNamespace) -> None:
     assert step.error_type in timed_out, step.error_type
     assert timed_out[step.error_type] in (step.error or ""), step.error
     assert stats(llm, "hanging")["requests"] == 1  # no retry past the deadline
-    for thread in threading.enumerate():
-        if thread.name == "attempt-wait_for_model":
-            thread.join(3)  # so whatever it leaves behind is reported in this test
+    wait_futures(abandoned(), timeout=3)  # so whatever it leaves behind is reported here
+
+
+def test_a_step_with_a_timeout_keeps_its_provider_connection(llm: SimpleNamespace) -> None:
+    # Each attempt under a timeout runs on another thread; the provider keeps one
+    # connection per thread. Threads started per attempt opened one connection per run and
+    # never closed it (12 open after 12 runs); kept threads reuse theirs: at most one
+    # connection each (the pool is the process's, so earlier tests may have grown it).
+    before = llm.server.open_connections()
+    for _ in range(12):
+        result = llm.timed.run(timeout=10)
+        assert result.status is RunStatus.SUCCEEDED, result.error
+    assert stats(llm, "timed")["requests"] == 12
+    kept = [t for t in threading.enumerate() if t.name.startswith("attempt_")]
+    assert llm.server.open_connections() - before <= len(kept)
 
 
 def test_abandoned_attempt_thread_stops_quietly(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -286,9 +305,9 @@ def test_abandoned_attempt_thread_stops_quietly(monkeypatch: pytest.MonkeyPatch)
     # A blocking call that gives up (its own timeout) just after the step's timeout.
     with pytest.raises(StepTimeout):
         call_with_timeout(queue.SimpleQueue().get, {"timeout": 0.15}, 0.05)
-    for thread in threading.enumerate():
-        if thread.name == "attempt-get":
-            thread.join(2)
+    unwinding = abandoned()
+    assert unwinding  # its thread is still blocked in get()
+    assert wait_futures(unwinding, timeout=2).not_done == set()
     assert escaped == []
 
 
