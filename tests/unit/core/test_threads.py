@@ -48,6 +48,31 @@ def test_the_threads_outlive_one_call_and_their_thread_locals_with_them() -> Non
     # With a pool per call, every call would open new connections.
     assert first & second
     assert kept_pool("test-kept") is kept_pool("test-kept")
+    assert kept_pool("test-kept").threads <= 8  # 4 at a time; an idle one is reused
+
+
+def test_kept_threads_are_daemons_so_a_stuck_call_never_holds_up_exit() -> None:
+    release = threading.Event()
+    future = kept_pool("test-daemon").submit(release.wait)  # stuck until released
+    try:
+        stuck = [t for t in threading.enumerate() if t.name.startswith("test-daemon_")]
+        assert stuck and all(t.daemon for t in stuck)
+    finally:
+        release.set()
+    assert future.result(timeout=5) is True
+
+
+def test_a_cancelled_submission_never_runs() -> None:
+    pool = kept_pool("test-cancel", size=1)
+    release = threading.Event()
+    ran: list[str] = []
+    busy = pool.submit(release.wait)
+    queued = pool.submit(lambda: ran.append("queued"))
+    assert queued.cancel()  # the only thread is busy: still pending
+    release.set()
+    busy.result(timeout=5)
+    pool.submit(lambda: None).result(timeout=5)  # the thread went on past it
+    assert ran == [] and pool.threads == 1
 
 
 def test_no_element_sees_a_context_variable_another_one_set() -> None:
