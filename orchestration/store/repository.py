@@ -49,7 +49,7 @@ from orchestration.store.reads import StoreReads
 from orchestration.store.recovery import Recovery
 from orchestration.store.run_rows import insert_run
 from orchestration.store.run_stream import RunStream, SQLRunStream
-from orchestration.store.step_writes import attempt_row, claim_in, record_in
+from orchestration.store.step_writes import EndedCosts, attempt_row, claim_in, record_in
 from orchestration.store.waits import CANCELLED as CANCELLED_WAIT
 from orchestration.store.waits import WAITING, Waits
 from orchestration.store.workers import Workers
@@ -77,6 +77,7 @@ class Store(StoreReads):
 
     def __init__(self, url: str, *, migrate: bool = True) -> None:
         self.url = url
+        self._ended = EndedCosts()  # runs this process just ended: their spend
         self._writer, self._reader = create_engines(url)
         # Runs' live event streams: this DB's run_events, unless the Orchestrator sets a
         # Redis one (store/run_stream.py); RunHandle.stream reads through it.
@@ -259,10 +260,16 @@ class Store(StoreReads):
         now = utcnow()
         with self._writer.begin() as conn:
             recorded = record_in(conn, run_id, name, outcome, worker=worker,
-                               claimed_at=claimed_at, finish=finish, now=now)
+                               claimed_at=claimed_at, finish=finish, now=now,
+                               ended=self._ended)
         if recorded and finish is not None:
             self.completions.notify(run_id, finish.status.value)
         return recorded
+
+    def ended_cost(self, run_id: str) -> float:
+        """The spend of a run ``record_step`` just ended here (no read), else as stored."""
+        kept = self._ended.take(run_id)
+        return self.run_cost(run_id) if kept is None else kept
 
     def record_then_claim(self, run_id: str, name: str, outcome: StepOutcome, *,
                           worker: str | None, claimed_at: datetime | None,

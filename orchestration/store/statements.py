@@ -110,3 +110,5 @@ FINISH_RUN = (
     .values(status=bindparam("b_status"), error=bindparam("b_error"),
             error_type=bindparam("b_error_type"), finished_at=bindparam("b_now"))
 )
+# The same, answering the run's total spend (for its run_finished event: no read after).
+FINISH_RUN_COST = FINISH_RUN.returning(runs.c.cost_usd)

@@ -8,6 +8,8 @@ step, and the same rows as the two transactions would write.
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,7 +24,7 @@ from orchestration.store.memory import write_memory
 from orchestration.store.models import StepRow
 from orchestration.store.outcomes import AttemptRecord, Claim, ClaimRequest, RunFinish, StepOutcome
 
-__all__ = ["claim_in", "record_in"]
+__all__ = ["EndedCosts", "claim_in", "record_in"]
 
 _CLAIMABLE = [status.value for status in CLAIMABLE_STEP_STATUSES]
 _NEVER = datetime.max.replace(tzinfo=UTC)  # no heartbeat is this recent: nobody is live
@@ -67,8 +69,11 @@ def claim_in(conn: Connection, run_id: str, name: str, request: ClaimRequest,
 
 def record_in(conn: Connection, run_id: str, name: str, outcome: StepOutcome, *,
               worker: str | None, claimed_at: datetime | None, finish: RunFinish | None,
-              now: datetime) -> bool:
-    """Record one step's outcome in ``conn``'s transaction; False if it was terminal."""
+              now: datetime, ended: EndedCosts | None = None) -> bool:
+    """Record one step's outcome in ``conn``'s transaction; False if it was terminal.
+
+    ``ended`` keeps the run's total spend when this record ends the run.
+    """
     terminal = outcome.status.is_terminal
     last = outcome.attempts[-1] if outcome.attempts else None
     params = {
@@ -96,8 +101,33 @@ def record_in(conn: Connection, run_id: str, name: str, outcome: StepOutcome, *,
     if outcome.memory:
         write_memory(conn, outcome.memory, run_id=run_id, step=name, now=now)
     if finish is not None:
-        conn.execute(sql.FINISH_RUN, finish.params(run_id, now))
+        spent = conn.execute(sql.FINISH_RUN_COST, finish.params(run_id, now)).scalar()
+        if spent is not None and ended is not None:
+            ended.keep(run_id, float(spent))
     return True
+
+
+class EndedCosts:
+    """The spend of runs this process just ended, each read once (``take``), so the
+    ``run_finished`` event needs no read of the run after its record. Bounded: an entry
+    nobody takes (the stream is off) is dropped after :data:`KEPT` newer ones."""
+
+    KEPT = 512
+
+    def __init__(self) -> None:
+        self._costs: OrderedDict[str, float] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def keep(self, run_id: str, cost: float) -> None:
+        with self._lock:
+            self._costs[run_id] = cost
+            while len(self._costs) > self.KEPT:
+                self._costs.popitem(last=False)
+
+    def take(self, run_id: str) -> float | None:
+        """The spend kept for ``run_id`` (then forgotten), or None."""
+        with self._lock:
+            return self._costs.pop(run_id, None)
 
 
 def attempt_row(run_id: str, name: str, attempt: AttemptRecord,

@@ -15,6 +15,7 @@ from pydantic import BaseModel
 
 from orchestration import RunStatus, StepContext, StepStatus, StepTimeout, Workflow
 from orchestration.app import Orchestrator
+from orchestration.core.results import RunHandle
 from orchestration.errors import ProviderError
 from orchestration.execute.timeouts import abandoned, call_with_timeout
 from orchestration.llm.client import extract_json
@@ -150,6 +151,10 @@ def test_happy_path_returns_the_completion_and_records_cost(llm: SimpleNamespace
     step = result.steps["answer"]
     assert (step.model, step.tokens_in, step.tokens_out) == ("happy", 100, 50)
     assert step.cost_usd == pytest.approx(cost) and result.cost_usd == pytest.approx(cost)
+    # The stream's run_finished carries the run's spend (answered by the record that
+    # ended the run).
+    finished = list(RunHandle(result.run_id, llm.orch.store).stream(timeout=10))[-1]
+    assert finished.type == "run_finished" and finished["cost_usd"] == pytest.approx(cost)
     seen = stats(llm, "happy")
     assert (seen["requests"], seen["with_auth"]) == (1, 1)
     assert seen["last_request"]["messages"] == [

@@ -8,8 +8,10 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from sqlalchemy import event
 
 from orchestration import RunNotFound, RunStatus, StepStatus
+from orchestration.store.outcomes import RunFinish
 from orchestration.store.repository import AttemptRecord, PlannedStep, StepOutcome, Store
 
 STEPS = [PlannedStep("classify", "label", "model.cls", "small", True),
@@ -97,6 +99,43 @@ def test_retrying_accumulates_attempts_and_cost(store: Store) -> None:
     assert (step.attempts, step.deliveries, step.retries) == (2, 2, 1)
     assert [a["status"] for a in step.attempt_log] == ["failed", "succeeded"]
     assert step.cost_usd == pytest.approx(0.02) and run.cost_usd == pytest.approx(0.02)
+
+
+def test_the_record_that_ends_a_run_answers_its_spend_without_a_read(store: Store) -> None:
+    run_id = new_run(store)
+    store.claim_step(run_id, "classify", worker="w", task_id="t")
+    store.record_step(run_id, "classify", StepOutcome(StepStatus.SUCCEEDED, output="x",
+                                                      cost_usd=0.25))
+    store.claim_step(run_id, "reply", worker="w", task_id="t")
+    statements: list[str] = []
+
+    def seen(conn: object, cursor: object, statement: str, *args: object) -> None:
+        if statement.startswith("SELECT"):
+            statements.append(statement)
+
+    event.listen(store.reader, "before_cursor_execute", seen)
+    try:
+        assert store.record_step(run_id, "reply", StepOutcome(
+            StepStatus.SUCCEEDED, output="y", cost_usd=0.5), finish=RunFinish(
+            RunStatus.SUCCEEDED))
+        assert store.ended_cost(run_id) == pytest.approx(0.75)  # both steps' spend
+        assert statements == []  # the record answered it: no read of the run
+        assert store.ended_cost(run_id) == pytest.approx(0.75)  # once: then it is read
+        assert len(statements) == 1
+    finally:
+        event.remove(store.reader, "before_cursor_execute", seen)
+
+
+def test_a_record_that_does_not_end_the_run_keeps_no_spend(store: Store) -> None:
+    run_id = new_run(store)
+    assert store.finish_run(run_id, RunStatus.CANCELLED)
+    store.claim_step(run_id, "classify", worker="w", task_id="t")
+    # The run was already over: FINISH_RUN matches nothing, the spend is read as stored.
+    store.record_step(run_id, "classify", StepOutcome(StepStatus.SUCCEEDED, output="x",
+                                                      cost_usd=0.1),
+                      finish=RunFinish(RunStatus.SUCCEEDED))
+    assert store._ended.take(run_id) is None
+    assert store.ended_cost(run_id) == pytest.approx(store.run_cost(run_id))
 
 
 def test_skip_only_touches_unfinished_steps(store: Store) -> None:
