@@ -33,7 +33,6 @@ R = TypeVar("R")
 POOL_THREADS = 1024
 
 
-
 class KeptThreads:
     """Daemon threads that take work from one queue; one starts when none is idle, up to
     ``size``, and stays (the idle count works as ``ThreadPoolExecutor``'s)."""
@@ -93,14 +92,17 @@ def kept_pool(name: str, size: int = POOL_THREADS) -> KeptThreads:
 
 
 def run_bounded(fn: Callable[[T], R], items: Sequence[T], width: int, *,
-                pool: str = "fan-out", inherit: bool = False) -> list[R]:
+                pool: str = "fan-out", inherit: bool = False,
+                here: bool = False) -> list[R]:
     """``[fn(item) for item in items]``, at most ``width`` at a time on kept threads.
 
     Every item runs even when one raises; then the first exception in the items' order
     is raised, as ``ThreadPoolExecutor.map`` inside a ``with`` block would. ``inherit``:
     each item runs in a copy of the caller's context (else in an empty one).
 
-    A pool's threads never wait for the same pool: give nested fan-outs their own name.
+    A pool's threads must not wait for the same pool when it may be saturated: give
+    nested fan-outs their own name, or pass ``here=True``, which makes the calling
+    thread one of the ``width`` runners, so the items are taken whatever the pool does.
     """
     if width < 1:
         raise ValueError(f"run_bounded: width must be at least 1, got {width}")
@@ -124,7 +126,12 @@ def run_bounded(fn: Callable[[T], R], items: Sequence[T], width: int, *,
                 errors[index] = exc
 
     threads = kept_pool(pool)
-    wait([threads.submit(runner) for _ in range(min(width, count))])
+    helpers = [threads.submit(runner) for _ in range(min(width, count) - (1 if here else 0))]
+    if here:
+        runner()
+        # Every item is taken: a helper still queued (the pool busy) has nothing to do.
+        helpers = [helper for helper in helpers if not helper.cancel()]
+    wait(helpers)
     for error in errors:
         if error is not None:
             raise error

@@ -18,7 +18,6 @@ between packs: a pack of model calls waits for them together.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -26,7 +25,7 @@ import structlog
 from celery.exceptions import Reject
 
 from orchestration.core.envelope import is_envelope
-from orchestration.core.threads import kept_pool
+from orchestration.core.threads import run_bounded
 from orchestration.worker.standin import StandIn, run_alone
 
 log = structlog.get_logger("orchestration.worker.packs")
@@ -39,9 +38,6 @@ class OneOfPack(StandIn):
     def __init__(self, task: Any, index: int, message: Any, kwargs: dict[str, Any],
                  outer: Any = None) -> None:
         super().__init__(task, index, (message,), kwargs, outer=outer)
-
-
-PACK_THREADS = 256  # the process's pack threads, shared by every pack it runs
 
 
 def run_pack(task: Any, execute: Any, pack: list[Any], kwargs: dict[str, Any],
@@ -73,25 +69,12 @@ def run_pack(task: Any, execute: Any, pack: list[Any], kwargs: dict[str, Any],
 
 
 def run_each(items: list[T], one: Callable[[int, T], None], concurrency: int) -> None:
-    """``one(index, item)`` for every item, ``concurrency`` at a time.
+    """``one(index, item)`` for every item, ``concurrency`` at a time, each in a copy of
+    the caller's context.
 
-    ``concurrency`` runners take the next item until none is left: one in this thread,
-    the others on the process's pack threads (kept between packs, so what a thread
-    keeps, e.g. its keep-alive connection to a model provider, outlives one pack).
+    One runner is this thread (so a pack or bundle nested in one always makes progress),
+    the others are the process's kept pack threads: what a thread keeps, e.g. its
+    keep-alive connection to a model provider, outlives one pack.
     """
-    queue = iter(list(enumerate(items)))
-    taking = threading.Lock()
-
-    def runner() -> None:
-        while True:
-            with taking:
-                item = next(queue, None)
-            if item is None:
-                return
-            one(*item)
-
-    futures = [kept_pool("pack", PACK_THREADS).submit(runner)
-               for _ in range(min(concurrency, len(items)) - 1)]
-    runner()
-    for future in futures:
-        future.result()
+    run_bounded(lambda pair: one(*pair), list(enumerate(items)), concurrency, pool="pack",
+                inherit=True, here=True)

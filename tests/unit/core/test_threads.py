@@ -107,6 +107,20 @@ def test_every_item_runs_and_the_first_failure_in_order_is_raised() -> None:
     assert sorted(ran) == list(range(10))
 
 
+def test_here_the_caller_is_a_runner_so_a_saturated_pool_cannot_stall_it() -> None:
+    pool = kept_pool("test-here", size=1)
+    release = threading.Event()
+    blocker = pool.submit(release.wait)  # the pool's only thread is busy
+    try:
+        caller = threading.get_ident()
+        ran_on = run_bounded(lambda n: threading.get_ident(), list(range(5)), 2,
+                             pool="test-here", here=True)
+        assert set(ran_on) == {caller}  # the helper never got a thread: the caller ran all
+    finally:
+        release.set()
+    assert blocker.result(timeout=5) is True
+
+
 def test_edge_cases() -> None:
     assert run_bounded(lambda n: n, [], 4) == []
     with pytest.raises(ValueError, match="width"):
