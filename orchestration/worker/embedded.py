@@ -148,6 +148,11 @@ class _QueueWorker:
                 if controller.ready.wait(0.05) or not self._thread.is_alive():
                     break
             controller.stop(in_sighandler=False, exitcode=0)
+            # The in-process broker's consumer waits up to 2 s for a message before it
+            # looks at its state again: wake it so it sees the stop now.
+            wakeup = getattr(self._options["app"].conf.broker_transport, "wakeup", None)
+            if wakeup is not None:
+                wakeup.interrupt()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(STOP_TIMEOUT)
 

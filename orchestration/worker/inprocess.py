@@ -34,10 +34,19 @@ class Wakeup:
         self._condition = threading.Condition()
         self.generation = 0  # bumped by every notify
         self.notified_waits = 0  # waits ended by a notify (not by their timeout)
+        self.interrupts = 0  # bumped by interrupt(): drains return to their loop
 
     def notify(self) -> None:
         """A message was put, or a prefetch slot freed: every waiting consumer looks."""
         with self._condition:
+            self.generation += 1
+            self._condition.notify_all()
+
+    def interrupt(self) -> None:
+        """Make every waiting drain return to its consumer's loop now (a worker stopping:
+        the loop sees it at once instead of after its drain's timeout)."""
+        with self._condition:
+            self.interrupts += 1
             self.generation += 1
             self._condition.notify_all()
 
@@ -84,6 +93,7 @@ def private_memory_transport() -> type[memory.Transport]:
             """kombu's loop, waiting for a wake-up (or the polling interval) between polls."""
             began = time.monotonic()
             backstop = self.polling_interval or 1.0
+            interrupts = shared.interrupts
             while True:
                 seen = shared.generation
                 try:
@@ -91,7 +101,7 @@ def private_memory_transport() -> type[memory.Transport]:
                     return
                 except Empty:
                     left = None if timeout is None else timeout - (time.monotonic() - began)
-                    if left is not None and left <= 0:
+                    if (left is not None and left <= 0) or shared.interrupts != interrupts:
                         raise TimeoutError() from None
                     shared.wait(seen, backstop if left is None else min(backstop, left))
 
