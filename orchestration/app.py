@@ -120,7 +120,8 @@ class Orchestrator:
                 self.resilience  # noqa: B018 - built first: it takes self._lock too
             with self._lock:
                 if self._store is None:
-                    self._store = Store(self.settings.database_url)
+                    self._store = Store(self.settings.database_url,
+                                        group_commit=self.settings.group_commit)
                     self._store.ensure_schema()
                     # Runs' streams: in the shared Redis if any, else in the results DB.
                     self._store.run_stream = self._redis_stream() \

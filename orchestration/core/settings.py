@@ -97,6 +97,12 @@ class Settings(BaseSettings):
         "above the store's pool of 5 per process, connections are opened and closed per "
         "run (costly on PostgreSQL).",
     )
+    group_commit: int = Field(
+        default=32, ge=1,
+        description="Claims and records that threads of one process make at the same time "
+        "share a transaction and its commit, this many at most (each under a savepoint of "
+        "its own: one's error is its own). 1: a transaction each.",
+    )
     embedded_concurrency: int = Field(
         default=8, ge=1,
         description="Threads of each queue's pool in the in-process worker (every queue has "

@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Engine, delete, insert, select, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from orchestration.core.clock import utcnow
@@ -33,6 +34,7 @@ from orchestration.store.engine import (
     upgrade,
 )
 from orchestration.store.events import Events
+from orchestration.store.group_commit import GroupCommit
 from orchestration.store.map_chunks import MapChunks
 from orchestration.store.memory import MemoryStore
 from orchestration.store.models import PermitWaitRow, RunRow, StepRow, WaitRow
@@ -75,10 +77,12 @@ class PlannedStep:
 class Store(StoreReads):
     """Reads and writes runs, steps and attempts in the results database."""
 
-    def __init__(self, url: str, *, migrate: bool = True) -> None:
+    def __init__(self, url: str, *, migrate: bool = True, group_commit: int = 32) -> None:
         self.url = url
         self._ended = EndedCosts()  # runs this process just ended: their spend
         self._writer, self._reader = create_engines(url)
+        # Claims and records of this process's threads share commits (store/group_commit.py).
+        self.group = GroupCommit(self._writer, group_commit)
         # Runs' live event streams: this DB's run_events, unless the Orchestrator sets a
         # Redis one (store/run_stream.py); RunHandle.stream reads through it.
         self.run_stream: RunStream = SQLRunStream(self._writer, self._reader)
@@ -165,6 +169,7 @@ class Store(StoreReads):
         self._writer.dispose(close=False)
         if self._reader is not self._writer:
             self._reader.dispose(close=False)
+        self.group.after_fork()
 
     # -- writes ------------------------------------------------------------------------
 
@@ -245,8 +250,7 @@ class Store(StoreReads):
         claimed (``Claim.held_elsewhere``); without ``alive_since`` no holder counts as live.
         """
         request = ClaimRequest(worker, task_id, first, holder, released, alive_since)
-        with self._writer.begin() as conn:
-            return claim_in(conn, run_id, name, request, utcnow())
+        return self.group.run(lambda conn: claim_in(conn, run_id, name, request, utcnow()))
 
     def record_step(self, run_id: str, name: str, outcome: StepOutcome,
                     *, worker: str | None = None, claimed_at: datetime | None = None,
@@ -258,10 +262,9 @@ class Store(StoreReads):
         does ``outcome.memory`` (the turns the step appended to its conversation).
         """
         now = utcnow()
-        with self._writer.begin() as conn:
-            recorded = record_in(conn, run_id, name, outcome, worker=worker,
-                               claimed_at=claimed_at, finish=finish, now=now,
-                               ended=self._ended)
+        recorded = self.group.run(lambda conn: record_in(
+            conn, run_id, name, outcome, worker=worker, claimed_at=claimed_at, finish=finish,
+            now=now, ended=self._ended))
         if recorded and finish is not None:
             self.completions.notify(run_id, finish.status.value)
         return recorded
@@ -282,11 +285,14 @@ class Store(StoreReads):
         ``record_step``).
         """
         now = utcnow()
-        with self._writer.begin() as conn:
+
+        def work(conn: Connection) -> Claim | None:
             if not record_in(conn, run_id, name, outcome, worker=worker,
                              claimed_at=claimed_at, finish=None, now=now):
                 return None
             return claim_in(conn, run_id, then, request, now)
+
+        return self.group.run(work)
 
     def record_steps(self, records: Sequence[tuple[str, str, StepOutcome, datetime | None]],
                      *, worker: str | None = None) -> list[bool]:

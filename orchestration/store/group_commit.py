@@ -1,0 +1,158 @@
+"""Group commit: the step hot path's transactions from one process's threads share commits.
+
+A worker running many steps at once (a pack's runs, a map's elements, a threads pool of
+200) makes each claim and each record a transaction of its own: on PostgreSQL each waits
+for its commit to reach the disk, on SQLite each takes the database's one write lock in
+turn. :class:`GroupCommit` lets them share: the first caller with nothing in flight
+becomes the *leader* and runs its work in a transaction; callers arriving meanwhile
+queue; when the leader's commit is done it hands the lead to the first queued caller,
+which runs everything queued so far (at most ``limit``) in one transaction and one
+commit. Nobody waits for a batch to fill: a lone caller runs at once, exactly as
+without the group, and the batches grow only as fast as callers pile up behind a commit
+(the "group commit" of database write-ahead logs, here in the client).
+
+In a transaction of several, each caller's work runs under a SAVEPOINT of its own, so
+one caller's error (a run that does not exist, a constraint) rolls back its own writes
+only and is raised to that caller alone; the others commit. If the transaction as a
+whole fails, what each caller learns is what it would have learnt alone:
+
+- the connection is lost (the database is down, or went away mid-commit): every caller
+  gets that error, whose commit is unknown, as a lone transaction's would be;
+- anything else (the batch was rolled back whole, nothing of it is written): each
+  caller's work is run again in a transaction of its own.
+
+Work passed in must only use the connection it is given (no commit, no thread state):
+another thread may run it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+from sqlalchemy import Engine
+from sqlalchemy.engine import Connection
+
+from orchestration.store.engine import is_unavailable
+
+__all__ = ["GroupCommit"]
+
+T = TypeVar("T")
+
+
+class _Call(Generic[T]):
+    """One caller's work and, once run, its result or error."""
+
+    __slots__ = ("done", "error", "lead", "result", "settled", "work")
+
+    def __init__(self, work: Callable[[Connection], T]) -> None:
+        self.work = work
+        self.done = threading.Event()  # set when its outcome is in, or it is to lead
+        self.lead = False
+        self.settled = False  # its outcome is in
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+    def outcome(self) -> T:
+        if self.error is not None:
+            raise self.error
+        return self.result  # type: ignore[no-any-return]
+
+
+class GroupCommit:
+    """Runs ``work(connection)`` in a write transaction, sharing the commit with the
+    work of other threads of this process queued behind it (see the module doc).
+
+    ``limit`` caps the calls in one transaction (its lock hold time); 1 turns sharing
+    off: every call is its own transaction.
+    """
+
+    def __init__(self, engine: Engine, limit: int = 32) -> None:
+        self._engine = engine
+        self.limit = max(1, limit)
+        self._lock = threading.Lock()
+        self._queue: deque[_Call[Any]] = deque()
+        self._busy = False  # a leader is running: new calls queue
+        # Counters, read by tests and benches: transactions run, calls they held.
+        self.transactions = 0
+        self.calls = 0
+
+    def run(self, work: Callable[[Connection], T]) -> T:
+        """``work(connection)`` in a transaction; its result, or its error raised."""
+        if self.limit == 1:
+            with self._engine.begin() as conn:
+                return work(conn)
+        call: _Call[T] = _Call(work)
+        with self._lock:
+            self._queue.append(call)
+            lead = not self._busy
+            self._busy = True
+        if not lead:
+            call.done.wait()
+            if not call.lead:
+                return call.outcome()
+        # Leading: this call is first in the queue (a queue is never left without one).
+        with self._lock:
+            batch = [self._queue.popleft() for _ in range(min(self.limit, len(self._queue)))]
+        try:
+            self._execute(batch)
+        except BaseException as exc:  # e.g. the leader's thread interrupted: nobody hangs
+            for other in batch:
+                if not other.settled:
+                    other.error, other.settled = exc, True
+            raise
+        finally:
+            with self._lock:
+                if self._queue:
+                    successor = self._queue[0]
+                    successor.lead = True
+                    successor.done.set()
+                else:
+                    self._busy = False
+            for other in batch[1:]:
+                other.done.set()
+        return call.outcome()
+
+    def _execute(self, batch: list[_Call[Any]]) -> None:
+        self.transactions += 1
+        self.calls += len(batch)
+        if len(batch) == 1:
+            _alone(batch[0], self._engine)
+            return
+        try:
+            with self._engine.begin() as conn:
+                for call in batch:
+                    try:
+                        with conn.begin_nested():
+                            call.result = call.work(conn)
+                    except Exception as exc:
+                        if conn.invalidated:
+                            raise  # the connection is gone: the whole transaction is
+                        call.error = exc
+            for call in batch:
+                call.settled = True
+        except Exception as exc:
+            lost = is_unavailable(exc)
+            for call in batch:
+                call.result, call.error = None, None
+                if lost:
+                    call.error, call.settled = exc, True
+                else:  # rolled back whole: each runs again, alone
+                    _alone(call, self._engine)
+
+    def after_fork(self) -> None:
+        """In a forked child: forget the parent's queue and lock (its threads are gone)."""
+        self._lock = threading.Lock()
+        self._queue = deque()
+        self._busy = False
+
+
+def _alone(call: _Call[Any], engine: Engine) -> None:
+    try:
+        with engine.begin() as conn:
+            call.result = call.work(conn)
+    except Exception as exc:  # handed to its caller, raised in its thread
+        call.error = exc
+    call.settled = True
