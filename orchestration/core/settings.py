@@ -100,8 +100,8 @@ class Settings(BaseSettings):
     group_commit: int = Field(
         default=32, ge=1,
         description="Claims and records that threads of one process make at the same time "
-        "share a transaction and its commit, this many at most (each under a savepoint of "
-        "its own: one's error is its own). 1: a transaction each.",
+        "share a transaction and its commit, this many at most (if one fails, each runs "
+        "again in its own: one's error is its own). 1: a transaction each.",
     )
     embedded_concurrency: int = Field(
         default=8, ge=1,

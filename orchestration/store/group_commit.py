@@ -11,15 +11,18 @@ commit. Nobody waits for a batch to fill: a lone caller runs at once, exactly as
 without the group, and the batches grow only as fast as callers pile up behind a commit
 (the "group commit" of database write-ahead logs, here in the client).
 
-In a transaction of several, each caller's work runs under a SAVEPOINT of its own, so
-one caller's error (a run that does not exist, a constraint) rolls back its own writes
-only and is raised to that caller alone; the others commit. If the transaction as a
-whole fails, what each caller learns is what it would have learnt alone:
+A shared transaction runs the callers' work one after the other, with no savepoints
+(one costs 55 us a caller in SQLAlchemy on SQLite, and two round trips on PostgreSQL). If
+it fails, what each caller learns is what it would have learnt alone:
 
-- the connection is lost (the database is down, or went away mid-commit): every caller
-  gets that error, whose commit is unknown, as a lone transaction's would be;
-- anything else (the batch was rolled back whole, nothing of it is written): each
-  caller's work is run again in a transaction of its own.
+- the database cannot be reached, or the connection was lost (down, or gone
+  mid-commit): every caller gets that error, whose commit is unknown, as a lone
+  transaction's would be;
+- anything else (one caller's run does not exist, a constraint, a deferred check at
+  COMMIT): nothing of the transaction is written, and each caller's work is run again
+  in a transaction of its own, so the error is raised to its caller alone and the
+  others commit. Such errors are rare on the hot path; a caller's work must therefore
+  be safe to run twice when its first run was rolled back (only the database changes).
 
 Work passed in must only use the connection it is given (no commit, no thread state):
 another thread may run it.
@@ -124,13 +127,7 @@ class GroupCommit:
         try:
             with self._engine.begin() as conn:
                 for call in batch:
-                    try:
-                        with conn.begin_nested():
-                            call.result = call.work(conn)
-                    except Exception as exc:
-                        if conn.invalidated:
-                            raise  # the connection is gone: the whole transaction is
-                        call.error = exc
+                    call.result = call.work(conn)
             for call in batch:
                 call.settled = True
         except Exception as exc:

@@ -1,7 +1,7 @@
 """Group commit on PostgreSQL (store/group_commit.py): a caller's error inside a shared
-transaction is rolled back to its own savepoint (PostgreSQL aborts the whole transaction
-otherwise), a transaction failing at COMMIT has each caller run again alone, and a
-backend killed mid-transaction fails every caller of it and no other.
+transaction (which PostgreSQL aborts whole) or at its COMMIT has each caller run again
+alone, so the error is that caller's only; a backend killed mid-transaction fails every
+caller of it and no other.
 
 Needs the PostgreSQL server of ``ORCH_TEST_POSTGRES_URL``; the tables live in a schema
 of the test's own. The backend is terminated with ``pg_terminate_backend``: the server
@@ -72,7 +72,7 @@ def stored(engine: Engine) -> list[int]:
 def test_an_error_in_a_shared_transaction_is_its_callers_alone(engine: Engine) -> None:
     group = GroupCommit(engine)
     callers = Callers(group)
-    # The duplicate key aborts PostgreSQL's transaction: only its savepoint is undone.
+    # The duplicate key aborts PostgreSQL's transaction: each caller runs again alone.
     callers.start([insert(1), insert(2), insert(2), insert(3)])
     outcomes = callers.finish()
     assert (outcomes[0], outcomes[1], outcomes[3]) == (1, 2, 3)
@@ -86,7 +86,7 @@ def test_a_commit_that_fails_runs_each_caller_again_alone(engine: Engine) -> Non
         conn.execute(text("INSERT INTO parent (id) VALUES (1)"))
     group = GroupCommit(engine)
     callers = Callers(group)
-    # A deferred foreign key is checked at COMMIT, after every savepoint was released.
+    # A deferred foreign key is checked at COMMIT, after every caller's work ran.
     callers.start([insert(1, 1), insert(2, 1), insert(7, 99), insert(3, 1)])
     outcomes = callers.finish()
     assert (outcomes[0], outcomes[1], outcomes[3]) == (1, 2, 3)

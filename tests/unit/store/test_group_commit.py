@@ -25,7 +25,7 @@ from orchestration.store.group_commit import GroupCommit
 
 @pytest.fixture
 def engine(tmp_path: Path) -> Engine:
-    # The store's own SQLite writer: BEGIN IMMEDIATE, savepoints, foreign keys on.
+    # The store's own SQLite writer: BEGIN IMMEDIATE, foreign keys on.
     engine = create_engines(f"sqlite:///{tmp_path / 'g.db'}")[0]
     with engine.begin() as conn:
         conn.execute(text("CREATE TABLE parent (id INTEGER PRIMARY KEY)"))
@@ -139,7 +139,7 @@ def test_one_callers_error_rolls_back_its_own_writes_only(engine: Engine) -> Non
     assert outcomes[0] == 1 and outcomes[1] == 2 and outcomes[3] == 3
     assert isinstance(outcomes[2], LookupError)
     assert "UNIQUE" in str(outcomes[4])  # the duplicate of 2 fails alone
-    assert stored(engine) == [1, 2, 3]  # 5 rolled back with its savepoint
+    assert stored(engine) == [1, 2, 3]  # 5 rolled back, the others written on their own
     assert group.transactions == 2
 
 
