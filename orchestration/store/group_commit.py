@@ -24,6 +24,10 @@ it fails, what each caller learns is what it would have learnt alone:
   others commit. Such errors are rare on the hot path; a caller's work must therefore
   be safe to run twice when its first run was rolled back (only the database changes).
 
+A shared transaction runs its callers' work in the order of their ``key`` (the store
+passes the run id), so two processes' transactions take the rows of any two runs in the
+same order and cannot deadlock on each other; alone, each touched one run's rows.
+
 Work passed in must only use the connection it is given (no commit, no thread state):
 another thread may run it.
 """
@@ -48,10 +52,11 @@ T = TypeVar("T")
 class _Call(Generic[T]):
     """One caller's work and, once run, its result or error."""
 
-    __slots__ = ("done", "error", "lead", "result", "settled", "work")
+    __slots__ = ("done", "error", "key", "lead", "result", "settled", "work")
 
-    def __init__(self, work: Callable[[Connection], T]) -> None:
+    def __init__(self, work: Callable[[Connection], T], key: str) -> None:
         self.work = work
+        self.key = key
         self.done = threading.Event()  # set when its outcome is in, or it is to lead
         self.lead = False
         self.settled = False  # its outcome is in
@@ -82,12 +87,14 @@ class GroupCommit:
         self.transactions = 0
         self.calls = 0
 
-    def run(self, work: Callable[[Connection], T]) -> T:
-        """``work(connection)`` in a transaction; its result, or its error raised."""
+    def run(self, work: Callable[[Connection], T], key: str = "") -> T:
+        """``work(connection)`` in a transaction; its result, or its error raised.
+
+        ``key``: what orders it among the work of a shared transaction (the run id)."""
         if self.limit == 1:
             with self._engine.begin() as conn:
                 return work(conn)
-        call: _Call[T] = _Call(work)
+        call: _Call[T] = _Call(work, key)
         with self._lock:
             self._queue.append(call)
             lead = not self._busy
@@ -126,7 +133,7 @@ class GroupCommit:
             return
         try:
             with self._engine.begin() as conn:
-                for call in batch:
+                for call in sorted(batch, key=lambda queued: queued.key):
                     call.result = call.work(conn)
             for call in batch:
                 call.settled = True

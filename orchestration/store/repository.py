@@ -250,7 +250,8 @@ class Store(StoreReads):
         claimed (``Claim.held_elsewhere``); without ``alive_since`` no holder counts as live.
         """
         request = ClaimRequest(worker, task_id, first, holder, released, alive_since)
-        return self.group.run(lambda conn: claim_in(conn, run_id, name, request, utcnow()))
+        return self.group.run(lambda conn: claim_in(conn, run_id, name, request, utcnow()),
+                              run_id)
 
     def record_step(self, run_id: str, name: str, outcome: StepOutcome,
                     *, worker: str | None = None, claimed_at: datetime | None = None,
@@ -264,7 +265,7 @@ class Store(StoreReads):
         now = utcnow()
         recorded = self.group.run(lambda conn: record_in(
             conn, run_id, name, outcome, worker=worker, claimed_at=claimed_at, finish=finish,
-            now=now, ended=self._ended))
+            now=now, ended=self._ended), run_id)
         if recorded and finish is not None:
             self.completions.notify(run_id, finish.status.value)
         return recorded
@@ -292,7 +293,7 @@ class Store(StoreReads):
                 return None
             return claim_in(conn, run_id, then, request, now)
 
-        return self.group.run(work)
+        return self.group.run(work, run_id)
 
     def record_steps(self, records: Sequence[tuple[str, str, StepOutcome, datetime | None]],
                      *, worker: str | None = None) -> list[bool]:

@@ -64,23 +64,25 @@ class Callers:
         self.outcomes: dict[int, Any] = {}
         self.threads: list[threading.Thread] = []
 
-    def start(self, works: list[Callable[[Connection], Any]]) -> None:
+    def start(self, works: list[Callable[[Connection], Any]],
+              keys: list[str] | None = None) -> None:
         first = works[0]
+        keys = keys or [""] * len(works)
 
         def held(conn: Connection) -> Any:
             self.gate.wait(30)
             return first(conn)
 
-        self._spawn(0, held)
+        self._spawn(0, held, keys[0])
         until(lambda: self.group._busy)
         for index, work in enumerate(works[1:], start=1):
-            self._spawn(index, work)
-        until(lambda: len(self.group._queue) == len(works) - 1)
+            self._spawn(index, work, keys[index])
+            until(lambda index=index: len(self.group._queue) == index)  # queued in order
 
-    def _spawn(self, index: int, work: Callable[[Connection], Any]) -> None:
+    def _spawn(self, index: int, work: Callable[[Connection], Any], key: str) -> None:
         def call() -> None:
             try:
-                self.outcomes[index] = self.group.run(work)
+                self.outcomes[index] = self.group.run(work, key)
             except BaseException as exc:
                 self.outcomes[index] = exc
 
@@ -112,6 +114,27 @@ def test_callers_queued_behind_a_commit_share_the_next_one(engine: Engine) -> No
     assert stored(engine) == list(range(1, 11))
     # The held one alone, then the nine queued behind it in one transaction.
     assert (group.transactions, group.calls) == (2, 10)
+
+
+def test_a_shared_transaction_runs_its_callers_in_key_order(engine: Engine) -> None:
+    # The store keys each call by its run id: two processes' shared transactions then
+    # lock any two runs' rows in the same order, so they cannot deadlock on each other.
+    order: list[str] = []
+
+    def noted(key: str) -> Callable[[Connection], str]:
+        def work(conn: Connection) -> str:
+            conn.execute(text("SELECT 1"))
+            order.append(key)
+            return key
+        return work
+
+    group = GroupCommit(engine)
+    callers = Callers(group)
+    keys = ["held", "run-c", "run-a", "run-b", "run-a"]
+    callers.start([noted(key) for key in keys], keys)
+    outcomes = callers.finish()
+    assert outcomes == dict(enumerate(keys))
+    assert order == ["held", "run-a", "run-a", "run-b", "run-c"]
 
 
 def test_limit_caps_a_transaction_and_one_turns_sharing_off(engine: Engine) -> None:
