@@ -216,3 +216,25 @@ def test_unfinished_runs_and_step_rows(store: Store) -> None:
     rows = store.step_rows(workflow="fraud")
     assert sorted(row[:2] for row in rows) == [("classify", "pending"), ("reply", "pending")]
     assert other not in {run_id for run_id, *_ in found}
+
+
+@pytest.mark.parametrize("name", ["CLAIM_STEP", "RECORD_STEP", "FINISH_RUN", "FINISH_RUN_COST"])
+def test_hot_statements_have_no_parameter_rendered_per_execution(name: str) -> None:
+    """A status list in an expanding parameter would be rendered into the SQL string again
+    on every execution of every claim and record; the lists are literals of the cached SQL.
+    """
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    from orchestration.store import statements
+
+    for dialect in (sqlite.dialect(), postgresql.dialect()):
+        compiled = getattr(statements, name).compile(dialect=dialect)
+        assert not compiled.literal_execute_params and not compiled.post_compile_params
+        assert "'pending'" in str(compiled) or "'cancelled'" in str(compiled)
+
+
+def test_status_constants_refuse_anything_but_a_name() -> None:
+    from orchestration.store.statements import constants
+
+    with pytest.raises(ValueError, match="not a status name"):
+        constants(["running", "x') OR ('1'='1"])
