@@ -124,14 +124,37 @@ class StreamWriter:
         stream = self._stream()
         if stream is None:
             return  # its store is gone
-        pending: list[tuple[str, dict[str, Any]]] = []
-        once: list[tuple[str, dict[str, Any]]] = []
-        for item in batch:  # one write per run of events ending with once-events
-            if once and not item.once:
-                _append(stream, pending, once)
-                pending, once = [], []
-            (once if item.once else pending).append((item.run_id, item.event))
-        _append(stream, pending, once)
+        for pending, once in write_groups(batch):
+            _append(stream, pending, once)
+
+
+Events = list[tuple[str, dict[str, Any]]]  # (run id, event) pairs
+
+
+def write_groups(batch: Sequence[_Item]) -> list[tuple[Events, Events]]:
+    """The batch as few ``append_all`` calls as keep every run's events in order.
+
+    One call writes its events before its once-events, so a run's event that follows its
+    own once-event starts the next call. Other runs' events join the current one: each
+    run has its own stream, and the order between runs means nothing. (Cutting at every
+    once-event made one write per finished run when many runs end at once.)
+    """
+    groups: list[tuple[Events, Events]] = []
+    pending: Events = []
+    once: Events = []
+    closed: set[str] = set()  # runs with a once-event in the current call
+    for item in batch:
+        if not item.once and item.run_id in closed:
+            groups.append((pending, once))
+            pending, once, closed = [], [], set()
+        if item.once:
+            once.append((item.run_id, item.event))
+            closed.add(item.run_id)
+        else:
+            pending.append((item.run_id, item.event))
+    if pending or once:
+        groups.append((pending, once))
+    return groups
 
 
 def _append(stream: RunStream, items: list[tuple[str, dict[str, Any]]],
