@@ -276,7 +276,8 @@ class Orchestrator:
                         db_hold=self.settings.db_outage_hold,
                         dead_after=self.settings.worker_dead_after,
                         stream=self.run_stream if self.settings.stream else None,
-                        async_threads=self.settings.async_threads)
+                        async_threads=self.settings.async_threads,
+                        event_loop=self.settings.event_loop)
 
     def _redactor_of(self, task_name: str) -> Redactor:
         workflow = self.workflows.get(task_name.partition(".")[0])

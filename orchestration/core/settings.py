@@ -10,7 +10,7 @@ import importlib
 import logging
 import re
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from celery.app.backends import BACKEND_ALIASES
 from kombu.transport import TRANSPORT_ALIASES
@@ -83,6 +83,11 @@ class Settings(BaseSettings):
         default=64, ge=1,
         description="Threads of each worker process's event loop executor, where async def "
         "steps' ctx.llm.acomplete calls run: at most this many at once per process.",
+    )
+    event_loop: Literal["uvloop", "asyncio"] = Field(
+        default="uvloop",
+        description="The event loop async def steps run on: uvloop (in C; asyncio's own "
+        "where uvloop has no build, e.g. Windows), or asyncio's pure-Python loop.",
     )
     pack_size: int = Field(
         default=16, ge=1,

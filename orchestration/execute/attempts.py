@@ -84,7 +84,8 @@ def run_attempts(call: StepCall) -> StepOutcome:
     An ``async def`` step runs on the worker's event loop; this thread waits for it.
     """
     if call.step.spec.is_async:
-        return run_on_loop(partial(run_attempts_async, call), call.delivery.async_threads)
+        return run_on_loop(partial(run_attempts_async, call), call.delivery.async_threads,
+                           call.delivery.event_loop)
     attempts = Attempts(call)
     try:
         output = first_then_retry(

@@ -13,6 +13,10 @@ there), so at most that many such calls of one worker process are in flight at o
 A blocking call made directly in a coroutine (``ctx.llm.complete``, ``time.sleep``)
 blocks the loop and every async step of the process with it.
 
+The loop is uvloop's (libuv, in C) unless ``ORCH_EVENT_LOOP=asyncio`` or uvloop cannot be
+imported (it has no Windows build): the loop's own work per task (scheduling, timers,
+callbacks) is most of an async map element's CPU after the step itself.
+
 The loop also runs the :class:`~orchestration.execute.cancel_watch.CancelWatcher`, which
 cancels the attempts of runs cancelled while they were in flight.
 """
@@ -28,23 +32,44 @@ import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
+import structlog
+
 from orchestration.errors import ConfigurationError
 from orchestration.execute.cancel_watch import CancelWatcher
+
+log = structlog.get_logger("orchestration.execute.event_loop")
 
 T = TypeVar("T")
 HOLD_HEAP_FROM = 1_000  # map elements in flight on the loop: keep the heap out of GC passes
 FREEZE_EVERY = 256  # ... freezing the new objects every this many elements started
+EVENT_LOOPS = ("uvloop", "asyncio")  # ORCH_EVENT_LOOP
 
-__all__ = ["WorkerLoop", "run_on_loop", "worker_loop"]
+__all__ = ["EVENT_LOOPS", "WorkerLoop", "new_loop", "run_on_loop", "stop_worker_loop",
+           "worker_loop"]
+
+
+def new_loop(kind: str = "uvloop") -> asyncio.AbstractEventLoop:
+    """A new event loop of ``kind`` (:data:`EVENT_LOOPS`); asyncio's where uvloop is absent."""
+    if kind not in EVENT_LOOPS:
+        raise ConfigurationError(f"unknown event loop {kind!r}: choose one of {EVENT_LOOPS}")
+    if kind == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            log.info("uvloop not installed; async steps run on asyncio's own loop")
+        else:
+            loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+            return loop
+    return asyncio.new_event_loop()
 
 
 class WorkerLoop:
     """An event loop running in a daemon thread of this process, and its cancel watcher."""
 
-    def __init__(self, threads: int) -> None:
+    def __init__(self, threads: int, kind: str = "uvloop") -> None:
         self.pid = os.getpid()
         self.threads = threads
-        self.loop = asyncio.new_event_loop()
+        self.loop = new_loop(kind)
         self.loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(
             max_workers=threads, thread_name_prefix="orch-async"))
         self.watcher = CancelWatcher(self.loop)
@@ -87,10 +112,23 @@ class WorkerLoop:
             self._holding = False
             gc.unfreeze()
 
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the loop after what it is running now, and wait for its thread."""
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout)
+
     def _run(self, started: threading.Event) -> None:
         asyncio.set_event_loop(self.loop)
         self.loop.call_soon(started.set)
-        self.loop.run_forever()
+        try:
+            self.loop.run_forever()
+        finally:  # stopped (stop()): what is left is cancelled, then the loop closed
+            pending = asyncio.all_tasks(self.loop)
+            for task in pending:
+                task.cancel()
+            if pending:
+                self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            self.loop.close()
 
     def submit(self, make: Callable[[], Coroutine[Any, Any, T]],
                context: contextvars.Context | None = None) -> concurrent.futures.Future[T]:
@@ -129,8 +167,9 @@ _lock_pid = os.getpid()
 _current: WorkerLoop | None = None
 
 
-def worker_loop(threads: int = 64) -> WorkerLoop:
-    """This process's loop, started now if it is not running (or was a parent's)."""
+def worker_loop(threads: int = 64, kind: str = "uvloop") -> WorkerLoop:
+    """This process's loop, started now if it is not running (or was a parent's); its
+    ``threads`` and ``kind`` are those of the call that started it."""
     global _current, _lock, _lock_pid
     current = _current
     pid = os.getpid()
@@ -140,16 +179,26 @@ def worker_loop(threads: int = 64) -> WorkerLoop:
         _lock, _lock_pid = threading.Lock(), pid
     with _lock:
         if _current is None or _current.pid != pid:
-            _current = WorkerLoop(threads)
+            _current = WorkerLoop(threads, kind)
         return _current
 
 
-def run_on_loop(make: Callable[[], Coroutine[Any, Any, T]], threads: int = 64) -> T:
+def stop_worker_loop() -> None:
+    """Stop this process's loop if it runs (the next async step starts a new one)."""
+    global _current
+    with _lock:
+        current, _current = _current, None
+    if current is not None and current.pid == os.getpid():
+        current.stop()
+
+
+def run_on_loop(make: Callable[[], Coroutine[Any, Any, T]], threads: int = 64,
+                kind: str = "uvloop") -> T:
     """Run ``make()`` on this process's loop; the calling thread waits for its result.
 
     Never call it from the loop's own thread (it would wait for itself).
     """
-    loop = worker_loop(threads)
+    loop = worker_loop(threads, kind)
     if threading.current_thread() is loop.thread:
         raise ConfigurationError("run_on_loop called on the event loop's own thread: await "
                                  "the coroutine instead")

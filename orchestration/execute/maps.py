@@ -122,7 +122,7 @@ def run_chunk(step: BoundStep, message: Any, chunk: dict[str, Any], store: Store
         # Every element a task on the worker's event loop: no thread per waiting element.
         outcomes = run_on_loop(partial(_elements_async, step, kwargs, chunk["start"],
                                        chunk["items"], envelope.run_id, store, delivery),
-                               delivery.async_threads)
+                               delivery.async_threads, delivery.event_loop)
     elif spec.concurrency > 1 and len(items) > 1:
         # I/O-bound elements (model calls) wait together: one message, many calls, on
         # threads the process keeps (with their connections) from one chunk to the next.

@@ -69,6 +69,7 @@ class Delivery:
     db_hold: float = 0.0  # seconds to keep retrying a record while the results DB is down
     stream: RunStream | None = None  # the run's live stream (None: ORCH_STREAM=off)
     async_threads: int = 64  # the event loop's executor (ORCH_ASYNC_THREADS)
+    event_loop: str = "uvloop"  # which loop async steps run on (ORCH_EVENT_LOOP)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ import pytest
 from orchestration import RunStatus, StepContext, StepStatus, Workflow
 from orchestration.app import Orchestrator
 from orchestration.errors import WorkflowDefinitionError
+from orchestration.execute.event_loop import stop_worker_loop, worker_loop
 from orchestration.testing import embedded_orchestrator
 from tests.fakes.llm_server import FakeLLMServer
 
@@ -136,16 +137,23 @@ def declare_llm_cancel_map(orch: Orchestrator, ns: SimpleNamespace) -> None:
         return items * 2
 
 
-@pytest.fixture(scope="module")
-def flows(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
+@pytest.fixture(scope="module", params=["uvloop", "asyncio"])
+def flows(request: pytest.FixtureRequest,
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
+    """Every test on each event loop (ORCH_EVENT_LOOP): the process's loop is stopped
+    first, so the orchestrator's setting starts the next one."""
     directory = tmp_path_factory.mktemp("async_steps")
+    seen.clear()
+    stop_worker_loop()
     with FakeLLMServer() as server:
         models = directory / "models.yaml"
         models.write_text(CATALOGUE.replace("URL", server.url))
-        with embedded_orchestrator(directory, models_file=models, redis_url=None) as orch:
+        with embedded_orchestrator(directory, models_file=models, redis_url=None,
+                                   event_loop=request.param) as orch:
             ns = declare(orch)
-            ns.server, ns.orch = server, orch
+            ns.server, ns.orch, ns.kind = server, orch, request.param
             yield ns
+    stop_worker_loop()
 
 
 @pytest.fixture(autouse=True)
@@ -168,6 +176,9 @@ def test_an_async_step_runs_and_returns(flows: SimpleNamespace) -> None:
     assert result.status is RunStatus.SUCCEEDED
     assert result.outputs == {"shout": "HELLO", "after": "HELLO!"}
     assert result.steps["shout"].attempt_log[0]["status"] == "succeeded"
+    # ... on the loop the setting chose
+    loop_type = type(worker_loop().loop)
+    assert (loop_type.__module__.partition(".")[0] == "uvloop") is (flows.kind == "uvloop")
 
 
 def test_a_timeout_cancels_the_coroutine_and_the_step_retries_then_fails(
