@@ -14,7 +14,7 @@ from orchestration.core.status import RunStatus, StepStatus
 from orchestration.errors import RunNotFound
 from orchestration.store import statements as sql
 from orchestration.store.engine import retry_disconnect
-from orchestration.store.models import AttemptRow, RunRow, StepRow
+from orchestration.store.models import RunRow, StepRow
 
 
 class StoreReads:
@@ -32,7 +32,7 @@ class StoreReads:
 
         def read() -> str | None:
             with self._reader.connect() as conn:
-                found = conn.execute(select(RunRow.status).where(RunRow.id == run_id)).scalar()
+                found = conn.execute(sql.RUN_STATUS, {"b_run": run_id}).scalar()
             return None if found is None else str(found)
 
         status = retry_disconnect(read)  # a read: safe to repeat
@@ -118,17 +118,13 @@ class StoreReads:
     def get_run(self, run_id: str) -> RunResult:
         """The run with every step and attempt."""
         self.ensure_schema()
+        key = {"b_run": run_id}
         with self._reader.connect() as conn:
-            run = conn.execute(select(RunRow).where(RunRow.id == run_id)).first()
+            run = conn.execute(sql.RUN_ROW, key).first()
             if run is None:
                 raise RunNotFound(f"no run {run_id!r} in {self._redacted_url()}")
-            steps = conn.execute(
-                select(StepRow).where(StepRow.run_id == run_id).order_by(StepRow.id)
-            ).all()
-            attempts = conn.execute(
-                select(AttemptRow).where(AttemptRow.run_id == run_id)
-                .order_by(AttemptRow.step_name, AttemptRow.attempt, AttemptRow.id)
-            ).all()
+            steps = conn.execute(sql.RUN_STEPS, key).all()
+            attempts = conn.execute(sql.RUN_ATTEMPTS, key).all()
         by_step: dict[str, list[dict[str, Any]]] = {}
         for attempt in attempts:
             by_step.setdefault(attempt.step_name, []).append({

@@ -238,3 +238,26 @@ def test_status_constants_refuse_anything_but_a_name() -> None:
 
     with pytest.raises(ValueError, match="not a status name"):
         constants(["running", "x') OR ('1'='1"])
+
+
+def test_what_a_wait_reads_is_built_once_not_per_call(store: Store,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """run_status and get_run (every wait) execute statements built at import: building a
+    select per call was most of their cost. Same answers as before."""
+    from orchestration.store import reads
+
+    run_id = new_run(store)
+    store.claim_step(run_id, "classify", worker="w", task_id="t")
+    store.record_step(run_id, "classify", StepOutcome(StepStatus.SUCCEEDED, output="x"))
+
+    def built_per_call(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a statement built per call on the wait path")
+
+    monkeypatch.setattr(reads, "select", built_per_call)
+    assert store.run_status(run_id) in (RunStatus.PENDING, RunStatus.RUNNING)
+    run = store.get_run(run_id)
+    assert (run.run_id, run.workflow, run.inputs) == (run_id, "support", {"x": 1})
+    assert run.steps["classify"].output == "x"
+    assert [step for step in run.steps] == ["classify", "reply"]  # in step order
+    with pytest.raises(RunNotFound):
+        store.get_run("no-such-run")
