@@ -30,6 +30,8 @@ _PATTERNS = (
     re.compile(r"(?i)\b(api[_-]?key|x-api-key|password|secret|token)\s*[=:]\s*[^\s,;'\"]{6,}"),
 )
 
+_PLAIN = frozenset({int, float, bool, type(None)})  # nothing to scrub in these
+
 
 class Redactor:
     """Scrubs values before they are stored or logged."""
@@ -52,9 +54,11 @@ class Redactor:
     def _scrub(self, value: Any) -> Any:
         if isinstance(value, dict):
             return {key: REDACTED if isinstance(key, str) and key.lower() in self.fields
-                    else self._scrub(item) for key, item in value.items()}
+                    else item if type(item) in _PLAIN else self._scrub(item)
+                    for key, item in value.items()}
         if isinstance(value, list | tuple):
-            return [self._scrub(item) for item in value]
+            # A map's outputs are often 10,000 numbers: no call per number.
+            return [item if type(item) in _PLAIN else self._scrub(item) for item in value]
         if isinstance(value, str):
             return self._scrub_text(value)
         return value
