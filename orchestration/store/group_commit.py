@@ -26,7 +26,10 @@ it fails, what each caller learns is what it would have learnt alone:
 
 A shared transaction runs its callers' work in the order of their ``key`` (the store
 passes the run id), so two processes' transactions take the rows of any two runs in the
-same order and cannot deadlock on each other; alone, each touched one run's rows.
+same order and cannot deadlock on each other; alone, each touched one run's rows. Work
+that also locks rows not keyed by its run (a step's conversation-memory turns: another
+process's run may be writing the same conversation) is run with ``shared=False``: in a
+transaction of its own, as before the group, so those locks never join a batch's.
 
 Work passed in must only use the connection it is given (no commit, no thread state):
 another thread may run it.
@@ -87,11 +90,13 @@ class GroupCommit:
         self.transactions = 0
         self.calls = 0
 
-    def run(self, work: Callable[[Connection], T], key: str = "") -> T:
+    def run(self, work: Callable[[Connection], T], key: str = "", *,
+            shared: bool = True) -> T:
         """``work(connection)`` in a transaction; its result, or its error raised.
 
-        ``key``: what orders it among the work of a shared transaction (the run id)."""
-        if self.limit == 1:
+        ``key``: what orders it among the work of a shared transaction (the run id).
+        ``shared=False``: in a transaction of its own, now, whatever is queued."""
+        if self.limit == 1 or not shared:
             with self._engine.begin() as conn:
                 return work(conn)
         call: _Call[T] = _Call(work, key)

@@ -265,7 +265,7 @@ class Store(StoreReads):
         now = utcnow()
         recorded = self.group.run(lambda conn: record_in(
             conn, run_id, name, outcome, worker=worker, claimed_at=claimed_at, finish=finish,
-            now=now, ended=self._ended), run_id)
+            now=now, ended=self._ended), run_id, shared=not outcome.memory)
         if recorded and finish is not None:
             self.completions.notify(run_id, finish.status.value)
         return recorded
@@ -293,7 +293,8 @@ class Store(StoreReads):
                 return None
             return claim_in(conn, run_id, then, request, now)
 
-        return self.group.run(work, run_id)
+        # Conversation turns lock rows of another key than the run: never in a batch.
+        return self.group.run(work, run_id, shared=not outcome.memory)
 
     def record_steps(self, records: Sequence[tuple[str, str, StepOutcome, datetime | None]],
                      *, worker: str | None = None) -> list[bool]:

@@ -65,7 +65,8 @@ class Callers:
         self.threads: list[threading.Thread] = []
 
     def start(self, works: list[Callable[[Connection], Any]],
-              keys: list[str] | None = None) -> None:
+              keys: list[str] | None = None, unshared: int | None = None) -> None:
+        """``unshared``: the index of a work run with ``shared=False`` (started last)."""
         first = works[0]
         keys = keys or [""] * len(works)
 
@@ -76,13 +77,15 @@ class Callers:
         self._spawn(0, held, keys[0])
         until(lambda: self.group._busy)
         for index, work in enumerate(works[1:], start=1):
-            self._spawn(index, work, keys[index])
-            until(lambda index=index: len(self.group._queue) == index)  # queued in order
+            self._spawn(index, work, keys[index], shared=index != unshared)
+            if index != unshared:
+                until(lambda index=index: len(self.group._queue) == index)  # queued in order
 
-    def _spawn(self, index: int, work: Callable[[Connection], Any], key: str) -> None:
+    def _spawn(self, index: int, work: Callable[[Connection], Any], key: str,
+               shared: bool = True) -> None:
         def call() -> None:
             try:
-                self.outcomes[index] = self.group.run(work, key)
+                self.outcomes[index] = self.group.run(work, key, shared=shared)
             except BaseException as exc:
                 self.outcomes[index] = exc
 
@@ -135,6 +138,20 @@ def test_a_shared_transaction_runs_its_callers_in_key_order(engine: Engine) -> N
     outcomes = callers.finish()
     assert outcomes == dict(enumerate(keys))
     assert order == ["held", "run-a", "run-a", "run-b", "run-c"]
+
+
+def test_unshared_work_never_joins_a_batch(engine: Engine) -> None:
+    # A step writing conversation turns locks rows keyed by conversation, which the run-id
+    # order of a batch does not cover: its record runs in a transaction of its own.
+    group = GroupCommit(engine)
+    callers = Callers(group)
+    callers.start([insert(value) for value in (1, 2, 3, 4)], unshared=3)
+    assert len(group._queue) == 2  # 2 and 3 queued; 4 went past the queue
+    outcomes = callers.finish()
+    assert outcomes == {0: 1, 1: 2, 2: 3, 3: 4}
+    assert stored(engine) == [1, 2, 3, 4]
+    # The held one alone, then 2 and 3 together; 4 in its own transaction, not counted.
+    assert (group.transactions, group.calls) == (2, 3)
 
 
 def test_limit_caps_a_transaction_and_one_turns_sharing_off(engine: Engine) -> None:

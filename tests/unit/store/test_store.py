@@ -6,6 +6,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import event
@@ -261,3 +262,36 @@ def test_what_a_wait_reads_is_built_once_not_per_call(store: Store,
     assert [step for step in run.steps] == ["classify", "reply"]  # in step order
     with pytest.raises(RunNotFound):
         store.get_run("no-such-run")
+
+
+def test_a_record_writing_conversation_turns_never_shares_a_transaction(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Turns lock rows keyed by conversation, outside the run-id order of a shared
+    transaction: such a record (and record-then-claim) runs alone; others share."""
+    from orchestration.store.memory import MemoryWrite
+    from orchestration.store.repository import ClaimRequest
+
+    calls: list[tuple[str, bool]] = []
+    run = store.group.run
+
+    def spy(work: Any, key: str = "", *, shared: bool = True) -> Any:
+        calls.append((key, shared))
+        return run(work, key, shared=shared)
+
+    monkeypatch.setattr(store.group, "run", spy)
+    plain, chatty, last = new_run(store), new_run(store), new_run(store)
+    for run_id in (plain, chatty, last):
+        store.claim_step(run_id, "classify", worker="w", task_id="t")
+    store.record_step(plain, "classify", StepOutcome(StepStatus.SUCCEEDED, output="x"))
+    turns = MemoryWrite("support", "conv-1", [("user", "hello", 1)])
+    assert store.record_then_claim(
+        chatty, "classify", StepOutcome(StepStatus.SUCCEEDED, output="y", memory=turns),
+        worker="w", claimed_at=None, then="reply",
+        request=ClaimRequest("w", "t", False, None, None, None)) is not None
+    assert store.record_step(last, "classify", StepOutcome(
+        StepStatus.SUCCEEDED, output="z",
+        memory=MemoryWrite("support", "conv-1", [("assistant", "hi", 1)])))
+    assert calls == [(plain, True), (chatty, True), (last, True), (plain, True),
+                     (chatty, False), (last, False)]
+    _, stored_turns = store.memory.load("support", "conv-1")
+    assert [turn.content for turn in stored_turns] == ["hello", "hi"]
