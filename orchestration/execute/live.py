@@ -13,9 +13,6 @@ writes. Ordering: a step's ``step_finished`` (and ``run_finished``,
 ``waiting_for_input``) is written *synchronously*, after everything queued before it in
 this process, so every event of a step is stored before the step's outcome is passed on:
 a dependent's events come after it, and ``run_finished`` is the last event of its run.
-On the embedded default every step of a run runs in this process, whose one writer keeps
-the queue's order: there the step does not wait for its ``step_finished``
-(``wait=False``), and :func:`flush` at shutdown writes what is still queued.
 A stream that cannot be written (Redis down) never fails the step: the events are
 dropped and logged.
 """
@@ -57,7 +54,7 @@ LINGER_S = 0.003  # events nobody waits for wait this long for others to share t
 class _Item:
     __slots__ = ("done", "event", "once", "run_id")
 
-    def __init__(self, run_id: str, data: dict[str, Any] | None, once: bool = False,
+    def __init__(self, run_id: str, data: dict[str, Any], once: bool = False,
                  done: threading.Event | None = None) -> None:
         self.run_id, self.event, self.once, self.done = run_id, data, once, done
 
@@ -77,27 +74,16 @@ class StreamWriter:
         self._enqueue([_Item(run_id, data)])
 
     def write(self, run_id: str, events: Sequence[dict[str, Any]], *,
-              once: Sequence[dict[str, Any]] = (), wait: bool = True) -> None:
+              once: Sequence[dict[str, Any]] = ()) -> None:
         """Write events (then ``once`` ones, see ``append_once``) after everything queued
-        before them; return when they are stored (or after :data:`SYNC_WAIT_S`), or at
-        once with ``wait=False`` (written as soon as the writer is free, no linger)."""
+        before them; return when they are stored (or after :data:`SYNC_WAIT_S`)."""
         done = threading.Event()
         items = [_Item(run_id, data) for data in events]
         items += [_Item(run_id, data, once=True) for data in once]
         items[-1].done = done
         self._enqueue(items)
-        if wait and not done.wait(SYNC_WAIT_S):
+        if not done.wait(SYNC_WAIT_S):
             log.warning("run stream write still pending; step goes on", run_id=run_id)
-
-    def flush(self, timeout: float = SYNC_WAIT_S) -> bool:
-        """Wait until everything queued before this call is written (False: not within
-        ``timeout``)."""
-        with self._cond:
-            if self._pid == os.getpid() and self._thread is None and not self._queue:
-                return True  # nothing queued, nothing being written
-        done = threading.Event()
-        self._enqueue([_Item("", None, done=done)])  # a marker: nothing to write
-        return done.wait(timeout)
 
     def _enqueue(self, items: list[_Item]) -> None:
         if self._pid != os.getpid():  # a forked child: the parent's thread is not here
@@ -158,8 +144,6 @@ def write_groups(batch: Sequence[_Item]) -> list[tuple[Events, Events]]:
     once: Events = []
     closed: set[str] = set()  # runs with a once-event in the current call
     for item in batch:
-        if item.event is None:
-            continue  # a flush marker
         if not item.once and item.run_id in closed:
             groups.append((pending, once))
             pending, once, closed = [], [], set()
@@ -271,17 +255,10 @@ def run_finished_event(run_id: str, status: str, error: str | None,
 
 def record_step_finished(stream: RunStream, run_id: str, step: str, outcome: StepOutcome,
                          latency_s: float | None,
-                         finished: dict[str, Any] | None = None, *, wait: bool = True) -> None:
-    """Write ``step_finished`` (and the run's ``run_finished``, if it ended) now; with
-    ``wait=False`` (every step of the run in this process) queue it and go on."""
+                         finished: dict[str, Any] | None = None) -> None:
+    """Write ``step_finished`` (and the run's ``run_finished``, if it ended) now."""
     writer_for(stream).write(run_id, [step_finished(run_id, step, outcome, latency_s)],
-                             once=[finished] if finished is not None else [], wait=wait)
-
-
-def flush(stream: RunStream, timeout: float = SYNC_WAIT_S) -> bool:
-    """Write what this process queued for ``stream`` (at shutdown); False on timeout."""
-    writer = _WRITERS.get(stream)
-    return True if writer is None else writer.flush(timeout)
+                             once=[finished] if finished is not None else [])
 
 
 def run_finished(stream: RunStream, run_id: str, status: str, error: str | None,

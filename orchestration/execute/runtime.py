@@ -304,8 +304,7 @@ def record_and_pass(step: BoundStep, envelope: Envelope, outcome: StepOutcome, s
         record_step_finished(delivery.stream, envelope.run_id, step.spec.name, stored, latency,
                              None if finish is None else run_finished_event(
                                  envelope.run_id, finish.status.value, finish.error,
-                                 store.ended_cost(envelope.run_id)),
-                             wait=not delivery.stream_in_process)
+                                 store.ended_cost(envelope.run_id)))
     if finish is not None:
         _log_finished(trial, finish)
     return trial.to_message()
