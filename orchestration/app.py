@@ -34,7 +34,7 @@ from orchestration.errors import (
     WaitForInput,
     WorkflowDefinitionError,
 )
-from orchestration.execute.live import run_finished, safe_append
+from orchestration.execute.live import flush, run_finished, safe_append
 from orchestration.execute.permits import LocalPermits, Permits, RedisPermits, Renewer
 from orchestration.execute.runtime import Delivery
 from orchestration.llm.catalogue import load_catalogue
@@ -276,6 +276,7 @@ class Orchestrator:
                         db_hold=self.settings.db_outage_hold,
                         dead_after=self.settings.worker_dead_after,
                         stream=self.run_stream if self.settings.stream else None,
+                        stream_in_process=self.settings.embedded,
                         async_threads=self.settings.async_threads,
                         event_loop=self.settings.event_loop)
 
@@ -457,6 +458,8 @@ class Orchestrator:
             worker, self._embedded = self._embedded, None
         if worker is not None:
             worker.stop()
+            if self._store is not None:  # what its steps queued and did not wait for
+                flush(self._store.run_stream)
         self.stop_heartbeat()
         if self._resilience is not None:
             self._resilience.close()

@@ -13,17 +13,23 @@ writes. Ordering: a step's ``step_finished`` (and ``run_finished``,
 ``waiting_for_input``) is written *synchronously*, after everything queued before it in
 this process, so every event of a step is stored before the step's outcome is passed on:
 a dependent's events come after it, and ``run_finished`` is the last event of its run.
+On the embedded default every step of a run runs in this process, whose one writer keeps
+the queue's order: there a step does not wait for its ``step_finished`` (``wait=False``);
+:func:`flush` (at shutdown, and at interpreter exit) writes what is still queued.
+The run's completion notice is sent by the writer once ``run_finished`` is written
+(``then=``), so a caller woken from ``handle.wait()`` finds the run's stream complete.
 A stream that cannot be written (Redis down) never fails the step: the events are
-dropped and logged.
+dropped and logged (and the notice still goes out).
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import threading
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -52,11 +58,18 @@ LINGER_S = 0.003  # events nobody waits for wait this long for others to share t
 
 
 class _Item:
-    __slots__ = ("done", "event", "once", "run_id")
+    __slots__ = ("done", "event", "once", "run_id", "then")
 
-    def __init__(self, run_id: str, data: dict[str, Any], once: bool = False,
-                 done: threading.Event | None = None) -> None:
+    def __init__(self, run_id: str, data: dict[str, Any] | None, once: bool = False,
+                 done: threading.Event | None = None,
+                 then: Callable[[], None] | None = None) -> None:
         self.run_id, self.event, self.once, self.done = run_id, data, once, done
+        self.then = then  # called once the item is written (or dropped)
+
+    @property
+    def awaited(self) -> bool:
+        """Someone waits for this item: the writer does not linger for company."""
+        return self.done is not None or self.then is not None
 
 
 class StreamWriter:
@@ -74,16 +87,29 @@ class StreamWriter:
         self._enqueue([_Item(run_id, data)])
 
     def write(self, run_id: str, events: Sequence[dict[str, Any]], *,
-              once: Sequence[dict[str, Any]] = ()) -> None:
+              once: Sequence[dict[str, Any]] = (), wait: bool = True,
+              then: Callable[[], None] | None = None) -> None:
         """Write events (then ``once`` ones, see ``append_once``) after everything queued
-        before them; return when they are stored (or after :data:`SYNC_WAIT_S`)."""
-        done = threading.Event()
+        before them; return when they are stored (or after :data:`SYNC_WAIT_S`), or at
+        once with ``wait=False``. ``then`` is called from the writer's thread once they
+        are written, or dropped (it must not raise; an error is logged)."""
+        done = threading.Event() if wait else None
         items = [_Item(run_id, data) for data in events]
         items += [_Item(run_id, data, once=True) for data in once]
-        items[-1].done = done
+        items[-1].done, items[-1].then = done, then
         self._enqueue(items)
-        if not done.wait(SYNC_WAIT_S):
+        if done is not None and not done.wait(SYNC_WAIT_S):
             log.warning("run stream write still pending; step goes on", run_id=run_id)
+
+    def flush(self, timeout: float = SYNC_WAIT_S) -> bool:
+        """Wait until everything queued before this call is written (False: not within
+        ``timeout``)."""
+        with self._cond:
+            if self._pid == os.getpid() and self._thread is None and not self._queue:
+                return True  # nothing queued, nothing being written
+        done = threading.Event()
+        self._enqueue([_Item("", None, done=done)])  # a marker: nothing to write
+        return done.wait(timeout)
 
     def _enqueue(self, items: list[_Item]) -> None:
         if self._pid != os.getpid():  # a forked child: the parent's thread is not here
@@ -107,7 +133,7 @@ class StreamWriter:
                     return
                 # Nobody waits for these yet: let a few more join the same write.
                 deadline = time.monotonic() + LINGER_S
-                while not any(item.done is not None for item in self._queue):
+                while not any(item.awaited for item in self._queue):
                     left = deadline - time.monotonic()
                     if left <= 0:
                         break
@@ -119,6 +145,9 @@ class StreamWriter:
                 for item in batch:
                     if item.done is not None:
                         item.done.set()
+                for item in batch:
+                    if item.then is not None:
+                        _call(item.then, item.run_id)
 
     def _write(self, batch: list[_Item]) -> None:
         stream = self._stream()
@@ -144,6 +173,8 @@ def write_groups(batch: Sequence[_Item]) -> list[tuple[Events, Events]]:
     once: Events = []
     closed: set[str] = set()  # runs with a once-event in the current call
     for item in batch:
+        if item.event is None:
+            continue  # a flush marker
         if not item.once and item.run_id in closed:
             groups.append((pending, once))
             pending, once, closed = [], [], set()
@@ -164,6 +195,13 @@ def _append(stream: RunStream, items: list[tuple[str, dict[str, Any]]],
             stream.append_all(items, once)
         except Exception as exc:  # the stream is a view: a step never fails for it
             _dropped(len(items) + len(once), exc)
+
+
+def _call(then: Callable[[], None], run_id: str) -> None:
+    try:
+        then()
+    except Exception:  # the writer thread must outlive a broken callback
+        log.exception("run stream write callback failed", run_id=run_id)
 
 
 def _dropped(count: int, exc: Exception) -> None:
@@ -254,15 +292,33 @@ def run_finished_event(run_id: str, status: str, error: str | None,
 
 
 def record_step_finished(stream: RunStream, run_id: str, step: str, outcome: StepOutcome,
-                         latency_s: float | None,
-                         finished: dict[str, Any] | None = None) -> None:
-    """Write ``step_finished`` (and the run's ``run_finished``, if it ended) now."""
+                         latency_s: float | None, finished: dict[str, Any] | None = None,
+                         *, wait: bool = True, then: Callable[[], None] | None = None) -> None:
+    """Write ``step_finished`` (and the run's ``run_finished``, if it ended) now; with
+    ``wait=False`` (every step of the run in this process) queue it and go on. ``then``
+    runs once they are written (the run's completion notice)."""
     writer_for(stream).write(run_id, [step_finished(run_id, step, outcome, latency_s)],
-                             once=[finished] if finished is not None else [])
+                             once=[finished] if finished is not None else [], wait=wait,
+                             then=then)
+
+
+def flush(stream: RunStream, timeout: float = SYNC_WAIT_S) -> bool:
+    """Write what this process queued for ``stream``; False if not within ``timeout``."""
+    writer = _WRITERS.get(stream)
+    return True if writer is None else writer.flush(timeout)
+
+
+@atexit.register
+def _flush_all(timeout: float = 5.0) -> None:
+    """At interpreter exit (daemon threads still run): write what steps queued and did
+    not wait for, each writer within ``timeout`` seconds."""
+    for writer in list(_WRITERS.values()):
+        writer.flush(timeout)
 
 
 def run_finished(stream: RunStream, run_id: str, status: str, error: str | None,
-                 cost_usd: float) -> None:
-    """Close a run's stream with ``run_finished`` (once, whoever closes it)."""
+                 cost_usd: float, *, then: Callable[[], None] | None = None) -> None:
+    """Close a run's stream with ``run_finished`` (once, whoever closes it); ``then``
+    runs once it is written (the run's completion notice)."""
     writer_for(stream).write(run_id, [], once=[run_finished_event(run_id, status, error,
-                                                                  cost_usd)])
+                                                                  cost_usd)], then=then)

@@ -274,6 +274,7 @@ def record_and_pass(step: BoundStep, envelope: Envelope, outcome: StepOutcome, s
                   keep_inline=stored.output is not outcome.output
                   and stored.output != outcome.output)
     finish = run_finish(trial) if finalize else None
+    notice = None
     if then is not None and finish is None and _claimable(then.step, trial):
         request = claim_request(delivery, first=False, released=then.released)
         # A retry after a commit whose answer was lost finds the step terminal (None):
@@ -285,10 +286,13 @@ def record_and_pass(step: BoundStep, envelope: Envelope, outcome: StepOutcome, s
             delivery, run_id=envelope.run_id, step=step.spec.task_name)
         recorded = then.claim is not None
     else:
+        # With a stream, the run's completion notice waits for its run_finished event.
+        notice = _notice(store, envelope.run_id, finish) if delivery.stream is not None \
+            else None
         recorded = _hold_while_unavailable(
             lambda: store.record_step(envelope.run_id, step.spec.name, stored,
                                       worker=delivery.worker, claimed_at=claimed_at,
-                                      finish=finish),
+                                      finish=finish, notify=notice is None),
             delivery, run_id=envelope.run_id, step=step.spec.task_name)
     if not recorded:
         status, output, error = store.step_state(envelope.run_id, step.spec.name)
@@ -297,17 +301,32 @@ def record_and_pass(step: BoundStep, envelope: Envelope, outcome: StepOutcome, s
             finalize_run(envelope, store, delivery.stream)
         return envelope.to_message()
     latency = (utcnow() - claimed_at).total_seconds() if claimed_at else None
-    metrics.record_step(step.spec.workflow, step.spec.name, outcome.model or step.spec.model,
-                        outcome.status.value, len(outcome.attempts) + outcome.extra_attempts,
-                        latency, outcome.cost_usd)
-    if delivery.stream is not None:
-        record_step_finished(delivery.stream, envelope.run_id, step.spec.name, stored, latency,
-                             None if finish is None else run_finished_event(
-                                 envelope.run_id, finish.status.value, finish.error,
-                                 store.ended_cost(envelope.run_id)))
+    try:
+        metrics.record_step(step.spec.workflow, step.spec.name,
+                            outcome.model or step.spec.model, outcome.status.value,
+                            len(outcome.attempts) + outcome.extra_attempts, latency,
+                            outcome.cost_usd)
+        if delivery.stream is not None:
+            record_step_finished(delivery.stream, envelope.run_id, step.spec.name, stored,
+                                 latency, None if finish is None else run_finished_event(
+                                     envelope.run_id, finish.status.value, finish.error,
+                                     store.ended_cost(envelope.run_id)),
+                                 wait=not delivery.stream_in_process, then=notice)
+            notice = None  # the writer sends it
+    finally:
+        if notice is not None:  # the stream write never queued: the run still ended
+            notice()
     if finish is not None:
         _log_finished(trial, finish)
     return trial.to_message()
+
+
+def _notice(store: Store, run_id: str, finish: RunFinish | None) -> Callable[[], None] | None:
+    """The completion notice of a run this record ends (None: it does not end it)."""
+    if finish is None:
+        return None
+    status = finish.status.value
+    return lambda: store.completions.notify(run_id, status)
 
 
 def _claimable(step: BoundStep, envelope: Envelope) -> bool:
@@ -364,11 +383,18 @@ def finalize_run(envelope: Envelope, store: Store,
     """Write the run's terminal status from what its last envelope says (and close its
     live ``stream``, if given)."""
     finish = run_finish(envelope)
-    store.finish_run(envelope.run_id, finish.status, error=finish.error,
-                     error_type=finish.error_type)
-    if stream is not None:
-        run_finished(stream, envelope.run_id, finish.status.value, finish.error,
-                     store.run_cost(envelope.run_id))
+    ended = store.finish_run(envelope.run_id, finish.status, error=finish.error,
+                             error_type=finish.error_type, notify=stream is None)
+    notice = _notice(store, envelope.run_id, finish) if ended and stream is not None \
+        else None
+    try:
+        if stream is not None:
+            run_finished(stream, envelope.run_id, finish.status.value, finish.error,
+                         store.run_cost(envelope.run_id), then=notice)
+            notice = None  # the writer sends it, after run_finished
+    finally:
+        if notice is not None:
+            notice()
     _log_finished(envelope, finish)
     return finish.status
 

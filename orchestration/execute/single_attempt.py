@@ -68,6 +68,9 @@ class Delivery:
     dead_after: float = 0.0  # a holder that beat within this many seconds is live (0: none)
     db_hold: float = 0.0  # seconds to keep retrying a record while the results DB is down
     stream: RunStream | None = None  # the run's live stream (None: ORCH_STREAM=off)
+    # Every step of the run runs in this process (the embedded default): its stream
+    # writer's queue keeps their events in order, so no step waits for its write.
+    stream_in_process: bool = False
     async_threads: int = 64  # the event loop's executor (ORCH_ASYNC_THREADS)
     event_loop: str = "uvloop"  # which loop async steps run on (ORCH_EVENT_LOOP)
 

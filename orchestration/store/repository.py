@@ -255,18 +255,20 @@ class Store(StoreReads):
 
     def record_step(self, run_id: str, name: str, outcome: StepOutcome,
                     *, worker: str | None = None, claimed_at: datetime | None = None,
-                    finish: RunFinish | None = None) -> bool:
+                    finish: RunFinish | None = None, notify: bool = True) -> bool:
         """Record a step's outcome and its attempts; False if it was already terminal.
 
         ``claimed_at`` (from the claim) gives the step's latency in the same write;
         ``finish`` (the run's last step) ends the run in the same transaction, and so
         does ``outcome.memory`` (the turns the step appended to its conversation).
+        A run it ends gets its completion notice after the commit, unless ``notify`` is
+        False: the caller sends it (after the run's stream is closed).
         """
         now = utcnow()
         recorded = self.group.run(lambda conn: record_in(
             conn, run_id, name, outcome, worker=worker, claimed_at=claimed_at, finish=finish,
             now=now, ended=self._ended), run_id, shared=not outcome.memory)
-        if recorded and finish is not None:
+        if recorded and finish is not None and notify:
             self.completions.notify(run_id, finish.status.value)
         return recorded
 
@@ -359,11 +361,12 @@ class Store(StoreReads):
         return [row.id for row in children]
 
     def finish_run(self, run_id: str, status: RunStatus, *, error: str | None = None,
-                   error_type: str | None = None) -> bool:
-        """Move a run to a terminal status; False if it was already terminal."""
+                   error_type: str | None = None, notify: bool = True) -> bool:
+        """Move a run to a terminal status; False if it was already terminal. The
+        completion notice follows the commit, unless ``notify`` is False (the caller's)."""
         finish = RunFinish(status, error, error_type)
         with self._writer.begin() as conn:
             result = conn.execute(sql.FINISH_RUN, finish.params(run_id, utcnow()))
-        if result.rowcount:
+        if result.rowcount and notify:
             self.completions.notify(run_id, status.value)
         return bool(result.rowcount)
