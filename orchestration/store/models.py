@@ -28,6 +28,9 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 JSONType = JSON().with_variant(JSONB(), "postgresql")
+# A Python None stored as SQL NULL, not JSON ``null``: read back with no JSON decode.
+# (Rows written before hold ``null``, which reads back as None all the same.)
+NullableJSON = JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
 Timestamp = DateTime(timezone=True)
 
 
@@ -158,7 +161,8 @@ class AttemptRow(Base):
     # step's on_error policy that acted on it, e.g. "model_unavailable: route_to_fallback".
     error_kind: Mapped[str | None] = mapped_column(String(32))
     policy: Mapped[str | None] = mapped_column(String(200))
-    calls: Mapped[Any | None] = mapped_column(JSONType)  # every model call of the attempt
+    # Every model call of the attempt; most attempts of a map element make none (NULL).
+    calls: Mapped[Any | None] = mapped_column(NullableJSON)
     latency_ms: Mapped[float] = mapped_column(Float)
     started_at: Mapped[datetime] = mapped_column(Timestamp)
     finished_at: Mapped[datetime] = mapped_column(Timestamp)

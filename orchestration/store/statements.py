@@ -101,7 +101,12 @@ RUN_STATUS = select(runs.c.status).where(runs.c.id == bindparam("b_run"))
 # SQLAlchemy's Python on SQLite, against ~70 µs prebuilt.
 RUN_ROW = select(runs).where(runs.c.id == bindparam("b_run"))
 RUN_STEPS = select(steps).where(steps.c.run_id == bindparam("b_run")).order_by(steps.c.id)
-RUN_ATTEMPTS = (select(attempts).where(attempts.c.run_id == bindparam("b_run"))
+# A step's attempt log entries: these columns, by these keys (the step's name last).
+ATTEMPT_KEYS = ("attempt", "status", "error", "error_type", "latency_ms", "worker", "model",
+                "cost_usd", "started_at", "gate", "tokens_in", "tokens_out", "breaker",
+                "map_index", "calls", "error_kind", "policy")
+RUN_ATTEMPTS = (select(*(attempts.c[key] for key in ATTEMPT_KEYS), attempts.c.step_name)
+                .where(attempts.c.run_id == bindparam("b_run"))
                 .order_by(attempts.c.step_name, attempts.c.attempt, attempts.c.id))
 RUN_COST = select(runs.c.cost_usd).where(runs.c.id == bindparam("b_run"))
 

@@ -289,3 +289,23 @@ def test_map_chunks_racing_their_collector_leave_nothing_behind(store: Store,
     # A chunk written before the record was dropped with the map; one after was refused.
     assert store.map_chunks.load(run_id, "extract", range(RACERS)) == {}
     assert not store.map_chunks.put(run_id, "extract", 0, [0], [True])
+
+
+def test_an_attempt_without_model_calls_stores_null_and_reads_back(store: Store,
+                                                                   workflow: str) -> None:
+    """``calls`` of an attempt with no model call is SQL NULL (no JSON decode on read);
+    one with calls keeps them; JSONB on PostgreSQL, JSON text on SQLite."""
+    from sqlalchemy import text
+
+    run_id = new_run(store, workflow)
+    call = {"model": "m", "ok": True, "latency_ms": 1.0}
+    with_calls = attempt(1, "failed")
+    with_calls.calls = [call]
+    store.record_step(run_id, "extract", StepOutcome(
+        StepStatus.SUCCEEDED, output="x", attempts=[with_calls, attempt(2, "succeeded")]))
+    log = store.get_run(run_id).steps["extract"].attempt_log
+    assert [(entry["attempt"], entry["calls"]) for entry in log] == [(1, [call]), (2, None)]
+    with store.engine.connect() as conn:
+        nulls = conn.execute(text("SELECT attempt FROM step_attempts WHERE run_id = :r "
+                                  "AND calls IS NULL"), {"r": run_id}).scalars().all()
+    assert nulls == [2]
