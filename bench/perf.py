@@ -1177,7 +1177,7 @@ def report(args: argparse.Namespace, results: Results, profiles: dict[str, Any],
 
 def engine_pool() -> str:
     """How the engine's OpenAI provider sends its HTTP calls."""
-    return "KeepAliveClient: one http.client keep-alive connection per thread (no pool)"
+    return "KeepAliveClient: one keep-alive connection per thread (no pool), httptools parser"
 
 
 def _details(results: Results) -> None:

@@ -1,12 +1,14 @@
 """HTTP for provider calls: JSON POSTs from many worker threads at once.
 
 The default client, :class:`KeepAliveClient`, gives every thread its own keep-alive
-connection per origin, on the standard library's ``http.client``: no pool to scan or lock,
-because a worker thread makes one call at a time. Measured with 200 threads making 1,000
-calls of 100 ms (``bench/perf.py``): 0.30 ms of CPU per call, against 1.3 ms through one
-``httpx.Client`` with its default pool (more connections made it worse: 8.7 ms at
-200/200, the pool scans every connection per request), and httpx's pool also failed about
-one call in 1,000 with ``ReadError: Bad file descriptor`` under that load.
+connection per origin: no pool to scan or lock, because a worker thread makes one call at
+a time. Each exchange is written in one ``sendall`` and its response parsed by httptools
+(``wire.py``). Measured with 200 threads making 1,000 calls of 100 ms (``bench/perf.py``):
+0.30 ms of CPU per call on ``http.client``, against 1.3 ms through one ``httpx.Client``
+with its default pool (more connections made it worse: 8.7 ms at 200/200, the pool scans
+every connection per request), and httpx's pool also failed about one call in 1,000 with
+``ReadError: Bad file descriptor`` under that load. ``http.client`` itself parsed each
+response's headers with the ``email`` package: httptools' C parser replaced it.
 
 ``httpx`` stays the client for everything the lean one does not do (HTTP/2, proxies,
 custom transports): pass an ``httpx.Client`` to a provider, and the engine itself uses one
@@ -15,7 +17,6 @@ when the environment configures a proxy for the provider's host.
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import ssl
@@ -30,9 +31,12 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from orchestration.llm.providers.wire import Closed, Connection, Malformed, request_head
+
 MAX_BODY_BYTES = 32 * 1024 * 1024  # a chat completion is kilobytes; this bounds a bad server
 IDLE_EXPIRY_S = 5.0  # as httpx's keepalive_expiry: servers close idle connections after a while
 _USER_AGENT = "orchestration/1"
+_COMPACT = json.JSONEncoder(separators=(",", ":"))  # one encoder, not one per call
 
 
 class TransportError(Exception):
@@ -88,6 +92,10 @@ class _Target:
     host: str
     port: int
     path: str
+    authority: str  # the Host header
+
+
+_UNSAFE_IN_PATH = frozenset(" \t\r\n\0")
 
 
 @lru_cache(maxsize=256)
@@ -95,10 +103,15 @@ def _target(url: str) -> _Target:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"not an http(s) URL: {url!r}")
-    port = parts.port or (443 if parts.scheme == "https" else 80)
+    default = 443 if parts.scheme == "https" else 80
+    port = parts.port or default
     path = parts.path or "/"
-    return _Target(parts.scheme, parts.hostname, port,
-                   f"{path}?{parts.query}" if parts.query else path)
+    path = f"{path}?{parts.query}" if parts.query else path
+    if not _UNSAFE_IN_PATH.isdisjoint(path):
+        raise ValueError(f"a space or control character in the URL's path: {url!r}")
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return _Target(parts.scheme, parts.hostname, port, path,
+                   host if port == default else f"{host}:{port}")
 
 
 class _Slot:
@@ -106,14 +119,14 @@ class _Slot:
 
     __slots__ = ("connection", "pid", "used_at")
 
-    def __init__(self, connection: http.client.HTTPConnection) -> None:
+    def __init__(self, connection: Connection) -> None:
         self.connection = connection
         self.pid = os.getpid()
         self.used_at = time.monotonic()
 
 
 class KeepAliveClient:
-    """One keep-alive ``http.client`` connection per thread and origin (see the module doc).
+    """One keep-alive connection per thread and origin (see the module doc).
 
     A connection idle for ``idle_expiry`` seconds is replaced rather than reused. A reused
     connection that the server had closed (the reply fails before its status line) is
@@ -129,46 +142,46 @@ class KeepAliveClient:
         self._ssl_context = ssl_context
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._open: set[http.client.HTTPConnection] = set()
+        self._open: set[Connection] = set()
 
     def post_json(self, url: str, body: Any, headers: Mapping[str, str],
                   timeout: float) -> HTTPResponse:
         target = _target(url)
-        data = json.dumps(body, separators=(",", ":")).encode()
-        request_headers = {"Content-Type": "application/json", "Accept": "application/json",
-                           "User-Agent": _USER_AGENT, **headers}
+        data = _COMPACT.encode(body).encode()
+        request = request_head("POST", target.path, target.authority, len(data), {
+            "Content-Type": "application/json", "Accept": "application/json",
+            "User-Agent": _USER_AGENT, **headers}) + data
         for attempt in (1, 2):
             slot, reused = self._checkout(target, timeout)
             connection = slot.connection
             sent = False
             try:
-                connection.request("POST", target.path, body=data, headers=request_headers)
+                connection.send(request)
                 sent = True
-                response = connection.getresponse()
-                payload = _read_body(response, self._max_body)
+                response, keep = connection.receive(self._max_body)
             except TimeoutError as exc:
                 self._discard(target, slot)
                 raise TransportTimeout(f"no response within {timeout:g} s") from exc
-            except (http.client.RemoteDisconnected, ConnectionResetError,
-                    BrokenPipeError) as exc:
+            except (Closed, ConnectionResetError, BrokenPipeError) as exc:
                 self._discard(target, slot)
                 # A reused connection the server had closed while idle: the send fails, or
-                # the reply ends before any status line. Either way it never saw this one.
-                stale = not sent or isinstance(exc, http.client.RemoteDisconnected)
+                # the reply ends before any of it. Either way it never saw this one.
+                stale = not sent or (isinstance(exc, Closed) and not exc.received)
                 if reused and stale and attempt == 1:
                     continue
-                raise ReadError(f"connection closed: {type(exc).__name__}") from exc
-            except (http.client.HTTPException, OSError) as exc:
+                raise ReadError(str(exc) if isinstance(exc, Closed)
+                                else f"connection closed: {type(exc).__name__}") from exc
+            except (Malformed, OSError) as exc:
                 self._discard(target, slot)
                 raise ReadError(f"{type(exc).__name__}") from exc
-            if payload is None:
+            if response.over:
                 self._discard(target, slot)
                 raise ReadError(f"response body over {self._max_body} bytes")
-            if response.will_close:
-                self._discard(target, slot)
-            else:
+            if keep:
                 slot.used_at = time.monotonic()
-            return HTTPResponse(response.status, response.headers, payload)
+            else:
+                self._discard(target, slot)
+            return HTTPResponse(response.status, response.headers, response.body)
         raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
     @property
@@ -199,9 +212,7 @@ class KeepAliveClient:
             elif time.monotonic() - slot.used_at > self._idle_expiry:
                 self._discard(target, slot)
             else:
-                slot.connection.timeout = timeout
-                if slot.connection.sock is not None:
-                    slot.connection.sock.settimeout(timeout)
+                slot.connection.settimeout(timeout)
                 return slot, True
         connection = self._connect(target, timeout)
         slot = slots[target] = _Slot(connection)
@@ -209,23 +220,15 @@ class KeepAliveClient:
             self._open.add(connection)
         return slot, False
 
-    def _connect(self, target: _Target, timeout: float) -> http.client.HTTPConnection:
-        connection: http.client.HTTPConnection
-        if target.scheme == "https":
-            connection = http.client.HTTPSConnection(target.host, target.port, timeout=timeout,
-                                                     context=self._tls())
-        else:
-            connection = http.client.HTTPConnection(target.host, target.port, timeout=timeout)
+    def _connect(self, target: _Target, timeout: float) -> Connection:
+        tls = self._tls() if target.scheme == "https" else None
         try:
-            connection.connect()
+            return Connection.open(target.host, target.port, timeout, tls)
         except TimeoutError as exc:
-            connection.close()
             raise TransportTimeout(f"connect to {target.host}:{target.port} timed out") from exc
         except (OSError, ssl.SSLError) as exc:
-            connection.close()
             raise ConnectError(f"cannot connect to {target.host}:{target.port}: "
                                f"{type(exc).__name__}") from exc
-        return connection
 
     def _tls(self) -> ssl.SSLContext:
         if self._ssl_context is None:
@@ -241,22 +244,6 @@ class KeepAliveClient:
         with self._lock:
             self._open.discard(slot.connection)
         slot.connection.close()
-
-
-def _read_body(response: http.client.HTTPResponse, limit: int) -> bytes | None:
-    """The whole body (None if over ``limit`` bytes), read to its end so the response is
-    closed: with a Content-Length in one read; chunked or close-delimited until EOF."""
-    if response.length is not None:
-        return None if response.length > limit else response.read()
-    parts: list[bytes] = []
-    size = 0
-    while chunk := response.read(65536):
-        size += len(chunk)
-        if size > limit:
-            response.close()
-            return None
-        parts.append(chunk)
-    return b"".join(parts)
 
 
 class HttpxClient:

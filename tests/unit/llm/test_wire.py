@@ -1,0 +1,139 @@
+"""The keep-alive client's wire level (``providers/wire.py``): what it writes, what it
+refuses to write, and how it reads replies that are odd or wrong."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from orchestration.llm.providers.http import KeepAliveClient, ReadError, _target
+from orchestration.llm.providers.wire import Headers, request_head
+
+
+class OneShot:
+    """Accepts connections; reads each request whole (raw bytes kept); sends ``reply``."""
+
+    def __init__(self, reply: bytes) -> None:
+        self.reply = reply
+        self.raw: list[bytes] = []
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+                head, _, body = data.partition(b"\r\n\r\n")
+                length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                                  if line.lower().startswith(b"content-length")))
+                while len(body) < length:
+                    body += conn.recv(65536)
+                self.raw.append(head + b"\r\n\r\n" + body)
+                conn.sendall(self.reply)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def client() -> Iterator[KeepAliveClient]:
+    made = KeepAliveClient()
+    yield made
+    made.close()
+
+
+def serving(reply: bytes) -> Iterator[OneShot]:
+    server = OneShot(reply)
+    yield server
+    server.close()
+
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Seen: first\r\nx-seen: second\r\n\r\n{}"
+
+
+@pytest.fixture
+def ok_server() -> Iterator[OneShot]:
+    yield from serving(OK)
+
+
+def test_the_request_names_host_port_length_and_the_callers_headers(
+        client: KeepAliveClient, ok_server: OneShot) -> None:
+    response = client.post_json(f"http://127.0.0.1:{ok_server.port}/v1/x?a=1", {"k": "v"},
+                                {"Authorization": "Bearer t"}, 2.0)
+
+    assert response.status == 200 and response.json() == {}
+    head, _, body = ok_server.raw[0].partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    assert lines[0] == "POST /v1/x?a=1 HTTP/1.1"
+    assert f"Host: 127.0.0.1:{ok_server.port}" in lines
+    assert "Content-Length: 9" in lines and "Authorization: Bearer t" in lines
+    assert "Content-Type: application/json" in lines
+    assert body == b'{"k":"v"}'
+    # Header names in any case; the first of a repeated header, as http.client's get.
+    assert response.headers.get("x-SEEN") == "first"
+    assert response.headers.get("missing") is None
+
+
+@pytest.mark.parametrize("name,value", [("X-Evil", "a\r\nInjected: yes"),
+                                        ("X-Evil\r\nInjected", "yes"), ("X-Nul", "a\0b"),
+                                        ("Bad:Name", "v")])
+def test_a_header_that_could_inject_another_is_refused_and_nothing_is_sent(
+        client: KeepAliveClient, ok_server: OneShot, name: str, value: str) -> None:
+    with pytest.raises(ValueError, match="invalid HTTP header"):
+        client.post_json(f"http://127.0.0.1:{ok_server.port}/x", {}, {name: value}, 2.0)
+    assert ok_server.raw == [] and client.open_connections == 0
+
+
+def test_a_url_path_with_a_space_or_control_character_is_refused(
+        client: KeepAliveClient) -> None:
+    with pytest.raises(ValueError, match="control character"):
+        client.post_json("http://127.0.0.1:1/a b", {}, {}, 1.0)
+
+
+def test_a_reply_that_is_not_http_is_a_read_error_and_the_connection_goes() -> None:
+    for server in serving(b"SMTP ready\r\n\r\n"):
+        client = KeepAliveClient()
+        try:
+            with pytest.raises(ReadError, match="Malformed"):
+                client.post_json(f"http://127.0.0.1:{server.port}/x", {}, {}, 2.0)
+            assert client.open_connections == 0
+        finally:
+            client.close()
+
+
+def test_a_chunked_body_over_the_limit_is_refused_and_the_connection_goes() -> None:
+    chunk = b"x" * 600
+    reply = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+             + (f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n") * 2 + b"0\r\n\r\n")
+    for server in serving(reply):
+        client = KeepAliveClient(max_body=1024)
+        try:
+            with pytest.raises(ReadError, match="over 1024 bytes"):
+                client.post_json(f"http://127.0.0.1:{server.port}/x", {}, {}, 2.0)
+            assert client.open_connections == 0
+        finally:
+            client.close()
+
+
+def test_request_head_default_port_and_ipv6_hosts() -> None:
+    head = request_head("POST", "/p", "[::1]:8080", 0, {})
+    assert head.startswith(b"POST /p HTTP/1.1\r\nHost: [::1]:8080\r\n")
+    assert head.endswith(b"Content-Length: 0\r\n\r\n")
+    assert _target("http://[::1]:8080/p").authority == "[::1]:8080"
+    assert _target("https://api.example.com/v1").authority == "api.example.com"
+    assert _target("http://h:80/").authority == "h"
+    headers = Headers({"content-type": "application/json"})
+    assert headers.get("Content-Type") == "application/json"
