@@ -13,9 +13,11 @@ writes. Ordering: a step's ``step_finished`` (and ``run_finished``,
 ``waiting_for_input``) is written *synchronously*, after everything queued before it in
 this process, so every event of a step is stored before the step's outcome is passed on:
 a dependent's events come after it, and ``run_finished`` is the last event of its run.
-On the embedded default every step of a run runs in this process, whose one writer keeps
-the queue's order: there a step does not wait for its ``step_finished`` (``wait=False``);
-:func:`flush` (at shutdown, and at interpreter exit) writes what is still queued.
+Only a dependent in another process needs that wait: where the outcome stays in this
+process (every step on the embedded default, a fused chain's next step) or goes nowhere
+(the run's last step), this process's one writer already keeps the queue's order, and
+the step does not wait (``wait=False``); :func:`flush` and :func:`flush_all` (at shutdown,
+when a pool process ends, at interpreter exit) write what is still queued.
 The run's completion notice is sent by the writer once ``run_finished`` is written
 (``then=``), so a caller woken from ``handle.wait()`` finds the run's stream complete.
 A stream that cannot be written (Redis down) never fails the step: the events are
@@ -309,9 +311,10 @@ def flush(stream: RunStream, timeout: float = SYNC_WAIT_S) -> bool:
 
 
 @atexit.register
-def _flush_all(timeout: float = 5.0) -> None:
-    """At interpreter exit (daemon threads still run): write what steps queued and did
-    not wait for, each writer within ``timeout`` seconds."""
+def flush_all(timeout: float = 5.0) -> None:
+    """Write what this process's steps queued and did not wait for, each writer within
+    ``timeout`` seconds: at interpreter exit (daemon threads still run then) and when a
+    worker's pool process ends (it exits without atexit)."""
     for writer in list(_WRITERS.values()):
         writer.flush(timeout)
 

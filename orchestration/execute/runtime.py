@@ -311,7 +311,7 @@ def record_and_pass(step: BoundStep, envelope: Envelope, outcome: StepOutcome, s
                                  latency, None if finish is None else run_finished_event(
                                      envelope.run_id, finish.status.value, finish.error,
                                      store.ended_cost(envelope.run_id)),
-                                 wait=not delivery.stream_in_process, then=notice)
+                                 wait=_passed_elsewhere(delivery, finish, then), then=notice)
             notice = None  # the writer sends it
     finally:
         if notice is not None:  # the stream write never queued: the run still ended
@@ -319,6 +319,14 @@ def record_and_pass(step: BoundStep, envelope: Envelope, outcome: StepOutcome, s
     if finish is not None:
         _log_finished(trial, finish)
     return trial.to_message()
+
+
+def _passed_elsewhere(delivery: Delivery, finish: RunFinish | None,
+                      then: NextClaim | None) -> bool:
+    """Whether the step's outcome goes on to a step that may run in another process (its
+    events must be stored first, see execute/live.py): not on the embedded default, not
+    to a fused chain's next step in this message, not from the run's last step."""
+    return not delivery.stream_in_process and finish is None and then is None
 
 
 def _notice(store: Store, run_id: str, finish: RunFinish | None) -> Callable[[], None] | None:

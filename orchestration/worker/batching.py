@@ -30,7 +30,7 @@ from orchestration.define.step import BoundStep
 from orchestration.define.workflow import Host
 from orchestration.execute.attempts import Delivery
 from orchestration.execute.batching import JoinBatch, run_batch
-from orchestration.execute.live import record_step_finished
+from orchestration.execute.live import flush, record_step_finished
 from orchestration.execute.runtime import redacted
 from orchestration.store.batches import Batches, Taken
 from orchestration.worker.engine_tasks import resume_signature
@@ -167,10 +167,12 @@ def run_taken(host: Host, bound: BoundStep, taken: Taken, delivery: Delivery,
             metrics.record_step(spec.workflow, spec.name, outcome.model or spec.model,
                                 outcome.status.value, len(outcome.attempts), latency,
                                 outcome.cost_usd)
-            if delivery.stream is not None:
+            if delivery.stream is not None:  # one wait for all, below
                 record_step_finished(delivery.stream, element.run_id, element.step_name,
-                                     outcome, latency)
+                                     outcome, latency, wait=False)
         sent.append(element)
+    if delivery.stream is not None and recording:
+        flush(delivery.stream)  # every run's events stored before its message goes on
     buffer.done([element.id for element in sent], now=utcnow(), lease=SENDING_LEASE)
     buffer.forget([element.id for element in parked])
     send_on(host, sent)

@@ -21,6 +21,7 @@ from orchestration.core.logs import CeleryLogFilter, configure_celery_logger
 from orchestration.core.redaction import Redactor
 from orchestration.core.settings import Settings
 from orchestration.define.workflow import Workflow
+from orchestration.execute.live import flush_all
 from orchestration.observe import tracing
 from orchestration.store.engine import is_unavailable
 from orchestration.store.repository import Store
@@ -167,6 +168,7 @@ def _on_worker_shutdown(sender: Any = None, **_: Any) -> None:
 
 def _on_worker_process_shutdown(pid: int | None = None, **_: Any) -> None:
     tracing.flush()  # a pool child exits without atexit: export its buffered spans now
+    flush_all()  # and write the run-stream events its steps did not wait for
     # prometheus-client's multiprocess mode keeps a dead child's gauges unless told.
     if pid is not None and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from prometheus_client import multiprocess

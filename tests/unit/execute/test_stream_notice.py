@@ -9,6 +9,7 @@ beat the write by a moment; ``handle.stream()`` reads until ``run_finished``.)
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -165,3 +166,90 @@ def test_only_the_embedded_default_skips_the_wait_and_its_shutdown_flushes(
         assert not worker.delivery(task).stream_in_process
     finally:
         worker.shutdown()
+
+
+def test_a_worker_step_waits_for_its_events_only_when_its_outcome_leaves_the_process(
+        orch: Orchestrator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As on a Celery worker (``stream_in_process`` off): a step whose outcome goes on in
+    another message waits for its ``step_finished``; a fused chain's inner steps (their
+    next step runs in this process) and the run's last step (nothing goes on) do not."""
+    from orchestration.execute import runtime
+
+    waits: list[tuple[str, bool]] = []
+    original = runtime.record_step_finished
+
+    def noting(stream: Any, run_id: str, step: str, *args: Any, **kwargs: Any) -> None:
+        waits.append((step, kwargs["wait"]))
+        original(stream, run_id, step, *args, **kwargs)
+
+    monkeypatch.setattr(runtime, "record_step_finished", noting)
+    delivery = orch.delivery
+
+    def as_worker(task: Any) -> Any:
+        return dataclasses.replace(delivery(task), stream_in_process=False)
+
+    monkeypatch.setattr(orch, "delivery", as_worker)
+    fused = Workflow("waits_fused", app=orch)  # one queue: one message for all three
+
+    @fused.task
+    def a(x: int) -> int:
+        return x
+
+    @fused.task
+    def b(a: int) -> int:
+        return a
+
+    @fused.task
+    def c(b: int) -> int:
+        return b
+
+    split = Workflow("waits_split", app=orch)  # two queues: two messages
+
+    @split.task(queue="waits.one")
+    def first(x: int) -> int:
+        return x
+
+    @split.task(queue="waits.two")
+    def second(first: int) -> int:
+        return first
+
+    fused.submit(x=1).wait(timeout=30)
+    assert waits == [("a", False), ("b", False), ("c", False)]
+    waits.clear()
+    split.submit(x=1).wait(timeout=30)
+    assert waits == [("first", True), ("second", False)]
+
+
+def test_a_batched_steps_runs_are_written_with_one_wait_before_their_messages_go_on(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from orchestration.worker import batching
+
+    seen: list[tuple[str, Any]] = []
+    original_record, original_flush = batching.record_step_finished, batching.flush
+
+    def record(*args: Any, **kwargs: Any) -> None:
+        seen.append(("record", kwargs.get("wait", True)))
+        original_record(*args, **kwargs)
+
+    def flush(stream: Any) -> bool:
+        seen.append(("flush", None))
+        return original_flush(stream)
+
+    def send_on(host: Any, elements: list[Any]) -> None:
+        seen.append(("send", len(elements)))
+        original_send(host, elements)
+
+    original_send = batching.send_on
+    monkeypatch.setattr(batching, "record_step_finished", record)
+    monkeypatch.setattr(batching, "flush", flush)
+    monkeypatch.setattr(batching, "send_on", send_on)
+    with embedded_orchestrator(tmp_path) as orch:
+        batched = Workflow("waits_batched", inputs=["n"], app=orch)
+
+        @batched.task(batch_size=3, batch_wait=3600)
+        def double(n: list[int]) -> list[int]:
+            return [x * 2 for x in n]
+
+        handles = [batched.submit(n=n) for n in range(3)]
+        assert [h.wait(timeout=30).outputs["double"] for h in handles] == [0, 2, 4]
+    assert seen == [("record", False)] * 3 + [("flush", None), ("send", 3)]
