@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -184,6 +185,7 @@ class SQLRunStream:
         self._reader = reader
         self.maxlen = maxlen
         self.ttl = ttl
+        self._once_statement: Any = None
 
     def append(self, run_id: str, event: dict[str, Any]) -> str:
         return self.append_many(run_id, [event])[0]
@@ -198,13 +200,18 @@ class SQLRunStream:
         now = utcnow()
         with self._writer.begin() as conn:
             if items:  # one statement for them all (executemany): no ids needed here
-                conn.execute(insert(RunEventRow), [
+                conn.execute(_INSERT_EVENTS, [
                     {"run_id": run_id, "type": str(item.get("type", "")),
                      "body": _dumps(item), "once": None, "created_at": now}
                     for run_id, item in items])
-                if random.random() < len(items) / TRIM_EVERY:  # as often as by row ids
-                    for run_id in {run_id for run_id, _ in items}:
+                # As often as by row ids: each run with a chance of its share of the
+                # batch (trimming every run of a batch made 1,000 runs ending together
+                # cost 1,000 trims), the TTL with the batch's.
+                counts = Counter(run_id for run_id, _ in items)
+                for run_id, count in counts.items():
+                    if random.random() < count / TRIM_EVERY:
                         self._trim(conn, run_id)
+                if random.random() < len(items) / TRIM_EVERY:
                     self._expire(conn, now)
             self._write_once(conn, once, now)
 
@@ -228,11 +235,15 @@ class SQLRunStream:
 
     def _write_once(self, conn: Any, once: Sequence[tuple[str, dict[str, Any]]],
                     now: datetime) -> None:
-        for run_id, item in once:
-            kind = str(item["type"])
-            conn.execute(self._insert_once().values(
-                run_id=run_id, type=kind, once=kind, body=_dumps(item),
-                created_at=now).on_conflict_do_nothing())
+        """Once-events, each unless its run has one of its type: one statement for all
+        (built once per stream, not per event)."""
+        if not once:
+            return
+        if self._once_statement is None:
+            self._once_statement = self._insert_once().on_conflict_do_nothing()
+        conn.execute(self._once_statement, [
+            {"run_id": run_id, "type": str(item["type"]), "once": str(item["type"]),
+             "body": _dumps(item), "created_at": now} for run_id, item in once])
 
     def _expire(self, conn: Any, now: datetime) -> None:
         """Delete every run's events past the TTL."""
@@ -299,6 +310,9 @@ class SQLRunStream:
             conn.execute(delete(RunEventRow).where(RunEventRow.run_id == run_id,
                                                    RunEventRow.id <= cutoff,
                                                    RunEventRow.once.is_(None)))
+
+
+_INSERT_EVENTS = insert(RunEventRow)  # many rows, executemany: built once
 
 
 def _inserted(result: Any) -> int:

@@ -180,3 +180,45 @@ def test_events_past_the_ttl_go_when_a_run_is_trimmed(store: Store) -> None:
     while int(stream.append(run, event("token", run))) % TRIM_EVERY:
         pass
     assert all(data.get("index") != -1 for _, data in stream.read(run))
+
+
+def test_a_batch_trims_each_run_by_its_share_not_every_run(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """300 runs with an event each and one run with 200, written together: with the dice
+    at 0.5 only the big run has a chance over it (200/256); 300 small ones are not each
+    trimmed because the batch as a whole is large."""
+    from orchestration.store import run_stream
+
+    stream = SQLRunStream(store.engine, store.reader)
+    small = [new_run(store) for _ in range(300)]
+    big = new_run(store)
+    trimmed: list[str] = []
+    monkeypatch.setattr(run_stream.random, "random", lambda: 0.5)
+    monkeypatch.setattr(stream, "_trim", lambda conn, run_id: trimmed.append(run_id))
+    stream.append_all([(run, event("token", run)) for run in small]
+                      + [(big, event("token", big, index=i)) for i in range(200)])
+    assert trimmed == [big]
+    assert len(stream.read(small[0])) == 1 and len(stream.read(big)) == 200
+
+
+def test_once_events_of_many_runs_are_one_statement_and_stay_once(store: Store) -> None:
+    from sqlalchemy import event as sa_event
+
+    stream = SQLRunStream(store.engine, store.reader)
+    runs = [new_run(store) for _ in range(50)]
+    finished = [(run, event(RUN_FINISHED, run, status="succeeded")) for run in runs]
+    statements: list[str] = []
+
+    def count(conn: object, cursor: object, statement: str, *args: object) -> None:
+        if "run_events" in statement:
+            statements.append(statement)
+
+    sa_event.listen(store.engine, "before_cursor_execute", count)
+    try:
+        stream.append_all([], finished)
+        stream.append_all([], finished[:10])  # again: already there, nothing written
+    finally:
+        sa_event.remove(store.engine, "before_cursor_execute", count)
+    assert len(statements) == 2  # one executemany per call
+    assert all([data["type"] for _, data in stream.read(run)] == [RUN_FINISHED]
+               for run in runs)
