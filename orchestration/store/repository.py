@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, delete, insert, select, update
+from sqlalchemy import Engine, delete, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
@@ -27,6 +27,7 @@ from orchestration.core.status import (
 )
 from orchestration.errors import RunNotFound, SchemaNotCurrent
 from orchestration.store import statements as sql
+from orchestration.store.bulk import insert_rows
 from orchestration.store.engine import (
     create_engines,
     retry_disconnect,
@@ -221,14 +222,14 @@ class Store(StoreReads):
         self.ensure_schema()
         now = utcnow()
         changed = redacted or {}
-        with self._writer.begin() as conn:
-            conn.execute(insert(RunRow), [{
+        with self._writer.begin() as conn:  # COPY on PostgreSQL (store/bulk.py)
+            insert_rows(conn, sql.runs, [{
                 "id": run_id, "workflow": workflow, "workflow_version": version,
                 "status": RunStatus.PENDING.value, "inputs": inputs, "cost_usd": 0.0,
                 "created_at": now, "redacted_inputs": list(changed.get(run_id, ())),
                 "priority": priority}
                 for run_id, inputs in runs])
-            conn.execute(insert(StepRow), [{
+            insert_rows(conn, sql.steps, [{
                 "run_id": run_id, "name": step.name, "output_name": step.output_name,
                 "status": StepStatus.PENDING.value, "queue": step.queue, "model": step.model,
                 "critical": step.critical, "attempts": 0, "deliveries": 0, "cost_usd": 0.0,

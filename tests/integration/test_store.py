@@ -7,6 +7,7 @@ workers' runs without seeing them.
 
 from __future__ import annotations
 
+import json
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -309,3 +310,50 @@ def test_an_attempt_without_model_calls_stores_null_and_reads_back(store: Store,
         nulls = conn.execute(text("SELECT attempt FROM step_attempts WHERE run_id = :r "
                                   "AND calls IS NULL"), {"r": run_id}).scalars().all()
     assert nulls == [2]
+
+
+def test_create_runs_writes_every_column_as_one_insert_would(store: Store,
+                                                            workflow: str) -> None:
+    """``create_runs`` (``submit_many``): COPY on PostgreSQL, executemany on SQLite; the
+    same rows either way, including JSON (nested, unicode, redacted paths) and the
+    columns whose defaults SQLAlchemy would have filled in."""
+    planned = [PlannedStep("extract", "extract_out", "q.store", "m1", True),
+               PlannedStep("reply", "reply_out", "q.store", None, False)]
+    runs = [(str(uuid.uuid4()), {"text": "héllo \t\"quoted\"\n", "n": [1, {"k": None}]}),
+            (str(uuid.uuid4()), {})]
+    store.create_runs(workflow, "v7", runs, planned, redacted={runs[0][0]: ["api_key"]},
+                      priority=3)
+    first = store.get_run(runs[0][0])
+    assert (first.workflow, first.status, first.inputs) == (workflow, RunStatus.PENDING,
+                                                            runs[0][1])
+    assert store.get_run(runs[1][0]).inputs == {}
+    steps = first.steps
+    assert [(s.name, s.output_name, s.status, s.queue, s.model, s.attempts, s.deliveries,
+             s.cost_usd, s.tokens_in, s.crashes, s.cache_hit) for s in steps.values()] == [
+        ("extract", "extract_out", StepStatus.PENDING, "q.store", "m1", 0, 0, 0.0, 0, 0, False),
+        ("reply", "reply_out", StepStatus.PENDING, "q.store", None, 0, 0, 0.0, 0, 0, False)]
+    from sqlalchemy import text
+
+    with store.engine.connect() as conn:
+        rows = conn.execute(text("SELECT id, redacted_inputs, priority, cost_usd FROM runs "
+                                 "WHERE workflow = :w ORDER BY id"), {"w": workflow}).all()
+        critical = conn.execute(text("SELECT name, critical FROM steps WHERE run_id = :r "
+                                     "ORDER BY name"), {"r": runs[0][0]}).all()
+    redacted = {row[0]: row[1] for row in rows}
+    as_list = [json.loads(v) if isinstance(v, str) else v for v in redacted.values()]
+    assert sorted(map(tuple, as_list)) == [(), ("api_key",)]
+    assert {(row[2], row[3]) for row in rows} == {(3, 0.0)}
+    assert [(name, bool(value)) for name, value in critical] == [("extract", True),
+                                                                  ("reply", False)]
+
+
+def test_create_runs_rolls_back_with_its_transaction(store: Store, workflow: str) -> None:
+    """A batch with a run id already taken writes none of its rows."""
+    taken = new_run(store, workflow)
+    planned = [PlannedStep("extract", "extract_out", "q.store", None, True)]
+    fresh = str(uuid.uuid4())
+    with pytest.raises(Exception, match=r"(?i)unique|duplicate"):
+        store.create_runs(workflow, "v1", [(fresh, {}), (taken, {})], planned)
+    with pytest.raises(RunNotFound):
+        store.get_run(fresh)
+    assert len(store.get_run(taken).steps) == 1
