@@ -27,8 +27,9 @@ from orchestration.errors import (
     WaitForInput,
 )
 from orchestration.execute.batching import JoinBatch
+from orchestration.execute.live import flush
 from orchestration.execute.maps import map_canvas, run_chunk
-from orchestration.execute.runtime import NextClaim, StartChild, StartMap, run_step
+from orchestration.execute.runtime import Delivery, NextClaim, StartChild, StartMap, run_step
 from orchestration.observe import tracing
 from orchestration.store.engine import is_unavailable
 from orchestration.store.joins import JoinsUnavailable
@@ -104,6 +105,14 @@ def execute_step(task: Any, message: Any = None, run_id: str | None = None,
     return result
 
 
+def _settle_stream(delivery: Delivery) -> None:
+    """The run goes on elsewhere (a retry, a replacement, a wait): the steps this message
+    finished did not wait for their events (execute/live.py); store them before another
+    process can write the next step's."""
+    if delivery.stream is not None and not delivery.stream_in_process:
+        flush(delivery.stream)
+
+
 def _execute(task: Any, message: Any, steps: dict[str, BoundStep], names: list[str],
              run_id: str | None, finalize: bool, chunk: dict[str, Any] | None,
              params: dict[str, Any] | None, released: dict[str, int] | None) -> Any:
@@ -115,19 +124,22 @@ def _execute(task: Any, message: Any, steps: dict[str, BoundStep], names: list[s
             with _step_context(run_id, steps[task.step_name], task):
                 return run_chunk(steps[task.step_name], message, chunk, store, delivery)
         then: NextClaim | None = None
-        for index, current in enumerate(names):
-            bound = steps[current]
-            last = index == len(names) - 1
-            claim = then.claim if then is not None else None
-            # The next fused step is claimed in the transaction recording this one.
-            then = None if last else NextClaim(steps[names[index + 1]],
-                                               (released or {}).get(names[index + 1]))
-            with _step_context(run_id, bound, task):
-                message = run_step(bound, message, store, delivery,
-                                   finalize=finalize and last,
-                                   params=(params or {}).get(current),
-                                   released=(released or {}).get(current),
-                                   claim=claim, then=then)
+        try:
+            for index, current in enumerate(names):
+                last = index == len(names) - 1
+                claim = then.claim if then is not None else None
+                # The next fused step is claimed in the transaction recording this one.
+                then = None if last else NextClaim(steps[names[index + 1]],
+                                                   (released or {}).get(names[index + 1]))
+                with _step_context(run_id, steps[current], task):
+                    message = run_step(steps[current], message, store, delivery,
+                                       finalize=finalize and last,
+                                       params=(params or {}).get(current),
+                                       released=(released or {}).get(current),
+                                       claim=claim, then=then)
+        except BaseException:
+            _settle_stream(delivery)
+            raise
         return message
     except (StartMap, StartChild) as signal:
         raise task.replace(_replacement(task, signal, names, current, run_id,

@@ -253,3 +253,35 @@ def test_a_batched_steps_runs_are_written_with_one_wait_before_their_messages_go
         handles = [batched.submit(n=n) for n in range(3)]
         assert [h.wait(timeout=30).outputs["double"] for h in handles] == [0, 2, 4]
     assert seen == [("record", False)] * 3 + [("flush", None), ("send", 3)]
+
+
+def test_a_fused_message_handing_its_run_on_stores_the_events_it_did_not_wait_for(
+        orch: Orchestrator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As on a Celery worker: the first of two fused steps does not wait for its write;
+    when the second parks the run (here: waits for a person), the message flushes the
+    writer before the run can go on in another process."""
+    from orchestration.worker import step_task
+
+    flushed: list[Any] = []
+    original = step_task.flush
+    monkeypatch.setattr(step_task, "flush",
+                        lambda stream: flushed.append(stream) or original(stream))
+    delivery = orch.delivery
+    monkeypatch.setattr(orch, "delivery", lambda task: dataclasses.replace(
+        delivery(task), stream_in_process=False))
+    gated = Workflow("waits_gated", app=orch)
+
+    @gated.task
+    def draft(x: int) -> int:
+        return x
+
+    @gated.task
+    def review(draft: int, ctx: Any) -> int:
+        return int(ctx.wait_for_input("ok")["n"]) + draft
+
+    handle = gated.submit(x=1)
+    wait_until(lambda: orch.store.run_status(handle.run_id).value == "waiting", timeout=30,
+               what="the run waiting for a person")
+    assert flushed == [orch.run_stream]
+    types = [body["type"] for _, body in orch.run_stream.read(handle.run_id)]
+    assert types[:2] == ["step_started", "step_finished"]  # draft's, stored
