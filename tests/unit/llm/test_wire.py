@@ -3,13 +3,17 @@ refuses to write, and how it reads replies that are odd or wrong."""
 
 from __future__ import annotations
 
+import shutil
 import socket
+import ssl
+import subprocess
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from orchestration.llm.providers.http import KeepAliveClient, ReadError, _target
+from orchestration.llm.providers.http import ConnectError, KeepAliveClient, ReadError, _target
 from orchestration.llm.providers.wire import Headers, request_head
 
 
@@ -137,3 +141,70 @@ def test_request_head_default_port_and_ipv6_hosts() -> None:
     assert _target("http://h:80/").authority == "h"
     headers = Headers({"content-type": "application/json"})
     assert headers.get("Content-Type") == "application/json"
+
+
+@pytest.fixture
+def tls_files(tmp_path: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 (openssl, as on the CI machine)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make a certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    return cert, key
+
+
+def _tls_server(cert: Path, key: Path) -> tuple[socket.socket, list[bytes]]:
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(cert, key)
+    sock = socket.create_server(("127.0.0.1", 0))
+    seen: list[bytes] = []
+
+    def serve() -> None:
+        while True:
+            try:
+                raw, _ = sock.accept()
+            except OSError:
+                return
+            try:
+                with server_ctx.wrap_socket(raw, server_side=True) as conn:
+                    data = b""
+                    while b"\r\n\r\n" not in data:
+                        data += conn.recv(65536)
+                    seen.append(data)
+                    conn.sendall(OK)
+            except (ssl.SSLError, OSError):
+                continue  # a client that refused our certificate
+
+    threading.Thread(target=serve, daemon=True).start()
+    return sock, seen
+
+
+def test_https_with_a_trusted_certificate(tls_files: tuple[Path, Path]) -> None:
+    cert, key = tls_files
+    sock, seen = _tls_server(cert, key)
+    trusting = ssl.create_default_context(cafile=str(cert))
+    client = KeepAliveClient(ssl_context=trusting)
+    try:
+        response = client.post_json(f"https://127.0.0.1:{sock.getsockname()[1]}/v1", {},
+                                    {}, 5.0)
+        assert response.status == 200 and response.json() == {}
+        assert seen and seen[0].startswith(b"POST /v1 HTTP/1.1\r\n")
+    finally:
+        client.close()
+        sock.close()
+
+
+def test_https_with_an_untrusted_certificate_is_a_connect_error(
+        tls_files: tuple[Path, Path]) -> None:
+    cert, key = tls_files
+    sock, seen = _tls_server(cert, key)
+    client = KeepAliveClient()  # the system's trust store: a self-signed certificate fails
+    try:
+        with pytest.raises(ConnectError, match="SSLCertVerificationError"):
+            client.post_json(f"https://127.0.0.1:{sock.getsockname()[1]}/v1", {}, {}, 5.0)
+        assert seen == []
+    finally:
+        client.close()
+        sock.close()
