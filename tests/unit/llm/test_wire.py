@@ -3,6 +3,7 @@ refuses to write, and how it reads replies that are odd or wrong."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import ssl
@@ -10,6 +11,7 @@ import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -59,10 +61,21 @@ def client() -> Iterator[KeepAliveClient]:
     made.close()
 
 
+@contextlib.contextmanager
 def serving(reply: bytes) -> Iterator[OneShot]:
     server = OneShot(reply)
-    yield server
-    server.close()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def assert_refused_and_dropped(reply: bytes, match: str, **options: Any) -> None:
+    """A call answered with ``reply`` is a ReadError, and its connection is not kept."""
+    with serving(reply) as server, contextlib.closing(KeepAliveClient(**options)) as client:
+        with pytest.raises(ReadError, match=match):
+            client.post_json(f"http://127.0.0.1:{server.port}/x", {}, {}, 2.0)
+        assert client.open_connections == 0
 
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Seen: first\r\nx-seen: second\r\n\r\n{}"
@@ -70,7 +83,8 @@ OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Seen: first\r\nx-seen: second\r
 
 @pytest.fixture
 def ok_server() -> Iterator[OneShot]:
-    yield from serving(OK)
+    with serving(OK) as server:
+        yield server
 
 
 def test_the_request_names_host_port_length_and_the_callers_headers(
@@ -108,28 +122,14 @@ def test_a_url_path_with_a_space_or_control_character_is_refused(
 
 
 def test_a_reply_that_is_not_http_is_a_read_error_and_the_connection_goes() -> None:
-    for server in serving(b"SMTP ready\r\n\r\n"):
-        client = KeepAliveClient()
-        try:
-            with pytest.raises(ReadError, match="Malformed"):
-                client.post_json(f"http://127.0.0.1:{server.port}/x", {}, {}, 2.0)
-            assert client.open_connections == 0
-        finally:
-            client.close()
+    assert_refused_and_dropped(b"SMTP ready\r\n\r\n", "Malformed")
 
 
 def test_a_chunked_body_over_the_limit_is_refused_and_the_connection_goes() -> None:
     chunk = b"x" * 600
     reply = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
              + (f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n") * 2 + b"0\r\n\r\n")
-    for server in serving(reply):
-        client = KeepAliveClient(max_body=1024)
-        try:
-            with pytest.raises(ReadError, match="over 1024 bytes"):
-                client.post_json(f"http://127.0.0.1:{server.port}/x", {}, {}, 2.0)
-            assert client.open_connections == 0
-        finally:
-            client.close()
+    assert_refused_and_dropped(reply, "over 1024 bytes", max_body=1024)
 
 
 def test_request_head_default_port_and_ipv6_hosts() -> None:
