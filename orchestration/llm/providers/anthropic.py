@@ -39,17 +39,14 @@ class AnthropicProvider(HTTPProvider):
         if api_key:
             self._headers["x-api-key"] = api_key
 
-    def complete(self, messages: Messages, *, model: str, timeout: float | None,
-                 **params: Any) -> tuple[str, Usage]:
-        """One message; HTTP errors become ProviderError (4xx other than 429: final).
+    def _answer(self, response: HTTPResponse, model: str) -> tuple[str, Usage]:
+        """The message's text and usage.
 
         Timeouts, connection errors, 429, 5xx (529 included) and malformed bodies are
         retryable; ``retry_after`` carries the server's ``Retry-After`` on 429/503/529. A
         message whose role is neither system, user nor assistant is a final error, raised
-        before anything is sent.
+        before anything is sent (by :meth:`_body`).
         """
-        body = self._body(messages, model, params)
-        response = self._post(self._url, body, self._headers, model=model, timeout=timeout)
         if response.status >= 400:
             status = response.status
             kind = _error_type(response)

@@ -87,7 +87,9 @@ class HTTPClient(Protocol):
 
 
 @dataclass(frozen=True)
-class _Target:
+class Target:
+    """Where a URL's requests go: one origin and a path."""
+
     scheme: str
     host: str
     port: int
@@ -98,8 +100,36 @@ class _Target:
 _UNSAFE_IN_PATH = frozenset(" \t\r\n\0")
 
 
+def json_post(target: Target, body: Any, headers: Mapping[str, str]) -> bytes:
+    """The bytes of a POST of ``body`` as JSON to ``target`` (header values checked)."""
+    data = _COMPACT.encode(body).encode()
+    return request_head("POST", target.path, target.authority, len(data), {
+        "Content-Type": "application/json", "Accept": "application/json",
+        "User-Agent": _USER_AGENT, **headers}) + data
+
+
+def exchange_error(exc: BaseException, timeout: float, *, resend: bool,
+                   sent: bool = True) -> TransportError | None:
+    """The transport error for an exchange that failed with ``exc``; None: send it again.
+
+    A reused connection the server had closed while idle fails the send, or its reply
+    ends before any of it: the server never saw the request, so it goes once more
+    (``resend``: this was the first try, on a reused connection).
+    """
+    if isinstance(exc, TimeoutError):
+        return TransportTimeout(f"no response within {timeout:g} s")
+    if isinstance(exc, Closed | ConnectionResetError | BrokenPipeError):
+        stale = not sent or (isinstance(exc, Closed) and not exc.received)
+        if resend and stale:
+            return None
+        return ReadError(str(exc) if isinstance(exc, Closed)
+                         else f"connection closed: {type(exc).__name__}")
+    return ReadError(type(exc).__name__)
+
+
 @lru_cache(maxsize=256)
-def _target(url: str) -> _Target:
+def target_of(url: str) -> Target:
+    """The :class:`Target` of an http(s) URL (ValueError for any other, or an unsafe path)."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"not an http(s) URL: {url!r}")
@@ -110,7 +140,7 @@ def _target(url: str) -> _Target:
     if not _UNSAFE_IN_PATH.isdisjoint(path):
         raise ValueError(f"a space or control character in the URL's path: {url!r}")
     host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-    return _Target(parts.scheme, parts.hostname, port, path,
+    return Target(parts.scheme, parts.hostname, port, path,
                    host if port == default else f"{host}:{port}")
 
 
@@ -146,11 +176,8 @@ class KeepAliveClient:
 
     def post_json(self, url: str, body: Any, headers: Mapping[str, str],
                   timeout: float) -> HTTPResponse:
-        target = _target(url)
-        data = _COMPACT.encode(body).encode()
-        request = request_head("POST", target.path, target.authority, len(data), {
-            "Content-Type": "application/json", "Accept": "application/json",
-            "User-Agent": _USER_AGENT, **headers}) + data
+        target = target_of(url)
+        request = json_post(target, body, headers)
         for attempt in (1, 2):
             slot, reused = self._checkout(target, timeout)
             connection = slot.connection
@@ -159,21 +186,12 @@ class KeepAliveClient:
                 connection.send(request)
                 sent = True
                 response, keep = connection.receive(self._max_body)
-            except TimeoutError as exc:
+            except (TimeoutError, Closed, Malformed, OSError) as exc:
                 self._discard(target, slot)
-                raise TransportTimeout(f"no response within {timeout:g} s") from exc
-            except (Closed, ConnectionResetError, BrokenPipeError) as exc:
-                self._discard(target, slot)
-                # A reused connection the server had closed while idle: the send fails, or
-                # the reply ends before any of it. Either way it never saw this one.
-                stale = not sent or (isinstance(exc, Closed) and not exc.received)
-                if reused and stale and attempt == 1:
+                error = exchange_error(exc, timeout, resend=reused and attempt == 1, sent=sent)
+                if error is None:
                     continue
-                raise ReadError(str(exc) if isinstance(exc, Closed)
-                                else f"connection closed: {type(exc).__name__}") from exc
-            except (Malformed, OSError) as exc:
-                self._discard(target, slot)
-                raise ReadError(f"{type(exc).__name__}") from exc
+                raise error from exc
             if response.over:
                 self._discard(target, slot)
                 raise ReadError(f"response body over {self._max_body} bytes")
@@ -197,13 +215,13 @@ class KeepAliveClient:
             connection.close()
         self._local = threading.local()
 
-    def _slots(self) -> dict[_Target, _Slot]:
-        slots: dict[_Target, _Slot] | None = getattr(self._local, "slots", None)
+    def _slots(self) -> dict[Target, _Slot]:
+        slots: dict[Target, _Slot] | None = getattr(self._local, "slots", None)
         if slots is None:
             slots = self._local.slots = {}
         return slots
 
-    def _checkout(self, target: _Target, timeout: float) -> tuple[_Slot, bool]:
+    def _checkout(self, target: Target, timeout: float) -> tuple[_Slot, bool]:
         slots = self._slots()
         slot = slots.get(target)
         if slot is not None:
@@ -220,15 +238,12 @@ class KeepAliveClient:
             self._open.add(connection)
         return slot, False
 
-    def _connect(self, target: _Target, timeout: float) -> Connection:
+    def _connect(self, target: Target, timeout: float) -> Connection:
         tls = self._tls() if target.scheme == "https" else None
         try:
             return Connection.open(target.host, target.port, timeout, tls)
-        except TimeoutError as exc:
-            raise TransportTimeout(f"connect to {target.host}:{target.port} timed out") from exc
         except (OSError, ssl.SSLError) as exc:
-            raise ConnectError(f"cannot connect to {target.host}:{target.port}: "
-                               f"{type(exc).__name__}") from exc
+            raise connect_error(exc, target) from exc
 
     def _tls(self) -> ssl.SSLContext:
         if self._ssl_context is None:
@@ -237,13 +252,21 @@ class KeepAliveClient:
                     self._ssl_context = ssl.create_default_context()
         return self._ssl_context
 
-    def _discard(self, target: _Target, slot: _Slot) -> None:
+
+    def _discard(self, target: Target, slot: _Slot) -> None:
         slots = self._slots()
         if slots.get(target) is slot:
             del slots[target]
         with self._lock:
             self._open.discard(slot.connection)
         slot.connection.close()
+
+
+def connect_error(exc: BaseException, target: Target) -> TransportError:
+    """The transport error for a connection to ``target`` that could not be made."""
+    if isinstance(exc, TimeoutError):
+        return TransportTimeout(f"connect to {target.host}:{target.port} timed out")
+    return ConnectError(f"cannot connect to {target.host}:{target.port}: {type(exc).__name__}")
 
 
 class HttpxClient:

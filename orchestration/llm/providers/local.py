@@ -45,3 +45,9 @@ class LocalProvider(Provider):
         text = (f"{LABEL} {_OPENERS[digest % len(_OPENERS)]} We have received your message "
                 f"(\"{subject}\") and a member of the team will follow up shortly.")
         return text, Usage(prompt_tokens=words, completion_tokens=len(text.split()))
+
+    async def acomplete(self, messages: Messages, *, model: str, timeout: float | None,
+                        **params: Any) -> tuple[str, Usage]:
+        """:meth:`complete`, on the loop (nothing to wait for)."""
+        return self.complete(messages, model=model, timeout=timeout, **params)
+

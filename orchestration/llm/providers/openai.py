@@ -10,7 +10,7 @@ import httpx
 
 from orchestration.errors import ProviderError
 from orchestration.llm.providers.base import HTTPProvider, Messages, Usage
-from orchestration.llm.providers.http import HTTPClient
+from orchestration.llm.providers.http import HTTPClient, HTTPResponse
 from orchestration.llm.providers.retry_after import retry_after_for
 from orchestration.llm.providers.sse import Chunk, broke_off
 
@@ -24,11 +24,11 @@ class OpenAIProvider(HTTPProvider):
         self._url = f"{base_url.rstrip('/')}/chat/completions"
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
-    def complete(self, messages: Messages, *, model: str, timeout: float | None,
-                 **params: Any) -> tuple[str, Usage]:
-        """One chat completion; HTTP errors become ProviderError (4xx other than 429: final)."""
-        response = self._post(self._url, {"model": model, "messages": messages, **params},
-                              self._headers, model=model, timeout=timeout)
+    def _body(self, messages: Messages, model: str, params: dict[str, Any]) -> dict[str, Any]:
+        return {"model": model, "messages": messages, **params}
+
+    def _answer(self, response: HTTPResponse, model: str) -> tuple[str, Usage]:
+        """The chat completion's text and usage; 4xx other than 429 is a final error."""
         if response.status >= 400:
             retryable = response.status == 429 or response.status >= 500
             raise ProviderError(f"{self.name}: HTTP {response.status} from {model}",

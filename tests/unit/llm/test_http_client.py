@@ -1,7 +1,13 @@
-"""The providers' keep-alive HTTP client, against a scripted socket server on loopback."""
+"""The providers' keep-alive HTTP clients, against a scripted socket server on loopback.
+
+Most behaviours hold for both clients: the threads' :class:`KeepAliveClient` and the
+event loop's :class:`AsyncKeepAliveClient` (driven here from the test's thread, each call
+awaited on one loop running in a thread of its own). ``any_client`` runs a test on both.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -15,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
+from orchestration.llm.providers.async_http import AsyncKeepAliveClient
 from orchestration.llm.providers.http import (
     ConnectError,
     HttpxClient,
@@ -90,6 +97,8 @@ class Server:
             if action == "hang":
                 self.stop.wait(5)
                 return
+            if action == "slow":  # answers, but late
+                self.stop.wait(0.5)
             payload = b"x" * 2048 if action == "huge" else json.dumps(
                 {"connection": number, "request": index}).encode()
             if action == "chunked":
@@ -129,6 +138,51 @@ def serve() -> Iterator[Serve]:
         server.sock.close()
 
 
+class OnALoop:
+    """An AsyncKeepAliveClient whose calls are awaited on one loop in a thread of its own."""
+
+    def __init__(self, **options: Any) -> None:
+        self.client = AsyncKeepAliveClient(**options)
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def post_json(self, url: str, body: Any, headers: dict[str, str],
+                  timeout: float) -> Any:
+        return asyncio.run_coroutine_threadsafe(
+            self.client.post_json(url, body, headers, timeout), self.loop).result(30)
+
+    @property
+    def open_connections(self) -> int:
+        return self.client.open_connections
+
+    def close(self) -> None:
+        async def closing() -> None:
+            self.client.close()  # on its loop: the transports close at once
+            for _ in range(3):
+                await asyncio.sleep(0)  # ... and their connection_lost runs
+
+        asyncio.run_coroutine_threadsafe(closing(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+@pytest.fixture(params=["threads", "loop"])
+def any_client(request: pytest.FixtureRequest) -> Iterator[NewClient]:
+    """``any_client(**options)``: either client (one test per kind), closed after the test."""
+    made: list[Any] = []
+
+    def make(**options: Any) -> Any:
+        made.append(KeepAliveClient(**options) if request.param == "threads"
+                    else OnALoop(**options))
+        return made[-1]
+
+    yield make
+    for client in made:
+        client.close()
+
+
 @pytest.fixture
 def new_client() -> Iterator[NewClient]:
     """``new_client(**options)``: a KeepAliveClient closed after the test."""
@@ -148,9 +202,9 @@ def answer(_connection: int, _request: int) -> str:
     return "answer"
 
 
-def test_one_thread_reuses_its_connection(new_client: NewClient, serve: Serve) -> None:
+def test_one_caller_reuses_its_connection(any_client: NewClient, serve: Serve) -> None:
     server = serve(answer)
-    client = new_client()
+    client = any_client()
 
     replies = [client.post_json(server.url, {"n": n}, {}, 2.0).json() for n in range(5)]
 
@@ -179,12 +233,12 @@ def test_each_thread_has_its_own_connection(new_client: NewClient, serve: Serve)
 
 
 def test_a_connection_the_server_closed_while_idle_is_replaced_and_the_call_sent_once(
-        new_client: NewClient, serve: Serve) -> None:
+        any_client: NewClient, serve: Serve) -> None:
     # The first connection answers once, then drops the next request unanswered: as a
     # server closing an idle keep-alive connection does.
     server = serve(lambda connection, request: "drop" if (connection, request) == (1, 2)
                    else "answer")
-    client = new_client()
+    client = any_client()
     client.post_json(server.url, {"n": 1}, {}, 2.0)
 
     reply = client.post_json(server.url, {"n": 2}, {}, 2.0).json()
@@ -194,11 +248,11 @@ def test_a_connection_the_server_closed_while_idle_is_replaced_and_the_call_sent
 
 
 def test_a_reset_after_the_request_was_sent_is_an_error_not_a_resend(
-        new_client: NewClient, serve: Serve) -> None:
+        any_client: NewClient, serve: Serve) -> None:
     # The server took the request and then reset the connection: it may have acted on
     # it, so the (non-idempotent) POST is not sent again, even on a reused connection.
     server = serve(lambda connection, request: "reset" if request == 2 else "answer")
-    client = new_client()
+    client = any_client()
     client.post_json(server.url, {"n": 1}, {}, 2.0)
 
     with pytest.raises(ReadError, match="ConnectionResetError"):
@@ -208,9 +262,9 @@ def test_a_reset_after_the_request_was_sent_is_an_error_not_a_resend(
 
 
 def test_a_fresh_connection_that_drops_is_an_error_not_a_resend(
-        new_client: NewClient, serve: Serve) -> None:
+        any_client: NewClient, serve: Serve) -> None:
     server = serve(lambda _c, _r: "drop")
-    client = new_client()
+    client = any_client()
 
     with pytest.raises(ReadError, match="connection closed before a response"):
         client.post_json(server.url, {}, {}, 2.0)
@@ -218,9 +272,9 @@ def test_a_fresh_connection_that_drops_is_an_error_not_a_resend(
     assert len(server.requests) == 1
 
 
-def test_connection_close_is_honoured(new_client: NewClient, serve: Serve) -> None:
+def test_connection_close_is_honoured(any_client: NewClient, serve: Serve) -> None:
     server = serve(lambda _c, _r: "answer-close")
-    client = new_client()
+    client = any_client()
 
     replies = [client.post_json(server.url, {}, {}, 2.0).json() for _ in range(3)]
 
@@ -228,10 +282,10 @@ def test_connection_close_is_honoured(new_client: NewClient, serve: Serve) -> No
 
 
 @pytest.mark.parametrize("framing", ["chunked", "eof"])
-def test_bodies_without_a_length_are_read_whole(new_client: NewClient, serve: Serve,
+def test_bodies_without_a_length_are_read_whole(any_client: NewClient, serve: Serve,
                                                 framing: str) -> None:
     server = serve(lambda _c, _r: framing)
-    client = new_client()
+    client = any_client()
 
     replies = [client.post_json(server.url, {}, {}, 2.0).json() for _ in range(3)]
 
@@ -240,18 +294,18 @@ def test_bodies_without_a_length_are_read_whole(new_client: NewClient, serve: Se
     assert [r["connection"] for r in replies] == expected
 
 
-def test_idle_connections_expire(new_client: NewClient, serve: Serve) -> None:
+def test_idle_connections_expire(any_client: NewClient, serve: Serve) -> None:
     server = serve(answer)
-    client = new_client(idle_expiry=0.05)
+    client = any_client(idle_expiry=0.05)
     client.post_json(server.url, {}, {}, 2.0)
     time.sleep(0.1)  # idle past the expiry (the behaviour under test is elapsed time)
 
     assert client.post_json(server.url, {}, {}, 2.0).json()["connection"] == 2
 
 
-def test_a_hang_times_out(new_client: NewClient, serve: Serve) -> None:
+def test_a_hang_times_out(any_client: NewClient, serve: Serve) -> None:
     server = serve(lambda _c, _r: "hang")
-    client = new_client()
+    client = any_client()
 
     # The server holds the request 5 s, then closes it unanswered (a ReadError): only the
     # client's own timeout raises TransportTimeout, naming the timeout it applied.
@@ -259,20 +313,20 @@ def test_a_hang_times_out(new_client: NewClient, serve: Serve) -> None:
         client.post_json(server.url, {}, {}, 0.2)
 
 
-def test_connection_refused(new_client: NewClient) -> None:
+def test_connection_refused(any_client: NewClient) -> None:
     sock = socket.create_server(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     sock.close()
 
     with pytest.raises(ConnectError, match="ConnectionRefusedError"):
-        new_client().post_json(f"http://127.0.0.1:{port}/x", {}, {}, 1.0)
+        any_client().post_json(f"http://127.0.0.1:{port}/x", {}, {}, 1.0)
 
 
-def test_a_body_over_the_limit_is_refused(new_client: NewClient, serve: Serve) -> None:
+def test_a_body_over_the_limit_is_refused(any_client: NewClient, serve: Serve) -> None:
     server = serve(lambda _c, _r: "huge")
 
     with pytest.raises(ReadError, match="over 1024 bytes"):
-        new_client(max_body=1024).post_json(server.url, {}, {}, 2.0)
+        any_client(max_body=1024).post_json(server.url, {}, {}, 2.0)
 
 
 def test_a_forked_child_never_uses_the_parents_connection(
@@ -343,3 +397,76 @@ def test_a_provider_without_a_client_uses_the_keep_alive_one(
 
     assert isinstance(provider._client, KeepAliveClient)
     provider.close()
+
+
+# -- the event loop's client only ------------------------------------------------------------
+
+
+def test_calls_in_flight_on_one_loop_each_have_a_connection_up_to_the_limit(
+        serve: Serve) -> None:
+    server = serve(lambda _c, _r: "slow")
+    client = AsyncKeepAliveClient(max_connections=2)
+
+    async def five() -> list[Any]:
+        try:
+            return list(await asyncio.gather(*(client.post_json(server.url, {"n": n}, {}, 5.0)
+                                               for n in range(5))))
+        finally:
+            client.close()
+
+    replies = [reply.json() for reply in asyncio.run(five())]
+
+    # Two connections carried all five: the others waited for one to come back.
+    assert server.connections == 2
+    assert len(replies) == 5
+    assert {r["connection"] for r in replies} == {1, 2}
+
+
+def test_a_call_cancelled_mid_exchange_closes_its_connection(serve: Serve) -> None:
+    # Connection 1 answers its first request late; the caller gives up before. Its reply
+    # must never reach the next call, which gets a fresh connection and its own answer.
+    server = serve(lambda connection, request: "slow" if (connection, request) == (1, 1)
+                   else "answer")
+    client = AsyncKeepAliveClient()
+
+    async def scenario() -> tuple[int, Any]:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(client.post_json(server.url, {"n": 1}, {}, 5.0), 0.1)
+        left = client.open_connections
+        try:
+            return left, (await client.post_json(server.url, {"n": 2}, {}, 5.0)).json()
+        finally:
+            client.close()
+
+    left, reply = asyncio.run(scenario())
+
+    assert left == 0
+    assert reply == {"connection": 2, "request": 1}
+
+
+def test_close_from_another_thread_closes_the_loops_connections(serve: Serve) -> None:
+    server = serve(answer)
+    on_loop = OnALoop()
+    try:
+        on_loop.post_json(server.url, {}, {}, 2.0)
+        assert on_loop.open_connections == 1
+
+        on_loop.client.close()  # from this thread, while the loop runs in its own
+
+        assert on_loop.open_connections == 0
+        assert on_loop.post_json(server.url, {}, {}, 2.0).json()["connection"] == 2
+    finally:
+        on_loop.close()
+
+
+def test_a_provider_awaits_its_calls_on_the_loop_with_the_keep_alive_client(
+        serve: Serve) -> None:
+    server = serve(answer)
+    provider = OpenAIProvider("p", server.url.rsplit("/", 1)[0], "sk-test")
+    given = OpenAIProvider("p", server.url.rsplit("/", 1)[0], "sk-test",
+                           client=KeepAliveClient())
+
+    assert isinstance(provider._async, AsyncKeepAliveClient)
+    assert given._async is None  # a caller's client is called on an executor thread
+    provider.close()
+    given._client.close()

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from orchestration.llm.providers.http import ConnectError, KeepAliveClient, ReadError, _target
+from orchestration.llm.providers.http import ConnectError, KeepAliveClient, ReadError, target_of
 from orchestration.llm.providers.wire import Headers, request_head
 
 
@@ -136,9 +136,9 @@ def test_request_head_default_port_and_ipv6_hosts() -> None:
     head = request_head("POST", "/p", "[::1]:8080", 0, {})
     assert head.startswith(b"POST /p HTTP/1.1\r\nHost: [::1]:8080\r\n")
     assert head.endswith(b"Content-Length: 0\r\n\r\n")
-    assert _target("http://[::1]:8080/p").authority == "[::1]:8080"
-    assert _target("https://api.example.com/v1").authority == "api.example.com"
-    assert _target("http://h:80/").authority == "h"
+    assert target_of("http://[::1]:8080/p").authority == "[::1]:8080"
+    assert target_of("https://api.example.com/v1").authority == "api.example.com"
+    assert target_of("http://h:80/").authority == "h"
     headers = Headers({"content-type": "application/json"})
     assert headers.get("Content-Type") == "application/json"
 
