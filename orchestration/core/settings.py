@@ -81,8 +81,9 @@ class Settings(BaseSettings):
     )
     async_threads: int = Field(
         default=64, ge=1,
-        description="Threads of each worker process's event loop executor, where async def "
-        "steps' ctx.llm.acomplete calls run: at most this many at once per process.",
+        description="Threads of each worker process's event loop executor: what an async def "
+        "step hands to a thread runs there (a model call's wait under a shared rate limit, "
+        "a provider with a caller's own HTTP client), at most this many at once per process.",
     )
     event_loop: Literal["uvloop", "asyncio"] = Field(
         default="uvloop",

@@ -10,11 +10,11 @@ import inspect
 import math
 import random
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
-from tenacity import RetryCallState, Retrying
+from tenacity import AsyncRetrying, RetryCallState, Retrying
 
 from orchestration.define.adaptive import AdaptiveTimeout
 from orchestration.errors import WorkflowDefinitionError
@@ -228,3 +228,27 @@ def first_then_retry(fn: Callable[[], T], retrying: Callable[[], Retrying],
         return fn()
 
     return retrying()(again)
+
+
+async def first_then_retry_async(fn: Callable[[], Awaitable[T]],
+                                 retrying: Callable[[], AsyncRetrying],
+                                 retryable: Callable[[BaseException], bool]) -> T:
+    """:func:`first_then_retry` for a coroutine: no tenacity machinery
+    unless the first call fails in a way worth retrying."""
+    try:
+        return await fn()
+    except Exception as exc:
+        if not retryable(exc):
+            raise
+        first = exc
+    replayed = False
+
+    async def again() -> T:
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            raise first
+        return await fn()
+
+    result: T = await retrying()(again)
+    return result

@@ -35,7 +35,7 @@ from tenacity.stop import stop_base
 
 from orchestration.core.envelope import dumps
 from orchestration.core.status import StepStatus
-from orchestration.define.policies import first_then_retry
+from orchestration.define.policies import first_then_retry, first_then_retry_async
 from orchestration.define.step import BoundStep
 from orchestration.errors import Reschedule, StepAborted, StepSignal
 from orchestration.execute.context import StepContext
@@ -108,7 +108,7 @@ async def run_attempts_async(call: StepCall) -> StepOutcome:
     if task is not None:
         watcher.track(call.store, call.run_id, task)
     try:
-        output = await _first_then_retry_async(
+        output = await first_then_retry_async(
             attempts.routed_async,
             lambda: AsyncRetrying(sleep=_async_sleeper(call), **_retry_options(call)),
             _retryable(call))
@@ -145,30 +145,6 @@ def _retry_options(call: StepCall) -> dict[str, Any]:
         "before_sleep": _log_retry(spec.task_name, call.run_id, previous),
         "reraise": True,
     }
-
-
-async def _first_then_retry_async(fn: Callable[[], Awaitable[T]],
-                                  retrying: Callable[[], AsyncRetrying],
-                                  retryable: Callable[[BaseException], bool]) -> T:
-    """``first_then_retry`` (define/policies.py) for a coroutine: no tenacity machinery
-    unless the first call fails in a way worth retrying."""
-    try:
-        return await fn()
-    except Exception as exc:
-        if not retryable(exc):
-            raise
-        first = exc
-    replayed = False
-
-    async def again() -> T:
-        nonlocal replayed
-        if not replayed:
-            replayed = True
-            raise first
-        return await fn()
-
-    result: T = await retrying()(again)
-    return result
 
 
 def _failed(attempts: Attempts, exc: ReturnedSignal | Reschedule | Exception) -> StepOutcome:

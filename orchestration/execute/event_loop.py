@@ -8,8 +8,9 @@ the result: a threads pool of ``-c 4`` can hold any number of async steps waitin
 (a map chunk's elements are tasks too, see execute/maps.py).
 
 The loop's default executor has ``ORCH_ASYNC_THREADS`` threads (64 unless set): what an
-async step hands to a thread runs there (``ctx.llm.acomplete`` makes its resilient call
-there), so at most that many such calls of one worker process are in flight at once.
+async step hands to a thread runs there, at most that many at once per worker process.
+``ctx.llm.acomplete`` makes its HTTP call on the loop itself and sends only what waits on
+Redis or the results DB to a thread (see llm/async_calls.py).
 A blocking call made directly in a coroutine (``ctx.llm.complete``, ``time.sleep``)
 blocks the loop and every async step of the process with it.
 

@@ -26,11 +26,12 @@ probes the half-open breaker; the others keep using fallbacks until it decides.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -61,38 +62,40 @@ def counts_as_failure(exc: BaseException) -> bool:
 
 
 class _Probe:
-    """Who may probe a half-open breaker: one caller at a time, across processes if shared."""
+    """Who may probe a half-open breaker: one caller at a time, across processes if shared.
+
+    ``acquire`` returns the token taken (``SHARED`` in Redis, ``LOCAL`` in this process,
+    when Redis is down or not used), which the prober hands back to ``release``: the two
+    may run on different threads (an awaited call enters and leaves on executor threads).
+    """
+
+    SHARED, LOCAL = "shared", "local"
 
     def __init__(self, model: str, client: redis.Redis | None, ttl: float) -> None:
         self._key = keys.breaker_probe(model)
         self._client = client
         self._ttl_ms = max(1, int(ttl * 1000))
         self._local = threading.Lock()
-        self._held = threading.local()  # .local: this thread probes under the local token
 
-    def acquire(self) -> bool:
+    def acquire(self) -> str | None:
         if self._client is not None:
             try:
-                return bool(self._client.set(self._key, b"1", nx=True, px=self._ttl_ms))
+                taken = self._client.set(self._key, b"1", nx=True, px=self._ttl_ms)
             except redis.RedisError:  # down or hung: probe under this process's token
                 _log.warning("RedisError: breaker probe token taken in this process")
-                if not self._local.acquire(blocking=False):
-                    return False
-                self._held.local = True
-                return True
-        return self._local.acquire(blocking=False)
+            else:
+                return self.SHARED if taken else None
+        return self.LOCAL if self._local.acquire(blocking=False) else None
 
-    def release(self) -> None:
-        if self._client is None or getattr(self._held, "local", False):
-            self._held.local = False
-            if self._local.locked():
-                self._local.release()
+    def release(self, token: str) -> None:
+        if token == self.LOCAL:
+            self._local.release()
             return
-        if self._client is not None:
-            try:
-                self._client.delete(self._key)
-            except redis.RedisError:  # the token expires with its TTL
-                _log.warning("RedisError: breaker probe token left to expire")
+        assert self._client is not None
+        try:
+            self._client.delete(self._key)
+        except redis.RedisError:  # the token expires with its TTL
+            _log.warning("RedisError: breaker probe token left to expire")
 
 
 class _RedisStorage(pybreaker.CircuitRedisStorage):
@@ -217,7 +220,7 @@ class ModelBreaker(pybreaker.CircuitBreaker):
 
     def call(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run ``func`` unless the breaker is open; count its outcome."""
-        seen, probing = self._enter()
+        seen, probe = self._enter()
         try:
             result = func(*args, **kwargs)
         except BaseException as exc:
@@ -230,15 +233,63 @@ class ModelBreaker(pybreaker.CircuitBreaker):
             self._record_success(seen)
             return result
         finally:
-            if probing:
-                self._probe.release()
+            if probe is not None:
+                self._probe.release(probe)
 
-    def _enter(self) -> tuple[str, bool]:
-        """(the state seen, whether this caller is the probe); raises BreakerOpen."""
+    async def acall(self, func: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+        """:meth:`call` for a coroutine function, awaited on the running loop.
+
+        What needs Redis (a stale reading, counting a failure, a transition, the probe
+        token) runs on an executor thread, so a slow or hung Redis holds up this call
+        only, never the loop: a healthy breaker with a fresh reading needs none of it.
+        """
+        seen, probe = self._enter() if self._quiet() else await asyncio.to_thread(self._enter)
+        try:
+            result = await func(*args, **kwargs)
+        except BaseException as exc:
+            if counts_as_failure(exc):
+                await self._off_loop(self._record, exc)
+            elif isinstance(exc, ProviderError):
+                await self._asuccess(seen)
+            raise
+        else:
+            await self._asuccess(seen)
+            return result
+        finally:
+            if probe is not None:
+                await self._off_loop(self._probe.release, probe)
+
+    async def astate_name(self) -> str:
+        """:attr:`state_name`, reading Redis (if it must) on an executor thread."""
+        if self._quiet():
+            return self._look()
+        return await asyncio.to_thread(self._look)
+
+    def _quiet(self) -> bool:
+        """True when entering needs no Redis: not shared, or a fresh healthy reading."""
+        seen = self._seen
+        return not self._shared or (seen is not None and seen[0] == CLOSED and seen[1] == 0
+                                    and time.monotonic() - seen[2] < self._refresh)
+
+    async def _asuccess(self, seen: str) -> None:
+        last = self._seen
+        if not self._shared or (seen == CLOSED and last is not None and last[1] == 0):
+            self._record_success(seen)  # nothing to write
+        else:
+            await asyncio.to_thread(self._record_success, seen)
+
+    async def _off_loop(self, fn: Callable[..., None], *args: Any) -> None:
+        if self._shared:
+            await asyncio.to_thread(fn, *args)
+        else:
+            fn(*args)
+
+    def _enter(self) -> tuple[str, str | None]:
+        """(the state seen, the probe token if this caller probes); raises BreakerOpen."""
         seen = self._look()
         if seen == CLOSED:
             # The common case takes no lock (and, when healthy, usually no round trip).
-            return seen, False
+            return seen, None
         with self._lock:
             state = self.state
             if state.name == OPEN:
@@ -249,10 +300,11 @@ class ModelBreaker(pybreaker.CircuitBreaker):
                 self.half_open()
                 state = self.state
             if state.name == HALF_OPEN:
-                if not self._probe.acquire():
+                probe = self._probe.acquire()
+                if probe is None:
                     raise BreakerOpen(self.model, "half-open, another caller is probing")
-                return state.name, True
-            return state.name, False
+                return state.name, probe
+            return state.name, None
 
     def _record_success(self, seen: str) -> None:
         if seen == CLOSED and self._shared:

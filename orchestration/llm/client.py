@@ -26,15 +26,12 @@ text says so.
 
 from __future__ import annotations
 
-import json
-import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-import jsonschema
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from tenacity import (
     RetryCallState,
     Retrying,
@@ -53,13 +50,13 @@ from orchestration.errors import (
     BudgetExceeded,
     ConfigurationError,
     ErrorKind,
-    InvalidModelOutput,
     ProviderError,
     RateLimited,
     StepTimeout,
 )
-from orchestration.llm.async_calls import AsyncCalls
+from orchestration.llm import async_calls
 from orchestration.llm.catalogue import ModelConfig
+from orchestration.llm.json_answers import JSONAsk, asked
 from orchestration.llm.providers.base import Completion, Messages, Provider, Usage
 from orchestration.llm.providers.local import LocalProvider
 from orchestration.llm.streaming import TextStream, stream_answer
@@ -69,7 +66,6 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 CALL_BACKOFF = Backoff(initial=0.2, maximum=5.0, multiplier=2.0, jitter=0.1)
-_FENCE = re.compile(r"```(?:json|JSON)?\s*\n?(.*?)```", re.S)
 
 
 class CallSite(Protocol):
@@ -107,15 +103,22 @@ class History(Protocol):
 
 
 def _messages(prompt: str | Messages, history: History | Messages | None = None) -> Messages:
-    asked = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
     if history is None:
-        return asked
-    return [*(history if isinstance(history, list) else history.messages()), *asked]
+        return asked(prompt)
+    return [*(history if isinstance(history, list) else history.messages()), *asked(prompt)]
 
 
-class LLMClient(AsyncCalls):
+def _utilisation(prompt_tokens: int, config: ModelConfig) -> float:
+    """Prompt tokens over the model's context window (4 decimals)."""
+    return round(prompt_tokens / config.context_window, 4)
+
+
+class LLMClient:
     """Model calls bound to one step attempt (``acomplete``/``acomplete_json`` in an
     ``async def`` step: see llm/async_calls.py)."""
+
+    _as_messages = staticmethod(_messages)  # for the awaited calls (async_calls.py)
+    _utilisation = staticmethod(_utilisation)
 
     def __init__(self, ctx: CallSite, services: Resilience) -> None:
         self._ctx = ctx
@@ -133,42 +136,36 @@ class LLMClient(AsyncCalls):
         ``history`` (e.g. ``ctx.memory.context()``) is sent before the prompt.
         """
         messages = _messages(prompt, history)
+        chain = self._chain(model)
+        for candidate, config, provider in chain:
+            self._check_budget()
+            try:
+                return self._call(candidate, config, provider, messages, params)
+            except (ProviderError, RateLimited) as exc:
+                chain.failed(candidate, exc)
+        return chain.end(messages, params)
+
+    def _chain(self, model: str | None) -> _Chain:
         catalogue = self._services.catalogue
         name = model or self._ctx.model or catalogue.default_model
         if name is None:
             raise ConfigurationError(
                 "no model named and the catalogue has no default_model")
-        failures: list[str] = []
-        tried = False
-        last: tuple[ErrorKind, str | None] | None = None  # the last failure's kind, policy
-        for candidate in catalogue.fallback_chain(name):
-            config = catalogue.model(candidate)
-            provider = self._services.provider(config.provider)
-            if provider is None:
-                failures.append(f"{candidate}: provider {config.provider!r} not configured")
-                continue
-            tried = True
-            self._check_budget()
-            try:
-                return self._call(candidate, config, provider, messages, params)
-            except RateLimited as exc:
-                # The shared limiter admitted no call in time: another model only if asked.
-                if not self._reroutes(ErrorKind.RATE_LIMITED):
-                    raise
-                last = (ErrorKind.RATE_LIMITED, self._rerouted(candidate, exc))
-                failures.append(f"{candidate}: {exc}")
-            except ProviderError as exc:
-                failures.append(f"{candidate}: {exc}")
-                last = (exc.kind, exc.policy)
-                action = self._action(exc.kind)
-                if action is not None and action.action in _STOP_HERE:
-                    raise  # skip, fail or escalate: no other model; the step acts on it
-        if not tried:
-            return self._local_answer(name, messages, params)
-        error = ProviderError(f"no model answered ({'; '.join(failures)})", retryable=True,
-                              kind=last[0] if last else None)
-        error.policy = last[1] if last else None
-        raise error
+        return _Chain(self, name)
+
+    async def acomplete(self, prompt: str | Messages, *, model: str | None = None,
+                        history: History | Messages | None = None,
+                        **params: Any) -> Completion:
+        """:meth:`complete`, awaited on the event loop (see llm/async_calls.py)."""
+        return await async_calls.acomplete(self, prompt, model=model, history=history,
+                                           **params)
+
+    async def acomplete_json(self, prompt: str | Messages, *,
+                             schema: type[BaseModel] | dict[str, Any], model: str | None = None,
+                             attempts: int = 3, **params: Any) -> Any:
+        """:meth:`complete_json`, awaited on the event loop."""
+        return await async_calls.acomplete_json(self, prompt, schema=schema, model=model,
+                                                attempts=attempts, **params)
 
     def stream(self, prompt: str | Messages, *, model: str | None = None,
                history: History | Messages | None = None,
@@ -218,18 +215,12 @@ class LLMClient(AsyncCalls):
         parsed value is returned). An answer that fails is sent back to the model with the
         reason, up to ``attempts`` calls; each call's cost counts.
         """
-        messages = _messages(prompt)
-        reason = "no answer"
+        asking = JSONAsk(prompt, schema)
         for _ in range(max(1, attempts)):
-            completion = self.complete(messages, model=model, **params)
-            try:
-                return _validate(extract_json(completion.text), schema)
-            except (ValueError, ValidationError, jsonschema.ValidationError) as exc:
-                reason = _short(exc)
-            messages = [*messages, {"role": "assistant", "content": completion.text},
-                        {"role": "user", "content": f"That answer is not valid: {reason}. "
-                                                    "Reply with the JSON only."}]
-        raise InvalidModelOutput(f"no valid JSON after {attempts} call(s): {reason}")
+            done, value = asking.check(self.complete(asking.messages, model=model, **params))
+            if done:
+                return value
+        raise asking.failed(attempts)
 
     # -- one model ---------------------------------------------------------------------
 
@@ -259,26 +250,26 @@ class LLMClient(AsyncCalls):
 
     def _with_retries(self, config: ModelConfig, once: Callable[[], T]) -> T:
         """``once`` retried on transient errors under the model's and the step's policies."""
+        options, retryable = self._retry_options(config)
+        return first_then_retry(once, lambda: Retrying(**options), retryable)
+
+    def _retry_options(self, config: ModelConfig) -> tuple[dict[str, Any],
+                                                           Callable[[BaseException], bool]]:
+        """Tenacity's options for one model's calls, and which failures are retried."""
         policy = self._ctx.on_error
         if policy is None:  # the defaults, exactly
-            return first_then_retry(once, lambda: Retrying(
-                stop=stop_any(stop_after_attempt(config.retries + 1),
-                              _StopAtDeadline(self._ctx)),
-                wait=_provider_wait,
-                retry=retry_if_exception(_transient),
-                reraise=True,
-            ), _transient)
+            stop: stop_base = stop_any(stop_after_attempt(config.retries + 1),
+                                       _StopAtDeadline(self._ctx))
+            retryable: Callable[[BaseException], bool] = _transient
+        else:
+            stop = stop_any(_StopAfterRetries(config.retries, policy), _StopAtDeadline(self._ctx))
 
-        def retryable(exc: BaseException) -> bool:
-            action = policy.for_call(exc.kind) if isinstance(exc, ProviderError) else None
-            return _transient(exc) and (action is None or action.action is Action.RETRY)
+            def retryable(exc: BaseException) -> bool:
+                action = policy.for_call(exc.kind) if isinstance(exc, ProviderError) else None
+                return _transient(exc) and (action is None or action.action is Action.RETRY)
 
-        return first_then_retry(once, lambda: Retrying(
-            stop=stop_any(_StopAfterRetries(config.retries, policy), _StopAtDeadline(self._ctx)),
-            wait=_provider_wait,
-            retry=retry_if_exception(retryable),
-            reraise=True,
-        ), retryable)
+        return {"stop": stop, "wait": _provider_wait, "retry": retry_if_exception(retryable),
+                "reraise": True}, retryable
 
     def _failed(self, name: str, config: ModelConfig, exc: ProviderError, started: float,
                 breaker: str, prompt_tokens: int, *, completion_tokens: int = 0,
@@ -319,16 +310,27 @@ class LLMClient(AsyncCalls):
             model=name, ok=True, latency_ms=latency, prompt_tokens=usage.prompt_tokens,
             completion_tokens=usage.completion_tokens, cost_usd=cost, breaker=breaker,
             context_utilisation=utilisation))
+        if self._shares_outcome(name, config):
+            self._share_outcome(name, config, usage, latency)
+        self._check_budget(after_call=True)
+        return Completion(text=text, model=name, provider=provider.name, usage=usage,
+                          cost_usd=cost, latency_ms=latency,
+                          local_fallback=isinstance(provider, LocalProvider))
+
+    def _shares_outcome(self, name: str, config: ModelConfig) -> bool:
+        """True when a success is written to shared state (Redis, if configured): the
+        latency for an adaptive timeout, tokens against rate limits."""
+        return not isinstance(config.timeout_policy(), float | int) or \
+            bool(self._limits(name, config))
+
+    def _share_outcome(self, name: str, config: ModelConfig, usage: Usage,
+                       latency: float) -> None:
         if not isinstance(config.timeout_policy(), float | int):
             # Only adaptive timeouts read latencies: skip the Redis write otherwise.
             self._services.latencies.observe(f"model:{name}", latency)
         for scope, limit in self._limits(name, config):
             self._services.limiter.record_tokens(
                 scope, limit, usage.prompt_tokens + usage.completion_tokens)
-        self._check_budget(after_call=True)
-        return Completion(text=text, model=name, provider=provider.name, usage=usage,
-                          cost_usd=cost, latency_ms=latency,
-                          local_fallback=isinstance(provider, LocalProvider))
 
     def _limits(self, name: str, config: ModelConfig) -> list[tuple[str, Any]]:
         limits = []
@@ -385,6 +387,55 @@ class LLMClient(AsyncCalls):
 _STOP_HERE = frozenset({Action.SKIP, Action.FAIL, Action.ESCALATE})
 
 
+class _Chain:
+    """The configured models of one call's fallback chain, in order, and how each failed."""
+
+    def __init__(self, client: LLMClient, name: str) -> None:
+        self.client = client
+        self.name = name
+        self.failures: list[str] = []
+        self.tried = False
+        self.last: tuple[ErrorKind, str | None] | None = None  # last failure's kind, policy
+
+    def __iter__(self) -> Iterator[tuple[str, ModelConfig, Provider]]:
+        services = self.client._services
+        for candidate in services.catalogue.fallback_chain(self.name):
+            config = services.catalogue.model(candidate)
+            provider = services.provider(config.provider)
+            if provider is None:
+                self.failures.append(f"{candidate}: provider {config.provider!r} not configured")
+                continue
+            self.tried = True
+            yield candidate, config, provider
+
+    def failed(self, candidate: str, exc: ProviderError | RateLimited) -> None:
+        """Note how ``candidate`` failed; re-raises when no other model may be tried."""
+        client = self.client
+        if isinstance(exc, RateLimited):
+            # The shared limiter admitted no call in time: another model only if asked.
+            if not client._reroutes(ErrorKind.RATE_LIMITED):
+                raise exc
+            self.last = (ErrorKind.RATE_LIMITED, client._rerouted(candidate, exc))
+            self.failures.append(f"{candidate}: {exc}")
+            return
+        self.failures.append(f"{candidate}: {exc}")
+        self.last = (exc.kind, exc.policy)
+        action = client._action(exc.kind)
+        if action is not None and action.action in _STOP_HERE:
+            raise exc  # skip, fail or escalate: no other model; the step acts on it
+
+    def end(self, messages: Messages, params: dict[str, Any]) -> Completion:
+        """After every model failed: the local answer if none was configured, else raise."""
+        if not self.tried:
+            return self.client._local_answer(self.name, messages, params)
+        last = self.last
+        error = ProviderError(f"no model answered ({'; '.join(self.failures)})",
+                              retryable=True, kind=last[0] if last else None)
+        error.policy = last[1] if last else None
+        raise error
+
+
+
 class _StopAfterRetries(stop_base):
     """Stop after the model's ``retries``, or ``n`` for a failure whose kind says retry(n)."""
 
@@ -411,11 +462,6 @@ class _StopAtDeadline(stop_base):
         return remaining is not None and remaining <= _provider_wait(retry_state)
 
 
-def _utilisation(prompt_tokens: int, config: ModelConfig) -> float:
-    """Prompt tokens over the model's context window (4 decimals)."""
-    return round(prompt_tokens / config.context_window, 4)
-
-
 def _transient(exc: BaseException) -> bool:
     return isinstance(exc, ProviderError) and exc.retryable and not isinstance(exc, BreakerOpen)
 
@@ -425,40 +471,3 @@ def _provider_wait(state: RetryCallState) -> float:
     error = state.outcome.exception() if state.outcome is not None else None
     retry_after = getattr(error, "retry_after", None)
     return max(wait, float(retry_after)) if retry_after else wait
-
-
-def extract_json(text: str) -> Any:
-    """The JSON value in a model's answer: bare, in markdown fences, or inside prose."""
-    stripped = text.strip()
-    candidates = [stripped, *(match.strip() for match in _FENCE.findall(text))]
-    for candidate in candidates:
-        try:
-            return json.loads(candidate)
-        except ValueError:
-            continue
-    decoder = json.JSONDecoder()
-    for index, char in enumerate(text):
-        if char in "{[":
-            try:
-                return decoder.raw_decode(text, index)[0]
-            except ValueError:
-                continue
-    raise ValueError("no JSON value found in the answer")
-
-
-def _validate(value: Any, schema: type[BaseModel] | dict[str, Any]) -> Any:
-    if isinstance(schema, type) and issubclass(schema, BaseModel):
-        return schema.model_validate(value)
-    jsonschema.validate(value, schema)
-    return value
-
-
-def _short(exc: BaseException) -> str:
-    if isinstance(exc, ValidationError):
-        first = exc.errors()[0]
-        return f"{'.'.join(str(p) for p in first.get('loc', ())) or 'value'}: {first['msg']}"
-    if isinstance(exc, jsonschema.ValidationError):
-        return str(exc.message)
-    return str(exc)
-
-

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 import uuid
@@ -403,3 +404,97 @@ def test_one_thread_renews_an_expired_healthy_reading(counting_redis: CountingRe
         thread.join()
 
     assert counting_redis.commands == ["MGET"]
+
+
+# -- awaited calls (ModelBreaker.acall: async def steps' model calls) ------------------------
+
+
+def on_loop(coroutine: Any) -> Any:
+    return asyncio.run(coroutine)
+
+
+async def afail(breaker: ModelBreaker) -> None:
+    async def failing() -> None:
+        raise provider_error(503)
+
+    with pytest.raises(ProviderError):
+        await breaker.acall(failing)
+
+
+def test_an_awaited_call_counts_as_a_call_does(make: MakeBreakers, model: str) -> None:
+    breaker = make(BreakerPolicy(fail_max=2, reset_timeout=30)).get(model)
+
+    async def scenario() -> None:
+        async def ok() -> str:
+            return "ok"
+
+        async def cancelled() -> None:
+            raise asyncio.CancelledError
+
+        assert await breaker.acall(ok) == "ok"
+        await afail(breaker)
+        with pytest.raises(asyncio.CancelledError):
+            await breaker.acall(cancelled)  # a cancelled call is no provider failure
+        assert breaker.state_name == "closed"
+        await afail(breaker)
+        assert breaker.state_name == "open"
+        with pytest.raises(BreakerOpen):
+            await breaker.acall(ok)
+
+    on_loop(scenario())
+
+
+def test_exactly_one_awaited_caller_probes(make: MakeBreakers, model: str) -> None:
+    breaker = make(PROBE_POLICY).get(model)
+    trip(breaker)()
+    probes: list[int] = []
+
+    async def scenario() -> list[str]:
+        async def slow_probe() -> str:
+            probes.append(1)
+            await asyncio.sleep(0.15)
+            return "ok"
+
+        async def one() -> str:
+            try:
+                return await breaker.acall(slow_probe)
+            except BreakerOpen:
+                return "open"
+
+        return list(await asyncio.gather(*(one() for _ in range(8))))
+
+    outcomes = on_loop(scenario())
+
+    assert probes == [1]
+    assert sorted(outcomes) == ["ok"] + ["open"] * 7
+    assert breaker.state_name == "closed"
+
+
+@pytest.mark.redis
+def test_an_awaited_call_never_waits_for_redis_on_the_loop(
+        counting_redis: CountingRedis, model: str) -> None:
+    # refresh=0: every call reads the shared state, and failures write it.
+    breaker = Breakers(counting_redis, {model: BreakerPolicy(refresh=0, fail_max=3)}).get(model)
+    threads: list[int] = []
+    send = counting_redis.execute_command
+
+    def recording(*args: Any, **options: Any) -> Any:
+        threads.append(threading.get_ident())
+        return send(*args, **options)
+
+    counting_redis.execute_command = recording  # type: ignore[method-assign]
+
+    async def scenario() -> int:
+        async def ok() -> str:
+            return "ok"
+
+        for _ in range(3):
+            await breaker.acall(ok)
+        await afail(breaker)
+        await breaker.acall(ok)  # resets the failure counter: a write
+        return threading.get_ident()
+
+    loop_thread = on_loop(scenario())
+
+    assert threads  # Redis was used...
+    assert loop_thread not in threads  # ... never from the loop's thread

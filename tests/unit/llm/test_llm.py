@@ -18,7 +18,7 @@ from orchestration.app import Orchestrator
 from orchestration.core.results import RunHandle
 from orchestration.errors import ProviderError
 from orchestration.execute.timeouts import abandoned, call_with_timeout
-from orchestration.llm.client import extract_json
+from orchestration.llm.json_answers import extract_json
 from orchestration.testing import embedded_orchestrator
 from tests.fakes.llm_server import FakeLLMServer
 

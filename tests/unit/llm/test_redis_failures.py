@@ -8,6 +8,7 @@ fails at once, as a timed-out one does.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 
@@ -50,11 +51,24 @@ def test_latencies_are_kept_in_this_process(failing: redis.Redis) -> None:
 
 def test_a_breaker_probe_falls_back_to_this_process(failing: redis.Redis) -> None:
     probe = _Probe("m", failing, ttl=60)
-    assert probe.acquire()
-    assert not probe.acquire()  # one prober at a time, here
-    probe.release()
-    assert probe.acquire()
-    probe.release()
+    token = probe.acquire()
+    assert token == _Probe.LOCAL
+    assert probe.acquire() is None  # one prober at a time, here
+    probe.release(token)
+    again = probe.acquire()
+    assert again == _Probe.LOCAL
+    probe.release(again)
+
+
+def test_a_local_probe_token_is_released_from_another_thread(failing: redis.Redis) -> None:
+    # An awaited call enters on one executor thread and leaves on another.
+    probe = _Probe("m", failing, ttl=60)
+    token = probe.acquire()
+    assert token is not None
+    worker = threading.Thread(target=probe.release, args=(token,))
+    worker.start()
+    worker.join()
+    assert probe.acquire() == _Probe.LOCAL
 
 
 def test_breaker_storage_built_and_read_without_redis(failing: redis.Redis) -> None:
