@@ -512,17 +512,24 @@ def _peak_in_flight(stats: dict[str, Any], latency_s: float) -> int:
     return peak
 
 
-def _calls_sample(fake: Any, session: int, into: Series, run: Callable[[], float]) -> None:
+def _calls_sample(fake: Any, session: int | None, into: Series,
+                  run: Callable[[], float]) -> None:
     fake.reset_stats()
     cpu0 = session_cpu(session)
+    began = time.time()
     wall = run()
-    into.worker_cpu.append(session_cpu(session) - cpu0)
+    if session is not None:
+        into.worker_cpu.append(session_cpu(session) - cpu0)
     stats = fake.stats()
     requests = sum(model["requests"] for model in stats.values())
     if requests != CALLS:
         raise RunFailed(f"expected {CALLS} requests at the fake, saw {requests}")
     into.values.append(wall)
     into.in_flight.append(_peak_in_flight(stats, LATENCY_MS / 1000))
+    arrivals = [t for model in stats.values() for t in model.get("timestamps", [])]
+    if arrivals:  # before the first call arrived; after the last one was answered
+        into.extra.setdefault("lead", []).append(min(arrivals) - began)
+        into.extra.setdefault("tail", []).append(began + wall - max(arrivals) - LATENCY_MS / 1000)
 
 
 def raw_calls_group(count: int) -> float:
@@ -542,6 +549,40 @@ def raw_calls_single(count: int) -> float:
         ids = [raw_ask.apply_async((f"p{i}",), producer=producer).id for i in range(count)]
     wait_raw_results(raw_llm, ids, lambda _: "sim")
     return time.perf_counter() - began
+
+
+def floor_calls(count: int) -> float:
+    """``count`` POSTs to the fake, ``CONCURRENCY`` at a time, from one event loop in this
+    process: no engine, no Celery, the engine's own async HTTP client. What the fake server
+    and this machine allow, against which the rows above are judged."""
+    import asyncio
+
+    from bench.fake_llm_call import MODEL
+    from orchestration.llm.providers.async_http import AsyncKeepAliveClient
+
+    url = f"{os.environ[FAKE_URL_ENV]}/chat/completions"
+    headers = {"Authorization": f"Bearer {KEY}"}
+
+    async def calls() -> float:
+        client = AsyncKeepAliveClient()
+        slots = asyncio.Semaphore(CONCURRENCY)
+
+        async def one(i: int) -> int:
+            async with slots:
+                body = {"model": MODEL, "messages": [{"role": "user", "content": f"p{i}"}]}
+                return (await client.post_json(url, body, headers, 60.0)).status
+
+        try:
+            began = time.perf_counter()
+            statuses = await asyncio.gather(*(one(i) for i in range(count)))
+            wall = time.perf_counter() - began
+        finally:
+            client.close()
+        if set(statuses) != {200}:
+            raise RunFailed(f"floor calls: statuses {sorted(set(statuses))}")
+        return wall
+
+    return asyncio.run(calls())
 
 
 def engine_calls_map(count: int, workflow: str = "llm_map") -> float:
@@ -570,13 +611,15 @@ def engine_calls_runs(reader: Any, count: int, workflow: str = "llm_one") -> flo
     return time.perf_counter() - began
 
 
+MAP_ROWS = {"llm_map": "calls_map", "llm_amap": "calls_map_async",
+            "http_map": "calls_map_http", "lean_map": "calls_map_lean"}
+RUN_ROWS = {"llm_one": "calls_runs", "llm_aone": "calls_runs_async",
+            "http_one": "calls_runs_http", "lean_one": "calls_runs_lean"}
+
+
 def measure_calls(args: argparse.Namespace, env: dict[str, str], tmp: Path, fake: Any,
                   results: Results, profiles: dict[str, Any]) -> None:
-    from bench.perf_workflows import LLM_MAP_QUEUE, LLM_ONE_QUEUE
-    from orchestration import default_orchestrator
-
     reader = _reader()
-    engine_ping = make_ping(default_orchestrator().celery)
     try:
         for number in range(args.rounds):
             last = number == args.rounds - 1
@@ -585,51 +628,62 @@ def measure_calls(args: argparse.Namespace, env: dict[str, str], tmp: Path, fake
                 print(f"model calls round {number + 1}/{args.rounds}: {system} ...",
                       file=sys.stderr, flush=True)
                 if system == "raw":
-                    with running_worker("perf-raw-llm", "bench.perf:raw_llm", RAW_LLM_QUEUE,
-                                        "threads", CONCURRENCY, env, tmp,
-                                        make_ping(raw_llm)) as worker:
-                        raw_calls_group(CONCURRENCY)  # warm-up: threads, connections
-                        raw_calls_single(CONCURRENCY)
-                        for _ in range(args.call_samples):
-                            _calls_sample(fake, worker.process.pid,
-                                          series(results, "calls_map", "raw"),
-                                          lambda: raw_calls_group(CALLS))
-                            _calls_sample(fake, worker.process.pid,
-                                          series(results, "calls_runs", "raw"),
-                                          lambda: raw_calls_single(CALLS))
-                    continue
-                with running_worker("perf-engine-llm-map", "orchestration", LLM_MAP_QUEUE,
-                                    "threads", 4, env, tmp, engine_ping) as worker:
-                    engine_calls_map(CONCURRENCY)  # warm-up
-                    maps = ["llm_map"] + (["http_map", "lean_map"] if args.diagnose else [])
-                    for workflow in maps:
-                        row = {"llm_map": "calls_map", "http_map": "calls_map_http",
-                               "lean_map": "calls_map_lean"}[workflow]
-                        for _ in range(args.call_samples):
-                            _calls_sample(fake, worker.process.pid,
-                                          series(results, row, "engine"),
-                                          lambda w=workflow: engine_calls_map(CALLS, w))
-                    if last:
-                        with spied(worker.process.pid, tmp, "calls_map", args.spy, False,
-                                   profiles):
-                            engine_calls_map(CALLS)
-                with running_worker("perf-engine-llm-one", "orchestration", LLM_ONE_QUEUE,
-                                    "threads", CONCURRENCY, env, tmp, engine_ping) as worker:
-                    engine_calls_runs(reader, CONCURRENCY)  # warm-up
-                    runs = ["llm_one"] + (["http_one", "lean_one"] if args.diagnose else [])
-                    for workflow in runs:
-                        row = {"llm_one": "calls_runs", "http_one": "calls_runs_http",
-                               "lean_one": "calls_runs_lean"}[workflow]
-                        for _ in range(args.call_samples):
-                            _calls_sample(fake, worker.process.pid,
-                                          series(results, row, "engine"),
-                                          lambda w=workflow: engine_calls_runs(reader, CALLS, w))
-                    if last:
-                        with spied(worker.process.pid, tmp, "calls_runs", args.spy, False,
-                                   profiles):
-                            engine_calls_runs(reader, CALLS)
+                    _raw_calls(args, env, tmp, fake, results)
+                    floor_calls(CONCURRENCY)  # warm-up
+                    for _ in range(args.call_samples):
+                        _calls_sample(fake, None, series(results, "calls_floor", "raw"),
+                                      lambda: floor_calls(CALLS))
+                else:
+                    _engine_calls(args, env, tmp, fake, results, profiles, reader, last)
     finally:
         reader.dispose()
+
+
+def _raw_calls(args: argparse.Namespace, env: dict[str, str], tmp: Path, fake: Any,
+               results: Results) -> None:
+    with running_worker("perf-raw-llm", "bench.perf:raw_llm", RAW_LLM_QUEUE, "threads",
+                        CONCURRENCY, env, tmp, make_ping(raw_llm)) as worker:
+        raw_calls_group(CONCURRENCY)  # warm-up: threads, connections
+        raw_calls_single(CONCURRENCY)
+        for _ in range(args.call_samples):
+            _calls_sample(fake, worker.process.pid, series(results, "calls_map", "raw"),
+                          lambda: raw_calls_group(CALLS))
+            _calls_sample(fake, worker.process.pid, series(results, "calls_runs", "raw"),
+                          lambda: raw_calls_single(CALLS))
+
+
+def _engine_calls(args: argparse.Namespace, env: dict[str, str], tmp: Path, fake: Any,
+                  results: Results, profiles: dict[str, Any], reader: Any,
+                  last: bool) -> None:
+    from bench.perf_workflows import LLM_MAP_QUEUE, LLM_ONE_QUEUE
+    from orchestration import default_orchestrator
+
+    engine_ping = make_ping(default_orchestrator().celery)
+    diagnose = args.diagnose
+    phases: list[tuple[str, str, int, dict[str, str], Callable[[str], float]]] = [
+        ("perf-engine-llm-map", LLM_MAP_QUEUE, 4, MAP_ROWS,
+         lambda w: engine_calls_map(CALLS, w)),
+        ("perf-engine-llm-one", LLM_ONE_QUEUE, CONCURRENCY, RUN_ROWS,
+         lambda w: engine_calls_runs(reader, CALLS, w))]
+    for name, queue, concurrency, rows, run in phases:
+        with running_worker(name, "orchestration", queue, "threads", concurrency, env, tmp,
+                            engine_ping) as worker:
+            first = next(iter(rows))
+            if rows is MAP_ROWS:  # warm-up
+                engine_calls_map(CONCURRENCY)
+            else:
+                engine_calls_runs(reader, CONCURRENCY)
+            workflows = [w for w in rows if diagnose or w.startswith("llm_")]
+            for workflow in workflows:
+                for _ in range(args.call_samples):
+                    _calls_sample(fake, worker.process.pid,
+                                  series(results, rows[workflow], "engine"),
+                                  lambda w=workflow, r=run: r(w))
+            if last:  # the targeted rows, once more under py-spy
+                for workflow in (first, *(w for w in rows if w.startswith("llm_a"))):
+                    with spied(worker.process.pid, tmp, rows[workflow], args.spy, False,
+                               profiles):
+                        run(workflow)
 
 
 # -- section C/D/E: children (submit rates, producer memory, embedded default) ----------------
@@ -1010,9 +1064,14 @@ SPECS: dict[str, Spec] = {
     "throughput": Spec(f"throughput, {TP_RUNS} 4-step runs", "/s", "rate", 1.0, ">= 1.0x"),
     "calls_map": Spec("1,000 calls x 100 ms, one run (map)", "s", "ideal", 0.8,
                       ">= 80% ideal"),
+    "calls_map_async": Spec("  same, async def + acomplete", "s", "ideal", 0.8,
+                            ">= 80% ideal"),
+    "calls_floor": Spec("  floor: plain async HTTP, no Celery", "s", "ideal", None, "-"),
     "calls_map_http": Spec("  same, plain httpx (diagnosis)", "s", "ideal", None, "-"),
     "calls_map_lean": Spec("  same, http.client (diagnosis)", "s", "ideal", None, "-"),
     "calls_runs": Spec("1,000 one-call runs", "s", "ideal", 0.8, ">= 80% ideal"),
+    "calls_runs_async": Spec("  same, async def + acomplete", "s", "ideal", 0.8,
+                             ">= 80% ideal"),
     "calls_runs_http": Spec("  same, plain httpx (diagnosis)", "s", "ideal", None, "-"),
     "calls_runs_lean": Spec("  same, http.client (diagnosis)", "s", "ideal", None, "-"),
     "submit_single_sqlite": Spec("submit, single (SQLite)", "/s", "absolute", 1000,
@@ -1196,15 +1255,19 @@ def _details(results: Results) -> None:
                 unit = "ms per run" if key == "throughput" else "ms per fan-out"
                 print(f"  {SPECS[key].label:<38} {system:<9} worker CPU "
                       f"{statistics.median(samples.worker_cpu) / per * 1000:.1f} {unit}")
-    for key in ("calls_map", "calls_map_http", "calls_map_lean", "calls_runs",
-                "calls_runs_http", "calls_runs_lean"):
+    for key in ("calls_map", "calls_map_async", "calls_floor", "calls_map_http", "calls_map_lean",
+                "calls_runs", "calls_runs_async", "calls_runs_http", "calls_runs_lean"):
         for system in ("raw", "engine", "embedded"):
             samples = results.get(key, {}).get(system)
             if samples and samples.in_flight:
                 cpu = (f"; worker CPU {statistics.median(samples.worker_cpu):.2f} s per "
                        f"{CALLS} calls" if samples.worker_cpu else "")
+                edges = (f"; first call {statistics.median(samples.extra['lead']) * 1000:.0f} "
+                         f"ms after submit, result "
+                         f"{statistics.median(samples.extra['tail']) * 1000:.0f} ms after the "
+                         "last answer" if samples.extra.get("lead") else "")
                 print(f"  {SPECS[key].label.strip():<38} {system:<9} peak calls in flight at "
-                      f"the fake {min(samples.in_flight)}-{max(samples.in_flight)}{cpu}")
+                      f"the fake {min(samples.in_flight)}-{max(samples.in_flight)}{cpu}{edges}")
     _details_memory(results)
 
 

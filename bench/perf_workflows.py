@@ -17,6 +17,8 @@ default orchestrator, so ``ORCH_*`` (and ``ORCH_MODELS_FILE``: a catalogue with 
   ``chunk_size=250, concurrency=50`` (4 chunks x 50 threads = 200 calls in flight on a
   ``-P threads -c 4`` worker), each element ``ctx.llm.complete``.
 - ``perf_llm_one``: one step, one ``ctx.llm.complete``: 1,000 one-call runs.
+- ``perf_llm_amap`` / ``perf_llm_aone``: the same two shapes as ``async def`` steps, each
+  ``await ctx.llm.acomplete`` (the call made on the worker's event loop).
 - ``perf_http_map`` / ``perf_http_one``: the same two shapes with a plain ``httpx`` call
   instead of ``ctx.llm`` (``--diagnose``): separates the cost of the model client
   (breaker, catalogue, cost and call records) from the step machinery.
@@ -180,6 +182,25 @@ def ask_one(prompt: str, ctx: StepContext) -> str:
     return ctx.llm.complete(prompt).model
 
 
+# -- the same two shapes as async def steps: each call awaited on the worker's event loop ---
+
+perf_llm_amap = Workflow("perf_llm_amap", queue=LLM_MAP_QUEUE, inputs=["prompts"])
+
+
+@perf_llm_amap.task(map="prompts", chunk_size=MAP_CHUNK_SIZE, concurrency=MAP_CONCURRENCY,
+                    model=MODEL, queue=LLM_MAP_QUEUE)
+async def aask_many(prompts: str, ctx: StepContext) -> str:
+    return (await ctx.llm.acomplete(prompts)).model
+
+
+perf_llm_aone = Workflow("perf_llm_aone", queue=LLM_ONE_QUEUE, inputs=["prompt"])
+
+
+@perf_llm_aone.task(model=MODEL, queue=LLM_ONE_QUEUE)
+async def aask_one(prompt: str, ctx: StepContext) -> str:
+    return (await ctx.llm.acomplete(prompt)).model
+
+
 # -- the same, with a plain httpx call (diagnosis: the step machinery without ctx.llm) ------
 
 perf_http_map = Workflow("perf_http_map", queue=LLM_MAP_QUEUE, inputs=["prompts"])
@@ -239,7 +260,8 @@ def lean_one(prompt: str) -> str:
 
 WORKFLOWS = {"linear": perf_linear, "diamond": perf_diamond, "agent": perf_agent,
              "fanout": perf_fanout, "fanout_static": perf_fanout_static,
-             "llm_map": perf_llm_map, "llm_one": perf_llm_one, "http_map": perf_http_map,
+             "llm_map": perf_llm_map, "llm_one": perf_llm_one, "llm_amap": perf_llm_amap,
+             "llm_aone": perf_llm_aone, "http_map": perf_http_map,
              "http_one": perf_http_one, "lean_map": perf_lean_map,
              "lean_one": perf_lean_one}
 
