@@ -23,8 +23,12 @@ Rows (targets from the issue; ratios engine / raw Celery):
   in its own process): one run with a map (``chunk_size=250, concurrency=50``, ``-P
   threads -c 4``: 200 in flight) and 1,000 one-call runs (``-P threads -c 200``), each
   call ``ctx.llm.complete``; raw: 1,000 tasks each making the httpx call on ``-P threads
-  -c 200`` (a group, and 1,000 single ``apply_async``). Target: >= 80% of the ideal
-  ``1000 x 0.1 s / 200 = 0.5 s``, i.e. wall <= 0.625 s.
+  -c 200`` (a group, and 1,000 single ``apply_async``). Targets (the issue's): the map
+  >= 80% of the ideal ``1000 x 0.1 s / 200 = 0.5 s``, i.e. wall <= 0.625 s; the one-call
+  runs <= 1.0 s. Each row runs twice on the engine: plain steps calling
+  ``ctx.llm.complete``, and ``async def`` steps awaiting ``ctx.llm.acomplete``. A floor
+  row makes the same 1,000 calls from one event loop in the bench process (the engine's
+  async HTTP client, no engine, no Celery): the best this fake server and machine allow.
 - submit rate with the run row written (no worker running; queues purged after):
   1,000 single ``submit`` (target >= 1,000/s) and ``submit_many`` of 5,000 inline and
   ``defer=True`` (target >= 5,000 runs/s), SQLite and PostgreSQL; raw: the same number
@@ -1069,9 +1073,9 @@ SPECS: dict[str, Spec] = {
     "calls_floor": Spec("  floor: plain async HTTP, no Celery", "s", "ideal", None, "-"),
     "calls_map_http": Spec("  same, plain httpx (diagnosis)", "s", "ideal", None, "-"),
     "calls_map_lean": Spec("  same, http.client (diagnosis)", "s", "ideal", None, "-"),
-    "calls_runs": Spec("1,000 one-call runs", "s", "ideal", 0.8, ">= 80% ideal"),
-    "calls_runs_async": Spec("  same, async def + acomplete", "s", "ideal", 0.8,
-                             ">= 80% ideal"),
+    "calls_runs": Spec("1,000 one-call runs", "s", "below", 1.0, "<= 1.0 s"),
+    "calls_runs_async": Spec("  same, async def + acomplete", "s", "below", 1.0,
+                             "<= 1.0 s"),
     "calls_runs_http": Spec("  same, plain httpx (diagnosis)", "s", "ideal", None, "-"),
     "calls_runs_lean": Spec("  same, http.client (diagnosis)", "s", "ideal", None, "-"),
     "submit_single_sqlite": Spec("submit, single (SQLite)", "/s", "absolute", 1000,
