@@ -1,4 +1,5 @@
-"""Model calls through real workers against a fault-injecting LLM API.
+"""Model calls through real workers against a fault-injecting LLM API (``complete`` in
+plain steps, ``acomplete`` in async def steps).
 
 A fake OpenAI-compatible server (``tests/fakes/llm_server.py``) runs in this process;
 two prefork workers (one child process each, so a run sent to a worker's own queue runs
@@ -531,3 +532,66 @@ def test_hanging_model_is_cut_by_the_step_timeout_and_its_fallback(
                  "orchestration.errors.ProviderError": "timed out calling hang-long"}
     assert step.error_type in timed_out, (step.error_type, step.error)
     assert timed_out[step.error_type] in (step.error or ""), step.error
+
+
+# -- awaited calls: ``await ctx.llm.acomplete`` in async def steps ----------------------------
+# The call is made on the worker process's event loop (its own connections, in the forked
+# child), under the same retries, costs, fallback models and shared breakers.
+
+
+def test_an_awaited_call_is_retried_and_only_the_answered_call_is_paid(
+        fake: FakeLLMClient) -> None:
+    fake.configure("flaky", status_sequence=[500, 200], prompt_tokens=FLAKY_TOKENS[0],
+                   completion_tokens=FLAKY_TOKENS[1])
+
+    run = pw.aask.run(prompt="hello", model="flaky", timeout=RUN_TIMEOUT_S)
+
+    output = answered(run)
+    assert (output["model"], output["text"]) == ("flaky", "[flaky] echo: hello")
+    stats = fake.stats()["flaky"]
+    assert stats["statuses"] == {"500": 1, "200": 1}
+    assert stats["with_auth"] == 2
+    step = run.steps["ask"]
+    assert step.attempts == 1  # the retry happened inside the call
+    assert step.cost_usd == pytest.approx(FLAKY_COST)
+    assert (step.tokens_in, step.tokens_out) == FLAKY_TOKENS
+
+
+def test_an_async_map_of_model_calls_pays_for_every_element(fake: FakeLLMClient) -> None:
+    fake.configure("priced-a", latency_ms=50, prompt_tokens=A_TOKENS[0],
+                   completion_tokens=A_TOKENS[1])
+    prompts = [f"p{i}" for i in range(40)]
+
+    run = pw.amap.run(prompts=prompts, model="priced-a", timeout=RUN_TIMEOUT_S)
+
+    assert run.status is RunStatus.SUCCEEDED, run.error
+    output = run.outputs["ask"]
+    assert [item["text"] for item in output] == [f"[priced-a] echo: {p}" for p in prompts]
+    assert fake.stats()["priced-a"]["requests"] == len(prompts)
+    assert run.steps["ask"].cost_usd == pytest.approx(A_COST * len(prompts))
+    assert run.cost_usd == pytest.approx(A_COST * len(prompts))
+
+
+def test_awaited_calls_open_the_shared_breaker_and_the_fallback_answers(
+        fake: FakeLLMClient, provider_workers: ProviderWorkers,
+        redis_service: redis.Redis) -> None:
+    fake.configure("primary", error_rate=1.0)  # every request: HTTP 500
+
+    # Worker 1: the call and its retry fail (2 of fail_max 3, counted in Redis); worker
+    # 2: its first failure is the third, so the breaker opens for both.
+    first = pw.aask_w1.run(prompt="one", model="primary", timeout=RUN_TIMEOUT_S)
+    second = pw.aask_w2.run(prompt="two", model="primary", timeout=RUN_TIMEOUT_S)
+
+    assert answered(first)["model"] == answered(second)["model"] == "backup"
+    assert first.steps["ask"].worker == provider_workers.w1.nodename
+    assert second.steps["ask"].worker == provider_workers.w2.nodename
+    assert len(fake.requests("primary")) == PRIMARY_FAIL_MAX
+    assert breaker_state(redis_service, "primary") == "open"
+
+    # Open: awaited calls on either worker skip primary.
+    later = submit_all([(pw.aask_w1, {"prompt": "a", "model": "primary"}),
+                        (pw.aask_w2, {"prompt": "b", "model": "primary"})])
+    for run in later:
+        assert answered(run)["model"] == "backup"
+        assert breakers_seen(run) == ["primary:open"]
+    assert len(fake.requests("primary")) == PRIMARY_FAIL_MAX

@@ -165,3 +165,25 @@ def review(prompt: str, ctx: StepContext) -> dict[str, Any]:
     model = ctx.params.get("model", "gate-1")
     temperature = ctx.params.get("temperature", GATE_START_TEMPERATURE)
     return answer(ctx.llm.complete(prompt, model=model, temperature=temperature))
+
+
+# -- async def steps: each call awaited on the worker process's event loop -------------------
+
+
+async def _aask(prompt: str, model: str, ctx: StepContext) -> dict[str, Any]:
+    return answer(await ctx.llm.acomplete(prompt, model=model))
+
+
+aask = Workflow("prov_aask", queue=PROVIDERS_QUEUE)
+aask.task(name="ask")(_aask)
+aask_w1 = Workflow("prov_aask_w1", queue=W1_QUEUE)
+aask_w1.task(name="ask")(_aask)
+aask_w2 = Workflow("prov_aask_w2", queue=W2_QUEUE)
+aask_w2.task(name="ask")(_aask)
+
+amap = Workflow("prov_amap", inputs=["prompts", "model"], queue=PROVIDERS_QUEUE)
+
+
+@amap.task(name="ask", map="prompts", concurrency=50)
+async def ask_each(prompts: str, model: str, ctx: StepContext) -> dict[str, Any]:
+    return answer(await ctx.llm.acomplete(prompts, model=model))
