@@ -70,6 +70,9 @@ class ProviderConfig(BaseModel):
     base_url: str | None = None
     api_key_env: str | None = None
     rate_limit: RateLimitConfig | None = None
+    # Awaited calls (ctx.llm.acomplete) in flight at once per worker process (one
+    # connection each); the next waits for a free connection.
+    max_connections: int = Field(default=256, ge=1)
 
     @property
     def configured(self) -> bool:

@@ -79,5 +79,7 @@ def _build(name: str, config: ProviderConfig) -> Provider:
     if config.kind == "local":
         return LocalProvider()
     if config.kind == "anthropic":
-        return AnthropicProvider(name, config.base_url or "", key)
-    return OpenAIProvider(name, config.base_url or "", key)
+        return AnthropicProvider(name, config.base_url or "", key,
+                                 max_connections=config.max_connections)
+    return OpenAIProvider(name, config.base_url or "", key,
+                          max_connections=config.max_connections)

@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 
 from orchestration.errors import ProviderError
+from orchestration.llm.providers.async_http import MAX_CONNECTIONS
 from orchestration.llm.providers.base import HTTPProvider, Messages, Usage
 from orchestration.llm.providers.http import HTTPClient, HTTPResponse
 from orchestration.llm.providers.retry_after import retry_after_for
@@ -32,8 +33,9 @@ class AnthropicProvider(HTTPProvider):
     """
 
     def __init__(self, name: str, base_url: str, api_key: str | None,
-                 client: httpx.Client | HTTPClient | None = None) -> None:
-        super().__init__(name, base_url, client)
+                 client: httpx.Client | HTTPClient | None = None, *,
+                 max_connections: int = MAX_CONNECTIONS) -> None:
+        super().__init__(name, base_url, client, max_connections=max_connections)
         self._url = f"{base_url.rstrip('/')}/v1/messages"
         self._headers = {"anthropic-version": API_VERSION, "content-type": "application/json"}
         if api_key:

@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 
 from orchestration.errors import ProviderError
+from orchestration.llm.providers.async_http import MAX_CONNECTIONS
 from orchestration.llm.providers.base import HTTPProvider, Messages, Usage
 from orchestration.llm.providers.http import HTTPClient, HTTPResponse
 from orchestration.llm.providers.retry_after import retry_after_for
@@ -19,8 +20,9 @@ class OpenAIProvider(HTTPProvider):
     """POST ``{base_url}/chat/completions`` with a bearer key (``client``: see HTTPProvider)."""
 
     def __init__(self, name: str, base_url: str, api_key: str | None,
-                 client: httpx.Client | HTTPClient | None = None) -> None:
-        super().__init__(name, base_url, client)
+                 client: httpx.Client | HTTPClient | None = None, *,
+                 max_connections: int = MAX_CONNECTIONS) -> None:
+        super().__init__(name, base_url, client, max_connections=max_connections)
         self._url = f"{base_url.rstrip('/')}/chat/completions"
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
 

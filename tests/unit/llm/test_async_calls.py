@@ -211,3 +211,33 @@ async def _closing(services: Resilience, call: Coroutine[Any, Any, T]) -> T:
     finally:
         services.close()  # the loop's connections, closed on the loop before it closes
 
+
+
+def test_a_providers_max_connections_bounds_its_awaited_calls(
+        server: FakeLLMServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(KEY_ENV, "sk-test")
+    server.reset()
+    server.configure("m", latency_ms=100)
+    catalogue = Catalogue.model_validate({
+        "providers": {"fake": {"kind": "openai", "base_url": server.url,
+                               "api_key_env": KEY_ENV, "max_connections": 2}},
+        "models": {"m": {"provider": "fake"}}, "default_model": "m"})
+    services = Resilience(catalogue, None)
+
+    async def six() -> list[Any]:
+        return list(await asyncio.gather(*(LLMClient(Site(model="m"), services).acomplete(
+            f"q{n}") for n in range(6))))
+
+    on_loop(lambda: _closing(services, six()))
+
+    timestamps = sorted(server.stats()["m"]["timestamps"])
+    # Two at a time: the third call went out only once one of the first two came back.
+    assert len(timestamps) == 6
+    assert timestamps[2] - timestamps[0] >= 0.09
+
+
+def test_max_connections_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="max_connections"):
+        Catalogue.model_validate({"providers": {"fake": {"kind": "openai", "base_url": "http://x",
+                                                         "max_connections": 0}},
+                                  "models": {"m": {"provider": "fake"}}})
