@@ -1200,7 +1200,8 @@ def report(args: argparse.Namespace, results: Results, profiles: dict[str, Any],
     print(f"  calls   : fake OpenAI server (own process), {LATENCY_MS:g} ms per call, no "
           f"errors; ideal = {CALLS} x {LATENCY_MS / 1000:g} s / {CONCURRENCY} = {IDEAL:.2f} s "
           f"(80%: <= {IDEAL / 0.8:.3f} s);\n            raw: httpx.Client(timeout=60), "
-          f"httpx's default pool; engine: ctx.llm -> its OpenAI provider ({engine_pool()})")
+          f"httpx's default pool; engine: ctx.llm -> its OpenAI provider ({engine_pool()});"
+          f"\n            async rows: ctx.llm.acomplete ({engine_pool('_async')})")
     print("  timing  : client wall time; fan-out: engine handle.wait(poll 2-5 ms) vs raw "
           "chord .get(); batches: first submit until\n            the client sees all done, "
           f"both polled every {POLL * 1000:g} ms (engine: the results DB; raw: the result "
@@ -1238,8 +1239,11 @@ def report(args: argparse.Namespace, results: Results, profiles: dict[str, Any],
     print(f"\nwhole bench: {elapsed:.1f} s")
 
 
-def engine_pool() -> str:
-    """How the engine's OpenAI provider sends its HTTP calls."""
+def engine_pool(key: str = "") -> str:
+    """How the engine's OpenAI provider sends the HTTP calls of row ``key``."""
+    if key.endswith("_async"):
+        return ("AsyncKeepAliveClient: keep-alive connections on the worker's event loop, "
+                "httptools parser")
     return "KeepAliveClient: one keep-alive connection per thread (no pool), httptools parser"
 
 
@@ -1304,7 +1308,7 @@ def _explain(key: str, results: Results, profiles: dict[str, Any],
         print(f"  - concurrency: at most about {peak} calls were in flight at the fake (of "
               f"{CONCURRENCY}); at that, {CALLS} x {LATENCY_MS:g} ms takes >= "
               f"{CALLS * LATENCY_MS / 1000 / peak:.2f} s. The engine's HTTP client: "
-              f"{engine_pool()}.")
+              f"{engine_pool(key)}.")
         budget = IDEAL / 0.8 / CALLS * 1000
         raw_text = (f", raw {raw.median():.2f} s (raw worker CPU "
                     f"{statistics.median(raw.worker_cpu):.2f} s)"
