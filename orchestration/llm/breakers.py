@@ -266,10 +266,12 @@ class ModelBreaker(pybreaker.CircuitBreaker):
         return await asyncio.to_thread(self._look)
 
     def _quiet(self) -> bool:
-        """True when entering needs no Redis: not shared, or a fresh healthy reading."""
+        """True when entering needs no Redis: not shared, or a healthy reading that is
+        fresh or being renewed by another caller (see :meth:`_look`)."""
         seen = self._seen
-        return not self._shared or (seen is not None and seen[0] == CLOSED and seen[1] == 0
-                                    and time.monotonic() - seen[2] < self._refresh)
+        return not self._shared or (
+            seen is not None and seen[0] == CLOSED and seen[1] == 0
+            and (time.monotonic() - seen[2] < self._refresh or self._renewing.locked()))
 
     async def _asuccess(self, seen: str) -> None:
         last = self._seen

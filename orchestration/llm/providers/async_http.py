@@ -14,6 +14,11 @@ free one). A reused connection the server had closed gets the request once more,
 threaded client does: the server never saw it. A call cancelled mid-exchange (a step's
 timeout, a cancelled run) closes its connection, so no later call reads the rest of that
 reply. Connections made before a fork are never used or closed by the child.
+
+Connections belong to the loop that opened them. A worker's loop lives as long as its
+process; a short-lived loop (``asyncio.run`` around a call) should end with
+:meth:`AsyncKeepAliveClient.close` (a provider's ``close``), or its idle connections are
+left for the garbage collector to close.
 """
 
 from __future__ import annotations
