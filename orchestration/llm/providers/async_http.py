@@ -41,6 +41,7 @@ from orchestration.llm.providers.http import (
     ReadError,
     Target,
     connect_error,
+    default_tls,
     exchange_error,
     json_post,
     target_of,
@@ -240,7 +241,7 @@ class AsyncKeepAliveClient:
             if not connection.lost and now - connection.used_at <= self._idle_expiry:
                 return connection, True
             pool.drop(connection)
-        tls = self._tls() if target.scheme == "https" else None
+        tls = (self._ssl_context or default_tls()) if target.scheme == "https" else None
         loop = asyncio.get_running_loop()
         try:
             _, connection = await asyncio.wait_for(loop.create_connection(
@@ -250,10 +251,3 @@ class AsyncKeepAliveClient:
             raise connect_error(exc, target) from exc
         pool.open.add(connection)
         return connection, False
-
-    def _tls(self) -> ssl.SSLContext:
-        if self._ssl_context is None:
-            with self._lock:
-                if self._ssl_context is None:
-                    self._ssl_context = ssl.create_default_context()
-        return self._ssl_context

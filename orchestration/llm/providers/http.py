@@ -239,18 +239,12 @@ class KeepAliveClient:
         return slot, False
 
     def _connect(self, target: Target, timeout: float) -> Connection:
-        tls = self._tls() if target.scheme == "https" else None
+        tls = (self._ssl_context or default_tls()) if target.scheme == "https" else None
         try:
             return Connection.open(target.host, target.port, timeout, tls)
         except (OSError, ssl.SSLError) as exc:
             raise connect_error(exc, target) from exc
 
-    def _tls(self) -> ssl.SSLContext:
-        if self._ssl_context is None:
-            with self._lock:
-                if self._ssl_context is None:
-                    self._ssl_context = ssl.create_default_context()
-        return self._ssl_context
 
 
     def _discard(self, target: Target, slot: _Slot) -> None:
@@ -260,6 +254,13 @@ class KeepAliveClient:
         with self._lock:
             self._open.discard(slot.connection)
         slot.connection.close()
+
+
+@lru_cache(maxsize=1)
+def default_tls() -> ssl.SSLContext:
+    """The TLS context of clients given none: the system's trust store, verifying
+    certificates and host names (one per process, built on first use)."""
+    return ssl.create_default_context()
 
 
 def connect_error(exc: BaseException, target: Target) -> TransportError:

@@ -3,6 +3,7 @@ refuses to write, and how it reads replies that are odd or wrong."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import shutil
 import socket
@@ -15,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from orchestration.llm.providers.async_http import AsyncKeepAliveClient
 from orchestration.llm.providers.http import ConnectError, KeepAliveClient, ReadError, target_of
 from orchestration.llm.providers.wire import Headers, request_head
 
@@ -181,30 +183,48 @@ def _tls_server(cert: Path, key: Path) -> tuple[socket.socket, list[bytes]]:
     return sock, seen
 
 
-def test_https_with_a_trusted_certificate(tls_files: tuple[Path, Path]) -> None:
+def _post_once(kind: str, url: str, **options: Any) -> Any:
+    """One POST by a new client of ``kind`` (the threads' or the event loop's), then closed."""
+    if kind == "threads":
+        client = KeepAliveClient(**options)
+        try:
+            return client.post_json(url, {}, {}, 5.0)
+        finally:
+            client.close()
+    on_loop = AsyncKeepAliveClient(**options)
+
+    async def call() -> Any:
+        try:
+            return await on_loop.post_json(url, {}, {}, 5.0)
+        finally:
+            on_loop.close()
+
+    return asyncio.run(call())
+
+
+@pytest.mark.parametrize("kind", ["threads", "loop"])
+def test_https_with_a_trusted_certificate(tls_files: tuple[Path, Path], kind: str) -> None:
     cert, key = tls_files
     sock, seen = _tls_server(cert, key)
     trusting = ssl.create_default_context(cafile=str(cert))
-    client = KeepAliveClient(ssl_context=trusting)
     try:
-        response = client.post_json(f"https://127.0.0.1:{sock.getsockname()[1]}/v1", {},
-                                    {}, 5.0)
+        response = _post_once(kind, f"https://127.0.0.1:{sock.getsockname()[1]}/v1",
+                              ssl_context=trusting)
         assert response.status == 200 and response.json() == {}
         assert seen and seen[0].startswith(b"POST /v1 HTTP/1.1\r\n")
     finally:
-        client.close()
         sock.close()
 
 
+@pytest.mark.parametrize("kind", ["threads", "loop"])
 def test_https_with_an_untrusted_certificate_is_a_connect_error(
-        tls_files: tuple[Path, Path]) -> None:
+        tls_files: tuple[Path, Path], kind: str) -> None:
     cert, key = tls_files
     sock, seen = _tls_server(cert, key)
-    client = KeepAliveClient()  # the system's trust store: a self-signed certificate fails
     try:
+        # The system's trust store: a self-signed certificate fails.
         with pytest.raises(ConnectError, match="SSLCertVerificationError"):
-            client.post_json(f"https://127.0.0.1:{sock.getsockname()[1]}/v1", {}, {}, 5.0)
+            _post_once(kind, f"https://127.0.0.1:{sock.getsockname()[1]}/v1")
         assert seen == []
     finally:
-        client.close()
         sock.close()
