@@ -249,27 +249,33 @@ class LLMClient:
         return self._with_retries(config, once)
 
     def _with_retries(self, config: ModelConfig, once: Callable[[], T]) -> T:
-        """``once`` retried on transient errors under the model's and the step's policies."""
-        options, retryable = self._retry_options(config)
-        return first_then_retry(once, lambda: Retrying(**options), retryable)
+        """``once`` retried on transient errors under the model's and the step's policies
+        (tenacity's machinery is built only once a call failed: see first_then_retry)."""
+        retryable = self._retryable()
+        return first_then_retry(
+            once, lambda: Retrying(**self._retry_options(config, retryable)), retryable)
 
-    def _retry_options(self, config: ModelConfig) -> tuple[dict[str, Any],
-                                                           Callable[[BaseException], bool]]:
-        """Tenacity's options for one model's calls, and which failures are retried."""
+    def _retryable(self) -> Callable[[BaseException], bool]:
+        """Which failures of a call are retried, under the step's on_error if it has one."""
         policy = self._ctx.on_error
         if policy is None:  # the defaults, exactly
-            stop: stop_base = stop_any(stop_after_attempt(config.retries + 1),
-                                       _StopAtDeadline(self._ctx))
-            retryable: Callable[[BaseException], bool] = _transient
-        else:
-            stop = stop_any(_StopAfterRetries(config.retries, policy), _StopAtDeadline(self._ctx))
+            return _transient
 
-            def retryable(exc: BaseException) -> bool:
-                action = policy.for_call(exc.kind) if isinstance(exc, ProviderError) else None
-                return _transient(exc) and (action is None or action.action is Action.RETRY)
+        def retryable(exc: BaseException) -> bool:
+            action = policy.for_call(exc.kind) if isinstance(exc, ProviderError) else None
+            return _transient(exc) and (action is None or action.action is Action.RETRY)
 
+        return retryable
+
+    def _retry_options(self, config: ModelConfig,
+                       retryable: Callable[[BaseException], bool]) -> dict[str, Any]:
+        """Tenacity's options for one model's calls."""
+        policy = self._ctx.on_error
+        stop: stop_base = stop_any(
+            stop_after_attempt(config.retries + 1) if policy is None
+            else _StopAfterRetries(config.retries, policy), _StopAtDeadline(self._ctx))
         return {"stop": stop, "wait": _provider_wait, "retry": retry_if_exception(retryable),
-                "reraise": True}, retryable
+                "reraise": True}
 
     def _failed(self, name: str, config: ModelConfig, exc: ProviderError, started: float,
                 breaker: str, prompt_tokens: int, *, completion_tokens: int = 0,
