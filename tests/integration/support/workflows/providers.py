@@ -45,12 +45,16 @@ def _ask(prompt: str, model: str, ctx: StepContext) -> dict[str, Any]:
     return answer(ctx.llm.complete(prompt, model=model))
 
 
-ask = Workflow("prov_ask", queue=PROVIDERS_QUEUE)
-ask.task(name="ask")(_ask)
-ask_w1 = Workflow("prov_ask_w1", queue=W1_QUEUE)
-ask_w1.task(name="ask")(_ask)
-ask_w2 = Workflow("prov_ask_w2", queue=W2_QUEUE)
-ask_w2.task(name="ask")(_ask)
+def _on_each_queue(name: str, fn: Any) -> tuple[Workflow, Workflow, Workflow]:
+    """Workflows of one step ``ask`` running ``fn``: on the shared queue, on w1's, on w2's."""
+    flows = (Workflow(name, queue=PROVIDERS_QUEUE), Workflow(f"{name}_w1", queue=W1_QUEUE),
+             Workflow(f"{name}_w2", queue=W2_QUEUE))
+    for flow in flows:
+        flow.task(name="ask")(fn)
+    return flows
+
+
+ask, ask_w1, ask_w2 = _on_each_queue("prov_ask", _ask)
 
 
 # -- a step timeout around a model call that never answers ---------------------------------
@@ -174,12 +178,7 @@ async def _aask(prompt: str, model: str, ctx: StepContext) -> dict[str, Any]:
     return answer(await ctx.llm.acomplete(prompt, model=model))
 
 
-aask = Workflow("prov_aask", queue=PROVIDERS_QUEUE)
-aask.task(name="ask")(_aask)
-aask_w1 = Workflow("prov_aask_w1", queue=W1_QUEUE)
-aask_w1.task(name="ask")(_aask)
-aask_w2 = Workflow("prov_aask_w2", queue=W2_QUEUE)
-aask_w2.task(name="ask")(_aask)
+aask, aask_w1, aask_w2 = _on_each_queue("prov_aask", _aask)
 
 amap = Workflow("prov_amap", inputs=["prompts", "model"], queue=PROVIDERS_QUEUE)
 
