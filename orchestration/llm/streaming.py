@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from orchestration.core.results import CallRecord
-from orchestration.define.on_error import Action
 from orchestration.errors import ErrorKind, ProviderError, RateLimited
 from orchestration.llm.catalogue import ModelConfig
 from orchestration.llm.providers.base import Completion, Messages, Provider, Usage
@@ -43,7 +42,6 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 DEFAULT_TOTAL_S = 600.0  # a streamed call's whole time, when neither it nor the step says
-_STOP_HERE = frozenset({Action.SKIP, Action.FAIL, Action.ESCALATE})
 
 
 class StreamingClient(Protocol):
@@ -54,7 +52,7 @@ class StreamingClient(Protocol):
     def _services(self) -> Any: ...
     @property
     def _ctx(self) -> Any: ...
-    def _action(self, *args: Any, **kwargs: Any) -> Any: ...
+    def _chain(self, model: str | None) -> Any: ...
     def _admit(self, *args: Any, **kwargs: Any) -> Any: ...
     def _call_timeout(self, *args: Any, **kwargs: Any) -> float: ...
     def _check_budget(self, *args: Any, **kwargs: Any) -> Any: ...
@@ -62,8 +60,6 @@ class StreamingClient(Protocol):
     def _local_answer(self, name: str, messages: Messages,
                       params: dict[str, Any]) -> Completion: ...
     def _record(self, *args: Any, **kwargs: Any) -> Any: ...
-    def _rerouted(self, *args: Any, **kwargs: Any) -> Any: ...
-    def _reroutes(self, *args: Any, **kwargs: Any) -> bool: ...
     def _succeeded(self, *args: Any, **kwargs: Any) -> Completion: ...
     def _with_retries(self, config: ModelConfig, once: Callable[[], T]) -> T: ...
 
@@ -120,8 +116,6 @@ def stream_answer(client: StreamingClient, messages: Messages, name: str,
                   first_token_timeout: float | None, timeout: float | None,
                   params: dict[str, Any]) -> Generator[str, None, Completion]:
     """The chunks of one streamed answer (see the module doc); returns its Completion."""
-    services = client._services
-    catalogue = services.catalogue
     ctx = client._ctx
     sink: Callable[[str], None] | None = getattr(ctx, "on_token", None)
     flush: Callable[[], None] | None = getattr(ctx, "flush_tokens", None)
@@ -129,47 +123,26 @@ def stream_answer(client: StreamingClient, messages: Messages, name: str,
     total = timeout if timeout is not None else (
         remaining if remaining is not None else DEFAULT_TOTAL_S)
     deadline = time.monotonic() + total
-    failures: list[str] = []
-    tried = False
-    last: tuple[ErrorKind, str | None] | None = None
-    for candidate in catalogue.fallback_chain(name):
-        config = catalogue.model(candidate)
-        provider = services.provider(config.provider)
-        if provider is None:
-            failures.append(f"{candidate}: provider {config.provider!r} not configured")
-            continue
-        tried = True
+    chain = client._chain(name)
+    for candidate, config, provider in chain:
         client._check_budget()
         try:
             opened = _open(client, candidate, config, provider, messages, params,
                            first_token_timeout, deadline)
-        except RateLimited as exc:
-            if not client._reroutes(ErrorKind.RATE_LIMITED):
-                raise
-            last = (ErrorKind.RATE_LIMITED, client._rerouted(candidate, exc))
-            failures.append(f"{candidate}: {exc}")
-            continue
-        except ProviderError as exc:
-            failures.append(f"{candidate}: {exc}")
-            last = (exc.kind, exc.policy)
-            action = client._action(exc.kind)
-            if action is not None and action.action in _STOP_HERE:
-                raise
+        except (ProviderError, RateLimited) as exc:
+            chain.failed(candidate, exc)  # re-raises when no other model may answer
             continue
         completion = yield from _drain(client, opened, sink, flush, deadline)
         return completion
-    if not tried:
-        completion = client._local_answer(name, messages, params)
-        if sink is not None:
-            sink(completion.text)
-        if flush is not None:
-            flush()
-        yield completion.text
-        return completion
-    error = ProviderError(f"no model answered ({'; '.join(failures)})", retryable=True,
-                          kind=last[0] if last else None)
-    error.policy = last[1] if last else None
-    raise error
+    if chain.tried:
+        chain.end(messages, params)  # raises: every configured model failed
+    completion = client._local_answer(name, messages, params)
+    if sink is not None:
+        sink(completion.text)
+    if flush is not None:
+        flush()
+    yield completion.text
+    return completion
 
 
 def _open(client: StreamingClient, name: str, config: ModelConfig, provider: Provider,
