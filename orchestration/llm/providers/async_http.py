@@ -16,9 +16,11 @@ timeout, a cancelled run) closes its connection, so no later call reads the rest
 reply. Connections made before a fork are never used or closed by the child.
 
 Connections belong to the loop that opened them. A worker's loop lives as long as its
-process; a short-lived loop (``asyncio.run`` around a call) should end with
-:meth:`AsyncKeepAliveClient.close` (a provider's ``close``), or its idle connections are
-left for the garbage collector to close.
+process. A short-lived loop (``asyncio.run`` around each call, in a script or a request
+handler) is closed with its connections still open, and they cannot be closed through a
+closed loop: the client lets go of them, and of the loop they hold, when the next loop
+makes its first call, and the garbage collector closes their sockets. Ending such a loop
+with :meth:`AsyncKeepAliveClient.close` (a provider's ``close``) closes them at once.
 """
 
 from __future__ import annotations
@@ -227,6 +229,10 @@ class AsyncKeepAliveClient:
             with self._lock:
                 if os.getpid() != self._pid:  # forked: start afresh, never touch the parent's
                     self._pid, self._pools = os.getpid(), weakref.WeakKeyDictionary()
+                # A closed loop's pools hold its transports, which hold the loop: kept,
+                # neither would ever be freed (one loop and one socket per asyncio.run).
+                for gone in [other for other in self._pools if other.is_closed()]:
+                    del self._pools[gone]
                 pools = self._pools.setdefault(loop, {})
         pool = pools.get(target)
         if pool is None:

@@ -8,12 +8,14 @@ awaited on one loop running in a thread of its own). ``any_client`` runs a test 
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import socket
 import struct
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -442,6 +444,35 @@ def test_a_call_cancelled_mid_exchange_closes_its_connection(serve: Serve) -> No
 
     assert left == 0
     assert reply == {"connection": 2, "request": 1}
+
+
+# The garbage collector closes those sockets, and says so (ResourceWarning, raised from
+# a finalizer): that is what the test lets happen.
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_the_loops_of_earlier_asyncio_runs_and_their_connections_are_let_go(
+        serve: Serve) -> None:
+    # asyncio.run around each call: every loop is closed with its connection open. Kept
+    # in the client, each would keep its loop (and the loop's descriptors) and its socket
+    # alive for as long as the client lives.
+    server = serve(answer)
+    client = AsyncKeepAliveClient()
+    loops: list[weakref.ref[asyncio.AbstractEventLoop]] = []
+
+    async def call(n: int) -> Any:
+        loops.append(weakref.ref(asyncio.get_running_loop()))
+        return (await client.post_json(server.url, {"n": n}, {}, 5.0)).json()
+
+    try:
+        replies = [asyncio.run(call(n)) for n in range(20)]
+        gc.collect()
+
+        assert [reply["connection"] for reply in replies] == list(range(1, 21))
+        assert client.open_connections == 1  # the last loop's, until another loop calls
+        assert [ref() is None for ref in loops] == [True] * 19 + [False]
+    finally:
+        client.close()
+        gc.collect()  # the last loop's socket too, while this test's filters apply
 
 
 def test_close_from_another_thread_closes_the_loops_connections(serve: Serve) -> None:
