@@ -23,6 +23,7 @@ import ssl
 import threading
 import time
 import urllib.request
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -172,7 +173,9 @@ class KeepAliveClient:
         self._ssl_context = ssl_context
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._open: set[Connection] = set()
+        # Held weakly: a thread's connection lives in its thread-local slots, which go
+        # when the thread ends; the connection's finalizer then closes its socket.
+        self._open: weakref.WeakSet[Connection] = weakref.WeakSet()
 
     def post_json(self, url: str, body: Any, headers: Mapping[str, str],
                   timeout: float) -> HTTPResponse:
@@ -210,7 +213,7 @@ class KeepAliveClient:
     def close(self) -> None:
         """Close every connection this client opened (from any thread)."""
         with self._lock:
-            connections, self._open = self._open, set()
+            connections, self._open = list(self._open), weakref.WeakSet()
         for connection in connections:
             connection.close()
         self._local = threading.local()
@@ -233,6 +236,9 @@ class KeepAliveClient:
                 slot.connection.settimeout(timeout)
                 return slot, True
         connection = self._connect(target, timeout)
+        # A thread that ends leaves its connection to the garbage collector: close the
+        # socket then (the connection is unreachable, so no call is using it).
+        weakref.finalize(connection, connection.sock.close)
         slot = slots[target] = _Slot(connection)
         with self._lock:
             self._open.add(connection)

@@ -107,7 +107,7 @@ def request_head(method: str, path: str, host: str, length: int,
 class Connection:
     """A socket (TLS or not) to one origin, for one exchange at a time."""
 
-    __slots__ = ("sock",)
+    __slots__ = ("__weakref__", "sock")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock

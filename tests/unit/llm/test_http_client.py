@@ -33,6 +33,7 @@ from orchestration.llm.providers.http import (
     client_for,
 )
 from orchestration.llm.providers.openai import OpenAIProvider
+from orchestration.llm.providers.wire import Connection
 
 # What the server does with the n-th request on a connection: "answer", "answer-close"
 # (answers with Connection: close), "drop" (closes without answering), "hang", "huge".
@@ -356,18 +357,55 @@ def test_a_forked_child_never_uses_the_parents_connection(
 def test_close_closes_every_threads_connection(new_client: NewClient, serve: Serve) -> None:
     server = serve(answer)
     client = new_client()
-    threads = [threading.Thread(target=client.post_json, args=(server.url, {}, {}, 2.0))
-               for _ in range(3)]
+    called = threading.Barrier(4)
+    release = threading.Event()
+
+    def call_and_stay() -> None:  # a live thread keeps its connection
+        client.post_json(server.url, {}, {}, 2.0)
+        called.wait(5)
+        release.wait(5)
+
+    threads = [threading.Thread(target=call_and_stay) for _ in range(3)]
     for thread in threads:
         thread.start()
-    for thread in threads:
+    try:
+        called.wait(5)
+        assert client.open_connections == 3
+        client.close()
+
+        assert client.open_connections == 0
+        assert client.post_json(server.url, {}, {}, 2.0).json()["connection"] == 4
+    finally:
+        release.set()
+        for thread in threads:
+            thread.join()
+
+
+def test_the_connection_of_a_thread_that_ended_is_closed(
+        new_client: NewClient, serve: Serve, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A thread per request (some web servers, a script's own threads): each thread's
+    # connection lives in its thread-local slots. Once the thread is gone nothing can use
+    # it again; kept open, it would be a socket per thread for as long as the client lives.
+    server = serve(answer)
+    client = new_client()
+    sockets: list[socket.socket] = []
+    opened = Connection.open
+
+    def recording(*args: Any) -> Connection:
+        connection = opened(*args)
+        sockets.append(connection.sock)  # the socket, not the connection: it may go
+        return connection
+
+    monkeypatch.setattr(Connection, "open", recording)
+    for _ in range(5):
+        thread = threading.Thread(target=client.post_json, args=(server.url, {}, {}, 2.0))
+        thread.start()
         thread.join()
+    gc.collect()
 
-    assert client.open_connections == 3
-    client.close()
-
+    assert server.connections == 5
     assert client.open_connections == 0
-    assert client.post_json(server.url, {}, {}, 2.0).json()["connection"] == 4
+    assert [sock.fileno() for sock in sockets] == [-1] * 5  # closed, not left to leak
 
 
 def test_the_default_client_and_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
