@@ -229,7 +229,8 @@ class KeepAliveClient:
         slot = slots.get(target)
         if slot is not None:
             if slot.pid != os.getpid():
-                del slots[target]  # the parent's socket: leave it to the parent, never close it
+                del slots[target]  # the parent's socket: never used here (dropped, its finalizer
+                # closes only this process's copy of the descriptor; the parent's stays open)
             elif time.monotonic() - slot.used_at > self._idle_expiry:
                 self._discard(target, slot)
             else:
