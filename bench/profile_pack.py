@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pstats
 import shutil
 import sqlite3
@@ -58,10 +57,9 @@ PARTS = [
     ("    Store.record_step", ("orchestration/store/repository.py", "record_step")),
     ("GroupCommit.run (every claim and record)",
      ("orchestration/store/group_commit.py", "run")),
-    ("sqlite3 / psycopg execute (C)", ("~", "<method 'execute' of 'sqlite3.Cursor' objects>")),
+    ("sqlite3 execute (C)", ("~", "<method 'execute' of 'sqlite3.Cursor' objects>")),
     ("sqlite3 commit (C)", ("~", "<method 'commit' of 'sqlite3.Connection' objects>")),
 ]
-PACK = 16
 
 
 def parse_args() -> argparse.Namespace:
@@ -183,13 +181,14 @@ def main() -> int:
                                 env, tmp, make_ping(orchestrator.celery)):
                 perf.engine_calls_runs(reader, 100, args.workflow)  # warm-up
                 wall = perf.engine_calls_runs(reader, args.runs, args.workflow)
-                client.set(KEY, -(-args.runs // PACK))
+                pack = orchestrator.settings.pack_size  # messages: the runs in packs
+                client.set(KEY, -(-args.runs // pack))
                 time.sleep(0.2)  # the worker's watcher polls every 20 ms
                 perf.engine_calls_runs(reader, args.runs, args.workflow)
                 deadline = time.monotonic() + 30
                 while not Path(f"{out}.sql.json").exists():
                     if time.monotonic() > deadline:
-                        raise SystemExit("the worker wrote no profile (is ORCH_PACK_SIZE 16?)")
+                        raise SystemExit("the worker wrote no profile")
                     time.sleep(0.05)
             reader.dispose()
             report(out, args.runs, wall, args.top)
@@ -202,7 +201,6 @@ def main() -> int:
             cleanup()
         perf.flush_bench_db(perf.REDIS_URL)
         shutil.rmtree(tmp, ignore_errors=True)
-        os.environ.pop(OUT_ENV, None)
 
 
 if __name__ == "__main__":
